@@ -1,0 +1,47 @@
+# dyad — `make help` lists the targets.
+
+GO        ?= go
+FUZZTIME  ?= 30s
+SMOKETIME ?= 4s
+BENCHCOUNT ?= 5
+OUT       := bench/out
+
+.PHONY: help test test-race test-exhaustive fuzz-smoke fuzz lint bench build clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+build: ## build every package
+	$(GO) build ./...
+
+test: test-race test-exhaustive fuzz-smoke ## everything CI runs: race tests, exhaustive codec round trip, fuzz smoke
+
+test-race: ## go test -race, shuffled, all packages (replays the fuzz corpora too)
+	$(GO) test -race -shuffle on -count 1 ./...
+
+test-exhaustive: ## every record size 0..max without -race (it strides under -race)
+	$(GO) test -count 1 -run 'TestRoundTripEverySize|TestSteadyStateAllocatesNothing' ./codec
+
+fuzz-smoke: ## fuzz each target for SMOKETIME
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(SMOKETIME)
+
+fuzz: ## fuzz each target for FUZZTIME (default 30s); stops at the first crasher
+	@set -e; for t in $$($(GO) test -list '^Fuzz' ./fuzz | grep '^Fuzz'); do \
+		echo "fuzz $$t for $(FUZZTIME)"; \
+		if ! $(GO) test ./fuzz -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s; then \
+			echo "crasher in $$t: see the 'Failing input written to' line above;"; \
+			echo "replay it with: $(GO) test ./fuzz -run '$$t/<file name>'"; exit 1; \
+		fi; \
+	done
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+bench: ## codec vs raw AEAD, BENCHCOUNT runs, with ratios; results in bench/out/
+	@mkdir -p $(OUT)
+	$(GO) test ./codec -run '^$$' -bench 'Record|Stream' -benchmem -count $(BENCHCOUNT) | tee $(OUT)/codec.txt
+	@echo; $(GO) run ./bench/codecratio < $(OUT)/codec.txt | tee $(OUT)/codec-ratio.txt
+
+clean: ## remove build and benchmark output
+	rm -rf $(OUT) bin

@@ -1,0 +1,44 @@
+package codec
+
+import "errors"
+
+// Errors returned by Reader and Writer. Each names one kind of failure so the
+// tunnel can count and audit the exact reason; they are wrapped with detail,
+// so test them with errors.Is. Every error except io.EOF is permanent: the
+// Reader or Writer returns it again on every later call.
+var (
+	// ErrAuth means a record failed authentication: it was modified,
+	// replayed, reordered, spliced from another stream or direction, or
+	// sealed with other keys (a wrong pairing or per-connection secret).
+	// All of those look alike on purpose: one opaque error, as in TLS.
+	ErrAuth = errors.New("codec: record authentication failed")
+
+	// ErrTruncated means the stream ended without a valid close record:
+	// mid-preamble, mid-record or between records.
+	ErrTruncated = errors.New("codec: stream truncated before its close record")
+
+	// ErrOversize means a record header announced more than the maximum
+	// record size. It is detected before any of the body is read.
+	ErrOversize = errors.New("codec: record exceeds the maximum size")
+
+	// ErrVersion means the stream preamble names a format version or suite
+	// this side does not speak or does not accept, or is not a dyad stream.
+	ErrVersion = errors.New("codec: unsupported stream version or suite")
+
+	// ErrRecordType means an authenticated record has a type this version
+	// does not define.
+	ErrRecordType = errors.New("codec: unknown record type")
+
+	// ErrMalformed means an authenticated or well-framed record breaks a rule
+	// of the format: a body shorter than the tag, an empty data record, or a
+	// control record with a payload.
+	ErrMalformed = errors.New("codec: malformed record")
+
+	// ErrKeyExhausted means a direction used up its key updates, or the peer
+	// sealed more records under one key than the format allows.
+	ErrKeyExhausted = errors.New("codec: key usage limit exhausted")
+
+	// ErrClosed means Write or Close was called on a Writer that was
+	// already closed.
+	ErrClosed = errors.New("codec: writer closed")
+)

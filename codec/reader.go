@@ -1,0 +1,234 @@
+package codec
+
+import (
+	"errors"
+	"io"
+)
+
+// Reader opens the records of one stream direction. Read and WriteTo return
+// plaintext; Next returns it without a copy, as a slice of a pooled buffer.
+// The stream ends with io.EOF only after an authenticated close record; an
+// end anywhere else is ErrTruncated. The first error is permanent.
+type Reader struct {
+	r        io.Reader
+	sess     *Session
+	streamID uint64
+	dir      Direction
+	keys     halfKeys
+	started  bool // preamble read and keys installed
+
+	// Buffered transport bytes are (*bp)[start:end]. bp is nil while the
+	// stream is drained, so an idle stream holds no buffer.
+	bp         *[]byte
+	tier       *bufPool
+	start, end int
+	rerr       error  // transport error seen after the bytes before it
+	plain      []byte // plaintext not yet returned by Read
+	err        error  // first permanent error, or io.EOF after close
+	small      [PreambleSize]byte
+}
+
+// NewReader returns a Reader of the direction dir of stream streamID read
+// from r. The suite comes from the peer's preamble and must be one the
+// session accepts.
+func (s *Session) NewReader(r io.Reader, streamID uint64, dir Direction) *Reader {
+	return &Reader{r: r, sess: s, streamID: streamID, dir: dir}
+}
+
+// Read copies plaintext into p.
+func (r *Reader) Read(p []byte) (int, error) {
+	if len(r.plain) == 0 {
+		if len(p) == 0 {
+			return 0, r.err
+		}
+		pt, err := r.Next()
+		if err != nil {
+			return 0, err
+		}
+		r.plain = pt
+	}
+	n := copy(p, r.plain)
+	r.plain = r.plain[n:]
+	return n, nil
+}
+
+// WriteTo writes the plaintext to w, straight from the pooled buffer, until
+// the close record. A clean end returns a nil error.
+func (r *Reader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		pt := r.plain
+		r.plain = nil
+		if len(pt) == 0 {
+			var err error
+			if pt, err = r.Next(); err == io.EOF {
+				return total, nil
+			} else if err != nil {
+				return total, err
+			}
+		}
+		n, err := w.Write(pt)
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// Next returns the plaintext of the next data record, a slice of a pooled
+// buffer that stays valid until the next call to Next, Read, WriteTo or
+// Release. It returns io.EOF after the close record.
+func (r *Reader) Next() ([]byte, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	if !r.started {
+		if err := r.readPreamble(); err != nil {
+			return nil, r.fail(err)
+		}
+	}
+	for {
+		typ, pt, err := r.readRecord()
+		if err != nil {
+			return nil, r.fail(err)
+		}
+		switch typ {
+		case typeData:
+			return pt, nil
+		case typeKeyUpdate:
+			if err := r.keys.update(); err != nil {
+				return nil, r.fail(err)
+			}
+		case typeClose:
+			return nil, r.fail(io.EOF)
+		}
+	}
+}
+
+// Release returns the Reader's buffer to its pool and ends the Reader: later
+// calls return ErrClosed. Use it to abandon a stream before its end; a Reader
+// that returned an error or io.EOF has released its buffer already.
+func (r *Reader) Release() {
+	r.fail(ErrClosed)
+}
+
+// fail records the first permanent error and releases the buffer.
+func (r *Reader) fail(err error) error {
+	if r.err == nil {
+		r.err = err
+	}
+	r.plain = nil
+	r.release()
+	return r.err
+}
+
+func (r *Reader) readPreamble() error {
+	if _, err := io.ReadFull(r.r, r.small[:PreambleSize]); err != nil {
+		return truncated(err)
+	}
+	suite, err := r.sess.parsePreamble(r.small)
+	if err != nil {
+		return err
+	}
+	r.keys.suite, r.keys.limits = suite, r.sess.limits
+	secret, err := r.sess.trafficSecret(r.small, r.streamID, r.dir)
+	if err != nil {
+		return err
+	}
+	if err := r.keys.install(secret); err != nil {
+		return err
+	}
+	r.started = true
+	return nil
+}
+
+// readRecord reads, authenticates and decrypts the next record.
+func (r *Reader) readRecord() (recordType, []byte, error) {
+	if r.bp != nil && r.start == r.end {
+		r.release()
+	}
+	if r.bp == nil {
+		// Drained: wait for the next header in the Reader itself, and
+		// take a buffer only once the record's size is known.
+		if r.rerr != nil {
+			return 0, nil, truncated(r.rerr)
+		}
+		if _, err := io.ReadFull(r.r, r.small[:HeaderSize]); err != nil {
+			return 0, nil, truncated(err)
+		}
+		n, err := bodyLen(r.small[:HeaderSize])
+		if err != nil {
+			return 0, nil, err
+		}
+		r.acquire(HeaderSize + n)
+		r.end = copy(*r.bp, r.small[:HeaderSize])
+	} else if err := r.fill(HeaderSize); err != nil {
+		return 0, nil, err
+	}
+	n, err := bodyLen((*r.bp)[r.start : r.start+HeaderSize])
+	if err != nil {
+		return 0, nil, err
+	}
+	need := HeaderSize + n
+	if err := r.fill(need); err != nil {
+		return 0, nil, err
+	}
+	rec := (*r.bp)[r.start : r.start+need]
+	r.start += need
+	return r.keys.open(rec)
+}
+
+// fill makes sure at least need bytes are buffered from start on, growing
+// the buffer or moving the partial record to its front as needed, and reads
+// greedily: whatever the transport has beyond need is kept for later.
+func (r *Reader) fill(need int) error {
+	if need > len(*r.bp) {
+		old, oldTier := r.bp, r.tier
+		r.bp, r.tier = readLarge.get(), readLarge
+		r.end = copy(*r.bp, (*old)[r.start:r.end])
+		r.start = 0
+		oldTier.put(old)
+	} else if r.start+need > len(*r.bp) {
+		r.end = copy(*r.bp, (*r.bp)[r.start:r.end])
+		r.start = 0
+	}
+	b := *r.bp
+	for r.end-r.start < need {
+		if r.rerr != nil {
+			return truncated(r.rerr)
+		}
+		n, err := r.r.Read(b[r.end:])
+		r.end += n
+		if err != nil {
+			r.rerr = err
+		}
+	}
+	return nil
+}
+
+// acquire takes a buffer that fits a record of n bytes.
+func (r *Reader) acquire(n int) {
+	r.tier = readSmall
+	if n > HeaderSize+smallPayload+TagSize {
+		r.tier = readLarge
+	}
+	r.bp = r.tier.get()
+	r.start, r.end = 0, 0
+}
+
+func (r *Reader) release() {
+	if r.bp != nil {
+		r.tier.put(r.bp)
+		r.bp, r.tier = nil, nil
+	}
+	r.start, r.end = 0, 0
+}
+
+// truncated maps an end of the transport to ErrTruncated; other transport
+// errors (a reset stream, a closed connection) pass through unchanged.
+func truncated(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return ErrTruncated
+	}
+	return err
+}

@@ -1,0 +1,142 @@
+package codec
+
+import (
+	"io"
+)
+
+// Writer seals what is written to it into records on one stream direction.
+// It never waits to fill a record: each Write is sealed and sent at once, so
+// interactive API calls stay fast, and ReadFrom coalesces only what one Read
+// of its source returns. Close sends the close record that lets the peer
+// tell a complete stream from a truncated one.
+type Writer struct {
+	w            io.Writer
+	keys         halfKeys
+	preamble     [PreambleSize]byte
+	sentPreamble bool
+	err          error                      // first permanent error; ErrClosed after Close
+	ctl          [dataOffset + TagSize]byte // control records: close, key update
+	_            [0]func()                  // not comparable
+}
+
+// NewWriter returns a Writer that seals the direction dir of stream streamID
+// onto w with the session's suite. It does not close w.
+func (s *Session) NewWriter(w io.Writer, streamID uint64, dir Direction) *Writer {
+	wr := &Writer{w: w, preamble: preamble(s.suite)}
+	wr.keys.suite, wr.keys.limits = s.suite, s.limits
+	secret, err := s.trafficSecret(wr.preamble, streamID, dir)
+	if err == nil {
+		err = wr.keys.install(secret)
+	}
+	wr.err = err
+	return wr
+}
+
+// Write seals p into records of at most MaxPayload bytes and writes them.
+func (w *Writer) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		if w.err != nil {
+			return written, w.err
+		}
+		n := min(len(p), MaxPayload)
+		pool := writePool(n)
+		bp := pool.get()
+		// Seal straight from p into the pooled buffer: the AEAD's one
+		// pass is the only copy.
+		w.err = w.writeRecord(*bp, typeData, p[:n])
+		pool.put(bp)
+		if w.err != nil {
+			return written, w.err
+		}
+		written += n
+		p = p[n:]
+	}
+	return written, w.err
+}
+
+// ReadFrom reads src until EOF, sealing what each Read returns, in place in
+// a pooled buffer, as one record. It does not send the close record.
+func (w *Writer) ReadFrom(src io.Reader) (int64, error) {
+	var total int64
+	size := smallPayload
+	for w.err == nil {
+		pool := writePool(size)
+		bp := pool.get()
+		b := *bp
+		n, rerr := src.Read(b[dataOffset : dataOffset+size])
+		if n > 0 {
+			w.err = w.writeRecord(b, typeData, b[dataOffset:dataOffset+n])
+			if w.err == nil {
+				total += int64(n)
+			}
+		}
+		pool.put(bp)
+		// Grow while the source keeps filling the buffer; shrink back
+		// when it goes quiet, so an idle stream holds a small buffer.
+		switch {
+		case n == size:
+			size = MaxPayload
+		case n <= smallPayload:
+			size = smallPayload
+		}
+		if rerr == io.EOF {
+			return total, w.err
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+	return total, w.err
+}
+
+// Close sends the close record. It does not close the underlying writer.
+func (w *Writer) Close() error {
+	if w.err != nil {
+		return w.err
+	}
+	if err := w.writeRecord(w.ctl[:], typeClose, nil); err != nil {
+		w.err = err
+		return err
+	}
+	w.err = ErrClosed
+	return nil
+}
+
+// writeRecord seals one record in b and writes it, with the preamble if it
+// is the first. payload is either b[dataOffset:dataOffset+len(payload)]
+// (sealed in place) or outside b; b must have room for the tag after it.
+func (w *Writer) writeRecord(b []byte, typ recordType, payload []byte) error {
+	if typ == typeData {
+		if err := w.updateKeyIfDue(len(payload)); err != nil {
+			return err
+		}
+	}
+	rec := b[PreambleSize : dataOffset+len(payload)+TagSize]
+	w.keys.seal(rec, typ, payload)
+	if !w.sentPreamble {
+		copy(b, w.preamble[:])
+		rec = b[:len(rec)+PreambleSize]
+		w.sentPreamble = true
+	}
+	_, err := w.w.Write(rec)
+	return err
+}
+
+// updateKeyIfDue sends a key update record and moves to the next key when
+// sealing n more bytes would reach a key usage limit. Data records stop one
+// short of the record limit, so the key update always fits under the old
+// key (FORMAT.md, "Key update").
+func (w *Writer) updateKeyIfDue(n int) error {
+	k := &w.keys
+	if k.seq+1 < k.limits.recordsPerKey && k.bytes+uint64(n) <= k.limits.bytesPerKey {
+		return nil
+	}
+	if k.gen >= k.limits.keyUpdates {
+		return ErrKeyExhausted
+	}
+	if err := w.writeRecord(w.ctl[:], typeKeyUpdate, nil); err != nil {
+		return err
+	}
+	return k.update()
+}
