@@ -42,3 +42,26 @@ var (
 	// already closed.
 	ErrClosed = errors.New("codec: writer closed")
 )
+
+// Reason names the kind of a Reader error for counters and audit events:
+// "authentication", "truncation", "oversize", "version", "record_type",
+// "malformed" or "key_exhausted"; "" for any other error.
+func Reason(err error) string {
+	switch {
+	case errors.Is(err, ErrAuth):
+		return "authentication"
+	case errors.Is(err, ErrTruncated):
+		return "truncation"
+	case errors.Is(err, ErrOversize):
+		return "oversize"
+	case errors.Is(err, ErrVersion):
+		return "version"
+	case errors.Is(err, ErrRecordType):
+		return "record_type"
+	case errors.Is(err, ErrMalformed):
+		return "malformed"
+	case errors.Is(err, ErrKeyExhausted):
+		return "key_exhausted"
+	}
+	return ""
+}

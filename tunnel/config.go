@@ -1,0 +1,151 @@
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/dyad-tunnel/dyad/codec"
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
+)
+
+// Config is what a Node runs with. The daemon builds it from the YAML file;
+// a Node takes a new one on reload (Node.Update).
+type Config struct {
+	Peers    []Peer
+	Services []Service
+	// Suite seals the streams this side writes. Zero means AES-256-GCM.
+	Suite codec.Suite
+	// KeepAlive is the QUIC keepalive period. Zero means 5 s.
+	KeepAlive time.Duration
+	// IdleTimeout closes a tunnel that hears nothing for this long. Zero
+	// means 30 s.
+	IdleTimeout time.Duration
+	// ConnectTimeout bounds how long a new local connection waits for a
+	// tunnel (during an outage) before it is refused. Zero means 5 s.
+	ConnectTimeout time.Duration
+	// DialTimeout bounds the exporting side's dial of an upstream. Zero
+	// means 5 s.
+	DialTimeout time.Duration
+}
+
+// Peer is a paired daemon.
+type Peer struct {
+	Name string
+	Key  identity.PublicKey
+	// Endpoint is the peer's QUIC address (host:port) to dial. Empty
+	// means the peer dials us (for example because we are behind NAT).
+	Endpoint string
+}
+
+// Service is an upstream this site exports to the peers on its allow list.
+type Service struct {
+	Name     string
+	Upstream string // host:port, the only address dialed for this service
+	Allow    []string
+}
+
+func (c Config) withDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.KeepAlive, 5*time.Second)
+	def(&c.IdleTimeout, 30*time.Second)
+	def(&c.ConnectTimeout, 5*time.Second)
+	def(&c.DialTimeout, 5*time.Second)
+	if c.Suite == 0 {
+		c.Suite = codec.SuiteAES256GCM
+	}
+	return c
+}
+
+// Validate checks the configuration and names the first problem.
+func (c Config) Validate() error {
+	peers := map[string]bool{}
+	keys := map[identity.PublicKey]string{}
+	for _, p := range c.Peers {
+		if p.Name == "" {
+			return errors.New("peer with an empty name")
+		}
+		if peers[p.Name] {
+			return fmt.Errorf("peer %q: listed twice", p.Name)
+		}
+		if other, dup := keys[p.Key]; dup {
+			return fmt.Errorf("peer %q: same public key as peer %q", p.Name, other)
+		}
+		peers[p.Name], keys[p.Key] = true, p.Name
+		if p.Endpoint != "" {
+			if _, _, err := net.SplitHostPort(p.Endpoint); err != nil {
+				return fmt.Errorf("peer %q: endpoint: %w", p.Name, err)
+			}
+		}
+	}
+	services := map[string]bool{}
+	for _, s := range c.Services {
+		if !ValidServiceName(s.Name) {
+			return fmt.Errorf("service %q: name must be 1-64 of a-z 0-9 . _ -", s.Name)
+		}
+		if services[s.Name] {
+			return fmt.Errorf("service %q: listed twice", s.Name)
+		}
+		services[s.Name] = true
+		if _, _, err := net.SplitHostPort(s.Upstream); err != nil {
+			return fmt.Errorf("service %q: upstream: %w", s.Name, err)
+		}
+		for _, a := range s.Allow {
+			if !peers[a] {
+				return fmt.Errorf("service %q: allow names unknown peer %q", s.Name, a)
+			}
+		}
+	}
+	if c.Suite != 0 && !c.Suite.Available() {
+		return fmt.Errorf("suite %v is not available in this process", c.Suite)
+	}
+	for name, d := range map[string]time.Duration{"keepalive": c.KeepAlive, "idle_timeout": c.IdleTimeout,
+		"connect_timeout": c.ConnectTimeout, "dial_timeout": c.DialTimeout} {
+		if d < 0 {
+			return fmt.Errorf("%s: negative duration %v", name, d)
+		}
+	}
+	return nil
+}
+
+// snapshot is an immutable view of a Config, swapped atomically on reload.
+type snapshot struct {
+	cfg      Config
+	services map[string]*serviceEntry
+}
+
+type serviceEntry struct {
+	Service
+	allow map[string]bool
+}
+
+func newSnapshot(c Config) *snapshot {
+	s := &snapshot{cfg: c.withDefaults(), services: map[string]*serviceEntry{}}
+	for _, svc := range c.Services {
+		e := &serviceEntry{Service: svc, allow: map[string]bool{}}
+		for _, a := range svc.Allow {
+			e.allow[a] = true
+		}
+		s.services[svc.Name] = e
+	}
+	return s
+}
+
+// admit decides a peer's request for a service: THREATS P2, tested by
+// TestServiceNotAllowed and TestUnknownService. It never returns an address
+// other than the configured upstream.
+func (s *snapshot) admit(peer, service string) (Status, string) {
+	e, ok := s.services[service]
+	if !ok {
+		return StatusUnknownService, ""
+	}
+	if !e.allow[peer] {
+		return StatusNotAllowed, ""
+	}
+	return StatusAccepted, e.Upstream
+}

@@ -1,0 +1,233 @@
+// Package identity is a dyad daemon's identity: an Ed25519 key that signs its
+// TLS certificate and an X25519 key from which each pair of daemons derives
+// the pairing secret that binds the codec's record keys (THREATS P1, P4).
+// Both private keys live in one key file, written 0600 and refused when
+// readable by anyone else (THREATS P6).
+package identity
+
+import (
+	"bytes"
+	"crypto/ecdh"
+	"crypto/ed25519"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// PublicKeyPrefix starts every public key string, naming the format version.
+const PublicKeyPrefix = "dyad1:"
+
+const (
+	pemType        = "DYAD IDENTITY KEY"
+	keyFileVersion = 1
+	keyFileSize    = 1 + ed25519.SeedSize + 32 // version, Ed25519 seed, X25519 private key
+	pubSize        = ed25519.PublicKeySize + 32
+
+	// KeyFileName and PublicFileName are the files keygen writes.
+	KeyFileName    = "identity.key"
+	PublicFileName = "identity.pub"
+)
+
+// PublicKey is what a partner pins in its configuration: the Ed25519 key
+// that must sign our TLS handshake and the X25519 key for the pairing secret.
+type PublicKey struct {
+	Sign [ed25519.PublicKeySize]byte
+	DH   [32]byte
+}
+
+// String encodes the key as one copy-pasteable string:
+// "dyad1:" followed by base64url (no padding) of the two keys.
+func (p PublicKey) String() string {
+	return PublicKeyPrefix + base64.RawURLEncoding.EncodeToString(append(p.Sign[:], p.DH[:]...))
+}
+
+// ParsePublicKey decodes a string made by PublicKey.String.
+func ParsePublicKey(s string) (PublicKey, error) {
+	var p PublicKey
+	body, ok := strings.CutPrefix(strings.TrimSpace(s), PublicKeyPrefix)
+	if !ok {
+		return p, fmt.Errorf("public key must start with %q", PublicKeyPrefix)
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(body)
+	if err != nil {
+		return p, fmt.Errorf("public key is not valid base64url: %w", err)
+	}
+	if len(raw) != pubSize {
+		return p, fmt.Errorf("public key is %d bytes, want %d", len(raw), pubSize)
+	}
+	copy(p.Sign[:], raw)
+	copy(p.DH[:], raw[ed25519.PublicKeySize:])
+	if _, err := ecdh.X25519().NewPublicKey(p.DH[:]); err != nil {
+		return p, fmt.Errorf("public key has an invalid X25519 part: %w", err)
+	}
+	return p, nil
+}
+
+// Fingerprint is the short name of a key for people and audit events.
+func (p PublicKey) Fingerprint() string { return Fingerprint(p.Sign[:]) }
+
+// Fingerprint returns the fingerprint of an Ed25519 public key: "SHA256:"
+// and the first 12 bytes of its SHA-256 in hex. It is what a refused
+// handshake's audit event shows, so it needs only the presented key.
+func Fingerprint(signKey []byte) string {
+	sum := sha256.Sum256(signKey)
+	return "SHA256:" + hex.EncodeToString(sum[:12])
+}
+
+// Equal compares two keys in constant time.
+func (p PublicKey) Equal(q PublicKey) bool {
+	return subtle.ConstantTimeCompare(p.Sign[:], q.Sign[:])&subtle.ConstantTimeCompare(p.DH[:], q.DH[:]) == 1
+}
+
+// Identity is a daemon's private keys.
+type Identity struct {
+	sign   ed25519.PrivateKey
+	dh     *ecdh.PrivateKey
+	public PublicKey
+}
+
+// Generate makes a new identity from the system's random source.
+func Generate() (*Identity, error) {
+	raw := make([]byte, keyFileSize)
+	raw[0] = keyFileVersion
+	if _, err := rand.Read(raw[1:]); err != nil {
+		return nil, fmt.Errorf("identity: random source: %w", err)
+	}
+	defer clear(raw)
+	return fromRaw(raw)
+}
+
+func fromRaw(raw []byte) (*Identity, error) {
+	if len(raw) != keyFileSize || raw[0] != keyFileVersion {
+		return nil, errors.New("identity: key material has the wrong size or version")
+	}
+	id := &Identity{sign: ed25519.NewKeyFromSeed(raw[1 : 1+ed25519.SeedSize])}
+	dh, err := ecdh.X25519().NewPrivateKey(raw[1+ed25519.SeedSize:])
+	if err != nil {
+		return nil, fmt.Errorf("identity: X25519 key: %w", err)
+	}
+	id.dh = dh
+	copy(id.public.Sign[:], id.sign.Public().(ed25519.PublicKey))
+	copy(id.public.DH[:], dh.PublicKey().Bytes())
+	return id, nil
+}
+
+// Public returns the identity's public key.
+func (id *Identity) Public() PublicKey { return id.public }
+
+// Signer returns the Ed25519 private key, for the TLS certificate.
+func (id *Identity) Signer() ed25519.PrivateKey { return id.sign }
+
+// marshal returns the key file's PEM text.
+func (id *Identity) marshal() []byte {
+	raw := make([]byte, 0, keyFileSize)
+	raw = append(raw, keyFileVersion)
+	raw = append(raw, id.sign.Seed()...)
+	raw = append(raw, id.dh.Bytes()...)
+	defer clear(raw)
+	return pem.EncodeToMemory(&pem.Block{Type: pemType, Bytes: raw})
+}
+
+// Parse decodes a key file's contents. Errors never quote the contents.
+func Parse(data []byte) (*Identity, error) {
+	block, rest := pem.Decode(data)
+	if block == nil || block.Type != pemType {
+		return nil, fmt.Errorf("identity: not a %q PEM file", pemType)
+	}
+	if len(bytes.TrimSpace(rest)) != 0 {
+		return nil, errors.New("identity: trailing data after the key")
+	}
+	defer clear(block.Bytes)
+	return fromRaw(block.Bytes)
+}
+
+// Load reads a key file, refusing one that group or others can read or
+// write (THREATS P6; tested by TestLoadRefusesOpenPermissions).
+func Load(path string) (*Identity, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	if mode := fi.Mode().Perm(); mode&0o077 != 0 {
+		return nil, fmt.Errorf("identity: key file %s has mode %04o, readable beyond its owner; run: chmod 600 %s", path, mode, path)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	defer clear(data)
+	id, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w (file %s)", err, path)
+	}
+	return id, nil
+}
+
+// WriteFiles writes dir/identity.key (0600, created new: an existing key is
+// never overwritten) and dir/identity.pub, and returns their paths.
+func (id *Identity) WriteFiles(dir string) (keyPath, pubPath string, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", fmt.Errorf("identity: %w", err)
+	}
+	keyPath, pubPath = filepath.Join(dir, KeyFileName), filepath.Join(dir, PublicFileName)
+	f, err := os.OpenFile(keyPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", "", fmt.Errorf("identity: %w", err)
+	}
+	data := id.marshal()
+	defer clear(data)
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return "", "", fmt.Errorf("identity: write %s: %w", keyPath, err)
+	}
+	if err := f.Close(); err != nil {
+		return "", "", fmt.Errorf("identity: write %s: %w", keyPath, err)
+	}
+	pub := id.public.String() + "\n"
+	if err := os.WriteFile(pubPath, []byte(pub), 0o644); err != nil {
+		return "", "", fmt.Errorf("identity: %w", err)
+	}
+	return keyPath, pubPath, nil
+}
+
+// PairingSecret derives the 32-byte secret this identity shares with peer:
+// HKDF-SHA256 over the X25519 shared secret, with both public keys (in a
+// fixed order) in the info so the secret is bound to this exact pair.
+func (id *Identity) PairingSecret(peer PublicKey) ([]byte, error) {
+	pub, err := ecdh.X25519().NewPublicKey(peer.DH[:])
+	if err != nil {
+		return nil, fmt.Errorf("identity: peer X25519 key: %w", err)
+	}
+	shared, err := id.dh.ECDH(pub) // fails on the all-zero output of a low-order key
+	if err != nil {
+		return nil, fmt.Errorf("identity: pairing with %s: %w", peer.Fingerprint(), err)
+	}
+	defer clear(shared)
+	a, b := id.public.String(), peer.String()
+	if a > b {
+		a, b = b, a
+	}
+	return hkdf.Key(sha256.New, shared, []byte("dyad/1 pairing"), a+"|"+b, 32)
+}
+
+// DerivedKey returns a 32-byte key for a local purpose named by label (the
+// QUIC stateless reset key, so a restarted daemon can reset its peers' stale
+// connections). It is independent of every other key.
+func (id *Identity) DerivedKey(label string) [32]byte {
+	var out [32]byte
+	k, err := hkdf.Key(sha256.New, id.sign.Seed(), []byte("dyad/1 local"), label, 32)
+	if err != nil {
+		panic("identity: hkdf of 32 bytes cannot fail: " + err.Error())
+	}
+	copy(out[:], k)
+	return out
+}

@@ -1,0 +1,146 @@
+package identity
+
+import (
+	"bytes"
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestWriteLoadRoundTrip(t *testing.T) {
+	id, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	keyPath, pubPath, err := id.WriteFiles(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(keyPath); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %04o, want 0600", fi.Mode().Perm())
+	}
+	back, err := Load(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !back.Public().Equal(id.Public()) {
+		t.Fatal("loaded identity has another public key")
+	}
+	pub, _ := os.ReadFile(pubPath)
+	parsed, err := ParsePublicKey(string(pub))
+	if err != nil || !parsed.Equal(id.Public()) {
+		t.Fatalf("public file does not parse back: %v", err)
+	}
+	if _, _, err := id.WriteFiles(dir); err == nil {
+		t.Fatal("WriteFiles overwrote an existing key")
+	}
+}
+
+// TestLoadRefusesOpenPermissions: a key file readable by group or others is
+// refused, and the error names the file and the fix. THREATS P6.
+func TestLoadRefusesOpenPermissions(t *testing.T) {
+	id, _ := Generate()
+	keyPath, _, err := id.WriteFiles(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []os.FileMode{0o640, 0o604, 0o660, 0o644} {
+		os.Chmod(keyPath, mode)
+		_, err := Load(keyPath)
+		if err == nil || !strings.Contains(err.Error(), keyPath) || !strings.Contains(err.Error(), "chmod 600") {
+			t.Fatalf("mode %04o: err = %v", mode, err)
+		}
+	}
+}
+
+func TestParseErrorsDoNotQuoteKeyMaterial(t *testing.T) {
+	id, _ := Generate()
+	good := id.marshal()
+	cases := map[string][]byte{
+		"empty":          nil,
+		"not pem":        []byte("hello"),
+		"wrong type":     bytes.Replace(good, []byte(pemType), []byte("PRIVATE KEY"), 2),
+		"trailing data":  append(bytes.Clone(good), "junk"...),
+		"truncated body": append(good[:40:40], "\n-----END "+pemType+"-----\n"...),
+	}
+	for name, data := range cases {
+		_, err := Parse(data)
+		if err == nil {
+			t.Errorf("%s: no error", name)
+			continue
+		}
+		if strings.Contains(err.Error(), string(good[40:60])) {
+			t.Errorf("%s: error quotes the key file: %v", name, err)
+		}
+	}
+}
+
+func TestParsePublicKey(t *testing.T) {
+	id, _ := Generate()
+	s := id.Public().String()
+	if !strings.HasPrefix(s, PublicKeyPrefix) {
+		t.Fatalf("%q lacks the prefix", s)
+	}
+	for _, bad := range []string{"", "dyad2:" + s[6:], s[:len(s)-2], s + "AA", "dyad1:!!!"} {
+		if _, err := ParsePublicKey(bad); err == nil {
+			t.Errorf("ParsePublicKey(%q) accepted", bad)
+		}
+	}
+	if got, err := ParsePublicKey("  " + s + "\n"); err != nil || !got.Equal(id.Public()) {
+		t.Errorf("surrounding space not accepted: %v", err)
+	}
+}
+
+// TestPairingSecret: both ends of a pair derive the same secret, and any
+// other pair a different one. THREATS P4.
+func TestPairingSecret(t *testing.T) {
+	a, _ := Generate()
+	b, _ := Generate()
+	c, _ := Generate()
+	ab, err := a.PairingSecret(b.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ba, _ := b.PairingSecret(a.Public())
+	ac, _ := a.PairingSecret(c.Public())
+	cb, _ := c.PairingSecret(b.Public())
+	if !bytes.Equal(ab, ba) || len(ab) != 32 {
+		t.Fatal("the two ends derive different pairing secrets")
+	}
+	if bytes.Equal(ab, ac) || bytes.Equal(ab, cb) {
+		t.Fatal("different pairs share a pairing secret")
+	}
+	// A peer that claims a's signing key but has its own X25519 key gets
+	// another secret: the pinned DH key is what counts.
+	forged := a.Public()
+	forged.DH = c.Public().DH
+	if s, _ := b.PairingSecret(forged); bytes.Equal(s, ab) {
+		t.Fatal("pairing secret does not depend on the pinned X25519 key")
+	}
+	// A low-order X25519 point yields an all-zero shared secret: refused.
+	var zero PublicKey
+	zero.Sign = b.Public().Sign
+	if _, err := a.PairingSecret(zero); err == nil {
+		t.Fatal("pairing with an all-zero X25519 key accepted")
+	}
+}
+
+func TestCertificateCarriesKey(t *testing.T) {
+	id, _ := Generate()
+	cert, err := id.Certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := CertificateKey(cert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := id.Public()
+	if !bytes.Equal(key, pub.Sign[:]) || Fingerprint(key) != id.Public().Fingerprint() {
+		t.Fatal("certificate key or fingerprint differs from the identity")
+	}
+	if a, b := id.DerivedKey("x"), id.DerivedKey("y"); a == b {
+		t.Fatal("derived keys do not depend on the label")
+	}
+}

@@ -1,0 +1,305 @@
+package tunnel
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/dyad-tunnel/dyad/codec"
+)
+
+// Dial back-off: doubled after each failure up to maxBackoff, with ±25%
+// jitter so that many daemons restarting together do not dial in step.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 15 * time.Second
+)
+
+// link is this node's relation with one peer: the pairing secret and the
+// current tunnel, if any. A link whose peer has an endpoint runs a dial loop.
+type link struct {
+	n       *Node
+	peer    Peer
+	pairing []byte
+	kick    chan struct{} // wakes the dial loop at once (buffered, 1)
+	stop    context.CancelFunc
+	ctx     context.Context
+
+	mu      sync.Mutex // guards cur and changed
+	cur     *tconn
+	changed chan struct{} // closed and replaced whenever cur changes
+}
+
+// tconn is one established QUIC connection to a peer with its codec keys.
+type tconn struct {
+	qc      *quic.Conn
+	sess    *codec.Session
+	since   time.Time
+	active  atomic.Int64 // streams in flight
+	retired atomic.Bool  // replaced: close when the last stream ends
+}
+
+func (t *tconn) alive() bool { return t.qc.Context().Err() == nil }
+
+func (t *tconn) streamStarted() { t.active.Add(1) }
+
+func (t *tconn) streamDone() {
+	if t.active.Add(-1) == 0 && t.retired.Load() {
+		t.qc.CloseWithError(codeReplaced, "replaced")
+	}
+}
+
+// retire lets the connection's streams finish, then closes it.
+func (t *tconn) retire() {
+	t.retired.Store(true)
+	if t.active.Load() == 0 {
+		t.qc.CloseWithError(codeReplaced, "replaced")
+	}
+}
+
+func (n *Node) newLink(p Peer) (*link, error) {
+	secret, err := n.id.PairingSecret(p.Key)
+	if err != nil {
+		return nil, err
+	}
+	l := &link{n: n, peer: p, pairing: secret, kick: make(chan struct{}, 1), changed: make(chan struct{})}
+	l.ctx, l.stop = context.WithCancel(n.ctx)
+	if p.Endpoint != "" {
+		n.loops.Add(1)
+		go l.dialLoop()
+	}
+	return l, nil
+}
+
+// get returns the current tunnel (nil if none) and a channel closed when it
+// changes.
+func (l *link) get() (*tconn, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cur, l.changed
+}
+
+func (l *link) setLocked(tc *tconn) {
+	l.cur = tc
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+// attach derives the codec keys of a new connection and makes it the
+// peer's current tunnel; a previous one is retired, not cut.
+func (l *link) attach(qc *quic.Conn) error {
+	state := qc.ConnectionState().TLS
+	secret, err := state.ExportKeyingMaterial(exporterLabel, nil, codec.SecretSize)
+	if err != nil {
+		return fmt.Errorf("tls exporter: %w", err)
+	}
+	sess, err := codec.NewSession(secret, l.pairing, codec.Config{Suite: l.n.cfg.Load().cfg.Suite})
+	clear(secret)
+	if err != nil {
+		return err
+	}
+	tc := &tconn{qc: qc, sess: sess, since: time.Now()}
+	l.mu.Lock()
+	if l.ctx.Err() != nil {
+		l.mu.Unlock()
+		qc.CloseWithError(codePeerRemoved, "peer removed")
+		return nil
+	}
+	old := l.cur
+	l.setLocked(tc)
+	l.mu.Unlock()
+	if old != nil {
+		old.retire()
+	}
+	l.n.Stats.TunnelsEstablished.Add(1)
+	l.n.log.Info().Str("event", "tunnel.established").Str("peer", l.peer.Name).
+		Str("remote", qc.RemoteAddr().String()).Str("tls_group", state.CurveID.String()).
+		Str("tls_cipher", tls13CipherName(state.CipherSuite)).Str("suite", sess.Suite().String()).
+		Msg("tunnel established")
+	l.n.loops.Add(1)
+	go l.serve(tc)
+	return nil
+}
+
+// serve accepts the peer's streams until the connection ends.
+func (l *link) serve(tc *tconn) {
+	defer l.n.loops.Done()
+	for {
+		s, err := tc.qc.AcceptStream(l.n.ctx)
+		if err != nil {
+			break
+		}
+		l.n.streams.Add(1)
+		tc.streamStarted()
+		go func() {
+			defer l.n.streams.Done()
+			defer tc.streamDone()
+			l.n.serveStream(l, tc, s)
+		}()
+	}
+	l.mu.Lock()
+	if l.cur == tc {
+		l.setLocked(nil)
+	}
+	l.mu.Unlock()
+	l.n.log.Info().Str("event", "tunnel.closed").Str("peer", l.peer.Name).
+		Str("remote", tc.qc.RemoteAddr().String()).Dur("duration", time.Since(tc.since)).
+		Str("reason", closeReason(tc.qc)).Msg("tunnel closed")
+}
+
+// close stops the dial loop and closes the current tunnel.
+func (l *link) close(code quic.ApplicationErrorCode) {
+	l.stop()
+	l.mu.Lock()
+	tc := l.cur
+	l.mu.Unlock()
+	if tc != nil {
+		tc.qc.CloseWithError(code, "")
+	}
+}
+
+// wake asks the dial loop to try now rather than after its back-off.
+func (l *link) wake() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// conn waits for a live tunnel until ctx ends, waking the dial loop.
+func (l *link) conn(ctx context.Context) (*tconn, error) {
+	for {
+		tc, changed := l.get()
+		if tc != nil && tc.alive() {
+			return tc, nil
+		}
+		l.wake()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w %s: %w", errNoTunnel, l.peer.Name, ctx.Err())
+		case <-time.After(50 * time.Millisecond): // a dead tc is dropped by serve soon
+		}
+	}
+}
+
+// dialLoop keeps a tunnel to the peer up while the link lives.
+func (l *link) dialLoop() {
+	defer l.n.loops.Done()
+	backoff := minBackoff
+	if !l.n.preferredDialer(l.peer) {
+		// Let the preferred side dial first, so both do not.
+		l.sleep(l.n.cfg.Load().cfg.KeepAlive)
+	}
+	for l.ctx.Err() == nil {
+		if tc, changed := l.get(); tc != nil && tc.alive() {
+			select {
+			case <-tc.qc.Context().Done():
+			case <-changed:
+			case <-l.ctx.Done():
+			}
+			continue
+		}
+		err := l.dial()
+		if err == nil {
+			backoff = minBackoff
+			continue
+		}
+		if l.ctx.Err() != nil {
+			return
+		}
+		l.n.log.Warn().Err(err).Str("peer", l.peer.Name).Str("endpoint", l.peer.Endpoint).
+			Dur("retry_in", backoff).Msg("dial failed")
+		l.sleep(jitter(backoff))
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// sleep waits d, or less if the link is kicked or stopped.
+func (l *link) sleep(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-l.kick:
+	case <-l.ctx.Done():
+	}
+}
+
+func jitter(d time.Duration) time.Duration {
+	return d*3/4 + rand.N(d/2+1)
+}
+
+func (l *link) dial() error {
+	addr, err := net.ResolveUDPAddr("udp", l.peer.Endpoint)
+	if err != nil {
+		return fmt.Errorf("resolve %s: %w", l.peer.Endpoint, err)
+	}
+	snap := l.n.cfg.Load()
+	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
+	defer cancel()
+	qc, err := l.n.tr.Dial(ctx, addr, l.n.clientTLS(l.n.cert, l.peer, addr), l.n.quicConfig(snap.cfg))
+	if err != nil {
+		return err
+	}
+	if err := awaitReady(ctx, qc); err != nil {
+		qc.CloseWithError(codeSetupFailed, "no ready signal")
+		return fmt.Errorf("peer did not accept us: %w", err)
+	}
+	if err := l.attach(qc); err != nil {
+		qc.CloseWithError(codeSetupFailed, "setup failed")
+		return err
+	}
+	return nil
+}
+
+// In TLS 1.3 a client finishes its handshake before the server has checked
+// the client's certificate, so a dialer cannot tell from Dial alone that the
+// peer accepted its key. The accepting side therefore opens one
+// unidirectional stream carrying the byte readyByte once it has adopted the
+// connection; the dialer waits for it before using the tunnel, and a peer
+// that refused us closes the connection instead.
+const readyByte = 0x01
+
+func awaitReady(ctx context.Context, qc *quic.Conn) error {
+	s, err := qc.AcceptUniStream(ctx)
+	if err != nil {
+		return err
+	}
+	var b [1]byte
+	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(s, b[:]); err != nil {
+		return err
+	}
+	if b[0] != readyByte {
+		return fmt.Errorf("unexpected ready byte %#x", b[0])
+	}
+	return nil
+}
+
+func signalReady(qc *quic.Conn) error {
+	s, err := qc.OpenUniStream()
+	if err != nil {
+		return err
+	}
+	if _, err := s.Write([]byte{readyByte}); err != nil {
+		return err
+	}
+	return s.Close()
+}
+
+// closeReason describes why a connection ended, for the tunnel.closed log.
+func closeReason(qc *quic.Conn) string {
+	err := context.Cause(qc.Context())
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

@@ -1,0 +1,117 @@
+package tunnel
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/dyad-tunnel/dyad/codec"
+)
+
+// finTimeout bounds the wait for the peer's FIN after its close record.
+const finTimeout = 5 * time.Second
+
+var errTrailing = errors.New("data after the close record")
+
+// pumpResult says how a forwarded connection ended.
+type pumpResult struct {
+	sent, received int64 // plaintext bytes local→tunnel and tunnel→local
+	err            error // first failure; nil when both directions closed cleanly
+}
+
+func (r pumpResult) reason() string {
+	if r.err == nil {
+		return "closed"
+	}
+	if reason := codec.Reason(r.err); reason != "" {
+		return "record_" + reason
+	}
+	return r.err.Error()
+}
+
+// pump copies between a local TCP connection and a tunnel stream until both
+// directions end. A FIN maps to the close record plus the stream's FIN and
+// back to a TCP half-close; any failure (a TCP reset, a stream reset, a
+// rejected record) resets both sides at once, and a rejected record is
+// counted and logged (THREATS P3: no byte of a bad record is written, since
+// the codec opens a whole record before returning any of it).
+func (n *Node) pump(local *net.TCPConn, s *quic.Stream, r *codec.Reader, w *codec.Writer) pumpResult {
+	var (
+		res      pumpResult
+		once     sync.Once
+		wg       sync.WaitGroup
+		abortErr error
+	)
+	abort := func(err error, code quic.StreamErrorCode) {
+		once.Do(func() {
+			abortErr = err
+			s.CancelRead(code)
+			s.CancelWrite(code)
+			local.SetLinger(0) // RST, so the other end sees a failure, not an EOF
+			local.Close()
+		})
+	}
+	wg.Add(2)
+	go func() { // local → tunnel
+		defer wg.Done()
+		var err error
+		res.sent, err = w.ReadFrom(local)
+		n.Stats.BytesSent.Add(uint64(res.sent))
+		if err == nil {
+			if err = w.Close(); err == nil {
+				err = s.Close()
+			}
+		}
+		if err != nil {
+			abort(err, codeLocalReset)
+		}
+	}()
+	go func() { // tunnel → local
+		defer wg.Done()
+		var err error
+		res.received, err = r.WriteTo(local)
+		n.Stats.BytesReceived.Add(uint64(res.received))
+		if err == nil {
+			err = expectFIN(s)
+		}
+		if err != nil {
+			code := codeLocalReset
+			if reason := codec.Reason(err); reason != "" {
+				code = codeRecord
+				n.Stats.countRejectedRecord(reason)
+				n.log.Warn().Str("event", "record.rejected").Str("reason", reason).
+					Uint64("stream", uint64(s.StreamID())).Msg("record rejected, stream reset")
+			} else if errors.Is(err, errTrailing) {
+				code = codeProtocol
+			}
+			abort(err, code)
+			return
+		}
+		local.CloseWrite()
+	}()
+	wg.Wait()
+	r.Release()
+	local.Close()
+	res.err = abortErr
+	return res
+}
+
+// expectFIN reads the stream's end after the close record: anything but
+// the FIN is a protocol error.
+func expectFIN(s *quic.Stream) error {
+	s.SetReadDeadline(time.Now().Add(finTimeout))
+	defer s.SetReadDeadline(time.Time{})
+	var b [1]byte
+	n, err := s.Read(b[:])
+	switch {
+	case n > 0:
+		return errTrailing
+	case err == io.EOF:
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,56 @@
+package tunnel
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// Stats counts what a Node did. Counters only grow; every refusal and every
+// rejected record is counted here even when its log line is rate-limited.
+type Stats struct {
+	TunnelsEstablished atomic.Uint64
+	HandshakesRefused  atomic.Uint64 // unpaired keys, both directions
+	StreamsAccepted    atomic.Uint64 // streams served for a peer
+	StreamsForwarded   atomic.Uint64 // local connections carried to a peer
+	ForwardsFailed     atomic.Uint64 // local connections refused: no tunnel, or refused by the peer
+	BytesSent          atomic.Uint64 // plaintext bytes from local sockets into tunnels
+	BytesReceived      atomic.Uint64 // plaintext bytes from tunnels to local sockets
+
+	mu              sync.Mutex        // guards the maps below
+	streamsRefused  map[string]uint64 // by Status name
+	recordsRejected map[string]uint64 // by codec.Reason
+}
+
+func (s *Stats) countRefusedStream(st Status)      { s.add(&s.streamsRefused, st.String()) }
+func (s *Stats) countRejectedRecord(reason string) { s.add(&s.recordsRejected, reason) }
+
+func (s *Stats) add(m *map[string]uint64, key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if *m == nil {
+		*m = map[string]uint64{}
+	}
+	(*m)[key]++
+}
+
+// Snapshot returns every counter by name.
+func (s *Stats) Snapshot() map[string]uint64 {
+	out := map[string]uint64{
+		"tunnels_established": s.TunnelsEstablished.Load(),
+		"handshakes_refused":  s.HandshakesRefused.Load(),
+		"streams_accepted":    s.StreamsAccepted.Load(),
+		"streams_forwarded":   s.StreamsForwarded.Load(),
+		"forwards_failed":     s.ForwardsFailed.Load(),
+		"bytes_sent":          s.BytesSent.Load(),
+		"bytes_received":      s.BytesReceived.Load(),
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, v := range s.streamsRefused {
+		out["streams_refused."+k] = v
+	}
+	for k, v := range s.recordsRejected {
+		out["records_rejected."+k] = v
+	}
+	return out
+}

@@ -1,0 +1,174 @@
+package tunnel
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/dyad-tunnel/dyad/codec"
+)
+
+// requestTimeout bounds how long a new stream may take to send its request.
+const requestTimeout = 10 * time.Second
+
+// serveStream answers a peer's stream: read the sealed request, admit it
+// against the allow list, dial only the configured upstream, answer, pump.
+func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
+	id := uint64(s.StreamID())
+	r := tc.sess.NewReader(s, id, codec.FromInitiator)
+	w := tc.sess.NewWriter(s, id, codec.FromResponder)
+	log := n.log.With().Str("peer", l.peer.Name).Uint64("stream", id).Logger()
+
+	s.SetReadDeadline(time.Now().Add(requestTimeout))
+	req, err := r.Next()
+	s.SetReadDeadline(time.Time{})
+	if err != nil {
+		n.rejectStream(s, r, err, l.peer.Name, "")
+		return
+	}
+	service, err := ParseRequest(req)
+	status, upstream := StatusBadRequest, ""
+	switch {
+	case err != nil:
+	case n.draining.Load():
+		status = StatusShuttingDown
+	default:
+		status, upstream = n.cfg.Load().admit(l.peer.Name, service)
+	}
+	var up net.Conn
+	if status == StatusAccepted {
+		d := net.Dialer{Timeout: n.cfg.Load().cfg.DialTimeout}
+		up, err = d.DialContext(n.ctx, "tcp", upstream)
+		if err != nil {
+			status = StatusUpstreamDown
+			log.Warn().Str("service", service).Err(err).Msg("upstream unreachable")
+		}
+	}
+	if _, err := w.Write(AppendResponse(nil, status)); err != nil || status != StatusAccepted {
+		n.Stats.countRefusedStream(status)
+		log.Warn().Str("event", "stream.refused").Str("service", service).Str("status", status.String()).Msg("stream refused")
+		w.Close()
+		s.Close()
+		r.Release()
+		s.CancelRead(codeStreamRefused)
+		if up != nil {
+			up.Close()
+		}
+		return
+	}
+	n.Stats.StreamsAccepted.Add(1)
+	log.Debug().Str("event", "stream.opened").Str("service", service).Str("upstream", upstream).Msg("stream opened")
+	res := n.pump(up.(*net.TCPConn), s, r, w)
+	log.Debug().Str("event", "stream.closed").Str("service", service).Int64("bytes_to_upstream", res.received).
+		Int64("bytes_from_upstream", res.sent).Str("reason", res.reason()).Msg("stream closed")
+}
+
+// rejectStream resets a stream whose first record failed, counting why.
+func (n *Node) rejectStream(s *quic.Stream, r *codec.Reader, err error, peer, service string) {
+	r.Release()
+	s.CancelRead(codeRecord)
+	s.CancelWrite(codeRecord)
+	if reason := codec.Reason(err); reason != "" {
+		n.Stats.countRejectedRecord(reason)
+		n.log.Warn().Str("event", "record.rejected").Str("peer", peer).Str("service", service).
+			Str("reason", reason).Msg("record rejected, stream reset")
+	}
+}
+
+// Forward carries one accepted local connection to service at peer. It
+// waits up to the configured connect timeout for a tunnel, and closes the
+// client at once (with a reset) if none comes or the peer refuses.
+func (n *Node) Forward(ctx context.Context, client *net.TCPConn, peer, service string) error {
+	l := n.link(peer)
+	if l == nil {
+		n.Stats.ForwardsFailed.Add(1)
+		resetTCP(client)
+		return fmt.Errorf("peer %s: not configured", peer)
+	}
+	n.streams.Add(1)
+	defer n.streams.Done()
+	cfg := n.cfg.Load().cfg
+	ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	for {
+		s, tc, status, err := n.open(ctx, l, service, cfg)
+		if err != nil && tc != nil && !tc.alive() && ctx.Err() == nil {
+			continue // the tunnel died under us: nothing was sent yet, try the next one
+		}
+		if err != nil || status != StatusAccepted {
+			n.Stats.ForwardsFailed.Add(1)
+			resetTCP(client)
+			if err == nil {
+				err = fmt.Errorf("peer %s refused service %s: %v", peer, service, status)
+			}
+			return err
+		}
+		n.Stats.StreamsForwarded.Add(1)
+		tc.streamStarted()
+		defer tc.streamDone()
+		res := n.pump(client, s.stream, s.r, s.w)
+		return res.err
+	}
+}
+
+type openStream struct {
+	stream *quic.Stream
+	r      *codec.Reader
+	w      *codec.Writer
+}
+
+// open opens a stream on the peer's tunnel, sends the request and reads the
+// response.
+func (n *Node) open(ctx context.Context, l *link, service string, cfg Config) (openStream, *tconn, Status, error) {
+	tc, err := l.conn(ctx)
+	if err != nil {
+		return openStream{}, nil, 0, err
+	}
+	s, err := tc.qc.OpenStreamSync(ctx)
+	if err != nil {
+		return openStream{}, tc, 0, fmt.Errorf("peer %s: open stream: %w", l.peer.Name, err)
+	}
+	id := uint64(s.StreamID())
+	os := openStream{stream: s, w: tc.sess.NewWriter(s, id, codec.FromInitiator), r: tc.sess.NewReader(s, id, codec.FromResponder)}
+	fail := func(err error) (openStream, *tconn, Status, error) {
+		os.r.Release()
+		s.CancelRead(codeProtocol)
+		s.CancelWrite(codeProtocol)
+		return openStream{}, tc, 0, fmt.Errorf("peer %s service %s: %w", l.peer.Name, service, err)
+	}
+	if _, err := os.w.Write(AppendRequest(nil, service)); err != nil {
+		return fail(err)
+	}
+	// The peer answers after dialing its upstream: allow for its dial.
+	s.SetReadDeadline(time.Now().Add(cfg.DialTimeout + 5*time.Second))
+	resp, err := os.r.Next()
+	s.SetReadDeadline(time.Time{})
+	if err != nil {
+		if reason := codec.Reason(err); reason != "" {
+			n.Stats.countRejectedRecord(reason)
+		}
+		return fail(err)
+	}
+	status, err := ParseResponse(resp)
+	if err != nil {
+		return fail(err)
+	}
+	if status != StatusAccepted {
+		os.r.Release()
+		s.CancelRead(codeStreamRefused)
+		os.w.Close()
+		s.Close()
+		return openStream{}, tc, status, nil
+	}
+	return os, tc, status, nil
+}
+
+// resetTCP closes c with an RST, so the client sees a refusal, not a clean
+// empty response.
+func resetTCP(c *net.TCPConn) {
+	c.SetLinger(0)
+	c.Close()
+}

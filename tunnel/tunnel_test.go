@@ -1,0 +1,247 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
+	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
+)
+
+type site struct {
+	id   *identity.Identity
+	node *Node
+}
+
+func newIdentity(t *testing.T) *identity.Identity {
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func startNode(t *testing.T, id *identity.Identity, cfg Config) *Node {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
+	if testing.Verbose() {
+		log = zerolog.New(os.Stderr)
+	}
+	n, err := New(pc, id, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	return n
+}
+
+// pair starts site B exporting "echo" (allowed to A) and site A dialing B.
+func pair(t *testing.T, upstream string) (a, b *Node) {
+	ida, idb := newIdentity(t), newIdentity(t)
+	b = startNode(t, idb, Config{
+		Peers:    []Peer{{Name: "a", Key: ida.Public()}},
+		Services: []Service{{Name: "echo", Upstream: upstream, Allow: []string{"a"}}, {Name: "private", Upstream: upstream}},
+	})
+	a = startNode(t, ida, Config{Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: b.Addr().String()}}})
+	return a, b
+}
+
+// forward serves one local connection through a to service at peer b and
+// returns the client end.
+func forward(t *testing.T, a *Node, service string) (client net.Conn, done <-chan error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			errc <- err
+			return
+		}
+		errc <- a.Forward(context.Background(), c.(*net.TCPConn), "b", service)
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	return client, errc
+}
+
+func TestForwardEchoAndHalfClose(t *testing.T) {
+	echo, _ := tunneltest.EchoServer(t)
+	a, b := pair(t, echo)
+	client, done := forward(t, a, "echo")
+	msg := make([]byte, 3<<20)
+	rand.Read(msg)
+	go func() {
+		client.Write(msg)
+		client.(*net.TCPConn).CloseWrite() // half-close: the echo must still come back
+	}()
+	got, err := io.ReadAll(client)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo: %d of %d bytes, err %v", len(got), len(msg), err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Forward: %v", err)
+	}
+	if b.Stats.StreamsAccepted.Load() != 1 || a.Stats.StreamsForwarded.Load() != 1 {
+		t.Fatalf("stats: %v / %v", a.Stats.Snapshot(), b.Stats.Snapshot())
+	}
+}
+
+// TestPostQuantumKeyExchange: quic-go's default hybrid X25519MLKEM768 is what
+// the tunnel negotiates.
+func TestPostQuantumKeyExchange(t *testing.T) {
+	echo, _ := tunneltest.EchoServer(t)
+	a, _ := pair(t, echo)
+	client, _ := forward(t, a, "echo")
+	client.Write([]byte("x"))
+	io.ReadFull(client, make([]byte, 1))
+	tc, _ := a.link("b").get()
+	if got := tc.qc.ConnectionState().TLS.CurveID; got != tls.X25519MLKEM768 {
+		t.Fatalf("key exchange %v, want X25519MLKEM768", got)
+	}
+	if got := tc.qc.ConnectionState().TLS.NegotiatedProtocol; got != ALPN {
+		t.Fatalf("ALPN %q", got)
+	}
+}
+
+// TestServiceNotAllowed and TestUnknownService: THREATS P2. The exporter
+// refuses with a typed status and never dials the upstream.
+func TestServiceNotAllowed(t *testing.T) {
+	echo, accepted := tunneltest.EchoServer(t)
+	a, b := pair(t, echo)
+	for service, want := range map[string]Status{"private": StatusNotAllowed, "nosuch": StatusUnknownService} {
+		client, done := forward(t, a, service)
+		err := <-done
+		if err == nil || !bytes.Contains([]byte(err.Error()), []byte(want.String())) {
+			t.Fatalf("%s: Forward err = %v, want %v", service, err, want)
+		}
+		client.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if n, err := client.Read(make([]byte, 1)); n != 0 || err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("%s: client not closed promptly: %d, %v", service, n, err)
+		}
+	}
+	if accepted() != 0 {
+		t.Fatal("the upstream was dialed for a refused service")
+	}
+	snap := b.Stats.Snapshot()
+	if snap["streams_refused.not_allowed"] != 1 || snap["streams_refused.unknown_service"] != 1 {
+		t.Fatalf("refusals not counted: %v", snap)
+	}
+}
+
+func TestUnknownService(t *testing.T) { TestServiceNotAllowed(t) }
+
+func TestUpstreamDownRefusedPromptly(t *testing.T) {
+	a, b := pair(t, tunneltest.FreeAddr(t))
+	start := time.Now()
+	_, done := forward(t, a, "echo")
+	if err := <-done; err == nil || !bytes.Contains([]byte(err.Error()), []byte("upstream_unreachable")) {
+		t.Fatalf("err = %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("refusal took %v", d)
+	}
+	if b.Stats.Snapshot()["streams_refused.upstream_unreachable"] != 1 {
+		t.Fatal("not counted")
+	}
+}
+
+// TestUnpairedClientRefused: a daemon whose key B does not know completes
+// no handshake, and B counts it. THREATS P1.
+func TestUnpairedClientRefused(t *testing.T) {
+	echo, accepted := tunneltest.EchoServer(t)
+	_, b := pair(t, echo)
+	idb := b.id.Public()
+	stranger := startNode(t, newIdentity(t), Config{ConnectTimeout: time.Second, Peers: []Peer{{Name: "b", Key: idb, Endpoint: b.Addr().String()}}})
+	_, done := forward(t, stranger, "echo")
+	if err := <-done; !errors.Is(err, errNoTunnel) {
+		t.Fatalf("stranger's forward: %v", err)
+	}
+	if b.Stats.HandshakesRefused.Load() == 0 || accepted() != 0 {
+		t.Fatalf("refusal not counted (%d) or upstream reached (%d)", b.Stats.HandshakesRefused.Load(), accepted())
+	}
+}
+
+// TestUnpairedServerRefused: A dials an endpoint that answers with another
+// key than the pinned one and refuses it. THREATS P1.
+func TestUnpairedServerRefused(t *testing.T) {
+	echo, _ := tunneltest.EchoServer(t)
+	_, b := pair(t, echo)
+	ida := newIdentity(t)
+	impostor := startNode(t, newIdentity(t), Config{Peers: []Peer{{Name: "a", Key: ida.Public()}}})
+	a := startNode(t, ida, Config{ConnectTimeout: time.Second, Peers: []Peer{{Name: "b", Key: b.id.Public(), Endpoint: impostor.Addr().String()}}})
+	_, done := forward(t, a, "echo")
+	if err := <-done; !errors.Is(err, errNoTunnel) {
+		t.Fatalf("forward through impostor: %v", err)
+	}
+	if a.Stats.HandshakesRefused.Load() == 0 {
+		t.Fatal("A did not count the impostor")
+	}
+}
+
+// TestWrongPairingKeyRejectedByCodec: a peer that holds the pinned signing
+// key but not the pinned X25519 key completes TLS, yet its first record
+// fails authentication: the stream is reset, counted, and the upstream is
+// never dialed. THREATS P3, P4.
+func TestWrongPairingKeyRejectedByCodec(t *testing.T) {
+	echo, accepted := tunneltest.EchoServer(t)
+	ida, idb := newIdentity(t), newIdentity(t)
+	pinned := ida.Public()
+	pinned.DH = newIdentity(t).Public().DH // B pins the wrong X25519 key for A
+	b := startNode(t, idb, Config{
+		Peers:    []Peer{{Name: "a", Key: pinned}},
+		Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"a"}}},
+	})
+	a := startNode(t, ida, Config{Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: b.Addr().String()}}})
+	_, done := forward(t, a, "echo")
+	if err := <-done; err == nil {
+		t.Fatal("forward succeeded with mismatched pairing keys")
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for b.Stats.Snapshot()["records_rejected.authentication"] == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b.Stats.Snapshot()["records_rejected.authentication"] == 0 || accepted() != 0 {
+		t.Fatalf("stats %v, upstream dialed %d times", b.Stats.Snapshot(), accepted())
+	}
+}
+
+func TestValidate(t *testing.T) {
+	k := newIdentity(t).Public()
+	bad := []Config{
+		{Peers: []Peer{{Name: "", Key: k}}},
+		{Peers: []Peer{{Name: "a", Key: k}, {Name: "a", Key: newIdentity(t).Public()}}},
+		{Peers: []Peer{{Name: "a", Key: k}, {Name: "b", Key: k}}},
+		{Peers: []Peer{{Name: "a", Key: k, Endpoint: "nohost"}}},
+		{Services: []Service{{Name: "Bad Name", Upstream: "127.0.0.1:1"}}},
+		{Services: []Service{{Name: "s", Upstream: "127.0.0.1"}}},
+		{Services: []Service{{Name: "s", Upstream: "127.0.0.1:1", Allow: []string{"ghost"}}}},
+		{KeepAlive: -1},
+	}
+	for i, c := range bad {
+		if err := c.Validate(); err == nil {
+			t.Errorf("config %d accepted", i)
+		}
+	}
+}

@@ -1,0 +1,57 @@
+// Package tunneltest provides real loopback helpers for tests of the tunnel
+// and the daemon: TCP echo and sink servers on 127.0.0.1.
+package tunneltest
+
+import (
+	"io"
+	"net"
+	"sync"
+	"testing"
+)
+
+// EchoServer starts a TCP server on 127.0.0.1 that echoes every byte back
+// and half-closes when its client does. It stops when the test ends.
+func EchoServer(t testing.TB) (addr string, accepted func() int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu sync.Mutex
+		n  int
+		wg sync.WaitGroup
+	)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			n++
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String(), func() int { mu.Lock(); defer mu.Unlock(); return n }
+}
+
+// FreeAddr returns a loopback TCP address that was free a moment ago, for
+// a server that must be started later (or never, to be unreachable).
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
