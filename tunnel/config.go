@@ -25,8 +25,9 @@ type Config struct {
 	// ConnectTimeout bounds how long a new local connection waits for a
 	// tunnel (during an outage) before it is refused. Zero means 5 s.
 	ConnectTimeout time.Duration
-	// DialTimeout bounds the exporting side's dial of an upstream. Zero
-	// means 5 s.
+	// DialTimeout bounds the exporting side's dial of an upstream; the
+	// importing side waits this long beyond ConnectTimeout for the peer's
+	// answer. Zero means 5 s.
 	DialTimeout time.Duration
 }
 

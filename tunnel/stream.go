@@ -142,8 +142,10 @@ func (n *Node) open(ctx context.Context, l *link, service string, cfg Config) (o
 	if _, err := os.w.Write(AppendRequest(nil, service)); err != nil {
 		return fail(err)
 	}
-	// The peer answers after dialing its upstream: allow for its dial.
-	s.SetReadDeadline(time.Now().Add(cfg.DialTimeout + 5*time.Second))
+	// The peer answers after dialing its upstream: allow for its dial
+	// beyond our own connect timeout.
+	deadline, _ := ctx.Deadline()
+	s.SetReadDeadline(deadline.Add(cfg.DialTimeout))
 	resp, err := os.r.Next()
 	s.SetReadDeadline(time.Time{})
 	if err != nil {

@@ -1,0 +1,359 @@
+// Package daemon turns a YAML configuration into a running dyad: it loads
+// and validates the file, wires the identity, the tunnel node, the forward
+// listeners and the admin endpoints, and runs the lifecycle (SIGHUP reload,
+// SIGTERM drain).
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/dyad-tunnel/dyad/codec"
+	"github.com/dyad-tunnel/dyad/tunnel"
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
+)
+
+// File is the YAML configuration as written. Decoding is strict: an unknown
+// key is an error naming its line.
+type File struct {
+	// Site names this daemon in logs and events. Empty means the host name.
+	Site string `yaml:"site"`
+	// Identity is the key file made by `dyad keygen`, relative to the
+	// configuration file's folder.
+	Identity string `yaml:"identity"`
+	// Listen is the QUIC (UDP) address, host:port.
+	Listen string `yaml:"listen"`
+	// Admin is the HTTP address of /healthz, /readyz and /statusz. Empty
+	// means no admin endpoint.
+	Admin    string          `yaml:"admin,omitempty"`
+	Log      LogFile         `yaml:"log,omitempty"`
+	Tunnel   TunnelFile      `yaml:"tunnel,omitempty"`
+	Peers    []PeerFile      `yaml:"peers,omitempty"`
+	Services []ServiceFile   `yaml:"services,omitempty"`
+	Forwards []ForwardConfig `yaml:"forwards,omitempty"`
+}
+
+// LogFile sets the operational log.
+type LogFile struct {
+	// Level is trace, debug, info, warn or error. Empty means info.
+	Level string `yaml:"level,omitempty"`
+	// Format is json or console. Empty means json.
+	Format string `yaml:"format,omitempty"`
+}
+
+// TunnelFile tunes the tunnel; every zero value means the documented default.
+type TunnelFile struct {
+	Suite           string   `yaml:"suite,omitempty"`            // aes-256-gcm (default) or chacha20-poly1305
+	KeepAlive       Duration `yaml:"keepalive,omitempty"`        // default 5s
+	IdleTimeout     Duration `yaml:"idle_timeout,omitempty"`     // default 30s
+	ConnectTimeout  Duration `yaml:"connect_timeout,omitempty"`  // default 5s: a new local connection waits this long for a tunnel
+	DialTimeout     Duration `yaml:"dial_timeout,omitempty"`     // default 5s: the upstream dial
+	ShutdownTimeout Duration `yaml:"shutdown_timeout,omitempty"` // default 30s: drain on SIGTERM
+}
+
+// PeerFile is a paired daemon.
+type PeerFile struct {
+	Name      string `yaml:"name"`
+	PublicKey string `yaml:"public_key"`
+	Endpoint  string `yaml:"endpoint,omitempty"`
+}
+
+// ServiceFile is an upstream this site exports.
+type ServiceFile struct {
+	Name     string   `yaml:"name"`
+	Upstream string   `yaml:"upstream"`
+	Allow    []string `yaml:"allow,omitempty"`
+}
+
+// ForwardConfig is a local port carried to a peer's service.
+type ForwardConfig struct {
+	Listen  string `yaml:"listen"`
+	Peer    string `yaml:"peer"`
+	Service string `yaml:"service"`
+}
+
+// Duration is a time.Duration written as "30s", "1m30s".
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: %q is not a duration like 30s or 1m", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration back as a string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Config is a loaded, validated configuration.
+type Config struct {
+	Path            string
+	File            File
+	Site            string
+	IdentityPath    string
+	LogLevel        zerolog.Level
+	Tunnel          tunnel.Config
+	ShutdownTimeout time.Duration
+}
+
+// ConfigError is a problem in the configuration file, with its place.
+type ConfigError struct {
+	Path  string // the file
+	Line  int    // 0 when unknown
+	Field string // e.g. peers[1].public_key
+	Err   error
+}
+
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Path)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+	}
+	if e.Field != "" {
+		b.WriteString(": " + e.Field)
+	}
+	b.WriteString(": " + e.Err.Error())
+	return b.String()
+}
+
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// LoadConfig reads and validates the configuration file at path.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig validates data as the configuration file at path (used to
+// resolve the identity path).
+func ParseConfig(path string, data []byte) (*Config, error) {
+	var f File
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		return nil, &ConfigError{Path: path, Err: yamlError(err)}
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, &ConfigError{Path: path, Err: err}
+	}
+	v := validator{path: path, root: &root}
+	c := v.check(f)
+	if v.err != nil {
+		return nil, v.err
+	}
+	return c, nil
+}
+
+// yamlError drops the decoder's "yaml: unmarshal errors:" preamble.
+func yamlError(err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		return errors.New(strings.Join(te.Errors, "; "))
+	}
+	if errors.Is(err, io.EOF) {
+		return errors.New("empty configuration")
+	}
+	return err
+}
+
+// validator checks a File and keeps the first problem with its line.
+type validator struct {
+	path string
+	root *yaml.Node
+	err  error
+}
+
+func (v *validator) fail(err error, path ...any) {
+	if v.err != nil {
+		return
+	}
+	field := ""
+	for _, p := range path {
+		switch p := p.(type) {
+		case string:
+			if field != "" {
+				field += "."
+			}
+			field += p
+		case int:
+			field += fmt.Sprintf("[%d]", p)
+		}
+	}
+	v.err = &ConfigError{Path: v.path, Line: lineOf(v.root, path...), Field: field, Err: err}
+}
+
+// lineOf finds the line of the node at path (map keys and list indexes),
+// or of its deepest ancestor that exists.
+func lineOf(n *yaml.Node, path ...any) int {
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	line := n.Line
+	for _, p := range path {
+		var next *yaml.Node
+		switch p := p.(type) {
+		case string:
+			if n.Kind == yaml.MappingNode {
+				for i := 0; i+1 < len(n.Content); i += 2 {
+					if n.Content[i].Value == p {
+						next = n.Content[i+1]
+					}
+				}
+			}
+		case int:
+			if n.Kind == yaml.SequenceNode && p < len(n.Content) {
+				next = n.Content[p]
+			}
+		}
+		if next == nil {
+			return line
+		}
+		n, line = next, next.Line
+	}
+	return line
+}
+
+func hostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", s)
+	}
+	if port == "" || host == "" && !strings.HasPrefix(s, ":") {
+		return fmt.Errorf("%q lacks a host or port", s)
+	}
+	return nil
+}
+
+func (v *validator) check(f File) *Config {
+	c := &Config{Path: v.path, File: f, Site: f.Site}
+	if c.Site == "" {
+		c.Site, _ = os.Hostname()
+	}
+	if f.Identity == "" {
+		v.fail(errors.New("required: the key file made by `dyad keygen`"), "identity")
+	}
+	c.IdentityPath = f.Identity
+	if f.Identity != "" && !filepath.IsAbs(f.Identity) {
+		c.IdentityPath = filepath.Join(filepath.Dir(v.path), f.Identity)
+	}
+	if f.Listen == "" {
+		v.fail(errors.New("required: the QUIC address, host:port"), "listen")
+	} else if err := hostPort(f.Listen); err != nil {
+		v.fail(err, "listen")
+	}
+	if f.Admin != "" {
+		if err := hostPort(f.Admin); err != nil {
+			v.fail(err, "admin")
+		}
+	}
+	c.LogLevel = zerolog.InfoLevel
+	if f.Log.Level != "" {
+		lvl, err := zerolog.ParseLevel(f.Log.Level)
+		if err != nil || f.Log.Level != strings.ToLower(f.Log.Level) {
+			v.fail(fmt.Errorf("%q is not trace, debug, info, warn or error", f.Log.Level), "log", "level")
+		}
+		c.LogLevel = lvl
+	}
+	if f.Log.Format != "" && f.Log.Format != "json" && f.Log.Format != "console" {
+		v.fail(fmt.Errorf("%q is not json or console", f.Log.Format), "log", "format")
+	}
+
+	t := &c.Tunnel
+	if f.Tunnel.Suite != "" {
+		s, err := codec.ParseSuite(f.Tunnel.Suite)
+		if err == nil && !s.Available() {
+			err = fmt.Errorf("%v is not available in FIPS 140-3 mode", s)
+		}
+		if err != nil {
+			v.fail(err, "tunnel", "suite")
+		}
+		t.Suite = s
+	}
+	t.KeepAlive, t.IdleTimeout = time.Duration(f.Tunnel.KeepAlive), time.Duration(f.Tunnel.IdleTimeout)
+	t.ConnectTimeout, t.DialTimeout = time.Duration(f.Tunnel.ConnectTimeout), time.Duration(f.Tunnel.DialTimeout)
+	c.ShutdownTimeout = time.Duration(f.Tunnel.ShutdownTimeout)
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 30 * time.Second
+	}
+	if t.KeepAlive != 0 && t.IdleTimeout != 0 && t.KeepAlive >= t.IdleTimeout {
+		v.fail(fmt.Errorf("keepalive %v must be shorter than idle_timeout %v", t.KeepAlive, t.IdleTimeout), "tunnel", "keepalive")
+	}
+
+	peers := map[string]bool{}
+	for i, p := range f.Peers {
+		if p.Name == "" {
+			v.fail(errors.New("required"), "peers", i, "name")
+		} else if peers[p.Name] {
+			v.fail(fmt.Errorf("peer %q is listed twice", p.Name), "peers", i, "name")
+		}
+		peers[p.Name] = true
+		key, err := identity.ParsePublicKey(p.PublicKey)
+		if err != nil {
+			v.fail(err, "peers", i, "public_key")
+		}
+		if p.Endpoint != "" {
+			if err := hostPort(p.Endpoint); err != nil {
+				v.fail(err, "peers", i, "endpoint")
+			}
+		}
+		t.Peers = append(t.Peers, tunnel.Peer{Name: p.Name, Key: key, Endpoint: p.Endpoint})
+	}
+	services := map[string]bool{}
+	for i, s := range f.Services {
+		switch {
+		case !tunnel.ValidServiceName(s.Name):
+			v.fail(fmt.Errorf("%q: a service name is 1-64 of a-z 0-9 . _ -", s.Name), "services", i, "name")
+		case services[s.Name]:
+			v.fail(fmt.Errorf("service %q is listed twice", s.Name), "services", i, "name")
+		}
+		services[s.Name] = true
+		if err := hostPort(s.Upstream); err != nil {
+			v.fail(err, "services", i, "upstream")
+		}
+		for j, a := range s.Allow {
+			if !peers[a] {
+				v.fail(fmt.Errorf("%q is not a configured peer", a), "services", i, "allow", j)
+			}
+		}
+		t.Services = append(t.Services, tunnel.Service{Name: s.Name, Upstream: s.Upstream, Allow: s.Allow})
+	}
+	listens := map[string]bool{}
+	for i, fw := range f.Forwards {
+		if err := hostPort(fw.Listen); err != nil {
+			v.fail(err, "forwards", i, "listen")
+		} else if listens[fw.Listen] {
+			v.fail(fmt.Errorf("%s is used by another forward", fw.Listen), "forwards", i, "listen")
+		}
+		listens[fw.Listen] = true
+		if !peers[fw.Peer] {
+			v.fail(fmt.Errorf("%q is not a configured peer", fw.Peer), "forwards", i, "peer")
+		}
+		if !tunnel.ValidServiceName(fw.Service) {
+			v.fail(fmt.Errorf("%q: a service name is 1-64 of a-z 0-9 . _ -", fw.Service), "forwards", i, "service")
+		}
+	}
+	if v.err == nil {
+		if err := t.Validate(); err != nil {
+			v.fail(err)
+		}
+	}
+	return c
+}
