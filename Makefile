@@ -6,13 +6,18 @@ SMOKETIME ?= 4s
 BENCHCOUNT ?= 5
 OUT       := bench/out
 
-.PHONY: help test test-race test-exhaustive fuzz-smoke fuzz lint bench build clean
+.PHONY: help demo test test-race test-exhaustive fuzz-smoke fuzz lint bench build clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-build: ## build every package
+build: ## build bin/dyad (and check that every package builds)
 	$(GO) build ./...
+	$(GO) build -trimpath -o bin/dyad ./cmd/dyad
+
+demo: build ## two paired daemons on loopback carrying real HTTP traffic, 100 MiB each way
+	$(GO) build -o bin/dyad-demo ./cmd/dyad-demo
+	bin/dyad-demo -dyad bin/dyad
 
 test: test-race test-exhaustive fuzz-smoke ## everything CI runs: race tests, exhaustive codec round trip, fuzz smoke
 

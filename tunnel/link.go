@@ -173,14 +173,16 @@ func (l *link) wake() {
 	}
 }
 
-// conn waits for a live tunnel until ctx ends, waking the dial loop.
+// conn waits for a live tunnel until ctx ends, waking the dial loop once.
 func (l *link) conn(ctx context.Context) (*tconn, error) {
-	for {
+	for woke := false; ; woke = true {
 		tc, changed := l.get()
 		if tc != nil && tc.alive() {
 			return tc, nil
 		}
-		l.wake()
+		if !woke {
+			l.wake()
+		}
 		select {
 		case <-changed:
 		case <-ctx.Done():
@@ -217,6 +219,9 @@ func (l *link) dialLoop() {
 		}
 		l.n.log.Warn().Err(err).Str("peer", l.peer.Name).Str("endpoint", l.peer.Endpoint).
 			Dur("retry_in", backoff).Msg("dial failed")
+		// A kick (a local connection waiting) cuts the back-off short,
+		// but attempts stay at least minBackoff apart.
+		time.Sleep(minBackoff)
 		l.sleep(jitter(backoff))
 		backoff = min(2*backoff, maxBackoff)
 	}

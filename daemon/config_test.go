@@ -1,0 +1,118 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
+)
+
+func testKey(t *testing.T) string {
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id.Public().String()
+}
+
+const goodConfig = `site: site-a
+identity: keys/identity.key
+listen: 127.0.0.1:7000
+admin: 127.0.0.1:7001
+log: {level: info, format: json}
+tunnel:
+  keepalive: 5s
+  idle_timeout: 30s
+peers:
+  - name: site-b
+    public_key: KEY
+    endpoint: 127.0.0.1:7100
+services:
+  - name: ledger
+    upstream: 127.0.0.1:8080
+    allow: [site-b]
+forwards:
+  - listen: 127.0.0.1:9000
+    peer: site-b
+    service: payments
+`
+
+func TestParseGoodConfig(t *testing.T) {
+	c, err := ParseConfig("/etc/dyad/dyad.yaml", []byte(strings.Replace(goodConfig, "KEY", testKey(t), 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.IdentityPath != "/etc/dyad/keys/identity.key" {
+		t.Errorf("identity path %q not relative to the config file", c.IdentityPath)
+	}
+	if len(c.Tunnel.Peers) != 1 || c.Tunnel.Peers[0].Endpoint != "127.0.0.1:7100" || len(c.File.Forwards) != 1 {
+		t.Errorf("decoded %+v", c.Tunnel)
+	}
+	if c.ShutdownTimeout.Seconds() != 30 {
+		t.Errorf("shutdown timeout default %v", c.ShutdownTimeout)
+	}
+}
+
+// TestConfigErrorsNameLineAndField: every bad value is an error that names
+// the file, the line and the field.
+func TestConfigErrorsNameLineAndField(t *testing.T) {
+	key := testKey(t)
+	good := strings.Replace(goodConfig, "KEY", key, 1)
+	cases := []struct {
+		name, from, to, want string
+	}{
+		{"unknown key", "    endpoint: 127.0.0.1:7100", "    endpont: 127.0.0.1:7100", "dyad.yaml: line 12: field endpont not found"},
+		{"bad public key", "public_key: " + key, "public_key: dyad1:AAAA", "dyad.yaml:11: peers[0].public_key: public key is 3 bytes"},
+		{"bad endpoint", "endpoint: 127.0.0.1:7100", "endpoint: nowhere", "dyad.yaml:12: peers[0].endpoint:"},
+		{"bad duration", "keepalive: 5s", "keepalive: soon", "line 7: \"soon\" is not a duration"},
+		{"allow unknown peer", "allow: [site-b]", "allow: [site-c]", "dyad.yaml:16: services[0].allow[0]: \"site-c\" is not a configured peer"},
+		{"bad upstream", "upstream: 127.0.0.1:8080", "upstream: 127.0.0.1", "dyad.yaml:15: services[0].upstream:"},
+		{"forward to unknown peer", "    peer: site-b", "    peer: site-x", "dyad.yaml:19: forwards[0].peer:"},
+		{"bad service name", "service: payments", "service: Pay Ments", "dyad.yaml:20: forwards[0].service:"},
+		{"missing listen", "listen: 127.0.0.1:7000\n", "", "dyad.yaml:1: listen: required"},
+		{"bad log level", "level: info", "level: loud", "dyad.yaml:5: log.level:"},
+		{"bad suite", "  keepalive: 5s", "  suite: rc4\n  keepalive: 5s", "dyad.yaml:7: tunnel.suite: codec: unknown suite"},
+		{"keepalive not below idle", "keepalive: 5s", "keepalive: 40s", "tunnel.keepalive: keepalive 40s must be shorter"},
+		{"duplicate peer", "services:", "  - name: site-b\n    public_key: " + key + "\nservices:", "peers[1].name: peer \"site-b\" is listed twice"},
+		{"wrong type", "listen: 127.0.0.1:7000", "listen: [1, 2]", "line 3: cannot unmarshal"},
+	}
+	for _, c := range cases {
+		bad := strings.Replace(good, c.from, c.to, 1)
+		if bad == good {
+			t.Fatalf("%s: replacement did not apply", c.name)
+		}
+		_, err := ParseConfig("dyad.yaml", []byte(bad))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v\nwant it to contain %q", c.name, err, c.want)
+		}
+		if err != nil && strings.Contains(err.Error(), key) {
+			t.Errorf("%s: error repeats the public key", c.name)
+		}
+	}
+	if _, err := ParseConfig("empty.yaml", nil); err == nil {
+		t.Error("empty configuration accepted")
+	}
+}
+
+func TestCheckCommand(t *testing.T) {
+	dir := t.TempDir()
+	var out strings.Builder
+	if err := Keygen(filepath.Join(dir, "keys"), &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "public_key: dyad1:") || !strings.Contains(out.String(), "fingerprint: SHA256:") {
+		t.Fatalf("keygen output:\n%s", out.String())
+	}
+	path := filepath.Join(dir, "dyad.yaml")
+	os.WriteFile(path, []byte(strings.Replace(goodConfig, "KEY", testKey(t), 1)), 0o644)
+	out.Reset()
+	if err := Check(path, &out); err != nil || !strings.Contains(out.String(), "ok: site site-a") {
+		t.Fatalf("check: %v\n%s", err, out.String())
+	}
+	os.Chmod(filepath.Join(dir, "keys", "identity.key"), 0o640)
+	if err := Check(path, &out); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("check accepted a group-readable key: %v", err)
+	}
+}
