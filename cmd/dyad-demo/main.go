@@ -239,4 +239,3 @@ func fingerprintIn(logs string) string {
 	rest := logs[i+len(`"fingerprint":"`):]
 	return rest[:strings.IndexByte(rest, '"')]
 }
-
