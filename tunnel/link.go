@@ -42,6 +42,7 @@ type tconn struct {
 	qc      *quic.Conn
 	sess    *codec.Session
 	since   time.Time
+	dialed  bool         // we dialed it (rather than accepted it)
 	active  atomic.Int64 // streams in flight
 	retired atomic.Bool  // replaced: close when the last stream ends
 }
@@ -94,7 +95,7 @@ func (l *link) setLocked(tc *tconn) {
 
 // attach derives the codec keys of a new connection and makes it the
 // peer's current tunnel; a previous one is retired, not cut.
-func (l *link) attach(qc *quic.Conn) error {
+func (l *link) attach(qc *quic.Conn, dialed bool) error {
 	state := qc.ConnectionState().TLS
 	secret, err := state.ExportKeyingMaterial(exporterLabel, nil, codec.SecretSize)
 	if err != nil {
@@ -105,7 +106,7 @@ func (l *link) attach(qc *quic.Conn) error {
 	if err != nil {
 		return err
 	}
-	tc := &tconn{qc: qc, sess: sess, since: time.Now()}
+	tc := &tconn{qc: qc, sess: sess, since: time.Now(), dialed: dialed}
 	l.mu.Lock()
 	if l.ctx.Err() != nil {
 		l.mu.Unlock()
@@ -113,9 +114,15 @@ func (l *link) attach(qc *quic.Conn) error {
 		return nil
 	}
 	old := l.cur
-	l.setLocked(tc)
+	keepOld := old != nil && old.alive() && l.collide(old, tc)
+	if !keepOld {
+		l.setLocked(tc)
+	}
 	l.mu.Unlock()
-	if old != nil {
+	switch {
+	case keepOld:
+		tc.retire()
+	case old != nil:
 		old.retire()
 	}
 	l.n.Stats.TunnelsEstablished.Add(1)
@@ -126,6 +133,22 @@ func (l *link) attach(qc *quic.Conn) error {
 	l.n.loops.Add(1)
 	go l.serve(tc)
 	return nil
+}
+
+// collisionWindow: two connections to the same peer that come up within
+// this time of each other were dialed at once by both sides.
+const collisionWindow = 2 * time.Second
+
+// collide reports whether old should stay and cur go. A newer connection
+// normally replaces an older one (the peer restarted and dialed again). When
+// both sides dialed at once, both keep the connection dialed by the side
+// with the smaller key, so they agree without talking.
+func (l *link) collide(old, cur *tconn) bool {
+	if cur.since.Sub(old.since) > collisionWindow {
+		return false
+	}
+	weArePreferred := l.n.preferredDialer(l.peer)
+	return old.dialed == weArePreferred && cur.dialed != weArePreferred
 }
 
 // serve accepts the peer's streams until the connection ends.
@@ -196,10 +219,6 @@ func (l *link) conn(ctx context.Context) (*tconn, error) {
 func (l *link) dialLoop() {
 	defer l.n.loops.Done()
 	backoff := minBackoff
-	if !l.n.preferredDialer(l.peer) {
-		// Let the preferred side dial first, so both do not.
-		l.sleep(l.n.cfg.Load().cfg.KeepAlive)
-	}
 	for l.ctx.Err() == nil {
 		if tc, changed := l.get(); tc != nil && tc.alive() {
 			select {
@@ -258,7 +277,7 @@ func (l *link) dial() error {
 		qc.CloseWithError(codeSetupFailed, "no ready signal")
 		return fmt.Errorf("peer did not accept us: %w", err)
 	}
-	if err := l.attach(qc); err != nil {
+	if err := l.attach(qc, true); err != nil {
 		qc.CloseWithError(codeSetupFailed, "setup failed")
 		return err
 	}

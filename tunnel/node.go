@@ -197,7 +197,7 @@ func (n *Node) adopt(qc *quic.Conn) {
 		qc.CloseWithError(codePeerRemoved, "not paired")
 		return
 	}
-	if err := l.attach(qc); err != nil {
+	if err := l.attach(qc, false); err != nil {
 		n.log.Error().Err(err).Str("peer", p.Name).Msg("tunnel setup failed")
 		qc.CloseWithError(codeSetupFailed, "setup failed")
 		return
@@ -261,9 +261,8 @@ func (n *Node) Status() []PeerStatus {
 	return out
 }
 
-// preferredDialer reports whether this side dials first when both sides
-// know each other's endpoint: the one with the smaller key. The other side
-// dials only when no tunnel came up within a grace period.
+// preferredDialer reports whether this side's key is the smaller of the
+// pair: when both sides dial at once, the connection it dialed is kept.
 func (n *Node) preferredDialer(p Peer) bool {
 	me := n.id.Public()
 	return bytes.Compare(me.Sign[:], p.Key.Sign[:]) < 0

@@ -68,20 +68,19 @@ func forward(t *testing.T, a *Node, service string) (client net.Conn, done <-cha
 	if err != nil {
 		t.Fatal(err)
 	}
-	errc := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		ln.Close()
-		if err != nil {
-			errc <- err
-			return
-		}
-		errc <- a.Forward(context.Background(), c.(*net.TCPConn), "b", service)
-	}()
+	defer ln.Close()
+	// Dial before the forward starts, so a fast refusal cannot race the
+	// client's connect.
 	client, err = net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- a.Forward(context.Background(), c.(*net.TCPConn), "b", service) }()
 	t.Cleanup(func() { client.Close() })
 	return client, errc
 }
@@ -243,5 +242,82 @@ func TestValidate(t *testing.T) {
 		if err := c.Validate(); err == nil {
 			t.Errorf("config %d accepted", i)
 		}
+	}
+}
+
+// TestReverseStreamsOnDialedConnection: B cannot dial A (no endpoint, as
+// behind NAT) yet imports A's service over the connection A dialed.
+func TestReverseStreamsOnDialedConnection(t *testing.T) {
+	echo, _ := tunneltest.EchoServer(t)
+	ida, idb := newIdentity(t), newIdentity(t)
+	b := startNode(t, idb, Config{Peers: []Peer{{Name: "a", Key: ida.Public()}}})
+	startNode(t, ida, Config{
+		Peers:    []Peer{{Name: "b", Key: idb.Public(), Endpoint: b.Addr().String()}},
+		Services: []Service{{Name: "from-a", Upstream: echo, Allow: []string{"b"}}},
+	})
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			b.Forward(context.Background(), c.(*net.TCPConn), "a", "from-a")
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello from b"))
+	buf := make([]byte, 12)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "hello from b" {
+		t.Fatalf("reverse stream: %q, %v", buf, err)
+	}
+	if b.Stats.TunnelsEstablished.Load() != 1 {
+		t.Fatalf("B has %d tunnels, want the one A dialed", b.Stats.TunnelsEstablished.Load())
+	}
+}
+
+// TestBothEndpointsOneConnection: when both sides know each other's
+// endpoint, the tie-break leaves one connection per pair.
+func TestBothEndpointsOneConnection(t *testing.T) {
+	echo, _ := tunneltest.EchoServer(t)
+	ida, idb := newIdentity(t), newIdentity(t)
+	pa, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	pb, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	cfg := func(peer *identity.Identity, addr net.Addr) Config {
+		return Config{KeepAlive: 300 * time.Millisecond,
+			Peers:    []Peer{{Name: "p", Key: peer.Public(), Endpoint: addr.String()}},
+			Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"p"}}}}
+	}
+	a, err := New(pa, ida, cfg(idb, pb.LocalAddr()), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := New(pb, idb, cfg(ida, pa.LocalAddr()), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	// Both dial at once; both must settle on the same single connection.
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		ta, _ := a.link("p").get()
+		tb, _ := b.link("p").get()
+		if ta != nil && tb != nil && ta.alive() && tb.alive() &&
+			ta.qc.LocalAddr().String() == tb.qc.RemoteAddr().String() && ta.qc.RemoteAddr().String() == tb.qc.LocalAddr().String() &&
+			ta.dialed != tb.dialed {
+			if pref := a.preferredDialer(Peer{Key: idb.Public()}); ta.dialed != pref {
+				t.Fatalf("kept the connection dialed by the larger key")
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sides did not agree on one connection: a %d b %d tunnels", a.Stats.TunnelsEstablished.Load(), b.Stats.TunnelsEstablished.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
