@@ -6,7 +6,7 @@ SMOKETIME ?= 4s
 BENCHCOUNT ?= 5
 OUT       := bench/out
 
-.PHONY: help demo test test-race test-exhaustive fuzz-smoke fuzz lint bench build clean
+.PHONY: help demo test test-race test-exhaustive fuzz-smoke fuzz lint bench bench-quick bench-micro bench-deps build clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -43,10 +43,20 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-bench: ## codec vs raw AEAD, BENCHCOUNT runs, with ratios; results in bench/out/
+bench: build bench-micro ## full benchmark (under 10 min): dyad vs direct, quic-relay and stunnel; bench/out/
+	$(GO) run ./bench -dyad bin/dyad -out $(OUT)
+
+bench-quick: build ## every system and scenario briefly (under 60 s); fails on errors, never on timings
+	$(GO) run ./bench -quick -dyad bin/dyad -out $(OUT)
+
+bench-micro: ## package micro-benchmarks (benchstat format) and the codec vs raw AEAD ratio table
 	@mkdir -p $(OUT)
-	$(GO) test ./codec -run '^$$' -bench 'Record|Stream' -benchmem -count $(BENCHCOUNT) | tee $(OUT)/codec.txt
-	@echo; $(GO) run ./bench/codecratio < $(OUT)/codec.txt | tee $(OUT)/codec-ratio.txt
+	$(GO) test ./codec -run '^$$' -bench 'Record|Stream' -benchmem -count $(BENCHCOUNT) | tee $(OUT)/micro.txt
+	@echo; $(GO) run ./bench/codecratio < $(OUT)/micro.txt | tee $(OUT)/codec-ratio.txt
+
+bench-deps: ## install the baselines' packages (stunnel4, iperf3) with apt-get, as root
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq stunnel4 iperf3; \
+	else echo "bench-deps: run as root (apt-get); without stunnel4 the report says stunnel was not measured"; fi
 
 clean: ## remove build and benchmark output
 	rm -rf $(OUT) bin

@@ -182,6 +182,14 @@ func (s *Site) Status() (Status, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
+// Pid returns the daemon's process ID (0 before Start).
+func (s *Site) Pid() int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // Logs returns everything the daemon printed so far.
 func (s *Site) Logs() string { return s.logs.String() }
 

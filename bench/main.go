@@ -1,0 +1,283 @@
+// Command bench measures dyad side by side with real baselines in the same
+// run, same topology and separate processes, on loopback only: load client →
+// importing side → link → exporting side → target server. See README.md.
+//
+//	go run ./bench -quick            smoke run, under a minute (CI)
+//	go run ./bench                   full run, under ten minutes
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "relay-in", "relay-out":
+			f := map[string]func([]string) error{"relay-in": relayIn, "relay-out": relayOut}[os.Args[1]]
+			if err := f(os.Args[2:]); err != nil {
+				fmt.Fprintln(os.Stderr, os.Args[1]+":", err)
+				os.Exit(1)
+			}
+			return
+		}
+	}
+	quick := flag.Bool("quick", false, "smoke mode: every system and scenario, briefly, one repetition")
+	dyadBin := flag.String("dyad", "bin/dyad", "the dyad binary")
+	out := flag.String("out", "bench/out", "folder for results.json, report.md and the charts")
+	reps := flag.Int("reps", 3, "repetitions per cell in full mode (systems interleaved)")
+	flag.Parse()
+	if err := run(*quick, *dyadBin, *out, *reps); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// plan sets the size of each scenario.
+type plan struct {
+	reps       int
+	bulkDur    time.Duration
+	rrDur      time.Duration
+	churnDur   time.Duration
+	idleConns  int
+	impairDur  time.Duration
+	setupReps  int
+	impairment []linkModel
+}
+
+func makePlan(quick bool, reps int) plan {
+	impaired := []linkModel{
+		{Delay: 20 * time.Millisecond, Jitter: time.Millisecond, Loss: 0, RateMbps: 1000},
+		{Delay: 20 * time.Millisecond, Jitter: time.Millisecond, Loss: 0.01, RateMbps: 1000},
+	}
+	if quick {
+		return plan{reps: 1, bulkDur: 300 * time.Millisecond, rrDur: 300 * time.Millisecond, churnDur: 300 * time.Millisecond,
+			idleConns: 200, impairDur: 500 * time.Millisecond, setupReps: 1, impairment: impaired}
+	}
+	return plan{reps: max(reps, 3), bulkDur: 2 * time.Second, rrDur: 2 * time.Second, churnDur: time.Second,
+		idleConns: 10000, impairDur: 4 * time.Second, setupReps: 3, impairment: impaired}
+}
+
+func run(quick bool, dyadBin, outDir string, reps int) error {
+	raiseFileLimit()
+	p := makePlan(quick, reps)
+	if _, err := os.Stat(dyadBin); err != nil {
+		return fmt.Errorf("%s: %w (run `make build` first)", dyadBin, err)
+	}
+	stunnelBin, _ := exec.LookPath("stunnel4")
+	if stunnelBin == "" {
+		stunnelBin, _ = exec.LookPath("stunnel")
+	}
+	srv, err := startServer()
+	if err != nil {
+		return err
+	}
+	defer srv.close()
+	work, err := os.MkdirTemp("", "dyad-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+
+	res := &results{Mode: map[bool]string{true: "quick", false: "full"}[quick], Date: time.Now().UTC().Format(time.RFC3339),
+		Machine: describeMachine(stunnelBin), Impairment: p.impairment}
+	if stunnelBin == "" {
+		res.Notes = append(res.Notes, "stunnel was not measured: stunnel4 is not installed (`make bench-deps` installs it as root).")
+	} else {
+		res.Notes = append(res.Notes, "Impaired runs of TCP systems (direct, stunnel) get the delay and the rate cap but no loss and no jitter: "+
+			"a user-space relay sits above TCP's own recovery and cannot drop or reorder its bytes honestly. QUIC systems get all of it.")
+	}
+	newSystems := func() []system {
+		s := []system{&direct{}, &quicRelay{}, &dyadSystem{bin: dyadBin}}
+		if stunnelBin != "" {
+			s = append(s, &stunnelSystem{bin: stunnelBin})
+		}
+		return s
+	}
+
+	start := time.Now()
+	// Steady-state scenarios share one instance of each system.
+	systems := newSystems()
+	for i, s := range systems {
+		if err := s.start(fmt.Sprintf("%s/%d", work, i), srv.addr(), nil); err != nil {
+			stopAll(systems)
+			return fmt.Errorf("%s: start: %w", s.name(), err)
+		}
+	}
+	type scenario struct {
+		name string
+		run  func(system) (metrics, error)
+	}
+	scenarios := []scenario{
+		{"bulk-down-1", func(s system) (metrics, error) { return bulk(s.entry(), false, 1, p.bulkDur, s.pids()) }},
+		{"bulk-up-1", func(s system) (metrics, error) { return bulk(s.entry(), true, 1, p.bulkDur, s.pids()) }},
+		{"bulk-down-8", func(s system) (metrics, error) { return bulk(s.entry(), false, 8, p.bulkDur, s.pids()) }},
+		{"bulk-up-8", func(s system) (metrics, error) { return bulk(s.entry(), true, 8, p.bulkDur, s.pids()) }},
+		{"rr-1", func(s system) (metrics, error) { return requestResponse(s.entry(), 1, p.rrDur) }},
+		{"rr-64", func(s system) (metrics, error) { return requestResponse(s.entry(), 64, p.rrDur) }},
+		{"churn", func(s system) (metrics, error) { return churn(s.entry(), 8, p.churnDur) }},
+	}
+	for _, sc := range scenarios {
+		for rep := range p.reps {
+			for _, s := range systems { // interleaved: A B C A B C
+				if os.Getenv("BENCH_TRACE") != "" {
+					fmt.Fprintf(os.Stderr, "bench: %s on %s\n", sc.name, s.name())
+				}
+				m, err := sc.run(s)
+				if err != nil {
+					stopAll(systems)
+					return fmt.Errorf("%s on %s (repetition %d): %w", sc.name, s.name(), rep+1, err)
+				}
+				res.add(sc.name, s.name(), m)
+			}
+		}
+		fmt.Fprintf(os.Stderr, "bench: %-12s done (%v)\n", sc.name, time.Since(start).Round(time.Second))
+	}
+	for _, s := range systems {
+		if s.name() == "direct" {
+			continue
+		}
+		m, err := idle(s.entry(), p.idleConns, s.pids())
+		if err != nil {
+			stopAll(systems)
+			return fmt.Errorf("idle on %s: %w", s.name(), err)
+		}
+		res.add("idle", s.name(), m)
+	}
+	fmt.Fprintf(os.Stderr, "bench: %-12s done (%v)\n", "idle", time.Since(start).Round(time.Second))
+	stopAll(systems)
+
+	// Setup: a fresh instance each time, from start to the first byte.
+	for rep := range p.setupReps {
+		for i, s := range newSystems() {
+			if s.name() == "direct" {
+				continue
+			}
+			t0 := time.Now()
+			err := s.start(fmt.Sprintf("%s/setup-%d-%d", work, rep, i), srv.addr(), nil)
+			if err == nil {
+				err = firstByte(s.entry(), 10*time.Second)
+			}
+			d := time.Since(t0)
+			s.stop()
+			if err != nil {
+				return fmt.Errorf("setup of %s: %w", s.name(), err)
+			}
+			res.add("setup", s.name(), metrics{"setup_ms": float64(d.Microseconds()) / 1000})
+		}
+	}
+	fmt.Fprintf(os.Stderr, "bench: %-12s done (%v)\n", "setup", time.Since(start).Round(time.Second))
+
+	// Impaired link: fresh instances whose inter-site link crosses the relay.
+	for li, model := range p.impairment {
+		var relays []interface{ close() }
+		systems := newSystems()
+		for i, s := range systems {
+			wrap := func(target string) (string, error) {
+				if s.name() == "dyad" || s.name() == "quic-relay" {
+					r, err := startUDPRelay(target, model)
+					if err != nil {
+						return "", err
+					}
+					relays = append(relays, r)
+					return r.addr(), nil
+				}
+				r, err := startTCPRelay(target, model)
+				if err != nil {
+					return "", err
+				}
+				relays = append(relays, r)
+				return r.addr(), nil
+			}
+			if err := s.start(fmt.Sprintf("%s/impair-%d-%d", work, li, i), srv.addr(), wrap); err != nil {
+				stopAll(systems)
+				return fmt.Errorf("%s behind the impairment relay: %w", s.name(), err)
+			}
+		}
+		suffix := fmt.Sprintf("-loss%g%%", model.Loss*100)
+		for rep := range p.reps {
+			for _, s := range systems {
+				m, err := requestResponse(s.entry(), 64, p.impairDur)
+				if err != nil {
+					stopAll(systems)
+					return fmt.Errorf("impaired rr-64 on %s (repetition %d): %w", s.name(), rep+1, err)
+				}
+				res.add("impaired-rr-64"+suffix, s.name(), m)
+				m, err = bulk(s.entry(), false, 1, p.impairDur, s.pids())
+				if err != nil {
+					stopAll(systems)
+					return fmt.Errorf("impaired bulk on %s (repetition %d): %w", s.name(), rep+1, err)
+				}
+				res.add("impaired-bulk-down-1"+suffix, s.name(), m)
+			}
+		}
+		stopAll(systems)
+		for _, r := range relays {
+			r.close()
+		}
+	}
+	fmt.Fprintf(os.Stderr, "bench: %-12s done (%v)\n", "impaired", time.Since(start).Round(time.Second))
+	res.Seconds = time.Since(start).Seconds()
+	res.finish()
+	return res.write(outDir, os.Stdout)
+}
+
+func stopAll(systems []system) {
+	for _, s := range systems {
+		s.stop()
+	}
+}
+
+// raiseFileLimit lifts the open-file limit for the idle scenario's ten
+// thousand connections (and the daemons this process starts inherit it).
+func raiseFileLimit() {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) != nil {
+		return
+	}
+	want := uint64(1 << 16)
+	if l.Max < want {
+		l.Max = want // works as root; otherwise the soft limit below still rises to the hard one
+	}
+	l.Cur = min(want, l.Max)
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l) != nil {
+		syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l)
+		l.Cur = l.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+}
+
+func describeMachine(stunnelBin string) machine {
+	m := machine{CPU: cpuModel(), Cores: runtime.NumCPU(), Kernel: kernel(), Go: runtime.Version()}
+	m.Hostname, _ = os.Hostname()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == "github.com/quic-go/quic-go" {
+				m.QuicGo = d.Version
+			}
+		}
+	}
+	m.Stunnel = "not installed"
+	if stunnelBin != "" {
+		out, _ := exec.Command(stunnelBin, "-version").CombinedOutput()
+		m.Stunnel = firstLineOf(string(out))
+	}
+	return m
+}
+
+func firstLineOf(s string) string {
+	for i, c := range s {
+		if c == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}
+

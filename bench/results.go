@@ -1,0 +1,221 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// results is bench/out/results.json; bench/RESULTS.md documents it.
+type results struct {
+	Mode       string      `json:"mode"`
+	Date       string      `json:"date"`
+	Seconds    float64     `json:"seconds"`
+	Machine    machine     `json:"machine"`
+	Impairment []linkModel `json:"impairment"`
+	Notes      []string    `json:"notes"`
+	Cells      []*cell     `json:"cells"`
+}
+
+// cell is one scenario on one system: every repetition and the summary.
+type cell struct {
+	Scenario string    `json:"scenario"`
+	System   string    `json:"system"`
+	Runs     []metrics `json:"runs"`
+	Median   metrics   `json:"median"`
+	Min      metrics   `json:"min"`
+	Max      metrics   `json:"max"`
+	VsRelay  metrics   `json:"dyad_vs_quic_relay,omitempty"`
+	VsDirect metrics   `json:"dyad_vs_direct,omitempty"`
+}
+
+func (r *results) add(scenario, system string, m metrics) {
+	for _, c := range r.Cells {
+		if c.Scenario == scenario && c.System == system {
+			c.Runs = append(c.Runs, m)
+			return
+		}
+	}
+	r.Cells = append(r.Cells, &cell{Scenario: scenario, System: system, Runs: []metrics{m}})
+}
+
+func (r *results) cell(scenario, system string) *cell {
+	for _, c := range r.Cells {
+		if c.Scenario == scenario && c.System == system {
+			return c
+		}
+	}
+	return nil
+}
+
+// finish computes medians, ranges and dyad's ratios to the baselines.
+func (r *results) finish() {
+	for _, c := range r.Cells {
+		c.Median, c.Min, c.Max = metrics{}, metrics{}, metrics{}
+		for k := range c.Runs[0] {
+			var v []float64
+			for _, run := range c.Runs {
+				v = append(v, run[k])
+			}
+			slices.Sort(v)
+			c.Min[k], c.Max[k] = v[0], v[len(v)-1]
+			if len(v)%2 == 1 {
+				c.Median[k] = v[len(v)/2]
+			} else {
+				c.Median[k] = (v[len(v)/2-1] + v[len(v)/2]) / 2
+			}
+		}
+	}
+	for _, c := range r.Cells {
+		if c.System != "dyad" {
+			continue
+		}
+		ratio := func(base *cell) metrics {
+			if base == nil {
+				return nil
+			}
+			m := metrics{}
+			for k, v := range c.Median {
+				if b := base.Median[k]; b != 0 {
+					m[k] = v / b
+				}
+			}
+			return m
+		}
+		c.VsRelay = ratio(r.cell(c.Scenario, "quic-relay"))
+		c.VsDirect = ratio(r.cell(c.Scenario, "direct"))
+	}
+}
+
+// headline is the figure a scenario is judged by, and its unit.
+func headline(scenario string) (key, unit string) {
+	switch {
+	case strings.Contains(scenario, "bulk"):
+		return "gbps", "Gbit/s"
+	case strings.Contains(scenario, "rr"):
+		return "p99_us", "p99 µs"
+	case scenario == "churn":
+		return "conns_per_s", "conn/s"
+	case scenario == "idle":
+		return "rss_kib_per_conn_importer", "KiB/conn (importer)"
+	case scenario == "setup":
+		return "setup_ms", "ms"
+	}
+	return "", ""
+}
+
+// extra lists the secondary figures shown in the table.
+var extra = map[string][]string{
+	"bulk": {"cpu_s_per_gb", "peak_rss_mib"},
+	"rr":   {"rps", "p50_us", "p90_us", "p999_us"},
+	"idle": {"rss_kib_per_conn_exporter"},
+}
+
+func extrasFor(scenario string) []string {
+	for k, v := range extra {
+		if strings.Contains(scenario, k) {
+			return v
+		}
+	}
+	return nil
+}
+
+func (r *results) scenarios() []string {
+	var out []string
+	for _, c := range r.Cells {
+		if !slices.Contains(out, c.Scenario) {
+			out = append(out, c.Scenario)
+		}
+	}
+	return out
+}
+
+// table writes the human-readable summary.
+func (r *results) table(w io.Writer, markdown bool) {
+	row := func(cols ...string) {
+		if markdown {
+			fmt.Fprintf(w, "| %s |\n", strings.Join(cols, " | "))
+		} else {
+			fmt.Fprintf(w, "%-30s %-11s %-26s %-16s %-16s %s\n", cols[0], cols[1], cols[2], cols[3], cols[4], cols[5])
+		}
+	}
+	row("scenario", "system", "median [min–max]", "dyad/quic-relay", "dyad/direct", "also (medians)")
+	if markdown {
+		row("---", "---", "---", "---", "---", "---")
+	}
+	for _, sc := range r.scenarios() {
+		key, unit := headline(sc)
+		for _, c := range r.Cells {
+			if c.Scenario != sc {
+				continue
+			}
+			vsRelay, vsDirect := "", ""
+			if c.VsRelay != nil {
+				vsRelay = fmt.Sprintf("%.2fx", c.VsRelay[key])
+			}
+			if c.VsDirect != nil {
+				vsDirect = fmt.Sprintf("%.2fx", c.VsDirect[key])
+			}
+			var also []string
+			for _, k := range extrasFor(sc) {
+				if v, ok := c.Median[k]; ok {
+					also = append(also, fmt.Sprintf("%s %s", k, num(v)))
+				}
+			}
+			row(sc, c.System, fmt.Sprintf("%s %s [%s–%s]", num(c.Median[key]), unit, num(c.Min[key]), num(c.Max[key])),
+				vsRelay, vsDirect, strings.Join(also, ", "))
+		}
+	}
+}
+
+func num(v float64) string {
+	switch {
+	case v >= 1000:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.3g", v)
+}
+
+// write saves results.json, report.md and the charts, and prints the table.
+func (r *results) write(dir string, stdout io.Writer) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\ndyad bench (%s mode, %s, %d cores, %s, Go %s, quic-go %s) in %.0f s\n\n", r.Mode, r.Machine.CPU,
+		r.Machine.Cores, r.Machine.Kernel, r.Machine.Go, r.Machine.QuicGo, r.Seconds)
+	r.table(stdout, false)
+	for _, n := range r.Notes {
+		fmt.Fprintln(stdout, "\nnote:", n)
+	}
+	charts, err := r.charts(dir)
+	if err != nil {
+		return err
+	}
+	var md strings.Builder
+	fmt.Fprintf(&md, "# dyad benchmark report\n\n%s mode, %s. Machine: %s, %d cores, kernel %s, Go %s, quic-go %s, stunnel: %s.\n\n",
+		r.Mode, r.Date, r.Machine.CPU, r.Machine.Cores, r.Machine.Kernel, r.Machine.Go, r.Machine.QuicGo, r.Machine.Stunnel)
+	fmt.Fprintf(&md, "Each cell is the median of %d repetitions with min–max; systems ran interleaved. Ratios compare dyad's median with the baseline's median of the same run.\n\n", len(r.Cells[0].Runs))
+	r.table(&md, true)
+	for _, n := range r.Notes {
+		fmt.Fprintf(&md, "\n> %s\n", n)
+	}
+	md.WriteString("\n")
+	for _, c := range charts {
+		fmt.Fprintf(&md, "![%s](%s)\n\n", c, c)
+	}
+	fmt.Fprintf(stdout, "\nwrote %s/results.json, %s/report.md and %s\n", dir, dir, strings.Join(charts, ", "))
+	return os.WriteFile(filepath.Join(dir, "report.md"), []byte(md.String()), 0o644)
+}

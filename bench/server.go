@@ -1,0 +1,103 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+)
+
+// The target server of every scenario. A client's first byte picks the mode:
+const (
+	modeUpload   = 'U' // client sends until it half-closes; server reads and discards
+	modeDownload = 'D' // server sends until the client closes
+	modeRR       = 'R' // 1 KiB request, 1 KiB response, repeated
+)
+
+const msgSize = 1024
+
+// server is a TCP target on loopback, shared by all systems.
+type server struct {
+	ln net.Listener
+	wg sync.WaitGroup
+}
+
+func startServer() (*server, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s := &server{ln: ln}
+	s.wg.Add(1)
+	go s.serve()
+	return s, nil
+}
+
+func (s *server) addr() string { return s.ln.Addr().String() }
+
+func (s *server) close() { s.ln.Close(); s.wg.Wait() }
+
+func (s *server) serve() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			return
+		}
+		go handle(c.(*net.TCPConn))
+	}
+}
+
+var bulkBuf = make([]byte, 256<<10)
+
+func handle(c *net.TCPConn) {
+	defer c.Close()
+	var mode [1]byte
+	if _, err := io.ReadFull(c, mode[:]); err != nil {
+		return
+	}
+	switch mode[0] {
+	case modeUpload:
+		io.Copy(io.Discard, c)
+	case modeDownload:
+		for {
+			if _, err := c.Write(bulkBuf); err != nil {
+				return
+			}
+		}
+	case modeRR:
+		buf := make([]byte, msgSize)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// rrOnce performs one request/response on an open connection in mode R.
+func rrOnce(c net.Conn, buf []byte) error {
+	if _, err := c.Write(buf[:msgSize]); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, buf[:msgSize])
+	return err
+}
+
+// dialMode connects to addr and sends the mode byte.
+func dialMode(addr string, mode byte) (net.Conn, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Write([]byte{mode}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+var errShort = errors.New("short transfer")

@@ -1,0 +1,288 @@
+package main
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dyad-tunnel/dyad/daemon"
+	"github.com/dyad-tunnel/dyad/daemon/daemontest"
+)
+
+// A system carries client traffic to the target server: importing side →
+// link → exporting side → target, each side its own process.
+type system interface {
+	name() string
+	// start launches the system in front of target. wrapLink, when not
+	// nil, is given the exporting side's address and returns the address
+	// the importing side must use instead (an impairment relay).
+	start(dir, target string, wrapLink func(string) (string, error)) error
+	entry() string // where clients connect
+	pids() []int   // the tunnel processes, for CPU and memory
+	stop()
+}
+
+// direct: no tunnel; with a wrapLink, the TCP connection itself crosses
+// the impairment relay.
+type direct struct{ addr string }
+
+func (d *direct) name() string { return "direct" }
+func (d *direct) start(_, target string, wrap func(string) (string, error)) error {
+	d.addr = target
+	if wrap != nil {
+		var err error
+		d.addr, err = wrap(target)
+		return err
+	}
+	return nil
+}
+func (d *direct) entry() string { return d.addr }
+func (d *direct) pids() []int   { return nil }
+func (d *direct) stop()         {}
+
+// dyadSystem runs two real dyad daemons.
+type dyadSystem struct {
+	bin   string
+	a, b  *daemontest.Site
+	local string
+}
+
+func (d *dyadSystem) name() string { return "dyad" }
+
+func (d *dyadSystem) start(dir, target string, wrap func(string) (string, error)) error {
+	var err error
+	if d.a, err = daemontest.NewSite(d.bin, dir, "site-a"); err != nil {
+		return err
+	}
+	if d.b, err = daemontest.NewSite(d.bin, dir, "site-b"); err != nil {
+		return err
+	}
+	if d.local, err = daemontest.FreeTCP(); err != nil {
+		return err
+	}
+	d.a.Config.Log.Level, d.b.Config.Log.Level = "warn", "warn"
+	d.b.Config.Peers = []daemon.PeerFile{d.a.Peer(false)}
+	d.b.Config.Services = []daemon.ServiceFile{{Name: "target", Upstream: target, Allow: []string{"site-a"}}}
+	peer := d.b.Peer(true)
+	if wrap != nil {
+		if peer.Endpoint, err = wrap(peer.Endpoint); err != nil {
+			return err
+		}
+	}
+	d.a.Config.Peers = []daemon.PeerFile{peer}
+	d.a.Config.Forwards = []daemon.ForwardConfig{{Listen: d.local, Peer: "site-b", Service: "target"}}
+	d.a.Config.Tunnel.ShutdownTimeout = daemon.Duration(time.Second)
+	d.b.Config.Tunnel.ShutdownTimeout = daemon.Duration(time.Second)
+	if err := d.b.StartReady(10 * time.Second); err != nil {
+		return err
+	}
+	return d.a.StartReady(10 * time.Second)
+}
+
+func (d *dyadSystem) entry() string { return d.local }
+func (d *dyadSystem) pids() []int   { return []int{d.a.Pid(), d.b.Pid()} }
+func (d *dyadSystem) stop() {
+	for _, s := range []*daemontest.Site{d.a, d.b} {
+		if s != nil {
+			s.Stop(5 * time.Second)
+		}
+	}
+}
+
+// child is a helper process started from this binary or another.
+type child struct{ cmd *exec.Cmd }
+
+func startChild(name string, args ...string) (*child, *bufio.Scanner, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	return &child{cmd}, bufio.NewScanner(out), nil
+}
+
+func (c *child) pid() int { return c.cmd.Process.Pid }
+
+func (c *child) stop() {
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		c.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// waitLine waits for a line with the given prefix on a child's stdout and
+// returns the rest of it.
+func waitLine(sc *bufio.Scanner, prefix string) (string, error) {
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), prefix); ok {
+			go func() {
+				for sc.Scan() {
+				}
+			}()
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", fmt.Errorf("helper exited before printing %q", prefix)
+}
+
+// quicRelay is the baseline: a bare quic-go relay, one stream per TCP
+// connection, no codec and no policy (relay.go), as two processes of this
+// binary.
+type quicRelay struct {
+	in, out *child
+	local   string
+}
+
+func (q *quicRelay) name() string { return "quic-relay" }
+
+func (q *quicRelay) start(_, target string, wrap func(string) (string, error)) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	out, sc, err := startChild(self, "relay-out", "-target", target)
+	if err != nil {
+		return err
+	}
+	q.out = out
+	udp, err := waitLine(sc, "listening ")
+	if err != nil {
+		return err
+	}
+	if wrap != nil {
+		if udp, err = wrap(udp); err != nil {
+			return err
+		}
+	}
+	in, sc, err := startChild(self, "relay-in", "-peer", udp)
+	if err != nil {
+		return err
+	}
+	q.in = in
+	q.local, err = waitLine(sc, "listening ")
+	return err
+}
+
+func (q *quicRelay) entry() string { return q.local }
+func (q *quicRelay) pids() []int   { return []int{q.in.pid(), q.out.pid()} }
+func (q *quicRelay) stop() {
+	for _, c := range []*child{q.in, q.out} {
+		if c != nil {
+			c.stop()
+		}
+	}
+}
+
+// stunnelSystem is Debian's stunnel4 pair: TLS over TCP.
+type stunnelSystem struct {
+	bin      string
+	cli, srv *child
+	local    string
+}
+
+func (s *stunnelSystem) name() string { return "stunnel" }
+
+func (s *stunnelSystem) start(dir, target string, wrap func(string) (string, error)) error {
+	dir = filepath.Join(dir, "stunnel")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := writeSelfSigned(cert, key); err != nil {
+		return err
+	}
+	srvAddr, err := daemontest.FreeTCP()
+	if err != nil {
+		return err
+	}
+	if s.local, err = daemontest.FreeTCP(); err != nil {
+		return err
+	}
+	common := "foreground = yes\npid =\nsyslog = no\ndebug = 3\n"
+	srvConf := filepath.Join(dir, "server.conf")
+	os.WriteFile(srvConf, []byte(common+fmt.Sprintf("[srv]\naccept = %s\nconnect = %s\ncert = %s\nkey = %s\n", srvAddr, target, cert, key)), 0o600)
+	if s.srv, _, err = startChild(s.bin, srvConf); err != nil {
+		return err
+	}
+	if err := waitListening(srvAddr); err != nil {
+		return err
+	}
+	link := srvAddr
+	if wrap != nil {
+		if link, err = wrap(srvAddr); err != nil {
+			return err
+		}
+	}
+	cliConf := filepath.Join(dir, "client.conf")
+	os.WriteFile(cliConf, []byte(common+fmt.Sprintf("[cli]\nclient = yes\naccept = %s\nconnect = %s\n", s.local, link)), 0o600)
+	if s.cli, _, err = startChild(s.bin, cliConf); err != nil {
+		return err
+	}
+	return waitListening(s.local)
+}
+
+func (s *stunnelSystem) entry() string { return s.local }
+func (s *stunnelSystem) pids() []int   { return []int{s.cli.pid(), s.srv.pid()} }
+func (s *stunnelSystem) stop() {
+	for _, c := range []*child{s.cli, s.srv} {
+		if c != nil {
+			c.stop()
+		}
+	}
+}
+
+func waitListening(addr string) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("nothing listening on %s", addr)
+}
+
+// writeSelfSigned writes an ECDSA P-256 certificate and key for stunnel.
+func writeSelfSigned(certPath, keyPath string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+}
