@@ -23,9 +23,9 @@ const queueLimit = 4 << 20 // bytes waiting for the rate cap before tail drop
 
 // pacer turns a packet into its departure time under the model.
 type pacer struct {
-	m      linkModel
-	mu     sync.Mutex
-	txEnd  time.Time // when the link finishes sending what is queued
+	m        linkModel
+	mu       sync.Mutex
+	txEnd    time.Time // when the link finishes sending what is queued
 	rng      *rand.Rand
 	lossless bool
 }
@@ -293,4 +293,3 @@ func (r *tcpRelay) pipe(dst, src *net.TCPConn) {
 	}
 	dst.CloseWrite()
 }
-

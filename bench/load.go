@@ -231,4 +231,3 @@ func firstByte(entry string, timeout time.Duration) error {
 	}
 	return fmt.Errorf("no first byte within %v: %w", timeout, err)
 }
-

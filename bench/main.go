@@ -280,4 +280,3 @@ func firstLineOf(s string) string {
 	}
 	return s
 }
-
