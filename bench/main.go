@@ -160,8 +160,14 @@ func run(quick bool, dyadBin, outDir string, reps int) error {
 			if s.name() == "direct" {
 				continue
 			}
+			dir := fmt.Sprintf("%s/setup-%d-%d", work, rep, i)
+			if p, ok := s.(interface{ prepare(string) error }); ok {
+				if err := p.prepare(dir); err != nil {
+					return err
+				}
+			}
 			t0 := time.Now()
-			err := s.start(fmt.Sprintf("%s/setup-%d-%d", work, rep, i), srv.addr(), nil)
+			err := s.start(dir, srv.addr(), nil)
 			if err == nil {
 				err = firstByte(s.entry(), 10*time.Second)
 			}

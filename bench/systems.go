@@ -62,13 +62,23 @@ type dyadSystem struct {
 
 func (d *dyadSystem) name() string { return "dyad" }
 
-func (d *dyadSystem) start(dir, target string, wrap func(string) (string, error)) error {
+// prepare makes the two identities, which a user does once, ahead of time:
+// the setup scenario does not count it.
+func (d *dyadSystem) prepare(dir string) error {
 	var err error
 	if d.a, err = daemontest.NewSite(d.bin, dir, "site-a"); err != nil {
 		return err
 	}
-	if d.b, err = daemontest.NewSite(d.bin, dir, "site-b"); err != nil {
-		return err
+	d.b, err = daemontest.NewSite(d.bin, dir, "site-b")
+	return err
+}
+
+func (d *dyadSystem) start(dir, target string, wrap func(string) (string, error)) error {
+	var err error
+	if d.a == nil {
+		if err := d.prepare(dir); err != nil {
+			return err
+		}
 	}
 	if d.local, err = daemontest.FreeTCP(); err != nil {
 		return err

@@ -23,7 +23,7 @@ type site struct {
 	node *Node
 }
 
-func newIdentity(t *testing.T) *identity.Identity {
+func newIdentity(t testing.TB) *identity.Identity {
 	id, err := identity.Generate()
 	if err != nil {
 		t.Fatal(err)
@@ -31,7 +31,7 @@ func newIdentity(t *testing.T) *identity.Identity {
 	return id
 }
 
-func startNode(t *testing.T, id *identity.Identity, cfg Config) *Node {
+func startNode(t testing.TB, id *identity.Identity, cfg Config) *Node {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {

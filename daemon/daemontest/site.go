@@ -122,7 +122,7 @@ func (s *Site) WaitReady(timeout time.Duration) error {
 				return nil
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
 	return fmt.Errorf("%s not ready after %v\n%s", s.Name, timeout, s.Logs())
 }
