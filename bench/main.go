@@ -20,8 +20,8 @@ import (
 func main() {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
-		case "relay-in", "relay-out":
-			f := map[string]func([]string) error{"relay-in": relayIn, "relay-out": relayOut}[os.Args[1]]
+		case "relay-in", "relay-out", "serve":
+			f := map[string]func([]string) error{"relay-in": relayIn, "relay-out": relayOut, "serve": serve}[os.Args[1]]
 			if err := f(os.Args[2:]); err != nil {
 				fmt.Fprintln(os.Stderr, os.Args[1]+":", err)
 				os.Exit(1)
@@ -144,7 +144,12 @@ func run(quick bool, dyadBin, outDir string, reps int) error {
 		if s.name() == "direct" {
 			continue
 		}
-		m, err := idle(s.entry(), p.idleConns, s.pids())
+		n := p.idleConns
+		if s.name() == "stunnel" && n > stunnelIdleMax {
+			n = stunnelIdleMax
+			res.Notes = append(res.Notes, fmt.Sprintf("idle: stunnel held %d connections, not %d: each stunnel process needs two descriptors per connection and this machine's open-file hard limit is %d.", n, p.idleConns, fileLimit()))
+		}
+		m, err := idle(s.entry(), n, s.pids())
 		if err != nil {
 			stopAll(systems)
 			return fmt.Errorf("idle on %s: %w", s.name(), err)
@@ -258,6 +263,16 @@ func raiseFileLimit() {
 		l.Cur = l.Max
 		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
 	}
+}
+
+// stunnelIdleMax keeps stunnel's two descriptors per connection under a
+// 20 000 open-file hard limit.
+const stunnelIdleMax = 9000
+
+func fileLimit() uint64 {
+	var l syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l)
+	return l.Max
 }
 
 func describeMachine(stunnelBin string) machine {
