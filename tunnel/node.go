@@ -99,6 +99,10 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 	return n, nil
 }
 
+// maxStreamsPerPeer caps the forwarded connections one peer may hold open
+// with us at once; more wait for a slot (up to the connect timeout).
+const maxStreamsPerPeer = 1 << 14
+
 // quicConfig tunes quic-go for site-to-site links: windows for 1 Gbit/s at
 // 100 ms RTT (12.5 MB in flight), no 0-RTT (forwarded data would be
 // replayable), datagrams on for later UDP forwarding.
@@ -111,7 +115,7 @@ func (n *Node) quicConfig(c Config) *quic.Config {
 		MaxStreamReceiveWindow:         16 << 20,
 		InitialConnectionReceiveWindow: 2 << 20,
 		MaxConnectionReceiveWindow:     32 << 20,
-		MaxIncomingStreams:             1024,
+		MaxIncomingStreams:             maxStreamsPerPeer,
 		MaxIncomingUniStreams:          1, // the ready signal (awaitReady)
 		Allow0RTT:                      false,
 		EnableDatagrams:                true,
