@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -33,8 +34,9 @@ func main() {
 	dyadBin := flag.String("dyad", "bin/dyad", "the dyad binary")
 	out := flag.String("out", "bench/out", "folder for results.json, report.md and the charts")
 	reps := flag.Int("reps", 3, "repetitions per cell in full mode (systems interleaved)")
+	only := flag.String("only", "", "run only the scenario groups whose name contains this (bulk, rr, churn, idle, setup, impaired)")
 	flag.Parse()
-	if err := run(*quick, *dyadBin, *out, *reps); err != nil {
+	if err := run(*quick, *dyadBin, *out, *reps, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -65,7 +67,8 @@ func makePlan(quick bool, reps int) plan {
 		idleConns: 10000, impairDur: 4 * time.Second, setupReps: 3, impairment: impaired}
 }
 
-func run(quick bool, dyadBin, outDir string, reps int) error {
+func run(quick bool, dyadBin, outDir string, reps int, only string) error {
+	want := func(group string) bool { return only == "" || strings.Contains(group, only) }
 	raiseFileLimit()
 	p := makePlan(quick, reps)
 	if _, err := os.Stat(dyadBin); err != nil {
@@ -125,6 +128,9 @@ func run(quick bool, dyadBin, outDir string, reps int) error {
 		{"churn", func(s system) (metrics, error) { return churn(s.entry(), 8, p.churnDur) }},
 	}
 	for _, sc := range scenarios {
+		if !want(sc.name) {
+			continue
+		}
 		for rep := range p.reps {
 			for _, s := range systems { // interleaved: A B C A B C
 				if os.Getenv("BENCH_TRACE") != "" {
@@ -141,7 +147,7 @@ func run(quick bool, dyadBin, outDir string, reps int) error {
 		fmt.Fprintf(os.Stderr, "bench: %-12s done (%v)\n", sc.name, time.Since(start).Round(time.Second))
 	}
 	for _, s := range systems {
-		if s.name() == "direct" {
+		if s.name() == "direct" || !want("idle") {
 			continue
 		}
 		n := p.idleConns
@@ -162,7 +168,7 @@ func run(quick bool, dyadBin, outDir string, reps int) error {
 	// Setup: a fresh instance each time, from start to the first byte.
 	for rep := range p.setupReps {
 		for i, s := range newSystems() {
-			if s.name() == "direct" {
+			if s.name() == "direct" || !want("setup") {
 				continue
 			}
 			dir := fmt.Sprintf("%s/setup-%d-%d", work, rep, i)
@@ -188,6 +194,9 @@ func run(quick bool, dyadBin, outDir string, reps int) error {
 
 	// Impaired link: fresh instances whose inter-site link crosses the relay.
 	for li, model := range p.impairment {
+		if !want("impaired") {
+			break
+		}
 		var relays []interface{ close() }
 		systems := newSystems()
 		for i, s := range systems {
