@@ -39,7 +39,11 @@ func (r pumpResult) reason() string {
 // rejected record) resets both sides at once, and a rejected record is
 // counted and logged (THREATS P3: no byte of a bad record is written, since
 // the codec opens a whole record before returning any of it).
-func (n *Node) pump(local *net.TCPConn, s *quic.Stream, r *codec.Reader, w *codec.Writer) pumpResult {
+//
+// answer, on the importing side, reads the exporter's answer before any
+// byte goes to the local client; the local → tunnel direction does not
+// wait for it (pipelined open, see Forward).
+func (n *Node) pump(local *net.TCPConn, s *quic.Stream, r *codec.Reader, w *codec.Writer, answer func() error) pumpResult {
 	var (
 		res      pumpResult
 		once     sync.Once
@@ -73,6 +77,20 @@ func (n *Node) pump(local *net.TCPConn, s *quic.Stream, r *codec.Reader, w *code
 	go func() { // tunnel → local
 		defer wg.Done()
 		var err error
+		if answer != nil {
+			if err = answer(); err != nil {
+				var refused *RefusedError
+				code := codeProtocol
+				if errors.As(err, &refused) {
+					code = codeStreamRefused
+				} else if reason := codec.Reason(err); reason != "" {
+					code = codeRecord
+					n.Stats.countRejectedRecord(reason)
+				}
+				abort(err, code)
+				return
+			}
+		}
 		res.received, err = r.WriteTo(local)
 		n.Stats.BytesReceived.Add(uint64(res.received))
 		if err == nil {

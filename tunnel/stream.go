@@ -61,7 +61,7 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	}
 	n.Stats.StreamsAccepted.Add(1)
 	log.Debug().Str("event", "stream.opened").Str("service", service).Str("upstream", upstream).Msg("stream opened")
-	res := n.pump(up.(*net.TCPConn), s, r, w)
+	res := n.pump(up.(*net.TCPConn), s, r, w, nil)
 	log.Debug().Str("event", "stream.closed").Str("service", service).Int64("bytes_to_upstream", res.received).
 		Int64("bytes_from_upstream", res.sent).Str("reason", res.reason()).Msg("stream closed")
 }
@@ -81,6 +81,12 @@ func (n *Node) rejectStream(s *quic.Stream, r *codec.Reader, err error, peer, se
 // Forward carries one accepted local connection to service at peer. It
 // waits up to the configured connect timeout for a tunnel, and closes the
 // client at once (with a reset) if none comes or the peer refuses.
+//
+// The open is pipelined: the client's first bytes follow the request
+// without waiting for the answer, so a new connection costs no round trip
+// beyond the client's own. The exporter passes nothing to an upstream
+// before it has accepted the request, and discards what came with a
+// refused one.
 func (n *Node) Forward(ctx context.Context, client *net.TCPConn, peer, service string) error {
 	l := n.link(peer)
 	if l == nil {
@@ -93,25 +99,62 @@ func (n *Node) Forward(ctx context.Context, client *net.TCPConn, peer, service s
 	cfg := n.cfg.Load().cfg
 	ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
+	var (
+		os  openStream
+		tc  *tconn
+		err error
+	)
 	for {
-		s, tc, status, err := n.open(ctx, l, service, cfg)
+		os, tc, err = n.open(ctx, l, service)
 		if err != nil && tc != nil && !tc.alive() && ctx.Err() == nil {
-			continue // the tunnel died under us: nothing was sent yet, try the next one
+			continue // the tunnel died under us: nothing was read from the client yet, try the next one
 		}
-		if err != nil || status != StatusAccepted {
-			n.Stats.ForwardsFailed.Add(1)
-			resetTCP(client)
-			if err == nil {
-				err = fmt.Errorf("peer %s refused service %s: %v", peer, service, status)
-			}
+		break
+	}
+	if err != nil {
+		n.Stats.ForwardsFailed.Add(1)
+		resetTCP(client)
+		return err
+	}
+	tc.streamStarted()
+	defer tc.streamDone()
+	// The peer answers after dialing its upstream: allow for its dial
+	// beyond our own connect timeout.
+	deadline, _ := ctx.Deadline()
+	accepted := false
+	answer := func() error {
+		os.stream.SetReadDeadline(deadline.Add(cfg.DialTimeout))
+		defer os.stream.SetReadDeadline(time.Time{})
+		resp, err := os.r.Next()
+		if err != nil {
 			return err
 		}
+		status, err := ParseResponse(resp)
+		if err != nil {
+			return fmt.Errorf("%w: %w", errTrailing, err)
+		}
+		if status != StatusAccepted {
+			return &RefusedError{Peer: peer, Service: service, Status: status}
+		}
 		n.Stats.StreamsForwarded.Add(1)
-		tc.streamStarted()
-		defer tc.streamDone()
-		res := n.pump(client, s.stream, s.r, s.w)
-		return res.err
+		accepted = true
+		return nil
 	}
+	res := n.pump(client, os.stream, os.r, os.w, answer)
+	if !accepted {
+		n.Stats.ForwardsFailed.Add(1)
+	}
+	return res.err
+}
+
+// RefusedError is the exporting side's typed refusal of a stream.
+type RefusedError struct {
+	Peer, Service string
+	Status        Status
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("peer %s refused service %s: %v", e.Peer, e.Service, e.Status)
 }
 
 type openStream struct {
@@ -120,52 +163,25 @@ type openStream struct {
 	w      *codec.Writer
 }
 
-// open opens a stream on the peer's tunnel, sends the request and reads the
-// response.
-func (n *Node) open(ctx context.Context, l *link, service string, cfg Config) (openStream, *tconn, Status, error) {
+// open opens a stream on the peer's tunnel and sends the request.
+func (n *Node) open(ctx context.Context, l *link, service string) (openStream, *tconn, error) {
 	tc, err := l.conn(ctx)
 	if err != nil {
-		return openStream{}, nil, 0, err
+		return openStream{}, nil, err
 	}
 	s, err := tc.qc.OpenStreamSync(ctx)
 	if err != nil {
-		return openStream{}, tc, 0, fmt.Errorf("peer %s: open stream: %w", l.peer.Name, err)
+		return openStream{}, tc, fmt.Errorf("peer %s: open stream: %w", l.peer.Name, err)
 	}
 	id := uint64(s.StreamID())
 	os := openStream{stream: s, w: tc.sess.NewWriter(s, id, codec.FromInitiator), r: tc.sess.NewReader(s, id, codec.FromResponder)}
-	fail := func(err error) (openStream, *tconn, Status, error) {
+	if _, err := os.w.Write(AppendRequest(nil, service)); err != nil {
 		os.r.Release()
 		s.CancelRead(codeProtocol)
 		s.CancelWrite(codeProtocol)
-		return openStream{}, tc, 0, fmt.Errorf("peer %s service %s: %w", l.peer.Name, service, err)
+		return openStream{}, tc, fmt.Errorf("peer %s service %s: %w", l.peer.Name, service, err)
 	}
-	if _, err := os.w.Write(AppendRequest(nil, service)); err != nil {
-		return fail(err)
-	}
-	// The peer answers after dialing its upstream: allow for its dial
-	// beyond our own connect timeout.
-	deadline, _ := ctx.Deadline()
-	s.SetReadDeadline(deadline.Add(cfg.DialTimeout))
-	resp, err := os.r.Next()
-	s.SetReadDeadline(time.Time{})
-	if err != nil {
-		if reason := codec.Reason(err); reason != "" {
-			n.Stats.countRejectedRecord(reason)
-		}
-		return fail(err)
-	}
-	status, err := ParseResponse(resp)
-	if err != nil {
-		return fail(err)
-	}
-	if status != StatusAccepted {
-		os.r.Release()
-		s.CancelRead(codeStreamRefused)
-		os.w.Close()
-		s.Close()
-		return openStream{}, tc, status, nil
-	}
-	return os, tc, status, nil
+	return os, tc, nil
 }
 
 // resetTCP closes c with an RST, so the client sees a refusal, not a clean
