@@ -297,16 +297,18 @@ func describeMachine(stunnelBin string) machine {
 	m.Stunnel = "not installed"
 	if stunnelBin != "" {
 		out, _ := exec.Command(stunnelBin, "-version").CombinedOutput()
-		m.Stunnel = firstLineOf(string(out))
+		m.Stunnel = stunnelVersion(string(out))
 	}
 	return m
 }
 
-func firstLineOf(s string) string {
-	for i, c := range s {
-		if c == '\n' {
-			return s[:i]
+// stunnelVersion picks the "stunnel 5.68 on …" line out of -version's output,
+// which starts with unrelated start-up chatter.
+func stunnelVersion(out string) string {
+	for line := range strings.Lines(out) {
+		if strings.HasPrefix(line, "stunnel ") {
+			return strings.TrimSpace(line)
 		}
 	}
-	return s
+	return strings.TrimSpace(out)
 }
