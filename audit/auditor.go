@@ -1,0 +1,306 @@
+// Package audit turns what the daemon does into audit events: each one is
+// written to the local journal (the evidence of record, package
+// audit/journal) and then handed to the OpenTelemetry Logs SDK, whose
+// exporter sends it over OTLP to the customer's collector without ever
+// blocking traffic. The catalogue of events is Catalog, documented in
+// EVENTS.md. The package also owns dyad's OpenTelemetry metrics (Metrics).
+//
+// A nil *Auditor is valid and discards everything, so that code paths and
+// tests without auditing need no special case.
+package audit
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
+	otellog "go.opentelemetry.io/otel/log"
+	sdklog "go.opentelemetry.io/otel/sdk/log"
+	"go.opentelemetry.io/otel/sdk/resource"
+	"golang.org/x/time/rate"
+
+	"github.com/dyad-tunnel/dyad/audit/journal"
+)
+
+// Severity is an event's severity.
+type Severity int
+
+// Severities, mapped to OpenTelemetry's SeverityInfo, SeverityWarn and
+// SeverityError.
+const (
+	Info Severity = iota
+	Warn
+	Error
+)
+
+func (s Severity) String() string {
+	switch s {
+	case Warn:
+		return "WARN"
+	case Error:
+		return "ERROR"
+	}
+	return "INFO"
+}
+
+func (s Severity) otel() otellog.Severity {
+	switch s {
+	case Warn:
+		return otellog.SeverityWarn
+	case Error:
+		return otellog.SeverityError
+	}
+	return otellog.SeverityInfo
+}
+
+func (s Severity) zerolog() zerolog.Level {
+	switch s {
+	case Warn:
+		return zerolog.WarnLevel
+	case Error:
+		return zerolog.ErrorLevel
+	}
+	return zerolog.InfoLevel
+}
+
+// KeyJournalSeq is the attribute, on exported events only, that gives the
+// event's position in the journal, so an exported event can be matched with
+// its journal entry (and a gap in the SIEM with the journal's entries).
+const KeyJournalSeq = "dyad.journal.seq"
+
+// Options configure an Auditor.
+type Options struct {
+	Journal  *journal.Journal   // the evidence of record; nil means none (tests)
+	Resource *resource.Resource // service.name, service.version, …
+	Export   *Exporter          // OTLP export; nil means none
+	Console  zerolog.Logger     // operational log that mirrors every event; zerolog.Nop() for none
+	// Burst and Rate limit each rate-limited event (Spec.RateLimit); the
+	// rest are counted and reported once per SummaryInterval. Zero means
+	// a burst of 100 and 20 per second.
+	Burst int
+	Rate  rate.Limit
+	// SummaryInterval is how often suppressed and dropped counts are
+	// reported; zero means one minute.
+	SummaryInterval time.Duration
+	Now             func() time.Time // nil means time.Now
+}
+
+// Auditor emits audit events. It is safe for concurrent use.
+type Auditor struct {
+	opts     Options
+	provider *sdklog.LoggerProvider
+	logger   otellog.Logger
+	metrics  *Metrics
+
+	mu         sync.Mutex // guards the following fields
+	limiters   map[string]*rate.Limiter
+	suppressed map[string]uint64
+	journalErr error // last journal error reported on the console
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// New starts an Auditor. Close it to flush the export and the journal.
+func New(opts Options) *Auditor {
+	if opts.Burst <= 0 {
+		opts.Burst = 100
+	}
+	if opts.Rate <= 0 {
+		opts.Rate = 20
+	}
+	if opts.SummaryInterval <= 0 {
+		opts.SummaryInterval = time.Minute
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	a := &Auditor{opts: opts, limiters: map[string]*rate.Limiter{}, suppressed: map[string]uint64{},
+		stop: make(chan struct{}), done: make(chan struct{})}
+	lopts := []sdklog.LoggerProviderOption{}
+	if opts.Resource != nil {
+		lopts = append(lopts, sdklog.WithResource(opts.Resource))
+	}
+	if opts.Export != nil {
+		opts.Export.attach(a)
+		lopts = append(lopts, sdklog.WithProcessor(opts.Export))
+	}
+	a.provider = sdklog.NewLoggerProvider(lopts...)
+	a.logger = a.provider.Logger("github.com/dyad-tunnel/dyad/audit")
+	go a.summaries()
+	return a
+}
+
+// SetMetrics makes the Auditor count its own work (events, suppressions,
+// journal depth) in m.
+func (a *Auditor) SetMetrics(m *Metrics) {
+	if a != nil {
+		a.metrics = m
+	}
+}
+
+// Emit records one event: journal first, then export and the console. The
+// attributes must be those Catalog lists for name. Emit never waits for the
+// network; it waits for the disk only under journal.SyncAlways.
+func (a *Auditor) Emit(name string, attrs ...attribute.KeyValue) {
+	if a == nil {
+		return
+	}
+	spec, ok := specs[name]
+	if !ok {
+		// A programming error: keep the evidence anyway, flagged.
+		spec = &Spec{Name: name, Severity: Warn}
+		attrs = append(attrs, attribute.Bool("dyad.uncatalogued", true))
+	}
+	if name == JournalCheckpoint || name == JournalRecovered {
+		a.opts.Console.Error().Str("event", name).Msg("audit: only the journal writes its own events; dropped")
+		return
+	}
+	if spec.RateLimit && !a.allow(name) {
+		return
+	}
+	now := a.opts.Now()
+	seq := int64(-1)
+	if a.opts.Journal != nil {
+		s, err := a.opts.Journal.Append(name, spec.Severity.String(), now, attrs)
+		if err != nil {
+			a.journalFailed(err)
+		} else {
+			seq = int64(s)
+		}
+	}
+	a.export(spec, now, seq, attrs)
+	a.metrics.countEvent(name)
+}
+
+// emitEntry exports an entry the journal wrote by itself (a checkpoint).
+func (a *Auditor) emitEntry(e journal.Entry) {
+	spec, ok := specs[e.Name]
+	if !ok {
+		return
+	}
+	a.export(spec, e.Time, int64(e.Seq), e.Attrs)
+	a.metrics.countEvent(e.Name)
+}
+
+// OnCheckpoint is the journal.Options.OnCheckpoint hook that exports each
+// checkpoint the journal signs, so the SIEM holds an external anchor.
+func (a *Auditor) OnCheckpoint(e journal.Entry) {
+	if a != nil {
+		a.emitEntry(e)
+	}
+}
+
+func (a *Auditor) export(spec *Spec, t time.Time, seq int64, attrs []attribute.KeyValue) {
+	if a.opts.Export != nil {
+		var r otellog.Record
+		r.SetEventName(spec.Name)
+		r.SetTimestamp(t)
+		r.SetObservedTimestamp(t)
+		r.SetSeverity(spec.Severity.otel())
+		r.SetSeverityText(spec.Severity.String())
+		r.SetBody(attribute.StringValue(spec.Name))
+		r.AddAttributes(attrs...)
+		if seq >= 0 {
+			r.AddAttributes(attribute.Int64(KeyJournalSeq, seq))
+		}
+		a.logger.Emit(context.Background(), r)
+	}
+	if a.opts.Console.GetLevel() <= spec.Severity.zerolog() {
+		ev := a.opts.Console.WithLevel(spec.Severity.zerolog()).Str("event", spec.Name)
+		for _, kv := range attrs {
+			ev = ev.Interface(string(kv.Key), kv.Value.AsInterface())
+		}
+		ev.Msg("audit")
+	}
+}
+
+func (a *Auditor) allow(name string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	l := a.limiters[name]
+	if l == nil {
+		l = rate.NewLimiter(a.opts.Rate, a.opts.Burst)
+		a.limiters[name] = l
+	}
+	if l.Allow() {
+		return true
+	}
+	a.suppressed[name]++
+	a.metrics.countSuppressed(name)
+	return false
+}
+
+func (a *Auditor) journalFailed(err error) {
+	a.mu.Lock()
+	first := a.journalErr == nil
+	a.journalErr = err
+	a.mu.Unlock()
+	a.metrics.countJournalError()
+	if first {
+		a.opts.Console.Error().Err(err).Msg("audit journal cannot be written; events still go to the console and OTLP")
+	}
+}
+
+// summaries reports suppressed events and export drops once per interval.
+func (a *Auditor) summaries() {
+	defer close(a.done)
+	t := time.NewTicker(a.opts.SummaryInterval)
+	defer t.Stop()
+	last := a.opts.Now()
+	for {
+		select {
+		case <-a.stop:
+			a.summarize(last)
+			return
+		case <-t.C:
+			last = a.summarize(last)
+		}
+	}
+}
+
+func (a *Auditor) summarize(since time.Time) time.Time {
+	now := a.opts.Now()
+	window := now.Sub(since).Seconds()
+	a.mu.Lock()
+	sup := a.suppressed
+	a.suppressed = map[string]uint64{}
+	a.mu.Unlock()
+	for name, n := range sup {
+		a.Emit(EventsSuppressed, attribute.String(KeyEventName, name), attribute.Int64(KeyCount, int64(n)), attribute.Float64(KeyWindow, window))
+	}
+	if e := a.opts.Export; e != nil {
+		if full, failed := e.takeDrops(); full+failed > 0 {
+			a.Emit(ExportDropped, attribute.Int64(KeyQueueFull, int64(full)), attribute.Int64(KeyExportFailed, int64(failed)), attribute.Float64(KeyWindow, window))
+		}
+	}
+	return now
+}
+
+// Flush reports pending summaries and pushes queued events to the exporter,
+// waiting until ctx ends at most.
+func (a *Auditor) Flush(ctx context.Context) error {
+	if a == nil {
+		return nil
+	}
+	a.summarize(a.opts.Now())
+	return a.provider.ForceFlush(ctx)
+}
+
+// Close reports the last summaries, flushes the export (waiting until ctx
+// ends at most) and stops. It does not close the journal, which the caller
+// owns and closes afterwards, so that its final checkpoint is written.
+func (a *Auditor) Close(ctx context.Context) error {
+	if a == nil {
+		return nil
+	}
+	close(a.stop)
+	<-a.done
+	if err := a.provider.Shutdown(ctx); err != nil {
+		return fmt.Errorf("audit: export shutdown: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,444 @@
+package audit
+
+import (
+	"fmt"
+
+	"go.opentelemetry.io/otel/attribute"
+)
+
+// Event names. Each is documented, with its attributes and its OCSF and ECS
+// mapping, in Catalog and in EVENTS.md (generated from Catalog).
+const (
+	DaemonStarted     = "dyad.daemon.started"
+	DaemonStopped     = "dyad.daemon.stopped"
+	ConfigLoaded      = "dyad.config.loaded"
+	ConfigReloaded    = "dyad.config.reloaded"
+	ConfigRejected    = "dyad.config.rejected"
+	TunnelEstablished = "dyad.tunnel.established"
+	TunnelClosed      = "dyad.tunnel.closed"
+	PeerAuthRefused   = "dyad.peer.auth_refused"
+	StreamOpened      = "dyad.stream.opened"
+	StreamClosed      = "dyad.stream.closed"
+	StreamFailed      = "dyad.stream.failed"
+	PolicyDenied      = "dyad.policy.denied"
+	RateLimitExceeded = "dyad.rate_limit.exceeded"
+	RecordRejected    = "dyad.record.rejected"
+	KeyUpdated        = "dyad.key.updated"
+	PacketsDropped    = "dyad.quic.packets_dropped"
+	JournalCheckpoint = "dyad.journal.checkpoint"
+	JournalRecovered  = "dyad.journal.recovered"
+	ExportDropped     = "dyad.audit.export_dropped"
+	ExportFailed      = "dyad.audit.export_failed"
+	ExportRecovered   = "dyad.audit.export_recovered"
+	EventsSuppressed  = "dyad.audit.suppressed"
+)
+
+// Attribute keys. OpenTelemetry semantic-convention keys where one exists,
+// dyad.* otherwise.
+const (
+	KeyPeerAddress    = "network.peer.address"
+	KeyPeerPort       = "network.peer.port"
+	KeyTransport      = "network.transport"
+	KeyServerAddress  = "server.address"
+	KeyServerPort     = "server.port"
+	KeyClientAddress  = "client.address"
+	KeyClientPort     = "client.port"
+	KeyTLSVersion     = "tls.protocol.version"
+	KeyTLSCipher      = "tls.cipher"
+	KeyTLSCurve       = "tls.curve"
+	KeyTLSNextProto   = "tls.next_protocol"
+	KeyErrorType      = "error.type"
+	KeyServiceVersion = "service.version"
+
+	KeyPeer            = "dyad.peer"
+	KeyPeerFingerprint = "dyad.peer.fingerprint"
+	KeyFingerprint     = "dyad.identity.fingerprint"
+	KeyRole            = "dyad.tunnel.role"
+	KeyDuration        = "dyad.duration"
+	KeyBytesSent       = "dyad.bytes.sent"
+	KeyBytesReceived   = "dyad.bytes.received"
+	KeyStreams         = "dyad.streams"
+	KeyCloseReason     = "dyad.close_reason"
+	KeyReason          = "dyad.reason"
+	KeyService         = "dyad.service"
+	KeyDirection       = "dyad.direction"
+	KeyStreamID        = "dyad.stream.id"
+	KeyLimit           = "dyad.limit"
+	KeyCount           = "dyad.count"
+	KeyWindow          = "dyad.window"
+	KeyEventName       = "dyad.event.name"
+	KeyCodecSuite      = "dyad.codec.suite"
+	KeyCodecDirection  = "dyad.codec.direction"
+	KeyKeyGeneration   = "dyad.key.generation"
+	KeyFIPS            = "dyad.fips"
+	KeyConfigPath      = "dyad.config.path"
+	KeyConfigSHA256    = "dyad.config.sha256"
+	KeyPeers           = "dyad.config.peers"
+	KeyServices        = "dyad.config.services"
+	KeyForwards        = "dyad.config.forwards"
+	KeyChanges         = "dyad.config.changes"
+	KeyError           = "dyad.error"
+	KeyProtocol        = "dyad.export.protocol"
+	KeyQueueFull       = "dyad.export.dropped.queue_full"
+	KeyExportFailed    = "dyad.export.dropped.export_failed"
+	KeySeverity        = "dyad.severity"
+)
+
+// Type is an attribute's value type as the catalogue states it.
+type Type string
+
+// Attribute value types.
+const (
+	String      Type = "string"
+	Int         Type = "int"
+	Float       Type = "double"
+	Bool        Type = "boolean"
+	StringSlice Type = "string[]"
+)
+
+func (t Type) matches(v attribute.Value) bool {
+	switch t {
+	case String:
+		return v.Type() == attribute.STRING
+	case Int:
+		return v.Type() == attribute.INT64
+	case Float:
+		return v.Type() == attribute.FLOAT64
+	case Bool:
+		return v.Type() == attribute.BOOL
+	case StringSlice:
+		return v.Type() == attribute.STRINGSLICE
+	}
+	return false
+}
+
+// AttrSpec documents one attribute of an event.
+type AttrSpec struct {
+	Key      string
+	Type     Type
+	Optional bool // present only when it applies
+	Doc      string
+}
+
+// OCSF maps an event to an OCSF class and activity.
+type OCSF struct {
+	ClassUID    int
+	Class       string
+	ActivityID  int
+	Activity    string
+	StatusID    int // 1 success, 2 failure, 0 unknown
+	CategoryUID int
+}
+
+// ECS maps an event to the Elastic Common Schema event.* fields.
+type ECS struct {
+	Kind     string
+	Category []string
+	Type     []string
+	Outcome  string
+}
+
+// Spec documents one event.
+type Spec struct {
+	Name      string
+	Severity  Severity
+	When      string // when it fires
+	RateLimit bool   // bursts are limited; the rest are counted in dyad.audit.suppressed
+	Attrs     []AttrSpec
+	OCSF      OCSF
+	ECS       ECS
+}
+
+// Attribute specs shared by several events.
+var (
+	aPeer       = AttrSpec{KeyPeer, String, false, "configured name of the peer"}
+	aPeerAddr   = AttrSpec{KeyPeerAddress, String, false, "peer's IP address"}
+	aPeerPort   = AttrSpec{KeyPeerPort, Int, false, "peer's UDP port"}
+	aTransport  = AttrSpec{KeyTransport, String, false, `"quic"`}
+	aService    = AttrSpec{KeyService, String, false, "service name"}
+	aDirection  = AttrSpec{KeyDirection, String, false, `"inbound" (this site serves the peer) or "outbound" (this site forwards to the peer)`}
+	aStreamID   = AttrSpec{KeyStreamID, Int, false, "QUIC stream id within the tunnel"}
+	aErrorType  = AttrSpec{KeyErrorType, String, true, "machine-readable error class"}
+	aCountSince = AttrSpec{KeyWindow, Float, false, "seconds the counts cover"}
+)
+
+var (
+	lifecycle = func(activity int, name string, status int) OCSF {
+		return OCSF{6002, "Application Lifecycle", activity, name, status, 6}
+	}
+	entity = func(activity int, name string, status int) OCSF {
+		return OCSF{3004, "Entity Management", activity, name, status, 3}
+	}
+	tunnelActivity = func(activity int, name string, status int) OCSF {
+		return OCSF{4014, "Tunnel Activity", activity, name, status, 4}
+	}
+	network = func(activity int, name string, status int) OCSF {
+		return OCSF{4001, "Network Activity", activity, name, status, 4}
+	}
+	finding = OCSF{2004, "Detection Finding", 1, "Create", 0, 2}
+)
+
+// Catalog is every event dyad emits.
+var Catalog = []Spec{
+	{
+		Name: DaemonStarted, Severity: Info, When: "the daemon has loaded its configuration and identity and is listening",
+		Attrs: []AttrSpec{
+			{KeyServiceVersion, String, false, "dyad version"},
+			{KeyFingerprint, String, false, "this daemon's identity fingerprint (SHA256:…)"},
+			{KeyFIPS, Bool, false, "Go FIPS 140-3 mode is on"},
+			{KeyCodecSuite, String, false, "record suite this daemon seals with"},
+			{KeyTLSCurve, String, false, "preferred TLS key-exchange group"},
+			{KeyPeerAddress, String, false, "QUIC listen address"},
+		},
+		OCSF: lifecycle(3, "Start", 1),
+		ECS:  ECS{"event", []string{"process"}, []string{"start"}, "success"},
+	},
+	{
+		Name: DaemonStopped, Severity: Info, When: "the daemon stops, after draining (SIGTERM) or on a fatal error",
+		Attrs: []AttrSpec{
+			{KeyReason, String, false, `"signal" or "error"`},
+			{KeyDuration, Float, false, "seconds the daemon ran"},
+			aErrorType,
+		},
+		OCSF: lifecycle(4, "Stop", 1),
+		ECS:  ECS{"event", []string{"process"}, []string{"end"}, "success"},
+	},
+	{
+		Name: ConfigLoaded, Severity: Info, When: "the configuration file is loaded at start",
+		Attrs: []AttrSpec{
+			{KeyConfigPath, String, false, "configuration file"},
+			{KeyConfigSHA256, String, false, "SHA-256 of the file, hex"},
+			{KeyPeers, StringSlice, false, "peer names"},
+			{KeyServices, StringSlice, false, "exported services"},
+			{KeyForwards, StringSlice, false, "forwards as listen→peer/service"},
+		},
+		OCSF: entity(2, "Read", 1),
+		ECS:  ECS{"event", []string{"configuration"}, []string{"info"}, "success"},
+	},
+	{
+		Name: ConfigReloaded, Severity: Info, When: "SIGHUP applied a changed configuration",
+		Attrs: []AttrSpec{
+			{KeyConfigPath, String, false, "configuration file"},
+			{KeyConfigSHA256, String, false, "SHA-256 of the new file, hex"},
+			{KeyPeers, StringSlice, false, "peer names"},
+			{KeyServices, StringSlice, false, "exported services"},
+			{KeyForwards, StringSlice, false, "forwards as listen→peer/service"},
+		},
+		OCSF: entity(3, "Update", 1),
+		ECS:  ECS{"event", []string{"configuration"}, []string{"change"}, "success"},
+	},
+	{
+		Name: ConfigRejected, Severity: Warn, When: "SIGHUP found an invalid configuration; the running one stays in force",
+		Attrs: []AttrSpec{
+			{KeyConfigPath, String, false, "configuration file"},
+			{KeyError, String, false, "what is wrong, with file:line and field (never a secret)"},
+			{KeyErrorType, String, false, `"invalid_config" or "restart_required"`},
+		},
+		OCSF: entity(3, "Update", 2),
+		ECS:  ECS{"event", []string{"configuration"}, []string{"change"}, "failure"},
+	},
+	{
+		Name: TunnelEstablished, Severity: Info, When: "a QUIC connection to a paired peer completed mutual authentication",
+		Attrs: []AttrSpec{
+			aPeer, {KeyPeerFingerprint, String, false, "peer's identity fingerprint"}, aPeerAddr, aPeerPort, aTransport,
+			{KeyRole, String, false, `"dialer" or "listener"`},
+			{KeyTLSVersion, String, false, `"1.3"`},
+			{KeyTLSCipher, String, false, "TLS cipher suite, e.g. TLS_AES_128_GCM_SHA256"},
+			{KeyTLSCurve, String, false, "key-exchange group, e.g. X25519MLKEM768"},
+			{KeyTLSNextProto, String, false, `ALPN, "dyad/1"`},
+			{KeyDuration, Float, false, "handshake seconds"},
+		},
+		OCSF: tunnelActivity(1, "Open", 1),
+		ECS:  ECS{"event", []string{"network", "session"}, []string{"start", "connection"}, "success"},
+	},
+	{
+		Name: TunnelClosed, Severity: Info, When: "a tunnel connection ended",
+		Attrs: []AttrSpec{
+			aPeer, aPeerAddr, aPeerPort, aTransport,
+			{KeyDuration, Float, false, "seconds the tunnel was up"},
+			{KeyBytesSent, Int, false, "plaintext bytes this side sent on the tunnel's streams"},
+			{KeyBytesReceived, Int, false, "plaintext bytes this side received"},
+			{KeyStreams, Int, false, "streams carried"},
+			{KeyCloseReason, String, false, "why: shutdown, replaced, idle_timeout, peer_closed, stateless_reset, error"},
+			aErrorType,
+		},
+		OCSF: tunnelActivity(2, "Close", 1),
+		ECS:  ECS{"event", []string{"network", "session"}, []string{"end", "connection"}, "success"},
+	},
+	{
+		Name: PeerAuthRefused, Severity: Warn, RateLimit: true,
+		When: "a QUIC handshake presented a key that is not a configured peer (or no key); refused before any stream",
+		Attrs: []AttrSpec{
+			{KeyPeerFingerprint, String, false, `presented fingerprint, or "none"`},
+			aPeerAddr, aPeerPort, aTransport,
+			{KeyDirection, String, false, `"inbound" (a client dialed us) or "outbound" (a server we dialed)`},
+			{KeyReason, String, false, "unknown_key, no_certificate, bad_certificate"},
+		},
+		OCSF: OCSF{3002, "Authentication", 1, "Logon", 2, 3},
+		ECS:  ECS{"event", []string{"authentication", "network"}, []string{"start", "denied"}, "failure"},
+	},
+	{
+		Name: StreamOpened, Severity: Info, When: "a forwarded connection got its stream: outbound when the local client is carried to the peer, inbound when the upstream is connected",
+		Attrs: []AttrSpec{
+			aPeer, aService, aDirection, aStreamID,
+			{KeyClientAddress, String, true, "local client's address (outbound)"},
+			{KeyClientPort, Int, true, "local client's port (outbound)"},
+			{KeyServerAddress, String, true, "upstream host (inbound)"},
+			{KeyServerPort, Int, true, "upstream port (inbound)"},
+		},
+		OCSF: network(1, "Open", 1),
+		ECS:  ECS{"event", []string{"network"}, []string{"start", "connection"}, "success"},
+	},
+	{
+		Name: StreamClosed, Severity: Info, When: "a stream that was opened ended",
+		Attrs: []AttrSpec{
+			aPeer, aService, aDirection, aStreamID,
+			{KeyBytesSent, Int, false, "plaintext bytes from the local socket into the tunnel"},
+			{KeyBytesReceived, Int, false, "plaintext bytes from the tunnel to the local socket"},
+			{KeyDuration, Float, false, "seconds the stream was open"},
+			{KeyCloseReason, String, false, "eof (both halves closed cleanly), reset, truncated, rejected_record, error"},
+			aErrorType,
+		},
+		OCSF: network(2, "Close", 1),
+		ECS:  ECS{"event", []string{"network"}, []string{"end", "connection"}, "success"},
+	},
+	{
+		Name: StreamFailed, Severity: Warn, RateLimit: true, When: "a forwarded connection could not be carried: no tunnel, upstream unreachable, or the peer refused it",
+		Attrs: []AttrSpec{
+			aPeer, aService, aDirection,
+			{KeyReason, String, false, "no_tunnel, upstream_unreachable, refused_by_peer, open_failed"},
+			aErrorType,
+		},
+		OCSF: network(4, "Fail", 2),
+		ECS:  ECS{"event", []string{"network"}, []string{"connection", "error"}, "failure"},
+	},
+	{
+		Name: PolicyDenied, Severity: Warn, RateLimit: true, When: "a paired peer asked for a service it is not allowed, or one that does not exist",
+		Attrs: []AttrSpec{aPeer, aService, aStreamID, {KeyReason, String, false, "not_allowed, unknown_service"}},
+		OCSF:  network(5, "Refuse", 2),
+		ECS:   ECS{"event", []string{"network", "iam"}, []string{"denied", "connection"}, "failure"},
+	},
+	{
+		Name: RateLimitExceeded, Severity: Warn, RateLimit: true, When: "a per-peer or per-service limit refused work",
+		Attrs: []AttrSpec{aPeer, {KeyService, String, true, "service, when the limit is per service"}, {KeyLimit, String, false, "which limit"}},
+		OCSF:  network(5, "Refuse", 2),
+		ECS:   ECS{"event", []string{"network"}, []string{"denied"}, "failure"},
+	},
+	{
+		Name: RecordRejected, Severity: Warn, RateLimit: true,
+		When: "the record layer dropped a record: forged, replayed, reordered, truncated, oversized or foreign; the stream is reset",
+		Attrs: []AttrSpec{
+			aPeer, {KeyService, String, true, "service, when the stream's request was read"}, aStreamID,
+			{KeyReason, String, false, "auth, truncated, oversize, version, record_type, malformed, key_exhausted"},
+		},
+		OCSF: finding,
+		ECS:  ECS{"alert", []string{"intrusion_detection", "network"}, []string{"denied"}, "failure"},
+	},
+	{
+		Name: KeyUpdated, Severity: Info, When: "a stream direction moved to its next record key (before the AEAD usage limit)",
+		Attrs: []AttrSpec{aPeer, aStreamID, {KeyCodecDirection, String, false, `"send" or "receive"`}, {KeyKeyGeneration, Int, false, "key updates so far in this direction"}},
+		OCSF:  OCSF{3004, "Entity Management", 3, "Update", 1, 3},
+		ECS:   ECS{"event", []string{"configuration"}, []string{"change"}, "success"},
+	},
+	{
+		Name: PacketsDropped, Severity: Warn,
+		When:  "every minute in which QUIC dropped packets below the tunnel (undecryptable, unknown connection id, …); one event per reason",
+		Attrs: []AttrSpec{{KeyReason, String, false, "quic-go's drop trigger, e.g. payload_decrypt_error, unknown_connection_id"}, {KeyCount, Int, false, "packets"}, aCountSince},
+		OCSF:  network(6, "Traffic", 2),
+		ECS:   ECS{"event", []string{"network"}, []string{"denied"}, "failure"},
+	},
+	{
+		Name: JournalCheckpoint, Severity: Info, When: "the journal signed a checkpoint: every 1000 entries, every minute with new entries, at rotation and at stop",
+		Attrs: []AttrSpec{
+			{"dyad.journal.origin", String, false, "checkpoint origin, dyad/<site>"},
+			{"dyad.journal.size", Int, false, "entries covered"},
+			{"dyad.journal.root_hash", String, false, "Merkle root, base64"},
+			{"dyad.journal.checkpoint", String, false, "the signed checkpoint note (C2SP tlog-checkpoint): keep it as an external anchor for dyad audit verify --anchor"},
+		},
+		OCSF: lifecycle(99, "Other", 1),
+		ECS:  ECS{"event", []string{"file"}, []string{"info"}, "success"},
+	},
+	{
+		Name: JournalRecovered, Severity: Warn, When: "at start, the journal's last line was incomplete (a crash mid-write) and was cut off",
+		Attrs: []AttrSpec{{"dyad.journal.file", String, false, "journal file"}, {"dyad.journal.discarded_bytes", Int, false, "bytes cut"}},
+		OCSF:  lifecycle(99, "Other", 2),
+		ECS:   ECS{"event", []string{"file"}, []string{"change"}, "failure"},
+	},
+	{
+		Name: ExportDropped, Severity: Warn, When: "every minute in which the OTLP path could not deliver events; the journal still has them",
+		Attrs: []AttrSpec{
+			{KeyQueueFull, Int, false, "events dropped because the export queue was full"},
+			{KeyExportFailed, Int, false, "events dropped after the exporter gave up retrying"},
+			aCountSince,
+		},
+		OCSF: lifecycle(99, "Other", 2),
+		ECS:  ECS{"event", []string{"host"}, []string{"error"}, "failure"},
+	},
+	{
+		Name: ExportFailed, Severity: Error, When: "an OTLP export failed after retries: the logging path is down",
+		Attrs: []AttrSpec{{KeyProtocol, String, false, `"grpc" or "http/protobuf"`}, {KeyServerAddress, String, false, "collector endpoint"}, {KeyError, String, false, "exporter's error"}},
+		OCSF:  lifecycle(99, "Other", 2),
+		ECS:   ECS{"event", []string{"host"}, []string{"error"}, "failure"},
+	},
+	{
+		Name: ExportRecovered, Severity: Info, When: "the first OTLP export that succeeded after a failure",
+		Attrs: []AttrSpec{{KeyProtocol, String, false, `"grpc" or "http/protobuf"`}, {KeyServerAddress, String, false, "collector endpoint"}, {KeyDuration, Float, false, "seconds the path was down"}},
+		OCSF:  lifecycle(99, "Other", 1),
+		ECS:   ECS{"event", []string{"host"}, []string{"info"}, "success"},
+	},
+	{
+		Name: EventsSuppressed, Severity: Warn, When: "every minute in which a rate-limited event fired more than its burst; one event per name",
+		Attrs: []AttrSpec{{KeyEventName, String, false, "the suppressed event's name"}, {KeyCount, Int, false, "events counted but not written"}, aCountSince},
+		OCSF:  lifecycle(99, "Other", 0),
+		ECS:   ECS{"event", []string{"host"}, []string{"info"}, "unknown"},
+	},
+}
+
+// SpecOf returns the catalogue entry of an event name.
+func SpecOf(name string) (*Spec, bool) {
+	s, ok := specs[name]
+	return s, ok
+}
+
+var specs = func() map[string]*Spec {
+	m := make(map[string]*Spec, len(Catalog))
+	for i := range Catalog {
+		m[Catalog[i].Name] = &Catalog[i]
+	}
+	return m
+}()
+
+// Check reports how attrs differ from the spec: an undeclared key, a value
+// of the wrong type, a duplicate, or a required attribute missing.
+func (s *Spec) Check(attrs []attribute.KeyValue) error {
+	seen := map[string]bool{}
+	for _, kv := range attrs {
+		k := string(kv.Key)
+		if seen[k] {
+			return fmt.Errorf("%s: attribute %s twice", s.Name, k)
+		}
+		seen[k] = true
+		a := s.attr(k)
+		if a == nil {
+			return fmt.Errorf("%s: attribute %s is not in the catalogue", s.Name, k)
+		}
+		if !a.Type.matches(kv.Value) {
+			return fmt.Errorf("%s: attribute %s is %s, the catalogue says %s", s.Name, k, kv.Value.Type(), a.Type)
+		}
+	}
+	for _, a := range s.Attrs {
+		if !a.Optional && !seen[a.Key] {
+			return fmt.Errorf("%s: required attribute %s missing", s.Name, a.Key)
+		}
+	}
+	return nil
+}
+
+func (s *Spec) attr(key string) *AttrSpec {
+	for i := range s.Attrs {
+		if s.Attrs[i].Key == key {
+			return &s.Attrs[i]
+		}
+	}
+	return nil
+}

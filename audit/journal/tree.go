@@ -1,0 +1,70 @@
+package journal
+
+import (
+	"fmt"
+
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// frontier holds the stored hashes (golang.org/x/mod/sumdb/tlog numbering)
+// of the complete subtrees on the right edge of a Merkle tree: exactly what
+// tlog needs to add the next leaf and to compute the root, so memory stays
+// O(log n) however long the journal grows.
+type frontier struct {
+	size   int64
+	hashes map[int64]tlog.Hash
+}
+
+func newFrontier() *frontier { return &frontier{hashes: map[int64]tlog.Hash{}} }
+
+// ReadHashes implements tlog.HashReader over the frontier.
+func (f *frontier) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(indexes))
+	for i, x := range indexes {
+		h, ok := f.hashes[x]
+		if !ok {
+			return nil, fmt.Errorf("journal: tree hash %d not on the frontier of size %d", x, f.size)
+		}
+		out[i] = h
+	}
+	return out, nil
+}
+
+// add appends one leaf, the entry's encoded bytes.
+func (f *frontier) add(line []byte) error {
+	hs, err := tlog.StoredHashes(f.size, line, f)
+	if err != nil {
+		return err
+	}
+	base := tlog.StoredHashCount(f.size)
+	for i, h := range hs {
+		f.hashes[base+int64(i)] = h
+	}
+	f.size++
+	keep := f.indexes()
+	for x := range f.hashes {
+		if !keep[x] {
+			delete(f.hashes, x)
+		}
+	}
+	return nil
+}
+
+// indexes are the stored-hash indexes of the complete subtrees of the tree.
+func (f *frontier) indexes() map[int64]bool {
+	keep := map[int64]bool{}
+	for level := 0; f.size>>level > 0; level++ {
+		if f.size>>level&1 == 1 {
+			keep[tlog.StoredHashIndex(level, f.size>>level-1)] = true
+		}
+	}
+	return keep
+}
+
+// root is the tree hash of the leaves added so far.
+func (f *frontier) root() (tlog.Hash, error) {
+	if f.size == 0 {
+		return tlog.Hash{}, nil
+	}
+	return tlog.TreeHash(f.size, f)
+}

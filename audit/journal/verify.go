@@ -1,0 +1,247 @@
+package journal
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"go.opentelemetry.io/otel/attribute"
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// maxLine bounds one entry; the daemon's largest entries are a few KiB.
+const maxLine = 1 << 20
+
+// Problem names the first bad entry Verify found.
+type Problem struct {
+	File   string // base name of the journal file
+	Line   int    // line number in File, from 1
+	Seq    uint64 // the entry's position in the journal
+	Reason string
+}
+
+func (p *Problem) String() string {
+	return fmt.Sprintf("%s:%d: entry %d: %s", p.File, p.Line, p.Seq, p.Reason)
+}
+
+// Result is what Verify found.
+type Result struct {
+	Files       []string
+	Entries     uint64     // entries read, the bad one and those after it excluded
+	Checkpoints int        // signed checkpoints verified
+	Covered     uint64     // entries covered by the last verified checkpoint
+	Root        tlog.Hash  // tree root over Entries
+	Bad         *Problem   // first bad entry; nil when the journal verifies
+	Anchored    bool       // the external checkpoint (VerifyOptions.Anchor) matched
+	Last        Checkpoint // last verified checkpoint
+}
+
+// OK reports whether the journal verified.
+func (r *Result) OK() bool { return r.Bad == nil }
+
+// VerifyOptions configure Verify.
+type VerifyOptions struct {
+	Verifier note.Verifier // checks checkpoint signatures
+	// Anchor is a checkpoint held outside the journal (for example the last
+	// dyad.journal.checkpoint event the SIEM received); with it, Verify also
+	// detects entries cut from the end or rewritten after it.
+	Anchor *Checkpoint
+	// Each, if set, is called with every good entry in order.
+	Each func(e *Entry, line []byte) error
+}
+
+// Verify checks the journal in dir: every line canonical, sequence numbers
+// consecutive from 0 across files, each entry's prev the hash of the entry
+// before, each file named after its first entry, every checkpoint signed by
+// the verifier and matching the Merkle root of the entries before it. It
+// returns the first bad entry in Result.Bad; the error is for I/O only.
+func Verify(dir string, opts VerifyOptions) (*Result, error) {
+	files, err := Files(dir)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Files: files}
+	if len(files) == 0 {
+		res.Bad = &Problem{Reason: "no journal files in " + dir}
+		return res, nil
+	}
+	v := verifier{opts: opts, res: res, tree: newFrontier()}
+	for _, name := range files {
+		if err := v.file(dir, name); err != nil {
+			return nil, err
+		}
+		if res.Bad != nil {
+			return res, nil
+		}
+	}
+	if opts.Anchor != nil && !res.Anchored {
+		res.Bad = &Problem{File: files[len(files)-1], Seq: res.Entries,
+			Reason: fmt.Sprintf("journal has %d entries, the anchor checkpoint covers %d: entries were cut from the end", res.Entries, opts.Anchor.Size)}
+	}
+	root, err := v.tree.root()
+	if err != nil {
+		return nil, err
+	}
+	res.Root = root
+	return res, nil
+}
+
+type verifier struct {
+	opts     VerifyOptions
+	res      *Result
+	tree     *frontier
+	prevLine []byte
+}
+
+func (v *verifier) file(dir, name string) error {
+	f, err := os.Open(filepath.Join(dir, name))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var first uint64
+	if _, err := fmt.Sscanf(name, "dyad-audit-%020d.jsonl", &first); err != nil || fileName(first) != name {
+		v.bad(name, 0, v.res.Entries, "file name does not follow dyad-audit-<first seq>.jsonl")
+		return nil
+	}
+	if first != v.res.Entries {
+		v.bad(name, 0, v.res.Entries, fmt.Sprintf("file starts at entry %d but %d entries precede it: a file is missing, renamed or truncated", first, v.res.Entries))
+		return nil
+	}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), maxLine)
+	sc.Split(scanLinesStrict)
+	lineNo := 0
+	for sc.Scan() {
+		lineNo++
+		if !v.entry(name, lineNo, sc.Bytes()) {
+			return nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		if errors.Is(err, errPartial) {
+			v.bad(name, lineNo+1, v.res.Entries, "incomplete last line: the journal was truncated or a write was cut short")
+			return nil
+		}
+		if errors.Is(err, bufio.ErrTooLong) {
+			v.bad(name, lineNo+1, v.res.Entries, "line longer than 1 MiB")
+			return nil
+		}
+		return err
+	}
+	if lineNo == 0 {
+		v.bad(name, 0, v.res.Entries, "empty journal file")
+	}
+	return nil
+}
+
+// entry checks one line; false means it was bad.
+func (v *verifier) entry(name string, lineNo int, line []byte) bool {
+	seq := v.res.Entries
+	e, err := Decode(line)
+	if err != nil {
+		v.bad(name, lineNo, seq, err.Error())
+		return false
+	}
+	if e.Seq != seq {
+		v.bad(name, lineNo, seq, fmt.Sprintf("seq is %d where %d was expected: an entry was deleted, inserted or moved", e.Seq, seq))
+		return false
+	}
+	want := [32]byte{}
+	if v.prevLine != nil {
+		want = Hash(v.prevLine)
+	}
+	if e.Prev != want {
+		if seq == 0 {
+			v.bad(name, lineNo, seq, "first entry's prev is not zero: the journal's beginning is missing")
+		} else {
+			v.bad(name, lineNo-1, seq-1, fmt.Sprintf("entry %d's hash differs from the prev recorded by entry %d: entry %d was changed (or entry %d's prev)", seq-1, seq, seq-1, seq))
+		}
+		return false
+	}
+	if e.Name == CheckpointEvent {
+		if reason := v.checkpoint(&e); reason != "" {
+			v.bad(name, lineNo, seq, reason)
+			return false
+		}
+	}
+	if v.opts.Each != nil {
+		if err := v.opts.Each(&e, line); err != nil {
+			v.bad(name, lineNo, seq, err.Error())
+			return false
+		}
+	}
+	if err := v.tree.add(line); err != nil {
+		v.bad(name, lineNo, seq, err.Error())
+		return false
+	}
+	v.prevLine = append(v.prevLine[:0], line...)
+	v.res.Entries++
+	if a := v.opts.Anchor; a != nil && v.tree.size == a.Size {
+		root, err := v.tree.root()
+		if err != nil || root != a.Root {
+			v.bad(name, lineNo, seq, fmt.Sprintf("the tree of the first %d entries does not match the anchor checkpoint: entries before it were changed", a.Size))
+			return false
+		}
+		v.res.Anchored = true
+	}
+	return true
+}
+
+// checkpoint checks a checkpoint entry against the tree of the entries
+// before it and returns what is wrong, or "".
+func (v *verifier) checkpoint(e *Entry) string {
+	signed := e.Attr(AttrCheckpoint)
+	if signed.Type() != attribute.STRING {
+		return "checkpoint without " + AttrCheckpoint
+	}
+	if v.opts.Verifier == nil {
+		return "no verifier key to check the checkpoint signature"
+	}
+	cp, err := OpenCheckpoint(signed.AsString(), v.opts.Verifier)
+	if err != nil {
+		return err.Error()
+	}
+	if cp.Origin != v.opts.Verifier.Name() {
+		return fmt.Sprintf("checkpoint origin %q is not the key name %q", cp.Origin, v.opts.Verifier.Name())
+	}
+	if uint64(cp.Size) != e.Seq {
+		return fmt.Sprintf("checkpoint covers %d entries but stands at entry %d", cp.Size, e.Seq)
+	}
+	root, err := v.tree.root()
+	if err != nil {
+		return err.Error()
+	}
+	if root != cp.Root {
+		return fmt.Sprintf("signed root does not match the first %d entries: an entry since the previous checkpoint (%d) was changed", cp.Size, v.res.Last.Size)
+	}
+	if e.Attr(AttrSize).AsInt64() != cp.Size || e.Attr(AttrRootHash).AsString() != encodeHash(cp.Root) || e.Attr(AttrOrigin).AsString() != cp.Origin {
+		return "checkpoint attributes differ from the signed checkpoint"
+	}
+	v.res.Checkpoints++
+	v.res.Covered = uint64(cp.Size)
+	v.res.Last = cp
+	return ""
+}
+
+func (v *verifier) bad(file string, line int, seq uint64, reason string) {
+	v.res.Bad = &Problem{File: file, Line: line, Seq: seq, Reason: reason}
+}
+
+var errPartial = errors.New("partial line")
+
+// scanLinesStrict is bufio.ScanLines without its tolerance: a final line
+// with no newline is an error, not a line.
+func scanLinesStrict(data []byte, atEOF bool) (int, []byte, error) {
+	if i := bytes.IndexByte(data, '\n'); i >= 0 {
+		return i + 1, data[:i], nil
+	}
+	if atEOF && len(data) > 0 {
+		return 0, nil, errPartial
+	}
+	return 0, nil, nil
+}
