@@ -142,6 +142,15 @@ func (a *Auditor) SetMetrics(m *Metrics) {
 	}
 }
 
+// Metrics returns the instruments set by SetMetrics; nil (which discards)
+// when none are.
+func (a *Auditor) Metrics() *Metrics {
+	if a == nil {
+		return nil
+	}
+	return a.metrics
+}
+
 // Emit records one event: journal first, then export and the console. The
 // attributes must be those Catalog lists for name. Emit never waits for the
 // network; it waits for the disk only under journal.SyncAlways.

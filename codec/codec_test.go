@@ -195,6 +195,8 @@ func TestKeyUpdate(t *testing.T) {
 	} {
 		s := newTestSession(t, SuiteChaCha20Poly1305, testConn, testPairing)
 		s.limits = lim
+		var updates []KeyUpdate
+		s.onKey = func(u KeyUpdate) { updates = append(updates, u) }
 		var wire bytes.Buffer
 		w := s.NewWriter(&wire, 4, FromInitiator)
 		type use struct {
@@ -220,7 +222,14 @@ func TestKeyUpdate(t *testing.T) {
 		if w.keys.gen < 5 {
 			t.Fatalf("%d key updates, want at least 5", w.keys.gen)
 		}
+		if len(updates) != int(w.keys.gen) || updates[0] != (KeyUpdate{StreamID: 4, Dir: FromInitiator, Sending: true, Generation: 1}) {
+			t.Fatalf("OnKeyUpdate saw %v for %d writer updates", updates, w.keys.gen)
+		}
+		updates = nil
 		got, err := openAll(s, wire.Bytes())
+		if len(updates) != int(w.keys.gen) || updates[len(updates)-1].Sending || updates[len(updates)-1].Generation != w.keys.gen {
+			t.Fatalf("OnKeyUpdate saw %v on the reader side", updates)
+		}
 		if err != nil || len(got) != 20*len(payload) {
 			t.Fatalf("read %d bytes, err %v", len(got), err)
 		}

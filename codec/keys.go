@@ -72,6 +72,17 @@ type Config struct {
 	// Accept lists the suites accepted from the peer. Empty means every
 	// suite available in this process (see Suites).
 	Accept []Suite
+	// OnKeyUpdate, if set, is called (synchronously, from the Writer or
+	// Reader) each time a stream direction moves to its next key.
+	OnKeyUpdate func(KeyUpdate)
+}
+
+// KeyUpdate describes one key update, for audit.
+type KeyUpdate struct {
+	StreamID   uint64
+	Dir        Direction
+	Sending    bool   // this side's Writer updated (else its Reader followed the peer)
+	Generation uint32 // key updates done in this direction, this one included
 }
 
 // Session holds the key material of one tunnel connection: the pseudorandom
@@ -83,6 +94,7 @@ type Session struct {
 	suite  Suite
 	accept [256]bool // indexed by suite byte
 	limits limits
+	onKey  func(KeyUpdate)
 }
 
 // NewSession extracts the connection's key from connSecret (fresh per
@@ -101,7 +113,7 @@ func NewSession(connSecret, pairingSecret []byte, cfg Config) (*Session, error) 
 	if subtle.ConstantTimeCompare(pairingSecret, zero[:]) == 1 {
 		return nil, errors.New("codec: pairing secret is all zero")
 	}
-	s := &Session{suite: cfg.Suite, limits: defaultLimits}
+	s := &Session{suite: cfg.Suite, limits: defaultLimits, onKey: cfg.OnKeyUpdate}
 	if s.suite == 0 {
 		s.suite = SuiteAES256GCM
 	}

@@ -99,6 +99,9 @@ func (r *Reader) Next() ([]byte, error) {
 			if err := r.keys.update(); err != nil {
 				return nil, r.fail(err)
 			}
+			if f := r.sess.onKey; f != nil {
+				f(KeyUpdate{StreamID: r.streamID, Dir: r.dir, Sending: false, Generation: r.keys.gen})
+			}
 		case typeClose:
 			return nil, r.fail(io.EOF)
 		}

@@ -16,13 +16,16 @@ type Writer struct {
 	sentPreamble bool
 	err          error                      // first permanent error; ErrClosed after Close
 	ctl          [dataOffset + TagSize]byte // control records: close, key update
+	sess         *Session
+	streamID     uint64
+	dir          Direction
 	_            [0]func()                  // not comparable
 }
 
 // NewWriter returns a Writer that seals the direction dir of stream streamID
 // onto w with the session's suite. It does not close w.
 func (s *Session) NewWriter(w io.Writer, streamID uint64, dir Direction) *Writer {
-	wr := &Writer{w: w, preamble: preamble(s.suite)}
+	wr := &Writer{w: w, preamble: preamble(s.suite), sess: s, streamID: streamID, dir: dir}
 	wr.keys.suite, wr.keys.limits = s.suite, s.limits
 	secret, err := s.trafficSecret(wr.preamble, streamID, dir)
 	if err == nil {
@@ -138,5 +141,11 @@ func (w *Writer) updateKeyIfDue(n int) error {
 	if err := w.writeRecord(w.ctl[:], typeKeyUpdate, nil); err != nil {
 		return err
 	}
-	return k.update()
+	if err := k.update(); err != nil {
+		return err
+	}
+	if f := w.sess.onKey; f != nil {
+		f(KeyUpdate{StreamID: w.streamID, Dir: w.dir, Sending: true, Generation: k.gen})
+	}
+	return nil
 }

@@ -6,6 +6,8 @@ package daemon
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -33,7 +35,7 @@ type File struct {
 	Identity string `yaml:"identity"`
 	// Listen is the QUIC (UDP) address, host:port.
 	Listen string `yaml:"listen"`
-	// Admin is the HTTP address of /healthz, /readyz and /statusz. Empty
+	// Admin is the HTTP address of /healthz, /readyz, /statusz and /metrics. Empty
 	// means no admin endpoint.
 	Admin    string          `yaml:"admin,omitempty"`
 	Log      LogFile         `yaml:"log,omitempty"`
@@ -41,6 +43,7 @@ type File struct {
 	Peers    []PeerFile      `yaml:"peers,omitempty"`
 	Services []ServiceFile   `yaml:"services,omitempty"`
 	Forwards []ForwardConfig `yaml:"forwards,omitempty"`
+	Audit    AuditFile       `yaml:"audit,omitempty"`
 }
 
 // LogFile sets the operational log.
@@ -107,6 +110,8 @@ type Config struct {
 	LogLevel        zerolog.Level
 	Tunnel          tunnel.Config
 	ShutdownTimeout time.Duration
+	Audit           AuditConfig
+	SHA256          string // of the file as read, hex
 }
 
 // ConfigError is a problem in the configuration file, with its place.
@@ -156,9 +161,12 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	}
 	v := validator{path: path, root: &root}
 	c := v.check(f)
+	v.checkAudit(f.Audit, c)
 	if v.err != nil {
 		return nil, v.err
 	}
+	sum := sha256.Sum256(data)
+	c.SHA256 = hex.EncodeToString(sum[:])
 	return c, nil
 }
 
@@ -231,6 +239,18 @@ func lineOf(n *yaml.Node, path ...any) int {
 	return line
 }
 
+func validSite(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 func hostPort(s string) error {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
@@ -246,6 +266,9 @@ func (v *validator) check(f File) *Config {
 	c := &Config{Path: v.path, File: f, Site: f.Site}
 	if c.Site == "" {
 		c.Site, _ = os.Hostname()
+	}
+	if !validSite(c.Site) {
+		v.fail(fmt.Errorf("%q: a site name is 1-64 of A-Z a-z 0-9 . _ - (it names the audit journal's checkpoints)", c.Site), "site")
 	}
 	if f.Identity == "" {
 		v.fail(errors.New("required: the key file made by `dyad keygen`"), "identity")

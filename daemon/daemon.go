@@ -10,13 +10,16 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
 
+	"github.com/dyad-tunnel/dyad/audit"
 	"github.com/dyad-tunnel/dyad/tunnel"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
@@ -26,6 +29,7 @@ import (
 // forwards closed, active streams finishing) → stopped.
 type Daemon struct {
 	log  zerolog.Logger
+	au   *auditing
 	node *tunnel.Node
 	cfg  atomic.Pointer[Config]
 
@@ -40,6 +44,7 @@ type Daemon struct {
 // SIGTERM/SIGINT arrives, then drains and returns nil. SIGHUP reloads the
 // configuration. Logs go to logOut.
 func Run(ctx context.Context, path string, logOut io.Writer) error {
+	started := time.Now()
 	cfg, err := LoadConfig(path)
 	if err != nil {
 		return err
@@ -49,34 +54,24 @@ func Run(ctx context.Context, path string, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	pc, err := net.ListenPacket("udp", cfg.File.Listen)
+	au, err := startAudit(cfg, id, log)
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", cfg.File.Listen, err)
-	}
-	node, err := tunnel.New(pc, id, cfg.Tunnel, log)
-	if err != nil {
-		pc.Close()
 		return err
 	}
-	d := &Daemon{log: log, node: node, forwards: map[ForwardConfig]*forwardListener{}}
+	d := &Daemon{log: log, au: au, forwards: map[ForwardConfig]*forwardListener{}}
 	d.cfg.Store(cfg)
-	if err := d.applyForwards(cfg, func() error { return nil }); err != nil {
-		node.Close()
+	au.auditor.Emit(audit.ConfigLoaded, configAttrs(cfg)...)
+	admin, err := d.start(cfg, id)
+	if err != nil {
+		d.stopped(started, "error", err)
 		return err
-	}
-	var admin *http.Server
-	if cfg.File.Admin != "" {
-		if admin, err = d.startAdmin(cfg.File.Admin); err != nil {
-			d.closeForwards()
-			node.Close()
-			return err
-		}
 	}
 	d.ready.Store(true)
-	log.Info().Str("event", "daemon.started").Str("fingerprint", id.Public().Fingerprint()).
-		Str("listen", node.Addr().String()).Int("peers", len(cfg.Tunnel.Peers)).
+	au.auditor.Emit(audit.DaemonStarted, startedAttrs(cfg, id, d.node.Addr().String())...)
+	log.Info().Str("fingerprint", id.Public().Fingerprint()).
+		Str("listen", d.node.Addr().String()).Int("peers", len(cfg.Tunnel.Peers)).
 		Int("services", len(cfg.Tunnel.Services)).Int("forwards", len(cfg.File.Forwards)).
-		Msg("dyad running")
+		Str("journal", cfg.Audit.Journal.Dir).Msg("dyad running")
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
@@ -94,12 +89,55 @@ func Run(ctx context.Context, path string, logOut io.Writer) error {
 			stop = true
 		}
 	}
-	return d.shutdown(admin)
+	d.shutdown(admin)
+	d.stopped(started, "signal", nil)
+	return nil
+}
+
+// start opens the QUIC socket, the tunnel node, the forwards and the admin
+// endpoint.
+func (d *Daemon) start(cfg *Config, id *identity.Identity) (*http.Server, error) {
+	pc, err := net.ListenPacket("udp", cfg.File.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", cfg.File.Listen, err)
+	}
+	node, err := tunnel.New(pc, id, cfg.Tunnel, d.log, d.au.auditor)
+	if err != nil {
+		pc.Close()
+		return nil, err
+	}
+	d.node = node
+	if err := d.applyForwards(cfg, func() error { return nil }); err != nil {
+		node.Close()
+		return nil, err
+	}
+	if cfg.File.Admin == "" {
+		return nil, nil
+	}
+	admin, err := d.startAdmin(cfg.File.Admin)
+	if err != nil {
+		d.closeForwards()
+		node.Close()
+		return nil, err
+	}
+	return admin, nil
+}
+
+// stopped records the end of the daemon and closes the audit journal.
+func (d *Daemon) stopped(started time.Time, reason string, err error) {
+	attrs := []attribute.KeyValue{attribute.String(audit.KeyReason, reason), attribute.Float64(audit.KeyDuration, time.Since(started).Seconds())}
+	if err != nil {
+		attrs = append(attrs, attribute.String(audit.KeyErrorType, "startup_failed"))
+	}
+	d.au.auditor.Emit(audit.DaemonStopped, attrs...)
+	if cerr := d.au.close(10 * time.Second); cerr != nil {
+		d.log.Error().Err(cerr).Msg("audit journal not closed cleanly")
+	}
 }
 
 // shutdown closes the forward listeners, lets active streams finish within
 // the shutdown timeout, then closes the tunnels.
-func (d *Daemon) shutdown(admin *http.Server) error {
+func (d *Daemon) shutdown(admin *http.Server) {
 	d.ready.Store(false)
 	cfg := d.cfg.Load()
 	d.closeForwards()
@@ -115,8 +153,7 @@ func (d *Daemon) shutdown(admin *http.Server) error {
 	if err != nil {
 		ev = d.log.Warn().Err(err)
 	}
-	ev.Str("event", "daemon.stopped").Dur("drain", time.Since(start)).Msg("dyad stopped")
-	return nil
+	ev.Dur("drain", time.Since(start)).Msg("dyad stopped")
 }
 
 // reload applies the configuration file again. A configuration that fails
@@ -132,23 +169,34 @@ func (d *Daemon) reload(path string) {
 		err = d.applyForwards(cfg, func() error { return d.node.Update(cfg.Tunnel) })
 	}
 	if err != nil {
-		d.log.Error().Str("event", "config.rejected").Err(err).Msg("reload rejected; the running configuration stays")
+		errType := "invalid_config"
+		if errors.Is(err, errRestartRequired) {
+			errType = "restart_required"
+		}
+		d.au.auditor.Emit(audit.ConfigRejected, attribute.String(audit.KeyConfigPath, path),
+			attribute.String(audit.KeyError, err.Error()), attribute.String(audit.KeyErrorType, errType))
 		return
 	}
 	d.cfg.Store(cfg)
-	d.log.Info().Str("event", "config.reloaded").Int("peers", len(cfg.Tunnel.Peers)).
-		Int("services", len(cfg.Tunnel.Services)).Int("forwards", len(cfg.File.Forwards)).Msg("configuration reloaded")
+	d.au.auditor.Emit(audit.ConfigReloaded, configAttrs(cfg)...)
 }
+
+// errRestartRequired marks a reload that changes what only a restart can.
+var errRestartRequired = errors.New("restart required")
 
 // restartOnly rejects changes that a reload cannot apply.
 func restartOnly(old, cur *Config) error {
 	switch {
 	case old.IdentityPath != cur.IdentityPath:
-		return errors.New("identity changed: restart dyad to use another key")
+		return fmt.Errorf("identity changed: %w to use another key", errRestartRequired)
 	case old.File.Listen != cur.File.Listen:
-		return errors.New("listen changed: restart dyad to move the QUIC port")
+		return fmt.Errorf("listen changed: %w to move the QUIC port", errRestartRequired)
 	case old.File.Admin != cur.File.Admin:
-		return errors.New("admin changed: restart dyad to move the admin endpoint")
+		return fmt.Errorf("admin changed: %w to move the admin endpoint", errRestartRequired)
+	case old.Site != cur.Site:
+		return fmt.Errorf("site changed: %w (it names the audit journal)", errRestartRequired)
+	case !reflect.DeepEqual(old.File.Audit, cur.File.Audit):
+		return fmt.Errorf("audit changed: %w to apply audit settings", errRestartRequired)
 	}
 	return nil
 }
@@ -176,6 +224,7 @@ func (d *Daemon) startAdmin(addr string) (*http.Server, error) {
 		}
 		io.WriteString(w, "ready\n")
 	})
+	mux.Handle("GET /metrics", d.au.metrics.Handler())
 	mux.HandleFunc("GET /statusz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{

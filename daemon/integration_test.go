@@ -16,8 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dyad-tunnel/dyad/audit"
+	"github.com/dyad-tunnel/dyad/audit/journal"
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/daemon/daemontest"
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
 	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
 )
 
@@ -254,8 +257,15 @@ func TestUnpairedDaemonsRefused(t *testing.T) {
 	if accepted() != 0 {
 		t.Errorf("the upstream was reached %d times", accepted())
 	}
-	if !strings.Contains(b.Logs(), `"fingerprint":"SHA256:`) || !strings.Contains(b.Logs(), `"source":"127.0.0.1:`) {
-		t.Errorf("B's refusal log lacks the fingerprint or source address")
+	strangerKey, _ := identity.ParsePublicKey(stranger.PublicKey)
+	if !hasEvent(t, b, audit.PeerAuthRefused, func(e journal.Entry) bool {
+		return e.Attr(audit.KeyPeerFingerprint).AsString() == strangerKey.Fingerprint() &&
+			e.Attr(audit.KeyPeerAddress).AsString() == "127.0.0.1" && e.Attr(audit.KeyReason).AsString() == "unknown_key"
+	}) {
+		t.Errorf("B's journal lacks the refusal with the stranger's fingerprint and address: %v", b.Events())
+	}
+	if !strings.Contains(b.Logs(), `"event":"dyad.peer.auth_refused"`) {
+		t.Errorf("B's log does not mirror the refusal")
 	}
 }
 
@@ -280,19 +290,45 @@ func TestNotAllowedAndUpstreamDown(t *testing.T) {
 	if accepted() != 0 {
 		t.Errorf("the private upstream was dialed")
 	}
+	if !hasEvent(t, b, audit.PolicyDenied, func(e journal.Entry) bool { return e.Attr(audit.KeyService).AsString() == "private" }) ||
+		!hasEvent(t, b, audit.StreamFailed, func(e journal.Entry) bool { return e.Attr(audit.KeyReason).AsString() == "upstream_unreachable" }) {
+		t.Errorf("B's journal lacks the refusals: %v", b.Events())
+	}
+}
+
+// hasEvent waits up to 3 s for a journal entry of s named name that
+// satisfies match; the journal must verify.
+func hasEvent(t *testing.T, s *daemontest.Site, name string, match func(journal.Entry) bool) bool {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		es, res, err := s.Journal()
+		if err != nil || !res.OK() {
+			t.Fatalf("%s journal: %v %v", s.Name, err, res.Bad)
+		}
+		for _, e := range es {
+			if e.Name == name && match(e) {
+				return true
+			}
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // reload rewrites s's configuration and sends SIGHUP, then waits for the
 // reload to be logged.
 func reload(t *testing.T, s *daemontest.Site) {
 	t.Helper()
-	before := strings.Count(s.Logs(), "configuration reloaded")
+	before := strings.Count(s.Logs(), `"event":"dyad.config.reloaded"`)
 	if err := s.Write(); err != nil {
 		t.Fatal(err)
 	}
 	s.Signal(syscall.SIGHUP)
 	deadline := time.Now().Add(5 * time.Second)
-	for strings.Count(s.Logs(), "configuration reloaded") == before {
+	for strings.Count(s.Logs(), `"event":"dyad.config.reloaded"`) == before {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s did not reload:\n%s", s.Name, s.Logs())
 		}
@@ -363,10 +399,10 @@ func TestReloadAddsForwardKeepsLiveConnection(t *testing.T) {
 	}
 	a.Signal(syscall.SIGHUP)
 	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(a.Logs(), "reload rejected") && time.Now().Before(deadline) {
+	for !strings.Contains(a.Logs(), `"event":"dyad.config.rejected"`) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if !strings.Contains(a.Logs(), "reload rejected") {
+	if !strings.Contains(a.Logs(), `"event":"dyad.config.rejected"`) {
 		t.Fatal("bad configuration not rejected")
 	}
 	ping("after rejected reload")
@@ -398,6 +434,34 @@ func TestSigtermDrainsLiveTransfer(t *testing.T) {
 	}
 	if _, err := net.Dial("tcp", local); err == nil {
 		t.Fatal("forward still accepting after shutdown")
+	}
+	// The journal tells the whole story and ends with a signed checkpoint
+	// of everything before it.
+	es, res, err := a.Journal()
+	if err != nil || !res.OK() {
+		t.Fatalf("journal: %v %v", err, res.Bad)
+	}
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name)
+	}
+	all := strings.Join(names, " ")
+	for _, want := range []string{audit.ConfigLoaded, audit.DaemonStarted, audit.TunnelEstablished, audit.StreamOpened,
+		audit.StreamClosed, audit.DaemonStopped} {
+		if !strings.Contains(all, want) {
+			t.Errorf("journal lacks %s: %s", want, all)
+		}
+	}
+	last := es[len(es)-1]
+	if last.Name != audit.JournalCheckpoint || res.Covered != last.Seq {
+		t.Errorf("journal ends with %s, covered %d of %d", last.Name, res.Covered, len(es))
+	}
+	for _, e := range es {
+		if spec, ok := audit.SpecOf(e.Name); !ok {
+			t.Errorf("%s not in the catalogue", e.Name)
+		} else if err := spec.Check(e.Attrs); err != nil {
+			t.Error(err)
+		}
 	}
 }
 

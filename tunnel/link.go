@@ -45,11 +45,18 @@ type tconn struct {
 	dialed  bool         // we dialed it (rather than accepted it)
 	active  atomic.Int64 // streams in flight
 	retired atomic.Bool  // replaced: close when the last stream ends
+
+	streams       atomic.Int64 // streams carried, both directions
+	bytesSent     atomic.Int64 // plaintext bytes of ended streams, local → tunnel
+	bytesReceived atomic.Int64 // and tunnel → local
 }
 
 func (t *tconn) alive() bool { return t.qc.Context().Err() == nil }
 
-func (t *tconn) streamStarted() { t.active.Add(1) }
+func (t *tconn) streamStarted() {
+	t.active.Add(1)
+	t.streams.Add(1)
+}
 
 func (t *tconn) streamDone() {
 	if t.active.Add(-1) == 0 && t.retired.Load() {
@@ -95,13 +102,13 @@ func (l *link) setLocked(tc *tconn) {
 
 // attach derives the codec keys of a new connection and makes it the
 // peer's current tunnel; a previous one is retired, not cut.
-func (l *link) attach(qc *quic.Conn, dialed bool) error {
+func (l *link) attach(qc *quic.Conn, dialed bool, handshake time.Duration) error {
 	state := qc.ConnectionState().TLS
 	secret, err := state.ExportKeyingMaterial(exporterLabel, nil, codec.SecretSize)
 	if err != nil {
 		return fmt.Errorf("tls exporter: %w", err)
 	}
-	sess, err := codec.NewSession(secret, l.pairing, codec.Config{Suite: l.n.cfg.Load().cfg.Suite})
+	sess, err := codec.NewSession(secret, l.pairing, codec.Config{Suite: l.n.cfg.Load().cfg.Suite, OnKeyUpdate: l.n.keyUpdateHook(l.peer.Name)})
 	clear(secret)
 	if err != nil {
 		return err
@@ -126,10 +133,7 @@ func (l *link) attach(qc *quic.Conn, dialed bool) error {
 		old.retire()
 	}
 	l.n.Stats.TunnelsEstablished.Add(1)
-	l.n.log.Info().Str("event", "tunnel.established").Str("peer", l.peer.Name).
-		Str("remote", qc.RemoteAddr().String()).Str("tls_group", state.CurveID.String()).
-		Str("tls_cipher", tls13CipherName(state.CipherSuite)).Str("suite", sess.Suite().String()).
-		Msg("tunnel established")
+	l.n.auditEstablished(l, tc, state, handshake)
 	l.n.loops.Add(1)
 	go l.serve(tc)
 	return nil
@@ -172,9 +176,12 @@ func (l *link) serve(tc *tconn) {
 		l.setLocked(nil)
 	}
 	l.mu.Unlock()
-	l.n.log.Info().Str("event", "tunnel.closed").Str("peer", l.peer.Name).
-		Str("remote", tc.qc.RemoteAddr().String()).Dur("duration", time.Since(tc.since)).
-		Str("reason", closeReason(tc.qc)).Msg("tunnel closed")
+	// The connection's streams end with it; wait (bounded) so that the
+	// event counts their bytes.
+	for i := 0; tc.active.Load() > 0 && i < 100; i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	l.n.auditTunnelClosed(l, tc)
 }
 
 // close stops the dial loop and closes the current tunnel.
@@ -269,6 +276,7 @@ func (l *link) dial() error {
 	snap := l.n.cfg.Load()
 	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
 	defer cancel()
+	start := time.Now()
 	qc, err := l.n.tr.Dial(ctx, addr, l.n.clientTLS(l.n.cert, l.peer, addr), l.n.quicConfig(snap.cfg))
 	if err != nil {
 		return err
@@ -277,7 +285,7 @@ func (l *link) dial() error {
 		qc.CloseWithError(codeSetupFailed, "no ready signal")
 		return fmt.Errorf("peer did not accept us: %w", err)
 	}
-	if err := l.attach(qc, true); err != nil {
+	if err := l.attach(qc, true, time.Since(start)); err != nil {
 		qc.CloseWithError(codeSetupFailed, "setup failed")
 		return err
 	}
@@ -317,13 +325,4 @@ func signalReady(qc *quic.Conn) error {
 		return err
 	}
 	return s.Close()
-}
-
-// closeReason describes why a connection ended, for the tunnel.closed log.
-func closeReason(qc *quic.Conn) string {
-	err := context.Cause(qc.Context())
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }

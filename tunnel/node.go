@@ -23,8 +23,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/rs/zerolog"
-	"golang.org/x/time/rate"
 
+	"github.com/dyad-tunnel/dyad/audit"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
 
@@ -62,12 +62,18 @@ type Node struct {
 	streams  sync.WaitGroup // active streams, both roles
 	loops    sync.WaitGroup // accept and dial loops
 
-	refusalLog         *rate.Limiter
-	refusalsSuppressed atomic.Uint64
+	audit   *audit.Auditor // nil: no audit events
+	metrics *audit.Metrics // nil: no metrics
+	drops   *dropCounter
 }
 
-// New starts a node on pc, a UDP socket the node takes over.
-func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logger) (*Node, error) {
+// handshakeStart keys the time a server-side handshake began in the
+// connection's context.
+type handshakeStart struct{}
+
+// New starts a node on pc, a UDP socket the node takes over. Audit events
+// and metrics go to aud (nil for none); operational logs to log.
+func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logger, aud *audit.Auditor) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -77,13 +83,18 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 	}
 	resetKey := quic.StatelessResetKey(id.DerivedKey("quic stateless reset"))
 	n := &Node{
-		id:         id,
-		log:        log,
-		cert:       cert,
-		links:      map[string]*link{},
-		tr:         &quic.Transport{Conn: pc, StatelessResetKey: &resetKey},
-		refusalLog: rate.NewLimiter(rate.Every(time.Second), 10),
+		id:      id,
+		log:     log,
+		cert:    cert,
+		links:   map[string]*link{},
+		audit:   aud,
+		metrics: aud.Metrics(),
 	}
+	n.drops = &dropCounter{n: n}
+	n.tr = &quic.Transport{Conn: pc, StatelessResetKey: &resetKey, Tracer: n.drops,
+		ConnContext: func(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+			return context.WithValue(ctx, handshakeStart{}, time.Now()), nil
+		}}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	snap := newSnapshot(cfg)
 	n.cfg.Store(snap)
@@ -93,8 +104,9 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 		return nil, fmt.Errorf("quic listen on %v: %w", pc.LocalAddr(), err)
 	}
 	n.checkUDPBuffers(pc)
-	n.loops.Add(1)
+	n.loops.Add(2)
 	go n.acceptLoop()
+	go n.reportDrops(dropInterval)
 	n.reconcile(nil, snap)
 	return n, nil
 }
@@ -201,7 +213,8 @@ func (n *Node) adopt(qc *quic.Conn) {
 		qc.CloseWithError(codePeerRemoved, "not paired")
 		return
 	}
-	if err := l.attach(qc, false); err != nil {
+	start, _ := qc.Context().Value(handshakeStart{}).(time.Time)
+	if err := l.attach(qc, false, time.Since(start)); err != nil {
 		n.log.Error().Err(err).Str("peer", p.Name).Msg("tunnel setup failed")
 		qc.CloseWithError(codeSetupFailed, "setup failed")
 		return

@@ -23,22 +23,12 @@ type pumpResult struct {
 	err            error // first failure; nil when both directions closed cleanly
 }
 
-func (r pumpResult) reason() string {
-	if r.err == nil {
-		return "closed"
-	}
-	if reason := codec.Reason(r.err); reason != "" {
-		return "record_" + reason
-	}
-	return r.err.Error()
-}
-
 // pump copies between a local TCP connection and a tunnel stream until both
 // directions end. A FIN maps to the close record plus the stream's FIN and
 // back to a TCP half-close; any failure (a TCP reset, a stream reset, a
-// rejected record) resets both sides at once, and a rejected record is
-// counted and logged (THREATS P3: no byte of a bad record is written, since
-// the codec opens a whole record before returning any of it).
+// rejected record) resets both sides at once and is returned for the
+// caller to count and audit (THREATS P3: no byte of a bad record is
+// written, since the codec opens a whole record before returning any of it).
 //
 // answer, on the importing side, reads the exporter's answer before any
 // byte goes to the local client; the local → tunnel direction does not
@@ -83,9 +73,8 @@ func (n *Node) pump(local *net.TCPConn, s *quic.Stream, r *codec.Reader, w *code
 				code := codeProtocol
 				if errors.As(err, &refused) {
 					code = codeStreamRefused
-				} else if reason := codec.Reason(err); reason != "" {
+				} else if codec.Reason(err) != "" {
 					code = codeRecord
-					n.Stats.countRejectedRecord(reason)
 				}
 				abort(err, code)
 				return
@@ -98,11 +87,8 @@ func (n *Node) pump(local *net.TCPConn, s *quic.Stream, r *codec.Reader, w *code
 		}
 		if err != nil {
 			code := codeLocalReset
-			if reason := codec.Reason(err); reason != "" {
+			if codec.Reason(err) != "" {
 				code = codeRecord
-				n.Stats.countRejectedRecord(reason)
-				n.log.Warn().Str("event", "record.rejected").Str("reason", reason).
-					Uint64("stream", uint64(s.StreamID())).Msg("record rejected, stream reset")
 			} else if errors.Is(err, errTrailing) {
 				code = codeProtocol
 			}

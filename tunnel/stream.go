@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -18,15 +19,15 @@ const requestTimeout = 10 * time.Second
 // against the allow list, dial only the configured upstream, answer, pump.
 func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	id := uint64(s.StreamID())
+	peer := l.peer.Name
 	r := tc.sess.NewReader(s, id, codec.FromInitiator)
 	w := tc.sess.NewWriter(s, id, codec.FromResponder)
-	log := n.log.With().Str("peer", l.peer.Name).Uint64("stream", id).Logger()
 
 	s.SetReadDeadline(time.Now().Add(requestTimeout))
 	req, err := r.Next()
 	s.SetReadDeadline(time.Time{})
 	if err != nil {
-		n.rejectStream(s, r, err, l.peer.Name, "")
+		n.rejectStream(s, r, err, peer, id)
 		return
 	}
 	service, err := ParseRequest(req)
@@ -36,20 +37,26 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	case n.draining.Load():
 		status = StatusShuttingDown
 	default:
-		status, upstream = n.cfg.Load().admit(l.peer.Name, service)
+		status, upstream = n.cfg.Load().admit(peer, service)
 	}
 	var up net.Conn
+	var dialErr error
 	if status == StatusAccepted {
 		d := net.Dialer{Timeout: n.cfg.Load().cfg.DialTimeout}
-		up, err = d.DialContext(n.ctx, "tcp", upstream)
-		if err != nil {
+		if up, dialErr = d.DialContext(n.ctx, "tcp", upstream); dialErr != nil {
 			status = StatusUpstreamDown
-			log.Warn().Str("service", service).Err(err).Msg("upstream unreachable")
 		}
 	}
 	if _, err := w.Write(AppendResponse(nil, status)); err != nil || status != StatusAccepted {
 		n.Stats.countRefusedStream(status)
-		log.Warn().Str("event", "stream.refused").Str("service", service).Str("status", status.String()).Msg("stream refused")
+		switch status {
+		case StatusNotAllowed, StatusUnknownService:
+			n.auditPolicyDenied(peer, service, id, status.String())
+		case StatusAccepted: // the answer could not be written: the stream is gone
+			n.auditStreamFailed(peer, service, inbound, "open_failed", err)
+		default:
+			n.auditStreamFailed(peer, service, inbound, status.String(), dialErr)
+		}
 		w.Close()
 		s.Close()
 		r.Release()
@@ -60,21 +67,22 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 		return
 	}
 	n.Stats.StreamsAccepted.Add(1)
-	log.Debug().Str("event", "stream.opened").Str("service", service).Str("upstream", upstream).Msg("stream opened")
+	start := time.Now()
+	n.auditStreamOpened(peer, service, inbound, id, up.RemoteAddr())
 	res := n.pump(up.(*net.TCPConn), s, r, w, nil)
-	log.Debug().Str("event", "stream.closed").Str("service", service).Int64("bytes_to_upstream", res.received).
-		Int64("bytes_from_upstream", res.sent).Str("reason", res.reason()).Msg("stream closed")
+	if reason := codec.Reason(res.err); reason != "" {
+		n.auditRecordRejected(peer, service, id, reason)
+	}
+	n.auditStreamClosed(tc, peer, service, inbound, id, res, start)
 }
 
 // rejectStream resets a stream whose first record failed, counting why.
-func (n *Node) rejectStream(s *quic.Stream, r *codec.Reader, err error, peer, service string) {
+func (n *Node) rejectStream(s *quic.Stream, r *codec.Reader, err error, peer string, id uint64) {
 	r.Release()
 	s.CancelRead(codeRecord)
 	s.CancelWrite(codeRecord)
 	if reason := codec.Reason(err); reason != "" {
-		n.Stats.countRejectedRecord(reason)
-		n.log.Warn().Str("event", "record.rejected").Str("peer", peer).Str("service", service).
-			Str("reason", reason).Msg("record rejected, stream reset")
+		n.auditRecordRejected(peer, "", id, reason)
 	}
 }
 
@@ -91,6 +99,7 @@ func (n *Node) Forward(ctx context.Context, client *net.TCPConn, peer, service s
 	l := n.link(peer)
 	if l == nil {
 		n.Stats.ForwardsFailed.Add(1)
+		n.auditStreamFailed(peer, service, outbound, "no_tunnel", errNoTunnel)
 		resetTCP(client)
 		return fmt.Errorf("peer %s: not configured", peer)
 	}
@@ -113,9 +122,16 @@ func (n *Node) Forward(ctx context.Context, client *net.TCPConn, peer, service s
 	}
 	if err != nil {
 		n.Stats.ForwardsFailed.Add(1)
+		reason := "open_failed"
+		if errors.Is(err, errNoTunnel) {
+			reason = "no_tunnel"
+		}
+		n.auditStreamFailed(peer, service, outbound, reason, err)
 		resetTCP(client)
 		return err
 	}
+	id := uint64(os.stream.StreamID())
+	start := time.Now()
 	tc.streamStarted()
 	defer tc.streamDone()
 	// The peer answers after dialing its upstream: allow for its dial
@@ -138,11 +154,23 @@ func (n *Node) Forward(ctx context.Context, client *net.TCPConn, peer, service s
 		}
 		n.Stats.StreamsForwarded.Add(1)
 		accepted = true
+		n.auditStreamOpened(peer, service, outbound, id, client.RemoteAddr())
 		return nil
 	}
 	res := n.pump(client, os.stream, os.r, os.w, answer)
-	if !accepted {
+	if reason := codec.Reason(res.err); reason != "" {
+		n.auditRecordRejected(peer, service, id, reason)
+	}
+	var refused *RefusedError
+	switch {
+	case accepted:
+		n.auditStreamClosed(tc, peer, service, outbound, id, res, start)
+	case errors.As(res.err, &refused):
 		n.Stats.ForwardsFailed.Add(1)
+		n.auditStreamFailed(peer, service, outbound, "refused_by_peer", nil)
+	default:
+		n.Stats.ForwardsFailed.Add(1)
+		n.auditStreamFailed(peer, service, outbound, "open_failed", res.err)
 	}
 	return res.err
 }

@@ -69,18 +69,22 @@ func (n *Node) clientTLS(cert tls.Certificate, peer Peer, remote net.Addr) *tls.
 // or against want alone when dialing. Refusals are counted and logged with
 // the presented key's fingerprint and the source address.
 func (n *Node) verifyPeer(raw [][]byte, remote net.Addr, want *Peer) (Peer, error) {
+	direction := inbound
+	if want != nil {
+		direction = outbound
+	}
 	if len(raw) == 0 {
-		n.refuseHandshake(remote, "", "no certificate")
+		n.refuseHandshake(remote, "", "no_certificate", direction)
 		return Peer{}, errUnpaired
 	}
 	key, err := identity.CertificateKey(raw[0])
 	if err != nil {
-		n.refuseHandshake(remote, "", err.Error())
+		n.refuseHandshake(remote, "", "bad_certificate", direction)
 		return Peer{}, errUnpaired
 	}
 	if want != nil {
 		if subtle.ConstantTimeCompare(key, want.Key.Sign[:]) != 1 {
-			n.refuseHandshake(remote, identity.Fingerprint(key), "server key is not the pinned key of peer "+want.Name)
+			n.refuseHandshake(remote, identity.Fingerprint(key), "pinned_key_mismatch", direction)
 			return Peer{}, errUnpaired
 		}
 		return *want, nil
@@ -88,7 +92,7 @@ func (n *Node) verifyPeer(raw [][]byte, remote net.Addr, want *Peer) (Peer, erro
 	if p, ok := n.peerByKey(key); ok {
 		return p, nil
 	}
-	n.refuseHandshake(remote, identity.Fingerprint(key), "unpaired key")
+	n.refuseHandshake(remote, identity.Fingerprint(key), "unknown_key", direction)
 	return Peer{}, errUnpaired
 }
 
@@ -105,23 +109,9 @@ func (n *Node) peerByKey(key []byte) (Peer, bool) {
 	return found, ok == 1
 }
 
-func (n *Node) refuseHandshake(remote net.Addr, fingerprint, reason string) {
+// refuseHandshake counts and audits a refused key (the audit event is
+// rate-limited; the counter is exact).
+func (n *Node) refuseHandshake(remote net.Addr, fingerprint, reason, direction string) {
 	n.Stats.HandshakesRefused.Add(1)
-	if !n.refusalLog.Allow() {
-		n.refusalsSuppressed.Add(1)
-		return
-	}
-	ev := n.log.Warn().Str("event", "peer.auth.refused").Str("reason", reason)
-	if remote != nil {
-		ev = ev.Str("source", remote.String())
-	}
-	if fingerprint != "" {
-		ev = ev.Str("fingerprint", fingerprint)
-	}
-	if s := n.refusalsSuppressed.Swap(0); s > 0 {
-		ev = ev.Uint64("suppressed_since_last", s)
-	}
-	ev.Msg("handshake refused")
+	n.auditRefused(remote, fingerprint, reason, direction)
 }
-
-func tls13CipherName(id uint16) string { return tls.CipherSuiteName(id) }

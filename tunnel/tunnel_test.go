@@ -6,14 +6,20 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
 
+	"github.com/dyad-tunnel/dyad/audit"
+	"github.com/dyad-tunnel/dyad/audit/audittest"
+	"github.com/dyad-tunnel/dyad/audit/journal"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
 )
@@ -41,12 +47,52 @@ func startNode(t testing.TB, id *identity.Identity, cfg Config) *Node {
 	if testing.Verbose() {
 		log = zerolog.New(os.Stderr)
 	}
-	n, err := New(pc, id, cfg, log)
+	aud := audittest.NewJournal(t)
+	n, err := New(pc, id, cfg, log, aud.Auditor)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(n.Close)
+	journals.Store(n, aud)
 	return n
+}
+
+// journals holds each test node's audit journal.
+var journals sync.Map // *Node → *audittest.Journal
+
+// event waits up to 5 s for an audit event of n named name whose
+// attributes include want, and returns it.
+func event(t *testing.T, n *Node, name string, want ...attribute.KeyValue) journal.Entry {
+	t.Helper()
+	v, _ := journals.Load(n)
+	tj := v.(*audittest.Journal)
+	var found journal.Entry
+	ok := tj.WaitFor(5*time.Second, func(es []journal.Entry) bool {
+		for _, e := range es {
+			if e.Name != name {
+				continue
+			}
+			match := true
+			for _, kv := range want {
+				if e.Attr(string(kv.Key)) != kv.Value {
+					match = false
+				}
+			}
+			if match {
+				found = e
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		var names []string
+		for _, e := range tj.Entries() {
+			names = append(names, e.Name)
+		}
+		t.Fatalf("no %s event with %v; journal has %v", name, want, names)
+	}
+	return found
 }
 
 // pair starts site B exporting "echo" (allowed to A) and site A dialing B.
@@ -105,6 +151,33 @@ func TestForwardEchoAndHalfClose(t *testing.T) {
 	if b.Stats.StreamsAccepted.Load() != 1 || a.Stats.StreamsForwarded.Load() != 1 {
 		t.Fatalf("stats: %v / %v", a.Stats.Snapshot(), b.Stats.Snapshot())
 	}
+	// The audit trail of both sides.
+	est := event(t, a, audit.TunnelEstablished, attribute.String(audit.KeyPeer, "b"), attribute.String(audit.KeyRole, "dialer"),
+		attribute.String(audit.KeyTLSCurve, "X25519MLKEM768"), attribute.String(audit.KeyTLSNextProto, ALPN),
+		attribute.String(audit.KeyPeerAddress, "127.0.0.1"), attribute.String(audit.KeyPeerFingerprint, b.id.Public().Fingerprint()))
+	if d := est.Attr(audit.KeyDuration).AsFloat64(); d <= 0 || d > 5 {
+		t.Errorf("handshake duration %v", d)
+	}
+	event(t, b, audit.TunnelEstablished, attribute.String(audit.KeyPeer, "a"), attribute.String(audit.KeyRole, "listener"))
+	event(t, a, audit.StreamOpened, attribute.String(audit.KeyService, "echo"), attribute.String(audit.KeyDirection, "outbound"),
+		attribute.String(audit.KeyClientAddress, "127.0.0.1"))
+	up := event(t, b, audit.StreamOpened, attribute.String(audit.KeyService, "echo"), attribute.String(audit.KeyDirection, "inbound"),
+		attribute.String(audit.KeyServerAddress, "127.0.0.1"))
+	if _, port, _ := net.SplitHostPort(echo); fmt.Sprint(up.Attr(audit.KeyServerPort).AsInt64()) != port {
+		t.Errorf("server.port %v, upstream %s", up.Attr(audit.KeyServerPort).Emit(), echo)
+	}
+	n := int64(len(msg))
+	event(t, a, audit.StreamClosed, attribute.String(audit.KeyCloseReason, "eof"),
+		attribute.Int64(audit.KeyBytesSent, n), attribute.Int64(audit.KeyBytesReceived, n))
+	event(t, b, audit.StreamClosed, attribute.String(audit.KeyCloseReason, "eof"), attribute.String(audit.KeyDirection, "inbound"),
+		attribute.Int64(audit.KeyBytesSent, n), attribute.Int64(audit.KeyBytesReceived, n))
+	// Closing A ends the tunnel: B records it with the bytes carried.
+	a.Close()
+	closed := event(t, b, audit.TunnelClosed, attribute.String(audit.KeyPeer, "a"), attribute.String(audit.KeyCloseReason, "peer_closed"),
+		attribute.Int64(audit.KeyStreams, 1), attribute.Int64(audit.KeyBytesSent, n), attribute.Int64(audit.KeyBytesReceived, n))
+	if closed.Attr(audit.KeyDuration).AsFloat64() <= 0 {
+		t.Error("tunnel duration not positive")
+	}
 }
 
 // TestPostQuantumKeyExchange: quic-go's default hybrid X25519MLKEM768 is what
@@ -147,6 +220,10 @@ func TestServiceNotAllowed(t *testing.T) {
 	if snap["streams_refused.not_allowed"] != 1 || snap["streams_refused.unknown_service"] != 1 {
 		t.Fatalf("refusals not counted: %v", snap)
 	}
+	event(t, b, audit.PolicyDenied, attribute.String(audit.KeyPeer, "a"), attribute.String(audit.KeyService, "private"), attribute.String(audit.KeyReason, "not_allowed"))
+	event(t, b, audit.PolicyDenied, attribute.String(audit.KeyService, "nosuch"), attribute.String(audit.KeyReason, "unknown_service"))
+	event(t, a, audit.StreamFailed, attribute.String(audit.KeyService, "private"), attribute.String(audit.KeyReason, "refused_by_peer"),
+		attribute.String(audit.KeyDirection, "outbound"))
 }
 
 func TestUnknownService(t *testing.T) { TestServiceNotAllowed(t) }
@@ -164,6 +241,8 @@ func TestUpstreamDownRefusedPromptly(t *testing.T) {
 	if b.Stats.Snapshot()["streams_refused.upstream_unreachable"] != 1 {
 		t.Fatal("not counted")
 	}
+	event(t, b, audit.StreamFailed, attribute.String(audit.KeyService, "echo"), attribute.String(audit.KeyReason, "upstream_unreachable"),
+		attribute.String(audit.KeyDirection, "inbound"), attribute.String(audit.KeyErrorType, "connection_refused"))
 }
 
 // TestUnpairedClientRefused: a daemon whose key B does not know completes
@@ -180,6 +259,11 @@ func TestUnpairedClientRefused(t *testing.T) {
 	if b.Stats.HandshakesRefused.Load() == 0 || accepted() != 0 {
 		t.Fatalf("refusal not counted (%d) or upstream reached (%d)", b.Stats.HandshakesRefused.Load(), accepted())
 	}
+	_, port := addrPort(stranger.Addr())
+	event(t, b, audit.PeerAuthRefused, attribute.String(audit.KeyPeerFingerprint, stranger.id.Public().Fingerprint()),
+		attribute.String(audit.KeyPeerAddress, "127.0.0.1"), attribute.Int64(audit.KeyPeerPort, port),
+		attribute.String(audit.KeyDirection, "inbound"), attribute.String(audit.KeyReason, "unknown_key"))
+	event(t, stranger, audit.StreamFailed, attribute.String(audit.KeyReason, "no_tunnel"))
 }
 
 // TestUnpairedServerRefused: A dials an endpoint that answers with another
@@ -197,6 +281,8 @@ func TestUnpairedServerRefused(t *testing.T) {
 	if a.Stats.HandshakesRefused.Load() == 0 {
 		t.Fatal("A did not count the impostor")
 	}
+	event(t, a, audit.PeerAuthRefused, attribute.String(audit.KeyPeerFingerprint, impostor.id.Public().Fingerprint()),
+		attribute.String(audit.KeyDirection, "outbound"), attribute.String(audit.KeyReason, "pinned_key_mismatch"))
 }
 
 // TestWrongPairingKeyRejectedByCodec: a peer that holds the pinned signing
@@ -224,6 +310,7 @@ func TestWrongPairingKeyRejectedByCodec(t *testing.T) {
 	if b.Stats.Snapshot()["records_rejected.authentication"] == 0 || accepted() != 0 {
 		t.Fatalf("stats %v, upstream dialed %d times", b.Stats.Snapshot(), accepted())
 	}
+	event(t, b, audit.RecordRejected, attribute.String(audit.KeyPeer, "a"), attribute.String(audit.KeyReason, "authentication"))
 }
 
 func TestValidate(t *testing.T) {
@@ -292,12 +379,12 @@ func TestBothEndpointsOneConnection(t *testing.T) {
 			Peers:    []Peer{{Name: "p", Key: peer.Public(), Endpoint: addr.String()}},
 			Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"p"}}}}
 	}
-	a, err := New(pa, ida, cfg(idb, pb.LocalAddr()), log)
+	a, err := New(pa, ida, cfg(idb, pb.LocalAddr()), log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	b, err := New(pb, idb, cfg(ida, pa.LocalAddr()), log)
+	b, err := New(pb, idb, cfg(ida, pa.LocalAddr()), log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,9 +39,11 @@ func NewSigner(origin string, key ed25519.PrivateKey) (note.Signer, error) {
 	}
 	// vkey is "<name>+<hash>+<base64(alg||public key)>"; the signer key
 	// has the same name and hash and carries the seed instead.
-	parts := strings.Split(vkey, "+")
+	// The name has no '+' (note refuses it) and the hash is hex, so the
+	// first two '+' delimit the hash; the base64 key may hold '+' itself.
+	parts := strings.SplitN(vkey, "+", 3)
 	seed := append([]byte{1}, key.Seed()...) // 1 is note's Ed25519 algorithm byte
-	skey := "PRIVATE+KEY+" + origin + "+" + parts[len(parts)-2] + "+" + base64.StdEncoding.EncodeToString(seed)
+	skey := "PRIVATE+KEY+" + origin + "+" + parts[1] + "+" + base64.StdEncoding.EncodeToString(seed)
 	clear(seed)
 	return note.NewSigner(skey)
 }

@@ -305,6 +305,26 @@ func TestRecoverPartialLine(t *testing.T) {
 
 func testVerifier(t *testing.T) note.Verifier { _, v := testKey(t); return v }
 
+// TestSignerAnyKey: signing and verifying work for any key (base64 keys
+// may contain '+', which also delimits note key fields).
+func TestSignerAnyKey(t *testing.T) {
+	for i := range 200 {
+		pub, key, _ := ed25519.GenerateKey(nil)
+		s, err := NewSigner(origin, key)
+		if err != nil {
+			t.Fatalf("key %d: %v", i, err)
+		}
+		v, _ := NewVerifier(origin, pub)
+		signed, err := signCheckpoint(s, origin, 5, tlog.Hash{1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c, err := OpenCheckpoint(signed, v); err != nil || c.Size != 5 || c.Root != (tlog.Hash{1}) || c.Origin != origin {
+			t.Fatalf("key %d: %v %v", i, c, err)
+		}
+	}
+}
+
 func TestWrongKeyRefused(t *testing.T) {
 	dir := t.TempDir()
 	fill(t, dir, 5, Options{})

@@ -5,6 +5,7 @@ package daemontest
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -19,7 +20,9 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/dyad-tunnel/dyad/audit/journal"
 	"github.com/dyad-tunnel/dyad/daemon"
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
 
 // Site is one dyad daemon: its folder, configuration and process.
@@ -241,4 +244,38 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Journal verifies the site's audit journal (in the default folder, audit/
+// beside the configuration) against its identity key and returns its
+// entries and the verdict.
+func (s *Site) Journal() ([]journal.Entry, *journal.Result, error) {
+	pub, err := identity.ParsePublicKey(s.PublicKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := journal.NewVerifier("dyad/"+s.Config.Site, ed25519.PublicKey(pub.Sign[:]))
+	if err != nil {
+		return nil, nil, err
+	}
+	dir := s.Config.Audit.Journal.Dir
+	if dir == "" {
+		dir = filepath.Join(s.Dir, "audit")
+	}
+	var out []journal.Entry
+	res, err := journal.Verify(dir, journal.VerifyOptions{Verifier: v, Each: func(e *journal.Entry, _ []byte) error {
+		out = append(out, *e)
+		return nil
+	}})
+	return out, res, err
+}
+
+// Events returns the names of the journal's entries, in order.
+func (s *Site) Events() []string {
+	es, _, _ := s.Journal()
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name)
+	}
+	return names
 }

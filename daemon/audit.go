@@ -1,0 +1,144 @@
+package daemon
+
+import (
+	"context"
+	"crypto/fips140"
+	"fmt"
+	"os"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/sdk/resource"
+
+	"github.com/dyad-tunnel/dyad/audit"
+	"github.com/dyad-tunnel/dyad/audit/journal"
+	"github.com/dyad-tunnel/dyad/codec"
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
+)
+
+// auditing is the daemon's audit plumbing: the journal, the OTLP exporter
+// (optional), the metrics and the Auditor that feeds them.
+type auditing struct {
+	journal *journal.Journal
+	auditor *audit.Auditor
+	metrics *audit.Metrics
+}
+
+// journalOrigin names the journal's checkpoints (and their signing key).
+func journalOrigin(site string) string { return "dyad/" + site }
+
+func startAudit(cfg *Config, id *identity.Identity, log zerolog.Logger) (*auditing, error) {
+	ctx := context.Background()
+	host, _ := os.Hostname()
+	res, err := resource.New(ctx, resource.WithAttributes(
+		attribute.String("service.name", "dyad"),
+		attribute.String("service.version", Version),
+		attribute.String("service.instance.id", id.Public().Fingerprint()),
+		attribute.String("host.name", host),
+		attribute.String("dyad.site", cfg.Site),
+	))
+	if err != nil {
+		return nil, fmt.Errorf("audit resource: %w", err)
+	}
+	origin := journalOrigin(cfg.Site)
+	signer, err := journal.NewSigner(origin, id.Signer())
+	if err != nil {
+		return nil, err
+	}
+	var aud atomic.Pointer[audit.Auditor] // the journal's hook runs before New returns
+	jopts := cfg.Audit.Journal
+	jopts.Origin, jopts.Signer = origin, signer
+	jopts.OnCheckpoint = func(e journal.Entry) { aud.Load().OnCheckpoint(e) }
+	j, err := journal.Open(jopts)
+	if err != nil {
+		return nil, fmt.Errorf("audit journal %s: %w", jopts.Dir, err)
+	}
+	a := &auditing{journal: j}
+	var export *audit.Exporter
+	mopts := audit.MetricsOptions{Resource: res, Journal: j, Interval: cfg.Audit.MetricsInterval}
+	if o := cfg.Audit.OTLP; o != nil {
+		logExp, err := audit.NewLogExporter(ctx, *o)
+		if err != nil {
+			j.Close()
+			return nil, fmt.Errorf("audit otlp: %w", err)
+		}
+		export = audit.NewExporter(logExp, cfg.Audit.Export)
+		if mopts.OTLP, err = audit.NewMetricExporter(ctx, *o); err != nil {
+			j.Close()
+			return nil, fmt.Errorf("audit otlp metrics: %w", err)
+		}
+		mopts.Export = export
+		log.Info().Str("protocol", o.ProtocolOrEnv()).Str("endpoint", o.EndpointOrEnv()).Msg("audit events exported over OTLP")
+	}
+	if a.metrics, err = audit.NewMetrics(mopts); err != nil {
+		j.Close()
+		return nil, err
+	}
+	console := zerolog.Nop()
+	if cfg.Audit.Console {
+		console = log
+	}
+	a.auditor = audit.New(audit.Options{Journal: j, Resource: res, Export: export, Console: console})
+	a.auditor.SetMetrics(a.metrics)
+	aud.Store(a.auditor)
+	return a, nil
+}
+
+// close flushes the export, signs a last checkpoint (exported too, as an
+// anchor) and closes the journal.
+func (a *auditing) close(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	a.auditor.Flush(ctx)
+	err := a.journal.Checkpoint()
+	if cerr := a.auditor.Close(ctx); err == nil {
+		err = cerr
+	}
+	a.metrics.Shutdown(ctx)
+	if cerr := a.journal.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// configAttrs describe a configuration for config events.
+func configAttrs(cfg *Config) []attribute.KeyValue {
+	var peers, services, forwards []string
+	for _, p := range cfg.Tunnel.Peers {
+		peers = append(peers, p.Name)
+	}
+	for _, s := range cfg.Tunnel.Services {
+		services = append(services, s.Name)
+	}
+	for _, f := range cfg.File.Forwards {
+		forwards = append(forwards, f.Listen+"→"+f.Peer+"/"+f.Service)
+	}
+	sort.Strings(peers)
+	sort.Strings(services)
+	sort.Strings(forwards)
+	return []attribute.KeyValue{
+		attribute.String(audit.KeyConfigPath, cfg.Path),
+		attribute.String(audit.KeyConfigSHA256, cfg.SHA256),
+		attribute.StringSlice(audit.KeyPeers, peers),
+		attribute.StringSlice(audit.KeyServices, services),
+		attribute.StringSlice(audit.KeyForwards, forwards),
+	}
+}
+
+func startedAttrs(cfg *Config, id *identity.Identity, listen string) []attribute.KeyValue {
+	suite := cfg.Tunnel.Suite
+	if suite == 0 {
+		suite = codec.SuiteAES256GCM
+	}
+	return []attribute.KeyValue{
+		attribute.String(audit.KeyServiceVersion, Version),
+		attribute.String(audit.KeyFingerprint, id.Public().Fingerprint()),
+		attribute.Bool(audit.KeyFIPS, fips140.Enabled()),
+		attribute.String(audit.KeyCodecSuite, suite.String()),
+		attribute.String(audit.KeyTLSCurve, "X25519MLKEM768"),
+		attribute.String(audit.KeyPeerAddress, listen),
+	}
+}

@@ -1,0 +1,311 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlog"
+	"github.com/quic-go/quic-go/qlogwriter"
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/dyad-tunnel/dyad/audit"
+	"github.com/dyad-tunnel/dyad/codec"
+)
+
+// This file turns what the node does into audit events and metrics
+// (audit.Catalog documents each). A nil auditor discards them.
+
+func addrPort(a net.Addr) (string, int64) {
+	if u, ok := a.(*net.UDPAddr); ok {
+		return u.IP.String(), int64(u.Port)
+	}
+	if t, ok := a.(*net.TCPAddr); ok {
+		return t.IP.String(), int64(t.Port)
+	}
+	if a == nil {
+		return "", 0
+	}
+	host, _, _ := net.SplitHostPort(a.String())
+	return host, 0
+}
+
+func peerAddr(a net.Addr) []attribute.KeyValue {
+	ip, port := addrPort(a)
+	return []attribute.KeyValue{attribute.String(audit.KeyPeerAddress, ip), attribute.Int64(audit.KeyPeerPort, port),
+		attribute.String(audit.KeyTransport, "quic")}
+}
+
+func (n *Node) auditRefused(remote net.Addr, fingerprint, reason, direction string) {
+	n.metrics.Refused("peer_auth")
+	if fingerprint == "" {
+		fingerprint = "none"
+	}
+	attrs := append([]attribute.KeyValue{attribute.String(audit.KeyPeerFingerprint, fingerprint)}, peerAddr(remote)...)
+	n.audit.Emit(audit.PeerAuthRefused, append(attrs,
+		attribute.String(audit.KeyDirection, direction), attribute.String(audit.KeyReason, reason))...)
+}
+
+func (n *Node) auditEstablished(l *link, tc *tconn, state tls.ConnectionState, handshake time.Duration) {
+	role := "listener"
+	if tc.dialed {
+		role = "dialer"
+	}
+	n.metrics.TunnelUp(l.peer.Name, role, handshake)
+	attrs := []attribute.KeyValue{attribute.String(audit.KeyPeer, l.peer.Name), attribute.String(audit.KeyPeerFingerprint, l.peer.Key.Fingerprint())}
+	attrs = append(attrs, peerAddr(tc.qc.RemoteAddr())...)
+	n.audit.Emit(audit.TunnelEstablished, append(attrs,
+		attribute.String(audit.KeyRole, role),
+		attribute.String(audit.KeyTLSVersion, "1.3"),
+		attribute.String(audit.KeyTLSCipher, tls.CipherSuiteName(state.CipherSuite)),
+		attribute.String(audit.KeyTLSCurve, state.CurveID.String()),
+		attribute.String(audit.KeyTLSNextProto, state.NegotiatedProtocol),
+		attribute.Float64(audit.KeyDuration, handshake.Seconds()))...)
+}
+
+func (n *Node) auditTunnelClosed(l *link, tc *tconn) {
+	n.metrics.TunnelDown(l.peer.Name)
+	reason, errType := connCloseReason(tc.qc)
+	attrs := []attribute.KeyValue{attribute.String(audit.KeyPeer, l.peer.Name)}
+	attrs = append(attrs, peerAddr(tc.qc.RemoteAddr())...)
+	attrs = append(attrs,
+		attribute.Float64(audit.KeyDuration, time.Since(tc.since).Seconds()),
+		attribute.Int64(audit.KeyBytesSent, tc.bytesSent.Load()),
+		attribute.Int64(audit.KeyBytesReceived, tc.bytesReceived.Load()),
+		attribute.Int64(audit.KeyStreams, tc.streams.Load()),
+		attribute.String(audit.KeyCloseReason, reason))
+	if errType != "" {
+		attrs = append(attrs, attribute.String(audit.KeyErrorType, errType))
+	}
+	n.audit.Emit(audit.TunnelClosed, attrs...)
+}
+
+// connCloseReason classifies why a QUIC connection ended.
+func connCloseReason(qc *quic.Conn) (reason, errType string) {
+	err := context.Cause(qc.Context())
+	var app *quic.ApplicationError
+	var idle *quic.IdleTimeoutError
+	var reset *quic.StatelessResetError
+	switch {
+	case err == nil:
+		return "open", ""
+	case errors.As(err, &app):
+		switch app.ErrorCode {
+		case codeShutdown:
+			if app.Remote {
+				return "peer_closed", ""
+			}
+			return "shutdown", ""
+		case codeReplaced:
+			return "replaced", ""
+		case codePeerRemoved:
+			return "peer_removed", ""
+		}
+		return "error", "application_error"
+	case errors.As(err, &idle):
+		return "idle_timeout", "idle_timeout"
+	case errors.As(err, &reset):
+		return "stateless_reset", "stateless_reset"
+	}
+	return "error", "transport_error"
+}
+
+// streamAttrs are the attributes every stream event starts with.
+func streamAttrs(peer, service, direction string, id uint64) []attribute.KeyValue {
+	return []attribute.KeyValue{attribute.String(audit.KeyPeer, peer), attribute.String(audit.KeyService, service),
+		attribute.String(audit.KeyDirection, direction), attribute.Int64(audit.KeyStreamID, int64(id))}
+}
+
+// Stream directions, as the audit events name them.
+const (
+	inbound  = "inbound"  // this site serves the peer
+	outbound = "outbound" // this site forwards to the peer
+)
+
+func (n *Node) auditStreamOpened(peer, service, direction string, id uint64, endpoint net.Addr) {
+	n.metrics.StreamOpened(peer, service, direction)
+	attrs := streamAttrs(peer, service, direction, id)
+	ip, port := addrPort(endpoint)
+	if direction == inbound {
+		attrs = append(attrs, attribute.String(audit.KeyServerAddress, ip), attribute.Int64(audit.KeyServerPort, port))
+	} else {
+		attrs = append(attrs, attribute.String(audit.KeyClientAddress, ip), attribute.Int64(audit.KeyClientPort, port))
+	}
+	n.audit.Emit(audit.StreamOpened, attrs...)
+}
+
+func (n *Node) auditStreamClosed(tc *tconn, peer, service, direction string, id uint64, res pumpResult, since time.Time) {
+	tc.bytesSent.Add(res.sent)
+	tc.bytesReceived.Add(res.received)
+	n.metrics.StreamClosed(peer, service, direction, res.sent, res.received)
+	reason, errType := streamCloseReason(res.err)
+	attrs := append(streamAttrs(peer, service, direction, id),
+		attribute.Int64(audit.KeyBytesSent, res.sent), attribute.Int64(audit.KeyBytesReceived, res.received),
+		attribute.Float64(audit.KeyDuration, time.Since(since).Seconds()), attribute.String(audit.KeyCloseReason, reason))
+	if errType != "" {
+		attrs = append(attrs, attribute.String(audit.KeyErrorType, errType))
+	}
+	n.audit.Emit(audit.StreamClosed, attrs...)
+}
+
+func streamCloseReason(err error) (reason, errType string) {
+	if err == nil {
+		return "eof", ""
+	}
+	if r := codec.Reason(err); r != "" {
+		if r == "truncated" {
+			return "truncated", r
+		}
+		return "rejected_record", r
+	}
+	return "reset", errorType(err)
+}
+
+// errorType names an error's class without its text (which may quote
+// addresses or data).
+func errorType(err error) string {
+	var se *quic.StreamError
+	var app *quic.ApplicationError
+	var ne net.Error
+	switch {
+	case err == nil:
+		return ""
+	case codec.Reason(err) != "":
+		return codec.Reason(err)
+	case errors.As(err, &se):
+		return "stream_reset"
+	case errors.As(err, &app):
+		return "tunnel_closed"
+	case errors.Is(err, errTrailing):
+		return "protocol"
+	case errors.Is(err, errNoTunnel):
+		return "no_tunnel"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "connection_reset"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection_refused"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	}
+	return "io"
+}
+
+func (n *Node) auditStreamFailed(peer, service, direction, reason string, err error) {
+	n.metrics.Refused(reason)
+	attrs := []attribute.KeyValue{attribute.String(audit.KeyPeer, peer), attribute.String(audit.KeyService, service),
+		attribute.String(audit.KeyDirection, direction), attribute.String(audit.KeyReason, reason)}
+	if t := errorType(err); t != "" {
+		attrs = append(attrs, attribute.String(audit.KeyErrorType, t))
+	}
+	n.audit.Emit(audit.StreamFailed, attrs...)
+}
+
+func (n *Node) auditPolicyDenied(peer, service string, id uint64, reason string) {
+	n.metrics.Refused(reason)
+	n.audit.Emit(audit.PolicyDenied, attribute.String(audit.KeyPeer, peer), attribute.String(audit.KeyService, service),
+		attribute.Int64(audit.KeyStreamID, int64(id)), attribute.String(audit.KeyReason, reason))
+}
+
+func (n *Node) auditRecordRejected(peer, service string, id uint64, reason string) {
+	n.Stats.countRejectedRecord(reason)
+	n.metrics.RecordRejected(peer, reason)
+	attrs := []attribute.KeyValue{attribute.String(audit.KeyPeer, peer)}
+	if service != "" {
+		attrs = append(attrs, attribute.String(audit.KeyService, service))
+	}
+	n.audit.Emit(audit.RecordRejected, append(attrs,
+		attribute.Int64(audit.KeyStreamID, int64(id)), attribute.String(audit.KeyReason, reason))...)
+}
+
+// keyUpdateHook is the codec.Config.OnKeyUpdate of one peer's tunnels.
+func (n *Node) keyUpdateHook(peer string) func(codec.KeyUpdate) {
+	if n.audit == nil {
+		return nil
+	}
+	return func(u codec.KeyUpdate) {
+		dir := "receive"
+		if u.Sending {
+			dir = "send"
+		}
+		n.audit.Emit(audit.KeyUpdated, attribute.String(audit.KeyPeer, peer), attribute.Int64(audit.KeyStreamID, int64(u.StreamID)),
+			attribute.String(audit.KeyCodecDirection, dir), attribute.Int64(audit.KeyKeyGeneration, int64(u.Generation)))
+	}
+}
+
+// dropCounter counts the packets quic-go drops below the tunnel (its
+// transport-level qlog events: unknown connection ids, unparseable or
+// unsupported packets), by trigger. It is the quic.Transport's Tracer.
+type dropCounter struct {
+	n *Node
+
+	mu     sync.Mutex // guards counts
+	counts map[string]int64
+}
+
+var _ qlogwriter.Recorder = (*dropCounter)(nil)
+
+// RecordEvent implements qlogwriter.Recorder.
+func (d *dropCounter) RecordEvent(ev qlogwriter.Event) {
+	pd, ok := ev.(qlog.PacketDropped)
+	if !ok {
+		return
+	}
+	reason := string(pd.Trigger)
+	if reason == "" {
+		reason = "unknown"
+	}
+	d.n.metrics.PacketsDropped(reason, 1)
+	d.mu.Lock()
+	if d.counts == nil {
+		d.counts = map[string]int64{}
+	}
+	d.counts[reason]++
+	d.mu.Unlock()
+}
+
+// Close implements qlogwriter.Recorder.
+func (d *dropCounter) Close() error { return nil }
+
+func (d *dropCounter) take() map[string]int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c := d.counts
+	d.counts = nil
+	return c
+}
+
+// dropInterval is how often packet drops are reported as audit events.
+const dropInterval = time.Minute
+
+// reportDrops emits one aggregate event per drop reason each interval.
+func (n *Node) reportDrops(interval time.Duration) {
+	defer n.loops.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	last := time.Now()
+	report := func() {
+		now := time.Now()
+		for reason, c := range n.drops.take() {
+			n.audit.Emit(audit.PacketsDropped, attribute.String(audit.KeyReason, reason), attribute.Int64(audit.KeyCount, c),
+				attribute.Float64(audit.KeyWindow, now.Sub(last).Seconds()))
+		}
+		last = now
+	}
+	for {
+		select {
+		case <-t.C:
+			report()
+		case <-n.ctx.Done():
+			report()
+			return
+		}
+	}
+}
