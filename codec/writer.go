@@ -19,7 +19,7 @@ type Writer struct {
 	sess         *Session
 	streamID     uint64
 	dir          Direction
-	_            [0]func()                  // not comparable
+	_            [0]func() // not comparable
 }
 
 // NewWriter returns a Writer that seals the direction dir of stream streamID

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/fips140"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -129,6 +131,8 @@ func configAttrs(cfg *Config) []attribute.KeyValue {
 }
 
 func startedAttrs(cfg *Config, id *identity.Identity, listen string) []attribute.KeyValue {
+	host, portStr, _ := net.SplitHostPort(listen)
+	port, _ := strconv.Atoi(portStr)
 	suite := cfg.Tunnel.Suite
 	if suite == 0 {
 		suite = codec.SuiteAES256GCM
@@ -139,6 +143,7 @@ func startedAttrs(cfg *Config, id *identity.Identity, listen string) []attribute
 		attribute.Bool(audit.KeyFIPS, fips140.Enabled()),
 		attribute.String(audit.KeyCodecSuite, suite.String()),
 		attribute.String(audit.KeyTLSCurve, "X25519MLKEM768"),
-		attribute.String(audit.KeyPeerAddress, listen),
+		attribute.String(audit.KeyServerAddress, host),
+		attribute.Int64(audit.KeyServerPort, int64(port)),
 	}
 }

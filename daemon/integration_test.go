@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -475,5 +476,69 @@ func TestKeyFileModeRefused(t *testing.T) {
 	err := s.Wait(10 * time.Second)
 	if err == nil || !strings.Contains(s.Logs(), "chmod 600") {
 		t.Fatalf("daemon started with a 0644 key file: %v\n%s", err, s.Logs())
+	}
+}
+
+// TestAuditVerifyCommand: `dyad audit verify` passes a real daemon's journal
+// and names the entry an editor changed. THREATS P7.
+func TestAuditVerifyCommand(t *testing.T) {
+	echo, _ := tunneltest.EchoServer(t)
+	a, _, local := twoSites(t, echo)
+	c, err := net.Dial("tcp", local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("ping"))
+	io.ReadFull(c, make([]byte, 4))
+	c.Close()
+	if err := a.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	verify := func(args ...string) (string, int) {
+		cmd := exec.Command(dyadBin, append([]string{"audit", "verify"}, args...)...)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return string(out), ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), 0
+	}
+	out, code := verify("--config", a.ConfigPath())
+	if code != 0 || !strings.Contains(out, ": OK") {
+		t.Fatalf("clean journal: exit %d\n%s", code, out)
+	}
+	out, code = verify("--journal", filepath.Join(a.Dir, "audit"), "--public-key", a.PublicKey, "--site", a.Name)
+	if code != 0 {
+		t.Fatalf("with --public-key: exit %d\n%s", code, out)
+	}
+	// Change the peer name in the tunnel.established entry.
+	files, _ := journal.Files(filepath.Join(a.Dir, "audit"))
+	path := filepath.Join(a.Dir, "audit", files[0])
+	data, _ := os.ReadFile(path)
+	lines := strings.Split(string(data), "\n")
+	edited := -1
+	for i, l := range lines {
+		if strings.Contains(l, `"name":"dyad.tunnel.established"`) {
+			lines[i] = strings.Replace(l, `"dyad.peer":"site-b"`, `"dyad.peer":"site-x"`, 1)
+			edited = i
+			break
+		}
+	}
+	if edited < 0 {
+		t.Fatal("no tunnel.established entry")
+	}
+	os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o600)
+	out, code = verify("--config", a.ConfigPath())
+	if code != 1 || !strings.Contains(out, fmt.Sprintf("entry %d:", edited)) {
+		t.Fatalf("edited entry %d: exit %d\n%s", edited, code, out)
+	}
+	os.WriteFile(path, data, 0o600)
+	// Another key does not verify the checkpoints.
+	out, code = verify("--journal", filepath.Join(a.Dir, "audit"), "--public-key", newSite(t, t.TempDir(), "other").PublicKey, "--site", a.Name)
+	if code != 1 || !strings.Contains(out, "signature") {
+		t.Fatalf("foreign key: exit %d\n%s", code, out)
 	}
 }

@@ -72,6 +72,9 @@ func (n *Node) auditEstablished(l *link, tc *tconn, state tls.ConnectionState, h
 func (n *Node) auditTunnelClosed(l *link, tc *tconn) {
 	n.metrics.TunnelDown(l.peer.Name)
 	reason, errType := connCloseReason(tc.qc)
+	if reason == "open" && n.ctx.Err() != nil {
+		reason, errType = "shutdown", "" // the node is closing it now
+	}
 	attrs := []attribute.KeyValue{attribute.String(audit.KeyPeer, l.peer.Name)}
 	attrs = append(attrs, peerAddr(tc.qc.RemoteAddr())...)
 	attrs = append(attrs,

@@ -34,6 +34,7 @@ type Result struct {
 	Entries     uint64     // entries read, the bad one and those after it excluded
 	Checkpoints int        // signed checkpoints verified
 	Covered     uint64     // entries covered by the last verified checkpoint
+	After       uint64     // entries after the last checkpoint entry: chained, not yet signed
 	Root        tlog.Hash  // tree root over Entries
 	Bad         *Problem   // first bad entry; nil when the journal verifies
 	Anchored    bool       // the external checkpoint (VerifyOptions.Anchor) matched
@@ -181,6 +182,9 @@ func (v *verifier) entry(name string, lineNo int, line []byte) bool {
 	}
 	v.prevLine = append(v.prevLine[:0], line...)
 	v.res.Entries++
+	if e.Name != CheckpointEvent {
+		v.res.After++
+	}
 	if a := v.opts.Anchor; a != nil && v.tree.size == a.Size {
 		root, err := v.tree.root()
 		if err != nil || root != a.Root {
@@ -224,6 +228,7 @@ func (v *verifier) checkpoint(e *Entry) string {
 	}
 	v.res.Checkpoints++
 	v.res.Covered = uint64(cp.Size)
+	v.res.After = 0
 	v.res.Last = cp
 	return ""
 }

@@ -1,7 +1,8 @@
 // Command dyad-demo shows dyad end to end on loopback (`make demo`): two
 // paired daemons as separate processes, site B exporting a real HTTP API,
 // site A importing it on a local port, 100 MiB each way checked by SHA-256,
-// and an unpaired third daemon being refused.
+// an unpaired third daemon being refused, and site B's audit journal with
+// its `dyad audit verify` verdict.
 package main
 
 import (
@@ -17,10 +18,15 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/dyad-tunnel/dyad/audit"
+	"github.com/dyad-tunnel/dyad/audit/journal"
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/daemon/daemontest"
 )
@@ -153,7 +159,7 @@ func run(bin string, size int64, keep bool) error {
 		return err
 	}
 	say("unpaired daemon asks for the same API", "refused (%s)", firstLine(refusal, "connection closed by dyad"))
-	say("site B's refused handshakes", "%d, logged with fingerprint %s", st.Counters["handshakes_refused"], fingerprintIn(b.Logs()))
+	say("site B's refused handshakes", "%d, audited with fingerprint %s", st.Counters["handshakes_refused"], refusedFingerprint(b))
 
 	client.CloseIdleConnections() // else A drains the idle keep-alive connection until its deadline
 	for _, s := range []*daemontest.Site{c, a, b} {
@@ -162,6 +168,22 @@ func run(bin string, size int64, keep bool) error {
 		}
 	}
 	say("all daemons stopped (SIGTERM)", "exit 0")
+
+	// What the SOC and the auditor get: site B's audit journal.
+	entries, _, err := b.Journal()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nsite B's audit journal (%d events; the same events went to its log, and over OTLP when configured):\n", len(entries))
+	for _, e := range entries {
+		fmt.Printf("  #%-3d %-26s %s\n", e.Seq, e.Name, summary(e))
+	}
+	out, err := exec.Command(bin, "audit", "verify", "--config", b.ConfigPath()).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("dyad audit verify: %v\n%s", err, out)
+	}
+	fmt.Printf("\n$ dyad audit verify --config site-b/dyad.yaml\n%s", out)
+	say("site B's journal verified", "hash chain and signed checkpoints intact")
 
 	fmt.Printf("\nsummary: %d steps passed in %v. Every byte crossed a QUIC tunnel (TLS 1.3, X25519MLKEM768)\n", len(steps), time.Since(start).Round(100*time.Millisecond))
 	fmt.Println("and was sealed again by dyad's record layer with keys bound to the A-B pairing.")
@@ -230,12 +252,25 @@ func firstLine(err error, fallback string) string {
 	return s
 }
 
-// fingerprintIn finds the presented fingerprint in site B's refusal log.
-func fingerprintIn(logs string) string {
-	i := strings.Index(logs, `"fingerprint":"`)
-	if i < 0 {
-		return "(none logged)"
+// refusedFingerprint finds the presented fingerprint in site's journal.
+func refusedFingerprint(site *daemontest.Site) string {
+	entries, _, _ := site.Journal()
+	for _, e := range entries {
+		if e.Name == audit.PeerAuthRefused {
+			return e.Attr(audit.KeyPeerFingerprint).AsString()
+		}
 	}
-	rest := logs[i+len(`"fingerprint":"`):]
-	return rest[:strings.IndexByte(rest, '"')]
+	return "(none recorded)"
+}
+
+// summary picks the attributes that say what an event is about.
+func summary(e journal.Entry) string {
+	var parts []string
+	for _, k := range []string{audit.KeyPeer, audit.KeyService, audit.KeyDirection, audit.KeyRole, audit.KeyTLSCurve,
+		audit.KeyPeerFingerprint, audit.KeyReason, audit.KeyBytesSent, audit.KeyBytesReceived, audit.KeyCloseReason, "dyad.journal.size"} {
+		if v := e.Attr(k); v.Type() != attribute.INVALID {
+			parts = append(parts, strings.TrimPrefix(k, "dyad.")+"="+v.Emit())
+		}
+	}
+	return strings.Join(parts, " ")
 }

@@ -18,6 +18,8 @@ Usage:
   dyad keygen --out DIR      make this site's identity (DIR/identity.key, 0600)
   dyad check --config FILE   validate a configuration and its key file
   dyad run --config FILE     run the daemon (SIGHUP reloads, SIGTERM drains)
+  dyad audit verify --config FILE
+                             check the audit journal's chain and signed checkpoints
   dyad version               show the build and its cryptography
 
 Run "dyad COMMAND --help" for a command's flags.
@@ -57,6 +59,27 @@ func main() {
 			usageError(fs, "--config is required")
 		}
 		err = daemon.Run(context.Background(), *cfg, os.Stderr)
+	case "audit":
+		if len(args) == 0 || args[0] != "verify" {
+			fmt.Fprint(os.Stderr, "usage: dyad audit verify [flags]; run dyad audit verify --help\n")
+			os.Exit(2)
+		}
+		fs := newFlags("audit verify", "check the audit journal: hash chain, sequence, signed checkpoints; exit 0 verified, 1 not verified, 2 could not check")
+		var o daemon.VerifyOptions
+		fs.StringVar(&o.Journal, "journal", "", "journal folder (default: the configuration's audit.journal.dir)")
+		fs.StringVar(&o.Config, "config", "", "configuration file: the journal folder, the site and the identity key")
+		fs.StringVar(&o.PublicKey, "public-key", "", "the daemon's dyad1:… public key, instead of reading its identity file")
+		fs.StringVar(&o.Site, "site", "", "the daemon's site name, with --public-key")
+		fs.StringVar(&o.AnchorFile, "anchor", "", "file holding a signed checkpoint kept outside the journal (the dyad.journal.checkpoint attribute your SIEM received)")
+		fs.Parse(args[1:])
+		ok, verr := daemon.AuditVerify(o, os.Stdout)
+		if verr != nil {
+			fmt.Fprintln(os.Stderr, "dyad:", verr)
+			os.Exit(2)
+		}
+		if !ok {
+			os.Exit(1)
+		}
 	case "version":
 		newFlags("version", "show the build and its cryptography").Parse(args)
 		daemon.PrintVersion(os.Stdout)
