@@ -5,8 +5,11 @@ FUZZTIME  ?= 30s
 SMOKETIME ?= 4s
 BENCHCOUNT ?= 5
 OUT       := bench/out
+# The OpenTelemetry Collector of the end-to-end audit test, built once from
+# deploy/otel-collector/builder.yaml and kept in .cache/ between runs.
+OTELCOL   := .cache/otelcol/build/dyad-otelcol
 
-.PHONY: help demo test test-race test-exhaustive fuzz-smoke fuzz lint bench bench-quick bench-micro bench-deps build clean
+.PHONY: help demo collector test test-race test-exhaustive fuzz-smoke fuzz lint bench bench-quick bench-micro bench-deps build clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -21,8 +24,15 @@ demo: build ## two paired daemons on loopback carrying real HTTP traffic, 100 Mi
 
 test: test-race test-exhaustive fuzz-smoke ## everything CI runs: race tests, exhaustive codec round trip, fuzz smoke
 
-test-race: ## go test -race, shuffled, all packages (replays the fuzz corpora too)
-	$(GO) test -race -shuffle on -count 1 ./...
+test-race: collector ## go test -race, shuffled, all packages (replays the fuzz corpora too), with a real OTLP collector
+	DYAD_OTELCOL=$(CURDIR)/$(OTELCOL) $(GO) test -race -shuffle on -count 1 ./...
+
+collector: $(OTELCOL) ## build the OpenTelemetry Collector (OTLP receiver + file exporter) the audit tests send to
+
+$(OTELCOL): deploy/otel-collector/builder.yaml
+	@mkdir -p .cache/otelcol
+	GOBIN=$(CURDIR)/.cache/otelcol/bin $(GO) install go.opentelemetry.io/collector/cmd/builder@v0.120.0
+	cd .cache/otelcol && ./bin/builder --config $(CURDIR)/deploy/otel-collector/builder.yaml
 
 test-exhaustive: ## every record size 0..max without -race (it strides under -race)
 	$(GO) test -count 1 -run 'TestRoundTripEverySize|TestSteadyStateAllocatesNothing' ./codec
@@ -58,5 +68,5 @@ bench-deps: ## install the baselines' packages (stunnel4, iperf3) with apt-get, 
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq stunnel4 iperf3; \
 	else echo "bench-deps: run as root (apt-get); without stunnel4 the report says stunnel was not measured"; fi
 
-clean: ## remove build and benchmark output
+clean: ## remove build and benchmark output (the collector cache stays; rm -rf .cache to rebuild it)
 	rm -rf $(OUT) bin

@@ -83,7 +83,8 @@ func startAudit(cfg *Config, id *identity.Identity, log zerolog.Logger) (*auditi
 	if cfg.Audit.Console {
 		console = log
 	}
-	a.auditor = audit.New(audit.Options{Journal: j, Resource: res, Export: export, Console: console})
+	a.auditor = audit.New(audit.Options{Journal: j, Resource: res, Export: export, Console: console,
+		SummaryInterval: cfg.Audit.SummaryInterval})
 	a.auditor.SetMetrics(a.metrics)
 	aud.Store(a.auditor)
 	return a, nil

@@ -20,6 +20,9 @@ type AuditFile struct {
 	OTLP    *OTLPFile   `yaml:"otlp,omitempty"`
 	// Console mirrors every event on the operational log. Nil means true.
 	Console *bool `yaml:"console,omitempty"`
+	// SummaryInterval is how often suppressed events and export drops are
+	// reported; default 1m.
+	SummaryInterval Duration `yaml:"summary_interval,omitempty"`
 }
 
 // JournalFile configures the journal; every zero value means the default.
@@ -56,6 +59,7 @@ type AuditConfig struct {
 	OTLP            *audit.OTLP     // nil: no export
 	Export          audit.ExportOptions
 	MetricsInterval time.Duration
+	SummaryInterval time.Duration
 	Console         bool
 }
 
@@ -82,6 +86,7 @@ func expandEnv(s string) (string, error) {
 func (v *validator) checkAudit(f AuditFile, c *Config) {
 	a := &c.Audit
 	a.Console = f.Console == nil || *f.Console
+	a.SummaryInterval = time.Duration(f.SummaryInterval)
 	j := f.Journal
 	a.Journal.Dir = j.Dir
 	if a.Journal.Dir == "" {
