@@ -63,6 +63,8 @@ bench-micro: ## package micro-benchmarks (benchstat format) and the codec vs raw
 	@mkdir -p $(OUT)
 	$(GO) test ./codec -run '^$$' -bench 'Record|Stream' -benchmem -count $(BENCHCOUNT) | tee $(OUT)/micro.txt
 	@echo; $(GO) run ./bench/codecratio < $(OUT)/micro.txt | tee $(OUT)/codec-ratio.txt
+	@echo; echo "audit overhead per forwarded connection (churn: 4 audit events each):"
+	$(GO) test ./tunnel -run '^$$' -bench 'ConnAudit' -benchmem -count 3 | tee $(OUT)/audit.txt
 
 bench-deps: ## install the baselines' packages (stunnel4, iperf3) with apt-get, as root
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq stunnel4 iperf3; \

@@ -148,6 +148,9 @@ func newRig(t *testing.T, recv *audittest.Receiver, xopts audit.ExportOptions) *
 // entries reads the journal back.
 func (r *rig) entries(t *testing.T) []journal.Entry {
 	var out []journal.Entry
+	if err := r.j.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	res := r.ver()
 	if !res.OK() {
 		t.Fatalf("journal does not verify: %v", res.Bad)

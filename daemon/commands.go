@@ -166,7 +166,8 @@ func AuditVerify(o VerifyOptions, out io.Writer) (bool, error) {
 	fmt.Fprintf(out, "  entries:     %d, chained by SHA-256\n", res.Entries)
 	fmt.Fprintf(out, "  checkpoints: %d signed by %s, the last covers %d entries", res.Checkpoints, identity.Fingerprint(pub), res.Covered)
 	if res.After > 0 {
-		fmt.Fprintf(out, " (%d after it are chained but not yet checkpointed)", res.After)
+		fmt.Fprintf(out, "\n  NOTE:        the last %d entries are chained but not yet covered by a signed checkpoint: they could\n"+
+			"               have been altered or cut without trace (a cleanly stopped daemon ends its journal with a checkpoint)", res.After)
 	}
 	fmt.Fprintf(out, "\n  tree root:   %s (size %d)\n", base64.StdEncoding.EncodeToString(res.Root[:]), res.Entries)
 	if vo.Anchor != nil {

@@ -1,9 +1,17 @@
 package tunnel
 
 import (
+	"context"
 	"io"
 	"net"
 	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/dyad-tunnel/dyad/audit"
+	"github.com/dyad-tunnel/dyad/audit/audittest"
+	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
 )
 
 // sinkServer accepts connections and discards what they send.
@@ -53,5 +61,82 @@ func BenchmarkForwardBulk(b *testing.B) {
 		if _, err := c.Write(buf); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkConnAudit is the audit overhead on the churn scenario: each op is
+// a new forwarded connection carrying a 1 KiB request and its 1 KiB echo,
+// 8 at a time, which makes 4 audit events (stream opened and closed on each
+// side). Modes: no audit; the journal; the journal plus OTLP/gRPC export
+// to a real receiver. Compare ns/op across modes; events/s is what the
+// audit path sustained.
+func BenchmarkConnAudit(b *testing.B) {
+	for _, mode := range []string{"off", "journal", "journal+otlp"} {
+		b.Run(mode, func(b *testing.B) {
+			var auds [2]*audit.Auditor
+			var jas [2]*audittest.Journal
+			if mode != "off" {
+				for i := range auds {
+					jas[i] = audittest.NewJournal(b)
+					auds[i] = jas[i].Auditor
+				}
+			}
+			if mode == "journal+otlp" {
+				recv := audittest.StartGRPC(b)
+				for i := range auds {
+					exp, err := audit.NewLogExporter(b.Context(), audit.OTLP{Endpoint: recv.Endpoint(), Protocol: audit.ProtocolGRPC, Insecure: true})
+					if err != nil {
+						b.Fatal(err)
+					}
+					x := audit.NewExporter(exp, audit.ExportOptions{})
+					auds[i] = audit.New(audit.Options{Export: x, Console: zerolog.Nop(), Journal: jas[i].Journal()})
+					b.Cleanup(func() { auds[i].Close(context.Background()) })
+				}
+			}
+			echo, _ := tunneltest.EchoServer(b)
+			ida, idb := newIdentity(b), newIdentity(b)
+			nb := startNodeWith(b, idb, Config{Peers: []Peer{{Name: "a", Key: ida.Public()}},
+				Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"a"}}}}, auds[1])
+			na := startNodeWith(b, ida, Config{Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: nb.Addr().String()}}}, auds[0])
+			ln, _ := net.Listen("tcp", "127.0.0.1:0")
+			defer ln.Close()
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go na.Forward(context.Background(), c.(*net.TCPConn), "b", "echo")
+				}
+			}()
+			req := make([]byte, 1024)
+			op := func() error {
+				c, err := net.Dial("tcp", ln.Addr().String())
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				if _, err := c.Write(req); err != nil {
+					return err
+				}
+				_, err = io.ReadFull(c, make([]byte, len(req)))
+				return err
+			}
+			if err := op(); err != nil { // the tunnel is up before timing
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.SetParallelism(4) // 8 workers on 2 cores
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := op(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(4*b.N)/time.Since(start).Seconds(), "events/s")
+		})
 	}
 }

@@ -37,7 +37,17 @@ func newIdentity(t testing.TB) *identity.Identity {
 	return id
 }
 
+// startNode starts a node whose audit events go to a test journal.
 func startNode(t testing.TB, id *identity.Identity, cfg Config) *Node {
+	t.Helper()
+	aud := audittest.NewJournal(t)
+	n := startNodeWith(t, id, cfg, aud.Auditor)
+	journals.Store(n, aud)
+	return n
+}
+
+// startNodeWith starts a node auditing to aud (nil for none).
+func startNodeWith(t testing.TB, id *identity.Identity, cfg Config, aud *audit.Auditor) *Node {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -47,13 +57,11 @@ func startNode(t testing.TB, id *identity.Identity, cfg Config) *Node {
 	if testing.Verbose() {
 		log = zerolog.New(os.Stderr)
 	}
-	aud := audittest.NewJournal(t)
-	n, err := New(pc, id, cfg, log, aud.Auditor)
+	n, err := New(pc, id, cfg, log, aud)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(n.Close)
-	journals.Store(n, aud)
 	return n
 }
 

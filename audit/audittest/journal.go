@@ -41,7 +41,7 @@ func NewJournal(t testing.TB) *Journal {
 	}
 	v, _ := journal.NewVerifier("dyad/test", pub)
 	tj := &Journal{t: t, dir: t.TempDir(), verifier: v}
-	tj.j, err = journal.Open(journal.Options{Dir: tj.dir, Origin: "dyad/test", Signer: signer, CommitInterval: 10 * time.Millisecond})
+	tj.j, err = journal.Open(journal.Options{Dir: tj.dir, Origin: "dyad/test", Signer: signer})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,6 +57,9 @@ func (tj *Journal) close() {
 	})
 }
 
+// Journal returns the journal, for a second Auditor on it.
+func (tj *Journal) Journal() *journal.Journal { return tj.j }
+
 // Entries returns the events written so far, after checking that the
 // journal verifies and that every entry matches its catalogue entry.
 func (tj *Journal) Entries() []journal.Entry {
@@ -64,8 +67,8 @@ func (tj *Journal) Entries() []journal.Entry {
 	if err := tj.j.Checkpoint(); err != nil {
 		tj.t.Fatal(err)
 	}
-	for tj.j.Stats().PendingBytes > 0 {
-		time.Sleep(5 * time.Millisecond)
+	if err := tj.j.Flush(); err != nil {
+		tj.t.Fatal(err)
 	}
 	var out []journal.Entry
 	res, err := journal.Verify(tj.dir, journal.VerifyOptions{Verifier: tj.verifier, Each: func(e *journal.Entry, _ []byte) error {

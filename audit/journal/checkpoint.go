@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -26,9 +27,12 @@ const (
 // A checkpoint is a C2SP tlog-checkpoint: a signed note (golang.org/x/mod/sumdb/note)
 // whose text is
 //
-//	<origin>\n<tree size>\n<base64 root hash>\n
+//	<origin>\n<tree size>\n<base64 root hash>\ntime <RFC 3339 time of the entry>\n
 //
 // signed with the daemon's Ed25519 identity key under the key name origin.
+// The time extension line binds the checkpoint entry's own timestamp, so
+// that every field of a journal's last entry, a checkpoint covered by no
+// later entry, is still signed.
 
 // NewSigner makes a note signer named origin from an Ed25519 private key.
 // The origin must be a valid note key name: no spaces, no '+'.
@@ -58,8 +62,8 @@ func NewVerifier(origin string, pub ed25519.PublicKey) (note.Verifier, error) {
 }
 
 // signCheckpoint returns the signed note for a tree of size entries.
-func signCheckpoint(s note.Signer, origin string, size int64, root tlog.Hash) (string, error) {
-	text := checkpointText(origin, size, root)
+func signCheckpoint(s note.Signer, origin string, size int64, root tlog.Hash, t time.Time) (string, error) {
+	text := checkpointText(origin, size, root, t)
 	msg, err := note.Sign(&note.Note{Text: text}, s)
 	if err != nil {
 		return "", fmt.Errorf("journal: sign checkpoint: %w", err)
@@ -67,8 +71,9 @@ func signCheckpoint(s note.Signer, origin string, size int64, root tlog.Hash) (s
 	return string(msg), nil
 }
 
-func checkpointText(origin string, size int64, root tlog.Hash) string {
-	return origin + "\n" + strconv.FormatInt(size, 10) + "\n" + base64.StdEncoding.EncodeToString(root[:]) + "\n"
+func checkpointText(origin string, size int64, root tlog.Hash, t time.Time) string {
+	return origin + "\n" + strconv.FormatInt(size, 10) + "\n" + base64.StdEncoding.EncodeToString(root[:]) + "\n" +
+		"time " + t.UTC().Format(time.RFC3339Nano) + "\n"
 }
 
 // Checkpoint is a verified checkpoint's content.
@@ -76,6 +81,7 @@ type Checkpoint struct {
 	Origin string
 	Size   int64
 	Root   tlog.Hash
+	Time   time.Time // from the time extension line; zero when absent
 }
 
 // ErrSignature reports a checkpoint whose signature does not verify.
@@ -101,5 +107,13 @@ func OpenCheckpoint(signed string, v note.Verifier) (Checkpoint, error) {
 	}
 	c := Checkpoint{Origin: lines[0], Size: size}
 	copy(c.Root[:], raw)
+	for _, ext := range lines[3 : len(lines)-1] {
+		if v, ok := strings.CutPrefix(ext, "time "); ok {
+			if c.Time, err = time.Parse(time.RFC3339Nano, v); err != nil {
+				return Checkpoint{}, fmt.Errorf("%w: checkpoint time %q", ErrMalformed, v)
+			}
+			c.Time = c.Time.UTC()
+		}
+	}
 	return c, nil
 }

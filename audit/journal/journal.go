@@ -257,11 +257,19 @@ func (j *Journal) Append(name, severity string, t time.Time, attrs []attribute.K
 		}
 		err = j.err
 	}
+	// Group commit: the committer runs every CommitInterval; it is woken
+	// early only for a waiting SyncAlways appender (above) or a big backlog.
+	kick := j.pendingBytes >= flushBytes
 	j.mu.Unlock()
-	j.kickCommitter()
+	if kick {
+		j.kickCommitter()
+	}
 	j.notify(cps)
 	return seq, err
 }
+
+// flushBytes of pending entries wake the committer before its interval.
+const flushBytes = 1 << 20
 
 func (j *Journal) appendLocked(name, severity string, t time.Time, attrs []attribute.KeyValue) (uint64, error) {
 	e := Entry{Seq: j.next, Time: t.UTC(), Prev: j.prev, Name: name, Severity: severity, Attrs: attrs}
@@ -298,7 +306,8 @@ func (j *Journal) checkpointLocked() (Entry, error) {
 	if err != nil {
 		return Entry{}, fmt.Errorf("journal: %w", err)
 	}
-	signed, err := signCheckpoint(j.opts.Signer, j.opts.Origin, size, root)
+	now := j.opts.Now().UTC()
+	signed, err := signCheckpoint(j.opts.Signer, j.opts.Origin, size, root, now)
 	if err != nil {
 		return Entry{}, err
 	}
@@ -308,7 +317,6 @@ func (j *Journal) checkpointLocked() (Entry, error) {
 		attribute.String(AttrRootHash, encodeHash(root)),
 		attribute.String(AttrCheckpoint, signed),
 	}
-	now := j.opts.Now()
 	seq, err := j.appendLocked(CheckpointEvent, "INFO", now, attrs)
 	if err != nil {
 		return Entry{}, err
@@ -461,6 +469,19 @@ func (j *Journal) Close() error {
 	<-j.done
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	return j.err
+}
+
+// Flush writes (and fsyncs, per policy) every entry appended so far before
+// it returns.
+func (j *Journal) Flush() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	target := j.next
+	for j.durable < target && j.err == nil && !j.closed {
+		j.kickCommitter()
+		j.cond.Wait()
+	}
 	return j.err
 }
 

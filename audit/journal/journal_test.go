@@ -315,11 +315,11 @@ func TestSignerAnyKey(t *testing.T) {
 			t.Fatalf("key %d: %v", i, err)
 		}
 		v, _ := NewVerifier(origin, pub)
-		signed, err := signCheckpoint(s, origin, 5, tlog.Hash{1})
+		signed, err := signCheckpoint(s, origin, 5, tlog.Hash{1}, time.Unix(1, 0))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c, err := OpenCheckpoint(signed, v); err != nil || c.Size != 5 || c.Root != (tlog.Hash{1}) || c.Origin != origin {
+		if c, err := OpenCheckpoint(signed, v); err != nil || c.Size != 5 || c.Root != (tlog.Hash{1}) || c.Origin != origin || !c.Time.Equal(time.Unix(1, 0)) {
 			t.Fatalf("key %d: %v %v", i, c, err)
 		}
 	}

@@ -223,8 +223,12 @@ func (v *verifier) checkpoint(e *Entry) string {
 	if root != cp.Root {
 		return fmt.Sprintf("signed root does not match the first %d entries: an entry since the previous checkpoint (%d) was changed", cp.Size, v.res.Last.Size)
 	}
-	if e.Attr(AttrSize).AsInt64() != cp.Size || e.Attr(AttrRootHash).AsString() != encodeHash(cp.Root) || e.Attr(AttrOrigin).AsString() != cp.Origin {
+	if e.Attr(AttrSize).AsInt64() != cp.Size || e.Attr(AttrRootHash).AsString() != encodeHash(cp.Root) ||
+		e.Attr(AttrOrigin).AsString() != cp.Origin || len(e.Attrs) != 4 {
 		return "checkpoint attributes differ from the signed checkpoint"
+	}
+	if !cp.Time.Equal(e.Time) || e.Severity != "INFO" {
+		return "checkpoint time or severity differs from the signed checkpoint"
 	}
 	v.res.Checkpoints++
 	v.res.Covered = uint64(cp.Size)
