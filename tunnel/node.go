@@ -65,6 +65,10 @@ type Node struct {
 	audit   *audit.Auditor // nil: no audit events
 	metrics *audit.Metrics // nil: no metrics
 	drops   *dropCounter
+	started time.Time
+
+	dropsMu    sync.Mutex // guards dropsSince
+	dropsSince time.Time  // start of the window emitDrops reports
 }
 
 // handshakeStart keys the time a server-side handshake began in the
@@ -89,6 +93,7 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 		links:   map[string]*link{},
 		audit:   aud,
 		metrics: aud.Metrics(),
+		started: time.Now(),
 	}
 	n.drops = &dropCounter{n: n}
 	n.tr = &quic.Transport{Conn: pc, StatelessResetKey: &resetKey, Tracer: n.drops,
@@ -119,7 +124,7 @@ const maxStreamsPerPeer = 1 << 14
 // 100 ms RTT (12.5 MB in flight), no 0-RTT (forwarded data would be
 // replayable), datagrams on for later UDP forwarding.
 func (n *Node) quicConfig(c Config) *quic.Config {
-	return &quic.Config{
+	qc := &quic.Config{
 		HandshakeIdleTimeout:           5 * time.Second,
 		MaxIdleTimeout:                 c.IdleTimeout,
 		KeepAlivePeriod:                c.KeepAlive,
@@ -132,6 +137,10 @@ func (n *Node) quicConfig(c Config) *quic.Config {
 		Allow0RTT:                      false,
 		EnableDatagrams:                true,
 	}
+	if c.CountConnectionDrops {
+		qc.Tracer = n.drops.connTrace
+	}
+	return qc
 }
 
 // Addr returns the QUIC listening address.

@@ -266,6 +266,7 @@ func (d *dropCounter) RecordEvent(ev qlogwriter.Event) {
 		reason = "unknown"
 	}
 	d.n.metrics.PacketsDropped(reason, 1)
+	d.n.Stats.PacketsDropped.Add(1)
 	d.mu.Lock()
 	if d.counts == nil {
 		d.counts = map[string]int64{}
@@ -276,6 +277,14 @@ func (d *dropCounter) RecordEvent(ev qlogwriter.Event) {
 
 // Close implements qlogwriter.Recorder.
 func (d *dropCounter) Close() error { return nil }
+
+// AddProducer implements qlogwriter.Trace: every connection's events go to
+// the same counter, which keeps only the drops.
+func (d *dropCounter) AddProducer() qlogwriter.Recorder { return d }
+
+// connTrace is quic.Config.Tracer: per-connection drops (undecryptable or
+// duplicate packets of established connections).
+func (d *dropCounter) connTrace(context.Context, bool, quic.ConnectionID) qlogwriter.Trace { return d }
 
 func (d *dropCounter) take() map[string]int64 {
 	d.mu.Lock()
@@ -288,27 +297,34 @@ func (d *dropCounter) take() map[string]int64 {
 // dropInterval is how often packet drops are reported as audit events.
 const dropInterval = time.Minute
 
-// reportDrops emits one aggregate event per drop reason each interval.
+// reportDrops emits the drop counts once per interval and at the end.
 func (n *Node) reportDrops(interval time.Duration) {
 	defer n.loops.Done()
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	last := time.Now()
-	report := func() {
-		now := time.Now()
-		for reason, c := range n.drops.take() {
-			n.audit.Emit(audit.PacketsDropped, attribute.String(audit.KeyReason, reason), attribute.Int64(audit.KeyCount, c),
-				attribute.Float64(audit.KeyWindow, now.Sub(last).Seconds()))
-		}
-		last = now
-	}
 	for {
 		select {
 		case <-t.C:
-			report()
+			n.emitDrops()
 		case <-n.ctx.Done():
-			report()
+			n.emitDrops()
 			return
 		}
 	}
+}
+
+// emitDrops emits one aggregate event per drop reason counted since the
+// last call.
+func (n *Node) emitDrops() {
+	n.dropsMu.Lock()
+	defer n.dropsMu.Unlock()
+	now := time.Now()
+	if n.dropsSince.IsZero() {
+		n.dropsSince = n.started
+	}
+	for reason, c := range n.drops.take() {
+		n.audit.Emit(audit.PacketsDropped, attribute.String(audit.KeyReason, reason), attribute.Int64(audit.KeyCount, c),
+			attribute.Float64(audit.KeyWindow, now.Sub(n.dropsSince).Seconds()))
+	}
+	n.dropsSince = now
 }

@@ -15,6 +15,7 @@ type Stats struct {
 	ForwardsFailed     atomic.Uint64 // local connections refused: no tunnel, or refused by the peer
 	BytesSent          atomic.Uint64 // plaintext bytes from local sockets into tunnels
 	BytesReceived      atomic.Uint64 // plaintext bytes from tunnels to local sockets
+	PacketsDropped     atomic.Uint64 // UDP datagrams quic-go dropped below the tunnels
 
 	mu              sync.Mutex        // guards the maps below
 	streamsRefused  map[string]uint64 // by Status name
@@ -43,6 +44,7 @@ func (s *Stats) Snapshot() map[string]uint64 {
 		"forwards_failed":     s.ForwardsFailed.Load(),
 		"bytes_sent":          s.BytesSent.Load(),
 		"bytes_received":      s.BytesReceived.Load(),
+		"packets_dropped":     s.PacketsDropped.Load(),
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -416,3 +416,32 @@ func TestBothEndpointsOneConnection(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestGarbageDatagramsCounted: datagrams that are not QUIC for this node are
+// dropped by quic-go, counted through its tracer and reported as one
+// aggregate audit event per reason.
+func TestGarbageDatagramsCounted(t *testing.T) {
+	n := startNode(t, newIdentity(t), Config{})
+	c, err := net.Dial("udp", n.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 40 {
+		b := make([]byte, 8+i%4) // short header, unknown connection id, too small for a stateless reset
+		b[0] = 0x40
+		c.Write(b)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for n.Stats.PacketsDropped.Load() < 40 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := n.Stats.PacketsDropped.Load(); got < 40 {
+		t.Fatalf("%d of 40 garbage datagrams counted", got)
+	}
+	n.emitDrops()
+	e := event(t, n, audit.PacketsDropped, attribute.String(audit.KeyReason, "unknown_connection_id"))
+	if e.Attr(audit.KeyCount).AsInt64() < 40 {
+		t.Fatalf("event counts %d drops", e.Attr(audit.KeyCount).AsInt64())
+	}
+}
