@@ -343,7 +343,7 @@ var Catalog = []Spec{
 	},
 	{
 		Name: PacketsDropped, Severity: Warn,
-		When:  "every minute in which QUIC dropped packets below the tunnel (undecryptable, unknown connection id, …); one event per reason",
+		When:  "every minute in which quic-go dropped datagrams below the tunnels (unknown connection id, unparsable, unsupported version; with tunnel.count_connection_drops also undecryptable packets of established tunnels), one event per reason",
 		Attrs: []AttrSpec{{KeyReason, String, false, "quic-go's drop trigger, e.g. payload_decrypt_error, unknown_connection_id"}, {KeyCount, Int, false, "packets"}, aCountSince},
 		OCSF:  network(6, "Traffic", 2),
 		ECS:   ECS{"event", []string{"network"}, []string{"denied"}, "failure"},

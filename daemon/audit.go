@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strconv"
 	"sort"
+	"strconv"
 	"sync/atomic"
 	"time"
 
