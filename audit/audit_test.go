@@ -445,4 +445,7 @@ func TestOTLPValidate(t *testing.T) {
 	if err := (&audit.OTLP{Endpoint: "https://c:4318", Protocol: "http/protobuf"}).Validate(); err != nil {
 		t.Error(err)
 	}
+	if e := (&audit.OTLP{Endpoint: "https://user:hunter2@c:4318"}).EndpointOrEnv(); strings.Contains(e, "hunter2") {
+		t.Errorf("endpoint password shown: %s", e)
+	}
 }

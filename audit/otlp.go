@@ -50,17 +50,22 @@ func (o *OTLP) ProtocolOrEnv() string {
 	return ProtocolHTTP
 }
 
-// EndpointOrEnv returns the endpoint in force, for events and logs.
+// EndpointOrEnv returns the endpoint in force, for events and logs, with
+// any password in it redacted.
 func (o *OTLP) EndpointOrEnv() string {
-	if o.Endpoint != "" {
-		return o.Endpoint
-	}
+	e := o.Endpoint
 	for _, k := range []string{"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"} {
-		if v := os.Getenv(k); v != "" {
-			return v
+		if e == "" {
+			e = os.Getenv(k)
 		}
 	}
-	return "(exporter default)"
+	if e == "" {
+		return "(exporter default)"
+	}
+	if u, err := url.Parse(e); err == nil {
+		return u.Redacted()
+	}
+	return "(unparsable endpoint)"
 }
 
 // Validate checks the settings without touching the network.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -290,6 +291,19 @@ func TestNotAllowedAndUpstreamDown(t *testing.T) {
 	}
 	if accepted() != 0 {
 		t.Errorf("the private upstream was dialed")
+	}
+	// The same refusals as Prometheus metrics on the admin address.
+	resp, err := http.Get("http://" + b.Config.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`dyad_refusals_total{reason="not_allowed"} 1`, `dyad_refusals_total{reason="upstream_unreachable"} 1`,
+		`dyad_audit_events_total{event="dyad.policy.denied"} 1`, `dyad_tunnels_active{peer="site-a"} 1`, "dyad_tunnel_handshake_duration_seconds_bucket"} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 	if !hasEvent(t, b, audit.PolicyDenied, func(e journal.Entry) bool { return e.Attr(audit.KeyService).AsString() == "private" }) ||
 		!hasEvent(t, b, audit.StreamFailed, func(e journal.Entry) bool { return e.Attr(audit.KeyReason).AsString() == "upstream_unreachable" }) {
