@@ -40,13 +40,20 @@ test-exhaustive: ## every record size 0..max without -race (it strides under -ra
 fuzz-smoke: ## fuzz each target for SMOKETIME
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(SMOKETIME)
 
+# Go 1.26's fuzz coordinator can end a run that found nothing with a bare
+# "context deadline exceeded" (go.dev/issue/75804, fixed in Go 1.27): that
+# is reported as a flake; any run that wrote a failing input fails.
 fuzz: ## fuzz each target for FUZZTIME (default 30s); stops at the first crasher
-	@set -e; for t in $$($(GO) test -list '^Fuzz' ./fuzz | grep '^Fuzz'); do \
+	@set -e; log=$$(mktemp); trap 'rm -f $$log' EXIT; \
+	for t in $$($(GO) test -list '^Fuzz' ./fuzz | grep '^Fuzz'); do \
 		echo "fuzz $$t for $(FUZZTIME)"; \
-		if ! $(GO) test ./fuzz -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s; then \
-			echo "crasher in $$t: see the 'Failing input written to' line above;"; \
-			echo "replay it with: $(GO) test ./fuzz -run '$$t/<file name>'"; exit 1; \
+		if $(GO) test ./fuzz -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s >$$log 2>&1; then tail -n 3 $$log; continue; fi; \
+		cat $$log; \
+		if ! grep -q 'Failing input written to' $$log && grep -q '^    context deadline exceeded' $$log; then \
+			echo "fuzz $$t: no failing input, Go's end-of-run deadline race (go.dev/issue/75804); not a crasher"; continue; \
 		fi; \
+		echo "crasher in $$t: see the 'Failing input written to' line above;"; \
+		echo "replay it with: $(GO) test ./fuzz -run '$$t/<file name>'"; exit 1; \
 	done
 
 lint: ## gofmt and go vet
