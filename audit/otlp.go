@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"time"
 
 	"go.opentelemetry.io/otel/exporters/otlp/otlplog/otlploggrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlplog/otlploghttp"
@@ -15,6 +16,8 @@ import (
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	sdklog "go.opentelemetry.io/otel/sdk/log"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 )
 
@@ -121,6 +124,13 @@ func (o *OTLP) tlsConfig() (*tls.Config, error) {
 	return cfg, nil
 }
 
+// reconnect caps gRPC's reconnection back-off at 5 s (its default grows to
+// 2 min), so that export resumes within seconds of a collector's return.
+var reconnect = grpc.WithConnectParams(grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+	MinConnectTimeout: 5 * time.Second,
+})
+
 // NewLogExporter builds the OTLP log exporter, with its own retries off
 // (Exporter retries).
 func NewLogExporter(ctx context.Context, o OTLP) (sdklog.Exporter, error) {
@@ -129,7 +139,8 @@ func NewLogExporter(ctx context.Context, o OTLP) (sdklog.Exporter, error) {
 	}
 	tc, _ := o.tlsConfig()
 	if o.ProtocolOrEnv() == ProtocolGRPC {
-		opts := []otlploggrpc.Option{otlploggrpc.WithRetry(otlploggrpc.RetryConfig{Enabled: false})}
+		opts := []otlploggrpc.Option{otlploggrpc.WithRetry(otlploggrpc.RetryConfig{Enabled: false}),
+			otlploggrpc.WithDialOption(reconnect)}
 		if o.Endpoint != "" {
 			opts = append(opts, otlploggrpc.WithEndpointURL(o.Endpoint))
 		}
@@ -167,7 +178,7 @@ func NewMetricExporter(ctx context.Context, o OTLP) (sdkmetric.Exporter, error) 
 	}
 	tc, _ := o.tlsConfig()
 	if o.ProtocolOrEnv() == ProtocolGRPC {
-		var opts []otlpmetricgrpc.Option
+		opts := []otlpmetricgrpc.Option{otlpmetricgrpc.WithDialOption(reconnect)}
 		if o.Endpoint != "" {
 			opts = append(opts, otlpmetricgrpc.WithEndpointURL(o.Endpoint))
 		}

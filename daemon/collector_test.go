@@ -353,9 +353,12 @@ func TestCollectorEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	back := time.Now()
 	waitRecords("A's export_recovered and the drop report", func(rs []record) bool {
 		return count(rs, "site-a", audit.ExportRecovered) > 0 && count(rs, "site-a", audit.ExportDropped) > 0
 	})
+	t.Logf("%d connections during the 30 s outage (median %v, %v before); export resumed %v after the collector returned",
+		len(during), median(during), median(before), time.Since(back).Round(100*time.Millisecond))
 	if err := a.Stop(15 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -402,6 +405,7 @@ func TestCollectorEndToEnd(t *testing.T) {
 	if reported == 0 || int64(len(missing)) != reported {
 		t.Errorf("collector lacks %d of A's %d events; A reported %d dropped", len(missing), len(es), reported)
 	}
+	t.Logf("A: %d journal entries, %d not exported, %d reported dropped", len(es), len(missing), reported)
 	// The header B sends (resolved from the environment) never reaches a log.
 	if strings.Contains(b.Logs(), "s3cret-token") || strings.Contains(a.Logs(), "s3cret-token") {
 		t.Error("the header token reached a log")
