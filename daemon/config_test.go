@@ -116,3 +116,53 @@ func TestCheckCommand(t *testing.T) {
 		t.Fatalf("check accepted a group-readable key: %v", err)
 	}
 }
+
+func TestAuditConfig(t *testing.T) {
+	base := strings.Replace(goodConfig, "KEY", testKey(t), 1)
+	parse := func(extra string) (*Config, error) {
+		return ParseConfig("/etc/dyad/dyad.yaml", []byte(base+extra))
+	}
+	// Defaults: the journal beside the file, no export.
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+	c, err := parse("")
+	if err != nil || c.Audit.Journal.Dir != "/etc/dyad/audit" || c.Audit.OTLP != nil || !c.Audit.Console {
+		t.Fatalf("defaults: %+v %v", c.Audit, err)
+	}
+	// ${ENV} in headers, relative CA path.
+	t.Setenv("DYAD_TEST_TOKEN", "tok")
+	c, err = parse(`audit:
+  journal: {dir: j, fsync: always, max_file_mb: 8}
+  otlp:
+    endpoint: https://collector:4317
+    protocol: grpc
+    headers: {Authorization: "Bearer ${DYAD_TEST_TOKEN}"}
+    queue_size: 10
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Audit.OTLP.Headers["Authorization"] != "Bearer tok" || c.Audit.Journal.Dir != "/etc/dyad/j" || c.Audit.Journal.MaxFileBytes != 8<<20 || c.Audit.Export.QueueSize != 10 {
+		t.Fatalf("audit config: %+v", c.Audit)
+	}
+	// The standard environment variable alone turns export on.
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "https://env-collector:4318")
+	c, err = parse("")
+	if err != nil || c.Audit.OTLP == nil || c.Audit.Export.Endpoint != "https://env-collector:4318" || c.Audit.Export.Protocol != "http/protobuf" {
+		t.Fatalf("OTEL_EXPORTER_OTLP_ENDPOINT: %+v %v", c.Audit, err)
+	}
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+	for extra, want := range map[string]string{
+		"audit:\n  otlp: {endpoint: 'https://c:4317', headers: {X: '${DYAD_NOT_SET_ANYWHERE}'}}\n": "DYAD_NOT_SET_ANYWHERE is not set",
+		"audit:\n  otlp: {endpoint: 'http://c:4317'}\n":                                         "insecure: true",
+		"audit:\n  journal: {fsync: sometimes}\n":                                               "fsync",
+		"audit:\n  journal: {dirr: x}\n":                                                        "dirr",
+	} {
+		_, err := parse(extra)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want an error about %q", extra, err, want)
+		}
+	}
+	if _, err := parse("audit:\n  otlp: {endpoint: 'https://c:4317', headers: {X: '${DYAD_TEST_TOKEN}x'}}\n"); err != nil {
+		t.Error(err)
+	}
+}
