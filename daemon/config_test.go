@@ -153,9 +153,9 @@ func TestAuditConfig(t *testing.T) {
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 	for extra, want := range map[string]string{
 		"audit:\n  otlp: {endpoint: 'https://c:4317', headers: {X: '${DYAD_NOT_SET_ANYWHERE}'}}\n": "DYAD_NOT_SET_ANYWHERE is not set",
-		"audit:\n  otlp: {endpoint: 'http://c:4317'}\n":                                         "insecure: true",
-		"audit:\n  journal: {fsync: sometimes}\n":                                               "fsync",
-		"audit:\n  journal: {dirr: x}\n":                                                        "dirr",
+		"audit:\n  otlp: {endpoint: 'http://c:4317'}\n":                                            "insecure: true",
+		"audit:\n  journal: {fsync: sometimes}\n":                                                  "fsync",
+		"audit:\n  journal: {dirr: x}\n":                                                           "dirr",
 	} {
 		_, err := parse(extra)
 		if err == nil || !strings.Contains(err.Error(), want) {
