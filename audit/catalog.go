@@ -320,7 +320,7 @@ var Catalog = []Spec{
 		ECS:   ECS{"event", []string{"network", "iam"}, []string{"denied", "connection"}, "failure"},
 	},
 	{
-		Name: RateLimitExceeded, Severity: Warn, RateLimit: true, When: "a per-peer or per-service limit refused work",
+		Name: RateLimitExceeded, Severity: Warn, RateLimit: true, When: "a per-peer or per-service limit refused work (stream rate, concurrency, bandwidth); catalogued ahead of the limits, which this release does not enforce yet",
 		Attrs: []AttrSpec{aPeer, {KeyService, String, true, "service, when the limit is per service"}, {KeyLimit, String, false, "which limit"}},
 		OCSF:  network(5, "Refuse", 2),
 		ECS:   ECS{"event", []string{"network"}, []string{"denied"}, "failure"},

@@ -26,8 +26,9 @@ ever carries a key, a pairing secret, a header value or a payload byte. Duration
 
 **Rate-limited events** (marked below) are written individually up to a burst of 100, then at 20 per second
 per event name; the rest are counted and reported once a minute by ` + "`dyad.audit.suppressed`" + `. Export never
-blocks traffic: the OTLP queue is bounded, a full queue drops the new record, and every drop is counted
-and reported by ` + "`dyad.audit.export_dropped`" + ` (the journal still has the event).
+blocks traffic: the OTLP queue is bounded, a full queue drops the new record (an event about the audit path
+itself, ` + "`dyad.audit.*`" + `, takes the place of the oldest instead), and every drop is counted and reported by
+` + "`dyad.audit.export_dropped`" + ` (the journal still has the event).
 
 **Mappings.** OCSF class and activity (OCSF 1.x: Tunnel Activity 4014, Network Activity 4001,
 Authentication 3002, Application Lifecycle 6002, Entity Management 3004, Detection Finding 2004), with
