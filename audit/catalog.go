@@ -76,7 +76,7 @@ const (
 	KeyPeers           = "dyad.config.peers"
 	KeyServices        = "dyad.config.services"
 	KeyForwards        = "dyad.config.forwards"
-	KeyChanges         = "dyad.config.changes"
+	KeyPeerKeys        = "dyad.config.peer_keys"
 	KeyError           = "dyad.error"
 	KeyProtocol        = "dyad.export.protocol"
 	KeyQueueFull       = "dyad.export.dropped.queue_full"
@@ -212,6 +212,7 @@ var Catalog = []Spec{
 			{KeyPeers, StringSlice, false, "peer names"},
 			{KeyServices, StringSlice, false, "exported services"},
 			{KeyForwards, StringSlice, false, "forwards as listen→peer/service"},
+			{KeyPeerKeys, StringSlice, false, "pinned peer keys as name=fingerprint: the key lifecycle evidence (rotation, revocation)"},
 		},
 		OCSF: entity(2, "Read", 1),
 		ECS:  ECS{"event", []string{"configuration"}, []string{"info"}, "success"},
@@ -224,6 +225,7 @@ var Catalog = []Spec{
 			{KeyPeers, StringSlice, false, "peer names"},
 			{KeyServices, StringSlice, false, "exported services"},
 			{KeyForwards, StringSlice, false, "forwards as listen→peer/service"},
+			{KeyPeerKeys, StringSlice, false, "pinned peer keys as name=fingerprint: the key lifecycle evidence (rotation, revocation)"},
 		},
 		OCSF: entity(3, "Update", 1),
 		ECS:  ECS{"event", []string{"configuration"}, []string{"change"}, "success"},

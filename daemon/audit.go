@@ -109,9 +109,10 @@ func (a *auditing) close(timeout time.Duration) error {
 
 // configAttrs describe a configuration for config events.
 func configAttrs(cfg *Config) []attribute.KeyValue {
-	var peers, services, forwards []string
+	var peers, keys, services, forwards []string
 	for _, p := range cfg.Tunnel.Peers {
 		peers = append(peers, p.Name)
+		keys = append(keys, p.Name+"="+p.Key.Fingerprint())
 	}
 	for _, s := range cfg.Tunnel.Services {
 		services = append(services, s.Name)
@@ -120,6 +121,7 @@ func configAttrs(cfg *Config) []attribute.KeyValue {
 		forwards = append(forwards, f.Listen+"→"+f.Peer+"/"+f.Service)
 	}
 	sort.Strings(peers)
+	sort.Strings(keys)
 	sort.Strings(services)
 	sort.Strings(forwards)
 	return []attribute.KeyValue{
@@ -128,6 +130,7 @@ func configAttrs(cfg *Config) []attribute.KeyValue {
 		attribute.StringSlice(audit.KeyPeers, peers),
 		attribute.StringSlice(audit.KeyServices, services),
 		attribute.StringSlice(audit.KeyForwards, forwards),
+		attribute.StringSlice(audit.KeyPeerKeys, keys),
 	}
 }
 

@@ -411,3 +411,62 @@ func BenchmarkAppend(b *testing.B) {
 	b.StopTimer()
 	j.Close()
 }
+
+// TestProveAcrossRotation: inclusion and consistency proofs made by Prove
+// from a rotated journal check against the signed checkpoints' roots, and
+// a proof for a changed entry does not.
+func TestProveAcrossRotation(t *testing.T) {
+	dir := t.TempDir()
+	fill(t, dir, 300, Options{MaxFileBytes: 8 << 10, CheckpointEvery: 64})
+	if files, _ := Files(dir); len(files) < 3 {
+		t.Fatalf("%d files: want rotation", len(files))
+	}
+	// The checkpoints' signed roots, by tree size.
+	roots := map[int64]tlog.Hash{}
+	var all [][]byte
+	_, v := testKey(t)
+	res, err := Verify(dir, VerifyOptions{Verifier: v, Each: func(e *Entry, line []byte) error {
+		all = append(all, bytes.Clone(line))
+		if e.Name == CheckpointEvent {
+			cp, err := OpenCheckpoint(e.Attr("dyad.journal.checkpoint").AsString(), v)
+			roots[cp.Size] = cp.Root
+			return err
+		}
+		return nil
+	}})
+	if err != nil || !res.OK() {
+		t.Fatalf("verify: %v %v", err, res.Bad)
+	}
+	size := res.Last.Size
+	var olds []int64
+	for n := range roots {
+		if n < size {
+			olds = append(olds, n)
+		}
+	}
+	leaves := []int64{0, 1, 63, 64, 200, size - 1}
+	p, err := Prove(dir, size, leaves, olds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range leaves {
+		if err := tlog.CheckRecord(p.Records[n], size, roots[size], n, tlog.RecordHash(all[n])); err != nil {
+			t.Errorf("entry %d: %v", n, err)
+		}
+		changed := bytes.Replace(all[n], []byte(`"peer":"bank-b"`), []byte(`"peer":"bank-x"`), 1)
+		if tlog.CheckRecord(p.Records[n], size, roots[size], n, tlog.RecordHash(changed)) == nil {
+			t.Errorf("entry %d: a changed entry's proof checks", n)
+		}
+	}
+	if len(olds) < 3 {
+		t.Fatalf("only %d older checkpoints", len(olds))
+	}
+	for _, n := range olds {
+		if err := tlog.CheckTree(p.Trees[n], size, roots[size], n, roots[n]); err != nil {
+			t.Errorf("tree %d → %d: %v", n, size, err)
+		}
+	}
+	if _, err := Prove(dir, size+1000, leaves, nil); err == nil {
+		t.Error("Prove past the journal's end: no error")
+	}
+}

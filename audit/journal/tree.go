@@ -32,11 +32,18 @@ func (f *frontier) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 
 // add appends one leaf, the entry's encoded bytes.
 func (f *frontier) add(line []byte) error {
-	hs, err := tlog.StoredHashes(f.size, line, f)
+	_, _, err := f.addStored(line)
+	return err
+}
+
+// addStored appends one leaf and returns the stored hashes it created,
+// numbered from base.
+func (f *frontier) addStored(line []byte) (base int64, hs []tlog.Hash, err error) {
+	hs, err = tlog.StoredHashes(f.size, line, f)
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
-	base := tlog.StoredHashCount(f.size)
+	base = tlog.StoredHashCount(f.size)
 	for i, h := range hs {
 		f.hashes[base+int64(i)] = h
 	}
@@ -47,7 +54,7 @@ func (f *frontier) add(line []byte) error {
 			delete(f.hashes, x)
 		}
 	}
-	return nil
+	return base, hs, nil
 }
 
 // indexes are the stored-hash indexes of the complete subtrees of the tree.
