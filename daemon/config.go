@@ -72,6 +72,10 @@ type PeerFile struct {
 	Name      string `yaml:"name"`
 	PublicKey string `yaml:"public_key"`
 	Endpoint  string `yaml:"endpoint,omitempty"`
+	// Country (ISO 3166-1 alpha-2) and Critical describe the partner link
+	// for the DORA report (register of information, incident criteria).
+	Country  string `yaml:"country,omitempty"`
+	Critical bool   `yaml:"critical_or_important_function,omitempty"`
 }
 
 // ServiceFile is an upstream this site exports.
@@ -79,6 +83,9 @@ type ServiceFile struct {
 	Name     string   `yaml:"name"`
 	Upstream string   `yaml:"upstream"`
 	Allow    []string `yaml:"allow,omitempty"`
+	// Critical tags a service supporting a critical or important function
+	// (DORA), for the report.
+	Critical bool `yaml:"critical_or_important_function,omitempty"`
 }
 
 // ForwardConfig is a local port carried to a peer's service.
@@ -254,6 +261,10 @@ func validSite(s string) bool {
 	return true
 }
 
+func validCountry(s string) bool {
+	return len(s) == 2 && s[0] >= 'A' && s[0] <= 'Z' && s[1] >= 'A' && s[1] <= 'Z'
+}
+
 func hostPort(s string) error {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
@@ -340,6 +351,9 @@ func (v *validator) check(f File) *Config {
 			if err := hostPort(p.Endpoint); err != nil {
 				v.fail(err, "peers", i, "endpoint")
 			}
+		}
+		if p.Country != "" && !validCountry(p.Country) {
+			v.fail(fmt.Errorf("%q is not an ISO 3166-1 alpha-2 code such as DE or FR", p.Country), "peers", i, "country")
 		}
 		t.Peers = append(t.Peers, tunnel.Peer{Name: p.Name, Key: key, Endpoint: p.Endpoint})
 	}

@@ -70,6 +70,28 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// Limit is one resource limit in effect, as reports list them.
+type Limit struct {
+	Name  string
+	Value string
+	Scope string
+	Kind  string // rate, concurrency, memory or time
+}
+
+// Limits lists the limits c puts in effect, defaults applied.
+func (c Config) Limits() []Limit {
+	c = c.withDefaults()
+	return []Limit{
+		{"concurrent streams", fmt.Sprint(maxStreamsPerPeer), "per partner tunnel, each direction", "concurrency"},
+		{"flow-control window", fmt.Sprintf("%d MiB", maxStreamWindow>>20), "per stream", "memory"},
+		{"flow-control window", fmt.Sprintf("%d MiB", maxConnWindow>>20), "per partner tunnel", "memory"},
+		{"handshake timeout", handshakeTimeout.String(), "per tunnel handshake", "time"},
+		{"idle timeout", c.IdleTimeout.String(), "per tunnel", "time"},
+		{"connect timeout", c.ConnectTimeout.String(), "per forwarded connection waiting for a tunnel", "time"},
+		{"upstream dial timeout", c.DialTimeout.String(), "per stream to an exported service", "time"},
+	}
+}
+
 // Validate checks the configuration and names the first problem.
 func (c Config) Validate() error {
 	peers := map[string]bool{}

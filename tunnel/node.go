@@ -120,18 +120,25 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 // with us at once; more wait for a slot (up to the connect timeout).
 const maxStreamsPerPeer = 1 << 14
 
+// Flow-control windows and the handshake bound (Config.Limits lists them).
+const (
+	maxStreamWindow  = 16 << 20
+	maxConnWindow    = 32 << 20
+	handshakeTimeout = 5 * time.Second
+)
+
 // quicConfig tunes quic-go for site-to-site links: windows for 1 Gbit/s at
 // 100 ms RTT (12.5 MB in flight), no 0-RTT (forwarded data would be
 // replayable), datagrams on for later UDP forwarding.
 func (n *Node) quicConfig(c Config) *quic.Config {
 	qc := &quic.Config{
-		HandshakeIdleTimeout:           5 * time.Second,
+		HandshakeIdleTimeout:           handshakeTimeout,
 		MaxIdleTimeout:                 c.IdleTimeout,
 		KeepAlivePeriod:                c.KeepAlive,
 		InitialStreamReceiveWindow:     1 << 20,
-		MaxStreamReceiveWindow:         16 << 20,
+		MaxStreamReceiveWindow:         maxStreamWindow,
 		InitialConnectionReceiveWindow: 2 << 20,
-		MaxConnectionReceiveWindow:     32 << 20,
+		MaxConnectionReceiveWindow:     maxConnWindow,
 		MaxIncomingStreams:             maxStreamsPerPeer,
 		MaxIncomingUniStreams:          1, // the ready signal (awaitReady)
 		Allow0RTT:                      false,

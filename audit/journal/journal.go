@@ -57,6 +57,17 @@ func ParseSyncPolicy(s string) (SyncPolicy, error) {
 	return 0, fmt.Errorf("unknown fsync policy %q (want interval, always or never)", s)
 }
 
+// String is the policy as the configuration writes it.
+func (p SyncPolicy) String() string {
+	switch p {
+	case SyncAlways:
+		return "always"
+	case SyncNever:
+		return "never"
+	}
+	return "interval"
+}
+
 // Options configure a Journal. Zero values are the documented defaults.
 type Options struct {
 	Dir    string      // directory of the journal files, created 0700
@@ -75,6 +86,13 @@ type Options struct {
 	OnCheckpoint func(Entry)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+}
+
+// WithDefaults returns the options with every zero value replaced by its
+// default, as Open uses them.
+func (o Options) WithDefaults() Options {
+	o.setDefaults()
+	return o
 }
 
 func (o *Options) setDefaults() {

@@ -470,3 +470,41 @@ func TestProveAcrossRotation(t *testing.T) {
 		t.Error("Prove past the journal's end: no error")
 	}
 }
+
+// TestEditNeverReachesEach: an edit to the last event of a rotated file
+// (only its checkpoint follows) is named there, and Each never sees it.
+func TestEditNeverReachesEach(t *testing.T) {
+	dir := t.TempDir()
+	fill(t, dir, 200, Options{MaxFileBytes: 8 << 10, CheckpointEvery: 1000})
+	files, _ := Files(dir)
+	if len(files) < 2 {
+		t.Fatal("no rotation")
+	}
+	path := filepath.Join(dir, files[0])
+	data, _ := os.ReadFile(path)
+	ls := bytes.SplitAfter(data, []byte("\n"))
+	ls = ls[:len(ls)-1]
+	last := len(ls) - 1
+	for !bytes.Contains(ls[last], []byte(`"peer":"bank-b"`)) {
+		last--
+	}
+	ls[last] = bytes.Replace(ls[last], []byte(`"peer":"bank-b"`), []byte(`"peer":"bank-x"`), 1)
+	os.WriteFile(path, bytes.Join(ls, nil), 0o600)
+	var seen uint64
+	res, err := Verify(dir, VerifyOptions{Verifier: testVerifier(t), Each: func(e *Entry, _ []byte) error {
+		if e.Attr("peer").AsString() == "bank-x" {
+			t.Errorf("Each saw the edited entry %d", e.Seq)
+		}
+		seen++
+		return nil
+	}})
+	if err != nil || res.OK() {
+		t.Fatalf("edit not detected: %v", err)
+	}
+	if res.Bad.File != files[0] || res.Bad.Line != last+1 || res.Bad.Seq != uint64(last) {
+		t.Errorf("bad entry named %s, want %s:%d entry %d", res.Bad, files[0], last+1, last)
+	}
+	if seen != uint64(last) || res.Entries != uint64(last) {
+		t.Errorf("Each saw %d entries, Result.Entries %d; want the %d before the edit", seen, res.Entries, last)
+	}
+}

@@ -51,7 +51,9 @@ type VerifyOptions struct {
 	// dyad.journal.checkpoint event the SIEM received); with it, Verify also
 	// detects entries cut from the end or rewritten after it.
 	Anchor *Checkpoint
-	// Each, if set, is called with every good entry in order.
+	// Each, if set, is called with every good entry in order. An entry is
+	// passed on only once the next entry's prev confirms its hash (or it is
+	// the last), so an edited entry never reaches Each.
 	Each func(e *Entry, line []byte) error
 }
 
@@ -79,6 +81,9 @@ func Verify(dir string, opts VerifyOptions) (*Result, error) {
 			return res, nil
 		}
 	}
+	if !v.flush() {
+		return res, nil
+	}
 	if opts.Anchor != nil && !res.Anchored {
 		res.Bad = &Problem{File: files[len(files)-1], Seq: res.Entries,
 			Reason: fmt.Sprintf("journal has %d entries, the anchor checkpoint covers %d: entries were cut from the end", res.Entries, opts.Anchor.Size)}
@@ -96,6 +101,28 @@ type verifier struct {
 	res      *Result
 	tree     *frontier
 	prevLine []byte
+	pending  *pendingEntry // good so far; waits for the next entry's prev
+}
+
+type pendingEntry struct {
+	e    Entry
+	line []byte
+	file string
+	no   int
+}
+
+// flush hands the pending entry to Each; false means Each refused it.
+func (v *verifier) flush() bool {
+	p := v.pending
+	v.pending = nil
+	if p == nil || v.opts.Each == nil {
+		return true
+	}
+	if err := v.opts.Each(&p.e, p.line); err != nil {
+		v.bad(p.file, p.no, p.e.Seq, err.Error())
+		return false
+	}
+	return true
 }
 
 func (v *verifier) file(dir, name string) error {
@@ -160,8 +187,19 @@ func (v *verifier) entry(name string, lineNo int, line []byte) bool {
 		if seq == 0 {
 			v.bad(name, lineNo, seq, "first entry's prev is not zero: the journal's beginning is missing")
 		} else {
-			v.bad(name, lineNo-1, seq-1, fmt.Sprintf("entry %d's hash differs from the prev recorded by entry %d: entry %d was changed (or entry %d's prev)", seq-1, seq, seq-1, seq))
+			// The entry before is the suspect (perhaps in the file before):
+			// it never reaches Each.
+			file, no := name, lineNo-1
+			if p := v.pending; p != nil {
+				file, no = p.file, p.no
+			}
+			v.pending = nil
+			v.res.Entries--
+			v.bad(file, no, seq-1, fmt.Sprintf("entry %d's hash differs from the prev recorded by entry %d: entry %d was changed (or entry %d's prev)", seq-1, seq, seq-1, seq))
 		}
+		return false
+	}
+	if !v.flush() {
 		return false
 	}
 	if e.Name == CheckpointEvent {
@@ -170,12 +208,7 @@ func (v *verifier) entry(name string, lineNo int, line []byte) bool {
 			return false
 		}
 	}
-	if v.opts.Each != nil {
-		if err := v.opts.Each(&e, line); err != nil {
-			v.bad(name, lineNo, seq, err.Error())
-			return false
-		}
-	}
+	v.pending = &pendingEntry{e: e, line: bytes.Clone(line), file: name, no: lineNo}
 	if err := v.tree.add(line); err != nil {
 		v.bad(name, lineNo, seq, err.Error())
 		return false

@@ -4,10 +4,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 
+	"github.com/dyad-tunnel/dyad/audit/report"
 	"github.com/dyad-tunnel/dyad/daemon"
 )
 
@@ -20,6 +22,8 @@ Usage:
   dyad run --config FILE     run the daemon (SIGHUP reloads, SIGTERM drains)
   dyad audit verify --config FILE
                              check the audit journal's chain and signed checkpoints
+  dyad report --config FILE --framework all --since 30d --format html --out FILE
+                             write DORA / OWASP API Top 10 evidence from the journal
   dyad version               show the build and its cryptography
 
 Run "dyad COMMAND --help" for a command's flags.
@@ -79,6 +83,33 @@ func main() {
 		}
 		if !ok {
 			os.Exit(1)
+		}
+	case "report":
+		fs := newFlags("report", "write a DORA and OWASP API Security Top 10 (2023) evidence report from the audit journal;\nexit 0 written, 1 written but the journal does not verify (the report says where), 2 not written")
+		var o daemon.ReportOptions
+		fs.StringVar(&o.Config, "config", "", "configuration file: the controls in effect, the site, the identity and the journal (required)")
+		fs.StringVar(&o.Journal, "journal", "", "journal folder (default: the configuration's audit.journal.dir)")
+		fs.StringVar(&o.Framework, "framework", "all", "dora, owasp-api-2023 or all")
+		fs.StringVar(&o.Since, "since", "", "the period: this long back from now, e.g. 720h or 30d")
+		fs.StringVar(&o.From, "from", "", "the period's start, RFC 3339 or a date (default: the journal's first entry)")
+		fs.StringVar(&o.To, "to", "", "the period's end, exclusive, RFC 3339 or a date (default: now)")
+		fs.StringVar(&o.Format, "format", "html", "html (one self-contained file), md or json")
+		fs.StringVar(&o.Out, "out", "", "file to write (default: standard output)")
+		fs.Parse(args)
+		if o.Config == "" {
+			usageError(fs, "--config is required")
+		}
+		rerr := daemon.Report(o, os.Stdout)
+		switch {
+		case errors.Is(rerr, report.ErrNotVerified):
+			fmt.Fprintln(os.Stderr, "dyad: report written, but", rerr)
+			os.Exit(1)
+		case rerr != nil:
+			fmt.Fprintln(os.Stderr, "dyad:", rerr)
+			os.Exit(2)
+		}
+		if o.Out != "" && o.Out != "-" {
+			fmt.Fprintf(os.Stderr, "dyad: report written to %s\n", o.Out)
 		}
 	case "version":
 		newFlags("version", "show the build and its cryptography").Parse(args)

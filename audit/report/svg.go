@@ -1,0 +1,161 @@
+package report
+
+import (
+	"fmt"
+	"html"
+	"strings"
+	"time"
+)
+
+// The charts are inline SVG written here, so the HTML report is one file
+// that fetches nothing and prints as it shows.
+
+const (
+	svgWidth = 960
+	svgLeft  = 100 // room for the row labels
+	svgRight = 60  // room for the scale
+	plotW    = svgWidth - svgLeft - svgRight
+)
+
+var kindColor = map[string]string{
+	KindStreams: "#0969da", KindTunnels: "#1a7f37", KindRefusals: "#cf222e", KindIntegrity: "#8250df", KindFailures: "#9a6700",
+}
+
+// bucketFor picks the timeline's bucket: hours when they fit, longer
+// buckets for long periods.
+func bucketFor(span time.Duration) time.Duration {
+	for _, b := range []time.Duration{time.Hour, 2 * time.Hour, 6 * time.Hour, 12 * time.Hour, 24 * time.Hour, 7 * 24 * time.Hour} {
+		if span/b <= 400 {
+			return b
+		}
+	}
+	return 30 * 24 * time.Hour
+}
+
+func bucketName(b time.Duration) string {
+	switch {
+	case b == time.Hour:
+		return "hour"
+	case b < 24*time.Hour:
+		return fmt.Sprintf("%d hours", int(b.Hours()))
+	case b == 24*time.Hour:
+		return "day"
+	case b == 7*24*time.Hour:
+		return "week"
+	}
+	return "30 days"
+}
+
+// axis draws time ticks under a plot of the span from..to at y.
+func axis(b *strings.Builder, from, to time.Time, y int) {
+	span := to.Sub(from)
+	layout := "01-02 15:04"
+	switch {
+	case span > 3*24*time.Hour:
+		layout = "2006-01-02"
+	case span < time.Hour:
+		layout = "15:04:05"
+	}
+	fmt.Fprintf(b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#8c959f"/>`, svgLeft, y, svgLeft+plotW, y)
+	for i := 0; i <= 6; i++ {
+		x := svgLeft + plotW*i/6
+		t := from.Add(span * time.Duration(i) / 6)
+		anchor := "middle"
+		if i == 0 {
+			anchor = "start"
+		} else if i == 6 {
+			anchor = "end"
+		}
+		fmt.Fprintf(b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#8c959f"/><text x="%d" y="%d" text-anchor="%s">%s</text>`,
+			x, y, x, y+4, x, y+16, anchor, t.UTC().Format(layout))
+	}
+}
+
+func timelineSVG(r *Report) string {
+	from, to := r.Period.From, r.Period.To
+	if !to.After(from) {
+		return `<p class="muted">The period is empty.</p>`
+	}
+	bucket := bucketFor(to.Sub(from))
+	start := from.Truncate(bucket)
+	n := int(to.Sub(start)/bucket) + 1
+	series := map[string][]int{}
+	for _, k := range Kinds {
+		series[k] = make([]int, n)
+	}
+	for _, h := range r.Evidence.Hourly {
+		i := int(h.Start.Sub(start) / bucket)
+		if i < 0 || i >= n {
+			continue
+		}
+		for k, c := range h.Counts {
+			series[k][i] += c
+		}
+	}
+	const rowH, barH, top = 46, 34, 24
+	height := top + rowH*len(Kinds) + 24
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 %d %d" width="%d" height="%d" role="img" aria-label="events per %s by kind">`,
+		svgWidth, height, svgWidth, height, bucketName(bucket))
+	fmt.Fprintf(&b, `<text x="%d" y="14">Events per %s, UTC (each row on its own scale)</text>`, svgLeft, bucketName(bucket))
+	bw := float64(plotW) / float64(n)
+	for row, k := range Kinds {
+		base := top + rowH*row + barH
+		peak := 0
+		for _, c := range series[k] {
+			peak = max(peak, c)
+		}
+		fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end">%s</text>`, svgLeft-8, base-barH/2+4, k)
+		fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#d0d7de"/>`, svgLeft, base, svgLeft+plotW, base)
+		fmt.Fprintf(&b, `<text x="%d" y="%d">max %d</text>`, svgLeft+plotW+6, base-barH+10, peak)
+		if peak == 0 {
+			continue
+		}
+		for i, c := range series[k] {
+			if c == 0 {
+				continue
+			}
+			h := max(1, float64(barH)*float64(c)/float64(peak))
+			fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s: %d %s</title></rect>`,
+				float64(svgLeft)+float64(i)*bw, float64(base)-h, max(bw-0.5, 0.8), h, kindColor[k],
+				start.Add(bucket*time.Duration(i)).UTC().Format(time.RFC3339), c, k)
+		}
+	}
+	axis(&b, start, start.Add(bucket*time.Duration(n)), top+rowH*len(Kinds))
+	b.WriteString(`</svg>`)
+	return b.String()
+}
+
+func tunnelsSVG(r *Report) string {
+	from, to := r.Period.From, r.Period.To
+	if !to.After(from) || len(r.Evidence.Tunnels) == 0 {
+		return `<p class="muted">No partner links.</p>`
+	}
+	const laneH, barH, top = 28, 16, 26
+	height := top + laneH*len(r.Evidence.Tunnels) + 24
+	span := to.Sub(from).Seconds()
+	x := func(t time.Time) float64 { return float64(svgLeft) + float64(plotW)*t.Sub(from).Seconds()/span }
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 %d %d" width="%d" height="%d" role="img" aria-label="tunnel up and down time per partner">`,
+		svgWidth, height, svgWidth, height)
+	fmt.Fprintf(&b, `<rect x="%d" y="4" width="12" height="12" fill="#1a7f37"/><text x="%d" y="14">up</text>`, svgLeft, svgLeft+16)
+	fmt.Fprintf(&b, `<rect x="%d" y="4" width="12" height="12" fill="#cf222e"/><text x="%d" y="14">down after being up (outage)</text>`, svgLeft+50, svgLeft+66)
+	fmt.Fprintf(&b, `<rect x="%d" y="4" width="12" height="12" fill="#eaeef2"/><text x="%d" y="14">no tunnel yet, or daemon not running</text>`, svgLeft+250, svgLeft+266)
+	for i, t := range r.Evidence.Tunnels {
+		y := top + laneH*i
+		fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end">%s</text>`, svgLeft-8, y+barH-4, html.EscapeString(t.Peer))
+		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%d" height="%d" fill="#eaeef2"/>`, svgLeft, y, plotW, barH)
+		for _, iv := range t.Intervals {
+			color := "#1a7f37"
+			if iv.State == "down" {
+				color = "#cf222e"
+			}
+			fmt.Fprintf(&b, `<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"><title>%s %s to %s %s</title></rect>`,
+				x(iv.From), y, max(x(iv.To)-x(iv.From), 0.8), barH, color, iv.State,
+				iv.From.UTC().Format(time.RFC3339), iv.To.UTC().Format(time.RFC3339), html.EscapeString(iv.Cause))
+		}
+	}
+	axis(&b, from, to, top+laneH*len(r.Evidence.Tunnels))
+	b.WriteString(`</svg>`)
+	return b.String()
+}
