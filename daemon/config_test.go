@@ -77,6 +77,7 @@ func TestConfigErrorsNameLineAndField(t *testing.T) {
 		{"keepalive not below idle", "keepalive: 5s", "keepalive: 40s", "tunnel.keepalive: keepalive 40s must be shorter"},
 		{"duplicate peer", "services:", "  - name: site-b\n    public_key: " + key + "\nservices:", "peers[1].name: peer \"site-b\" is listed twice"},
 		{"wrong type", "listen: 127.0.0.1:7000", "listen: [1, 2]", "line 3: cannot unmarshal"},
+		{"bad country", "    endpoint: 127.0.0.1:7100", "    endpoint: 127.0.0.1:7100\n    country: Germany", "dyad.yaml:13: peers[0].country: \"Germany\" is not an ISO 3166-1 alpha-2 code"},
 	}
 	for _, c := range cases {
 		bad := strings.Replace(good, c.from, c.to, 1)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	htmltemplate "html/template"
 	"io"
+	"slices"
 	"strings"
 	"text/template"
 	"time"
@@ -50,6 +51,9 @@ func (v view) Tally(s Section) string {
 	}
 	return fmt.Sprintf("%d evidenced, %d partly, %d outside dyad's evidence", n[Evidenced], n[Partly], n[Outside])
 }
+
+// Has says whether the report covers framework.
+func (v view) Has(framework string) bool { return slices.Contains(v.Frameworks, framework) }
 
 // FrameworkNames lists the frameworks for the title.
 func (v view) FrameworkNames() string {
@@ -114,7 +118,8 @@ var funcs = map[string]any{
 		}
 		return strings.Join(s, ", ")
 	},
-	"label": Status.Label,
+	"label":  Status.Label,
+	"plural": plural,
 }
 
 var (
