@@ -296,4 +296,3 @@ func readHead(t *testing.T, path string, n int) []byte {
 	io.ReadFull(f, head)
 	return head
 }
-
