@@ -258,13 +258,17 @@ func (n *Node) Shutdown(ctx context.Context) error {
 
 // Close closes every tunnel and the transport at once.
 func (n *Node) Close() {
-	n.cancel()
+	// Tunnels first, so each peer gets our CONNECTION_CLOSE: cancelling
+	// first would end the serve loops, which forget their connection, and
+	// closing the transport then drops it silently (the peer would wait
+	// for its idle timeout).
 	n.mu.Lock()
 	for name, l := range n.links {
 		l.close(codeShutdown)
 		delete(n.links, name)
 	}
 	n.mu.Unlock()
+	n.cancel()
 	n.ln.Close()
 	n.tr.Close()
 	n.loops.Wait()
