@@ -3,13 +3,14 @@
 GO        ?= go
 FUZZTIME  ?= 30s
 SMOKETIME ?= 4s
+SOAKTIME  ?= 10m
 BENCHCOUNT ?= 5
 OUT       := bench/out
 # The OpenTelemetry Collector of the end-to-end audit test, built once from
 # deploy/otel-collector/builder.yaml and kept in .cache/ between runs.
 OTELCOL   := .cache/otelcol/build/dyad-otelcol
 
-.PHONY: help demo collector test test-race test-exhaustive fuzz-smoke fuzz lint bench bench-quick bench-micro bench-deps build clean
+.PHONY: help demo soak collector test test-race test-exhaustive fuzz-smoke fuzz lint bench bench-quick bench-micro bench-deps build clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -21,6 +22,10 @@ build: ## build bin/dyad (and check that every package builds)
 demo: build ## two paired daemons on loopback carrying real HTTP traffic, 100 MiB each way
 	$(GO) build -o bin/dyad-demo ./cmd/dyad-demo
 	bin/dyad-demo -dyad bin/dyad
+
+soak: build ## SOAKTIME (10m) of mixed traffic both ways with a fault every 45-60 s; SHA-256 per transfer, leak checks (not in CI)
+	$(GO) build -o bin/dyad-soak ./cmd/dyad-soak
+	bin/dyad-soak -dyad bin/dyad -duration $(SOAKTIME)
 
 test: test-race test-exhaustive fuzz-smoke ## everything CI runs: race tests, exhaustive codec round trip, fuzz smoke
 
@@ -70,6 +75,11 @@ bench-micro: ## package micro-benchmarks (benchstat format) and the codec vs raw
 	@mkdir -p $(OUT)
 	$(GO) test ./codec -run '^$$' -bench 'Record|Stream' -benchmem -count $(BENCHCOUNT) | tee $(OUT)/micro.txt
 	@echo; $(GO) run ./bench/codecratio < $(OUT)/micro.txt | tee $(OUT)/codec-ratio.txt
+	@echo; echo "dark listener: bulk throughput with it on vs off, and its cost per datagram:"
+	$(GO) test ./tunnel -run '^$$' -bench 'ForwardBulk|DarkInbound' -benchmem -count $(BENCHCOUNT) | tee $(OUT)/dark.txt
+	@med() { grep "ForwardBulk/$$1" $(OUT)/dark.txt | awk '{print $$5}' | sort -n | awk '{v[NR]=$$1} END{print v[int((NR+1)/2)]}'; }; \
+	on=$$(med dark=on); off=$$(med dark=off); \
+	awk -v on=$$on -v off=$$off 'BEGIN{printf "dark listener on / off, median bulk MB/s: %s / %s = %.3fx\n", on, off, on/off}' | tee -a $(OUT)/dark.txt
 	@echo; echo "audit overhead per forwarded connection (churn: 4 audit events each):"
 	$(GO) test ./tunnel -run '^$$' -bench 'ConnAudit' -benchmem -count 3 | tee $(OUT)/audit.txt
 

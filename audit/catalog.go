@@ -64,6 +64,7 @@ const (
 	KeyDirection       = "dyad.direction"
 	KeyStreamID        = "dyad.stream.id"
 	KeyLimit           = "dyad.limit"
+	KeyScope           = "dyad.limit.scope"
 	KeyCount           = "dyad.count"
 	KeyWindow          = "dyad.window"
 	KeyEventName       = "dyad.event.name"
@@ -299,7 +300,7 @@ var Catalog = []Spec{
 			{KeyBytesSent, Int, false, "plaintext bytes from the local socket into the tunnel"},
 			{KeyBytesReceived, Int, false, "plaintext bytes from the tunnel to the local socket"},
 			{KeyDuration, Float, false, "seconds the stream was open"},
-			{KeyCloseReason, String, false, "eof (both halves closed cleanly), reset, truncated, rejected_record, error"},
+			{KeyCloseReason, String, false, "eof (both halves closed cleanly), reset, truncated, rejected_record, idle_timeout, max_lifetime (a limit ended it), error"},
 			aErrorType,
 		},
 		OCSF: network(2, "Close", 1),
@@ -322,10 +323,17 @@ var Catalog = []Spec{
 		ECS:   ECS{"event", []string{"network", "iam"}, []string{"denied", "connection"}, "failure"},
 	},
 	{
-		Name: RateLimitExceeded, Severity: Warn, RateLimit: true, When: "a per-peer or per-service limit refused work (stream rate, concurrency, bandwidth); catalogued ahead of the limits, which this release does not enforce yet",
-		Attrs: []AttrSpec{aPeer, {KeyService, String, true, "service, when the limit is per service"}, {KeyLimit, String, false, "which limit"}},
-		OCSF:  network(5, "Refuse", 2),
-		ECS:   ECS{"event", []string{"network"}, []string{"denied"}, "failure"},
+		Name: RateLimitExceeded, Severity: Warn, RateLimit: true,
+		When: "a limit refused or slowed work: a peer's or service's stream rate or concurrency (the stream is refused), its bandwidth (the stream is slowed; once per stream), a forward listener's connection cap or source ranges, the handshake rate of a source address, the half-open or total tunnel cap",
+		Attrs: []AttrSpec{
+			{KeyPeer, String, true, "peer, when the limit is a peer's or the work came from one"},
+			{KeyService, String, true, "service the stream asked for"},
+			{KeyLimit, String, false, "streams_per_second, max_streams, bytes_per_second, max_connections, allow_from, handshakes_per_second, max_half_open, max_tunnels"},
+			{KeyScope, String, false, "whose limit: peer, service, forward or listener"},
+			{KeyPeerAddress, String, true, "source address (handshake and forward limits)"},
+		},
+		OCSF: network(5, "Refuse", 2),
+		ECS:  ECS{"event", []string{"network"}, []string{"denied"}, "failure"},
 	},
 	{
 		Name: RecordRejected, Severity: Warn, RateLimit: true,

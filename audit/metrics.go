@@ -32,6 +32,7 @@ type Metrics struct {
 	streamsActive   metric.Int64UpDownCounter
 	bytes           metric.Int64Counter
 	refusals        metric.Int64Counter
+	limits          metric.Int64Counter
 	recordsRejected metric.Int64Counter
 	packetsDropped  metric.Int64Counter
 	events          metric.Int64Counter
@@ -85,6 +86,8 @@ func NewMetrics(o MetricsOptions) (*Metrics, error) {
 		metric.WithDescription("plaintext bytes of ended streams, by peer, service, direction and flow (sent, received)"))
 	must(e)
 	m.refusals, e = meter.Int64Counter("dyad.refusals", metric.WithDescription("work refused, by reason"))
+	must(e)
+	m.limits, e = meter.Int64Counter("dyad.limits.exceeded", metric.WithDescription("work a limit refused or delayed, by peer, limit and scope (peer, service, forward, handshake)"))
 	must(e)
 	m.recordsRejected, e = meter.Int64Counter("dyad.records.rejected", metric.WithDescription("records dropped by the record layer, by reason"))
 	must(e)
@@ -193,6 +196,16 @@ func (m *Metrics) Refused(reason string) {
 		return
 	}
 	m.refusals.Add(bg, 1, opt(attribute.String("reason", reason)))
+}
+
+// LimitExceeded counts work a limit refused or delayed: a stream refused by
+// a rate or concurrency limit, a stream slowed by a bandwidth bucket, a
+// handshake or a local connection over its cap.
+func (m *Metrics) LimitExceeded(peer, limit, scope string) {
+	if m == nil {
+		return
+	}
+	m.limits.Add(bg, 1, opt(attribute.String("peer", peer), attribute.String("limit", limit), attribute.String("scope", scope)))
 }
 
 // RecordRejected counts a record the codec dropped.

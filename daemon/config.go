@@ -11,9 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -65,6 +68,84 @@ type TunnelFile struct {
 	// CountConnectionDrops counts undecryptable packets of established
 	// tunnels too (dyad.quic.packets_dropped); costs ~18% of bulk throughput.
 	CountConnectionDrops bool `yaml:"count_connection_drops,omitempty"`
+	// Dark keeps the QUIC port silent to anyone without this daemon's
+	// public key (default true); partners' daemons must be dyad too.
+	Dark *bool `yaml:"dark,omitempty"`
+	// HandshakesPerSecond (per source address, default 10), MaxHalfOpen
+	// (default 64) and MaxTunnels (default 256) bound handshakes.
+	HandshakesPerSecond Number `yaml:"handshakes_per_second,omitempty"`
+	MaxHalfOpen         Number `yaml:"max_half_open,omitempty"`
+	MaxTunnels          Number `yaml:"max_tunnels,omitempty"`
+	// Limits are the per-peer defaults (README, "Limits").
+	Limits LimitsFile `yaml:"limits,omitempty"`
+}
+
+// LimitsFile is a set of limits as written; every field may be omitted
+// (inherit) or say "unlimited".
+type LimitsFile struct {
+	StreamsPerSecond Number   `yaml:"streams_per_second,omitempty"`
+	StreamBurst      Number   `yaml:"stream_burst,omitempty"`
+	MaxStreams       Number   `yaml:"max_streams,omitempty"`
+	BytesPerSecond   Bytes    `yaml:"bytes_per_second,omitempty"`
+	DialTimeout      Duration `yaml:"dial_timeout,omitempty"`
+	IdleTimeout      Duration `yaml:"idle_timeout,omitempty"`
+	MaxLifetime      Duration `yaml:"max_lifetime,omitempty"`
+}
+
+func (l LimitsFile) tunnel() tunnel.Limits {
+	return tunnel.Limits{
+		StreamsPerSecond: float64(l.StreamsPerSecond), StreamBurst: int(l.StreamBurst), MaxStreams: int(l.MaxStreams),
+		BytesPerSecond: int64(l.BytesPerSecond), DialTimeout: time.Duration(l.DialTimeout),
+		IdleTimeout: time.Duration(l.IdleTimeout), MaxLifetime: time.Duration(l.MaxLifetime),
+	}
+}
+
+// unlimited is how the file says "no limit"; it is stored as -1.
+const unlimited = "unlimited"
+
+// Number is a non-negative number or "unlimited".
+type Number float64
+
+// UnmarshalYAML parses a number or "unlimited".
+func (v *Number) UnmarshalYAML(n *yaml.Node) error {
+	if n.Value == unlimited {
+		*v = -1
+		return nil
+	}
+	f, err := strconv.ParseFloat(n.Value, 64)
+	if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) {
+		return fmt.Errorf("line %d: %q is not a non-negative number or %q", n.Line, n.Value, unlimited)
+	}
+	*v = Number(f)
+	return nil
+}
+
+// Bytes is a byte count such as 1048576, 512KiB, 10MiB or 1GiB, or
+// "unlimited".
+type Bytes int64
+
+// UnmarshalYAML parses a byte count.
+func (v *Bytes) UnmarshalYAML(n *yaml.Node) error {
+	if n.Value == unlimited {
+		*v = -1
+		return nil
+	}
+	num, mult := n.Value, int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}} {
+		if strings.HasSuffix(num, u.suffix) {
+			num, mult = strings.TrimSpace(strings.TrimSuffix(num, u.suffix)), u.mult
+			break
+		}
+	}
+	i, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || i < 0 || i > math.MaxInt64/mult {
+		return fmt.Errorf("line %d: %q is not a byte count like 1048576, 512KiB or 10MiB, or %q", n.Line, n.Value, unlimited)
+	}
+	*v = Bytes(i * mult)
+	return nil
 }
 
 // PeerFile is a paired daemon.
@@ -76,6 +157,8 @@ type PeerFile struct {
 	// for the DORA report (register of information, incident criteria).
 	Country  string `yaml:"country,omitempty"`
 	Critical bool   `yaml:"critical_or_important_function,omitempty"`
+	// Limits override tunnel.limits for this peer.
+	Limits LimitsFile `yaml:"limits,omitempty"`
 }
 
 // ServiceFile is an upstream this site exports.
@@ -86,6 +169,8 @@ type ServiceFile struct {
 	// Critical tags a service supporting a critical or important function
 	// (DORA), for the report.
 	Critical bool `yaml:"critical_or_important_function,omitempty"`
+	// Limits bound the service's streams from all peers together.
+	Limits LimitsFile `yaml:"limits,omitempty"`
 }
 
 // ForwardConfig is a local port carried to a peer's service.
@@ -93,13 +178,24 @@ type ForwardConfig struct {
 	Listen  string `yaml:"listen"`
 	Peer    string `yaml:"peer"`
 	Service string `yaml:"service"`
+	// AllowFrom lists the source ranges (CIDR, or single addresses) that
+	// may connect; empty means any source that can reach Listen.
+	AllowFrom []string `yaml:"allow_from,omitempty,flow"`
+	// MaxConnections caps the forward's connections at once (default
+	// 1024; "unlimited" for none).
+	MaxConnections Number `yaml:"max_connections,omitempty"`
 }
 
 // Duration is a time.Duration written as "30s", "1m30s".
 type Duration time.Duration
 
-// UnmarshalYAML parses a Go duration string.
+// UnmarshalYAML parses a Go duration string ("unlimited" where a limit
+// takes it).
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Value == unlimited {
+		*d = -1
+		return nil
+	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil || v < 0 {
 		return fmt.Errorf("line %d: %q is not a duration like 30s or 1m", n.Line, n.Value)
@@ -109,7 +205,12 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 }
 
 // MarshalYAML writes the duration back as a string.
-func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+func (d Duration) MarshalYAML() (any, error) {
+	if d < 0 {
+		return unlimited, nil
+	}
+	return time.Duration(d).String(), nil
+}
 
 // Config is a loaded, validated configuration.
 type Config struct {
@@ -276,6 +377,35 @@ func hostPort(s string) error {
 	return nil
 }
 
+// checkLimits names a limit that cannot be met.
+func (v *validator) checkLimits(l LimitsFile, path ...any) {
+	whole := func(n Number, name string) {
+		if n != Number(int(n)) {
+			v.fail(fmt.Errorf("%v is not a whole number", n), append(path, name)...)
+		}
+	}
+	whole(l.StreamBurst, "stream_burst")
+	whole(l.MaxStreams, "max_streams")
+	if l.MaxStreams > tunnel.MaxStreamsCap {
+		v.fail(fmt.Errorf("%v is above the QUIC stream cap %d", l.MaxStreams, tunnel.MaxStreamsCap), append(path, "max_streams")...)
+	}
+	if l.BytesPerSecond > 0 && l.BytesPerSecond < 1024 {
+		v.fail(fmt.Errorf("%d is below the 1KiB floor", l.BytesPerSecond), append(path, "bytes_per_second")...)
+	}
+}
+
+// parsePrefix reads a CIDR range or a single address.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR range like 10.0.0.0/8 or an address", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
 func (v *validator) check(f File) *Config {
 	c := &Config{Path: v.path, File: f, Site: f.Site}
 	if c.Site == "" {
@@ -328,6 +458,11 @@ func (v *validator) check(f File) *Config {
 	t.ConnectTimeout, t.DialTimeout = time.Duration(f.Tunnel.ConnectTimeout), time.Duration(f.Tunnel.DialTimeout)
 	c.ShutdownTimeout = time.Duration(f.Tunnel.ShutdownTimeout)
 	t.CountConnectionDrops = f.Tunnel.CountConnectionDrops
+	t.DisableDark = f.Tunnel.Dark != nil && !*f.Tunnel.Dark
+	t.HandshakesPerSecond = float64(f.Tunnel.HandshakesPerSecond)
+	t.MaxHalfOpen, t.MaxTunnels = int(f.Tunnel.MaxHalfOpen), int(f.Tunnel.MaxTunnels)
+	t.Limits = f.Tunnel.Limits.tunnel()
+	v.checkLimits(f.Tunnel.Limits, "tunnel", "limits")
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 30 * time.Second
 	}
@@ -355,7 +490,8 @@ func (v *validator) check(f File) *Config {
 		if p.Country != "" && !validCountry(p.Country) {
 			v.fail(fmt.Errorf("%q is not an ISO 3166-1 alpha-2 code such as DE or FR", p.Country), "peers", i, "country")
 		}
-		t.Peers = append(t.Peers, tunnel.Peer{Name: p.Name, Key: key, Endpoint: p.Endpoint})
+		v.checkLimits(p.Limits, "peers", i, "limits")
+		t.Peers = append(t.Peers, tunnel.Peer{Name: p.Name, Key: key, Endpoint: p.Endpoint, Limits: p.Limits.tunnel()})
 	}
 	services := map[string]bool{}
 	for i, s := range f.Services {
@@ -374,7 +510,8 @@ func (v *validator) check(f File) *Config {
 				v.fail(fmt.Errorf("%q is not a configured peer", a), "services", i, "allow", j)
 			}
 		}
-		t.Services = append(t.Services, tunnel.Service{Name: s.Name, Upstream: s.Upstream, Allow: s.Allow})
+		v.checkLimits(s.Limits, "services", i, "limits")
+		t.Services = append(t.Services, tunnel.Service{Name: s.Name, Upstream: s.Upstream, Allow: s.Allow, Limits: s.Limits.tunnel()})
 	}
 	listens := map[string]bool{}
 	for i, fw := range f.Forwards {
@@ -389,6 +526,14 @@ func (v *validator) check(f File) *Config {
 		}
 		if !tunnel.ValidServiceName(fw.Service) {
 			v.fail(fmt.Errorf("%q: a service name is 1-64 of a-z 0-9 . _ -", fw.Service), "forwards", i, "service")
+		}
+		for j, a := range fw.AllowFrom {
+			if _, err := parsePrefix(a); err != nil {
+				v.fail(err, "forwards", i, "allow_from", j)
+			}
+		}
+		if m := fw.MaxConnections; m != Number(int(m)) {
+			v.fail(fmt.Errorf("%v is not a whole number", m), "forwards", i, "max_connections")
 		}
 	}
 	if v.err == nil {

@@ -33,8 +33,8 @@ type Daemon struct {
 	node *tunnel.Node
 	cfg  atomic.Pointer[Config]
 
-	mu       sync.Mutex // guards forwards
-	forwards map[ForwardConfig]*forwardListener
+	mu       sync.Mutex                  // guards forwards
+	forwards map[string]*forwardListener // by ForwardConfig.key
 
 	ready atomic.Bool
 	conns sync.WaitGroup // forwarded connections being handed to the node
@@ -58,7 +58,7 @@ func Run(ctx context.Context, path string, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	d := &Daemon{log: log, au: au, forwards: map[ForwardConfig]*forwardListener{}}
+	d := &Daemon{log: log, au: au, forwards: map[string]*forwardListener{}}
 	d.cfg.Store(cfg)
 	au.auditor.Emit(audit.ConfigLoaded, configAttrs(cfg)...)
 	admin, err := d.start(cfg, id)
@@ -209,7 +209,7 @@ func newLogger(cfg *Config, out io.Writer) zerolog.Logger {
 }
 
 // startAdmin serves /healthz (alive), /readyz (serving traffic) and
-// /statusz (peers and counters) on addr.
+// /statusz (peers, counters and process figures) on addr.
 func (d *Daemon) startAdmin(addr string) (*http.Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -232,6 +232,7 @@ func (d *Daemon) startAdmin(addr string) (*http.Server, error) {
 			"ready":    d.ready.Load(),
 			"peers":    d.node.Status(),
 			"counters": d.node.Stats.Snapshot(),
+			"process":  processStatus(),
 		})
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}

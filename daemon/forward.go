@@ -5,15 +5,47 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"sync/atomic"
 	"time"
 )
 
+// defaultMaxConnections caps a forward's connections when the file does
+// not say.
+const defaultMaxConnections = 1024
+
 // forwardListener accepts local connections for one forward.
 type forwardListener struct {
-	cfg  ForwardConfig
-	ln   *net.TCPListener
-	done chan struct{}
+	cfg    ForwardConfig
+	ln     *net.TCPListener
+	done   chan struct{}
+	rules  atomic.Pointer[forwardRules] // swapped on reload
+	active atomic.Int64
 }
+
+// forwardRules are a forward's admission rules.
+type forwardRules struct {
+	allow []netip.Prefix // empty: any source
+	max   int64          // connections at once; negative: unlimited
+}
+
+func newForwardRules(f ForwardConfig) (*forwardRules, error) {
+	r := &forwardRules{max: int64(f.MaxConnections)}
+	if r.max == 0 {
+		r.max = defaultMaxConnections
+	}
+	for _, a := range f.AllowFrom {
+		p, err := parsePrefix(a)
+		if err != nil {
+			return nil, fmt.Errorf("forward %s: allow_from: %w", f.Listen, err)
+		}
+		r.allow = append(r.allow, p)
+	}
+	return r, nil
+}
+
+// key identifies a forward's listener; its rules change in place.
+func (f ForwardConfig) key() string { return f.Listen + "|" + f.Peer + "|" + f.Service }
 
 // applyForwards makes the forward listeners match cfg: new ones are bound
 // first, so a port that cannot be bound rejects the whole change; then
@@ -22,37 +54,48 @@ type forwardListener struct {
 func (d *Daemon) applyForwards(cfg *Config, update func() error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	want := map[ForwardConfig]bool{}
+	want := map[string]bool{}
 	var added []*forwardListener
+	var kept []func() // new rules of kept listeners, applied once the whole change holds
+	closeAdded := func() {
+		for _, a := range added {
+			a.ln.Close()
+		}
+	}
 	for _, f := range cfg.File.Forwards {
-		want[f] = true
-		if d.forwards[f] != nil {
+		want[f.key()] = true
+		if fl := d.forwards[f.key()]; fl != nil {
+			rules, err := newForwardRules(f)
+			if err != nil {
+				closeAdded()
+				return err
+			}
+			kept = append(kept, func() { fl.rules.Store(rules) })
 			continue
 		}
 		fl, err := listenForward(f)
 		if err != nil {
-			for _, a := range added {
-				a.ln.Close()
-			}
+			closeAdded()
 			return err
 		}
 		added = append(added, fl)
 	}
 	if err := update(); err != nil {
-		for _, a := range added {
-			a.ln.Close()
-		}
+		closeAdded()
 		return err
 	}
-	for f, fl := range d.forwards {
-		if !want[f] {
+	for k, fl := range d.forwards {
+		if !want[k] {
 			fl.ln.Close()
 			<-fl.done
-			delete(d.forwards, f)
+			delete(d.forwards, k)
 		}
 	}
+	for _, apply := range kept {
+		apply()
+	}
 	for _, fl := range added {
-		d.forwards[fl.cfg] = fl
+		d.forwards[fl.cfg.key()] = fl
 		go d.serveForward(fl)
 	}
 	return nil
@@ -63,12 +106,44 @@ func listenForward(f ForwardConfig) (*forwardListener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("forward %s: %w", f.Listen, err)
 	}
-	ln, err := net.ListenTCP("tcp", addr)
+	rules, err := newForwardRules(f)
 	if err != nil {
+		return nil, err
+	}
+	fl := &forwardListener{cfg: f, done: make(chan struct{})}
+	fl.rules.Store(rules)
+	if fl.ln, err = net.ListenTCP("tcp", addr); err != nil {
 		return nil, fmt.Errorf("forward %s → %s/%s: %w", f.Listen, f.Peer, f.Service, err)
 	}
-	return &forwardListener{cfg: f, ln: ln, done: make(chan struct{})}, nil
+	return fl, nil
 }
+
+// admit checks a new connection against the forward's source ranges and
+// connection cap (THREATS P5, tested by TestForwardLimits), and names the
+// limit that refused it. A caller that got "" must call release.
+func (fl *forwardListener) admit(c *net.TCPConn) string {
+	r := fl.rules.Load()
+	if len(r.allow) > 0 {
+		ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+		ok := false
+		for _, p := range r.allow {
+			if err == nil && p.Contains(ap.Addr().Unmap()) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return "allow_from"
+		}
+	}
+	if n := fl.active.Add(1); r.max > 0 && n > r.max {
+		fl.active.Add(-1)
+		return "max_connections"
+	}
+	return ""
+}
+
+func (fl *forwardListener) release() { fl.active.Add(-1) }
 
 // serveForward hands each accepted connection to the tunnel node.
 func (d *Daemon) serveForward(fl *forwardListener) {
@@ -85,9 +160,14 @@ func (d *Daemon) serveForward(fl *forwardListener) {
 			time.Sleep(50 * time.Millisecond) // e.g. out of file descriptors: do not spin
 			continue
 		}
+		if limit := fl.admit(c); limit != "" {
+			d.node.RefuseLocal(c, fl.cfg.Peer, fl.cfg.Service, limit)
+			continue
+		}
 		d.conns.Add(1)
 		go func() {
 			defer d.conns.Done()
+			defer fl.release()
 			if err := d.node.Forward(context.Background(), c, fl.cfg.Peer, fl.cfg.Service); err != nil {
 				log.Warn().Err(err).Str("client", c.RemoteAddr().String()).Msg("forward failed")
 			}
@@ -98,9 +178,9 @@ func (d *Daemon) serveForward(fl *forwardListener) {
 func (d *Daemon) closeForwards() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for f, fl := range d.forwards {
+	for k, fl := range d.forwards {
 		fl.ln.Close()
 		<-fl.done
-		delete(d.forwards, f)
+		delete(d.forwards, k)
 	}
 }

@@ -236,6 +236,11 @@ func TestUnpairedDaemonsRefused(t *testing.T) {
 	stranger.Config.Peers = []daemon.PeerFile{b.Peer(true)}
 	stranger.Config.Forwards = []daemon.ForwardConfig{{Listen: strangerLocal, Peer: "site-b", Service: "echo"}}
 	stranger.Config.Tunnel.ConnectTimeout = daemon.Duration(time.Second)
+	// Dark off: the stranger answers first flights sealed for another key,
+	// so the fooled daemon below gets to check the stranger's key. A dark
+	// stranger would stay silent (TestDarkListenerSilent).
+	dark := false
+	stranger.Config.Tunnel.Dark = &dark
 	start(t, stranger)
 	refusedPromptly(t, strangerLocal, 3*time.Second)
 

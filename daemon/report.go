@@ -207,7 +207,7 @@ func reportControls(cfg *Config, keyTime time.Time) report.Controls {
 	for _, f := range cfg.File.Forwards {
 		c.Forwards = append(c.Forwards, report.Forward{Listen: f.Listen, Peer: f.Peer, Service: f.Service})
 	}
-	for _, l := range cfg.Tunnel.Limits() {
+	for _, l := range cfg.Tunnel.LimitsInEffect() {
 		c.Limits = append(c.Limits, report.Limit{Name: l.Name, Value: l.Value, Scope: l.Scope, Kind: l.Kind})
 	}
 	j := cfg.Audit.Journal.WithDefaults()

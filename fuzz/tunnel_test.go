@@ -1,8 +1,10 @@
 package fuzz
 
 import (
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/tunnel"
@@ -88,6 +90,51 @@ func FuzzConfig(f *testing.F) {
 		}
 		if err := c.Tunnel.Validate(); err != nil {
 			t.Fatalf("accepted configuration fails tunnel validation: %v", err)
+		}
+	})
+}
+
+// darkKey is a fixed listener key for FuzzDarkInbound, so the corpus
+// replays the same decisions.
+var darkKey = func() identity.PublicKey {
+	var k identity.PublicKey
+	for i := range k.Sign {
+		k.Sign[i], k.DH[i] = byte(i), byte(255-i)
+	}
+	return k
+}()
+
+// FuzzDarkInbound: the dark listener decides any datagram without a panic
+// and never passes more bytes than it got; a first flight sealed for the
+// listener passes whole, and the same flight with any one bit flipped (but
+// the header-form bit) is dropped (THREATS P1, P8).
+func FuzzDarkInbound(f *testing.F) {
+	now := time.Unix(1_800_000_000, 0)
+	from := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 4433}
+	f.Add([]byte{0xc0, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8}, uint16(3), int16(0))
+	f.Add([]byte{0x40, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}, uint16(0), int16(-200))
+	f.Add(tunnel.SealFirstFlight(darkKey, []byte{0xc0, 0, 0, 0, 1, 0}, now), uint16(9), int16(5))
+	f.Fuzz(func(t *testing.T, b []byte, flip uint16, skew int16) {
+		at := now.Add(time.Duration(skew) * time.Second)
+		if n, ok := tunnel.CheckDatagram(darkKey, b, from, at); n > len(b) || !ok && n != 0 {
+			t.Fatalf("%d-byte datagram: passes %d bytes, ok %v", len(b), n, ok)
+		}
+		if len(b) == 0 || b[0]&0x80 == 0 {
+			return
+		}
+		sealed := tunnel.SealFirstFlight(darkKey, b, now)
+		n, ok := tunnel.CheckDatagram(darkKey, sealed, from, at)
+		fresh := skew >= -120 && skew <= 120
+		if fresh && (!ok || n != len(b)) {
+			t.Fatalf("sealed %d-byte first flight: passes %d, ok %v", len(b), n, ok)
+		}
+		bit := int(flip) % (8 * len(sealed))
+		if bit == 7 { // the header-form bit: it would be a short header, judged by its connection ID
+			return
+		}
+		sealed[bit/8] ^= 0x80 >> (bit % 8)
+		if n, ok := tunnel.CheckDatagram(darkKey, sealed, from, at); ok && n == len(b) {
+			t.Fatalf("first flight with bit %d flipped passed", bit)
 		}
 	})
 }

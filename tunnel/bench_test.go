@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -36,11 +37,20 @@ func sinkServer(b *testing.B) string {
 // BenchmarkForwardBulk pushes data through one forwarded connection, both
 // tunnel nodes in this process: the profile of dyad's own data path
 // (`go test -bench ForwardBulk -cpuprofile`).
+// BenchmarkForwardBulk is one forwarded connection's bulk throughput, with
+// the dark listener on (the default) and off: compare the two in one run
+// (make bench-micro prints the ratio).
 func BenchmarkForwardBulk(b *testing.B) {
+	for _, mode := range []string{"dark=off", "dark=on"} {
+		b.Run(mode, func(b *testing.B) { forwardBulk(b, mode == "dark=off") })
+	}
+}
+
+func forwardBulk(b *testing.B, disableDark bool) {
 	ida, idb := newIdentity(b), newIdentity(b)
-	nb := startNode(b, idb, Config{Peers: []Peer{{Name: "a", Key: ida.Public()}},
+	nb := startNode(b, idb, Config{DisableDark: disableDark, Peers: []Peer{{Name: "a", Key: ida.Public()}},
 		Services: []Service{{Name: "sink", Upstream: sinkServer(b), Allow: []string{"a"}}}})
-	na := startNode(b, ida, Config{Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: nb.Addr().String()}}})
+	na := startNode(b, ida, Config{DisableDark: disableDark, Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: nb.Addr().String()}}})
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	defer ln.Close()
 	go func() {
@@ -137,6 +147,40 @@ func BenchmarkConnAudit(b *testing.B) {
 				}
 			})
 			b.ReportMetric(float64(4*b.N)/time.Since(start).Seconds(), "events/s")
+		})
+	}
+}
+
+// BenchmarkDarkInbound is the dark listener's cost per received datagram of
+// an established connection: one AES block when the connection ID changes,
+// a compare when it repeats.
+func BenchmarkDarkInbound(b *testing.B) {
+	f := &darkFilter{own: newDarkKey(newIdentity(b).Public()), drop: func(string) {}, peers: map[netip.AddrPort]*darkKey{}}
+	f.dark.Store(true)
+	var ids [2][]byte
+	for i := range ids {
+		id, _ := cidGenerator{f.own}.GenerateConnectionID()
+		ids[i] = id.Bytes()
+	}
+	for _, mode := range []string{"same-id", "alternating-ids"} {
+		b.Run(mode, func(b *testing.B) {
+			pkts := [2][]byte{make([]byte, 1400), make([]byte, 1400)}
+			for i := range pkts {
+				pkts[i][0] = 0x40
+				copy(pkts[i][1:], ids[i])
+			}
+			if mode == "same-id" {
+				pkts[1] = pkts[0]
+			}
+			now := time.Now()
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if _, ok := f.inbound(pkts[i&1], nil, now); !ok {
+					b.Fatal("dropped")
+				}
+				i++
+			}
 		})
 	}
 }

@@ -36,6 +36,25 @@ type Config struct {
 	// Drops below the connections (unknown connection ids, unparsable or
 	// unsupported packets) are always counted.
 	CountConnectionDrops bool
+
+	// Limits are the per-peer limits (each peer has its own buckets and
+	// counts); zero fields mean DefaultLimits. Peer.Limits override them,
+	// Service.Limits add per-service limits.
+	Limits Limits
+	// HandshakesPerSecond bounds new handshakes from one source address
+	// (burst: twice as many); above it a source must first prove its
+	// address (QUIC Retry), and at twice the rate it is refused. Zero
+	// means 10; negative, unlimited.
+	HandshakesPerSecond float64
+	// MaxHalfOpen bounds handshakes in progress; MaxTunnels bounds
+	// tunnels accepted at once (peers that dial us, plus handshakes).
+	// Zero means 64 and 256; negative, unlimited.
+	MaxHalfOpen int
+	MaxTunnels  int
+	// DisableDark turns the dark listener off: the QUIC port then answers
+	// every well-formed handshake, including scanners' (codec/FORMAT.md,
+	// "Dark listener").
+	DisableDark bool
 }
 
 // Peer is a paired daemon.
@@ -45,6 +64,8 @@ type Peer struct {
 	// Endpoint is the peer's QUIC address (host:port) to dial. Empty
 	// means the peer dials us (for example because we are behind NAT).
 	Endpoint string
+	// Limits override Config.Limits for this peer.
+	Limits Limits
 }
 
 // Service is an upstream this site exports to the peers on its allow list.
@@ -52,6 +73,9 @@ type Service struct {
 	Name     string
 	Upstream string // host:port, the only address dialed for this service
 	Allow    []string
+	// Limits bound all the service's streams together; zero fields mean
+	// no per-service limit.
+	Limits Limits
 }
 
 func (c Config) withDefaults() Config {
@@ -67,6 +91,16 @@ func (c Config) withDefaults() Config {
 	if c.Suite == 0 {
 		c.Suite = codec.SuiteAES256GCM
 	}
+	c.Limits = c.Limits.inherit(DefaultLimits)
+	if c.HandshakesPerSecond == 0 {
+		c.HandshakesPerSecond = 10
+	}
+	if c.MaxHalfOpen == 0 {
+		c.MaxHalfOpen = 64
+	}
+	if c.MaxTunnels == 0 {
+		c.MaxTunnels = 256
+	}
 	return c
 }
 
@@ -78,18 +112,70 @@ type Limit struct {
 	Kind  string // rate, concurrency, memory or time
 }
 
-// Limits lists the limits c puts in effect, defaults applied.
-func (c Config) Limits() []Limit {
+// LimitsInEffect lists the limits c puts in effect, defaults applied.
+func (c Config) LimitsInEffect() []Limit {
 	c = c.withDefaults()
-	return []Limit{
-		{"concurrent streams", fmt.Sprint(maxStreamsPerPeer), "per partner tunnel, each direction", "concurrency"},
+	out := []Limit{
 		{"flow-control window", fmt.Sprintf("%d MiB", maxStreamWindow>>20), "per stream", "memory"},
 		{"flow-control window", fmt.Sprintf("%d MiB", maxConnWindow>>20), "per partner tunnel", "memory"},
 		{"handshake timeout", handshakeTimeout.String(), "per tunnel handshake", "time"},
+		{"handshakes per second", perSecond(c.HandshakesPerSecond), "per source address, before TLS completes", "rate"},
+		{"half-open handshakes", count(c.MaxHalfOpen), "per daemon", "concurrency"},
+		{"tunnels", count(c.MaxTunnels), "accepted at once, per daemon", "concurrency"},
+		{"dark listener", map[bool]string{false: "on", true: "off"}[c.DisableDark], "handshakes without the listener-key MAC get no answer", "exposure"},
 		{"idle timeout", c.IdleTimeout.String(), "per tunnel", "time"},
 		{"connect timeout", c.ConnectTimeout.String(), "per forwarded connection waiting for a tunnel", "time"},
 		{"upstream dial timeout", c.DialTimeout.String(), "per stream to an exported service", "time"},
 	}
+	add := func(scope string, l Limits) {
+		if l.StreamsPerSecond != 0 {
+			out = append(out, Limit{"new streams per second", perSecond(l.StreamsPerSecond), scope, "rate"})
+		}
+		if l.MaxStreams != 0 {
+			out = append(out, Limit{"concurrent streams", count(l.MaxStreams), scope, "concurrency"})
+		}
+		if l.BytesPerSecond != 0 {
+			out = append(out, Limit{"bytes per second, each way", count(int(l.BytesPerSecond)), scope, "rate"})
+		}
+		if l.DialTimeout > 0 {
+			out = append(out, Limit{"upstream dial timeout", l.DialTimeout.String(), scope, "time"})
+		}
+		if l.IdleTimeout != 0 {
+			out = append(out, Limit{"stream idle timeout", duration(l.IdleTimeout), scope, "time"})
+		}
+		if l.MaxLifetime != 0 {
+			out = append(out, Limit{"stream lifetime", duration(l.MaxLifetime), scope, "time"})
+		}
+	}
+	add("per peer (default)", c.Limits)
+	for _, p := range c.Peers {
+		add("peer "+p.Name, p.Limits)
+	}
+	for _, s := range c.Services {
+		add("service "+s.Name+", all peers together", s.Limits)
+	}
+	return out
+}
+
+func perSecond(v float64) string {
+	if v < 0 {
+		return "unlimited"
+	}
+	return fmt.Sprintf("%g/s", v)
+}
+
+func count(v int) string {
+	if v < 0 {
+		return "unlimited"
+	}
+	return fmt.Sprint(v)
+}
+
+func duration(d time.Duration) string {
+	if d < 0 {
+		return "none"
+	}
+	return d.String()
 }
 
 // Validate checks the configuration and names the first problem.
@@ -129,6 +215,19 @@ func (c Config) Validate() error {
 			if !peers[a] {
 				return fmt.Errorf("service %q: allow names unknown peer %q", s.Name, a)
 			}
+		}
+	}
+	if err := c.Limits.validate("limits"); err != nil {
+		return err
+	}
+	for _, p := range c.Peers {
+		if err := p.Limits.validate("peer " + p.Name + ": limits"); err != nil {
+			return err
+		}
+	}
+	for _, s := range c.Services {
+		if err := s.Limits.validate("service " + s.Name + ": limits"); err != nil {
+			return err
 		}
 	}
 	if c.Suite != 0 && !c.Suite.Available() {

@@ -273,6 +273,7 @@ func (l *link) dial() error {
 	if err != nil {
 		return fmt.Errorf("resolve %s: %w", l.peer.Endpoint, err)
 	}
+	l.n.dark.expect(addr, l.peer.Key) // our first flight carries its MAC
 	snap := l.n.cfg.Load()
 	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
 	defer cancel()

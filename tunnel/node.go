@@ -17,12 +17,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 
 	"github.com/dyad-tunnel/dyad/audit"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
@@ -39,6 +41,7 @@ const (
 	codeLocalReset    quic.StreamErrorCode = 0x21 // the local TCP side reset or failed
 	codeRecord        quic.StreamErrorCode = 0x22 // a record was rejected (codec error)
 	codeProtocol      quic.StreamErrorCode = 0x23 // bad request, response or trailing data
+	codeLimit         quic.StreamErrorCode = 0x24 // the stream hit its idle timeout or maximum lifetime
 )
 
 // Node is one dyad daemon's tunnel endpoint.
@@ -57,6 +60,7 @@ type Node struct {
 
 	mu    sync.Mutex // guards links
 	links map[string]*link
+	gates gates
 
 	draining atomic.Bool
 	streams  sync.WaitGroup // active streams, both roles
@@ -66,6 +70,9 @@ type Node struct {
 	metrics *audit.Metrics // nil: no metrics
 	drops   *dropCounter
 	started time.Time
+
+	admission *admission
+	dark      *darkFilter
 
 	dropsMu    sync.Mutex // guards dropsSince
 	dropsSince time.Time  // start of the window emitDrops reports
@@ -96,13 +103,22 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 		started: time.Now(),
 	}
 	n.drops = &dropCounter{n: n}
-	n.tr = &quic.Transport{Conn: pc, StatelessResetKey: &resetKey, Tracer: n.drops,
-		ConnContext: func(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
-			return context.WithValue(ctx, handshakeStart{}, time.Now()), nil
-		}}
-	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.admission = &admission{n: n, sources: map[netip.Prefix]*rate.Limiter{}}
 	snap := newSnapshot(cfg)
 	n.cfg.Store(snap)
+	n.gates.apply(snap.cfg)
+	n.dark = &darkFilter{own: newDarkKey(id.Public()), drop: n.drops.add, peers: map[netip.AddrPort]*darkKey{}}
+	n.dark.dark.Store(!snap.cfg.DisableDark)
+	conn := pc
+	if u, ok := pc.(*net.UDPConn); ok {
+		conn = newDarkConn(u, n.dark)
+	} else if !snap.cfg.DisableDark {
+		return nil, fmt.Errorf("dark listener: %T is not a UDP socket", pc)
+	}
+	n.tr = &quic.Transport{Conn: conn, StatelessResetKey: &resetKey, Tracer: n.drops,
+		ConnectionIDGenerator: cidGenerator{n.dark.own}, DisableVersionNegotiationPackets: true,
+		VerifySourceAddress: n.admission.retry, ConnContext: n.admission.admit}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.ln, err = n.tr.Listen(n.serverTLS(cert), n.quicConfig(snap.cfg))
 	if err != nil {
 		n.cancel()
@@ -116,9 +132,10 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 	return n, nil
 }
 
-// maxStreamsPerPeer caps the forwarded connections one peer may hold open
-// with us at once; more wait for a slot (up to the connect timeout).
-const maxStreamsPerPeer = 1 << 14
+// MaxStreamsCap is QUIC's own cap on the streams one peer may hold open
+// with us at once (more wait for a slot); Limits.MaxStreams refuses below
+// it with a typed answer.
+const MaxStreamsCap = 4096
 
 // Flow-control windows and the handshake bound (Config.Limits lists them).
 const (
@@ -139,9 +156,10 @@ func (n *Node) quicConfig(c Config) *quic.Config {
 		MaxStreamReceiveWindow:         maxStreamWindow,
 		InitialConnectionReceiveWindow: 2 << 20,
 		MaxConnectionReceiveWindow:     maxConnWindow,
-		MaxIncomingStreams:             maxStreamsPerPeer,
+		MaxIncomingStreams:             MaxStreamsCap,
 		MaxIncomingUniStreams:          1, // the ready signal (awaitReady)
 		Allow0RTT:                      false,
+		InitialPacketSize:              initialPacket, // room for the dark listener's MAC
 		EnableDatagrams:                true,
 	}
 	if c.CountConnectionDrops {
@@ -161,6 +179,8 @@ func (n *Node) Update(cfg Config) error {
 	}
 	snap := newSnapshot(cfg)
 	old := n.cfg.Swap(snap)
+	n.gates.apply(snap.cfg)
+	n.dark.dark.Store(!snap.cfg.DisableDark)
 	n.reconcile(old, snap)
 	return nil
 }
@@ -213,6 +233,9 @@ func (n *Node) acceptLoop() {
 
 // adopt binds an established QUIC connection to its peer's link.
 func (n *Node) adopt(qc *quic.Conn) {
+	if t, ok := qc.Context().Value(admissionTicket{}).(*admissionTicket); ok {
+		t.handshakeDone()
+	}
 	state := qc.ConnectionState().TLS
 	var p Peer
 	ok := false

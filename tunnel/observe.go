@@ -161,6 +161,10 @@ func streamCloseReason(err error) (reason, errType string) {
 	if err == nil {
 		return "eof", ""
 	}
+	var le *LimitError
+	if errors.As(err, &le) {
+		return le.Limit, ""
+	}
 	if r := codec.Reason(err); r != "" {
 		if r == "truncated" {
 			return "truncated", r
@@ -265,6 +269,11 @@ func (d *dropCounter) RecordEvent(ev qlogwriter.Event) {
 	if reason == "" {
 		reason = "unknown"
 	}
+	d.add(reason)
+}
+
+// add counts n drops below quic-go (the dark listener's).
+func (d *dropCounter) add(reason string) {
 	d.n.metrics.PacketsDropped(reason, 1)
 	d.n.Stats.PacketsDropped.Add(1)
 	d.mu.Lock()
@@ -327,4 +336,26 @@ func (n *Node) emitDrops() {
 			attribute.Float64(audit.KeyWindow, now.Sub(n.dropsSince).Seconds()))
 	}
 	n.dropsSince = now
+}
+
+// auditLimited records that a limit refused or slowed a stream; scope is
+// "peer" or "service".
+func (n *Node) auditLimited(peer, service, scope, limit string) {
+	n.Stats.countLimited(limit)
+	n.metrics.LimitExceeded(peer, limit, scope)
+	attrs := []attribute.KeyValue{attribute.String(audit.KeyPeer, peer), attribute.String(audit.KeyLimit, limit),
+		attribute.String(audit.KeyScope, scope)}
+	if service != "" {
+		attrs = append(attrs, attribute.String(audit.KeyService, service))
+	}
+	n.audit.Emit(audit.RateLimitExceeded, attrs...)
+}
+
+// auditListenerLimited records a handshake refused by a listener limit.
+func (n *Node) auditListenerLimited(remote net.Addr, limit string) {
+	n.Stats.countLimited(limit)
+	n.metrics.LimitExceeded("", limit, "listener")
+	ip, _ := addrPort(remote)
+	n.audit.Emit(audit.RateLimitExceeded, attribute.String(audit.KeyLimit, limit), attribute.String(audit.KeyScope, "listener"),
+		attribute.String(audit.KeyPeerAddress, ip))
 }

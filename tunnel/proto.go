@@ -32,6 +32,9 @@ const (
 	StatusUpstreamDown   Status = 3
 	StatusShuttingDown   Status = 4
 	StatusBadRequest     Status = 5
+	StatusRateLimited    Status = 6 // the peer's or the service's new-stream rate
+	StatusTooManyStreams Status = 7 // the peer's or the service's concurrent streams
+	maxStatus                   = StatusTooManyStreams
 )
 
 func (s Status) String() string {
@@ -48,6 +51,10 @@ func (s Status) String() string {
 		return "shutting_down"
 	case StatusBadRequest:
 		return "bad_request"
+	case StatusRateLimited:
+		return "rate_limited"
+	case StatusTooManyStreams:
+		return "too_many_streams"
 	}
 	return fmt.Sprintf("status_%d", uint8(s))
 }
@@ -101,7 +108,7 @@ func ParseResponse(b []byte) (Status, error) {
 	if len(b) != 2 || b[0] != protoVersion {
 		return 0, fmt.Errorf("malformed stream response (%d bytes)", len(b))
 	}
-	if Status(b[1]) > StatusBadRequest {
+	if Status(b[1]) > maxStatus {
 		return 0, fmt.Errorf("unknown stream response status %d", b[1])
 	}
 	return Status(b[1]), nil

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -33,15 +34,18 @@ type pumpResult struct {
 // answer, on the importing side, reads the exporter's answer before any
 // byte goes to the local client; the local → tunnel direction does not
 // wait for it (pipelined open, see Forward).
-func (n *Node) pump(local *net.TCPConn, s *quic.Stream, r *codec.Reader, w *codec.Writer, answer func() error) pumpResult {
+func (n *Node) pump(local *net.TCPConn, s *quic.Stream, r *codec.Reader, w *codec.Writer, answer func() error, g guard) pumpResult {
 	var (
 		res      pumpResult
 		once     sync.Once
 		wg       sync.WaitGroup
 		abortErr error
 	)
+	ctx, cancel := context.WithCancel(n.ctx)
+	defer cancel()
 	abort := func(err error, code quic.StreamErrorCode) {
 		once.Do(func() {
+			cancel() // ends a meter's wait
 			abortErr = err
 			s.CancelRead(code)
 			s.CancelWrite(code)
@@ -49,11 +53,13 @@ func (n *Node) pump(local *net.TCPConn, s *quic.Stream, r *codec.Reader, w *code
 			local.Close()
 		})
 	}
+	src, dst, stop := g.wrap(ctx, local, func(err error) { abort(err, codeLimit) })
+	defer stop()
 	wg.Add(2)
 	go func() { // local → tunnel
 		defer wg.Done()
 		var err error
-		res.sent, err = w.ReadFrom(local)
+		res.sent, err = w.ReadFrom(src)
 		n.Stats.BytesSent.Add(uint64(res.sent))
 		if err == nil {
 			if err = w.Close(); err == nil {
@@ -80,7 +86,7 @@ func (n *Node) pump(local *net.TCPConn, s *quic.Stream, r *codec.Reader, w *code
 				return
 			}
 		}
-		res.received, err = r.WriteTo(local)
+		res.received, err = r.WriteTo(dst)
 		n.Stats.BytesReceived.Add(uint64(res.received))
 		if err == nil {
 			err = expectFIN(s)

@@ -20,10 +20,12 @@ type Stats struct {
 	mu              sync.Mutex        // guards the maps below
 	streamsRefused  map[string]uint64 // by Status name
 	recordsRejected map[string]uint64 // by codec.Reason
+	limited         map[string]uint64 // by limit name
 }
 
 func (s *Stats) countRefusedStream(st Status)      { s.add(&s.streamsRefused, st.String()) }
 func (s *Stats) countRejectedRecord(reason string) { s.add(&s.recordsRejected, reason) }
+func (s *Stats) countLimited(limit string)         { s.add(&s.limited, limit) }
 
 func (s *Stats) add(m *map[string]uint64, key string) {
 	s.mu.Lock()
@@ -53,6 +55,9 @@ func (s *Stats) Snapshot() map[string]uint64 {
 	}
 	for k, v := range s.recordsRejected {
 		out["records_rejected."+k] = v
+	}
+	for k, v := range s.limited {
+		out["limited."+k] = v
 	}
 	return out
 }

@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"go.opentelemetry.io/otel/attribute"
 
+	"github.com/dyad-tunnel/dyad/audit"
 	"github.com/dyad-tunnel/dyad/codec"
 )
 
@@ -32,17 +34,47 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	}
 	service, err := ParseRequest(req)
 	status, upstream := StatusBadRequest, ""
+	var held []*gate // slots taken: released when the stream ends
+	defer func() {
+		for _, g := range held {
+			g.leave()
+		}
+	}()
+	var limit, scope string
 	switch {
 	case err != nil:
 	case n.draining.Load():
 		status = StatusShuttingDown
 	default:
 		status, upstream = n.cfg.Load().admit(peer, service)
+		// THREATS P5: the peer's and the service's limits, tested by
+		// TestStreamRateLimited and TestMaxStreams.
+		if status != StatusAccepted {
+			break
+		}
+		for _, g := range []*gate{n.gates.peer(peer), n.gates.service(service)} {
+			if g == nil {
+				continue
+			}
+			if limit = g.enter(); limit != "" {
+				scope = "peer"
+				if g != n.gates.peer(peer) {
+					scope = "service"
+				}
+				status = StatusRateLimited
+				if limit == limitStreams {
+					status = StatusTooManyStreams
+				}
+				break
+			}
+			held = append(held, g)
+		}
 	}
+	pg, sg := n.gates.peer(peer), n.gates.service(service)
 	var up net.Conn
 	var dialErr error
 	if status == StatusAccepted {
-		d := net.Dialer{Timeout: n.cfg.Load().cfg.DialTimeout}
+		d := net.Dialer{Timeout: strictest(n.cfg.Load().cfg.DialTimeout, pg.limits().DialTimeout, sg.limits().DialTimeout)}
 		if up, dialErr = d.DialContext(n.ctx, "tcp", upstream); dialErr != nil {
 			status = StatusUpstreamDown
 		}
@@ -52,6 +84,8 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 		switch status {
 		case StatusNotAllowed, StatusUnknownService:
 			n.auditPolicyDenied(peer, service, id, status.String())
+		case StatusRateLimited, StatusTooManyStreams:
+			n.auditLimited(peer, service, scope, limit)
 		case StatusAccepted: // the answer could not be written: the stream is gone
 			n.auditStreamFailed(peer, service, inbound, "open_failed", err)
 		default:
@@ -69,7 +103,7 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	n.Stats.StreamsAccepted.Add(1)
 	start := time.Now()
 	n.auditStreamOpened(peer, service, inbound, id, up.RemoteAddr())
-	res := n.pump(up.(*net.TCPConn), s, r, w, nil)
+	res := n.pump(up.(*net.TCPConn), s, r, w, nil, n.guard(peer, service, pg, sg))
 	if reason := codec.Reason(res.err); reason != "" {
 		n.auditRecordRejected(peer, service, id, reason)
 	}
@@ -157,7 +191,7 @@ func (n *Node) Forward(ctx context.Context, client *net.TCPConn, peer, service s
 		n.auditStreamOpened(peer, service, outbound, id, client.RemoteAddr())
 		return nil
 	}
-	res := n.pump(client, os.stream, os.r, os.w, answer)
+	res := n.pump(client, os.stream, os.r, os.w, answer, n.guard(peer, service, n.gates.peer(peer), nil))
 	if reason := codec.Reason(res.err); reason != "" {
 		n.auditRecordRejected(peer, service, id, reason)
 	}
@@ -217,4 +251,16 @@ func (n *Node) open(ctx context.Context, l *link, service string) (openStream, *
 func resetTCP(c *net.TCPConn) {
 	c.SetLinger(0)
 	c.Close()
+}
+
+// RefuseLocal resets a local connection that a forward's own limit refused
+// (limit: allow_from or max_connections), counting and auditing it.
+func (n *Node) RefuseLocal(client *net.TCPConn, peer, service, limit string) {
+	n.Stats.ForwardsFailed.Add(1)
+	n.Stats.countLimited(limit)
+	n.metrics.LimitExceeded(peer, limit, "forward")
+	ip, _ := addrPort(client.RemoteAddr())
+	n.audit.Emit(audit.RateLimitExceeded, attribute.String(audit.KeyPeer, peer), attribute.String(audit.KeyService, service),
+		attribute.String(audit.KeyLimit, limit), attribute.String(audit.KeyScope, "forward"), attribute.String(audit.KeyPeerAddress, ip))
+	resetTCP(client)
 }

@@ -280,7 +280,9 @@ func TestUnpairedServerRefused(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	_, b := pair(t, echo)
 	ida := newIdentity(t)
-	impostor := startNode(t, newIdentity(t), Config{Peers: []Peer{{Name: "a", Key: ida.Public()}}})
+	// A dark impostor would never answer a first flight sealed for B's
+	// key; this one answers everyone, so A gets to check its key.
+	impostor := startNode(t, newIdentity(t), Config{DisableDark: true, Peers: []Peer{{Name: "a", Key: ida.Public()}}})
 	a := startNode(t, ida, Config{ConnectTimeout: time.Second, Peers: []Peer{{Name: "b", Key: b.id.Public(), Endpoint: impostor.Addr().String()}}})
 	_, done := forward(t, a, "echo")
 	if err := <-done; !errors.Is(err, errNoTunnel) {
@@ -418,30 +420,35 @@ func TestBothEndpointsOneConnection(t *testing.T) {
 }
 
 // TestGarbageDatagramsCounted: datagrams that are not QUIC for this node are
-// dropped by quic-go, counted through its tracer and reported as one
-// aggregate audit event per reason.
+// dropped (by the dark listener, or by quic-go when it is off), counted and
+// reported as one aggregate audit event per reason.
 func TestGarbageDatagramsCounted(t *testing.T) {
-	n := startNode(t, newIdentity(t), Config{})
-	c, err := net.Dial("udp", n.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	for i := range 40 {
-		b := make([]byte, 8+i%4) // short header, unknown connection id, too small for a stateless reset
-		b[0] = 0x40
-		c.Write(b)
-	}
-	deadline := time.Now().Add(3 * time.Second)
-	for n.Stats.PacketsDropped.Load() < 40 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := n.Stats.PacketsDropped.Load(); got < 40 {
-		t.Fatalf("%d of 40 garbage datagrams counted", got)
-	}
-	n.emitDrops()
-	e := event(t, n, audit.PacketsDropped, attribute.String(audit.KeyReason, "unknown_connection_id"))
-	if e.Attr(audit.KeyCount).AsInt64() < 40 {
-		t.Fatalf("event counts %d drops", e.Attr(audit.KeyCount).AsInt64())
+	for _, tc := range []struct {
+		disableDark bool
+		reason      string
+	}{{false, dropUnknownCID}, {true, "unknown_connection_id"}} {
+		n := startNode(t, newIdentity(t), Config{DisableDark: tc.disableDark})
+		c, err := net.Dial("udp", n.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		for i := range 40 {
+			b := make([]byte, 16+i%4) // short header, unknown connection id, too small for a stateless reset
+			b[0] = 0x40
+			c.Write(b)
+		}
+		deadline := time.Now().Add(3 * time.Second)
+		for n.Stats.PacketsDropped.Load() < 40 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := n.Stats.PacketsDropped.Load(); got < 40 {
+			t.Fatalf("dark off %v: %d of 40 garbage datagrams counted", tc.disableDark, got)
+		}
+		n.emitDrops()
+		e := event(t, n, audit.PacketsDropped, attribute.String(audit.KeyReason, tc.reason))
+		if e.Attr(audit.KeyCount).AsInt64() < 40 {
+			t.Fatalf("dark off %v: event counts %d drops", tc.disableDark, e.Attr(audit.KeyCount).AsInt64())
+		}
 	}
 }

@@ -184,7 +184,7 @@ func scenario(t *testing.T, dir string, maxFile int64) *writer {
 	w.at(5*time.Hour+2*time.Minute, audit.ExportRecovered, kvs(audit.KeyProtocol, "grpc"), kvs(audit.KeyServerAddress, "collector:4317"), f64(audit.KeyDuration, 90))
 	w.at(6*time.Hour, audit.PacketsDropped, kvs(audit.KeyReason, "unknown_connection_id"), i64(audit.KeyCount, 40), f64(audit.KeyWindow, 60))
 	for range 2 {
-		w.at(6*time.Hour+time.Minute, audit.RateLimitExceeded, kvs(audit.KeyPeer, "bank-b"), kvs(audit.KeyService, "payments"), kvs(audit.KeyLimit, "streams_per_second"))
+		w.at(6*time.Hour+time.Minute, audit.RateLimitExceeded, kvs(audit.KeyPeer, "bank-b"), kvs(audit.KeyService, "payments"), kvs(audit.KeyLimit, "streams_per_second"), kvs(audit.KeyScope, "peer"))
 	}
 	w.at(7*time.Hour, audit.ConfigRejected, kvs(audit.KeyConfigPath, "/etc/dyad/dyad.yaml"), kvs(audit.KeyError, "dyad.yaml:3: listen: bad"), kvs(audit.KeyErrorType, "invalid_config"))
 	// A clean restart: bank-b down from 8h-1s to 8h10m1s.

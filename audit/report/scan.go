@@ -370,6 +370,9 @@ func (s *scan) count(e *journal.Entry, line []byte) {
 		add(KindRefusals, 1)
 		peer := str(e, audit.KeyPeer)
 		key := peer
+		if key == "" { // a listener limit: no peer is known before the handshake
+			key = str(e, audit.KeyScope)
+		}
 		if svc := str(e, audit.KeyService); svc != "" {
 			key += "/" + svc
 		}

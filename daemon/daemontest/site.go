@@ -172,6 +172,7 @@ type Status struct {
 		Name      string `json:"name"`
 		Connected bool   `json:"connected"`
 	} `json:"peers"`
+	Process daemon.ProcessStatus `json:"process"` // goroutines, descriptors, memory
 }
 
 // Status fetches /statusz.

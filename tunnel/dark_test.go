@@ -1,0 +1,181 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"math/big"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/quic-go/quic-go"
+	"golang.org/x/sys/unix"
+)
+
+// countingConn counts the datagrams a plain quic-go client receives.
+type countingConn struct {
+	net.PacketConn
+	got atomic.Int64
+}
+
+func (c *countingConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, a, err := c.PacketConn.ReadFrom(b)
+	if err == nil {
+		c.got.Add(1)
+	}
+	return n, a, err
+}
+
+func selfSigned(t *testing.T) tls.Certificate {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(1), NotAfter: time.Now().Add(time.Hour)},
+		&x509.Certificate{SerialNumber: big.NewInt(1)}, priv.Public(), priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
+}
+
+// probe plays a scanner against addr: a standard QUIC client handshake
+// (with dyad's ALPN, without the listener's key) and garbage datagrams,
+// including a short-header one big enough to draw a stateless reset. It
+// returns how many datagrams came back.
+func probe(t *testing.T, addr string) int64 {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	cc := &countingConn{PacketConn: pc}
+	tr := &quic.Transport{Conn: cc}
+	defer tr.Close()
+	udp, _ := net.ResolveUDPAddr("udp", addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	tr.Dial(ctx, udp, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{ALPN}, Certificates: []tls.Certificate{selfSigned(t)}},
+		&quic.Config{HandshakeIdleTimeout: time.Second})
+	for _, size := range []int{1, 30, 100, 1200, 1400} {
+		for _, first := range []byte{0x40, 0xc0} { // short and long header
+			b := make([]byte, size)
+			rand.Read(b)
+			b[0] = first | b[0]&0x3f
+			tr.WriteTo(b, udp)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	return cc.got.Load()
+}
+
+// TestDarkListenerSilent: a dark node answers nothing to a scanner — no
+// handshake packet, no Retry, no version negotiation, no stateless reset —
+// while the same probe draws answers from a node with the dark listener
+// off. Paired peers connect through it (every other test). THREATS P1.
+func TestDarkListenerSilent(t *testing.T) {
+	dark := startNode(t, newIdentity(t), Config{})
+	lit := startNode(t, newIdentity(t), Config{DisableDark: true})
+	if got := probe(t, lit.Addr().String()); got == 0 {
+		t.Fatal("the control (dark listener off) answered nothing: the probe proves nothing")
+	}
+	if got := probe(t, dark.Addr().String()); got != 0 {
+		t.Fatalf("the dark listener answered %d datagrams to a scanner", got)
+	}
+	if dark.Stats.PacketsDropped.Load() == 0 {
+		t.Fatal("the dark listener did not count what it dropped")
+	}
+}
+
+func TestDarkFirstFlightMAC(t *testing.T) {
+	k, other := newDarkKey(newIdentity(t).Public()), newDarkKey(newIdentity(t).Public())
+	now := time.Unix(1_800_000_000, 0)
+	body := bytes.Repeat([]byte{0xc3}, initialPacket)
+	sealed := k.seal(body, now)
+	if len(sealed) != len(body)+darkTrailer {
+		t.Fatalf("sealed %d bytes, want %d", len(sealed), len(body)+darkTrailer)
+	}
+	if got, ok := k.open(sealed, now.Add(darkMaxSkew)); !ok || !bytes.Equal(got, body) {
+		t.Fatal("a fresh sealed datagram did not open")
+	}
+	for name, bad := range map[string]func() ([]byte, bool){
+		"other key": func() ([]byte, bool) { return other.open(sealed, now) },
+		"too old":   func() ([]byte, bool) { return k.open(sealed, now.Add(darkMaxSkew+time.Second)) },
+		"too new":   func() ([]byte, bool) { return k.open(sealed, now.Add(-darkMaxSkew-time.Second)) },
+		"short":     func() ([]byte, bool) { return k.open(sealed[:darkTrailer], now) },
+		"body bit":  func() ([]byte, bool) { s := bytes.Clone(sealed); s[7] ^= 1; return k.open(s, now) },
+		"tag bit":   func() ([]byte, bool) { s := bytes.Clone(sealed); s[len(s)-1] ^= 1; return k.open(s, now) },
+		"stamp bit": func() ([]byte, bool) { s := bytes.Clone(sealed); s[len(body)+3] ^= 1; return k.open(s, now) },
+		"unsealed":  func() ([]byte, bool) { return k.open(body, now) },
+	} {
+		if _, ok := bad(); ok {
+			t.Errorf("%s: opened", name)
+		}
+	}
+}
+
+func TestDarkConnectionIDs(t *testing.T) {
+	k, other := newDarkKey(newIdentity(t).Public()), newDarkKey(newIdentity(t).Public())
+	g := cidGenerator{k}
+	seen := map[string]bool{}
+	for range 1000 {
+		id, _ := g.GenerateConnectionID()
+		b := id.Bytes()
+		if len(b) != cidLen || !k.validCID(b) || other.validCID(b) || seen[string(b)] {
+			t.Fatalf("connection ID %x: len %d, valid %v, valid under another key %v, repeated %v",
+				b, len(b), k.validCID(b), other.validCID(b), seen[string(b)])
+		}
+		seen[string(b)] = true
+		b[len(b)-1] ^= 1
+		if k.validCID(b) {
+			t.Fatalf("a flipped tag bit still checks: %x", b)
+		}
+	}
+}
+
+// TestDarkGSOFirstFlight: a client's first flight sent as one GSO batch is
+// split and each datagram sealed, since the MAC changes each one's size.
+func TestDarkGSOFirstFlight(t *testing.T) {
+	idPeer := newIdentity(t)
+	rx, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	tx, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &darkFilter{own: newDarkKey(newIdentity(t).Public()), drop: func(string) {}, peers: map[netip.AddrPort]*darkKey{}}
+	f.expect(rx.LocalAddr().(*net.UDPAddr), idPeer.Public())
+	c := newDarkConn(tx, f)
+	defer c.Close()
+	batch := bytes.Repeat([]byte{0xc0, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8}, 2*initialPacket/14+1)[:2*initialPacket]
+	batch[initialPacket] = 0xc0
+	oob := make([]byte, unix.CmsgSpace(2))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level, h.Type = unix.IPPROTO_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	binary.NativeEndian.PutUint16(oob[unix.CmsgSpace(0):], initialPacket)
+	if n, _, err := c.WriteMsgUDP(batch, oob, rx.LocalAddr().(*net.UDPAddr)); err != nil || n != len(batch) {
+		t.Fatalf("write: %d, %v", n, err)
+	}
+	k := newDarkKey(idPeer.Public())
+	buf := make([]byte, 2048)
+	for i := range 2 {
+		rx.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := rx.Read(buf)
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		body, ok := k.open(buf[:n], time.Now())
+		if !ok || len(body) != initialPacket {
+			t.Fatalf("datagram %d: %d bytes, opens %v", i, n, ok)
+		}
+	}
+}
