@@ -81,8 +81,6 @@ func (l Limits) validate(where string) error {
 	switch {
 	case math.IsNaN(l.StreamsPerSecond) || math.IsInf(l.StreamsPerSecond, 0):
 		return fmt.Errorf("%s: streams_per_second is not a number", where)
-	case l.StreamBurst < 0 && l.StreamsPerSecond >= 0:
-		return fmt.Errorf("%s: stream_burst %d is negative", where, l.StreamBurst)
 	case l.BytesPerSecond > 0 && l.BytesPerSecond < 1024:
 		return fmt.Errorf("%s: bytes_per_second %d is below the 1 KiB/s floor", where, l.BytesPerSecond)
 	}
@@ -182,6 +180,23 @@ func (g *gate) enter() string {
 }
 
 func (g *gate) leave() { g.active.Add(-1) }
+
+// enterGates takes a new stream's slots at its peer's gate and its
+// service's (either may be nil), or names the limit that refused it and
+// whose it is ("peer" or "service"). The slots taken are returned either
+// way, for the caller to leave.
+func enterGates(peer, service *gate) (held []*gate, limit, scope string) {
+	for i, g := range []*gate{peer, service} {
+		if g == nil {
+			continue
+		}
+		if limit = g.enter(); limit != "" {
+			return held, limit, [...]string{"peer", "service"}[i]
+		}
+		held = append(held, g)
+	}
+	return held, "", ""
+}
 
 // gates holds the node's gates by peer and service name.
 type gates struct {

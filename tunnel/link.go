@@ -133,10 +133,49 @@ func (l *link) attach(qc *quic.Conn, dialed bool, handshake time.Duration) error
 		old.retire()
 	}
 	l.n.Stats.TunnelsEstablished.Add(1)
+	l.n.dark.tunnelAt(qc.RemoteAddr(), 1)
 	l.n.auditEstablished(l, tc, state, handshake)
-	l.n.loops.Add(1)
+	l.n.loops.Add(2)
 	go l.serve(tc)
+	go l.heartbeat(tc)
 	return nil
+}
+
+// heartbeatSize is a heartbeat datagram's payload: with QUIC's headers the
+// packet is longer than the 42 bytes quic-go wants before it answers one
+// with a stateless reset.
+const heartbeatSize = 32
+
+// heartbeat sends a QUIC datagram on tc every keepalive period and
+// discards the peer's, until the connection ends.
+//
+// A peer that crashed and restarted answers a packet of a connection it no
+// longer knows with a stateless reset (keyed from its identity), which ends
+// the stale tunnel at once; but quic-go answers only packets longer than
+// 42 bytes, and QUIC's keep-alive PINGs are about 33. Without a bigger
+// packet a stale tunnel, and every stream cut on it, lasted until the idle
+// timeout (30 s) or until a new local connection's first bytes drew the
+// reset, that connection being reset with it (TestFaultStaleTunnelEnds).
+func (l *link) heartbeat(tc *tconn) {
+	defer l.n.loops.Done()
+	var beat [heartbeatSize]byte
+	for {
+		ctx, cancel := context.WithTimeout(tc.qc.Context(), l.n.cfg.Load().cfg.KeepAlive)
+		for {
+			if _, err := tc.qc.ReceiveDatagram(ctx); err != nil {
+				break // the period is over, or the connection
+			}
+		}
+		cancel()
+		if tc.qc.Context().Err() != nil {
+			return
+		}
+		// An error means the connection is closing (or the peer takes no
+		// datagrams); either way there is nothing left to probe.
+		if err := tc.qc.SendDatagram(beat[:]); err != nil {
+			return
+		}
+	}
 }
 
 // collisionWindow: two connections to the same peer that come up within
@@ -171,6 +210,7 @@ func (l *link) serve(tc *tconn) {
 			l.n.serveStream(l, tc, s)
 		}()
 	}
+	l.n.dark.tunnelAt(tc.qc.RemoteAddr(), -1)
 	l.mu.Lock()
 	if l.cur == tc {
 		l.setLocked(nil)

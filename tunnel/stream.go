@@ -34,6 +34,7 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	}
 	service, err := ParseRequest(req)
 	status, upstream := StatusBadRequest, ""
+	pg, sg := n.gates.peer(peer), n.gates.service(service)
 	var held []*gate // slots taken: released when the stream ends
 	defer func() {
 		for _, g := range held {
@@ -47,30 +48,18 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 		status = StatusShuttingDown
 	default:
 		status, upstream = n.cfg.Load().admit(peer, service)
-		// THREATS P5: the peer's and the service's limits, tested by
-		// TestStreamRateLimited and TestMaxStreams.
-		if status != StatusAccepted {
-			break
-		}
-		for _, g := range []*gate{n.gates.peer(peer), n.gates.service(service)} {
-			if g == nil {
-				continue
-			}
-			if limit = g.enter(); limit != "" {
-				scope = "peer"
-				if g != n.gates.peer(peer) {
-					scope = "service"
-				}
+		if status == StatusAccepted {
+			// THREATS P5, tested by TestStreamRateLimited and TestMaxStreams.
+			held, limit, scope = enterGates(pg, sg)
+			switch limit {
+			case "":
+			case limitStreams:
+				status = StatusTooManyStreams
+			default:
 				status = StatusRateLimited
-				if limit == limitStreams {
-					status = StatusTooManyStreams
-				}
-				break
 			}
-			held = append(held, g)
 		}
 	}
-	pg, sg := n.gates.peer(peer), n.gates.service(service)
 	var up net.Conn
 	var dialErr error
 	if status == StatusAccepted {

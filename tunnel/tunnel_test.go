@@ -399,21 +399,23 @@ func TestBothEndpointsOneConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	// Both dial at once; both must settle on the same single connection.
+	// Both dial at once; both must settle on the connection dialed by the
+	// smaller key. Both connections share one 4-tuple, so the sides agree
+	// when each holds the one the other does not think it dialed; the
+	// connection that came up first may be held for a moment before the
+	// preferred one replaces it, so only the end state counts.
+	pref := a.preferredDialer(Peer{Key: idb.Public()})
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		ta, _ := a.link("p").get()
 		tb, _ := b.link("p").get()
-		if ta != nil && tb != nil && ta.alive() && tb.alive() &&
-			ta.qc.LocalAddr().String() == tb.qc.RemoteAddr().String() && ta.qc.RemoteAddr().String() == tb.qc.LocalAddr().String() &&
-			ta.dialed != tb.dialed {
-			if pref := a.preferredDialer(Peer{Key: idb.Public()}); ta.dialed != pref {
-				t.Fatalf("kept the connection dialed by the larger key")
-			}
+		agreed := ta != nil && tb != nil && ta.alive() && tb.alive() && ta.dialed != tb.dialed
+		if agreed && ta.dialed == pref {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("sides did not agree on one connection: a %d b %d tunnels", a.Stats.TunnelsEstablished.Load(), b.Stats.TunnelsEstablished.Load())
+			t.Fatalf("sides did not settle on the preferred connection (agreed %v): a %d b %d tunnels",
+				agreed, a.Stats.TunnelsEstablished.Load(), b.Stats.TunnelsEstablished.Load())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
