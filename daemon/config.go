@@ -114,7 +114,7 @@ func (v *Number) UnmarshalYAML(n *yaml.Node) error {
 	}
 	f, err := strconv.ParseFloat(n.Value, 64)
 	if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) {
-		return fmt.Errorf("line %d: %q is not a non-negative number or %q", n.Line, n.Value, unlimited)
+		return &valueError{n.Line, n.Column, fmt.Sprintf("%q is not a non-negative number or %q", n.Value, unlimited)}
 	}
 	*v = Number(f)
 	return nil
@@ -123,6 +123,68 @@ func (v *Number) UnmarshalYAML(n *yaml.Node) error {
 // Bytes is a byte count such as 1048576, 512KiB, 10MiB or 1GiB, or
 // "unlimited".
 type Bytes int64
+
+// MarshalYAML writes "unlimited" back as such.
+func (v Number) MarshalYAML() (any, error) {
+	if v < 0 {
+		return unlimited, nil
+	}
+	return float64(v), nil
+}
+
+// MarshalYAML writes "unlimited" back as such.
+func (v Bytes) MarshalYAML() (any, error) {
+	if v < 0 {
+		return unlimited, nil
+	}
+	return int64(v), nil
+}
+
+// valueError is a scalar the file's types refuse, with its place; ParseConfig
+// names the field it belongs to.
+type valueError struct {
+	line, column int
+	msg          string
+}
+
+func (e *valueError) Error() string { return fmt.Sprintf("line %d: %s", e.line, e.msg) }
+
+// fieldAt returns the path (peers[0].limits.max_streams) of the value at
+// line and column, or "".
+func fieldAt(n *yaml.Node, line, column int, path string) string {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			if f := fieldAt(c, line, column, path); f != "" {
+				return f
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			p := n.Content[i].Value
+			if path != "" {
+				p = path + "." + p
+			}
+			if v := n.Content[i+1]; v.Line == line && v.Column == column {
+				return p
+			}
+			if f := fieldAt(n.Content[i+1], line, column, p); f != "" {
+				return f
+			}
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			if c.Line == line && c.Column == column {
+				return p
+			}
+			if f := fieldAt(c, line, column, p); f != "" {
+				return f
+			}
+		}
+	}
+	return ""
+}
 
 // UnmarshalYAML parses a byte count.
 func (v *Bytes) UnmarshalYAML(n *yaml.Node) error {
@@ -142,7 +204,7 @@ func (v *Bytes) UnmarshalYAML(n *yaml.Node) error {
 	}
 	i, err := strconv.ParseInt(num, 10, 64)
 	if err != nil || i < 0 || i > math.MaxInt64/mult {
-		return fmt.Errorf("line %d: %q is not a byte count like 1048576, 512KiB or 10MiB, or %q", n.Line, n.Value, unlimited)
+		return &valueError{n.Line, n.Column, fmt.Sprintf("%q is not a byte count like 1048576, 512KiB or 10MiB, or %q", n.Value, unlimited)}
 	}
 	*v = Bytes(i * mult)
 	return nil
@@ -198,7 +260,7 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil || v < 0 {
-		return fmt.Errorf("line %d: %q is not a duration like 30s or 1m", n.Line, n.Value)
+		return &valueError{n.Line, n.Column, fmt.Sprintf("%q is not a duration like 30s or 1m", n.Value)}
 	}
 	*d = Duration(v)
 	return nil
@@ -263,10 +325,14 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	var f File
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
+	var root yaml.Node
 	if err := dec.Decode(&f); err != nil {
+		var ve *valueError
+		if errors.As(err, &ve) && yaml.Unmarshal(data, &root) == nil {
+			return nil, &ConfigError{Path: path, Line: ve.line, Field: fieldAt(&root, ve.line, ve.column, ""), Err: errors.New(ve.msg)}
+		}
 		return nil, &ConfigError{Path: path, Err: yamlError(err)}
 	}
-	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, &ConfigError{Path: path, Err: err}
 	}

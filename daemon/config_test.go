@@ -66,7 +66,7 @@ func TestConfigErrorsNameLineAndField(t *testing.T) {
 		{"unknown key", "    endpoint: 127.0.0.1:7100", "    endpont: 127.0.0.1:7100", "dyad.yaml: line 12: field endpont not found"},
 		{"bad public key", "public_key: " + key, "public_key: dyad1:AAAA", "dyad.yaml:11: peers[0].public_key: public key is 3 bytes"},
 		{"bad endpoint", "endpoint: 127.0.0.1:7100", "endpoint: nowhere", "dyad.yaml:12: peers[0].endpoint:"},
-		{"bad duration", "keepalive: 5s", "keepalive: soon", "line 7: \"soon\" is not a duration"},
+		{"bad duration", "keepalive: 5s", "keepalive: soon", "dyad.yaml:7: tunnel.keepalive: \"soon\" is not a duration"},
 		{"allow unknown peer", "allow: [site-b]", "allow: [site-c]", "dyad.yaml:16: services[0].allow[0]: \"site-c\" is not a configured peer"},
 		{"bad upstream", "upstream: 127.0.0.1:8080", "upstream: 127.0.0.1", "dyad.yaml:15: services[0].upstream:"},
 		{"forward to unknown peer", "    peer: site-b", "    peer: site-x", "dyad.yaml:19: forwards[0].peer:"},

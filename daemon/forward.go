@@ -119,7 +119,7 @@ func listenForward(f ForwardConfig) (*forwardListener, error) {
 }
 
 // admit checks a new connection against the forward's source ranges and
-// connection cap (THREATS P5, tested by TestForwardLimits), and names the
+// connection cap (THREATS P5, tested by TestLimitSlowloris), and names the
 // limit that refused it. A caller that got "" must call release.
 func (fl *forwardListener) admit(c *net.TCPConn) string {
 	r := fl.rules.Load()

@@ -14,10 +14,11 @@ import (
 )
 
 // admission bounds the handshakes quic-go takes on before TLS completes
-// (THREATS P5, tested by TestHandshakeFlood): a token bucket per source
-// address, a cap on handshakes in progress and a cap on accepted tunnels.
-// Under load it makes sources prove their address with a stateless Retry
-// first, so spoofed floods cost quic-go no connection state.
+// (THREATS P5, tested by TestHandshakeLimits and daemon's TestLimitFlood):
+// a token bucket per source address, a cap on handshakes in progress and a
+// cap on accepted tunnels. Under load it makes sources prove their address
+// with a stateless Retry first, so spoofed floods cost quic-go no
+// connection state.
 type admission struct {
 	n *Node
 

@@ -329,7 +329,8 @@ func (mw *meteredWriter) Write(p []byte) (int, error) {
 type guard struct {
 	send, received []*rate.Limiter // local → tunnel, tunnel → local
 	idle, lifetime time.Duration
-	limited        func() // called the first time a bucket delays the stream
+	limited        func()             // called the first time a bucket delays the stream
+	expired        func(limit string) // called when the idle timeout or lifetime ends the stream
 }
 
 // errIdle and errLifetime end a stream that hit its idle timeout or its
@@ -384,6 +385,9 @@ func (g guard) wrap(ctx context.Context, local io.ReadWriter, abort func(error))
 	check = func() {
 		d, err := next(time.Now())
 		if err != nil {
+			if g.expired != nil {
+				g.expired(err.(*LimitError).Limit)
+			}
 			abort(err)
 			return
 		}
@@ -416,6 +420,8 @@ func (n *Node) guard(peer, service string, pg, sg *gate) guard {
 		idles, lifetimes = append(idles, l.IdleTimeout), append(lifetimes, l.MaxLifetime)
 	}
 	g.idle, g.lifetime = strictest(idles...), strictest(lifetimes...)
+	// Counted, not audited here: the stream's close event says why it ended.
+	g.expired = n.Stats.countLimited
 	if len(g.send) > 0 {
 		g.limited = func() { n.auditLimited(peer, service, scope, limitBandwidth) }
 	}
