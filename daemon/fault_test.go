@@ -745,7 +745,9 @@ func TestFaultUDPRelay(t *testing.T) {
 	}
 	// A reply sent while paused is dropped too.
 	target.WriteToUDP([]byte("late"), net.UDPAddrFromAddrPort(netip.MustParseAddrPort(first)))
-	time.Sleep(50 * time.Millisecond)
+	for deadline := time.Now().Add(time.Second); relay.Dropped() < 2 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if d := relay.Dropped(); d != 2 {
 		t.Errorf("relay counted %d drops while paused, want 2 (one each way)", d)
 	}
@@ -756,6 +758,11 @@ func TestFaultUDPRelay(t *testing.T) {
 	second, err := roundTrip("two")
 	if err != nil || second == "" || second == first {
 		t.Fatalf("after Rebind the target sees the client at %q (before %q), %v", second, first, err)
+	}
+	// The relay counts a datagram after writing it, so the reply can reach
+	// the client first: wait (bounded) for the count.
+	for deadline := time.Now().Add(time.Second); relay.Forwarded() < 4 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
 	}
 	if f := relay.Forwarded(); f != 4 {
 		t.Errorf("relay counted %d datagrams forwarded, want 4", f)
