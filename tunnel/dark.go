@@ -170,8 +170,7 @@ const (
 // expect tells the filter that addr is peer's endpoint, so first flights
 // sent there carry the MAC of peer's key.
 func (f *darkFilter) expect(addr *net.UDPAddr, peer identity.PublicKey) {
-	ap := addr.AddrPort()
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	ap, _ := addrKey(addr)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if k, ok := f.peers[ap]; ok && k != nil {
@@ -184,12 +183,10 @@ func (f *darkFilter) expect(addr *net.UDPAddr, peer identity.PublicKey) {
 // a peer that restarted answers its packets with a stateless reset, whose
 // connection ID is random.
 func (f *darkFilter) tunnelAt(addr net.Addr, delta int) {
-	u, ok := addr.(*net.UDPAddr)
+	ap, ok := addrKey(addr)
 	if !ok {
 		return
 	}
-	ap := u.AddrPort()
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.remotes == nil {
@@ -203,24 +200,31 @@ func (f *darkFilter) tunnelAt(addr net.Addr, delta int) {
 // knownSource reports whether addr is a peer endpoint we dial or the
 // remote address of a live tunnel.
 func (f *darkFilter) knownSource(addr net.Addr) bool {
-	u, ok := addr.(*net.UDPAddr)
+	ap, ok := addrKey(addr)
 	if !ok {
 		return false
 	}
-	ap := u.AddrPort()
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.peers[ap] != nil || f.remotes[ap] > 0
 }
 
-func (f *darkFilter) peerAt(addr net.Addr) *darkKey {
+// addrKey keys a UDP address in the filter's maps (IPv4-mapped IPv6 as
+// IPv4, as sockets report either).
+func addrKey(addr net.Addr) (netip.AddrPort, bool) {
 	u, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return netip.AddrPort{}, false
+	}
+	ap := u.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+}
+
+func (f *darkFilter) peerAt(addr net.Addr) *darkKey {
+	ap, ok := addrKey(addr)
 	if !ok {
 		return nil
 	}
-	ap := u.AddrPort()
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.peers[ap]
