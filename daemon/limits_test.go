@@ -441,6 +441,15 @@ func garbageFlood(ctx context.Context, src string, target *net.UDPAddr, pool [][
 	}
 }
 
+// importBulk makes site dial exporter and forward a fresh local port to
+// its "bulk" service, and returns that port.
+func importBulk(t *testing.T, site, exporter *daemontest.Site) string {
+	local := freeTCP(t)
+	site.Config.Peers = []daemon.PeerFile{exporter.Peer(true)}
+	site.Config.Forwards = []daemon.ForwardConfig{{Listen: local, Peer: exporter.Name, Service: "bulk"}}
+	return local
+}
+
 // TestLimitFlood: for 20 s, strangers who know B's public key flood it with
 // handshakes from 127.0.0.2-5 and scanners flood it with garbage datagrams
 // from 127.0.0.6-9. The paired transfer A←B keeps at least 80% of its
@@ -490,13 +499,7 @@ func TestLimitFlood(t *testing.T) {
 	b.Config.Services = []daemon.ServiceFile{{Name: "bulk", Upstream: bulk.addr, Allow: []string{"site-a", "site-c"}}}
 	b2.Config.Peers = []daemon.PeerFile{a2.Peer(false)}
 	b2.Config.Services = []daemon.ServiceFile{{Name: "bulk", Upstream: bulk.addr, Allow: []string{"site-a2"}}}
-	aLocal, cLocal, a2Local := freeTCP(t), freeTCP(t), freeTCP(t)
-	a.Config.Peers = []daemon.PeerFile{b.Peer(true)}
-	a.Config.Forwards = []daemon.ForwardConfig{{Listen: aLocal, Peer: "site-b", Service: "bulk"}}
-	c.Config.Peers = []daemon.PeerFile{b.Peer(true)}
-	c.Config.Forwards = []daemon.ForwardConfig{{Listen: cLocal, Peer: "site-b", Service: "bulk"}}
-	a2.Config.Peers = []daemon.PeerFile{b2.Peer(true)}
-	a2.Config.Forwards = []daemon.ForwardConfig{{Listen: a2Local, Peer: "site-b2", Service: "bulk"}}
+	aLocal, cLocal, a2Local := importBulk(t, a, b), importBulk(t, c, b), importBulk(t, a2, b2)
 	for _, s := range []*daemontest.Site{b, a, b2, a2} {
 		start(t, s)
 	}
@@ -853,13 +856,7 @@ func TestLimitThrottle(t *testing.T) {
 	b.Config.Services = []daemon.ServiceFile{{Name: "bulk", Upstream: bulk.addr, Allow: []string{"site-a", "site-c"}}}
 	b2.Config.Peers = []daemon.PeerFile{c2.Peer(false)}
 	b2.Config.Services = []daemon.ServiceFile{{Name: "bulk", Upstream: bulk.addr, Allow: []string{"site-c2"}}}
-	aLocal, cLocal, c2Local := freeTCP(t), freeTCP(t), freeTCP(t)
-	a.Config.Peers = []daemon.PeerFile{b.Peer(true)}
-	a.Config.Forwards = []daemon.ForwardConfig{{Listen: aLocal, Peer: "site-b", Service: "bulk"}}
-	c.Config.Peers = []daemon.PeerFile{b.Peer(true)}
-	c.Config.Forwards = []daemon.ForwardConfig{{Listen: cLocal, Peer: "site-b", Service: "bulk"}}
-	c2.Config.Peers = []daemon.PeerFile{b2.Peer(true)}
-	c2.Config.Forwards = []daemon.ForwardConfig{{Listen: c2Local, Peer: "site-b2", Service: "bulk"}}
+	aLocal, cLocal, c2Local := importBulk(t, a, b), importBulk(t, c, b), importBulk(t, c2, b2)
 	for _, s := range []*daemontest.Site{b, a, c, b2, c2} {
 		start(t, s)
 	}
