@@ -2,6 +2,8 @@
 
 GO        ?= go
 FUZZTIME  ?= 30s
+FUZZLONG  ?= 8h
+FUZZSLICE ?= 10m
 SMOKETIME ?= 4s
 SOAKTIME  ?= 10m
 BENCHCOUNT ?= 5
@@ -10,7 +12,7 @@ OUT       := bench/out
 # deploy/otel-collector/builder.yaml and kept in .cache/ between runs.
 OTELCOL   := .cache/otelcol/build/dyad-otelcol
 
-.PHONY: help demo soak collector test test-race test-exhaustive fuzz-smoke fuzz lint bench bench-quick bench-micro bench-deps build clean
+.PHONY: help demo soak collector test test-race test-exhaustive fuzz-smoke fuzz fuzz-long lint bench bench-quick bench-micro bench-deps build clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -42,24 +44,14 @@ $(OTELCOL): deploy/otel-collector/builder.yaml
 test-exhaustive: ## every record size 0..max without -race (it strides under -race)
 	$(GO) test -count 1 -run 'TestRoundTripEverySize|TestSteadyStateAllocatesNothing' ./codec
 
-fuzz-smoke: ## fuzz each target for SMOKETIME
-	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(SMOKETIME)
+fuzz-smoke: ## fuzz each target for SMOKETIME (part of make test)
+	@GO=$(GO) fuzz/run.sh -time $(SMOKETIME)
 
-# Go 1.26's fuzz coordinator can end a run that found nothing with a bare
-# "context deadline exceeded" (go.dev/issue/75804, fixed in Go 1.27): that
-# is reported as a flake; any run that wrote a failing input fails.
-fuzz: ## fuzz each target for FUZZTIME (default 30s); stops at the first crasher
-	@set -e; log=$$(mktemp); trap 'rm -f $$log' EXIT; \
-	for t in $$($(GO) test -list '^Fuzz' ./fuzz | grep '^Fuzz'); do \
-		echo "fuzz $$t for $(FUZZTIME)"; \
-		if $(GO) test ./fuzz -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s >$$log 2>&1; then tail -n 3 $$log; continue; fi; \
-		cat $$log; \
-		if ! grep -q 'Failing input written to' $$log && grep -q '^    context deadline exceeded' $$log; then \
-			echo "fuzz $$t: no failing input, Go's end-of-run deadline race (go.dev/issue/75804); not a crasher"; continue; \
-		fi; \
-		echo "crasher in $$t: see the 'Failing input written to' line above;"; \
-		echo "replay it with: $(GO) test ./fuzz -run '$$t/<file name>'"; exit 1; \
-	done
+fuzz: ## fuzz each target for FUZZTIME (30s); stops at the first crasher with the line that replays it
+	@GO=$(GO) fuzz/run.sh -time $(FUZZTIME)
+
+fuzz-long: ## fuzz round-robin for FUZZLONG (8h), FUZZSLICE (10m) a target; resumable, corpus in Go's fuzz cache
+	@GO=$(GO) fuzz/run.sh -long $(FUZZLONG) -slice $(FUZZSLICE)
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

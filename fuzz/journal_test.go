@@ -3,12 +3,15 @@ package fuzz
 import (
 	"bytes"
 	"crypto/ed25519"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/dyad-tunnel/dyad/audit/journal"
 )
@@ -112,4 +115,64 @@ func FuzzJournalVerify(f *testing.F) {
 // can detect; the fuzzer checks everything else.
 func isCleanPrefix(valid, data []byte) bool {
 	return len(data) > 0 && bytes.HasPrefix(valid, data) && data[len(data)-1] == '\n'
+}
+
+// FuzzCheckpoint: `dyad audit verify --anchor` reads a signed checkpoint
+// from a file. Any text opens to an error or a checkpoint; a checkpoint
+// signed for any text parses to a size and a 32-byte root or fails as
+// malformed; and a valid checkpoint with one byte changed either fails or,
+// where the note's encoding has slack, opens to the very same checkpoint:
+// no edit changes what a signature vouches for (THREATS P7, P8).
+func FuzzCheckpoint(f *testing.F) {
+	signer, err := journal.NewSigner("dyad/fuzz", fuzzKey)
+	if err != nil {
+		f.Fatal(err)
+	}
+	v, err := journal.NewVerifier("dyad/fuzz", fuzzKey.Public().(ed25519.PublicKey))
+	if err != nil {
+		f.Fatal(err)
+	}
+	valid := lastCheckpoint(f, validJournal(f, f.TempDir(), 5))
+	// valid is signed at each process's start, so it is no seed; the
+	// fuzzer edits it through pos and xor.
+	f.Add("dyad/fuzz\n5\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n\n\u2014 dyad/fuzz AAAA\n",
+		"dyad/fuzz\n5\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\ntime 2026-01-01T00:00:00Z\n", uint16(3), byte(1))
+	f.Add("garbage", "dyad/fuzz\n-1\n\n", uint16(0), byte(0))
+	f.Fuzz(func(t *testing.T, anchor, text string, pos uint16, xor byte) {
+		if c, err := journal.OpenCheckpoint(anchor, v); err == nil && c.Size < 0 {
+			t.Fatalf("anchor %q opened with size %d", anchor, c.Size)
+		}
+		if signed, err := note.Sign(&note.Note{Text: text}, signer); err == nil {
+			c, err := journal.OpenCheckpoint(string(signed), v)
+			if err != nil && !errors.Is(err, journal.ErrMalformed) {
+				t.Fatalf("signed text %q: %v, not a malformed checkpoint", text, err)
+			}
+			if err == nil && (c.Size < 0 || !strings.HasPrefix(text, c.Origin+"\n")) {
+				t.Fatalf("signed text %q opened as %+v", text, c)
+			}
+		}
+		want, err := journal.OpenCheckpoint(valid, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		edited := []byte(valid)
+		edited[int(pos)%len(edited)] ^= xor
+		if got, err := journal.OpenCheckpoint(string(edited), v); err == nil && got != want {
+			t.Fatalf("edited checkpoint opened as %+v, signed was %+v", got, want)
+		}
+	})
+}
+
+// lastCheckpoint returns the signed checkpoint that ends a closed journal.
+func lastCheckpoint(tb testing.TB, journalFile []byte) string {
+	lines := bytes.Split(bytes.TrimSuffix(journalFile, []byte("\n")), []byte("\n"))
+	e, err := journal.Decode(lines[len(lines)-1])
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cp := e.Attr(journal.AttrCheckpoint).AsString()
+	if cp == "" {
+		tb.Fatal("the journal does not end with a checkpoint")
+	}
+	return cp
 }

@@ -1,10 +1,15 @@
 package fuzz
 
 import (
+	"bytes"
+	"crypto/ed25519"
 	"net"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/tunnel"
@@ -73,7 +78,9 @@ func FuzzIdentityFile(f *testing.F) {
 }
 
 // FuzzConfig: any YAML gives a validated configuration or an error that
-// names the file, never a panic.
+// names the file, never a panic; a valid configuration re-encodes to YAML
+// that loads to the same configuration (what `dyad check` accepts, an
+// operator's tooling can rewrite without changing its meaning).
 func FuzzConfig(f *testing.F) {
 	id, _ := identity.Generate()
 	f.Add("site: a\nidentity: k\nlisten: 127.0.0.1:1\npeers:\n  - name: b\n    public_key: " + id.Public().String() +
@@ -91,7 +98,48 @@ func FuzzConfig(f *testing.F) {
 		if err := c.Tunnel.Validate(); err != nil {
 			t.Fatalf("accepted configuration fails tunnel validation: %v", err)
 		}
+		out, err := yaml.Marshal(c.File)
+		if err != nil {
+			t.Fatalf("valid configuration does not re-encode: %v", err)
+		}
+		again, err := daemon.ParseConfig("fuzz.yaml", out)
+		if err != nil {
+			t.Fatalf("re-encoded configuration does not load: %v\n%s", err, out)
+		}
+		again.SHA256 = c.SHA256
+		nilEmpty(reflect.ValueOf(c))
+		nilEmpty(reflect.ValueOf(again))
+		if !reflect.DeepEqual(c, again) {
+			t.Fatalf("re-encoded configuration loads differently:\n%s", out)
+		}
 	})
+}
+
+// nilEmpty sets every empty slice and map reachable from v through
+// exported fields to nil: YAML writes both as nothing, and they mean the
+// same.
+func nilEmpty(v reflect.Value) {
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		if !v.IsNil() {
+			nilEmpty(v.Elem())
+		}
+	case reflect.Struct:
+		for i := range v.NumField() {
+			if v.Type().Field(i).IsExported() {
+				nilEmpty(v.Field(i))
+			}
+		}
+	case reflect.Slice, reflect.Map:
+		if v.Len() == 0 && v.CanSet() {
+			v.SetZero()
+		}
+		if v.Kind() == reflect.Slice {
+			for i := range v.Len() {
+				nilEmpty(v.Index(i))
+			}
+		}
+	}
 }
 
 // darkKey is a fixed listener key for FuzzDarkInbound, so the corpus
@@ -135,6 +183,66 @@ func FuzzDarkInbound(f *testing.F) {
 		sealed[bit/8] ^= 0x80 >> (bit % 8)
 		if n, ok := tunnel.CheckDatagram(darkKey, sealed, from, at); ok && n == len(b) {
 			t.Fatalf("first flight with bit %d flipped passed", bit)
+		}
+	})
+}
+
+// FuzzPeerCertificate: the certificate a peer presents in the handshake,
+// before anything is known of it. Any bytes give an Ed25519 key or an
+// error; a real certificate with one byte changed gives an error or a
+// 32-byte key (which the pin check then compares), never a panic
+// (THREATS P1, P8).
+func FuzzPeerCertificate(f *testing.F) {
+	id, err := identity.Generate()
+	if err != nil {
+		f.Fatal(err)
+	}
+	cert, err := id.Certificate()
+	if err != nil {
+		f.Fatal(err)
+	}
+	der, pub := cert.Certificate[0], id.Public()
+	if key, err := identity.CertificateKey(der); err != nil || !bytes.Equal(key, pub.Sign[:]) {
+		f.Fatalf("own certificate: key %x, %v", key, err)
+	}
+	f.Add(der, uint16(0), byte(0))
+	f.Add([]byte{0x30, 0x03, 0x02, 0x01, 0x00}, uint16(100), byte(0x80))
+	f.Fuzz(func(t *testing.T, b []byte, pos uint16, xor byte) {
+		if key, err := identity.CertificateKey(b); err == nil && len(key) != ed25519.PublicKeySize {
+			t.Fatalf("%d-byte key from arbitrary bytes", len(key))
+		}
+		edited := bytes.Clone(der)
+		edited[int(pos)%len(edited)] ^= xor
+		if key, err := identity.CertificateKey(edited); err == nil && len(key) != ed25519.PublicKeySize {
+			t.Fatalf("%d-byte key from an edited certificate", len(key))
+		}
+	})
+}
+
+// FuzzPairingSecret: the pairing secret is X25519 of our key and the
+// peer's configured key. Any 32 bytes as the peer's X25519 key give an
+// error (low-order points) or a non-zero secret, and two real identities
+// agree on theirs (THREATS P3).
+func FuzzPairingSecret(f *testing.F) {
+	a, _ := identity.Generate()
+	b, _ := identity.Generate()
+	ab, err := a.PairingSecret(b.Public())
+	if err != nil {
+		f.Fatal(err)
+	}
+	if ba, err := b.PairingSecret(a.Public()); err != nil || !bytes.Equal(ab, ba) {
+		f.Fatal("two identities derive different pairing secrets")
+	}
+	f.Add(make([]byte, 32))
+	f.Add(append([]byte{1}, make([]byte, 31)...))
+	pub := b.Public()
+	f.Add(pub.DH[:])
+	f.Fuzz(func(t *testing.T, dh []byte) {
+		var peer identity.PublicKey
+		copy(peer.DH[:], dh)
+		s, err := a.PairingSecret(peer)
+		if err == nil && (len(s) != 32 || bytes.Equal(s, make([]byte, 32))) {
+			t.Fatalf("pairing secret %x for peer key %x", s, dh)
 		}
 	})
 }

@@ -90,8 +90,13 @@ var ErrSignature = errors.New("checkpoint signature does not verify")
 // OpenCheckpoint verifies a signed checkpoint note and parses its text.
 func OpenCheckpoint(signed string, v note.Verifier) (Checkpoint, error) {
 	n, err := note.Open([]byte(signed), note.VerifierList(v))
-	if err != nil {
+	var unverified *note.UnverifiedNoteError
+	var invalid *note.InvalidSignatureError
+	switch {
+	case errors.As(err, &unverified) || errors.As(err, &invalid):
 		return Checkpoint{}, fmt.Errorf("%w: %v", ErrSignature, err)
+	case err != nil: // not a signed note at all (found by FuzzCheckpoint)
+		return Checkpoint{}, fmt.Errorf("%w: checkpoint: %v", ErrMalformed, err)
 	}
 	lines := strings.Split(n.Text, "\n")
 	if len(lines) < 4 || lines[len(lines)-1] != "" {
