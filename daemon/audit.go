@@ -35,7 +35,9 @@ func journalOrigin(site string) string { return "dyad/" + site }
 func startAudit(cfg *Config, id *identity.Identity, log zerolog.Logger) (*auditing, error) {
 	ctx := context.Background()
 	host, _ := os.Hostname()
-	res, err := resource.New(ctx, resource.WithAttributes(
+	// OTEL_RESOURCE_ATTRIBUTES first (e.g. k8s.pod.name from a chart),
+	// so that dyad's own attributes below win over it.
+	res, err := resource.New(ctx, resource.WithFromEnv(), resource.WithAttributes(
 		attribute.String("service.name", "dyad"),
 		attribute.String("service.version", Version),
 		attribute.String("service.instance.id", id.Public().Fingerprint()),

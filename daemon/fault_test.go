@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -576,6 +577,65 @@ func TestFaultMigration(t *testing.T) {
 		t.Errorf("B sees A at %q after the rebinding, %q before: the connection did not move to the new address", after, before)
 	}
 	r.checkReconnect(t, "after the rebinding", time.Now(), reconnectWithin)
+}
+
+// TestFaultScaleOutFailover: site B runs two instances with one identity
+// behind a UDP load balancer (the relay), as deploy/README.md describes.
+// When the balancer moves A's flow from the first instance to the second
+// mid-download, the second, which derives the same stateless-reset key,
+// answers A's next packet with a stateless reset: the download is reset
+// (never silently cut), A dials again within a keepalive period and new
+// connections are served by the second instance.
+func TestFaultScaleOutFailover(t *testing.T) {
+	const keepalive = time.Second
+	r := newFaultRig(t, func(tf *daemon.TunnelFile) { tf.KeepAlive = daemon.Duration(keepalive) })
+	b2 := newSite(t, t.TempDir(), "site-b")
+	for _, f := range []string{"identity.key", "identity.pub"} {
+		data, err := os.ReadFile(filepath.Join(r.b.Dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(b2.Dir, f), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	listen, admin := b2.Config.Listen, b2.Config.Admin
+	b2.Config = r.b.Config
+	b2.Config.Listen, b2.Config.Admin = listen, admin // its own ports and, beside its config, its own journal
+	start(t, b2)
+	establishedA := counter(t, r.a, "tunnels_established")
+
+	const seed = 606
+	tr := startDownload(r.local, faultBig, seed, transferLimit)
+	defer func() { awaitDone(t, "the download", tr, 35*time.Second) }()
+	awaitMoved(t, tr, faultMid)
+	if err := r.relay.Retarget(b2.Config.Listen); err != nil {
+		t.Fatal(err)
+	}
+	moved := time.Now()
+	awaitDone(t, "the download on the moved flow", tr, 10*time.Second)
+	verdict, err := cutVerdict(tr.n, tr.sum, tr.err, faultBig, seed)
+	if err != nil {
+		t.Fatalf("download when the flow moved: %v", err)
+	}
+	limit := keepalive + time.Second
+	deadline := moved.Add(limit + 10*time.Second)
+	for counter(t, r.a, "tunnels_established") == establishedA && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	took := time.Since(moved)
+	if counter(t, r.a, "tunnels_established") == establishedA {
+		t.Fatalf("A still holds its tunnel to the first instance %v after the flow moved", took.Round(time.Millisecond))
+	}
+	if took > limit {
+		t.Errorf("A dialed again %v after the flow moved, want within %v: no stateless reset from the second instance", took.Round(time.Millisecond), limit)
+	}
+	r.checkReconnect(t, "after the flow moved", moved, limit+reconnectWithin)
+	if n := counter(t, b2, "tunnels_established"); n == 0 {
+		t.Errorf("the second instance established no tunnel: traffic did not move to it")
+	}
+	t.Logf("download %s %v after the flow moved (%d MiB in); A dialed again after %v",
+		verdict, tr.ended.Sub(moved).Round(time.Millisecond), tr.n>>20, took.Round(time.Millisecond))
 }
 
 // upstreamServer is B's upstream: the protocol of opDownload, opUpload and

@@ -23,11 +23,12 @@ const relayBuf = 1 << 16
 // dialing daemon sends to Addr instead of its peer, and the relay forwards
 // each client source address's datagrams to the target from a back socket
 // of its own, relaying the target's replies back. Between the two it can
-// hold the path (Pause) and make the client appear to move to another
-// address (Rebind), as a NAT rebinding or a migrating host would.
+// hold the path (Pause), make the client appear to move to another
+// address (Rebind), as a NAT rebinding or a migrating host would, and move
+// the flow to another server (Retarget), as a load balancer may.
 type UDPRelay struct {
 	front  *net.UDPConn
-	target netip.AddrPort
+	target atomic.Pointer[netip.AddrPort] // changed by Retarget
 	paused atomic.Bool
 
 	forwarded atomic.Uint64 // datagrams passed, both directions
@@ -55,15 +56,13 @@ func NewUDPRelay(target string) (*UDPRelay, error) {
 		return nil, fmt.Errorf("relay target %s: %w", target, err)
 	}
 	ap := ua.AddrPort()
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	front, err := listenLoopbackUDP()
 	if err != nil {
 		return nil, fmt.Errorf("relay front: %w", err)
 	}
-	r := &UDPRelay{
-		front:   front,
-		target:  netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()),
-		clients: map[netip.AddrPort]*relayClient{},
-	}
+	r := &UDPRelay{front: front, clients: map[netip.AddrPort]*relayClient{}}
+	r.target.Store(&ap)
 	r.wg.Add(1)
 	go r.frontLoop()
 	return r, nil
@@ -81,6 +80,20 @@ func listenLoopbackUDP() (*net.UDPConn, error) {
 	c.SetReadBuffer(4 << 20)
 	c.SetWriteBuffer(4 << 20)
 	return c, nil
+}
+
+// Retarget sends every client's datagrams to target (host:port) from now
+// on, and takes replies only from there: what a UDP load balancer does when
+// it moves a flow to another instance (a pod restarted, conntrack flushed).
+func (r *UDPRelay) Retarget(target string) error {
+	ua, err := net.ResolveUDPAddr("udp", target)
+	if err != nil {
+		return fmt.Errorf("relay target %s: %w", target, err)
+	}
+	ap := ua.AddrPort()
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	r.target.Store(&ap)
+	return nil
 }
 
 // Addr is the address clients send to, host:port.
@@ -167,7 +180,7 @@ func (r *UDPRelay) frontLoop() {
 			}
 			last = c
 		}
-		r.send(c.back.Load(), buf[:n], r.target, c)
+		r.send(c.back.Load(), buf[:n], *r.target.Load(), c)
 	}
 }
 
@@ -213,7 +226,7 @@ func (r *UDPRelay) backLoop(c *relayClient, back *net.UDPConn) {
 			}
 			continue
 		}
-		if r.paused.Load() || netip.AddrPortFrom(from.Addr().Unmap(), from.Port()) != r.target {
+		if r.paused.Load() || netip.AddrPortFrom(from.Addr().Unmap(), from.Port()) != *r.target.Load() {
 			r.dropped.Add(1)
 			continue
 		}
