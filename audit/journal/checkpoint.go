@@ -97,6 +97,8 @@ func OpenCheckpoint(signed string, v note.Verifier) (Checkpoint, error) {
 		return Checkpoint{}, fmt.Errorf("%w: %v", ErrSignature, err)
 	case err != nil: // not a signed note at all (found by FuzzCheckpoint)
 		return Checkpoint{}, fmt.Errorf("%w: checkpoint: %v", ErrMalformed, err)
+	case !canonicalSignatures(signed):
+		return Checkpoint{}, fmt.Errorf("%w: checkpoint signature is not in canonical base64", ErrMalformed)
 	}
 	lines := strings.Split(n.Text, "\n")
 	if len(lines) < 4 || lines[len(lines)-1] != "" {
@@ -121,4 +123,20 @@ func OpenCheckpoint(signed string, v note.Verifier) (Checkpoint, error) {
 		}
 	}
 	return c, nil
+}
+
+// canonicalSignatures reports whether every signature line of a note that
+// note.Open accepted is in canonical base64. note.Open decodes leniently
+// (non-zero padding bits pass), so without this check one checkpoint has
+// several encodings, and a changed byte in a journal's last checkpoint
+// would still verify (found by FuzzJournalVerify).
+func canonicalSignatures(signed string) bool {
+	i := strings.LastIndex(signed, "\n\n")
+	for _, line := range strings.Split(strings.TrimSuffix(signed[i+2:], "\n"), "\n") {
+		sig := line[strings.LastIndexByte(line, ' ')+1:]
+		if _, err := base64.StdEncoding.Strict().DecodeString(sig); err != nil {
+			return false
+		}
+	}
+	return true
 }
