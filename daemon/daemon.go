@@ -42,7 +42,8 @@ type Daemon struct {
 
 // Run loads the configuration at path and runs the daemon until ctx ends or
 // SIGTERM/SIGINT arrives, then drains and returns nil. SIGHUP reloads the
-// configuration. Logs go to logOut.
+// configuration. Logs go to logOut. Under a service manager each state
+// change is reported to it (sdnotify.go).
 func Run(ctx context.Context, path string, logOut io.Writer) error {
 	started := time.Now()
 	cfg, err := LoadConfig(path)
@@ -50,6 +51,7 @@ func Run(ctx context.Context, path string, logOut io.Writer) error {
 		return err
 	}
 	log := newLogger(cfg, logOut)
+	sd := newNotifier(log)
 	id, err := identity.Load(cfg.IdentityPath)
 	if err != nil {
 		return err
@@ -61,34 +63,49 @@ func Run(ctx context.Context, path string, logOut io.Writer) error {
 	d := &Daemon{log: log, au: au, forwards: map[string]*forwardListener{}}
 	d.cfg.Store(cfg)
 	au.auditor.Emit(audit.ConfigLoaded, configAttrs(cfg)...)
+	// Caught before the listeners open: a SIGHUP sent as soon as the daemon
+	// says it is ready (systemctl reload) must not meet Go's default action,
+	// which ends the process.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
 	admin, err := d.start(cfg, id)
 	if err != nil {
+		sd.setStatus("failed to start: " + err.Error())
 		d.stopped(started, "error", err)
 		return err
 	}
 	d.ready.Store(true)
+	sd.ready(d.runningStatus(""))
 	au.auditor.Emit(audit.DaemonStarted, startedAttrs(cfg, id, d.node.Addr().String())...)
 	log.Info().Str("fingerprint", id.Public().Fingerprint()).
 		Str("listen", d.node.Addr().String()).Int("peers", len(cfg.Tunnel.Peers)).
 		Int("services", len(cfg.Tunnel.Services)).Int("forwards", len(cfg.File.Forwards)).
 		Str("journal", cfg.Audit.Journal.Dir).Msg("dyad running")
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
+	var tick <-chan time.Time // watchdog pings and STATUS= refresh, under a service manager
+	if every := sd.tick(); every > 0 {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		tick = t.C
+	}
+	note := "" // the last reload's outcome, kept in STATUS=
 	for stop := false; !stop; {
 		select {
 		case <-ctx.Done():
 			stop = true
+		case <-tick:
+			sd.alive(d.runningStatus(note))
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
-				d.reload(path)
+				note = d.reloadNotified(sd, path)
 				continue
 			}
 			log.Info().Str("signal", s.String()).Msg("stopping")
 			stop = true
 		}
 	}
+	sd.stopping(fmt.Sprintf("draining: open streams have up to %v to finish", d.cfg.Load().ShutdownTimeout))
 	d.shutdown(admin)
 	d.stopped(started, "signal", nil)
 	return nil
@@ -157,9 +174,9 @@ func (d *Daemon) shutdown(admin *http.Server) {
 }
 
 // reload applies the configuration file again. A configuration that fails
-// to load, or that changes what needs a restart, is rejected and the
-// running one stays.
-func (d *Daemon) reload(path string) {
+// to load, or that changes what needs a restart, is rejected (the error is
+// returned) and the running one stays.
+func (d *Daemon) reload(path string) error {
 	old := d.cfg.Load()
 	cfg, err := LoadConfig(path)
 	if err == nil {
@@ -175,10 +192,11 @@ func (d *Daemon) reload(path string) {
 		}
 		d.au.auditor.Emit(audit.ConfigRejected, attribute.String(audit.KeyConfigPath, path),
 			attribute.String(audit.KeyError, err.Error()), attribute.String(audit.KeyErrorType, errType))
-		return
+		return err
 	}
 	d.cfg.Store(cfg)
 	d.au.auditor.Emit(audit.ConfigReloaded, configAttrs(cfg)...)
+	return nil
 }
 
 // errRestartRequired marks a reload that changes what only a restart can.
