@@ -12,7 +12,7 @@ OUT       := bench/out
 # deploy/otel-collector/builder.yaml and kept in .cache/ between runs.
 OTELCOL   := .cache/otelcol/build/dyad-otelcol
 
-.PHONY: help demo soak collector test test-race test-exhaustive fuzz-smoke fuzz fuzz-long lint bench bench-quick bench-micro bench-deps build clean
+.PHONY: help demo soak collector test test-race test-exhaustive fuzz-smoke fuzz fuzz-long helm-check lint bench bench-quick bench-micro bench-deps build clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ fuzz: ## fuzz each target for FUZZTIME (30s); stops at the first crasher with th
 
 fuzz-long: ## fuzz round-robin for FUZZLONG (8h), FUZZSLICE (10m) a target; resumable, corpus in Go's fuzz cache
 	@GO=$(GO) fuzz/run.sh -long $(FUZZLONG) -slice $(FUZZSLICE)
+
+helm-check: ## Helm chart: strict lint, render with several value sets, strict decode into Kubernetes types, `dyad check` its dyad.yaml
+	cd deploy/helm/check && $(GO) vet ./... && $(GO) test -count 1 ./...
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
