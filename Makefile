@@ -12,7 +12,7 @@ OUT       := bench/out
 # deploy/otel-collector/builder.yaml and kept in .cache/ between runs.
 OTELCOL   := .cache/otelcol/build/dyad-otelcol
 
-.PHONY: help demo soak collector test test-race test-exhaustive fuzz-smoke fuzz fuzz-long helm-check lint bench bench-quick bench-micro bench-deps build clean
+.PHONY: help demo soak collector test test-race test-exhaustive fuzz-smoke fuzz fuzz-long helm-check image release release-check lint bench bench-quick bench-micro bench-deps build clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -53,6 +53,18 @@ fuzz: ## fuzz each target for FUZZTIME (30s); stops at the first crasher with th
 fuzz-long: ## fuzz round-robin for FUZZLONG (8h), FUZZSLICE (10m) a target; resumable, corpus in Go's fuzz cache
 	@GO=$(GO) fuzz/run.sh -long $(FUZZLONG) -slice $(FUZZSLICE)
 
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+image: ## container image dyad:$(VERSION) from deploy/container/Dockerfile (needs Docker with BuildKit; none in CI)
+	docker build -f deploy/container/Dockerfile --build-arg VERSION=$(VERSION) \
+		--build-arg SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) -t dyad:$(VERSION) .
+
+release: ## reproducible linux/amd64 and linux/arm64 binaries, SHA256SUMS and CycloneDX SBOMs in dist/
+	GO=$(GO) deploy/release/release.sh
+
+release-check: ## build the release twice with separate caches and compare: binaries, SBOM, SHA256SUMS, stamped version
+	DYAD_RELEASE_CHECK=1 $(GO) test -count 1 -run TestReleaseReproducible -v ./deploy
+
 helm-check: ## Helm chart: strict lint, render with several value sets, strict decode into Kubernetes types, `dyad check` its dyad.yaml
 	cd deploy/helm/check && $(GO) vet ./... && $(GO) test -count 1 ./...
 
@@ -83,4 +95,4 @@ bench-deps: ## install the baselines' packages (stunnel4, iperf3) with apt-get, 
 	else echo "bench-deps: run as root (apt-get); without stunnel4 the report says stunnel was not measured"; fi
 
 clean: ## remove build and benchmark output (the collector cache stays; rm -rf .cache to rebuild it)
-	rm -rf $(OUT) bin
+	rm -rf $(OUT) bin dist
