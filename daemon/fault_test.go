@@ -153,6 +153,26 @@ func (r *faultRig) checkReconnect(t *testing.T, what string, since time.Time, li
 	t.Logf("%s: working again after %v (%d attempts)", what, took.Round(time.Millisecond), attempts)
 }
 
+// awaitRedial waits until A has established a tunnel since it counted
+// established, and returns how long after since that took. It fails the
+// test when A has not within limit (a stale tunnel was not reset by a
+// stateless reset) and stops waiting grace after that.
+func (r *faultRig) awaitRedial(t *testing.T, stale string, established uint64, since time.Time, limit, grace time.Duration) time.Duration {
+	t.Helper()
+	deadline := since.Add(limit + grace)
+	for counter(t, r.a, "tunnels_established") == established && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	took := time.Since(since)
+	if counter(t, r.a, "tunnels_established") == established {
+		t.Fatalf("A still holds its tunnel %s, %v later", stale, took.Round(time.Millisecond))
+	}
+	if took > limit {
+		t.Errorf("A dialed again %v later, want within %v: its tunnel %s was not reset", took.Round(time.Millisecond), limit, stale)
+	}
+	return took
+}
+
 // counter reads one of s's /statusz counters.
 func counter(t *testing.T, s *daemontest.Site, name string) uint64 {
 	t.Helper()
@@ -381,17 +401,7 @@ func TestFaultStaleTunnelEnds(t *testing.T) {
 	}
 	ready := time.Now()
 	limit := keepalive + time.Second // a heartbeat, its stateless reset, the redial
-	deadline := ready.Add(limit + 30*time.Second)
-	for counter(t, r.a, "tunnels_established") == established && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	took := time.Since(ready)
-	if counter(t, r.a, "tunnels_established") == established {
-		t.Fatalf("A still holds its tunnel to the dead B %v after B's restart", took.Round(time.Millisecond))
-	}
-	if took > limit {
-		t.Errorf("A dialed the restarted B %v after it was ready, want within %v (keepalive %v): the stale tunnel was not reset", took.Round(time.Millisecond), limit, keepalive)
-	}
+	took := r.awaitRedial(t, "to the dead B after B's restart", established, ready, limit, 30*time.Second)
 	awaitDone(t, "the download B's kill cut", tr, 5*time.Second)
 	if _, err := cutVerdict(tr.n, tr.sum, tr.err, faultBig, seed); err != nil {
 		t.Fatalf("download cut by B's kill: %v", err)
@@ -619,17 +629,7 @@ func TestFaultScaleOutFailover(t *testing.T) {
 		t.Fatalf("download when the flow moved: %v", err)
 	}
 	limit := keepalive + time.Second
-	deadline := moved.Add(limit + 10*time.Second)
-	for counter(t, r.a, "tunnels_established") == establishedA && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	took := time.Since(moved)
-	if counter(t, r.a, "tunnels_established") == establishedA {
-		t.Fatalf("A still holds its tunnel to the first instance %v after the flow moved", took.Round(time.Millisecond))
-	}
-	if took > limit {
-		t.Errorf("A dialed again %v after the flow moved, want within %v: no stateless reset from the second instance", took.Round(time.Millisecond), limit)
-	}
+	took := r.awaitRedial(t, "to the first instance after the flow moved", establishedA, moved, limit, 10*time.Second)
 	r.checkReconnect(t, "after the flow moved", moved, limit+reconnectWithin)
 	if n := counter(t, b2, "tunnels_established"); n == 0 {
 		t.Errorf("the second instance established no tunnel: traffic did not move to it")
