@@ -68,27 +68,6 @@ func TestCatalogueComplete(t *testing.T) {
 	}
 }
 
-// sample returns valid attributes for every catalogue event.
-func sample(s audit.Spec) []attribute.KeyValue {
-	var kvs []attribute.KeyValue
-	for i, a := range s.Attrs {
-		k := attribute.Key(a.Key)
-		switch a.Type {
-		case audit.String:
-			kvs = append(kvs, k.String("v-"+a.Key))
-		case audit.Int:
-			kvs = append(kvs, k.Int64(int64(1000+i)))
-		case audit.Float:
-			kvs = append(kvs, k.Float64(0.25+float64(i)))
-		case audit.Bool:
-			kvs = append(kvs, k.Bool(true))
-		case audit.StringSlice:
-			kvs = append(kvs, k.StringSlice([]string{"a", a.Key}))
-		}
-	}
-	return kvs
-}
-
 type rig struct {
 	dir  string
 	j    *journal.Journal
@@ -213,7 +192,7 @@ func TestExportEveryField(t *testing.T) {
 			r := newRig(t, recv, audit.ExportOptions{})
 			for _, s := range audit.Catalog {
 				if s.Name != audit.JournalCheckpoint && s.Name != audit.JournalRecovered { // the journal's own
-					r.a.Emit(s.Name, sample(s)...)
+					r.a.Emit(s.Name, audittest.Sample(s, nil)...)
 				}
 			}
 			if err := r.j.Checkpoint(); err != nil {

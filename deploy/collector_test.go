@@ -354,30 +354,15 @@ func (d *siemDyad) entries(t *testing.T) []journal.Entry {
 // siemSample returns valid attributes for an event, with the values a
 // real one would carry for the keys the tests look at.
 func siemSample(s audit.Spec) []attribute.KeyValue {
-	var kvs []attribute.KeyValue
-	for i, a := range s.Attrs {
-		k := attribute.Key(a.Key)
-		switch a.Type {
-		case audit.String:
-			v := "v-" + a.Key
-			switch a.Key {
-			case audit.KeyPeer:
-				v = "bank-b"
-			case audit.KeyReason:
-				v = "reason-of-" + s.Name
-			}
-			kvs = append(kvs, k.String(v))
-		case audit.Int:
-			kvs = append(kvs, k.Int64(int64(1000+i)))
-		case audit.Float:
-			kvs = append(kvs, k.Float64(0.25+float64(i)))
-		case audit.Bool:
-			kvs = append(kvs, k.Bool(true))
-		case audit.StringSlice:
-			kvs = append(kvs, k.StringSlice([]string{"a", a.Key}))
+	return audittest.Sample(s, func(key string) string {
+		switch key {
+		case audit.KeyPeer:
+			return "bank-b"
+		case audit.KeyReason:
+			return "reason-of-" + s.Name
 		}
-	}
-	return kvs
+		return ""
+	})
 }
 
 // siemRoute is where splunk-hec.yaml and elasticsearch.yaml send an event:
