@@ -66,7 +66,7 @@ func (n *Node) pump(local *net.TCPConn, s *quic.Stream, r *codec.Reader, w *code
 				err = s.Close()
 			}
 		}
-		if err != nil {
+		if err != nil && !(answer != nil && refusedByPeer(err)) {
 			abort(err, codeLocalReset)
 		}
 	}()
@@ -108,6 +108,14 @@ func (n *Node) pump(local *net.TCPConn, s *quic.Stream, r *codec.Reader, w *code
 	local.Close()
 	res.err = abortErr
 	return res
+}
+
+// refusedByPeer reports the exporter's stop of a refused stream. It sends
+// its typed answer before the stop, so the importer leaves the abort to the
+// direction that reads that answer instead of racing it with a bare reset.
+func refusedByPeer(err error) bool {
+	var se *quic.StreamError
+	return errors.As(err, &se) && se.Remote && se.ErrorCode == codeStreamRefused
 }
 
 // expectFIN reads the stream's end after the close record: anything but

@@ -68,18 +68,25 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 			status = StatusUpstreamDown
 		}
 	}
-	if _, err := w.Write(AppendResponse(nil, status)); err != nil || status != StatusAccepted {
+	// A refusal is counted and audited before the answer goes out, so a peer
+	// that has read it can rely on the count (TestServiceNotAllowed).
+	if status != StatusAccepted {
 		n.Stats.countRefusedStream(status)
 		switch status {
 		case StatusNotAllowed, StatusUnknownService:
 			n.auditPolicyDenied(peer, service, id, status.String())
 		case StatusRateLimited, StatusTooManyStreams:
 			n.auditLimited(peer, service, scope, limit)
-		case StatusAccepted: // the answer could not be written: the stream is gone
-			n.auditStreamFailed(peer, service, inbound, "open_failed", err)
 		default:
 			n.auditStreamFailed(peer, service, inbound, status.String(), dialErr)
 		}
+	}
+	_, err = w.Write(AppendResponse(nil, status))
+	if err != nil && status == StatusAccepted { // the answer could not be written: the stream is gone
+		n.Stats.countRefusedStream(status)
+		n.auditStreamFailed(peer, service, inbound, "open_failed", err)
+	}
+	if err != nil || status != StatusAccepted {
 		w.Close()
 		s.Close()
 		r.Release()
