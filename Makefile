@@ -84,7 +84,7 @@ helm-check: ## Helm chart: strict lint, render with several value sets, strict d
 	cd deploy/helm/check && $(GO) vet ./... && $(GO) test -count 1 ./...
 
 lint: ## gofmt and go vet
-	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	@out=$$(find . -name '*.go' -not -path './.cache/*' -exec gofmt -l {} +); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
 bench: build bench-micro ## full benchmark (under 10 min): dyad vs direct, quic-relay and stunnel; bench/out/
@@ -97,8 +97,8 @@ bench-micro: ## package micro-benchmarks (benchstat format) and the codec vs raw
 	@mkdir -p $(OUT)
 	$(GO) test ./codec -run '^$$' -bench 'Record|Stream' -benchmem -count $(BENCHCOUNT) | tee $(OUT)/micro.txt
 	@echo; $(GO) run ./bench/codecratio < $(OUT)/micro.txt | tee $(OUT)/codec-ratio.txt
-	@echo; echo "dark listener: bulk throughput with it on vs off, and its cost per datagram:"
-	$(GO) test ./tunnel -run '^$$' -bench 'ForwardBulk|DarkInbound' -benchmem -count $(BENCHCOUNT) | tee $(OUT)/dark.txt
+	@echo; echo "dark listener: bulk throughput with it on vs off, and its cost per datagram passed and dropped:"
+	$(GO) test ./tunnel -run '^$$' -bench 'ForwardBulk|DarkInbound|DarkDrop' -benchmem -count $(BENCHCOUNT) | tee $(OUT)/dark.txt
 	@med() { grep "ForwardBulk/$$1" $(OUT)/dark.txt | awk '{print $$5}' | sort -n | awk '{v[NR]=$$1} END{print v[int((NR+1)/2)]}'; }; \
 	on=$$(med dark=on); off=$$(med dark=off); \
 	awk -v on=$$on -v off=$$off 'BEGIN{printf "dark listener on / off, median bulk MB/s: %s / %s = %.3fx\n", on, off, on/off}' | tee -a $(OUT)/dark.txt

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +36,7 @@ type Metrics struct {
 	limits          metric.Int64Counter
 	recordsRejected metric.Int64Counter
 	packetsDropped  metric.Int64Counter
+	dropReasons     sync.Map // reason → []metric.AddOption
 	events          metric.Int64Counter
 	suppressed      metric.Int64Counter
 	journalErrors   metric.Int64Counter
@@ -221,7 +223,16 @@ func (m *Metrics) PacketsDropped(reason string, n int64) {
 	if m == nil {
 		return
 	}
-	m.packetsDropped.Add(bg, n, opt(attribute.String("reason", reason)))
+	o, ok := m.dropReasons.Load(reason)
+	if !ok {
+		// Reasons are a fixed set (quic-go's triggers and the dark
+		// listener's), so the cache stays small; it keeps a flood of drops
+		// from building an attribute set per packet.
+		// The option is kept in its slice: Add's variadic argument
+		// would otherwise be allocated on each call.
+		o, _ = m.dropReasons.LoadOrStore(reason, []metric.AddOption{opt(attribute.String("reason", reason))})
+	}
+	m.packetsDropped.Add(bg, n, o.([]metric.AddOption)...)
 }
 
 func (m *Metrics) countEvent(name string) {

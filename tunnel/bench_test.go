@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"net/netip"
 	"testing"
 	"time"
 
@@ -155,7 +154,7 @@ func BenchmarkConnAudit(b *testing.B) {
 // an established connection: one AES block when the connection ID changes,
 // a compare when it repeats.
 func BenchmarkDarkInbound(b *testing.B) {
-	f := &darkFilter{own: newDarkKey(newIdentity(b).Public()), drop: func(string) {}, peers: map[netip.AddrPort]*darkKey{}}
+	f := newDarkFilter(newDarkKey(newIdentity(b).Public()), func(string) {})
 	f.dark.Store(true)
 	var ids [2][]byte
 	for i := range ids {
@@ -182,5 +181,45 @@ func BenchmarkDarkInbound(b *testing.B) {
 				i++
 			}
 		})
+	}
+}
+
+// BenchmarkDarkDrop is the dark listener's cost per datagram it drops under
+// a flood, with the real drop counter and metrics: a short-header datagram
+// with an ID we never issued, a first flight without a MAC, and the worst
+// case, a forged first flight whose timestamp is current (the MAC is
+// computed before it fails).
+func BenchmarkDarkDrop(b *testing.B) {
+	m, err := audit.NewMetrics(audit.MetricsOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := &Node{metrics: m}
+	n.drops = &dropCounter{n: n}
+	f := newDarkFilter(newDarkKey(newIdentity(b).Public()), n.drops.add)
+	f.dark.Store(true)
+	now := time.Now()
+	short := make([]byte, 1200)
+	short[0] = 0x40
+	noMAC := make([]byte, initialPacket)
+	noMAC[0] = 0xc0
+	forged := f.own.seal(noMAC, now)
+	forged[len(forged)-1] ^= 1
+	for _, c := range []struct {
+		name string
+		pkt  []byte
+	}{{"unknown-id", short}, {"no-mac", noMAC}, {"forged-mac", forged}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(c.pkt)))
+			for b.Loop() {
+				if _, ok := f.inbound(c.pkt, nil, now); ok {
+					b.Fatal("passed")
+				}
+			}
+		})
+	}
+	if n.Stats.PacketsDropped.Load() == 0 {
+		b.Fatal("no drop counted")
 	}
 }

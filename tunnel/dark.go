@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
+	"hash"
 	"net"
 	"net/netip"
 	"sync"
@@ -93,13 +94,17 @@ func (k *darkKey) validCIDWith(cid []byte, tag *[aes.BlockSize]byte) bool {
 	return hmac.Equal(tag[:cidTagSize], cid[cidNonceSize:])
 }
 
-// firstFlightTag computes the MAC of a datagram body and its timestamp.
-func (k *darkKey) firstFlightTag(body, ts []byte, out []byte) []byte {
-	m := hmac.New(sha256.New, k.mac)
+// firstFlightTag computes the MAC of a datagram body and its timestamp
+// with m, an HMAC under k.mac that it resets, into out.
+func firstFlightTag(m hash.Hash, body, ts []byte, out *[sha256.Size]byte) []byte {
+	m.Reset()
 	m.Write(body)
 	m.Write(ts)
 	return m.Sum(out[:0])[:darkTagSize]
 }
+
+// newMAC returns an HMAC for first flights sent to k.
+func (k *darkKey) newMAC() hash.Hash { return hmac.New(sha256.New, k.mac) }
 
 // seal appends the timestamp and MAC to a first-flight datagram.
 func (k *darkKey) seal(b []byte, now time.Time) []byte {
@@ -107,11 +112,17 @@ func (k *darkKey) seal(b []byte, now time.Time) []byte {
 	copy(out, b)
 	out = binary.BigEndian.AppendUint32(out, uint32(now.Unix()))
 	var sum [sha256.Size]byte
-	return append(out, k.firstFlightTag(out[:len(b)], out[len(b):], sum[:])...)
+	return append(out, firstFlightTag(k.newMAC(), out[:len(b)], out[len(b):], &sum)...)
 }
 
 // open checks a tagged datagram and returns its body.
 func (k *darkKey) open(b []byte, now time.Time) ([]byte, bool) {
+	return openFirstFlight(k.newMAC(), new([sha256.Size]byte), b, now)
+}
+
+// openFirstFlight is open with the MAC m of the receiving key and scratch
+// sum supplied, so the read loop reuses its own.
+func openFirstFlight(m hash.Hash, sum *[sha256.Size]byte, b []byte, now time.Time) ([]byte, bool) {
 	if len(b) < darkTrailer+1 {
 		return nil, false
 	}
@@ -122,8 +133,7 @@ func (k *darkKey) open(b []byte, now time.Time) ([]byte, bool) {
 	if d := now.Sub(sent); d > darkMaxSkew || d < -darkMaxSkew {
 		return nil, false
 	}
-	var sum [sha256.Size]byte
-	if !hmac.Equal(k.firstFlightTag(body, ts, sum[:]), tag) {
+	if !hmac.Equal(firstFlightTag(m, body, ts, sum), tag) {
 		return nil, false
 	}
 	return body, true
@@ -156,9 +166,19 @@ type darkFilter struct {
 	peers   map[netip.AddrPort]*darkKey
 	remotes map[netip.AddrPort]int // remote addresses of live tunnels, counted
 
-	lastCID  [cidLen]byte // last connection ID that checked out (read loop only)
+	// Read loop only: the last connection ID that checked out, and the
+	// reused MAC and scratch that keep a flood of drops from allocating.
+	lastCID  [cidLen]byte
 	haveLast bool
-	scratch  [aes.BlockSize]byte // read loop only
+	scratch  [aes.BlockSize]byte
+	mac      hash.Hash // HMAC under own.mac
+	sum      [sha256.Size]byte
+}
+
+// newDarkFilter returns a filter for the node whose key is own, reporting
+// drops to drop; it starts open (dark false).
+func newDarkFilter(own *darkKey, drop func(reason string)) *darkFilter {
+	return &darkFilter{own: own, drop: drop, peers: map[netip.AddrPort]*darkKey{}, mac: own.newMAC()}
 }
 
 // Drop reasons, as packets_dropped events and metrics name them.
@@ -276,7 +296,7 @@ func (f *darkFilter) inbound(b []byte, from net.Addr, now time.Time) (int, bool)
 	if dcid, ok := longDCID(b); ok && len(dcid) == cidLen && f.ownCID(dcid) {
 		return len(b), true // a handshake we take part in already
 	}
-	if body, ok := f.own.open(b, now); ok {
+	if body, ok := openFirstFlight(f.mac, &f.sum, b, now); ok {
 		return len(body), true
 	}
 	if !f.dark.Load() {
@@ -446,7 +466,7 @@ func withoutGSO(oob []byte) []byte {
 // flight's MAC stripped), or false when it drops b. For tools and fuzzing;
 // the node keeps its keys instead of deriving them per call.
 func CheckDatagram(listener identity.PublicKey, b []byte, from net.Addr, now time.Time) (int, bool) {
-	f := &darkFilter{own: newDarkKey(listener), drop: func(string) {}, peers: map[netip.AddrPort]*darkKey{}}
+	f := newDarkFilter(newDarkKey(listener), func(string) {})
 	f.dark.Store(true)
 	return f.inbound(b, from, now)
 }

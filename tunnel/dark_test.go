@@ -10,7 +10,6 @@ import (
 	"encoding/binary"
 	"math/big"
 	"net"
-	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -151,7 +150,7 @@ func TestDarkGSOFirstFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &darkFilter{own: newDarkKey(newIdentity(t).Public()), drop: func(string) {}, peers: map[netip.AddrPort]*darkKey{}}
+	f := newDarkFilter(newDarkKey(newIdentity(t).Public()), func(string) {})
 	f.expect(rx.LocalAddr().(*net.UDPAddr), idPeer.Public())
 	c := newDarkConn(tx, f)
 	defer c.Close()

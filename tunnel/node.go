@@ -107,7 +107,7 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 	snap := newSnapshot(cfg)
 	n.cfg.Store(snap)
 	n.gates.apply(snap.cfg)
-	n.dark = &darkFilter{own: newDarkKey(id.Public()), drop: n.drops.add, peers: map[netip.AddrPort]*darkKey{}}
+	n.dark = newDarkFilter(newDarkKey(id.Public()), n.drops.add)
 	n.dark.dark.Store(!snap.cfg.DisableDark)
 	conn := pc
 	if u, ok := pc.(*net.UDPConn); ok {
