@@ -40,6 +40,18 @@ func Keygen(dir string, out io.Writer) error {
 	return nil
 }
 
+// InstallKey installs the key file at from, delivered readable by a group
+// (a Kubernetes Secret volume, a systemd credential), as the owner-only
+// file to that dyad loads, and prints where it went and its fingerprint.
+func InstallKey(from, to string, out io.Writer) error {
+	id, err := identity.Install(from, to)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "installed %s as %s (mode 0600), fingerprint %s\n", from, to, id.Public().Fingerprint())
+	return nil
+}
+
 // Check validates the configuration and its key file, and summarises it.
 func Check(path string, out io.Writer) error {
 	cfg, err := LoadConfig(path)

@@ -18,6 +18,9 @@ paired, sealed QUIC tunnel.
 
 Usage:
   dyad keygen --out DIR      make this site's identity (DIR/identity.key, 0600)
+  dyad install-key --from FILE --to FILE
+                             copy a group-readable key (Kubernetes Secret, systemd
+                             credential) to the owner-only file dyad reads
   dyad check --config FILE   validate a configuration and its key file
   dyad run --config FILE     run the daemon (SIGHUP reloads, SIGTERM drains)
   dyad audit verify --config FILE
@@ -47,6 +50,15 @@ func main() {
 			usageError(fs, "--out is required")
 		}
 		err = daemon.Keygen(*out, os.Stdout)
+	case "install-key":
+		fs := newFlags("install-key", "copy an identity key delivered readable by a group to an owner-only (0600) file, checking that it parses")
+		from := fs.String("from", "", "the delivered key file, e.g. a Secret volume's (required)")
+		to := fs.String("to", "", "the file to write, the configuration's identity (required)")
+		fs.Parse(args)
+		if *from == "" || *to == "" {
+			usageError(fs, "--from and --to are required")
+		}
+		err = daemon.InstallKey(*from, *to, os.Stdout)
 	case "check":
 		fs := newFlags("check", "validate a configuration file and its key file")
 		cfg := fs.String("config", "", "configuration file (required)")

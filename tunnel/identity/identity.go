@@ -158,7 +158,7 @@ func Load(path string) (*Identity, error) {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
 	if mode := fi.Mode().Perm(); mode&0o077 != 0 {
-		return nil, fmt.Errorf("identity: key file %s has mode %04o, readable beyond its owner; run: chmod 600 %s", path, mode, path)
+		return nil, fmt.Errorf("identity: key file %s has mode %04o, readable beyond its owner; run: chmod 600 %s (or, where the file cannot be changed, copy it with dyad install-key)", path, mode, path)
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {

@@ -105,7 +105,7 @@ var collectorPEM = sync.OnceValue(func() map[string][]byte {
 // it. Every path in it must lie in one of the container's mounts, and moves
 // under a scratch root. The key made by `dyad keygen` is put in the Secret
 // volume as kubelet does with fsGroup (0440), and the rendered installer
-// command, run with /bin/sh, copies it to where dyad reads it. The
+// arguments, given to the real dyad, copy it to where dyad reads it. The
 // container's environment is set (values from Secrets get a placeholder).
 func dyadCheck(t *testing.T, m *manifests, text string, cfg *dyadFile) error {
 	t.Helper()
@@ -145,10 +145,10 @@ func dyadCheck(t *testing.T, m *manifests, text string, cfg *dyadFile) error {
 		t.Fatal(err)
 	}
 	in := &spec.InitContainers[0]
-	if len(in.Command) != 5 || in.Command[0] != "sh" || in.Command[1] != "-c" {
-		t.Fatalf("installer command %q is not sh -c SCRIPT SRC DST", in.Command)
+	if len(in.Args) != 5 || in.Args[0] != "install-key" || in.Args[1] != "--from" || in.Args[3] != "--to" {
+		t.Fatalf("installer args %q are not install-key --from SRC --to DST", in.Args)
 	}
-	src, dst := inMount(in, in.Command[3]), inMount(in, in.Command[4])
+	src, dst := inMount(in, in.Args[2]), inMount(in, in.Args[4])
 	write(src, key, 0o440)
 	if err := os.Chmod(src, 0o440); err != nil { // whatever the umask
 		t.Fatal(err)
@@ -156,7 +156,7 @@ func dyadCheck(t *testing.T, m *manifests, text string, cfg *dyadFile) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o777); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("sh", "-c", in.Command[2], src, dst).CombinedOutput(); err != nil {
+	if out, err := exec.Command(tl.dyad, "install-key", "--from", src, "--to", dst).CombinedOutput(); err != nil {
 		t.Fatalf("installer: %v\n%s", err, out)
 	}
 	if fi, err := os.Stat(mounted(cfg.Identity)); err != nil {

@@ -95,9 +95,6 @@ func checkSecurity(t *testing.T, v *chartValues, m *manifests) {
 	}
 }
 
-// installScript is the key installer's script; dyadCheck runs it.
-const installScript = `umask 077 && cat "$0" > "$1"`
-
 // checkIdentity follows the key from the Secret through the installer to
 // the path in dyad.yaml: owner-only at every step.
 func checkIdentity(t *testing.T, v *chartValues, m *manifests, cfg *dyadFile) {
@@ -137,8 +134,11 @@ func checkIdentity(t *testing.T, v *chartValues, m *manifests, cfg *dyadFile) {
 	in := &spec.InitContainers[0]
 	src := mountPath(t, in, "identity-secret") + "/" + v.Identity.SecretKey
 	dst := cfg.Identity
-	if want := []string{"sh", "-c", installScript, src, dst}; !slices.Equal(in.Command, want) {
-		t.Errorf("installer command %q, want %q", in.Command, want)
+	if want := []string{"install-key", "--from", src, "--to", dst}; len(in.Command) != 0 || !slices.Equal(in.Args, want) {
+		t.Errorf("installer command %q args %q, want dyad's entrypoint with %q", in.Command, in.Args, want)
+	}
+	if in.Image != c.Image || in.ImagePullPolicy != c.ImagePullPolicy {
+		t.Errorf("installer image %s (%s), want dyad's %s (%s)", in.Image, in.ImagePullPolicy, c.Image, c.ImagePullPolicy)
 	}
 	dir := mountPath(t, c, "identity")
 	if mountPath(t, in, "identity") != dir || !strings.HasPrefix(dst, dir+"/") {
