@@ -226,10 +226,10 @@ func (m *Metrics) PacketsDropped(reason string, n int64) {
 	o, ok := m.dropReasons.Load(reason)
 	if !ok {
 		// Reasons are a fixed set (quic-go's triggers and the dark
-		// listener's), so the cache stays small; it keeps a flood of drops
-		// from building an attribute set per packet.
-		// The option is kept in its slice: Add's variadic argument
-		// would otherwise be allocated on each call.
+		// listener's), so the cache stays small. It keeps a flood of drops
+		// from building an attribute set per packet, and holds the option
+		// in its slice because Add's variadic argument would be allocated
+		// on each call.
 		o, _ = m.dropReasons.LoadOrStore(reason, []metric.AddOption{opt(attribute.String("reason", reason))})
 	}
 	m.packetsDropped.Add(bg, n, o.([]metric.AddOption)...)

@@ -115,13 +115,8 @@ func (k *darkKey) seal(b []byte, now time.Time) []byte {
 	return append(out, firstFlightTag(k.newMAC(), out[:len(b)], out[len(b):], &sum)...)
 }
 
-// open checks a tagged datagram and returns its body.
-func (k *darkKey) open(b []byte, now time.Time) ([]byte, bool) {
-	return openFirstFlight(k.newMAC(), new([sha256.Size]byte), b, now)
-}
-
-// openFirstFlight is open with the MAC m of the receiving key and scratch
-// sum supplied, so the read loop reuses its own.
+// openFirstFlight checks a tagged datagram and returns its body. m is the
+// receiving key's HMAC and sum its scratch: the read loop reuses its own.
 func openFirstFlight(m hash.Hash, sum *[sha256.Size]byte, b []byte, now time.Time) ([]byte, bool) {
 	if len(b) < darkTrailer+1 {
 		return nil, false

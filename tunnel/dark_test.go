@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
@@ -177,4 +178,9 @@ func TestDarkGSOFirstFlight(t *testing.T) {
 			t.Fatalf("datagram %d: %d bytes, opens %v", i, n, ok)
 		}
 	}
+}
+
+// open checks a tagged datagram sent to k and returns its body.
+func (k *darkKey) open(b []byte, now time.Time) ([]byte, bool) {
+	return openFirstFlight(k.newMAC(), new([sha256.Size]byte), b, now)
 }
