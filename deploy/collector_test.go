@@ -46,6 +46,7 @@ import (
 	"github.com/dyad-tunnel/dyad/audit"
 	"github.com/dyad-tunnel/dyad/audit/audittest"
 	"github.com/dyad-tunnel/dyad/audit/journal"
+	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
 )
 
 // siemConfigs are the collector configurations every test validates.
@@ -156,7 +157,7 @@ func (c *siemCollector) output() string {
 func siemStart(t *testing.T, bin string, env []string, configs ...string) *siemCollector {
 	t.Helper()
 	c := &siemCollector{bin: bin, configs: configs,
-		grpc: siemFreeAddr(t), http: siemFreeAddr(t), health: siemFreeAddr(t), metrics: siemFreeAddr(t)}
+		grpc: tunneltest.FreeAddr(t), http: tunneltest.FreeAddr(t), health: tunneltest.FreeAddr(t), metrics: tunneltest.FreeAddr(t)}
 	_, port, _ := net.SplitHostPort(c.metrics)
 	c.env = append(append(os.Environ(), env...),
 		"OTLP_GRPC_ENDPOINT="+c.grpc, "OTLP_HTTP_ENDPOINT="+c.http, "HEALTH_CHECK_ENDPOINT="+c.health,
@@ -221,16 +222,6 @@ func (c *siemCollector) stop(sig syscall.Signal) {
 		<-c.done
 	}
 	c.cmd = nil
-}
-
-func siemFreeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // siemDyad is what a dyad daemon runs for audit: a signed journal, the
