@@ -263,7 +263,7 @@ var Catalog = []Spec{
 			{KeyBytesSent, Int, false, "plaintext bytes this side sent on the tunnel's streams"},
 			{KeyBytesReceived, Int, false, "plaintext bytes this side received"},
 			{KeyStreams, Int, false, "streams carried"},
-			{KeyCloseReason, String, false, "why: shutdown, replaced, idle_timeout, peer_closed, stateless_reset, error"},
+			{KeyCloseReason, String, false, "why: shutdown, replaced (a newer connection of the peer took over; this one closed after its last stream or a 30 s grace), peer_removed and key_changed (a reload revoked the key it authenticated with), endpoint_changed, idle_timeout, peer_closed, stateless_reset, error"},
 			aErrorType,
 		},
 		OCSF: tunnelActivity(2, "Close", 1),
@@ -310,7 +310,7 @@ var Catalog = []Spec{
 		Name: StreamFailed, Severity: Warn, RateLimit: true, When: "a forwarded connection could not be carried: no tunnel, upstream unreachable, or the peer refused it",
 		Attrs: []AttrSpec{
 			aPeer, aService, aDirection,
-			{KeyReason, String, false, "no_tunnel, upstream_unreachable, refused_by_peer, open_failed"},
+			{KeyReason, String, false, "no_tunnel, upstream_unreachable, refused_by_peer, open_failed; inbound: connection_replaced (the peer opened a stream on a connection a newer one replaced), key_not_pinned (the connection's key is no longer pinned)"},
 			aErrorType,
 		},
 		OCSF: network(4, "Fail", 2),
@@ -327,8 +327,8 @@ var Catalog = []Spec{
 		When: "a limit refused or slowed work: a peer's or service's stream rate or concurrency (the stream is refused), its bandwidth (the stream is slowed; once per stream), a forward listener's connection cap or source ranges, the handshake rate of a source address, the half-open or total tunnel cap",
 		Attrs: []AttrSpec{
 			{KeyPeer, String, true, "peer, when the limit is a peer's or the work came from one"},
-			{KeyService, String, true, "service the stream asked for"},
-			{KeyLimit, String, false, "streams_per_second, max_streams, bytes_per_second, max_connections, allow_from, handshakes_per_second, max_half_open, max_tunnels"},
+			{KeyService, String, true, "service the stream asked for (absent when a peer limit refused the stream on arrival, before its request was read)"},
+			{KeyLimit, String, false, "streams_per_second, max_streams, bytes_per_second, request_timeout (a stream sent no request in time), max_connections, allow_from, handshakes_per_second, max_half_open, max_tunnels, max_connections_per_peer (a peer key's connection over the cap, refused after its handshake)"},
 			{KeyScope, String, false, "whose limit: peer, service, forward or listener"},
 			{KeyPeerAddress, String, true, "source address (handshake and forward limits)"},
 		},

@@ -2,6 +2,7 @@ package codec
 
 import (
 	"errors"
+	"fmt"
 	"io"
 )
 
@@ -25,8 +26,16 @@ type Reader struct {
 	rerr       error  // transport error seen after the bytes before it
 	plain      []byte // plaintext not yet returned by Read
 	err        error  // first permanent error, or io.EOF after close
+	maxBody    int    // SetMaxRecord's bound on a record body; 0: none beyond the format's
 	small      [PreambleSize]byte
 }
+
+// SetMaxRecord bounds the payload of the records read from now on to n
+// bytes (0 lifts the bound): a larger one fails with ErrOversize once its
+// header is read, before a buffer for its body is taken. A responder sets it
+// while it waits for a stream's first record, so that a stream whose
+// request is not yet authenticated holds no more than a small buffer.
+func (r *Reader) SetMaxRecord(n int) { r.maxBody = n }
 
 // NewReader returns a Reader of the direction dir of stream streamID read
 // from r. The suite comes from the peer's preamble and must be one the
@@ -159,7 +168,7 @@ func (r *Reader) readRecord() (recordType, []byte, error) {
 		if _, err := io.ReadFull(r.r, r.small[:HeaderSize]); err != nil {
 			return 0, nil, truncated(err)
 		}
-		n, err := bodyLen(r.small[:HeaderSize])
+		n, err := r.bodyLen(r.small[:HeaderSize])
 		if err != nil {
 			return 0, nil, err
 		}
@@ -168,7 +177,7 @@ func (r *Reader) readRecord() (recordType, []byte, error) {
 	} else if err := r.fill(HeaderSize); err != nil {
 		return 0, nil, err
 	}
-	n, err := bodyLen((*r.bp)[r.start : r.start+HeaderSize])
+	n, err := r.bodyLen((*r.bp)[r.start : r.start+HeaderSize])
 	if err != nil {
 		return 0, nil, err
 	}
@@ -179,6 +188,15 @@ func (r *Reader) readRecord() (recordType, []byte, error) {
 	rec := (*r.bp)[r.start : r.start+need]
 	r.start += need
 	return r.keys.open(rec)
+}
+
+// bodyLen is the format's bodyLen under the SetMaxRecord bound.
+func (r *Reader) bodyLen(hdr []byte) (int, error) {
+	n, err := bodyLen(hdr)
+	if err == nil && r.maxBody > 0 && n > r.maxBody+TagSize {
+		return 0, fmt.Errorf("%w: body of %d bytes, limit %d here", ErrOversize, n, r.maxBody+TagSize)
+	}
+	return n, err
 }
 
 // fill makes sure at least need bytes are buffered from start on, growing

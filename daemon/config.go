@@ -76,6 +76,9 @@ type TunnelFile struct {
 	HandshakesPerSecond Number `yaml:"handshakes_per_second,omitempty"`
 	MaxHalfOpen         Number `yaml:"max_half_open,omitempty"`
 	MaxTunnels          Number `yaml:"max_tunnels,omitempty"`
+	// MaxConnectionsPerPeer bounds the connections one peer key holds with
+	// this daemon, replaced ones included (default 8).
+	MaxConnectionsPerPeer Number `yaml:"max_connections_per_peer,omitempty"`
 	// Limits are the per-peer defaults (README, "Limits").
 	Limits LimitsFile `yaml:"limits,omitempty"`
 }
@@ -527,6 +530,7 @@ func (v *validator) check(f File) *Config {
 	t.DisableDark = f.Tunnel.Dark != nil && !*f.Tunnel.Dark
 	t.HandshakesPerSecond = float64(f.Tunnel.HandshakesPerSecond)
 	t.MaxHalfOpen, t.MaxTunnels = int(f.Tunnel.MaxHalfOpen), int(f.Tunnel.MaxTunnels)
+	t.MaxConnectionsPerPeer = int(f.Tunnel.MaxConnectionsPerPeer)
 	t.Limits = f.Tunnel.Limits.tunnel()
 	v.checkLimits(f.Tunnel.Limits, "tunnel", "limits")
 	if c.ShutdownTimeout == 0 {

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net"
@@ -51,6 +52,13 @@ type Config struct {
 	// Zero means 64 and 256; negative, unlimited.
 	MaxHalfOpen int
 	MaxTunnels  int
+	// MaxConnectionsPerPeer bounds the connections one peer key holds with
+	// us at once, current and replaced ones together; a connection over it
+	// is refused after its handshake, counted and audited, and never takes
+	// another peer's place. Zero means 8 (room for the scale-out mode of
+	// deploy/README: a few instances sharing one identity, each redialing);
+	// negative, unlimited.
+	MaxConnectionsPerPeer int
 	// DisableDark turns the dark listener off: the QUIC port then answers
 	// every well-formed handshake, including scanners' (codec/FORMAT.md,
 	// "Dark listener").
@@ -101,8 +109,14 @@ func (c Config) withDefaults() Config {
 	if c.MaxTunnels == 0 {
 		c.MaxTunnels = 256
 	}
+	if c.MaxConnectionsPerPeer == 0 {
+		c.MaxConnectionsPerPeer = DefaultMaxConnectionsPerPeer
+	}
 	return c
 }
+
+// DefaultMaxConnectionsPerPeer is Config.MaxConnectionsPerPeer's default.
+const DefaultMaxConnectionsPerPeer = 8
 
 // Limit is one resource limit in effect, as reports list them.
 type Limit struct {
@@ -122,6 +136,8 @@ func (c Config) LimitsInEffect() []Limit {
 		{"handshakes per second", perSecond(c.HandshakesPerSecond), "per source address, before TLS completes", "rate"},
 		{"half-open handshakes", count(c.MaxHalfOpen), "per daemon", "concurrency"},
 		{"tunnels", count(c.MaxTunnels), "accepted at once, per daemon", "concurrency"},
+		{"connections per peer", count(c.MaxConnectionsPerPeer), "accepted at once from one peer key, replaced ones included", "concurrency"},
+		{"stream request deadline", requestTimeout.String(), "per stream, before it counts as refused", "time"},
 		{"dark listener", map[bool]string{false: "on", true: "off"}[c.DisableDark], "handshakes without the listener-key MAC get no answer", "exposure"},
 		{"idle timeout", c.IdleTimeout.String(), "per tunnel", "time"},
 		{"connect timeout", c.ConnectTimeout.String(), "per forwarded connection waiting for a tunnel", "time"},
@@ -246,6 +262,7 @@ func (c Config) Validate() error {
 type snapshot struct {
 	cfg      Config
 	services map[string]*serviceEntry
+	keys     map[string][32]byte // each peer's pinned Ed25519 key, by name
 }
 
 type serviceEntry struct {
@@ -254,7 +271,10 @@ type serviceEntry struct {
 }
 
 func newSnapshot(c Config) *snapshot {
-	s := &snapshot{cfg: c.withDefaults(), services: map[string]*serviceEntry{}}
+	s := &snapshot{cfg: c.withDefaults(), services: map[string]*serviceEntry{}, keys: map[string][32]byte{}}
+	for _, p := range c.Peers {
+		s.keys[p.Name] = p.Key.Sign
+	}
 	for _, svc := range c.Services {
 		e := &serviceEntry{Service: svc, allow: map[string]bool{}}
 		for _, a := range svc.Allow {
@@ -263,6 +283,15 @@ func newSnapshot(c Config) *snapshot {
 		s.services[svc.Name] = e
 	}
 	return s
+}
+
+// pinned reports whether key is the key pinned for peer in this
+// configuration: a connection is admitted, and each of its streams, by the
+// key it authenticated with, never by a name alone (THREATS P1,
+// TestKeyChangeClosesOldKeysConnections).
+func (s *snapshot) pinned(peer string, key [32]byte) bool {
+	want, ok := s.keys[peer]
+	return ok && subtle.ConstantTimeCompare(want[:], key[:]) == 1
 }
 
 // admit decides a peer's request for a service: THREATS P2, tested by

@@ -155,11 +155,13 @@ func (g *gate) limits() Limits {
 
 // Limit names, as refusals and rate_limit.exceeded events report them.
 const (
-	limitStreamRate = "streams_per_second"
-	limitStreams    = "max_streams"
-	limitBandwidth  = "bytes_per_second"
-	limitIdle       = "idle_timeout"
-	limitLifetime   = "max_lifetime"
+	limitStreamRate   = "streams_per_second"
+	limitStreams      = "max_streams"
+	limitBandwidth    = "bytes_per_second"
+	limitIdle         = "idle_timeout"
+	limitLifetime     = "max_lifetime"
+	limitConnsPerPeer = "max_connections_per_peer"
+	limitRequest      = "request_timeout"
 )
 
 // enter takes a slot for a new stream, or says which limit refused it.

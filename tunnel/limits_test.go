@@ -71,7 +71,9 @@ func TestStreamRateLimited(t *testing.T) {
 	if got := b.Stats.Snapshot()["limited."+limitStreamRate]; got != 2 {
 		t.Fatalf("B counted %d rate-limited streams, want 2", got)
 	}
-	event(t, b, audit.RateLimitExceeded, attribute.String(audit.KeyPeer, "a"), attribute.String(audit.KeyService, "echo"),
+	// A peer limit refuses the stream on arrival, before its request names
+	// the service.
+	event(t, b, audit.RateLimitExceeded, attribute.String(audit.KeyPeer, "a"),
 		attribute.String(audit.KeyLimit, limitStreamRate), attribute.String(audit.KeyScope, "peer"))
 }
 

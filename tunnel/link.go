@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -13,6 +14,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/dyad-tunnel/dyad/codec"
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
 
 // Dial back-off: doubled after each failure up to maxBackoff, with ±25%
@@ -22,29 +24,46 @@ const (
 	maxBackoff = 15 * time.Second
 )
 
+// retireGrace bounds how long a replaced connection lives on for the
+// streams it still carries: it takes no new stream, and closes when its last
+// stream ends or this long after it was replaced, whichever comes first
+// (README, "Limits"; TestRetiredConnectionRefusesStreams).
+const retireGrace = 30 * time.Second
+
 // link is this node's relation with one peer: the pairing secret and the
-// current tunnel, if any. A link whose peer has an endpoint runs a dial loop.
+// set of QUIC connections authenticated with the peer's key. The link owns
+// every one of them, so that one place (close) ends them all: a reload that
+// removes the peer or changes its key cuts every connection the old key
+// opened, not only the newest (THREATS P1, TestRevocationClosesEveryConnection).
+//
+// One connection of the set, cur, carries new streams. The others are
+// retired: replaced by a newer connection, they accept no new stream and
+// close after their last stream or retireGrace. A link whose peer has an
+// endpoint runs a dial loop that keeps cur up.
 type link struct {
 	n       *Node
 	peer    Peer
 	pairing []byte
 	kick    chan struct{} // wakes the dial loop at once (buffered, 1)
 	stop    context.CancelFunc
-	ctx     context.Context
+	ctx     context.Context // ends when the link is closed
 
-	mu      sync.Mutex // guards cur and changed
-	cur     *tconn
-	changed chan struct{} // closed and replaced whenever cur changes
+	mu      sync.Mutex          // guards the following fields
+	conns   map[*tconn]struct{} // every connection of the peer not yet ended, cur included
+	cur     *tconn              // the connection new streams go to; nil if none
+	changed chan struct{}       // closed and replaced whenever cur changes
+	closeAs quic.ApplicationErrorCode
 }
 
 // tconn is one established QUIC connection to a peer with its codec keys.
 type tconn struct {
 	qc      *quic.Conn
 	sess    *codec.Session
+	key     [32]byte // the Ed25519 key the peer authenticated with
 	since   time.Time
 	dialed  bool         // we dialed it (rather than accepted it)
 	active  atomic.Int64 // streams in flight
-	retired atomic.Bool  // replaced: close when the last stream ends
+	retired atomic.Bool  // replaced: takes no new stream, closes when the last one ends
 
 	streams       atomic.Int64 // streams carried, both directions
 	bytesSent     atomic.Int64 // plaintext bytes of ended streams, local → tunnel
@@ -64,12 +83,18 @@ func (t *tconn) streamDone() {
 	}
 }
 
-// retire lets the connection's streams finish, then closes it.
+// retire stops new streams on the connection and closes it once its last
+// stream ends, or after retireGrace.
 func (t *tconn) retire() {
-	t.retired.Store(true)
+	if t.retired.Swap(true) {
+		return
+	}
 	if t.active.Load() == 0 {
 		t.qc.CloseWithError(codeReplaced, "replaced")
+		return
 	}
+	// Closing a connection that already ended is a no-op.
+	time.AfterFunc(retireGrace, func() { t.qc.CloseWithError(codeReplaced, "replaced: grace over") })
 }
 
 func (n *Node) newLink(p Peer) (*link, error) {
@@ -77,7 +102,8 @@ func (n *Node) newLink(p Peer) (*link, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &link{n: n, peer: p, pairing: secret, kick: make(chan struct{}, 1), changed: make(chan struct{})}
+	l := &link{n: n, peer: p, pairing: secret, kick: make(chan struct{}, 1), changed: make(chan struct{}),
+		conns: map[*tconn]struct{}{}}
 	l.ctx, l.stop = context.WithCancel(n.ctx)
 	if p.Endpoint != "" {
 		n.loops.Add(1)
@@ -100,10 +126,36 @@ func (l *link) setLocked(tc *tconn) {
 	l.changed = make(chan struct{})
 }
 
-// attach derives the codec keys of a new connection and makes it the
-// peer's current tunnel; a previous one is retired, not cut.
+// connections returns how many connections of the peer are not yet ended.
+func (l *link) connections() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
+}
+
+// errRefused says attach refused the connection itself, having closed,
+// counted and audited it: the caller has nothing left to report.
+var errRefused = errors.New("connection refused")
+
+// attach derives the codec keys of a new connection, adds it to the peer's
+// set and makes it the one new streams go to; a previous one is retired,
+// not cut. An accepted connection beyond the peer's cap is refused
+// (THREATS P5, TestConnectionsPerPeerCapped).
 func (l *link) attach(qc *quic.Conn, dialed bool, handshake time.Duration) error {
 	state := qc.ConnectionState().TLS
+	var key [32]byte
+	if len(state.PeerCertificates) > 0 {
+		if k, err := identity.CertificateKey(state.PeerCertificates[0].Raw); err == nil && len(k) == len(key) {
+			copy(key[:], k)
+		}
+	}
+	// The handshake checked the key already; this guards the seam between
+	// that check and a reload (THREATS P1).
+	if !l.n.cfg.Load().pinned(l.peer.Name, key) {
+		l.n.refuseHandshake(qc.RemoteAddr(), identity.Fingerprint(key[:]), "not_pinned_in_force", directionOf(dialed))
+		qc.CloseWithError(codePeerRemoved, "not paired")
+		return errRefused
+	}
 	secret, err := state.ExportKeyingMaterial(exporterLabel, nil, codec.SecretSize)
 	if err != nil {
 		return fmt.Errorf("tls exporter: %w", err)
@@ -113,18 +165,27 @@ func (l *link) attach(qc *quic.Conn, dialed bool, handshake time.Duration) error
 	if err != nil {
 		return err
 	}
-	tc := &tconn{qc: qc, sess: sess, since: time.Now(), dialed: dialed}
+	tc := &tconn{qc: qc, sess: sess, key: key, since: time.Now(), dialed: dialed}
+	capacity := l.n.cfg.Load().cfg.MaxConnectionsPerPeer
 	l.mu.Lock()
 	if l.ctx.Err() != nil {
+		code := l.closeAs
 		l.mu.Unlock()
-		qc.CloseWithError(codePeerRemoved, "peer removed")
-		return nil
+		qc.CloseWithError(code, "peer removed")
+		return errRefused
+	}
+	if !dialed && capacity > 0 && len(l.conns) >= capacity {
+		l.mu.Unlock()
+		l.n.auditConnectionRefused(l, qc.RemoteAddr(), limitConnsPerPeer)
+		qc.CloseWithError(codeTooManyConnections, limitConnsPerPeer)
+		return errRefused
 	}
 	old := l.cur
 	keepOld := old != nil && old.alive() && l.collide(old, tc)
 	if !keepOld {
 		l.setLocked(tc)
 	}
+	l.conns[tc] = struct{}{}
 	l.mu.Unlock()
 	switch {
 	case keepOld:
@@ -194,12 +255,18 @@ func (l *link) collide(old, cur *tconn) bool {
 	return old.dialed == weArePreferred && cur.dialed != weArePreferred
 }
 
-// serve accepts the peer's streams until the connection ends.
+// serve accepts the peer's streams until the connection ends, then takes
+// the connection out of the link's set and audits its end.
 func (l *link) serve(tc *tconn) {
 	defer l.n.loops.Done()
 	for {
-		s, err := tc.qc.AcceptStream(l.n.ctx)
+		// Accepting on the connection's own context (not the node's): a
+		// stream is admitted only while its connection is in force.
+		s, err := tc.qc.AcceptStream(tc.qc.Context())
 		if err != nil {
+			// The connection is closing; its context, which says why,
+			// may end a moment after the stream map.
+			<-tc.qc.Context().Done()
 			break
 		}
 		l.n.streams.Add(1)
@@ -212,6 +279,7 @@ func (l *link) serve(tc *tconn) {
 	}
 	l.n.dark.tunnelAt(tc.qc.RemoteAddr(), -1)
 	l.mu.Lock()
+	delete(l.conns, tc)
 	if l.cur == tc {
 		l.setLocked(nil)
 	}
@@ -224,13 +292,20 @@ func (l *link) serve(tc *tconn) {
 	l.n.auditTunnelClosed(l, tc)
 }
 
-// close stops the dial loop and closes the current tunnel.
+// close stops the dial loop and closes every connection of the peer with
+// code (THREATS P1, TestRevocationClosesEveryConnection): the current one,
+// retired ones, and any whose handshake completes later (attach refuses it).
+// Their streams are reset with them.
 func (l *link) close(code quic.ApplicationErrorCode) {
-	l.stop()
 	l.mu.Lock()
-	tc := l.cur
+	l.closeAs = code
+	l.stop()
+	conns := make([]*tconn, 0, len(l.conns))
+	for tc := range l.conns {
+		conns = append(conns, tc)
+	}
 	l.mu.Unlock()
-	if tc != nil {
+	for _, tc := range conns {
 		tc.qc.CloseWithError(code, "")
 	}
 }

@@ -32,10 +32,13 @@ import (
 
 // QUIC application error codes, on connections and streams.
 const (
-	codeShutdown    quic.ApplicationErrorCode = 0x10 // daemon stopping
-	codeReplaced    quic.ApplicationErrorCode = 0x11 // a newer connection to the same peer took over
-	codePeerRemoved quic.ApplicationErrorCode = 0x12 // peer no longer configured
-	codeSetupFailed quic.ApplicationErrorCode = 0x13 // codec keys could not be derived
+	codeShutdown           quic.ApplicationErrorCode = 0x10 // daemon stopping
+	codeReplaced           quic.ApplicationErrorCode = 0x11 // a newer connection to the same peer took over
+	codePeerRemoved        quic.ApplicationErrorCode = 0x12 // peer no longer configured
+	codeSetupFailed        quic.ApplicationErrorCode = 0x13 // codec keys could not be derived
+	codeKeyChanged         quic.ApplicationErrorCode = 0x14 // the peer's pinned key changed: the old key's connections end
+	codeTooManyConnections quic.ApplicationErrorCode = 0x15 // over the per-peer connection cap
+	codeEndpointChanged    quic.ApplicationErrorCode = 0x16 // the peer's endpoint changed: redial there
 
 	codeStreamRefused quic.StreamErrorCode = 0x20 // request refused (status sent first)
 	codeLocalReset    quic.StreamErrorCode = 0x21 // the local TCP side reset or failed
@@ -185,7 +188,9 @@ func (n *Node) Update(cfg Config) error {
 	return nil
 }
 
-// reconcile starts links for new or changed peers and stops removed ones.
+// reconcile starts links for new or changed peers and stops removed ones:
+// a removed peer's or an old key's connections, every one of them, close
+// now (THREATS P1, TestRevocationClosesEveryConnection).
 func (n *Node) reconcile(old, cur *snapshot) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -194,10 +199,20 @@ func (n *Node) reconcile(old, cur *snapshot) {
 		want[p.Name] = p
 	}
 	for name, l := range n.links {
-		if p, ok := want[name]; !ok || !p.Key.Equal(l.peer.Key) || p.Endpoint != l.peer.Endpoint {
-			l.close(codePeerRemoved)
-			delete(n.links, name)
+		p, ok := want[name]
+		var code quic.ApplicationErrorCode
+		switch {
+		case !ok:
+			code = codePeerRemoved
+		case !p.Key.Equal(l.peer.Key):
+			code = codeKeyChanged
+		case p.Endpoint != l.peer.Endpoint:
+			code = codeEndpointChanged
+		default:
+			continue
 		}
+		l.close(code)
+		delete(n.links, name)
 	}
 	for name, p := range want {
 		if _, ok := n.links[name]; ok {
@@ -253,7 +268,9 @@ func (n *Node) adopt(qc *quic.Conn) {
 		return
 	}
 	start, _ := qc.Context().Value(handshakeStart{}).(time.Time)
-	if err := l.attach(qc, false, time.Since(start)); err != nil {
+	if err := l.attach(qc, false, time.Since(start)); errors.Is(err, errRefused) {
+		return
+	} else if err != nil {
 		n.log.Error().Err(err).Str("peer", p.Name).Msg("tunnel setup failed")
 		qc.CloseWithError(codeSetupFailed, "setup failed")
 		return
@@ -304,6 +321,9 @@ type PeerStatus struct {
 	Connected   bool   `json:"connected"`
 	Remote      string `json:"remote,omitempty"`
 	Since       string `json:"since,omitempty"`
+	// Connections counts the peer's connections not yet ended: the
+	// current one and replaced ones still finishing their streams.
+	Connections int `json:"connections"`
 }
 
 // Status reports each peer's tunnel.
@@ -312,7 +332,7 @@ func (n *Node) Status() []PeerStatus {
 	defer n.mu.Unlock()
 	var out []PeerStatus
 	for _, l := range n.links {
-		ps := PeerStatus{Name: l.peer.Name, Fingerprint: l.peer.Key.Fingerprint()}
+		ps := PeerStatus{Name: l.peer.Name, Fingerprint: l.peer.Key.Fingerprint(), Connections: l.connections()}
 		if tc, _ := l.get(); tc != nil && tc.alive() {
 			ps.Connected, ps.Remote, ps.Since = true, tc.qc.RemoteAddr().String(), tc.since.UTC().Format(time.RFC3339)
 		}

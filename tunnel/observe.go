@@ -109,6 +109,12 @@ func connCloseReason(qc *quic.Conn) (reason, errType string) {
 			return "replaced", ""
 		case codePeerRemoved:
 			return "peer_removed", ""
+		case codeKeyChanged:
+			return "key_changed", ""
+		case codeEndpointChanged:
+			return "endpoint_changed", ""
+		case codeTooManyConnections:
+			return limitConnsPerPeer, ""
 		}
 		return "error", "application_error"
 	case errors.As(err, &idle):
@@ -349,6 +355,24 @@ func (n *Node) auditLimited(peer, service, scope, limit string) {
 		attrs = append(attrs, attribute.String(audit.KeyService, service))
 	}
 	n.audit.Emit(audit.RateLimitExceeded, attrs...)
+}
+
+// auditConnectionRefused records a peer's connection refused after its
+// handshake by a per-peer limit.
+func (n *Node) auditConnectionRefused(l *link, remote net.Addr, limit string) {
+	n.Stats.countLimited(limit)
+	n.metrics.LimitExceeded(l.peer.Name, limit, "peer")
+	ip, _ := addrPort(remote)
+	n.audit.Emit(audit.RateLimitExceeded, attribute.String(audit.KeyPeer, l.peer.Name), attribute.String(audit.KeyLimit, limit),
+		attribute.String(audit.KeyScope, "peer"), attribute.String(audit.KeyPeerAddress, ip))
+}
+
+// directionOf names a connection's direction as refusal events do.
+func directionOf(dialed bool) string {
+	if dialed {
+		return outbound
+	}
+	return inbound
 }
 
 // auditListenerLimited records a handshake refused by a listener limit.

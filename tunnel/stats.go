@@ -24,6 +24,7 @@ type Stats struct {
 }
 
 func (s *Stats) countRefusedStream(st Status)      { s.add(&s.streamsRefused, st.String()) }
+func (s *Stats) countRefused(reason string)        { s.add(&s.streamsRefused, reason) }
 func (s *Stats) countRejectedRecord(reason string) { s.add(&s.recordsRejected, reason) }
 func (s *Stats) countLimited(limit string)         { s.add(&s.limited, limit) }
 

@@ -14,34 +14,73 @@ import (
 	"github.com/dyad-tunnel/dyad/codec"
 )
 
-// requestTimeout bounds how long a new stream may take to send its request.
-const requestTimeout = 10 * time.Second
+// requestTimeout bounds how long a new stream may take to send its
+// request: the importing side sends it with the stream's first bytes, so
+// this only has to cover loss and a slow path. Until then the stream holds
+// its place in the peer's limits and at most a small buffer
+// (maxRequestPayload).
+const requestTimeout = 3 * time.Second
 
-// serveStream answers a peer's stream: read the sealed request, admit it
-// against the allow list, dial only the configured upstream, answer, pump.
+// maxRequestPayload bounds a stream's first record, its request (3 + 64
+// bytes at most today), with room for growth: a header announcing more
+// fails before any buffer for its body is taken (THREATS P5,
+// TestRequestlessStreamsBounded).
+const maxRequestPayload = 512
+
+// serveStream answers a peer's stream: admit it against the peer's limits
+// the moment it exists, read the sealed request, admit it against the allow
+// list and the service's limits, dial only the configured upstream, answer,
+// pump.
 func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	id := uint64(s.StreamID())
 	peer := l.peer.Name
-	r := tc.sess.NewReader(s, id, codec.FromInitiator)
-	w := tc.sess.NewWriter(s, id, codec.FromResponder)
-
-	s.SetReadDeadline(time.Now().Add(requestTimeout))
-	req, err := r.Next()
-	s.SetReadDeadline(time.Time{})
-	if err != nil {
-		n.rejectStream(s, r, err, peer, id)
+	// A stream is admitted by the key its connection authenticated with,
+	// under the configuration in force (THREATS P1,
+	// TestKeyChangeClosesOldKeysConnections), and never on a replaced
+	// connection (TestRetiredConnectionRefusesStreams).
+	if reason := n.connectionInForce(l, tc); reason != "" {
+		n.Stats.countRefused(reason)
+		n.auditStreamFailed(peer, "", inbound, reason, nil)
+		s.CancelRead(codeStreamRefused)
+		s.CancelWrite(codeStreamRefused)
 		return
 	}
-	service, err := ParseRequest(req)
-	status, upstream := StatusBadRequest, ""
-	pg, sg := n.gates.peer(peer), n.gates.service(service)
+	w := tc.sess.NewWriter(s, id, codec.FromResponder)
+	pg := n.gates.peer(peer)
 	var held []*gate // slots taken: released when the stream ends
 	defer func() {
 		for _, g := range held {
 			g.leave()
 		}
 	}()
-	var limit, scope string
+	// THREATS P5, tested by TestRequestlessStreamsBounded, TestStreamRateLimited
+	// and TestMaxStreams: the peer's limits count the stream before its
+	// request is read.
+	if n.draining.Load() {
+		n.refuseStream(s, w, nil, peer, "", StatusShuttingDown, "", "", nil)
+		return
+	}
+	held, limit, scope := enterGates(pg, nil)
+	if limit != "" {
+		n.refuseStream(s, w, nil, peer, "", limitStatus(limit), limit, scope, nil)
+		return
+	}
+	r := tc.sess.NewReader(s, id, codec.FromInitiator)
+	r.SetMaxRecord(maxRequestPayload)
+	s.SetReadDeadline(time.Now().Add(requestTimeout))
+	req, err := r.Next()
+	s.SetReadDeadline(time.Time{})
+	r.SetMaxRecord(0)
+	if err != nil {
+		if codec.Reason(err) == "" && errorType(err) == "timeout" {
+			n.auditLimited(peer, "", "peer", limitRequest)
+		}
+		n.rejectStream(s, r, err, peer, id)
+		return
+	}
+	service, err := ParseRequest(req)
+	status, upstream := StatusBadRequest, ""
+	sg := n.gates.service(service)
 	switch {
 	case err != nil:
 	case n.draining.Load():
@@ -49,14 +88,11 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	default:
 		status, upstream = n.cfg.Load().admit(peer, service)
 		if status == StatusAccepted {
-			// THREATS P5, tested by TestStreamRateLimited and TestMaxStreams.
-			held, limit, scope = enterGates(pg, sg)
-			switch limit {
-			case "":
-			case limitStreams:
-				status = StatusTooManyStreams
-			default:
-				status = StatusRateLimited
+			var more []*gate
+			more, limit, scope = enterGates(nil, sg)
+			held = append(held, more...)
+			if limit != "" {
+				status = limitStatus(limit)
 			}
 		}
 	}
@@ -68,32 +104,19 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 			status = StatusUpstreamDown
 		}
 	}
-	// A refusal is counted and audited before the answer goes out, so a peer
-	// that has read it can rely on the count (TestServiceNotAllowed).
 	if status != StatusAccepted {
-		n.Stats.countRefusedStream(status)
-		switch status {
-		case StatusNotAllowed, StatusUnknownService:
-			n.auditPolicyDenied(peer, service, id, status.String())
-		case StatusRateLimited, StatusTooManyStreams:
-			n.auditLimited(peer, service, scope, limit)
-		default:
-			n.auditStreamFailed(peer, service, inbound, status.String(), dialErr)
-		}
+		n.refuseStream(s, w, r, peer, service, status, limit, scope, dialErr)
+		return
 	}
 	_, err = w.Write(AppendResponse(nil, status))
-	if err != nil && status == StatusAccepted { // the answer could not be written: the stream is gone
+	if err != nil { // the answer could not be written: the stream is gone
 		n.Stats.countRefusedStream(status)
 		n.auditStreamFailed(peer, service, inbound, "open_failed", err)
-	}
-	if err != nil || status != StatusAccepted {
 		w.Close()
 		s.Close()
 		r.Release()
 		s.CancelRead(codeStreamRefused)
-		if up != nil {
-			up.Close()
-		}
+		up.Close()
 		return
 	}
 	n.Stats.StreamsAccepted.Add(1)
@@ -104,6 +127,53 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 		n.auditRecordRejected(peer, service, id, reason)
 	}
 	n.auditStreamClosed(tc, peer, service, inbound, id, res, start)
+}
+
+// connectionInForce says why tc may take no new stream ("" if it may): it
+// was replaced by a newer connection, or its key is no longer the one
+// pinned for its peer (the reload that changed it closes it too).
+func (n *Node) connectionInForce(l *link, tc *tconn) string {
+	switch {
+	case !n.cfg.Load().pinned(l.peer.Name, tc.key):
+		tc.qc.CloseWithError(codeKeyChanged, "key no longer pinned")
+		return "key_not_pinned"
+	case tc.retired.Load():
+		return "connection_replaced"
+	}
+	return ""
+}
+
+// limitStatus is the answer to a stream refused by limit.
+func limitStatus(limit string) Status {
+	if limit == limitStreams {
+		return StatusTooManyStreams
+	}
+	return StatusRateLimited
+}
+
+// refuseStream answers a refused stream with its typed status and ends it.
+// The refusal is counted and audited before the answer goes out, so a peer
+// that has read it can rely on the count (TestServiceNotAllowed). r is nil
+// when the request was not read (refused by the peer's limits on arrival).
+func (n *Node) refuseStream(s *quic.Stream, w *codec.Writer, r *codec.Reader, peer, service string, status Status, limit, scope string, dialErr error) {
+	n.Stats.countRefusedStream(status)
+	switch status {
+	case StatusNotAllowed, StatusUnknownService:
+		n.auditPolicyDenied(peer, service, uint64(s.StreamID()), status.String())
+	case StatusRateLimited, StatusTooManyStreams:
+		n.auditLimited(peer, service, scope, limit)
+	default:
+		n.auditStreamFailed(peer, service, inbound, status.String(), dialErr)
+	}
+	// A peer that does not read cannot hold the refusal's goroutine.
+	s.SetWriteDeadline(time.Now().Add(requestTimeout))
+	w.Write(AppendResponse(nil, status))
+	w.Close()
+	s.Close()
+	if r != nil {
+		r.Release()
+	}
+	s.CancelRead(codeStreamRefused)
 }
 
 // rejectStream resets a stream whose first record failed, counting why.
