@@ -276,7 +276,7 @@ var Catalog = []Spec{
 			{KeyPeerFingerprint, String, false, `presented fingerprint, or "none"`},
 			aPeerAddr, aPeerPort, aTransport,
 			{KeyDirection, String, false, `"inbound" (a client dialed us) or "outbound" (a server we dialed)`},
-			{KeyReason, String, false, "unknown_key (inbound), pinned_key_mismatch (outbound: the server is not the peer we dialed), no_certificate, bad_certificate"},
+			{KeyReason, String, false, "unknown_key (inbound, on fresh and resumed handshakes), not_paired (inbound: the key was unpinned while its handshake ran), pinned_key_mismatch (outbound: the server is not the peer we dialed), no_certificate, bad_certificate"},
 		},
 		OCSF: OCSF{3002, "Authentication", 1, "Logon", 2, 3},
 		ECS:  ECS{"event", []string{"authentication", "network"}, []string{"start", "denied"}, "failure"},

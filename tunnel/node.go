@@ -238,10 +238,11 @@ func (n *Node) adopt(qc *quic.Conn) {
 	}
 	state := qc.ConnectionState().TLS
 	var p Peer
-	ok := false
+	ok, fp := false, ""
 	if len(state.PeerCertificates) > 0 {
 		if key, err := identity.CertificateKey(state.PeerCertificates[0].Raw); err == nil {
 			p, ok = n.peerByKey(key)
+			fp = identity.Fingerprint(key)
 		}
 	}
 	var l *link
@@ -249,6 +250,9 @@ func (n *Node) adopt(qc *quic.Conn) {
 		l = n.link(p.Name)
 	}
 	if l == nil { // the configuration changed during the handshake
+		// Counted and audited like every refusal (THREATS P1, tested by
+		// TestNotPairedAtAdoptRefused).
+		n.refuseHandshake(qc.RemoteAddr(), fp, "not_paired", inbound)
 		qc.CloseWithError(codePeerRemoved, "not paired")
 		return
 	}
