@@ -328,7 +328,7 @@ var Catalog = []Spec{
 		Attrs: []AttrSpec{
 			{KeyPeer, String, true, "peer, when the limit is a peer's or the work came from one"},
 			{KeyService, String, true, "service the stream asked for"},
-			{KeyLimit, String, false, "streams_per_second, max_streams, bytes_per_second, max_connections, allow_from, handshakes_per_second, max_half_open, max_tunnels"},
+			{KeyLimit, String, false, "streams_per_second, max_streams, bytes_per_second, max_connections, allow_from, handshakes_per_second, max_half_open, half_open_per_source, half_open_per_prefix, max_tunnels"},
 			{KeyScope, String, false, "whose limit: peer, service, forward or listener"},
 			{KeyPeerAddress, String, true, "source address (handshake and forward limits)"},
 		},

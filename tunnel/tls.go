@@ -43,7 +43,10 @@ func (n *Node) serverTLS(cert tls.Certificate) *tls.Config {
 			remote := chi.Conn.RemoteAddr()
 			c := base.Clone()
 			c.VerifyConnection = func(cs tls.ConnectionState) error {
-				_, err := n.verifyPeer(rawCerts(cs), remote, nil)
+				p, err := n.verifyPeer(rawCerts(cs), remote, nil)
+				if err == nil {
+					n.admission.authenticated(p.Name, remote)
+				}
 				return err
 			}
 			return c, nil
