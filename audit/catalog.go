@@ -276,7 +276,7 @@ var Catalog = []Spec{
 			{KeyPeerFingerprint, String, false, `presented fingerprint, or "none"`},
 			aPeerAddr, aPeerPort, aTransport,
 			{KeyDirection, String, false, `"inbound" (a client dialed us) or "outbound" (a server we dialed)`},
-			{KeyReason, String, false, "unknown_key (inbound), pinned_key_mismatch (outbound: the server is not the peer we dialed), no_certificate, bad_certificate"},
+			{KeyReason, String, false, "unknown_key (inbound, on fresh and resumed handshakes), not_paired (inbound: the key was unpinned while its handshake ran), pinned_key_mismatch (outbound: the server is not the peer we dialed), no_certificate, bad_certificate"},
 		},
 		OCSF: OCSF{3002, "Authentication", 1, "Logon", 2, 3},
 		ECS:  ECS{"event", []string{"authentication", "network"}, []string{"start", "denied"}, "failure"},
@@ -328,7 +328,7 @@ var Catalog = []Spec{
 		Attrs: []AttrSpec{
 			{KeyPeer, String, true, "peer, when the limit is a peer's or the work came from one"},
 			{KeyService, String, true, "service the stream asked for (absent when a peer limit refused the stream on arrival, before its request was read)"},
-			{KeyLimit, String, false, "streams_per_second, max_streams, bytes_per_second, request_timeout (a stream sent no request in time), max_connections, allow_from, handshakes_per_second, max_half_open, max_tunnels, max_connections_per_peer (a peer key's connection over the cap, refused after its handshake)"},
+			{KeyLimit, String, false, "streams_per_second, max_streams, bytes_per_second, request_timeout (a stream sent no request in time), max_connections, allow_from, handshakes_per_second, max_half_open, half_open_per_source, half_open_per_prefix, max_tunnels, max_connections_per_peer (a peer key's connection over the cap, refused after its handshake)"},
 			{KeyScope, String, false, "whose limit: peer, service, forward or listener"},
 			{KeyPeerAddress, String, true, "source address (handshake and forward limits)"},
 		},

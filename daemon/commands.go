@@ -62,6 +62,9 @@ func Check(path string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := cfg.Tunnel.ValidateSelf(id.Public()); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
 	for _, p := range cfg.Tunnel.Peers {
 		if _, err := id.PairingSecret(p.Key); err != nil {
 			return fmt.Errorf("%s: peer %q: %w", path, p.Name, err)

@@ -541,6 +541,7 @@ func (v *validator) check(f File) *Config {
 	}
 
 	peers := map[string]bool{}
+	signs, dhs := map[[32]byte]string{}, map[[32]byte]string{} // key halves seen → peer name
 	for i, p := range f.Peers {
 		if p.Name == "" {
 			v.fail(errors.New("required"), "peers", i, "name")
@@ -551,6 +552,14 @@ func (v *validator) check(f File) *Config {
 		key, err := identity.ParsePublicKey(p.PublicKey)
 		if err != nil {
 			v.fail(err, "peers", i, "public_key")
+		} else if other, dup := signs[key.Sign]; dup {
+			// Named at the second peer's line, as tunnel.Config.Validate
+			// would refuse it without one (TestConfigErrorsNameLineAndField).
+			v.fail(fmt.Errorf("same Ed25519 key as peer %q", other), "peers", i, "public_key")
+		} else if other, dup := dhs[key.DH]; dup {
+			v.fail(fmt.Errorf("same X25519 key as peer %q", other), "peers", i, "public_key")
+		} else {
+			signs[key.Sign], dhs[key.DH] = p.Name, p.Name
 		}
 		if p.Endpoint != "" {
 			if err := hostPort(p.Endpoint); err != nil {

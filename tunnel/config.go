@@ -197,7 +197,10 @@ func duration(d time.Duration) string {
 // Validate checks the configuration and names the first problem.
 func (c Config) Validate() error {
 	peers := map[string]bool{}
-	keys := map[identity.PublicKey]string{}
+	// Either half shared by two peers is refused: connections are
+	// attributed by the Ed25519 key, pairing secrets derive from the
+	// X25519 one (tested by TestValidateKeyHalves).
+	signs, dhs := map[[32]byte]string{}, map[[32]byte]string{}
 	for _, p := range c.Peers {
 		if p.Name == "" {
 			return errors.New("peer with an empty name")
@@ -205,10 +208,13 @@ func (c Config) Validate() error {
 		if peers[p.Name] {
 			return fmt.Errorf("peer %q: listed twice", p.Name)
 		}
-		if other, dup := keys[p.Key]; dup {
-			return fmt.Errorf("peer %q: same public key as peer %q", p.Name, other)
+		if other, dup := signs[p.Key.Sign]; dup {
+			return fmt.Errorf("peer %q: same Ed25519 key as peer %q", p.Name, other)
 		}
-		peers[p.Name], keys[p.Key] = true, p.Name
+		if other, dup := dhs[p.Key.DH]; dup {
+			return fmt.Errorf("peer %q: same X25519 key as peer %q", p.Name, other)
+		}
+		peers[p.Name], signs[p.Key.Sign], dhs[p.Key.DH] = true, p.Name, p.Name
 		if p.Endpoint != "" {
 			if _, _, err := net.SplitHostPort(p.Endpoint); err != nil {
 				return fmt.Errorf("peer %q: endpoint: %w", p.Name, err)
@@ -253,6 +259,17 @@ func (c Config) Validate() error {
 		"connect_timeout": c.ConnectTimeout, "dial_timeout": c.DialTimeout} {
 		if d < 0 {
 			return fmt.Errorf("%s: negative duration %v", name, d)
+		}
+	}
+	return nil
+}
+
+// ValidateSelf refuses a peer that holds either half of self, this site's
+// own key (tested by TestValidateKeyHalves).
+func (c Config) ValidateSelf(self identity.PublicKey) error {
+	for _, p := range c.Peers {
+		if p.Key.Sign == self.Sign || p.Key.DH == self.DH {
+			return fmt.Errorf("peer %q: this site's own key", p.Name)
 		}
 	}
 	return nil

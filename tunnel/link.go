@@ -152,7 +152,7 @@ func (l *link) attach(qc *quic.Conn, dialed bool, handshake time.Duration) error
 	// The handshake checked the key already; this guards the seam between
 	// that check and a reload (THREATS P1).
 	if !l.n.cfg.Load().pinned(l.peer.Name, key) {
-		l.n.refuseHandshake(qc.RemoteAddr(), identity.Fingerprint(key[:]), "not_pinned_in_force", directionOf(dialed))
+		l.n.refuseHandshake(qc.RemoteAddr(), identity.Fingerprint(key[:]), "not_paired", directionOf(dialed))
 		qc.CloseWithError(codePeerRemoved, "not paired")
 		return errRefused
 	}

@@ -91,6 +91,9 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if err := cfg.ValidateSelf(id.Public()); err != nil {
+		return nil, err
+	}
 	cert, err := id.Certificate()
 	if err != nil {
 		return nil, err
@@ -180,6 +183,9 @@ func (n *Node) Update(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	if err := cfg.ValidateSelf(n.id.Public()); err != nil {
+		return err
+	}
 	snap := newSnapshot(cfg)
 	old := n.cfg.Swap(snap)
 	n.gates.apply(snap.cfg)
@@ -253,10 +259,11 @@ func (n *Node) adopt(qc *quic.Conn) {
 	}
 	state := qc.ConnectionState().TLS
 	var p Peer
-	ok := false
+	ok, fp := false, ""
 	if len(state.PeerCertificates) > 0 {
 		if key, err := identity.CertificateKey(state.PeerCertificates[0].Raw); err == nil {
 			p, ok = n.peerByKey(key)
+			fp = identity.Fingerprint(key)
 		}
 	}
 	var l *link
@@ -264,6 +271,9 @@ func (n *Node) adopt(qc *quic.Conn) {
 		l = n.link(p.Name)
 	}
 	if l == nil { // the configuration changed during the handshake
+		// Counted and audited like every refusal (THREATS P1, tested by
+		// TestNotPairedAtAdoptRefused).
+		n.refuseHandshake(qc.RemoteAddr(), fp, "not_paired", inbound)
 		qc.CloseWithError(codePeerRemoved, "not paired")
 		return
 	}

@@ -3,7 +3,6 @@ package tunnel
 import (
 	"crypto/subtle"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"net"
 
@@ -21,24 +20,33 @@ const exporterLabel = "EXPORTER-dyad-codec"
 var errUnpaired = errors.New("peer key is not paired with this daemon")
 
 // serverTLS accepts only clients whose certificate key is a configured
-// peer's (THREATS P1, tested by TestUnpairedClientRefused).
+// peer's (THREATS P1, tested by TestUnpairedClientRefused). The pin is
+// checked in VerifyConnection, which crypto/tls runs on every handshake,
+// resumed ones included (VerifyPeerCertificate is skipped on resumption);
+// session tickets are off besides, so no handshake can skip the
+// certificate at all (THREATS P1, tested by TestResumedSessionRefused).
 func (n *Node) serverTLS(cert tls.Certificate) *tls.Config {
 	base := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
 		// Request rather than require, so that a client without a
 		// certificate reaches our check and is counted like the rest.
-		ClientAuth: tls.RequestClientCert,
-		NextProtos: []string{ALPN},
+		ClientAuth:             tls.RequestClientCert,
+		NextProtos:             []string{ALPN},
+		SessionTicketsDisabled: true,
 	}
 	return &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		NextProtos: []string{ALPN},
+		MinVersion:             tls.VersionTLS13,
+		NextProtos:             []string{ALPN},
+		SessionTicketsDisabled: true,
 		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 			remote := chi.Conn.RemoteAddr()
 			c := base.Clone()
-			c.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
-				_, err := n.verifyPeer(raw, remote, nil)
+			c.VerifyConnection = func(cs tls.ConnectionState) error {
+				p, err := n.verifyPeer(rawCerts(cs), remote, nil)
+				if err == nil {
+					n.admission.authenticated(p.Name, remote)
+				}
 				return err
 			}
 			return c, nil
@@ -47,7 +55,9 @@ func (n *Node) serverTLS(cert tls.Certificate) *tls.Config {
 }
 
 // clientTLS accepts only a server whose key is the pinned key of peer
-// (THREATS P1, tested by TestUnpairedServerRefused).
+// (THREATS P1, tested by TestUnpairedServerRefused). It keeps no session
+// cache (no resumption), and checks the pin in VerifyConnection, which
+// crypto/tls runs on every handshake.
 func (n *Node) clientTLS(cert tls.Certificate, peer Peer, remote net.Addr) *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
@@ -57,12 +67,23 @@ func (n *Node) clientTLS(cert tls.Certificate, peer Peer, remote net.Addr) *tls.
 		// The chain is not checked against a CA: the server is
 		// authenticated by the pinned key below, which the TLS
 		// handshake proves it holds.
-		InsecureSkipVerify: true,
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			_, err := n.verifyPeer(raw, remote, &peer)
+		InsecureSkipVerify:     true,
+		SessionTicketsDisabled: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			_, err := n.verifyPeer(rawCerts(cs), remote, &peer)
 			return err
 		},
 	}
+}
+
+// rawCerts returns the DER certificates the peer presented (on a resumed
+// handshake, those of the session it resumed).
+func rawCerts(cs tls.ConnectionState) [][]byte {
+	raw := make([][]byte, len(cs.PeerCertificates))
+	for i, c := range cs.PeerCertificates {
+		raw[i] = c.Raw
+	}
+	return raw
 }
 
 // verifyPeer checks a presented certificate against the configured peers,
