@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"flag"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -426,5 +427,133 @@ func TestOTLPValidate(t *testing.T) {
 	}
 	if e := (&audit.OTLP{Endpoint: "https://user:hunter2@c:4318"}).EndpointOrEnv(); strings.Contains(e, "hunter2") {
 		t.Errorf("endpoint password shown: %s", e)
+	}
+}
+
+// limitRig is an Auditor with a small rate limit writing to a journal.
+type limitRig struct {
+	dir string
+	j   *journal.Journal
+	a   *audit.Auditor
+}
+
+func newLimitRig(t *testing.T, opts audit.Options) *limitRig {
+	t.Helper()
+	r := &limitRig{dir: t.TempDir()}
+	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{3}, 32))
+	signer, _ := journal.NewSigner("dyad/site-a", key)
+	var err error
+	if r.j, err = journal.Open(journal.Options{Dir: r.dir, Origin: "dyad/site-a", Signer: signer}); err != nil {
+		t.Fatal(err)
+	}
+	opts.Journal, opts.Console = r.j, zerolog.Nop()
+	r.a = audit.New(opts)
+	return r
+}
+
+// tally closes the rig and returns, per event name and source, the entries
+// written and the suppressed counts summarized.
+func (r *limitRig) tally(t *testing.T) (written, suppressed map[string]int64) {
+	t.Helper()
+	r.a.Close(context.Background())
+	r.j.Close()
+	written, suppressed = map[string]int64{}, map[string]int64{}
+	source := func(e *journal.Entry) string {
+		switch {
+		case e.Attr(audit.KeyOverflow).AsBool():
+			return "overflow"
+		case e.Attr(audit.KeyPeer).AsString() != "":
+			return "peer " + e.Attr(audit.KeyPeer).AsString()
+		}
+		return e.Attr(audit.KeyPeerAddress).AsString()
+	}
+	_, err := journal.Verify(r.dir, journal.VerifyOptions{Verifier: verifierOf(), Each: func(e *journal.Entry, _ []byte) error {
+		spec, _ := audit.SpecOf(e.Name)
+		if err := spec.Check(e.Attrs); err != nil {
+			t.Errorf("entry %d: %v", e.Seq, err)
+		}
+		if e.Name == audit.EventsSuppressed {
+			suppressed[e.Attr(audit.KeyEventName).AsString()+" "+source(e)] += e.Attr(audit.KeyCount).AsInt64()
+		} else {
+			written[e.Name+" "+source(e)]++
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return written, suppressed
+}
+
+func refused(a *audit.Auditor, addr string) {
+	a.Emit(audit.PeerAuthRefused, attribute.String(audit.KeyPeerFingerprint, "SHA256:x"), attribute.String(audit.KeyPeerAddress, addr),
+		attribute.Int64(audit.KeyPeerPort, 4000), attribute.String(audit.KeyTransport, "quic"),
+		attribute.String(audit.KeyDirection, "inbound"), attribute.String(audit.KeyReason, "unknown_key"))
+}
+
+// TestRateLimitPerSource: a source that floods an event past its burst
+// neither hides another source's events nor loses a count: the rate limit
+// and the suppressed summary are per event and per source. THREATS P5.
+func TestRateLimitPerSource(t *testing.T) {
+	r := newLimitRig(t, audit.Options{Burst: 10, Rate: 0.001})
+	for range 1000 {
+		refused(r.a, "192.0.2.1")
+	}
+	refused(r.a, "192.0.2.2")
+	for range 50 {
+		r.a.Emit(audit.KeyUpdated, attribute.String(audit.KeyPeer, "noisy"), attribute.Int64(audit.KeyStreamID, 4),
+			attribute.String(audit.KeyCodecDirection, "receive"), attribute.Int64(audit.KeyKeyGeneration, 1))
+	}
+	r.a.Emit(audit.KeyUpdated, attribute.String(audit.KeyPeer, "quiet"), attribute.Int64(audit.KeyStreamID, 4),
+		attribute.String(audit.KeyCodecDirection, "receive"), attribute.Int64(audit.KeyKeyGeneration, 1))
+	written, suppressed := r.tally(t)
+	want := map[string][2]int64{ // written, suppressed
+		audit.PeerAuthRefused + " 192.0.2.1": {10, 990},
+		audit.PeerAuthRefused + " 192.0.2.2": {1, 0},
+		audit.KeyUpdated + " peer noisy":     {10, 40},
+		audit.KeyUpdated + " peer quiet":     {1, 0},
+	}
+	for k, w := range want {
+		if written[k] != w[0] || suppressed[k] != w[1] {
+			t.Errorf("%s: written %d, suppressed %d; want %d, %d", k, written[k], suppressed[k], w[0], w[1])
+		}
+	}
+}
+
+// TestRateLimitSourcesBounded: the sources tracked per event are bounded;
+// further sources share one limit instead of evicting a tracked one, and
+// every event is still written or counted. Peers keep their own limits
+// whatever the number of addresses. THREATS P5.
+func TestRateLimitSourcesBounded(t *testing.T) {
+	r := newLimitRig(t, audit.Options{Burst: 2, Rate: 0.001, MaxSources: 4})
+	for i := range 20 { // 20 addresses, 5 events each
+		for range 5 {
+			refused(r.a, fmt.Sprintf("192.0.2.%d", i))
+		}
+	}
+	limited := func(peer string) {
+		r.a.Emit(audit.RateLimitExceeded, attribute.String(audit.KeyPeer, peer), attribute.String(audit.KeyLimit, "streams_per_second"),
+			attribute.String(audit.KeyScope, "peer"))
+	}
+	for i := range 10 { // listener limits of 10 addresses fill that event's address slots
+		r.a.Emit(audit.RateLimitExceeded, attribute.String(audit.KeyLimit, "handshakes_per_second"),
+			attribute.String(audit.KeyScope, "listener"), attribute.String(audit.KeyPeerAddress, fmt.Sprintf("198.51.100.%d", i)))
+	}
+	limited("a")
+	written, suppressed := r.tally(t)
+	var total int64
+	for i := range 20 {
+		k := fmt.Sprintf("%s 192.0.2.%d", audit.PeerAuthRefused, i)
+		if i < 4 && (written[k] != 2 || suppressed[k] != 3) {
+			t.Errorf("tracked %s: written %d, suppressed %d; want 2, 3", k, written[k], suppressed[k])
+		}
+		total += written[k] + suppressed[k]
+	}
+	over := audit.PeerAuthRefused + " overflow"
+	if total+suppressed[over] != 100 || suppressed[over] != 16*5-2 {
+		t.Errorf("tracked %d + overflow %d events, want 100 with %d in the overflow summary", total, suppressed[over], 16*5-2)
+	}
+	if k := audit.RateLimitExceeded + " peer a"; written[k] != 1 {
+		t.Errorf("%s: written %d, want 1 despite the address flood", k, written[k])
 	}
 }

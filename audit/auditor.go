@@ -77,11 +77,16 @@ type Options struct {
 	Resource *resource.Resource // service.name, service.version, …
 	Export   *Exporter          // OTLP export; nil means none
 	Console  zerolog.Logger     // operational log that mirrors every event; zerolog.Nop() for none
-	// Burst and Rate limit each rate-limited event (Spec.RateLimit); the
-	// rest are counted and reported once per SummaryInterval. Zero means
-	// a burst of 100 and 20 per second.
+	// Burst and Rate limit each rate-limited event (Spec.RateLimit) per
+	// source (Spec.Source: the peer, or the source address); the rest are
+	// counted and reported once per SummaryInterval, per event and
+	// source. Zero means a burst of 100 and 20 per second.
 	Burst int
 	Rate  rate.Limit
+	// MaxSources bounds the sources tracked per event and kind of source
+	// (peers, addresses); sources beyond it share one limit per event
+	// until a tracked source goes idle. Zero means 1024.
+	MaxSources int
 	// SummaryInterval is how often suppressed and dropped counts are
 	// reported; zero means one minute.
 	SummaryInterval time.Duration
@@ -96,8 +101,8 @@ type Auditor struct {
 	metrics  *Metrics
 
 	mu         sync.Mutex // guards the following fields
-	limiters   map[string]*rate.Limiter
-	suppressed map[string]uint64
+	buckets    map[limitKey]*bucket
+	groups     map[groupKey]*group
 	journalErr error // last journal error reported on the console
 
 	stop chan struct{}
@@ -112,13 +117,16 @@ func New(opts Options) *Auditor {
 	if opts.Rate <= 0 {
 		opts.Rate = 20
 	}
+	if opts.MaxSources <= 0 {
+		opts.MaxSources = 1024
+	}
 	if opts.SummaryInterval <= 0 {
 		opts.SummaryInterval = time.Minute
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	a := &Auditor{opts: opts, limiters: map[string]*rate.Limiter{}, suppressed: map[string]uint64{},
+	a := &Auditor{opts: opts, buckets: map[limitKey]*bucket{}, groups: map[groupKey]*group{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	lopts := []sdklog.LoggerProviderOption{}
 	if opts.Resource != nil {
@@ -168,7 +176,7 @@ func (a *Auditor) Emit(name string, attrs ...attribute.KeyValue) {
 		a.opts.Console.Error().Str("event", name).Msg("audit: only the journal writes its own events; dropped")
 		return
 	}
-	if spec.RateLimit && !a.allow(name) {
+	if spec.RateLimit && !a.allow(spec, attrs) {
 		return
 	}
 	now := a.opts.Now()
@@ -227,20 +235,98 @@ func (a *Auditor) export(spec *Spec, t time.Time, seq int64, attrs []attribute.K
 	}
 }
 
-func (a *Auditor) allow(name string) bool {
+// limitKey names one rate limit: an event and the source it came from.
+// srcKey is the attribute that named the source ("" for an event without
+// one); overflow marks the limit shared by the sources beyond MaxSources.
+type limitKey struct {
+	name, srcKey, src string
+	overflow          bool
+}
+
+// bucket is one rate limit and what it suppressed since the last summary.
+type bucket struct {
+	lim        *rate.Limiter
+	suppressed uint64
+}
+
+// groupKey is an event and a kind of source, whose tracked sources are
+// bounded by MaxSources.
+type groupKey struct{ name, srcKey string }
+
+type group struct {
+	n     int       // buckets tracked
+	swept time.Time // last sweep of idle buckets
+}
+
+// source returns the attribute that identifies who caused an event: the
+// first of spec.Source present in attrs.
+func source(spec *Spec, attrs []attribute.KeyValue) (key, value string) {
+	for _, k := range spec.Source {
+		for _, kv := range attrs {
+			if string(kv.Key) == k && kv.Value.AsString() != "" {
+				return k, kv.Value.AsString()
+			}
+		}
+	}
+	return "", ""
+}
+
+// allow takes a token from the limit of the event's source. THREATS P5
+// (one source neither floods the journal nor hides another's events),
+// tested by TestRateLimitPerSource and TestRateLimitSourcesBounded.
+func (a *Auditor) allow(spec *Spec, attrs []attribute.KeyValue) bool {
+	srcKey, src := source(spec, attrs)
+	k := limitKey{name: spec.Name, srcKey: srcKey, src: src}
+	now := a.opts.Now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	l := a.limiters[name]
-	if l == nil {
-		l = rate.NewLimiter(a.opts.Rate, a.opts.Burst)
-		a.limiters[name] = l
+	b := a.buckets[k]
+	if b == nil {
+		gk := groupKey{spec.Name, srcKey}
+		g := a.groups[gk]
+		if g == nil {
+			g = &group{}
+			a.groups[gk] = g
+		}
+		if g.n >= a.opts.MaxSources && now.Sub(g.swept) >= time.Second {
+			a.sweep(gk, g, now)
+		}
+		if g.n >= a.opts.MaxSources {
+			// Full: new sources share one limit rather than evict a
+			// tracked one, so a flood of sources cannot take another
+			// source's limit away.
+			k = limitKey{name: spec.Name, overflow: true}
+		}
+		if b = a.buckets[k]; b == nil {
+			b = &bucket{lim: rate.NewLimiter(a.opts.Rate, a.opts.Burst)}
+			a.buckets[k] = b
+			if !k.overflow {
+				g.n++
+			}
+		}
 	}
-	if l.Allow() {
+	if b.lim.AllowN(now, 1) {
 		return true
 	}
-	a.suppressed[name]++
-	a.metrics.countSuppressed(name)
+	b.suppressed++
+	a.metrics.countSuppressed(spec.Name)
 	return false
+}
+
+// sweep forgets the buckets of group gk that are idle: full again and with
+// nothing suppressed to report, so a new bucket would behave the same.
+// Called with mu held.
+func (a *Auditor) sweep(gk groupKey, g *group, now time.Time) {
+	g.swept = now
+	for k, b := range a.buckets {
+		if k.overflow || k.name != gk.name || k.srcKey != gk.srcKey {
+			continue
+		}
+		if b.suppressed == 0 && b.lim.TokensAt(now) >= float64(a.opts.Burst) {
+			delete(a.buckets, k)
+			g.n--
+		}
+	}
 }
 
 func (a *Auditor) journalFailed(err error) {
@@ -274,12 +360,34 @@ func (a *Auditor) summaries() {
 func (a *Auditor) summarize(since time.Time) time.Time {
 	now := a.opts.Now()
 	window := now.Sub(since).Seconds()
+	type count struct {
+		limitKey
+		n uint64
+	}
+	var sup []count
 	a.mu.Lock()
-	sup := a.suppressed
-	a.suppressed = map[string]uint64{}
+	for k, b := range a.buckets {
+		if b.suppressed > 0 {
+			sup = append(sup, count{k, b.suppressed})
+			b.suppressed = 0
+		}
+	}
+	for gk, g := range a.groups {
+		a.sweep(gk, g, now)
+		if g.n == 0 {
+			delete(a.groups, gk)
+		}
+	}
 	a.mu.Unlock()
-	for name, n := range sup {
-		a.Emit(EventsSuppressed, attribute.String(KeyEventName, name), attribute.Int64(KeyCount, int64(n)), attribute.Float64(KeyWindow, window))
+	for _, c := range sup {
+		attrs := []attribute.KeyValue{attribute.String(KeyEventName, c.name), attribute.Int64(KeyCount, int64(c.n)), attribute.Float64(KeyWindow, window)}
+		switch {
+		case c.overflow:
+			attrs = append(attrs, attribute.Bool(KeyOverflow, true))
+		case c.srcKey != "":
+			attrs = append(attrs, attribute.String(c.srcKey, c.src))
+		}
+		a.Emit(EventsSuppressed, attrs...)
 	}
 	if e := a.opts.Export; e != nil {
 		if full, failed := e.takeDrops(); full+failed > 0 {

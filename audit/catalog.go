@@ -83,6 +83,7 @@ const (
 	KeyQueueFull       = "dyad.export.dropped.queue_full"
 	KeyExportFailed    = "dyad.export.dropped.export_failed"
 	KeySeverity        = "dyad.severity"
+	KeyOverflow        = "dyad.audit.overflow"
 )
 
 // Type is an attribute's value type as the catalogue states it.
@@ -145,9 +146,14 @@ type Spec struct {
 	Severity  Severity
 	When      string // when it fires
 	RateLimit bool   // bursts are limited; the rest are counted in dyad.audit.suppressed
-	Attrs     []AttrSpec
-	OCSF      OCSF
-	ECS       ECS
+	// Source lists the attributes that identify who caused a rate-limited
+	// event, first present wins: each source has its own limit, so a noisy
+	// one cannot use up another's. None (or none present) means one limit
+	// for the event.
+	Source []string
+	Attrs  []AttrSpec
+	OCSF   OCSF
+	ECS    ECS
 }
 
 // Attribute specs shared by several events.
@@ -270,7 +276,7 @@ var Catalog = []Spec{
 		ECS:  ECS{"event", []string{"network", "session"}, []string{"end", "connection"}, "success"},
 	},
 	{
-		Name: PeerAuthRefused, Severity: Warn, RateLimit: true,
+		Name: PeerAuthRefused, Severity: Warn, RateLimit: true, Source: []string{KeyPeerAddress},
 		When: "a QUIC handshake presented a key that is not a configured peer (or no key); refused before any stream",
 		Attrs: []AttrSpec{
 			{KeyPeerFingerprint, String, false, `presented fingerprint, or "none"`},
@@ -307,7 +313,7 @@ var Catalog = []Spec{
 		ECS:  ECS{"event", []string{"network"}, []string{"end", "connection"}, "success"},
 	},
 	{
-		Name: StreamFailed, Severity: Warn, RateLimit: true, When: "a forwarded connection could not be carried: no tunnel, upstream unreachable, or the peer refused it",
+		Name: StreamFailed, Severity: Warn, RateLimit: true, Source: []string{KeyPeer}, When: "a forwarded connection could not be carried: no tunnel, upstream unreachable, or the peer refused it",
 		Attrs: []AttrSpec{
 			aPeer, aService, aDirection,
 			{KeyReason, String, false, "no_tunnel, upstream_unreachable, refused_by_peer, open_failed; inbound: connection_replaced (the peer opened a stream on a connection a newer one replaced), key_not_pinned (the connection's key is no longer pinned)"},
@@ -317,13 +323,13 @@ var Catalog = []Spec{
 		ECS:  ECS{"event", []string{"network"}, []string{"connection", "error"}, "failure"},
 	},
 	{
-		Name: PolicyDenied, Severity: Warn, RateLimit: true, When: "a paired peer asked for a service it is not allowed, or one that does not exist",
+		Name: PolicyDenied, Severity: Warn, RateLimit: true, Source: []string{KeyPeer}, When: "a paired peer asked for a service it is not allowed, or one that does not exist",
 		Attrs: []AttrSpec{aPeer, aService, aStreamID, {KeyReason, String, false, "not_allowed, unknown_service"}},
 		OCSF:  network(5, "Refuse", 2),
 		ECS:   ECS{"event", []string{"network", "iam"}, []string{"denied", "connection"}, "failure"},
 	},
 	{
-		Name: RateLimitExceeded, Severity: Warn, RateLimit: true,
+		Name: RateLimitExceeded, Severity: Warn, RateLimit: true, Source: []string{KeyPeer, KeyPeerAddress},
 		When: "a limit refused or slowed work: a peer's or service's stream rate or concurrency (the stream is refused), its bandwidth (the stream is slowed; once per stream), a forward listener's connection cap or source ranges, the handshake rate of a source address, the half-open or total tunnel cap",
 		Attrs: []AttrSpec{
 			{KeyPeer, String, true, "peer, when the limit is a peer's or the work came from one"},
@@ -336,17 +342,18 @@ var Catalog = []Spec{
 		ECS:  ECS{"event", []string{"network"}, []string{"denied"}, "failure"},
 	},
 	{
-		Name: RecordRejected, Severity: Warn, RateLimit: true,
-		When: "the record layer dropped a record: forged, replayed, reordered, truncated, oversized or foreign; the stream is reset",
+		Name: RecordRejected, Severity: Warn, RateLimit: true, Source: []string{KeyPeer},
+		When: "the record layer dropped a record: forged, replayed, reordered, truncated, oversized or foreign, a key update that was not due, or data after the close record; the stream is reset",
 		Attrs: []AttrSpec{
 			aPeer, {KeyService, String, true, "service, when the stream's request was read"}, aStreamID,
-			{KeyReason, String, false, "auth, truncated, oversize, version, record_type, malformed, key_exhausted"},
+			{KeyReason, String, false, "authentication, truncation, oversize, version, record_type, malformed, key_exhausted, key_update_not_due (the peer sent a key update its usage limits did not call for: codec/FORMAT.md section 5), trailing_data (bytes after the close record)"},
 		},
 		OCSF: finding,
 		ECS:  ECS{"alert", []string{"intrusion_detection", "network"}, []string{"denied"}, "failure"},
 	},
 	{
-		Name: KeyUpdated, Severity: Info, When: "a stream direction moved to its next record key (before the AEAD usage limit)",
+		Name: KeyUpdated, Severity: Info, RateLimit: true, Source: []string{KeyPeer},
+		When:  "a stream direction moved to its next record key (before the AEAD usage limit; a key update that is not due is refused and audited as dyad.record.rejected instead)",
 		Attrs: []AttrSpec{aPeer, aStreamID, {KeyCodecDirection, String, false, `"send" or "receive"`}, {KeyKeyGeneration, Int, false, "key updates so far in this direction"}},
 		OCSF:  OCSF{3004, "Entity Management", 3, "Update", 1, 3},
 		ECS:   ECS{"event", []string{"configuration"}, []string{"change"}, "success"},
@@ -398,10 +405,15 @@ var Catalog = []Spec{
 		ECS:   ECS{"event", []string{"host"}, []string{"info"}, "success"},
 	},
 	{
-		Name: EventsSuppressed, Severity: Warn, When: "every minute in which a rate-limited event fired more than its burst; one event per name",
-		Attrs: []AttrSpec{{KeyEventName, String, false, "the suppressed event's name"}, {KeyCount, Int, false, "events counted but not written"}, aCountSince},
-		OCSF:  lifecycle(99, "Other", 0),
-		ECS:   ECS{"event", []string{"host"}, []string{"info"}, "unknown"},
+		Name: EventsSuppressed, Severity: Warn, When: "every minute in which a rate-limited event fired more than its burst from one source; one event per name and source",
+		Attrs: []AttrSpec{
+			{KeyEventName, String, false, "the suppressed event's name"}, {KeyCount, Int, false, "events counted but not written"}, aCountSince,
+			{KeyPeer, String, true, "the peer whose events were suppressed, for an event limited per peer"},
+			{KeyPeerAddress, String, true, "the source address whose events were suppressed, for an event limited per address"},
+			{KeyOverflow, Bool, true, "true: the counts of sources beyond the 1024 tracked per event and kind of source, which share one limit"},
+		},
+		OCSF: lifecycle(99, "Other", 0),
+		ECS:  ECS{"event", []string{"host"}, []string{"info"}, "unknown"},
 	},
 }
 

@@ -24,8 +24,15 @@ Every security-relevant thing a dyad daemon does becomes one of the events below
 Attributes use OpenTelemetry semantic-convention names where one exists and ` + "`dyad.*`" + ` otherwise. No event
 ever carries a key, a pairing secret, a header value or a payload byte. Durations are seconds (double).
 
-**Rate-limited events** (marked below) are written individually up to a burst of 100, then at 20 per second
-per event name; the rest are counted and reported once a minute by ` + "`dyad.audit.suppressed`" + `. Export never
+**Rate-limited events** (marked below) are limited per event name and per source: the peer (` + "`dyad.peer`" + `) or,
+before authentication, the source address (` + "`network.peer.address`" + `), as each event says. Each source's events are
+written individually up to a burst of 100, then at 20 per second; the rest are counted at once in the metric
+` + "`dyad.audit.suppressed`" + ` and reported once a minute by the event ` + "`dyad.audit.suppressed`" + `, one per event name and
+source, so the counts stay exact. At most 1024 sources of each kind (peers, addresses) are tracked per event;
+further sources share one limit per event (their summary carries ` + "`dyad.audit.overflow`" + `) until a tracked source
+goes idle, so a flood of new addresses never takes a tracked source's limit away. Each tracked source therefore
+adds at most 100 + 20 per second entries of each rate-limited event to the journal, plus one summary a minute,
+and all untracked sources together at most as much again; no source can use up another's limit. Export never
 blocks traffic: the OTLP queue is bounded, a full queue drops the new record (an event about the audit path
 itself, ` + "`dyad.audit.*`" + `, takes the place of the oldest instead), and every drop is counted and reported by
 ` + "`dyad.audit.export_dropped`" + ` (the journal still has the event).
@@ -54,7 +61,15 @@ func WriteCatalog(w io.Writer) error {
 		fmt.Fprintf(&b, "\n## %s\n\n", s.Name)
 		fmt.Fprintf(&b, "**When:** %s.  \n**Severity:** %s (OpenTelemetry severity number %d).", s.When, s.Severity, s.Severity.otel())
 		if s.RateLimit {
-			b.WriteString(" **Rate-limited.**")
+			b.WriteString(" **Rate-limited**")
+			for i, k := range s.Source {
+				sep := " per"
+				if i > 0 {
+					sep = ", else"
+				}
+				fmt.Fprintf(&b, "%s `%s`", sep, k)
+			}
+			b.WriteString(".")
 		}
 		fmt.Fprintf(&b, "  \n**OCSF:** class %d %s (category %d), activity %d %s, status_id %d.  \n",
 			s.OCSF.ClassUID, s.OCSF.Class, s.OCSF.CategoryUID, s.OCSF.ActivityID, s.OCSF.Activity, s.OCSF.StatusID)

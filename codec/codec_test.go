@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"testing"
 )
@@ -504,5 +505,108 @@ func TestSuites(t *testing.T) {
 	}
 	if Suites()[0] != SuiteAES256GCM {
 		t.Error("AES-256-GCM is not the default suite")
+	}
+}
+
+// forged is one record a test seals by hand, due or not.
+type forged struct {
+	typ     recordType
+	payload []byte
+}
+
+// forge seals recs as stream 4, initiator direction, under s's keys as a
+// peer that ignores the key update rule would: a key_update record moves
+// to the next key whenever it is sent.
+func forge(t *testing.T, s *Session, recs ...forged) []byte {
+	t.Helper()
+	h := halfKeys{suite: s.suite, limits: limits{recordsPerKey: 1 << 62, bytesPerKey: 1 << 62, keyUpdates: math.MaxUint32}}
+	pre := preamble(s.suite)
+	sec, err := s.trafficSecret(pre, 4, FromInitiator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.install(sec); err != nil {
+		t.Fatal(err)
+	}
+	wire := pre[:]
+	for _, r := range recs {
+		rec := make([]byte, HeaderSize+len(r.payload)+TagSize)
+		h.seal(rec, r.typ, r.payload)
+		wire = append(wire, rec...)
+		if r.typ == typeKeyUpdate {
+			if err := h.update(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return wire
+}
+
+// TestKeyUpdateNotDue: a Reader accepts a key_update record only when the
+// writer's rule made it due (FORMAT.md section 5), so a peer cannot make it
+// derive keys, and the tunnel audit them, at will. THREATS P5.
+func TestKeyUpdateNotDue(t *testing.T) {
+	data := func(n int) forged { return forged{typeData, bytes.Repeat([]byte{1}, n)} }
+	update, closing := forged{typ: typeKeyUpdate}, forged{typ: typeClose}
+	lim := limits{recordsPerKey: 4, bytesPerKey: 2*MaxPayload + 10, keyUpdates: 100}
+	cases := []struct {
+		name     string
+		recs     []forged
+		want     error // nil: read to a clean close
+		followed int   // key updates the Reader follows
+	}{
+		{"first record", []forged{update, data(1), closing}, ErrKeyUpdateNotDue, 0},
+		{"one short of the record limit", []forged{data(1), data(1), update, closing}, ErrKeyUpdateNotDue, 0},
+		{"at the record limit", []forged{data(1), data(1), data(1), update, data(1), closing}, nil, 1},
+		{"a second one right after", []forged{data(1), data(1), data(1), update, update, closing}, ErrKeyUpdateNotDue, 1},
+		{"bytes one short of due", []forged{data(MaxPayload), data(10), update, closing}, ErrKeyUpdateNotDue, 0},
+		{"bytes due", []forged{data(MaxPayload), data(11), update, data(MaxPayload), closing}, nil, 1},
+	}
+	for _, c := range cases {
+		s := newTestSession(t, SuiteAES256GCM, testConn, testPairing)
+		s.limits = lim
+		updates := 0
+		s.onKey = func(KeyUpdate) { updates++ }
+		_, err := openAll(s, forge(t, s, c.recs...))
+		if !errors.Is(err, c.want) || (err == nil) != (c.want == nil) {
+			t.Errorf("%s: err = %v, want %v", c.name, err, c.want)
+		}
+		if updates != c.followed {
+			t.Errorf("%s: %d key updates followed, want %d", c.name, updates, c.followed)
+		}
+		if c.want != nil && Reason(err) != "key_update_not_due" {
+			t.Errorf("%s: reason %q", c.name, Reason(err))
+		}
+	}
+	// At the default limits a burst of key updates stops at the first.
+	s := newTestSession(t, SuiteAES256GCM, testConn, testPairing)
+	flood := []forged{data(5)}
+	for range 1000 {
+		flood = append(flood, update)
+	}
+	if got, err := openAll(s, forge(t, s, flood...)); !errors.Is(err, ErrKeyUpdateNotDue) || len(got) != 5 {
+		t.Fatalf("flood: %d bytes, err %v", len(got), err)
+	}
+}
+
+// TestTrailingDataAfterClose: bytes the Reader has read past the close
+// record are ErrTrailingData (FORMAT.md section 7); bytes not yet read are
+// left unread, for the transport's own end check.
+func TestTrailingDataAfterClose(t *testing.T) {
+	s := newTestSession(t, SuiteAES256GCM, testConn, testPairing)
+	wire := seal(t, s, []byte("hello"))
+	for _, tail := range [][]byte{{0}, wire[PreambleSize:], bytes.Repeat([]byte{9}, 5000)} {
+		got, err := openAll(s, join(wire, tail))
+		if !errors.Is(err, ErrTrailingData) || Reason(err) != "trailing_data" || string(got) != "hello" {
+			t.Errorf("%d trailing bytes: read %q, err %v", len(tail), got, err)
+		}
+	}
+	// The tail arrives in a later read: the Reader ends at the close
+	// record and reads nothing more.
+	cr := &countingReader{r: io.MultiReader(bytes.NewReader(wire), bytes.NewReader([]byte("late")))}
+	r := s.NewReader(cr, 4, FromInitiator)
+	var out bytes.Buffer
+	if _, err := r.WriteTo(&out); err != nil || out.String() != "hello" || cr.n != len(wire) {
+		t.Fatalf("late tail: read %q, err %v, %d of %d bytes consumed", out.String(), err, cr.n, len(wire))
 	}
 }

@@ -38,6 +38,16 @@ var (
 	// sealed more records under one key than the format allows.
 	ErrKeyExhausted = errors.New("codec: key usage limit exhausted")
 
+	// ErrKeyUpdateNotDue means the peer sent a key_update record before
+	// the usage limits made it due (FORMAT.md section 5): a writer
+	// following the format never does, and accepting any number of them
+	// would let a peer make this side do (and audit) unbounded work.
+	ErrKeyUpdateNotDue = errors.New("codec: key update before it was due")
+
+	// ErrTrailingData means bytes followed the close record in what the
+	// Reader had already read from the transport.
+	ErrTrailingData = errors.New("codec: data after the close record")
+
 	// ErrClosed means Write or Close was called on a Writer that was
 	// already closed.
 	ErrClosed = errors.New("codec: writer closed")
@@ -45,7 +55,8 @@ var (
 
 // Reason names the kind of a Reader error for counters and audit events:
 // "authentication", "truncation", "oversize", "version", "record_type",
-// "malformed" or "key_exhausted"; "" for any other error.
+// "malformed", "key_exhausted", "key_update_not_due" or "trailing_data"; ""
+// for any other error.
 func Reason(err error) string {
 	switch {
 	case errors.Is(err, ErrAuth):
@@ -62,6 +73,10 @@ func Reason(err error) string {
 		return "malformed"
 	case errors.Is(err, ErrKeyExhausted):
 		return "key_exhausted"
+	case errors.Is(err, ErrKeyUpdateNotDue):
+		return "key_update_not_due"
+	case errors.Is(err, ErrTrailingData):
+		return "trailing_data"
 	}
 	return ""
 }

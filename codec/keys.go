@@ -216,6 +216,16 @@ func (h *halfKeys) update() error {
 	return nil
 }
 
+// updateDue reports whether a data record of n more plaintext bytes may not
+// be sealed under the current key: it would be the last record the record
+// limit allows (the key_update must still fit), or it would take the bytes
+// under the key past the byte limit. The Writer asks it before each data
+// record; the Reader asks it with n = MaxPayload, the most a writer may
+// have been about to send, to tell a due key update from a forced one.
+func (h *halfKeys) updateDue(n int) bool {
+	return h.seq+1 >= h.limits.recordsPerKey || h.bytes+uint64(n) > h.limits.bytesPerKey
+}
+
 // nextNonce returns IV XOR the 64-bit sequence number, right-aligned, as in
 // TLS 1.3. The sequence number never wraps: keys are updated long before.
 func (h *halfKeys) nextNonce() []byte {

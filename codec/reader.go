@@ -9,7 +9,9 @@ import (
 // Reader opens the records of one stream direction. Read and WriteTo return
 // plaintext; Next returns it without a copy, as a slice of a pooled buffer.
 // The stream ends with io.EOF only after an authenticated close record; an
-// end anywhere else is ErrTruncated. The first error is permanent.
+// end anywhere else is ErrTruncated, and bytes the Reader has already read
+// past the close record are ErrTrailingData (it reads nothing more after
+// it). The first error is permanent.
 type Reader struct {
 	r        io.Reader
 	sess     *Session
@@ -112,6 +114,13 @@ func (r *Reader) Next() ([]byte, error) {
 				f(KeyUpdate{StreamID: r.streamID, Dir: r.dir, Sending: false, Generation: r.keys.gen})
 			}
 		case typeClose:
+			// Bytes already read past the close record are a protocol
+			// error; bytes that arrive later are the transport's to
+			// see (the tunnel waits for the FIN). Tested by
+			// TestTrailingDataAfterClose.
+			if r.start != r.end {
+				return nil, r.fail(fmt.Errorf("%w: %d bytes", ErrTrailingData, r.end-r.start))
+			}
 			return nil, r.fail(io.EOF)
 		}
 	}

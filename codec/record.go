@@ -103,9 +103,11 @@ func (h *halfKeys) open(rec []byte) (recordType, []byte, error) {
 	if err != nil {
 		return 0, nil, fmt.Errorf("%w (record %d under key %d)", ErrAuth, h.seq, h.gen)
 	}
+	typ := recordType(hdr[0])
+	// Asked before the counters move, as the writer did before sealing it.
+	notDue := typ == typeKeyUpdate && !h.updateDue(MaxPayload)
 	h.seq++
 	h.bytes += uint64(len(pt))
-	typ := recordType(hdr[0])
 	switch {
 	case typ == typeData && len(pt) == 0:
 		return 0, nil, fmt.Errorf("%w: empty data record", ErrMalformed)
@@ -113,6 +115,10 @@ func (h *halfKeys) open(rec []byte) (recordType, []byte, error) {
 		return 0, nil, fmt.Errorf("%w: peer sealed more than %d bytes under key %d", ErrKeyExhausted, h.limits.bytesPerKey, h.gen)
 	case (typ == typeClose || typ == typeKeyUpdate) && len(pt) != 0:
 		return 0, nil, fmt.Errorf("%w: %v record carries %d bytes", ErrMalformed, typ, len(pt))
+	case notDue:
+		// THREATS P5 (a peer cannot make us update and audit keys at
+		// will), tested by TestKeyUpdateNotDue and TestKeyUpdateFlood.
+		return 0, nil, fmt.Errorf("%w: record %d under key %d, %d bytes", ErrKeyUpdateNotDue, h.seq-1, h.gen, h.bytes)
 	case typ != typeData && typ != typeClose && typ != typeKeyUpdate:
 		return 0, nil, fmt.Errorf("%w: %v", ErrRecordType, typ)
 	}

@@ -132,7 +132,7 @@ func (w *Writer) writeRecord(b []byte, typ recordType, payload []byte) error {
 // key (FORMAT.md, "Key update").
 func (w *Writer) updateKeyIfDue(n int) error {
 	k := &w.keys
-	if k.seq+1 < k.limits.recordsPerKey && k.bytes+uint64(n) <= k.limits.bytesPerKey {
+	if !k.updateDue(n) {
 		return nil
 	}
 	if k.gen >= k.limits.keyUpdates {

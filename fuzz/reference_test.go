@@ -27,8 +27,16 @@ type refDirection struct {
 	secret []byte
 	aead   cipher.AEAD
 	iv     []byte
-	seq    uint64
+	seq    uint64 // records under the key, counted when their nonce is taken
+	bytes  uint64 // plaintext bytes opened under the key
 }
+
+// The usage limits of FORMAT.md section 6 and the payload limit of section 3.
+const (
+	refRecordsPerKey = 1 << 23
+	refBytesPerKey   = 1 << 35
+	refMaxPayload    = 65536
+)
 
 func newRefDirection(preamble []byte, id uint64, initiator bool) *refDirection {
 	prk := hkdf.Extract(sha256.New, connSecret, pairingSecret)
@@ -52,7 +60,7 @@ func expand(secret, info []byte, n int) []byte {
 func (d *refDirection) install(suite byte) {
 	key := expand(d.secret, []byte("dyad/1 key"), 32)
 	d.iv = expand(d.secret, []byte("dyad/1 iv"), 12)
-	d.seq = 0
+	d.seq, d.bytes = 0, 0
 	if suite == 0x02 {
 		d.aead, _ = chacha20poly1305.New(key)
 		return
@@ -108,7 +116,7 @@ func refSeal(suite byte, id uint64, initiator bool, recs []refRecord) []byte {
 
 // refOpen reads a direction as FORMAT.md section 7 says a reader must: the
 // plaintext of the records before the first failure, and the failure (nil
-// after a valid close record).
+// after a valid close record that ends the input).
 func refOpen(wire []byte) ([]byte, error) {
 	if len(wire) < 8 {
 		return nil, codec.ErrTruncated
@@ -144,11 +152,20 @@ func refOpen(wire []byte) ([]byte, error) {
 			return plain, codec.ErrRecordType
 		case (typ == refData) == (len(payload) == 0):
 			return plain, codec.ErrMalformed
+		case typ == refClose && len(rest) > 0:
+			return plain, codec.ErrTrailingData
 		case typ == refClose:
 			return plain, nil
 		case typ == refKeyUpdate:
+			// Section 5: due only at the record limit or within one
+			// maximal record of the byte limit; seq already counts
+			// this record.
+			if before := d.seq - 1; before+1 < refRecordsPerKey && d.bytes+refMaxPayload <= refBytesPerKey {
+				return plain, codec.ErrKeyUpdateNotDue
+			}
 			d.update(preamble[5])
 		default:
+			d.bytes += uint64(len(payload))
 			plain = append(plain, payload...)
 		}
 	}

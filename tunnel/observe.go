@@ -238,7 +238,10 @@ func (n *Node) auditRecordRejected(peer, service string, id uint64, reason strin
 		attribute.Int64(audit.KeyStreamID, int64(id)), attribute.String(audit.KeyReason, reason))...)
 }
 
-// keyUpdateHook is the codec.Config.OnKeyUpdate of one peer's tunnels.
+// keyUpdateHook is the codec.Config.OnKeyUpdate of one peer's tunnels. A
+// peer cannot make it fire at will: the codec refuses a key update that is
+// not due, and the Auditor limits dyad.key.updated per peer (THREATS P5,
+// tested by TestKeyUpdateFlood and audit's TestRateLimitPerSource).
 func (n *Node) keyUpdateHook(peer string) func(codec.KeyUpdate) {
 	if n.audit == nil {
 		return nil
