@@ -12,6 +12,7 @@ import (
 
 	"github.com/dyad-tunnel/dyad/audit"
 	"github.com/dyad-tunnel/dyad/audit/audittest"
+	"github.com/dyad-tunnel/dyad/audit/journal"
 	"github.com/dyad-tunnel/dyad/codec"
 	"github.com/dyad-tunnel/dyad/codec/codectest"
 	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
@@ -119,5 +120,23 @@ func TestTrailingDataResets(t *testing.T) {
 	s.Close()
 	if code := awaitReset(t, s); code != codeProtocol && code != codeRecord {
 		t.Fatalf("later read: stream reset with code %#x, want %#x or %#x", code, codeProtocol, codeRecord)
+	}
+	// Counted and audited alike, whichever read saw them.
+	v, _ := journals.Load(b)
+	tj := v.(*audittest.Journal)
+	trailing := func([]journal.Entry) bool {
+		n := 0
+		for _, e := range tj.Named(audit.RecordRejected) {
+			if e.Attr(audit.KeyReason) == attribute.StringValue("trailing_data") {
+				n++
+			}
+		}
+		return n == 2
+	}
+	if !tj.WaitFor(5*time.Second, trailing) {
+		t.Fatal("trailing bytes read after the close record were not audited as trailing_data")
+	}
+	if got := b.Stats.Snapshot()["records_rejected.trailing_data"]; got != 2 {
+		t.Fatalf("records_rejected.trailing_data = %d, want 2", got)
 	}
 }

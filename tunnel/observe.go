@@ -172,7 +172,7 @@ func streamCloseReason(err error) (reason, errType string) {
 		return le.Limit, ""
 	}
 	if r := codec.Reason(err); r != "" {
-		if r == "truncated" {
+		if errors.Is(err, codec.ErrTruncated) {
 			return "truncated", r
 		}
 		return "rejected_record", r

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -93,10 +94,10 @@ func (n *Node) pump(local *net.TCPConn, s *quic.Stream, r *codec.Reader, w *code
 		}
 		if err != nil {
 			code := codeLocalReset
-			if codec.Reason(err) != "" {
-				code = codeRecord
-			} else if errors.Is(err, errTrailing) {
+			if errors.Is(err, errTrailing) {
 				code = codeProtocol
+			} else if codec.Reason(err) != "" {
+				code = codeRecord
 			}
 			abort(err, code)
 			return
@@ -127,7 +128,9 @@ func expectFIN(s *quic.Stream) error {
 	n, err := s.Read(b[:])
 	switch {
 	case n > 0:
-		return errTrailing
+		// Counted and audited like trailing bytes the codec saw in the
+		// same read (TestTrailingDataResets).
+		return fmt.Errorf("%w: %w", errTrailing, codec.ErrTrailingData)
 	case err == io.EOF:
 		return nil
 	}
