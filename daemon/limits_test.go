@@ -1069,8 +1069,9 @@ func TestLimitThrottle(t *testing.T) {
 	}) {
 		t.Error("B limited site-c, which has no limits of its own")
 	}
-	// The auditor rate-limits by event name: thousands of stream refusals
-	// use up the budget of rate_limit.exceeded, and the bandwidth event
+	// The auditor rate-limits by event name and source: thousands of
+	// stream refusals use up site-a's budget of rate_limit.exceeded, and
+	// its bandwidth event
 	// (once per stream, at its first delay) may then only be counted as
 	// suppressed, which B writes at the latest when it stops.
 	if !has(limited("bytes_per_second")) {
