@@ -143,6 +143,13 @@ func (c Config) LimitsInEffect() []Limit {
 		{"connect timeout", c.ConnectTimeout.String(), "per forwarded connection waiting for a tunnel", "time"},
 		{"upstream dial timeout", c.DialTimeout.String(), "per stream to an exported service", "time"},
 	}
+	if c.MaxHalfOpen > 0 {
+		perSource, perPrefix, reserved := halfOpenShares(c.MaxHalfOpen)
+		out = append(out,
+			Limit{"half-open handshakes", count(perSource), "per source address (IPv6: /64)", "concurrency"},
+			Limit{"half-open handshakes", count(perPrefix), "per IPv4 /24 or IPv6 /48, except addresses a peer last completed a handshake from", "concurrency"},
+			Limit{"half-open handshakes", count(reserved), "kept for addresses a peer last completed a handshake from", "concurrency"})
+	}
 	add := func(scope string, l Limits) {
 		if l.StreamsPerSecond != 0 {
 			out = append(out, Limit{"new streams per second", perSecond(l.StreamsPerSecond), scope, "rate"})
