@@ -134,20 +134,26 @@ func requestResponse(entry string, conc int, dur time.Duration) (metrics, error)
 }
 
 // churn opens new connections as fast as workers can, each carrying one
-// 1 KiB request and response, and reports connections per second. Clients
-// close with a reset so TIME_WAIT does not exhaust loopback ports.
-func churn(entry string, workers int, dur time.Duration) (metrics, error) {
+// 1 KiB request and response, until dur has passed and at least minConns
+// connections are done (but for no more than dur+churnLimit), and reports
+// connections per second and how many. Clients close with a reset so
+// TIME_WAIT does not exhaust loopback ports.
+func churn(entry string, workers int, dur time.Duration, minConns int) (metrics, error) {
 	var done atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
 	start := time.Now()
-	deadline := start.Add(dur)
+	deadline, limit := start.Add(dur), start.Add(dur+churnLimit)
+	more := func() bool {
+		now := time.Now()
+		return now.Before(deadline) || done.Load() < int64(minConns) && now.Before(limit)
+	}
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, msgSize)
-			for time.Now().Before(deadline) {
+			for more() {
 				c, err := dialMode(entry, modeRR)
 				if err == nil {
 					c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -164,12 +170,18 @@ func churn(entry string, workers int, dur time.Duration) (metrics, error) {
 		}()
 	}
 	wg.Wait()
+	elapsed := time.Since(start)
 	close(errs)
 	if err := <-errs; err != nil {
 		return nil, fmt.Errorf("churn after %d connections: %w", done.Load(), err)
 	}
-	return metrics{"conns_per_s": float64(done.Load()) / time.Since(start).Seconds()}, nil
+	return metrics{"conns_per_s": float64(done.Load()) / elapsed.Seconds(), "conns": float64(done.Load())}, nil
 }
+
+// churnLimit bounds how long churn runs past its duration to reach its
+// minimum count: a system slower than minConns/churnLimit connections a second
+// reports what it did.
+const churnLimit = 30 * time.Second
 
 // idle holds n connections open (each has carried one exchange, so its
 // stream exists) and reports the RSS each costs the importing and the

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dyad-tunnel/dyad/tunnel"
 )
 
 func main() {
@@ -48,11 +50,22 @@ type plan struct {
 	bulkDur    time.Duration
 	rrDur      time.Duration
 	churnDur   time.Duration
+	churnMin   int // churn runs until churnDur has passed and churnMin connections are done
 	idleConns  int
 	impairDur  time.Duration
 	setupReps  int
 	impairment []linkModel
 }
+
+// idleConnsFull is the full run's idle target; dyad holds at most
+// tunnel.MaxStreamsCap (idleTarget).
+const idleConnsFull = 10000
+
+// churnMin is more new connections than dyad's default stream bucket
+// (burst 1000, 500 a second) admits in the time churn takes here, in both
+// modes: a bench that ran with the default limits fails, quick mode (CI)
+// included.
+const churnMin = 3000
 
 func makePlan(quick bool, reps int) plan {
 	impaired := []linkModel{
@@ -60,11 +73,26 @@ func makePlan(quick bool, reps int) plan {
 		{Delay: 20 * time.Millisecond, Jitter: time.Millisecond, Loss: 0.01, RateMbps: 1000},
 	}
 	if quick {
+		// idle as many as dyad holds in full mode: beyond the default
+		// max_streams and max_connections (1024), as the full run.
 		return plan{reps: 1, bulkDur: 300 * time.Millisecond, rrDur: 300 * time.Millisecond, churnDur: 300 * time.Millisecond,
-			idleConns: 200, impairDur: 500 * time.Millisecond, setupReps: 1, impairment: impaired}
+			churnMin: churnMin, idleConns: tunnel.MaxStreamsCap, impairDur: 500 * time.Millisecond, setupReps: 1, impairment: impaired}
 	}
 	return plan{reps: max(reps, 3), bulkDur: 2 * time.Second, rrDur: 2 * time.Second, churnDur: time.Second,
-		idleConns: 10000, impairDur: 4 * time.Second, setupReps: 3, impairment: impaired}
+		churnMin: churnMin, idleConns: idleConnsFull, impairDur: 4 * time.Second, setupReps: 3, impairment: impaired}
+}
+
+// idleTarget is how many connections idle holds on s: dyad carries a
+// peer's streams on one QUIC connection, which holds at most
+// tunnel.MaxStreamsCap; stunnel needs two descriptors per connection.
+func idleTarget(s system, want int) int {
+	switch s.name() {
+	case "dyad":
+		return min(want, tunnel.MaxStreamsCap)
+	case "stunnel":
+		return min(want, stunnelIdleMax)
+	}
+	return want
 }
 
 func run(quick bool, dyadBin, outDir string, reps int, only string) error {
@@ -90,7 +118,8 @@ func run(quick bool, dyadBin, outDir string, reps int, only string) error {
 	defer os.RemoveAll(work)
 
 	res := &results{Mode: map[bool]string{true: "quick", false: "full"}[quick], Date: time.Now().UTC().Format(time.RFC3339),
-		Machine: describeMachine(stunnelBin), Impairment: p.impairment}
+		Machine: describeMachine(stunnelBin), Impairment: p.impairment, DyadLimits: configuredLimits()}
+	res.Notes = append(res.Notes, limitsNote(p.idleConns))
 	if stunnelBin == "" {
 		res.Notes = append(res.Notes, "stunnel was not measured: stunnel4 is not installed (`make bench-deps` installs it as root).")
 	} else {
@@ -125,7 +154,7 @@ func run(quick bool, dyadBin, outDir string, reps int, only string) error {
 		{"bulk-up-8", func(s system) (metrics, error) { return bulk(s.entry(), true, 8, p.bulkDur, s.pids()) }},
 		{"rr-1", func(s system) (metrics, error) { return requestResponse(s.entry(), 1, p.rrDur) }},
 		{"rr-64", func(s system) (metrics, error) { return requestResponse(s.entry(), 64, p.rrDur) }},
-		{"churn", func(s system) (metrics, error) { return churn(s.entry(), 8, p.churnDur) }},
+		{"churn", func(s system) (metrics, error) { return churn(s.entry(), 8, p.churnDur, p.churnMin) }},
 	}
 	for _, sc := range scenarios {
 		if !want(sc.name) {
@@ -150,9 +179,8 @@ func run(quick bool, dyadBin, outDir string, reps int, only string) error {
 		if s.name() == "direct" || !want("idle") {
 			continue
 		}
-		n := p.idleConns
-		if s.name() == "stunnel" && n > stunnelIdleMax {
-			n = stunnelIdleMax
+		n := idleTarget(s, p.idleConns)
+		if s.name() == "stunnel" && n < p.idleConns {
 			res.Notes = append(res.Notes, fmt.Sprintf("idle: stunnel held %d connections, not %d: each stunnel process needs two descriptors per connection and this machine's open-file hard limit is %d.", n, p.idleConns, fileLimit()))
 		}
 		m, err := idle(s.entry(), n, s.pids())

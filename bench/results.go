@@ -17,8 +17,19 @@ type results struct {
 	Seconds    float64     `json:"seconds"`
 	Machine    machine     `json:"machine"`
 	Impairment []linkModel `json:"impairment"`
-	Notes      []string    `json:"notes"`
-	Cells      []*cell     `json:"cells"`
+	// DyadLimits are the limits the bench configured on both dyad daemons.
+	DyadLimits limitsRecord `json:"dyad_limits"`
+	Notes      []string     `json:"notes"`
+	Cells      []*cell      `json:"cells"`
+}
+
+// limitsRecord is the dyad configuration a run measured with: the
+// tunnel.limits of both sites and the forward's max_connections.
+type limitsRecord struct {
+	StreamsPerSecond float64 `json:"streams_per_second"`
+	StreamBurst      int     `json:"stream_burst"`
+	MaxStreams       int     `json:"max_streams"`
+	MaxConnections   int     `json:"max_connections"`
 }
 
 // cell is one scenario on one system: every repetition and the summary.
@@ -110,9 +121,10 @@ func headline(scenario string) (key, unit string) {
 
 // extra lists the secondary figures shown in the table.
 var extra = map[string][]string{
-	"bulk": {"cpu_s_per_gb", "peak_rss_mib"},
-	"rr":   {"rps", "p50_us", "p90_us", "p999_us"},
-	"idle": {"rss_kib_per_conn_exporter"},
+	"bulk":  {"cpu_s_per_gb", "peak_rss_mib"},
+	"rr":    {"rps", "p50_us", "p90_us", "p999_us"},
+	"idle":  {"conns", "rss_kib_per_conn_exporter"},
+	"churn": {"conns"},
 }
 
 func extrasFor(scenario string) []string {

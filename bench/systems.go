@@ -20,7 +20,48 @@ import (
 
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/daemon/daemontest"
+	"github.com/dyad-tunnel/dyad/tunnel"
 )
+
+// benchLimits are the per-peer limits both dyad daemons run with, above
+// anything a scenario reaches: the bench measures dyad's cost, not its
+// limits. With the defaults (tunnel.DefaultLimits: 500 new streams a
+// second, burst 1000, 1024 open) churn is refused after ~1,100 connections
+// and idle at 1,024. max_streams stops at tunnel.MaxStreamsCap, the streams
+// one QUIC connection carries, which is also the most connections idle
+// holds on dyad (idleTarget).
+var benchLimits = daemon.LimitsFile{StreamsPerSecond: 100_000, StreamBurst: 100_000, MaxStreams: tunnel.MaxStreamsCap}
+
+// benchMaxConnections is the forward's max_connections (default 1024): as
+// many as the one QUIC connection behind it can carry.
+const benchMaxConnections = tunnel.MaxStreamsCap
+
+// defaultMaxConnections is daemon's default max_connections of a forward
+// (README, "Limits"), for the report.
+const defaultMaxConnections = 1024
+
+// limitsNote says in the report which limits dyad ran with, and why; idle
+// is the plan's idle target.
+func limitsNote(idle int) string {
+	d := tunnel.DefaultLimits
+	held := fmt.Sprintf("idle holds %d connections on every system", idle)
+	if n := min(idle, tunnel.MaxStreamsCap); n < idle {
+		held = fmt.Sprintf("idle holds %d connections on dyad, not %d as on the others where they can: one QUIC connection carries at most %d streams "+
+			"(tunnel.MaxStreamsCap) and dyad has one connection per peer; per-connection figures at different counts compare only roughly", n, idle, tunnel.MaxStreamsCap)
+	}
+	return fmt.Sprintf("dyad ran with tunnel.limits {streams_per_second: %v, stream_burst: %v, max_streams: %v} on both sites and max_connections %v on its forward "+
+		"(defaults: %v, %v, %v and %v), so that no limit refuses a scenario's connection: with the defaults churn is refused after ~1,100 connections "+
+		"and idle at 1,024. Churn opens at least %d connections per system and repetition. %s.",
+		benchLimits.StreamsPerSecond, benchLimits.StreamBurst, benchLimits.MaxStreams, benchMaxConnections,
+		d.StreamsPerSecond, d.StreamBurst, d.MaxStreams, defaultMaxConnections, churnMin, held)
+}
+
+// configuredLimits is what results.json records of benchLimits and the
+// forward.
+func configuredLimits() limitsRecord {
+	return limitsRecord{StreamsPerSecond: float64(benchLimits.StreamsPerSecond), StreamBurst: int(benchLimits.StreamBurst),
+		MaxStreams: int(benchLimits.MaxStreams), MaxConnections: benchMaxConnections}
+}
 
 // A system carries client traffic to the target server: importing side →
 // link → exporting side → target, each side its own process.
@@ -84,6 +125,7 @@ func (d *dyadSystem) start(dir, target string, wrap func(string) (string, error)
 		return err
 	}
 	d.a.Config.Log.Level, d.b.Config.Log.Level = "warn", "warn"
+	d.a.Config.Tunnel.Limits, d.b.Config.Tunnel.Limits = benchLimits, benchLimits
 	d.b.Config.Peers = []daemon.PeerFile{d.a.Peer(false)}
 	d.b.Config.Services = []daemon.ServiceFile{{Name: "target", Upstream: target, Allow: []string{"site-a"}}}
 	peer := d.b.Peer(true)
@@ -93,7 +135,7 @@ func (d *dyadSystem) start(dir, target string, wrap func(string) (string, error)
 		}
 	}
 	d.a.Config.Peers = []daemon.PeerFile{peer}
-	d.a.Config.Forwards = []daemon.ForwardConfig{{Listen: d.local, Peer: "site-b", Service: "target"}}
+	d.a.Config.Forwards = []daemon.ForwardConfig{{Listen: d.local, Peer: "site-b", Service: "target", MaxConnections: benchMaxConnections}}
 	d.a.Config.Tunnel.ShutdownTimeout = daemon.Duration(time.Second)
 	d.b.Config.Tunnel.ShutdownTimeout = daemon.Duration(time.Second)
 	if err := d.b.StartReady(10 * time.Second); err != nil {

@@ -73,12 +73,18 @@ func forwardBulk(b *testing.B, disableDark bool) {
 	}
 }
 
+// churnLimits let a churn benchmark open new streams faster and longer than
+// DefaultLimits' bucket (500 a second, burst 1000) admits: it measures
+// dyad's cost per connection, not the limit (bench/ configures the daemons
+// the same way).
+var churnLimits = Limits{StreamsPerSecond: 100_000, StreamBurst: 100_000}
+
 // BenchmarkConnAudit is the audit overhead on the churn scenario: each op is
 // a new forwarded connection carrying a 1 KiB request and its 1 KiB echo,
 // 8 at a time, which makes 4 audit events (stream opened and closed on each
 // side). Modes: no audit; the journal; the journal plus OTLP/gRPC export
 // to a real receiver. Compare ns/op across modes; events/s is what the
-// audit path sustained.
+// audit path sustained. Both nodes run with churnLimits.
 func BenchmarkConnAudit(b *testing.B) {
 	for _, mode := range []string{"off", "journal", "journal+otlp"} {
 		b.Run(mode, func(b *testing.B) {
@@ -104,9 +110,9 @@ func BenchmarkConnAudit(b *testing.B) {
 			}
 			echo, _ := tunneltest.EchoServer(b)
 			ida, idb := newIdentity(b), newIdentity(b)
-			nb := startNodeWith(b, idb, Config{Peers: []Peer{{Name: "a", Key: ida.Public()}},
+			nb := startNodeWith(b, idb, Config{Limits: churnLimits, Peers: []Peer{{Name: "a", Key: ida.Public()}},
 				Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"a"}}}}, auds[1])
-			na := startNodeWith(b, ida, Config{Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: nb.Addr().String()}}}, auds[0])
+			na := startNodeWith(b, ida, Config{Limits: churnLimits, Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: nb.Addr().String()}}}, auds[0])
 			ln, _ := net.Listen("tcp", "127.0.0.1:0")
 			defer ln.Close()
 			go func() {
