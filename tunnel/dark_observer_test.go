@@ -48,6 +48,19 @@ func newWireTap(t *testing.T, server net.Addr) *wireTap {
 	return w
 }
 
+// complete reports whether the tap has recorded all that recorded returns.
+func (w *wireTap) complete() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var s, l, h bool
+	for _, d := range w.seen {
+		s = s || d[0]&0x80 != 0
+		l = l || d[0]&0x80 != 0 && len(d) > 5 && d[5] == cidLen
+		h = h || d[0]&0x80 == 0 && len(d) >= 64
+	}
+	return s && l && h
+}
+
 // recorded returns what the observer keeps for later: the client's sealed
 // first flight, a long-header datagram and a short-header one (at least
 // darkMinUnproven bytes) carrying a connection ID the server issued.
@@ -86,7 +99,8 @@ func TestDarkObserverGetsNoAnswer(t *testing.T) {
 	ida, idb := newIdentity(t), newIdentity(t)
 	b := startNode(t, idb, Config{Peers: []Peer{{Name: "a", Key: ida.Public()}}})
 	tap := newWireTap(t, b.Addr())
-	a := startNode(t, ida, Config{Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: tap.sock.LocalAddr().String()}}})
+	a := startNode(t, ida, Config{Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: tap.sock.LocalAddr().String()}},
+		KeepAlive: 200 * time.Millisecond}) // heartbeats: short headers the observer records
 	deadline := time.Now().Add(10 * time.Second)
 	for b.Stats.TunnelsEstablished.Load() == 0 || a.Stats.TunnelsEstablished.Load() == 0 {
 		if time.Now().After(deadline) {
@@ -94,7 +108,9 @@ func TestDarkObserverGetsNoAnswer(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	time.Sleep(300 * time.Millisecond) // some 1-RTT traffic (the ready signal, acknowledgements)
+	for !tap.complete() && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
 	sealed, long, short := tap.recorded(t)
 	a.Close()
 	time.Sleep(3 * time.Second) // past the windows, set to 1 s here, and the closed connection's 3 PTO
