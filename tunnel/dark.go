@@ -356,7 +356,7 @@ func longDCID(b []byte) ([]byte, bool) {
 //
 // THREATS P9, tested by TestDarkObserverGetsNoAnswer (an observer's
 // replays and rebuilt packets after the tunnel ended), TestDarkListenerSilent
-// (a scanner) and TestDarkFirstFlightReplay (the replay cache).
+// (a scanner) (the replay cache too).
 func (f *darkFilter) inbound(b []byte, from net.Addr, now time.Time) (int, bool) {
 	if len(b) == 0 {
 		return 0, false

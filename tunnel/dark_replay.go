@@ -10,7 +10,7 @@ import (
 // listener took, for as long as their timestamps stay inside the skew
 // window, so that a recorded first flight replayed from any address gets
 // no answer (FORMAT.md section 9; THREATS P9, tested by
-// TestDarkFirstFlightReplay and TestDarkObserverGetsNoAnswer). It belongs
+// TestDarkObserverGetsNoAnswer). It belongs
 // to the read loop: no lock.
 //
 // Memory is fixed: replayMax entries in a ring (oldest first) plus the
