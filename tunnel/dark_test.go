@@ -184,3 +184,52 @@ func TestDarkGSOFirstFlight(t *testing.T) {
 func (k *darkKey) open(b []byte, now time.Time) ([]byte, bool) {
 	return openFirstFlight(k.newMAC(), new([sha256.Size]byte), b, now)
 }
+
+// TestDarkPreviousReleasePeer: the filter's side of
+// TestInteropPreviousRelease, without the old binary. A 12-byte connection
+// ID made as the previous release makes them counts as the peer's (no
+// trailer after its first answer), and a long header that such a peer
+// sealed to our young ID during its handshake passes without the trailer.
+func TestDarkPreviousReleasePeer(t *testing.T) {
+	idPeer := newIdentity(t)
+	peer := newDarkKey(idPeer.Public())
+	f := newDarkFilter(newDarkKey(newIdentity(t).Public()), func(string) {})
+	f.dark.Store(true)
+	server := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 3), Port: 4433}
+	f.expect(server, idPeer.Public())
+	now := time.Now()
+
+	var legacy [legacyCIDLen]byte // the previous release: r || AES(K_cid, r || 0^10)[:6]
+	rand.Read(legacy[:legacyCIDNonce])
+	var block [16]byte
+	copy(block[:], legacy[:legacyCIDNonce])
+	peer.cid.Encrypt(block[:], block[:])
+	copy(legacy[legacyCIDNonce:], block[:6])
+	handshake := append([]byte{0xe0, 0, 0, 0, 1, legacyCIDLen}, legacy[:]...)
+	handshake = append(handshake, make([]byte, 100)...)
+	if out := f.outbound(handshake, server, now); len(out) != len(handshake) {
+		t.Errorf("a long header to the peer's 12-byte ID got a %d-byte trailer", len(out)-len(handshake))
+	}
+	legacy[0] ^= 1 // no longer the peer's: a first flight that happens to have a 12-byte ID
+	forged := append([]byte{0xc0, 0, 0, 0, 1, legacyCIDLen}, legacy[:]...)
+	forged = append(forged, make([]byte, 100)...)
+	if out := f.outbound(forged, server, now); len(out) != len(forged)+darkTrailer {
+		t.Errorf("a long header to a 12-byte ID the peer did not issue went unsealed")
+	}
+
+	client := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 4), Port: 5555}
+	first := f.own.seal(append([]byte{0xc0, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8}, make([]byte, 1238)...), now)
+	if n, ok := f.inbound(first, client, now); !ok || n != len(first)-darkTrailer {
+		t.Fatalf("the old client's first flight: %d bytes, passed %v", n, ok)
+	}
+	id, _ := cidGenerator{f.own}.GenerateConnectionID()
+	body := append([]byte{0xe0, 0, 0, 0, 1, cidLen}, id.Bytes()...)
+	body = append(body, make([]byte, 200)...)
+	sealed := f.own.seal(body, now) // what the old client sends: it cannot tell the ID is ours
+	if n, ok := f.inbound(sealed, client, now); !ok || n != len(body) {
+		t.Errorf("the old client's sealed handshake datagram to our ID: %d of %d bytes, passed %v", n, len(body), ok)
+	}
+	if n, ok := f.inbound(body, client, now); !ok || n != len(body) {
+		t.Errorf("an unsealed handshake datagram to our ID: %d of %d bytes, passed %v", n, len(body), ok)
+	}
+}
