@@ -233,3 +233,42 @@ func TestDarkPreviousReleasePeer(t *testing.T) {
 		t.Errorf("an unsealed handshake datagram to our ID: %d of %d bytes, passed %v", n, len(body), ok)
 	}
 }
+
+// TestDarkPassedCache: the read loop's cache of live tunnels' recent
+// packets passes an ID only from the address it checked out from, and for
+// at most rebuildEvery after the check: once the tunnel ended, a datagram
+// too small to pass on its ID alone is dropped again.
+func TestDarkPassedCache(t *testing.T) {
+	f := newDarkFilter(newDarkKey(newIdentity(t).Public()), func(string) {})
+	f.dark.Store(true)
+	peer := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 4433}
+	other := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 3), Port: 4433}
+	tun := fixedRemote{peer}
+	f.tunnelAt(tun, 1)
+	now := time.Now()
+	var pkts [3][]byte // three live IDs, alternating
+	for i := range pkts {
+		id, _ := cidGenerator{f.own}.GenerateConnectionID()
+		pkts[i] = append([]byte{0x40}, id.Bytes()...)
+		pkts[i] = append(pkts[i], make([]byte, 20)...) // under darkMinUnproven
+	}
+	for round := range 2 {
+		for i, p := range pkts {
+			if _, ok := f.inbound(p, peer, now); !ok {
+				t.Fatalf("round %d: the live tunnel's packet %d was dropped", round, i)
+			}
+			if _, ok := f.inbound(p, other, now); ok {
+				t.Fatalf("round %d: packet %d passed from an address that is no tunnel's", round, i)
+			}
+		}
+	}
+	f.tunnelAt(tun, -1)
+	if _, ok := f.inbound(pkts[0], &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2).To4(), Port: 4433}, now.Add(rebuildEvery/2)); !ok {
+		t.Error("a checked ID did not pass from the same address (4-byte form) within rebuildEvery")
+	}
+	for i, p := range pkts {
+		if _, ok := f.inbound(p, peer, now.Add(rebuildEvery)); ok {
+			t.Errorf("packet %d (%d bytes) passed rebuildEvery after its check, the tunnel gone", i, len(p))
+		}
+	}
+}
