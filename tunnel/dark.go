@@ -456,7 +456,7 @@ func (f *darkFilter) inbound(b []byte, from net.Addr, now time.Time) (int, bool)
 		// young, from the server we dialed or a client whose sealed first
 		// flight we took. Anything else (an observer's rebuilt Initial)
 		// would make quic-go start a new connection and answer it.
-		if f.own.ours(dcid) && young(dcid, now) && (f.replay.handshaking(ap) || f.knownSource(ap, now)) {
+		if f.own.ours(dcid) && young(dcid, now) && (f.replay.handshaking(ap, now) || f.knownSource(ap, now)) {
 			// A daemon of the previous release seals every long header to
 			// an ID it cannot recognise as ours (16 bytes, not its 12):
 			// strip a trailer that verifies, as QUIC cannot parse it. Only
@@ -518,7 +518,7 @@ func (f *darkFilter) short(b []byte, from net.Addr, now time.Time) (int, bool) {
 		return 0, false
 	}
 	if f.own.ours(cid) {
-		if young(cid, now) && f.replay.handshaking(ap) {
+		if young(cid, now) && f.replay.handshaking(ap, now) {
 			f.learn(cid, now) // a client whose handshake just ended, before its tunnel is counted
 			return len(b), true
 		}

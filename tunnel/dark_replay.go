@@ -10,45 +10,50 @@ import (
 // listener took, for as long as their timestamps stay inside the skew
 // window, so that a recorded first flight replayed from any address gets
 // no answer (FORMAT.md section 9; THREATS P9, tested by
-// TestDarkObserverGetsNoAnswer). It belongs
-// to the read loop: no lock.
+// TestDarkObserverGetsNoAnswer and TestDarkReplayCache*). It belongs to
+// the read loop: no lock.
 //
 // Memory is fixed: replayMax entries in a ring (oldest first) plus the
-// index and per-source counts over them, about 100 bytes an entry (under
-// 1 MiB). When it is full of entries still inside the window, new first
-// flights are refused (dropReplayFull) rather than an entry forgotten:
-// forgetting would let that flight be replayed. One source (an IPv4
-// address, an IPv6 /64) holds at most replayPerSource entries
-// (dropSourceQuota beyond), so filling the cache takes replayMax /
-// replayPerSource = 32 sources that all hold the listener's public key.
+// index and per-source counts over them, about 110 bytes an entry (0.9 MB
+// full, under 1 MiB: TestDarkReplayCacheMemory). When it is full of
+// entries still inside the window, new first flights are refused
+// (dropReplayFull) rather than an entry forgotten: forgetting would let
+// that flight be replayed. One source (an IPv4 address, an IPv6 /64) holds
+// at most replayPerSource entries (dropSourceQuota beyond), so filling the
+// cache takes replayMax / replayPerSource = 32 sources that all hold the
+// listener's public key.
 type replayCache struct {
 	ring   []replayEntry // replayMax slots; n entries from head, oldest first
 	head   int
 	n      int
 	tags   map[[darkTagSize]byte]struct{}
-	perSrc map[netip.Addr]int
+	perSrc map[srcKey]int32
 }
 
 type replayEntry struct {
 	tag  [darkTagSize]byte
 	sent int64 // the flight's timestamp, Unix seconds
-	src  netip.Addr
+	src  srcKey
 }
 
 func newReplayCache() replayCache {
-	return replayCache{ring: make([]replayEntry, replayMax), tags: map[[darkTagSize]byte]struct{}{}, perSrc: map[netip.Addr]int{}}
+	return replayCache{ring: make([]replayEntry, replayMax), tags: map[[darkTagSize]byte]struct{}{}, perSrc: map[srcKey]int32{}}
 }
+
+// srcKey is a source as the quota counts it: an IPv4 address (in its
+// IPv6-mapped form) or an IPv6 /64, 16 bytes with no pointer.
+type srcKey [16]byte
 
 // sourceKey is the unit a source's quota counts: an IPv4 address or an
 // IPv6 /64 (one host's share under the usual assignment).
-func sourceKey(ap netip.AddrPort) netip.Addr {
-	a := ap.Addr()
+func sourceKey(ap netip.AddrPort) srcKey {
+	a := ap.Addr().Unmap()
 	if a.Is6() {
 		if p, err := a.Prefix(64); err == nil {
-			return p.Addr()
+			return p.Addr().As16()
 		}
 	}
-	return a
+	return a.As16()
 }
 
 // expire forgets entries whose timestamp has left the skew window: a
@@ -93,8 +98,14 @@ func (c *replayCache) add(tag, ts []byte, src netip.AddrPort, now time.Time) str
 }
 
 // handshaking reports whether src (its IPv4 address or IPv6 /64) sent a
-// first flight we took within the skew window: a client in a handshake,
-// whose later long headers carry our young connection ID.
-func (c *replayCache) handshaking(src netip.AddrPort) bool {
-	return src.IsValid() && c.perSrc[sourceKey(src)] > 0
+// first flight we took whose timestamp is still inside the skew window at
+// now: a client in a handshake, whose later long headers carry our young
+// connection ID. Entries expire here too, not only when a flight arrives
+// (TestDarkReplayCacheExpires).
+func (c *replayCache) handshaking(src netip.AddrPort, now time.Time) bool {
+	if !src.IsValid() {
+		return false
+	}
+	c.expire(now)
+	return c.perSrc[sourceKey(src)] > 0
 }
