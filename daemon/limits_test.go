@@ -258,16 +258,16 @@ func counters(t *testing.T, s *daemontest.Site) map[string]uint64 {
 
 // sealConn plays a stranger that knows the listener's public key (it is no
 // secret): it seals its first flight so that the dark listener lets it
-// reach TLS. Every connection ID a dyad node issues is 12 bytes, and quic-go
+// reach TLS. Every connection ID a dyad node issues is 16 bytes, and quic-go
 // clients pick 8-byte ones for their first Initial: a long-header datagram
-// whose destination ID is not 12 bytes long is a first flight.
+// whose destination ID is not 16 bytes long is a first flight.
 type sealConn struct {
 	net.PacketConn // an interface, so quic-go takes the plain ReadFrom/WriteTo path
 	key            identity.PublicKey
 }
 
 func (c *sealConn) WriteTo(b []byte, addr net.Addr) (int, error) {
-	if len(b) > 5 && b[0]&0x80 != 0 && b[5] != 12 {
+	if len(b) > 5 && b[0]&0x80 != 0 && b[5] != 16 {
 		if _, err := c.PacketConn.WriteTo(tunnel.SealFirstFlight(c.key, b, time.Now()), addr); err != nil {
 			return 0, err
 		}

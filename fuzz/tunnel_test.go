@@ -2,7 +2,11 @@ package fuzz
 
 import (
 	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/ed25519"
+	"crypto/hkdf"
+	"crypto/sha256"
 	"net"
 	"reflect"
 	"strings"
@@ -152,29 +156,88 @@ var darkKey = func() identity.PublicKey {
 	return k
 }()
 
+// darkCID is K_cid of darkKey, as codec/FORMAT.md section 9 derives it.
+var darkCID = func() cipher.Block {
+	k, err := hkdf.Key(sha256.New, append(darkKey.Sign[:], darkKey.DH[:]...), nil, "dyad/1 dark listener connection id", 16)
+	if err != nil {
+		panic(err)
+	}
+	b, err := aes.NewCipher(k)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}()
+
+// darkID returns a connection ID issued under darkKey, as FORMAT.md section
+// 9 lays it out: 16 bytes (nonce of 10: incarnation, issue time, random),
+// or the previous release's 12 (nonce of 6).
+func darkID(nonce []byte) []byte {
+	var block [aes.BlockSize]byte
+	copy(block[:], nonce)
+	darkCID.Encrypt(block[:], block[:])
+	return append(bytes.Clone(nonce), block[:6]...)
+}
+
+// validDarkID reports whether id is a 16-byte connection ID valid under
+// darkKey (FORMAT.md section 9: any incarnation, any issue time).
+func validDarkID(id []byte) bool {
+	return len(id) == 16 && bytes.Equal(darkID(id[:10]), id)
+}
+
 // FuzzDarkInbound: the dark listener decides any datagram without a panic
-// and never passes more bytes than it got; a first flight sealed for the
-// listener passes whole, and the same flight with any one bit flipped (but
-// the header-form bit) is dropped (THREATS P1, P8).
+// and never passes more bytes than it got. At a listener with no tunnel
+// and no handshake (CheckDatagram's), a short header of fewer than 64
+// bytes never passes (its answer could exceed it), nor does a long header
+// to one of the listener's own IDs (FORMAT.md section 9, rules 2 and 3). A
+// first flight sealed for the listener passes whole unless it is addressed
+// to the listener's own ID; the same flight with any one bit flipped (but
+// the header-form bit) is dropped (THREATS P1, P8, P9).
 func FuzzDarkInbound(f *testing.F) {
 	now := time.Unix(1_800_000_000, 0)
 	from := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 4433}
 	f.Add([]byte{0xc0, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8}, uint16(3), int16(0))
 	f.Add([]byte{0x40, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}, uint16(0), int16(-200))
 	f.Add(tunnel.SealFirstFlight(darkKey, []byte{0xc0, 0, 0, 0, 1, 0}, now), uint16(9), int16(5))
+	// Connection IDs valid under the listener's key: an earlier
+	// incarnation's, issued 30 s before now, in short headers of 63 and 64
+	// bytes and in a Handshake packet; the previous release's 12-byte ID in
+	// a Handshake packet (a first flight to this listener).
+	nonce := []byte{0xab, 0xcd, 0x6b, 0x49, 0xd1, 0xe2, 1, 2, 3, 4}
+	id := darkID(nonce)
+	for _, size := range []int{63, 64} {
+		short := append([]byte{0x40}, id...)
+		f.Add(append(short, make([]byte, size-len(short))...), uint16(0), int16(0))
+	}
+	f.Add(append(append([]byte{0xe0, 0, 0, 0, 1, 16}, id...), make([]byte, 60)...), uint16(50), int16(0))
+	f.Add(append(append([]byte{0xe0, 0, 0, 0, 1, 12}, darkID(nonce[:6])...), make([]byte, 60)...), uint16(50), int16(0))
 	f.Fuzz(func(t *testing.T, b []byte, flip uint16, skew int16) {
 		at := now.Add(time.Duration(skew) * time.Second)
-		if n, ok := tunnel.CheckDatagram(darkKey, b, from, at); n > len(b) || !ok && n != 0 {
+		n, ok := tunnel.CheckDatagram(darkKey, b, from, at)
+		if n > len(b) || !ok && n != 0 {
 			t.Fatalf("%d-byte datagram: passes %d bytes, ok %v", len(b), n, ok)
 		}
-		if len(b) == 0 || b[0]&0x80 == 0 {
+		if len(b) == 0 {
 			return
 		}
+		if b[0]&0x80 == 0 {
+			if ok && len(b) < 64 {
+				t.Fatalf("%d-byte short header passed at a listener with no tunnel", len(b))
+			}
+			return
+		}
+		ownID := len(b) >= 22 && b[5] == 16 && validDarkID(b[6:22])
+		if ok && ownID {
+			t.Fatalf("a long header to the listener's own ID passed with no handshake in progress")
+		}
 		sealed := tunnel.SealFirstFlight(darkKey, b, now)
-		n, ok := tunnel.CheckDatagram(darkKey, sealed, from, at)
+		n, ok = tunnel.CheckDatagram(darkKey, sealed, from, at)
 		fresh := skew >= -120 && skew <= 120
-		if fresh && (!ok || n != len(b)) {
+		if fresh && !ownID && (!ok || n != len(b)) {
 			t.Fatalf("sealed %d-byte first flight: passes %d, ok %v", len(b), n, ok)
+		}
+		if ownID && ok {
+			t.Fatalf("sealed %d-byte datagram to the listener's own ID passed with no handshake in progress", len(b))
 		}
 		bit := int(flip) % (8 * len(sealed))
 		if bit == 7 { // the header-form bit: it would be a short header, judged by its connection ID

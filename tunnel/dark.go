@@ -34,7 +34,10 @@ import (
 // connection ID.
 
 const (
-	cidNonceSize = 6
+	cidIncSize   = 2 // the issuing process's random incarnation
+	cidTimeSize  = 4 // big-endian Unix seconds of issue
+	cidRandSize  = 4
+	cidNonceSize = cidIncSize + cidTimeSize + cidRandSize
 	cidTagSize   = 6
 	cidLen       = cidNonceSize + cidTagSize // connection IDs of every dyad node
 
@@ -43,7 +46,41 @@ const (
 	darkTrailer   = darkTSSize + darkTagSize
 	darkMaxSkew   = 120 * time.Second // clock skew (and replay window) accepted
 	initialPacket = 1252              // quic.Config.InitialPacketSize: tagged, 1272 bytes
+
+	// darkMinUnproven is the smallest datagram passed on its connection ID
+	// alone, from an address the filter cannot tie to a live tunnel.
+	// quic-go answers such a datagram, at most, with a 42-byte stateless
+	// reset (protocol.MinStatelessResetSize) or, within 3 PTO of a local
+	// close, a retransmitted CONNECTION_CLOSE (under 60 bytes with our
+	// reason phrases): never more than the datagram carried. Heartbeats
+	// (about 70 bytes) pass it, so a peer that moved still migrates.
+	// THREATS P9, tested by TestDarkObserverGetsNoAnswer.
+	darkMinUnproven = 64
+
+	// Bounds of the filter's read-loop state (FORMAT.md section 9).
+	replayMax       = 8192 // first-flight tags remembered
+	replayPerSource = 256  // of which one source (IPv4 address, IPv6 /64) may hold
+	liveMax         = 4096 // connection IDs seen from live tunnels
+	foreignMax      = 1024 // connection IDs of another incarnation being answered
+	rebuildEvery    = time.Second
 )
+
+// darkWindows are the filter's time windows (FORMAT.md section 9). A
+// variable only so that tests can wait past them; nothing changes it
+// while a node runs.
+var darkWindows = struct {
+	// young: a connection ID is young this long after it was issued; only
+	// young IDs pass in long headers (handshakes). quic-go ends a
+	// handshake 2 x HandshakeIdleTimeout after it began.
+	young time.Duration
+	// live: a connection ID seen from a live tunnel's address passes from
+	// any address this long after (NAT rebinding).
+	live time.Duration
+	// foreign: a connection ID of another incarnation (before a restart,
+	// or a sibling instance sharing the identity) passes this long after
+	// it is first seen, so that the stale tunnel gets its stateless reset.
+	foreign time.Duration
+}{young: 2*handshakeTimeout + 2*time.Second, live: 30 * time.Second, foreign: 30 * time.Second}
 
 // darkKey is what a daemon's public key gives the dark listener: a MAC key
 // for first flights sent to it and a block cipher that makes and checks
@@ -51,6 +88,7 @@ const (
 type darkKey struct {
 	mac []byte
 	cid cipher.Block
+	inc [cidIncSize]byte // this process's incarnation, in the IDs it issues
 }
 
 func newDarkKey(pub identity.PublicKey) *darkKey {
@@ -67,7 +105,9 @@ func newDarkKey(pub identity.PublicKey) *darkKey {
 	if err != nil {
 		panic("dark: AES-128 key: " + err.Error())
 	}
-	return &darkKey{mac: mac, cid: block}
+	k := &darkKey{mac: mac, cid: block}
+	rand.Read(k.inc[:])
+	return k
 }
 
 // cidTag is the tag a connection ID with this nonce carries (in out's
@@ -92,6 +132,44 @@ func (k *darkKey) validCIDWith(cid []byte, tag *[aes.BlockSize]byte) bool {
 	}
 	k.cidTag(cid[:cidNonceSize], tag)
 	return hmac.Equal(tag[:cidTagSize], cid[cidNonceSize:])
+}
+
+// Connection IDs of the previous release (FORMAT.md section 9): a 6-byte
+// nonce and the first 6 bytes of AES-128(K_cid, nonce || 0^10). A daemon
+// of that release still issues them; we only need to recognise them as
+// the peer's, so that we send it no first-flight trailer after its first
+// answer (TestInteropPreviousRelease).
+const legacyCIDNonce, legacyCIDLen = 6, 12
+
+// issued reports whether cid was issued by the daemon whose key is k, in
+// this release's format or the previous one's (12 bytes): a peer's IDs,
+// as outbound checks them.
+func (k *darkKey) issued(cid []byte) bool {
+	if len(cid) != legacyCIDLen {
+		return k.validCID(cid)
+	}
+	var tag [aes.BlockSize]byte
+	k.cidTag(cid[:legacyCIDNonce], &tag)
+	return hmac.Equal(tag[:legacyCIDLen-legacyCIDNonce], cid[legacyCIDNonce:])
+}
+
+// cidIssued returns the Unix second a valid connection ID was issued.
+func cidIssued(cid []byte) int64 {
+	return int64(binary.BigEndian.Uint32(cid[cidIncSize:]))
+}
+
+// ours reports whether a valid connection ID was issued by this process
+// (not by an earlier incarnation or a sibling sharing the identity; one
+// in 65536 of those looks like ours and goes unanswered).
+func (k *darkKey) ours(cid []byte) bool {
+	return cid[0] == k.inc[0] && cid[1] == k.inc[1]
+}
+
+// young reports whether a valid connection ID was issued within the young
+// window (seconds: the ID's clock is whole seconds).
+func young(cid []byte, now time.Time) bool {
+	d := now.Unix() - cidIssued(cid)
+	return d >= -1 && d <= int64(darkWindows.young/time.Second)
 }
 
 // firstFlightTag computes the MAC of a datagram body and its timestamp
@@ -134,14 +212,17 @@ func openFirstFlight(m hash.Hash, sum *[sha256.Size]byte, b []byte, now time.Tim
 	return body, true
 }
 
-// cidGenerator is quic.Transport.ConnectionIDGenerator: random nonces
-// tagged under the node's own key, so the dark listener recognises them.
+// cidGenerator is quic.Transport.ConnectionIDGenerator: IDs that carry
+// this process's incarnation and their issue time, tagged under the
+// node's own key, so the dark listener recognises them and their age.
 type cidGenerator struct{ key *darkKey }
 
 // GenerateConnectionID implements quic.ConnectionIDGenerator.
 func (g cidGenerator) GenerateConnectionID() (quic.ConnectionID, error) {
 	var b [cidLen]byte
-	rand.Read(b[:cidNonceSize])
+	copy(b[:], g.key.inc[:])
+	binary.BigEndian.PutUint32(b[cidIncSize:], uint32(time.Now().Unix()))
+	rand.Read(b[cidIncSize+cidTimeSize : cidNonceSize])
 	var tag [aes.BlockSize]byte
 	g.key.cidTag(b[:cidNonceSize], &tag)
 	copy(b[cidNonceSize:], tag[:cidTagSize])
@@ -151,35 +232,119 @@ func (g cidGenerator) GenerateConnectionID() (quic.ConnectionID, error) {
 // ConnectionIDLen implements quic.ConnectionIDGenerator.
 func (g cidGenerator) ConnectionIDLen() int { return cidLen }
 
+// remoteAddresser is a live tunnel's connection as the filter sees it
+// (*quic.Conn): its remote address follows a migration.
+type remoteAddresser interface{ RemoteAddr() net.Addr }
+
 // darkFilter is the dark listener's decision logic, apart from the socket.
 type darkFilter struct {
 	own  *darkKey
 	dark atomic.Bool // drop what fails; false: only strip valid trailers
 	drop func(reason string)
 
-	mu      sync.RWMutex // guards peers and remotes
-	peers   map[netip.AddrPort]*darkKey
-	remotes map[netip.AddrPort]int // remote addresses of live tunnels, counted
+	mu        sync.RWMutex // guards peers, conns, remotes and rebuiltAt
+	peers     map[netip.AddrPort]*darkKey
+	conns     map[remoteAddresser]int     // live tunnels, counted
+	remotes   map[netip.AddrPort]struct{} // their remote addresses, as of rebuiltAt
+	rebuiltAt time.Time
 
-	// Read loop only: the last connection ID that checked out, and the
-	// reused MAC and scratch that keep a flood of drops from allocating.
-	lastCID  [cidLen]byte
-	haveLast bool
-	scratch  [aes.BlockSize]byte
-	mac      hash.Hash // HMAC under own.mac
-	sum      [sha256.Size]byte
+	// Read loop only: the connection IDs and sources that checked out as a
+	// live tunnel's within the last rebuildEvery, the reused MAC and scratch
+	// that keep a flood of drops from allocating, and the bounded memories
+	// of FORMAT.md section 9.
+	passed  [passedSets][2]passedEntry
+	scratch [aes.BlockSize]byte
+	mac     hash.Hash // HMAC under own.mac
+	sum     [sha256.Size]byte
+	live    map[[cidLen]byte]time.Time // own IDs last seen from a live tunnel's address
+	foreign map[[cidLen]byte]time.Time // another incarnation's IDs, first seen
+	replay  replayCache
+}
+
+// passedSets is the number of sets, two entries each, in the filter's
+// cache of live tunnels' recent packets: a few busy connections (a peer's,
+// its migration's new ID, a second peer) keep their entries, so the common
+// path is two compares, not an AES block, a lock and two map lookups
+// (BenchmarkDarkInbound).
+const passedSets = 8
+
+// passedEntry is one entry: a connection ID of ours that came from a live
+// tunnel's address at "at". The address is kept as sockets report it (an
+// IPv4 address in its IPv6-mapped form), to compare without conversions.
+type passedEntry struct {
+	cid  [cidLen]byte
+	ip   [net.IPv6len]byte
+	port int
+	at   time.Time
+}
+
+// passedSet is cid's set, chosen by one of its random bytes (only IDs of
+// ours that checked out are stored; no one else can aim at a set).
+func (f *darkFilter) passedSet(cid []byte) *[2]passedEntry {
+	return &f.passed[cid[cidIncSize+cidTimeSize]%passedSets]
+}
+
+// recentlyPassed reports whether cid from from checked out as a live
+// tunnel's within the last rebuildEvery.
+func (f *darkFilter) recentlyPassed(cid []byte, from net.Addr, now time.Time) bool {
+	u, ok := from.(*net.UDPAddr)
+	if !ok || u == nil || len(u.Zone) != 0 {
+		return false // zoned addresses are not cached
+	}
+	k := [cidLen]byte(cid) // fixed-size compares: no call to memequal
+	set := f.passedSet(cid)
+	for i := range set {
+		e := &set[i]
+		if k != e.cid || u.Port != e.port || now.Sub(e.at) >= rebuildEvery {
+			continue
+		}
+		switch len(u.IP) {
+		case net.IPv6len:
+			if [net.IPv6len]byte(u.IP) == e.ip {
+				return true
+			}
+		case net.IPv4len:
+			if [net.IPv4len]byte(u.IP) == [net.IPv4len]byte(e.ip[12:]) && [12]byte(e.ip[:12]) == v4InV6Prefix {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// v4InV6Prefix starts an IPv4 address in its IPv6-mapped form.
+var v4InV6Prefix = [12]byte{10: 0xff, 11: 0xff}
+
+// remember records that cid from ap checked out at now, in its own entry
+// or else in place of the set's older one.
+func (f *darkFilter) remember(cid []byte, ap netip.AddrPort, now time.Time) {
+	if ap.Addr().Zone() != "" {
+		return // an IPv6 link-local peer: the slow path keeps the zone apart
+	}
+	set := f.passedSet(cid)
+	i := 0
+	if k := [cidLen]byte(cid); k != set[0].cid && (k == set[1].cid || set[1].at.Before(set[0].at)) {
+		i = 1
+	}
+	set[i] = passedEntry{cid: [cidLen]byte(cid), ip: ap.Addr().As16(), port: int(ap.Port()), at: now}
 }
 
 // newDarkFilter returns a filter for the node whose key is own, reporting
 // drops to drop; it starts open (dark false).
 func newDarkFilter(own *darkKey, drop func(reason string)) *darkFilter {
-	return &darkFilter{own: own, drop: drop, peers: map[netip.AddrPort]*darkKey{}, mac: own.newMAC()}
+	return &darkFilter{own: own, drop: drop, peers: map[netip.AddrPort]*darkKey{}, mac: own.newMAC(),
+		conns: map[remoteAddresser]int{}, remotes: map[netip.AddrPort]struct{}{},
+		live: map[[cidLen]byte]time.Time{}, foreign: map[[cidLen]byte]time.Time{}, replay: newReplayCache()}
 }
 
 // Drop reasons, as packets_dropped events and metrics name them.
 const (
-	dropUnknownCID = "dark_unknown_connection_id"
-	dropNoMAC      = "dark_first_flight_without_mac"
+	dropUnknownCID  = "dark_unknown_connection_id"
+	dropDeadCID     = "dark_ended_connection_id"
+	dropNoMAC       = "dark_first_flight_without_mac"
+	dropReplay      = "dark_first_flight_replayed"
+	dropReplayFull  = "dark_first_flight_cache_full"
+	dropSourceQuota = "dark_first_flight_source_quota"
 )
 
 // expect tells the filter that addr is peer's endpoint, so first flights
@@ -194,41 +359,56 @@ func (f *darkFilter) expect(addr *net.UDPAddr, peer identity.PublicKey) {
 	f.peers[ap] = newDarkKey(peer)
 }
 
-// tunnelAt counts a live tunnel's remote address in (delta 1) or out (-1):
-// a peer that restarted answers its packets with a stateless reset, whose
-// connection ID is random.
-func (f *darkFilter) tunnelAt(addr net.Addr, delta int) {
-	ap, ok := addrKey(addr)
-	if !ok {
-		return
+// tunnelAt counts a live tunnel in (delta 1) or out (-1). Its remote
+// address, wherever the connection migrates, is a known source: a peer
+// that restarted answers its packets with a stateless reset, whose
+// connection ID is random, and its own IDs seen from there are live.
+func (f *darkFilter) tunnelAt(c remoteAddresser, delta int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.conns[c] += delta; f.conns[c] <= 0 {
+		delete(f.conns, c)
+	}
+	f.rebuildLocked(time.Now())
+}
+
+// rebuildLocked recomputes the live tunnels' remote addresses.
+func (f *darkFilter) rebuildLocked(now time.Time) {
+	clear(f.remotes)
+	for c := range f.conns {
+		if ap, ok := addrKey(c.RemoteAddr()); ok {
+			f.remotes[ap] = struct{}{}
+		}
+	}
+	f.rebuiltAt = now
+}
+
+// knownSource reports whether ap is a peer endpoint we dial or the
+// remote address of a live tunnel. A miss re-reads the tunnels' addresses
+// at most once per rebuildEvery, so a connection that migrated (NAT
+// rebinding) is found at its new address.
+func (f *darkFilter) knownSource(ap netip.AddrPort, now time.Time) bool {
+	f.mu.RLock()
+	_, remote := f.remotes[ap]
+	known, stale := remote || f.peers[ap] != nil, now.Sub(f.rebuiltAt) >= rebuildEvery
+	f.mu.RUnlock()
+	if known || !stale {
+		return known
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.remotes == nil {
-		f.remotes = map[netip.AddrPort]int{}
+	if now.Sub(f.rebuiltAt) >= rebuildEvery {
+		f.rebuildLocked(now)
 	}
-	if f.remotes[ap] += delta; f.remotes[ap] <= 0 {
-		delete(f.remotes, ap)
-	}
-}
-
-// knownSource reports whether addr is a peer endpoint we dial or the
-// remote address of a live tunnel.
-func (f *darkFilter) knownSource(addr net.Addr) bool {
-	ap, ok := addrKey(addr)
-	if !ok {
-		return false
-	}
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return f.peers[ap] != nil || f.remotes[ap] > 0
+	_, remote = f.remotes[ap]
+	return remote
 }
 
 // addrKey keys a UDP address in the filter's maps (IPv4-mapped IPv6 as
 // IPv4, as sockets report either).
 func addrKey(addr net.Addr) (netip.AddrPort, bool) {
 	u, ok := addr.(*net.UDPAddr)
-	if !ok {
+	if !ok || u == nil {
 		return netip.AddrPort{}, false
 	}
 	ap := u.AddrPort()
@@ -257,41 +437,49 @@ func longDCID(b []byte) ([]byte, bool) {
 	return b[6 : 6+l], true
 }
 
-// ownCID checks a connection ID against the node's key, remembering the
-// last good one: most datagrams in a row belong to the same connection.
-func (f *darkFilter) ownCID(cid []byte) bool {
-	if f.haveLast && len(cid) == cidLen && string(cid) == string(f.lastCID[:]) {
-		return true
-	}
-	if !f.own.validCIDWith(cid, &f.scratch) {
-		return false
-	}
-	copy(f.lastCID[:], cid)
-	f.haveLast = true
-	return true
-}
-
 // inbound decides a received datagram: its length once a trailer is
 // stripped, or false to drop it. It runs on quic-go's read loop only.
+//
+// THREATS P9, tested by TestDarkObserverGetsNoAnswer (an observer's
+// replays and rebuilt packets after the tunnel ended), TestDarkListenerSilent
+// (a scanner) (the replay cache too).
 func (f *darkFilter) inbound(b []byte, from net.Addr, now time.Time) (int, bool) {
 	if len(b) == 0 {
 		return 0, false
 	}
 	if b[0]&0x80 == 0 {
-		// Short header: a connection we issued an ID for, or, from a peer
-		// endpoint we dial or a live tunnel's remote address, maybe its
-		// stateless reset after a restart (quic-go checks the token;
-		// TestFaultKillImporterMidUpload, TestFaultStaleTunnelEnds).
-		if !f.dark.Load() || len(b) > cidLen && f.ownCID(b[1:1+cidLen]) || f.knownSource(from) {
+		return f.short(b, from, now)
+	}
+	ap, _ := addrKey(from)
+	if dcid, ok := longDCID(b); ok && len(dcid) == cidLen && f.own.validCIDWith(dcid, &f.scratch) {
+		// Long headers carry only handshakes: our ID passes while it is
+		// young, from the server we dialed or a client whose sealed first
+		// flight we took. Anything else (an observer's rebuilt Initial)
+		// would make quic-go start a new connection and answer it.
+		if f.own.ours(dcid) && young(dcid, now) && (f.replay.handshaking(ap, now) || f.knownSource(ap, now)) {
+			// A daemon of the previous release seals every long header to
+			// an ID it cannot recognise as ours (16 bytes, not its 12):
+			// strip a trailer that verifies, as QUIC cannot parse it. Only
+			// handshake datagrams pay for the check, and unsealed ones fail
+			// it at the timestamp (TestInteropPreviousRelease).
+			if body, ok := openFirstFlight(f.mac, &f.sum, b, now); ok {
+				return len(body), true
+			}
 			return len(b), true
 		}
-		f.drop(dropUnknownCID)
-		return 0, false
-	}
-	if dcid, ok := longDCID(b); ok && len(dcid) == cidLen && f.ownCID(dcid) {
-		return len(b), true // a handshake we take part in already
+		if f.dark.Load() {
+			f.drop(dropDeadCID)
+			return 0, false
+		}
 	}
 	if body, ok := openFirstFlight(f.mac, &f.sum, b, now); ok {
+		if !f.dark.Load() {
+			return len(body), true
+		}
+		if reason := f.replay.add(b[len(b)-darkTagSize:], b[len(b)-darkTrailer:len(b)-darkTagSize], ap, now); reason != "" {
+			f.drop(reason)
+			return 0, false
+		}
 		return len(body), true
 	}
 	if !f.dark.Load() {
@@ -299,6 +487,87 @@ func (f *darkFilter) inbound(b []byte, from net.Addr, now time.Time) (int, bool)
 	}
 	f.drop(dropNoMAC)
 	return 0, false
+}
+
+// short decides a short-header datagram (inbound's rules 1 to 4).
+func (f *darkFilter) short(b []byte, from net.Addr, now time.Time) (int, bool) {
+	if !f.dark.Load() {
+		return len(b), true
+	}
+	var cid []byte
+	if len(b) > cidLen {
+		cid = b[1 : 1+cidLen]
+		if f.recentlyPassed(cid, from, now) {
+			return len(b), true // the common case: a live tunnel's ID and address, checked within the last second
+		}
+	}
+	ap, _ := addrKey(from)
+	valid := cid != nil && f.own.validCIDWith(cid, &f.scratch)
+	if f.knownSource(ap, now) {
+		// A live tunnel or a peer we dial: its packets, or its stateless
+		// reset after it restarted (quic-go checks the token;
+		// TestFaultKillImporterMidUpload, TestFaultStaleTunnelEnds).
+		if valid && f.own.ours(cid) {
+			f.learn(cid, now)
+			f.remember(cid, ap, now)
+		}
+		return len(b), true
+	}
+	if !valid {
+		f.drop(dropUnknownCID)
+		return 0, false
+	}
+	if f.own.ours(cid) {
+		if young(cid, now) && f.replay.handshaking(ap, now) {
+			f.learn(cid, now) // a client whose handshake just ended, before its tunnel is counted
+			return len(b), true
+		}
+		if seen, ok := f.live[[cidLen]byte(cid)]; ok && now.Sub(seen) < darkWindows.live && len(b) >= darkMinUnproven {
+			return len(b), true // a live tunnel's peer at a new address (NAT rebinding)
+		}
+		f.drop(dropDeadCID)
+		return 0, false
+	}
+	// Another incarnation's ID: a peer's stale tunnel to us before a restart,
+	// or to a sibling instance behind a load balancer. It gets its
+	// stateless reset for a while after we first see the ID, then nothing.
+	first, ok := f.foreign[[cidLen]byte(cid)]
+	if !ok && len(b) >= darkMinUnproven {
+		if len(f.foreign) >= foreignMax {
+			pruneOlder(f.foreign, now, darkWindows.foreign)
+		}
+		if len(f.foreign) < foreignMax {
+			f.foreign[[cidLen]byte(cid)], first, ok = now, now, true
+		}
+	}
+	if ok && now.Sub(first) < darkWindows.foreign && len(b) >= darkMinUnproven {
+		return len(b), true
+	}
+	f.drop(dropDeadCID)
+	return 0, false
+}
+
+// learn records that our connection ID cid came from a live tunnel's
+// address at now. A full map keeps what it has (after dropping expired
+// entries): the ID then passes only from known addresses.
+func (f *darkFilter) learn(cid []byte, now time.Time) {
+	k := [cidLen]byte(cid)
+	if _, ok := f.live[k]; !ok && len(f.live) >= liveMax {
+		pruneOlder(f.live, now, darkWindows.live)
+		if len(f.live) >= liveMax {
+			return
+		}
+	}
+	f.live[k] = now
+}
+
+// pruneOlder deletes the entries of m older than d at now.
+func pruneOlder(m map[[cidLen]byte]time.Time, now time.Time, d time.Duration) {
+	for k, t := range m {
+		if now.Sub(t) >= d {
+			delete(m, k)
+		}
+	}
 }
 
 // outbound returns the datagram to send to addr: a long-header datagram
@@ -312,8 +581,8 @@ func (f *darkFilter) outbound(b []byte, addr net.Addr, now time.Time) []byte {
 	if k == nil {
 		return b // not a peer we dial: we answer as a server
 	}
-	if dcid, ok := longDCID(b); ok && k.validCID(dcid) {
-		return b
+	if dcid, ok := longDCID(b); ok && k.issued(dcid) {
+		return b // the peer issued this ID: it needs no MAC (a 12-byte one: the previous release)
 	}
 	return k.seal(b, now)
 }

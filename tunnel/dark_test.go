@@ -184,3 +184,91 @@ func TestDarkGSOFirstFlight(t *testing.T) {
 func (k *darkKey) open(b []byte, now time.Time) ([]byte, bool) {
 	return openFirstFlight(k.newMAC(), new([sha256.Size]byte), b, now)
 }
+
+// TestDarkPreviousReleasePeer: the filter's side of
+// TestInteropPreviousRelease, without the old binary. A 12-byte connection
+// ID made as the previous release makes them counts as the peer's (no
+// trailer after its first answer), and a long header that such a peer
+// sealed to our young ID during its handshake passes without the trailer.
+func TestDarkPreviousReleasePeer(t *testing.T) {
+	idPeer := newIdentity(t)
+	peer := newDarkKey(idPeer.Public())
+	f := newDarkFilter(newDarkKey(newIdentity(t).Public()), func(string) {})
+	f.dark.Store(true)
+	server := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 3), Port: 4433}
+	f.expect(server, idPeer.Public())
+	now := time.Now()
+
+	var legacy [legacyCIDLen]byte // the previous release: r || AES(K_cid, r || 0^10)[:6]
+	rand.Read(legacy[:legacyCIDNonce])
+	var block [16]byte
+	copy(block[:], legacy[:legacyCIDNonce])
+	peer.cid.Encrypt(block[:], block[:])
+	copy(legacy[legacyCIDNonce:], block[:6])
+	handshake := append([]byte{0xe0, 0, 0, 0, 1, legacyCIDLen}, legacy[:]...)
+	handshake = append(handshake, make([]byte, 100)...)
+	if out := f.outbound(handshake, server, now); len(out) != len(handshake) {
+		t.Errorf("a long header to the peer's 12-byte ID got a %d-byte trailer", len(out)-len(handshake))
+	}
+	legacy[0] ^= 1 // no longer the peer's: a first flight that happens to have a 12-byte ID
+	forged := append([]byte{0xc0, 0, 0, 0, 1, legacyCIDLen}, legacy[:]...)
+	forged = append(forged, make([]byte, 100)...)
+	if out := f.outbound(forged, server, now); len(out) != len(forged)+darkTrailer {
+		t.Errorf("a long header to a 12-byte ID the peer did not issue went unsealed")
+	}
+
+	client := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 4), Port: 5555}
+	first := f.own.seal(append([]byte{0xc0, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8}, make([]byte, 1238)...), now)
+	if n, ok := f.inbound(first, client, now); !ok || n != len(first)-darkTrailer {
+		t.Fatalf("the old client's first flight: %d bytes, passed %v", n, ok)
+	}
+	id, _ := cidGenerator{f.own}.GenerateConnectionID()
+	body := append([]byte{0xe0, 0, 0, 0, 1, cidLen}, id.Bytes()...)
+	body = append(body, make([]byte, 200)...)
+	sealed := f.own.seal(body, now) // what the old client sends: it cannot tell the ID is ours
+	if n, ok := f.inbound(sealed, client, now); !ok || n != len(body) {
+		t.Errorf("the old client's sealed handshake datagram to our ID: %d of %d bytes, passed %v", n, len(body), ok)
+	}
+	if n, ok := f.inbound(body, client, now); !ok || n != len(body) {
+		t.Errorf("an unsealed handshake datagram to our ID: %d of %d bytes, passed %v", n, len(body), ok)
+	}
+}
+
+// TestDarkPassedCache: the read loop's cache of live tunnels' recent
+// packets passes an ID only from the address it checked out from, and for
+// at most rebuildEvery after the check: once the tunnel ended, a datagram
+// too small to pass on its ID alone is dropped again.
+func TestDarkPassedCache(t *testing.T) {
+	f := newDarkFilter(newDarkKey(newIdentity(t).Public()), func(string) {})
+	f.dark.Store(true)
+	peer := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 4433}
+	other := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 3), Port: 4433}
+	tun := fixedRemote{peer}
+	f.tunnelAt(tun, 1)
+	now := time.Now()
+	var pkts [3][]byte // three live IDs, alternating
+	for i := range pkts {
+		id, _ := cidGenerator{f.own}.GenerateConnectionID()
+		pkts[i] = append([]byte{0x40}, id.Bytes()...)
+		pkts[i] = append(pkts[i], make([]byte, 20)...) // under darkMinUnproven
+	}
+	for round := range 2 {
+		for i, p := range pkts {
+			if _, ok := f.inbound(p, peer, now); !ok {
+				t.Fatalf("round %d: the live tunnel's packet %d was dropped", round, i)
+			}
+			if _, ok := f.inbound(p, other, now); ok {
+				t.Fatalf("round %d: packet %d passed from an address that is no tunnel's", round, i)
+			}
+		}
+	}
+	f.tunnelAt(tun, -1)
+	if _, ok := f.inbound(pkts[0], &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2).To4(), Port: 4433}, now.Add(rebuildEvery/2)); !ok {
+		t.Error("a checked ID did not pass from the same address (4-byte form) within rebuildEvery")
+	}
+	for i, p := range pkts {
+		if _, ok := f.inbound(p, peer, now.Add(rebuildEvery)); ok {
+			t.Errorf("packet %d (%d bytes) passed rebuildEvery after its check, the tunnel gone", i, len(p))
+		}
+	}
+}

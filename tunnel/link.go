@@ -194,7 +194,7 @@ func (l *link) attach(qc *quic.Conn, dialed bool, handshake time.Duration) error
 		old.retire()
 	}
 	l.n.Stats.TunnelsEstablished.Add(1)
-	l.n.dark.tunnelAt(qc.RemoteAddr(), 1)
+	l.n.dark.tunnelAt(qc, 1)
 	l.n.auditEstablished(l, tc, state, handshake)
 	l.n.loops.Add(2)
 	go l.serve(tc)
@@ -277,7 +277,7 @@ func (l *link) serve(tc *tconn) {
 			l.n.serveStream(l, tc, s)
 		}()
 	}
-	l.n.dark.tunnelAt(tc.qc.RemoteAddr(), -1)
+	l.n.dark.tunnelAt(tc.qc, -1)
 	l.mu.Lock()
 	delete(l.conns, tc)
 	if l.cur == tc {

@@ -436,7 +436,7 @@ func TestGarbageDatagramsCounted(t *testing.T) {
 		}
 		defer c.Close()
 		for i := range 40 {
-			b := make([]byte, 16+i%4) // short header, unknown connection id, too small for a stateless reset
+			b := make([]byte, cidLen+4+i%4) // short header, unknown connection id, too small for a stateless reset
 			b[0] = 0x40
 			c.Write(b)
 		}
