@@ -12,7 +12,7 @@ OUT       := bench/out
 # deploy/otel-collector/builder.yaml and kept in .cache/ between runs.
 OTELCOL   := .cache/otelcol/build/dyad-otelcol
 
-.PHONY: help demo soak collector test test-race test-exhaustive fuzz-smoke fuzz fuzz-long collector-siem test-siem helm-check image release release-check lint bench bench-quick bench-micro bench-deps build clean
+.PHONY: help demo soak collector prev-release test test-race test-exhaustive fuzz-smoke fuzz fuzz-long collector-siem test-siem helm-check image release release-check lint bench bench-quick bench-micro bench-deps build clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -46,8 +46,21 @@ test-siem: collector-siem ## SIEM collector configs against local HEC, Elasticse
 
 test: test-race test-exhaustive fuzz-smoke ## everything CI runs: race tests, exhaustive codec round trip, fuzz smoke
 
-test-race: collector ## go test -race, shuffled, all packages (replays the fuzz corpora too), with a real OTLP collector
-	DYAD_OTELCOL=$(CURDIR)/$(OTELCOL) $(GO) test -race -shuffle on -count 1 ./...
+test-race: collector prev-release ## go test -race, shuffled, all packages (replays the fuzz corpora too), with a real OTLP collector
+	DYAD_OTELCOL=$(CURDIR)/$(OTELCOL) DYAD_OLD_BIN=$$(test -x $(PREV_BIN) && echo $(CURDIR)/$(PREV_BIN)) $(GO) test -race -shuffle on -count 1 ./...
+
+# The previous release, for the interoperability test (daemon TestInteropPreviousRelease):
+# the last commit before connection IDs grew to 16 bytes. Built once into .cache/.
+PREV_RELEASE ?= db54a77
+PREV_BIN     := .cache/prev-$(PREV_RELEASE)/dyad
+
+prev-release: ## build the previous release's dyad (PREV_RELEASE) for the interoperability test
+	@if [ -x $(PREV_BIN) ]; then exit 0; fi; \
+	if ! git cat-file -e $(PREV_RELEASE)^{commit} 2>/dev/null; then \
+		echo "prev-release: $(PREV_RELEASE) is not in this clone; the interoperability test will skip"; exit 0; fi; \
+	rm -rf .cache/prev-src && mkdir -p .cache/prev-src $$(dirname $(PREV_BIN)) && \
+	git archive $(PREV_RELEASE) | tar -x -C .cache/prev-src && \
+	(cd .cache/prev-src && $(GO) build -trimpath -o $(CURDIR)/$(PREV_BIN) ./cmd/dyad) && rm -rf .cache/prev-src
 
 collector: $(OTELCOL) ## build the OpenTelemetry Collector (OTLP receiver + file exporter) the audit tests send to
 

@@ -361,7 +361,7 @@ var Catalog = []Spec{
 	{
 		Name: PacketsDropped, Severity: Warn,
 		When:  "every minute in which quic-go dropped datagrams below the tunnels (unknown connection id, unparsable, unsupported version; with tunnel.count_connection_drops also undecryptable packets of established tunnels), one event per reason",
-		Attrs: []AttrSpec{{KeyReason, String, false, "quic-go's drop trigger, e.g. payload_decrypt_error, unknown_connection_id"}, {KeyCount, Int, false, "packets"}, aCountSince},
+		Attrs: []AttrSpec{{KeyReason, String, false, "the dark listener's (dark_unknown_connection_id, dark_ended_connection_id, dark_first_flight_without_mac, dark_first_flight_replayed, dark_first_flight_source_quota, dark_first_flight_cache_full: codec/FORMAT.md section 9) or quic-go's drop trigger, e.g. payload_decrypt_error, unknown_connection_id"}, {KeyCount, Int, false, "packets"}, aCountSince},
 		OCSF:  network(6, "Traffic", 2),
 		ECS:   ECS{"event", []string{"network"}, []string{"denied"}, "failure"},
 	},

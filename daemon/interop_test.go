@@ -17,9 +17,9 @@ import (
 // issued, and strips the trailer the old one appends to long headers sent
 // to this daemon's 16-byte IDs.
 //
-// It needs the previous release's binary: set DYAD_OLD_BIN to its path
-// (e.g. `git archive main | tar -x -C /tmp/dyad-main && cd /tmp/dyad-main &&
-// go build -o /tmp/dyad-old ./cmd/dyad`); without it the test skips.
+// It needs the previous release's binary in DYAD_OLD_BIN: `make test`
+// builds it (`make prev-release`, from PREV_RELEASE) and sets it; without it
+// the test skips.
 func TestInteropPreviousRelease(t *testing.T) {
 	oldBin := os.Getenv("DYAD_OLD_BIN")
 	if oldBin == "" {
