@@ -42,9 +42,9 @@ var Kinds = []string{KindStreams, KindTunnels, KindRefusals, KindIntegrity, Kind
 // the period (a 5-minute period gets 1-second buckets, a month 2-hour
 // ones), non-empty ones only.
 type Timeline struct {
-	BucketSeconds float64  `json:"bucket_seconds"`
+	BucketSeconds float64   `json:"bucket_seconds"`
 	Start         time.Time `json:"start"` // the first bucket's start
-	Buckets       []Bucket `json:"buckets"`
+	Buckets       []Bucket  `json:"buckets"`
 }
 
 // Bucket counts one hour's (or one timeline bucket's) events by kind.
@@ -61,11 +61,11 @@ type Count struct {
 
 // PeerActivity is one partner link's tunnel record.
 type PeerActivity struct {
-	Peer          string         `json:"peer"`
-	Established   int            `json:"established"`
-	Closed        map[string]int `json:"closed"` // by close reason
-	UpSeconds     float64        `json:"up_seconds"`   // to the last evidence, never across a gap
-	DownSeconds   float64        `json:"down_seconds"` // outages: down after having been up, while the daemon ran
+	Peer        string         `json:"peer"`
+	Established int            `json:"established"`
+	Closed      map[string]int `json:"closed"`       // by close reason
+	UpSeconds   float64        `json:"up_seconds"`   // to the last evidence, never across a gap
+	DownSeconds float64        `json:"down_seconds"` // outages: down after having been up, while the daemon ran
 	// UnknownSeconds is time the daemon was not provably running
 	// (Uptime.Gaps): neither up nor down.
 	UnknownSeconds float64 `json:"unknown_seconds"`
@@ -74,14 +74,14 @@ type PeerActivity struct {
 	// ended in the period (stream.closed), in both directions: the sums of
 	// the Services rows of this partner. Streams counts the streams opened
 	// in the period (stream.opened), as Services does.
-	BytesSent     int64 `json:"bytes_sent"`
-	BytesReceived int64 `json:"bytes_received"`
-	Streams       int64 `json:"streams"`
-	FirstSeen     *time.Time     `json:"first_seen,omitempty"` // first tunnel in the journal
-	LastSeen      *time.Time     `json:"last_seen,omitempty"`  // last tunnel event in the journal
-	Fingerprints  []string       `json:"fingerprints"`         // keys the peer presented
-	Addresses     []string       `json:"addresses"`            // where it connected from or was dialed at
-	Intervals     []Interval     `json:"intervals"`            // up, down and unknown, within the period
+	BytesSent     int64      `json:"bytes_sent"`
+	BytesReceived int64      `json:"bytes_received"`
+	Streams       int64      `json:"streams"`
+	FirstSeen     *time.Time `json:"first_seen,omitempty"` // first tunnel in the journal
+	LastSeen      *time.Time `json:"last_seen,omitempty"`  // last tunnel event in the journal
+	Fingerprints  []string   `json:"fingerprints"`         // keys the peer presented
+	Addresses     []string   `json:"addresses"`            // where it connected from or was dialed at
+	Intervals     []Interval `json:"intervals"`            // up, down and unknown, within the period
 }
 
 // Interval is a stretch of a tunnel's state.

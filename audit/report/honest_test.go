@@ -69,7 +69,7 @@ func TestReportCrashGap(t *testing.T) {
 			b = a
 		}
 	}
-	expect(t, "bank-b up", b.UpSeconds, (10*time.Minute-2*time.Second+20*time.Minute-10*time.Minute-78*time.Second).Seconds())
+	expect(t, "bank-b up", b.UpSeconds, (10*time.Minute - 2*time.Second + 20*time.Minute - 10*time.Minute - 78*time.Second).Seconds())
 	expect(t, "bank-b down (after the restart, until up again)", b.DownSeconds, 2.0)
 	expect(t, "bank-b unknown", b.UnknownSeconds, 75.0)
 	var kinds []string

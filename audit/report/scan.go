@@ -65,15 +65,15 @@ type scan struct {
 	cut        uint64   // entries from this one on are not evidence (noCut: none)
 
 	// The daemon's life, followed through its entries (see life below).
-	life      string    // "" before the first entry, lifeRunning or lifeStopped
-	lifeSince time.Time // when life took its current value
-	starting  bool      // a new process's first entries seen, its daemon.started not yet
-	lastEv    time.Time // the last entry before the period's end: the last proof of life
-	lastEvSeq uint64
+	life        string    // "" before the first entry, lifeRunning or lifeStopped
+	lifeSince   time.Time // when life took its current value
+	starting    bool      // a new process's first entries seen, its daemon.started not yet
+	lastEv      time.Time // the last entry before the period's end: the last proof of life
+	lastEvSeq   uint64
 	lastEvEntry journal.Entry
 	lastEvLine  []byte
-	daemonIv  []Interval // running, stopped and unknown stretches, within the period
-	gaps      []Gap
+	daemonIv    []Interval // running, stopped and unknown stretches, within the period
+	gaps        []Gap
 }
 
 // The daemon's life as the journal proves it. A daemon.started begins a
