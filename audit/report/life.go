@@ -148,10 +148,10 @@ func (s *scan) uncleanBefore(seq uint64) bool {
 // unclean ends a running stretch that never stopped at its last evidence;
 // e is the next process's first entry.
 func (s *scan) unclean(e *journal.Entry, line []byte) {
+	// The last entry before e is the last proof of life. (The recovered
+	// entry's AttrLastEntryTime is not used to move it earlier: entries
+	// between would then overlap the gap.)
 	from := s.lastEv
-	if t, err := time.Parse(time.RFC3339Nano, str(e, AttrLastEntryTime)); err == nil && t.Before(from) && !t.Before(s.lifeSince) {
-		from = t // entries the new process wrote before this one are not the old one's evidence
-	}
 	peers := s.evidenceEnds(from, "evidence ends: the daemon stopped without a clean stop", false)
 	s.daemonInterval(s.lifeSince, from, StateRunning)
 	s.keep(&s.lastEvEntry, s.lastEvLine)
