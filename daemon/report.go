@@ -29,6 +29,9 @@ type ReportOptions struct {
 	From, To  string // RFC 3339 times or dates (2026-10-01)
 	Format    string // html, md or json
 	Out       string // file to write; empty or "-" means standard output
+	// OutageMin is the shortest tunnel outage or unknown gap after an
+	// unclean stop listed as an incident candidate; zero means 1 minute.
+	OutageMin time.Duration
 	Now       time.Time
 }
 
@@ -39,7 +42,10 @@ func Report(o ReportOptions, stdout io.Writer) (err error) {
 	if o.Now.IsZero() {
 		o.Now = time.Now()
 	}
-	opts := report.Options{Now: o.Now, Generator: fmt.Sprintf("dyad %s (%s)", Version, runtime.Version())}
+	if o.OutageMin < 0 {
+		return fmt.Errorf("--outage-min %v: want a positive duration", o.OutageMin)
+	}
+	opts := report.Options{Now: o.Now, Generator: fmt.Sprintf("dyad %s (%s)", Version, runtime.Version()), OutageMin: o.OutageMin}
 	switch o.Framework {
 	case "", "all":
 	case report.DORA, report.OWASP:

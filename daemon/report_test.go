@@ -296,3 +296,160 @@ func readHead(t *testing.T, path string, n int) []byte {
 	io.ReadFull(f, head)
 	return head
 }
+
+// reportJSON runs `dyad report --format json` with extra flags and decodes it.
+func reportJSON(t *testing.T, site *daemontest.Site, extra ...string) (*report.Report, int) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "report.json")
+	msg, code := dyadReport(t, append([]string{"--config", site.ConfigPath(), "--format", "json", "--out", out}, extra...)...)
+	var r report.Report
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatalf("dyad report: exit %d, %v\n%s", code, err, msg)
+	}
+	if err := json.Unmarshal(data, &r); err != nil {
+		t.Fatal(err)
+	}
+	return &r, code
+}
+
+// reportDOM writes the HTML report and returns the DOM headless Chromium
+// loaded from it.
+func reportDOM(t *testing.T, bin string, site *daemontest.Site, extra ...string) string {
+	t.Helper()
+	page := filepath.Join(t.TempDir(), "report.html")
+	if msg, code := dyadReport(t, append([]string{"--config", site.ConfigPath(), "--format", "html", "--out", page}, extra...)...); code > 1 {
+		t.Fatalf("dyad report: exit %d\n%s", code, msg)
+	}
+	if bin == "" { // no browser here: check the page as written
+		data, _ := os.ReadFile(page)
+		return string(data)
+	}
+	if bin == "" { // no browser here: check the page as written
+		data, _ := os.ReadFile(page)
+		return string(data)
+	}
+	console, dom := browse(t, bin, page, "--dump-dom")
+	if len(console) > 0 {
+		t.Errorf("console messages:\n%s", strings.Join(console, "\n"))
+	}
+	return dom
+}
+
+// TestReportCrashInChromium: kill -9 of the exporter, a few seconds down,
+// a restart, then a clean stop: with --outage-min 2s the report shows the
+// gap as unknown and an incident candidate, never as uptime, and the
+// clean stop as no outage; the HTML in Chromium says "unknown". Then one
+// byte of one entry is changed: no row is evidenced, and the page names
+// the bad entry (THREATS P10).
+func TestReportCrashInChromium(t *testing.T) {
+	bin := ""
+	if _, err := exec.LookPath("chromium"); err == nil || os.Getenv("DYAD_CHROMIUM") != "" || os.Getenv("DYAD_REQUIRE_CHROMIUM") != "" {
+		bin = chromium(t)
+	} else {
+		t.Log("no chromium: the HTML pages are checked as written, not as loaded")
+	}
+	echo, _ := tunneltest.EchoServer(t)
+	a, b, local := twoSites(t, echo)
+	for i := range 3 {
+		if err := echoRoundTrip(local, 4<<10, uint64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Let main's group commit (100 ms) write the entries: this test is
+	// about the report; the journal's own crash test covers the rest.
+	time.Sleep(time.Second)
+	b.Kill()
+	time.Sleep(4 * time.Second)
+	if err := b.StartReady(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for echoRoundTrip(local, 1<<10, 9) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("no tunnel after the restart")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, s := range []*daemontest.Site{a, b} {
+		if err := s.Stop(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	r, code := reportJSON(t, b, "--outage-min", "2s")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, r.Journal.Verdict)
+	}
+	var unclean []report.Gap
+	for _, g := range r.Evidence.Uptime.Gaps {
+		if g.Cause == report.GapUnclean {
+			unclean = append(unclean, g)
+		}
+	}
+	if len(unclean) != 1 || unclean[0].Seconds < 4 || unclean[0].Seconds > 30 {
+		t.Fatalf("unclean gaps %+v, want one of 4 s or more", unclean)
+	}
+	kinds := map[string]int{}
+	for _, in := range r.Evidence.Incidents {
+		kinds[in.Kind]++
+		if in.Kind == "tunnel_outage" && in.Start.Sub(r.Evidence.Uptime.Intervals[len(r.Evidence.Uptime.Intervals)-1].From).Abs() < time.Second {
+			t.Errorf("the clean stop is listed as an outage: %s", in.Summary)
+		}
+	}
+	if kinds["unclean_stop"] != 1 {
+		t.Errorf("incident candidates %v, want one unclean_stop", kinds)
+	}
+	for _, tun := range r.Evidence.Tunnels {
+		if tun.Peer == "site-a" && tun.UnknownSeconds < unclean[0].Seconds-0.001 {
+			t.Errorf("site-a: %v s unknown, the gap is %v s", tun.UnknownSeconds, unclean[0].Seconds)
+		}
+		for _, iv := range tun.Intervals {
+			if iv.State == "up" && iv.From.Before(unclean[0].To) && iv.To.After(unclean[0].From) {
+				t.Errorf("site-a up across the crash gap: %+v", iv)
+			}
+		}
+	}
+	// With the default threshold (1 minute) the 4 s gap is no candidate.
+	if r, _ := reportJSON(t, b); len(r.Evidence.Incidents) != 0 {
+		t.Errorf("incidents with a 1-minute threshold: %+v", r.Evidence.Incidents)
+	}
+	dom := reportDOM(t, bin, b, "--outage-min", "2s")
+	for _, want := range []string{"unknown: the daemon was not provably running", "unclean_stop", "never counted as uptime"} {
+		if !strings.Contains(dom, want) {
+			t.Errorf("the page lacks %q", want)
+		}
+	}
+
+	// Tampered: one byte of one stream entry.
+	files, _ := filepath.Glob(filepath.Join(b.Dir, "audit", "dyad-audit-*.jsonl"))
+	raw, _ := os.ReadFile(files[0])
+	at := bytes.Index(raw, []byte(`"dyad.service":"echo"`))
+	if at < 0 {
+		t.Fatal("no stream entry to change")
+	}
+	bad := bytes.Count(raw[:at], []byte("\n"))
+	raw[at+len(`"dyad.service":"e`)] = 'E'
+	os.WriteFile(files[0], raw, 0o600)
+	r, code = reportJSON(t, b)
+	if code != 1 || r.Journal.EvidenceEnds == nil || *r.Journal.EvidenceEnds > uint64(bad) {
+		t.Fatalf("tampered: exit %d, evidence ends %v, the bad entry is %d", code, r.Journal.EvidenceEnds, bad)
+	}
+	for _, sec := range r.Sections {
+		for _, row := range sec.Rows {
+			if row.Status == report.Evidenced || row.Status == report.Mitigated {
+				t.Errorf("%s is %s", row.ID, row.Status)
+			}
+		}
+	}
+	for _, c := range r.Citations {
+		if c.Seq >= *r.Journal.EvidenceEnds {
+			t.Errorf("cites #%d, at or after the first bad entry", c.Seq)
+		}
+	}
+	dom = reportDOM(t, bin, b)
+	if strings.Contains(dom, `class="status evidenced"`) || !strings.Contains(dom, fmt.Sprintf("evidence stops before entry #%d", *r.Journal.EvidenceEnds)) ||
+		!strings.Contains(dom, fmt.Sprintf("entry %d", bad)) {
+		t.Errorf("the tampered page shows an evidenced row or does not name entry %d", bad)
+	}
+}

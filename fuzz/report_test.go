@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"math"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ var reportEvents = []string{
 	audit.TunnelEstablished, audit.TunnelClosed, audit.DaemonStarted, audit.DaemonStopped, audit.ConfigLoaded,
 	audit.ConfigReloaded, audit.StreamOpened, audit.StreamClosed, audit.StreamFailed, audit.PolicyDenied,
 	audit.PeerAuthRefused, audit.EventsSuppressed, audit.PacketsDropped, audit.RecordRejected, audit.KeyUpdated,
+	audit.JournalRecovered, report.JournalBreak,
 }
 
 // FuzzReport: any sequence of events, in any order, with attributes of
@@ -30,6 +32,8 @@ func FuzzReport(f *testing.F) {
 	f.Add([]byte{0, 0, 1, 0, 6, 0, 1, 0, 7, 0, 1, 9, 1, 0, 90, 3, 0, 0, 30, 0})
 	f.Add([]byte{2, 0, 0, 0, 0, 1, 1, 0, 2, 0, 5, 0, 0, 1, 1, 0, 3, 0, 1, 0, 10, 2, 200, 7, 11, 0, 1, 42})
 	f.Add([]byte{4, 0, 0, 1, 0, 0, 1, 0, 5, 0, 9, 0, 1, 1, 1, 0, 1, 0, 1, 0})
+	// started, tunnel up, a crash: recovered, config, started; a break.
+	f.Add([]byte{2, 0, 1, 0, 0, 0, 1, 0, 15, 0, 90, 2, 4, 0, 1, 0, 2, 0, 1, 0, 16, 0, 5, 1, 2, 0, 1, 0})
 	f.Fuzz(func(t *testing.T, program []byte) {
 		if len(program) > 4*300 {
 			return
@@ -81,8 +85,20 @@ func FuzzReport(f *testing.F) {
 		}
 		span := to.Sub(from).Seconds()
 		for _, a := range r.Evidence.Tunnels {
-			if a.UpSeconds < 0 || a.DownSeconds < 0 || a.UpSeconds+a.DownSeconds > span+1e-6 {
-				t.Fatalf("%s up %.0f s and down %.0f s in a period of %.0f s", a.Peer, a.UpSeconds, a.DownSeconds, span)
+			if a.UpSeconds < 0 || a.DownSeconds < 0 || a.UnknownSeconds < 0 || a.UpSeconds+a.DownSeconds+a.UnknownSeconds > span+1e-6 {
+				t.Fatalf("%s up %.0f s, down %.0f s, unknown %.0f s in a period of %.0f s", a.Peer, a.UpSeconds, a.DownSeconds, a.UnknownSeconds, span)
+			}
+		}
+		if u := r.Evidence.Uptime; math.Abs(u.RunningSeconds+u.StoppedSeconds+u.UnknownSeconds-span) > 1e-3 {
+			t.Fatalf("running %.3f + stopped %.3f + unknown %.3f s, the period is %.3f s", u.RunningSeconds, u.StoppedSeconds, u.UnknownSeconds, span)
+		}
+		if len(r.Journal.Breaks) > 0 {
+			for _, sec := range r.Sections {
+				for _, row := range sec.Rows {
+					if row.Status == report.Evidenced || row.Status == report.Mitigated {
+						t.Fatalf("%s is %s in a journal with a break", row.ID, row.Status)
+					}
+				}
 			}
 		}
 		for _, format := range []string{report.FormatJSON, report.FormatMarkdown, report.FormatHTML} {
@@ -108,6 +124,8 @@ func fuzzAttrs(peer, arg byte) []attribute.KeyValue {
 		attribute.String(audit.KeyReason, r), attribute.String(audit.KeyCloseReason, r),
 		attribute.String(audit.KeyPeerAddress, fmt.Sprintf("192.0.2.%d", arg)), attribute.String(audit.KeyPeerFingerprint, fmt.Sprintf("SHA256:%d", arg%4)),
 		attribute.String(audit.KeyEventName, audit.PeerAuthRefused), attribute.String(audit.KeyFingerprint, fmt.Sprintf("SHA256:own%d", arg%2)),
+		attribute.String(report.AttrLastEntryTime, time.Date(2026, 1, 1, 0, 0, int(arg), 0, time.UTC).Format(time.RFC3339Nano)),
+		attribute.Int64(report.AttrRecoveredEntries, int64(arg%5)),
 		attribute.StringSlice(audit.KeyPeerKeys, []string{fmt.Sprintf("p0=SHA256:%d", arg%3), "p1=x"}[:1+int(arg)%2]),
 	}
 	if arg%7 == 3 { // wrong types

@@ -64,10 +64,20 @@ func (s *scan) integrity(res *journal.Result) Integrity {
 	} else {
 		in.PeriodCovered = s.entries == 0
 	}
+	in.Breaks = s.breaks
+	if in.Breaks == nil {
+		in.Breaks = []uint64{}
+	}
+	if s.cut != noCut {
+		in.EvidenceEnds = u64(s.cut)
+	}
 	switch {
 	case !res.OK():
 		in.Problem = res.Bad.String()
-		in.Verdict = fmt.Sprintf("NOT VERIFIED: %s. The evidence below covers only the %d entries before it.", in.Problem, res.Entries)
+		in.Verdict = fmt.Sprintf("NOT VERIFIED: %s. Nothing from entry #%d on is evidence: the figures below count only the entries before it, and no row is evidenced.", in.Problem, s.cut)
+	case len(in.Breaks) > 0:
+		in.Verdict = fmt.Sprintf("%s in %s, hash chain intact, %s; but the journal records a break at entry #%d (the daemon was started on a journal that did not verify), so no row is evidenced",
+			plural(int(res.Entries), "entry", "entries"), plural(len(res.Files), "file", "files"), plural(res.Checkpoints, "signed checkpoint", "signed checkpoints"), in.Breaks[0])
 	case in.Checkpoint == nil:
 		in.Verdict = fmt.Sprintf("chain intact over %s in %s, but no signed checkpoint yet: nothing is signed", plural(int(res.Entries), "entry", "entries"), plural(len(res.Files), "file", "files"))
 	default:
@@ -96,6 +106,7 @@ func (s *scan) evidence() Evidence {
 		}
 		ev.Tunnels = append(ev.Tunnels, a)
 	}
+	ev.Uptime = s.uptime(ev.Tunnels)
 	ev.Services = []ServiceUse{}
 	for _, u := range s.uses {
 		ev.Services = append(ev.Services, *u)
@@ -150,7 +161,15 @@ func head(c []Count) []Count { return c[:min(len(c), topN)] }
 // least BurstEvents refusals in a BurstWindow, as candidates.
 func (s *scan) incidents() []Incident {
 	var out []Incident
+	for _, g := range s.gaps {
+		if g.Cause == GapUnclean && g.To.Sub(g.From) >= s.o.OutageMin {
+			out = append(out, s.gapIncident(g))
+		}
+	}
 	for _, o := range s.outages {
+		if o.dropped {
+			continue
+		}
 		end := o.end
 		if end.IsZero() {
 			end = s.o.To
@@ -231,8 +250,8 @@ func (s *scan) outageIncident(o *outage, end time.Time) Incident {
 	services, critical, country := s.affected(o.peer)
 	d := end.Sub(o.start).Round(time.Second)
 	state := fmt.Sprintf("restored at %s", end.Format(time.RFC3339))
-	if o.ongoing {
-		state = "still down at the period's end"
+	if o.endNote != "" {
+		state = fmt.Sprintf("%s at %s", o.endNote, end.Format(time.RFC3339))
 	}
 	if services == nil {
 		services = []string{}

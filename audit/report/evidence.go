@@ -9,6 +9,8 @@ type Evidence struct {
 	// journal one by one (from dyad.audit.suppressed), by name.
 	Suppressed map[string]int  `json:"suppressed"`
 	Hourly     []Bucket        `json:"hourly"`    // non-empty hours, in order
+	Timeline   Timeline        `json:"timeline"`  // the chart's buckets
+	Uptime     Uptime          `json:"uptime"`    // the daemon's life: running, cleanly stopped, unknown
 	Tunnels    []PeerActivity  `json:"tunnels"`   // one per peer seen or configured
 	Services   []ServiceUse    `json:"services"`  // one per service, peer and direction
 	Unused     []string        `json:"unused"`    // exported services no partner used in the period
@@ -36,7 +38,16 @@ const (
 // Kinds are the timeline's kinds, in display order.
 var Kinds = []string{KindStreams, KindTunnels, KindRefusals, KindIntegrity, KindFailures}
 
-// Bucket counts one hour's events by kind.
+// Timeline is the events chart's data: buckets of one size, chosen for
+// the period (a 5-minute period gets 1-second buckets, a month 2-hour
+// ones), non-empty ones only.
+type Timeline struct {
+	BucketSeconds float64   `json:"bucket_seconds"`
+	Start         time.Time `json:"start"` // the first bucket's start
+	Buckets       []Bucket  `json:"buckets"`
+}
+
+// Bucket counts one hour's (or one timeline bucket's) events by kind.
 type Bucket struct {
 	Start  time.Time      `json:"start"`
 	Counts map[string]int `json:"counts"`
@@ -50,27 +61,34 @@ type Count struct {
 
 // PeerActivity is one partner link's tunnel record.
 type PeerActivity struct {
-	Peer          string         `json:"peer"`
-	Established   int            `json:"established"`
-	Closed        map[string]int `json:"closed"` // by close reason
-	UpSeconds     float64        `json:"up_seconds"`
-	DownSeconds   float64        `json:"down_seconds"` // outages: down after having been up
-	Outages       int            `json:"outages"`
-	BytesSent     int64          `json:"bytes_sent"`
-	BytesReceived int64          `json:"bytes_received"`
-	Streams       int64          `json:"streams"`
-	FirstSeen     *time.Time     `json:"first_seen,omitempty"` // first tunnel in the journal
-	LastSeen      *time.Time     `json:"last_seen,omitempty"`  // last tunnel event in the journal
-	Fingerprints  []string       `json:"fingerprints"`         // keys the peer presented
-	Addresses     []string       `json:"addresses"`            // where it connected from or was dialed at
-	Intervals     []Interval     `json:"intervals"`            // up and down, within the period
+	Peer        string         `json:"peer"`
+	Established int            `json:"established"`
+	Closed      map[string]int `json:"closed"`       // by close reason
+	UpSeconds   float64        `json:"up_seconds"`   // to the last evidence, never across a gap
+	DownSeconds float64        `json:"down_seconds"` // outages: down after having been up, while the daemon ran
+	// UnknownSeconds is time the daemon was not provably running
+	// (Uptime.Gaps): neither up nor down.
+	UnknownSeconds float64 `json:"unknown_seconds"`
+	Outages        int     `json:"outages"`
+	// BytesSent and BytesReceived sum the streams with this partner that
+	// ended in the period (stream.closed), in both directions: the sums of
+	// the Services rows of this partner. Streams counts the streams opened
+	// in the period (stream.opened), as Services does.
+	BytesSent     int64      `json:"bytes_sent"`
+	BytesReceived int64      `json:"bytes_received"`
+	Streams       int64      `json:"streams"`
+	FirstSeen     *time.Time `json:"first_seen,omitempty"` // first tunnel in the journal
+	LastSeen      *time.Time `json:"last_seen,omitempty"`  // last tunnel event in the journal
+	Fingerprints  []string   `json:"fingerprints"`         // keys the peer presented
+	Addresses     []string   `json:"addresses"`            // where it connected from or was dialed at
+	Intervals     []Interval `json:"intervals"`            // up, down and unknown, within the period
 }
 
 // Interval is a stretch of a tunnel's state.
 type Interval struct {
 	From  time.Time `json:"from"`
 	To    time.Time `json:"to"`
-	State string    `json:"state"` // "up" or "down"
+	State string    `json:"state"` // up, down or unknown (a tunnel); running, stopped or unknown (the daemon)
 	Cause string    `json:"cause,omitempty"`
 }
 
@@ -154,7 +172,8 @@ type AuditPath struct {
 	ExportDownSeconds   float64 `json:"export_down_seconds"`
 	DroppedQueueFull    int64   `json:"dropped_queue_full"`
 	DroppedExportFailed int64   `json:"dropped_export_failed"`
-	JournalRecoveries   int     `json:"journal_recoveries"` // partial writes cut at start after a crash
+	JournalRecoveries   int     `json:"journal_recoveries"` // dyad.journal.recovered: a crash's tail repaired or adopted at start
+	JournalBreaks       int     `json:"journal_breaks"`     // dyad.journal.break: started on a journal that did not verify
 	Checkpoints         int     `json:"checkpoints"`        // signed in the period
 }
 
@@ -162,7 +181,7 @@ type AuditPath struct {
 // under DORA Art. 18 and Delegated Regulation (EU) 2024/1772.
 type Incident struct {
 	ID        string      `json:"id"`
-	Kind      string      `json:"kind"` // tunnel_outage or attack_burst
+	Kind      string      `json:"kind"` // tunnel_outage, unclean_stop or attack_burst
 	Start     time.Time   `json:"start"`
 	End       time.Time   `json:"end"`
 	Ongoing   bool        `json:"ongoing"`  // still going at the period's end

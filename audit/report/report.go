@@ -7,10 +7,13 @@
 package report
 
 import (
+	"bufio"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -26,7 +29,7 @@ const (
 )
 
 // Schema names the JSON layout; it changes when a field changes meaning.
-const Schema = "dyad-report/1"
+const Schema = "dyad-report/2"
 
 // Options say what to report on.
 type Options struct {
@@ -42,8 +45,8 @@ type Options struct {
 	From, To   time.Time // the period; zero From means the journal's start, zero To means Now
 	Now        time.Time // zero means time.Now()
 
-	// OutageMin is the shortest tunnel outage listed as an incident
-	// candidate; zero means 1 minute.
+	// OutageMin is the shortest tunnel outage, or unknown gap after an
+	// unclean stop, listed as an incident candidate; zero means 1 minute.
 	OutageMin time.Duration
 	// BurstEvents refusals within one BurstWindow make an attack burst;
 	// zero means 100 in 5 minutes.
@@ -196,6 +199,13 @@ type Integrity struct {
 	// before the period, which a previous report may have cited) is a
 	// prefix of Checkpoint's.
 	Consistency *Consistency `json:"consistency,omitempty"`
+	// EvidenceEnds is the first entry not used as evidence when the
+	// journal does not verify: the first bad entry, or the entry after the
+	// last good checkpoint when a checkpoint's root shows an earlier edit.
+	EvidenceEnds *uint64 `json:"evidence_ends,omitempty"`
+	// Breaks are dyad.journal.break entries: starts on a journal that did
+	// not verify.
+	Breaks []uint64 `json:"breaks"`
 }
 
 // Checkpoint is a signed checkpoint from the journal.
@@ -269,6 +279,10 @@ type Row struct {
 	Evidence  []Fact   `json:"evidence"`  // runtime figures from the journal
 	Outside   string   `json:"outside"`   // what the daemon cannot see or do for it
 	Citations []uint64 `json:"citations"` // cited entries (Report.Citations)
+	// EvidenceStops says where this row's evidence stops when the journal
+	// does not verify or records a break; such a row is never evidenced
+	// or mitigated.
+	EvidenceStops string `json:"evidence_stops,omitempty"`
 }
 
 // Fact is one figure of evidence.
@@ -299,6 +313,19 @@ func Build(o Options) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("report: reading the journal: %w", err)
 	}
+	if cut := evidenceCut(o.Journal, res); cut != noCut {
+		if cut < res.Bad.Seq {
+			// Entries since the last good checkpoint were passed on before
+			// the checkpoint showed one of them edited: read again without
+			// them, so no suspect entry is counted or quoted.
+			s = newScan(&o)
+			s.cut = cut
+			if res, err = journal.Verify(o.Journal, journal.VerifyOptions{Verifier: o.Verifier, Each: s.entry}); err != nil {
+				return nil, fmt.Errorf("report: reading the journal: %w", err)
+			}
+		}
+		s.cut = cut
+	}
 	s.finish()
 	r := &Report{
 		Schema:     Schema,
@@ -311,6 +338,7 @@ func Build(o Options) (*Report, error) {
 		Journal:    s.integrity(res),
 		Evidence:   s.evidence(),
 	}
+	r.Evidence.Timeline = s.timeline(r.Period.From, r.Period.To)
 	if r.Controls.Peers == nil {
 		r.Controls.Peers = []Peer{}
 	}
@@ -324,6 +352,7 @@ func Build(o Options) (*Report, error) {
 			r.Sections = append(r.Sections, b.dora())
 		}
 	}
+	b.stops(res)
 	if err := b.cite(o.Journal); err != nil {
 		return nil, err
 	}
@@ -331,6 +360,77 @@ func Build(o Options) (*Report, error) {
 		return r, ErrNotVerified
 	}
 	return r, nil
+}
+
+// evidenceCut is the first entry that is not evidence: noCut when the
+// journal verifies; else the first bad entry or, when that is a
+// checkpoint (whose root or signature shows that something since the last
+// good checkpoint was changed, even if the chain was rebuilt), the entry
+// after the last good checkpoint. THREATS P10, tested by
+// TestReportTamperedEvidence.
+func evidenceCut(dir string, res *journal.Result) uint64 {
+	if res.OK() {
+		return noCut
+	}
+	cut := res.Bad.Seq
+	if isCheckpointLine(dir, res.Bad) {
+		cut = 0
+		if res.Checkpoints > 0 {
+			cut = res.Covered + 1 // the good checkpoint entry stands at seq Covered
+		}
+	}
+	return min(cut, res.Bad.Seq)
+}
+
+// isCheckpointLine says whether the bad entry's line is a checkpoint.
+func isCheckpointLine(dir string, p *journal.Problem) bool {
+	if p.File == "" || p.Line < 1 {
+		return false
+	}
+	f, err := os.Open(filepath.Join(dir, p.File))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		if n == p.Line {
+			e, err := journal.Decode(sc.Bytes())
+			return err == nil && e.Name == journal.CheckpointEvent
+		}
+	}
+	return false
+}
+
+// stops marks every row of a report whose journal does not verify, or
+// records a break, with where its evidence stops; no such row is
+// evidenced or mitigated. THREATS P10, tested by TestReportTamperedEvidence
+// and TestReportTamperedInChromium.
+func (b *builder) stops(res *journal.Result) {
+	var msg string
+	switch in := &b.r.Journal; {
+	case in.EvidenceEnds != nil && *in.EvidenceEnds < res.Bad.Seq:
+		msg = fmt.Sprintf("evidence stops before entry #%d: entry #%d does not verify (%s), and the entries since the last good signed checkpoint cannot be told apart from an edit; nothing from entry #%d on is counted or cited",
+			*in.EvidenceEnds, res.Bad.Seq, res.Bad.Reason, *in.EvidenceEnds)
+	case in.EvidenceEnds != nil:
+		msg = fmt.Sprintf("evidence stops before entry #%d, the first entry that does not verify (%s); nothing from entry #%d on is counted or cited",
+			*in.EvidenceEnds, res.Bad.Reason, *in.EvidenceEnds)
+	case len(in.Breaks) > 0:
+		msg = fmt.Sprintf("the journal records a break at entry #%d: the journal before it did not verify when the daemon started, so its evidence is not established", in.Breaks[0])
+	default:
+		return
+	}
+	for i := range b.r.Sections {
+		for j := range b.r.Sections[i].Rows {
+			row := &b.r.Sections[i].Rows[j]
+			row.EvidenceStops = msg
+			if row.Status == Evidenced || row.Status == Mitigated {
+				row.Status = Partly
+				row.Why = "the control is configured, but " + msg + ". " + row.Why
+			}
+		}
+	}
 }
 
 // verifierKey is the note verifier key string, when the verifier can say.

@@ -23,6 +23,9 @@ const (
 	topN             = 10
 )
 
+// noCut says every verified entry is evidence.
+const noCut = ^uint64(0)
+
 // scan reads the journal's verified entries in order and keeps what the
 // report needs: counts within the period, and the state (tunnels, keys,
 // configuration) that entries before the period establish.
@@ -54,12 +57,37 @@ type scan struct {
 
 	started    *journal.Entry // the last daemon.started before the period's end
 	lastSeq    uint64         // of the period's last entry other than a checkpoint
-	lastTime   time.Time      // of the entry before the current one
-	running    bool           // a daemon.started not yet followed by daemon.stopped
 	outages    []*outage
 	slots      map[time.Time]*slot
 	moreIncids int
+	bins       bins     // events by kind over time, for the timeline
+	breaks     []uint64 // dyad.journal.break entries
+	cut        uint64   // entries from this one on are not evidence (noCut: none)
+
+	// The daemon's life, followed through its entries (see life below).
+	life        string    // "" before the first entry, lifeRunning or lifeStopped
+	lifeSince   time.Time // when life took its current value
+	starting    bool      // a new process's first entries seen, its daemon.started not yet
+	lastEv      time.Time // the last entry before the period's end: the last proof of life
+	lastEvSeq   uint64
+	lastEvEntry journal.Entry
+	lastEvLine  []byte
+	daemonIv    []Interval // running, stopped and unknown stretches, within the period
+	gaps        []Gap
 }
+
+// The daemon's life as the journal proves it. A daemon.started begins a
+// running stretch; daemon.stopped ends it cleanly. Every entry, minute
+// checkpoints included, proves the daemon was running when it was written.
+// When a new process's first entry (config.loaded, journal.recovered,
+// journal.break, daemon.started) arrives while the last stretch never
+// stopped, the stop was unclean: the time from the last entry before it to
+// that first entry is unknown, never uptime (THREATS P10, tested by
+// TestReportCrashGap and TestReportCrashInChromium).
+const (
+	lifeRunning = "running"
+	lifeStopped = "stopped"
+)
 
 type useKey struct{ service, peer, direction string }
 
@@ -71,6 +99,7 @@ type citedEntry struct {
 
 type peerState struct {
 	act       *PeerActivity
+	everUp    bool      // a tunnel was up before: after a restart, the peer is down until it is again
 	open      int       // tunnels up now
 	upSince   time.Time // when open went from 0 to 1
 	downSince time.Time // when open fell to 0; zero before the first tunnel
@@ -80,7 +109,10 @@ type peerState struct {
 type outage struct {
 	peer       string
 	start, end time.Time
-	ongoing    bool
+	ongoing    bool   // still down at the last evidence
+	endNote    string // how it ended when not by a tunnel coming up: evidence ends, clean stop
+	shutdown   bool   // the tunnel was closed by our own shutdown
+	dropped    bool   // it was the daemon's clean stop, not an outage
 	cause      string
 	failed     int // forwarded connections refused for want of the tunnel
 	cites      []uint64
@@ -104,6 +136,7 @@ func newScan(o *Options) *scan {
 		sources: map[string]int64{}, fps: map[string]int64{}, policy: map[string]int64{}, limits: map[string]int64{},
 		ownKeys: map[string]*KeySeen{}, pinned: map[string]string{}, tls: map[string]int64{},
 		examples: map[string][]uint64{}, cited: map[uint64]citedEntry{}, slots: map[time.Time]*slot{},
+		cut: noCut,
 	}
 }
 
@@ -127,7 +160,9 @@ func seconds(e *journal.Entry, key string) float64 {
 
 // entry is journal.VerifyOptions.Each: called with every verified entry.
 func (s *scan) entry(e *journal.Entry, line []byte) error {
-	defer func() { s.lastTime = e.Time }()
+	if e.Seq >= s.cut {
+		return nil // at or after the first bad entry: never evidence
+	}
 	if e.Name == journal.CheckpointEvent {
 		s.checkpoints = append(s.checkpoints, Checkpoint{
 			Seq: e.Seq, Size: num(e, "dyad.journal.size"), Root: str(e, "dyad.journal.root_hash"),
@@ -138,7 +173,9 @@ func (s *scan) entry(e *journal.Entry, line []byte) error {
 		return nil
 	}
 	in := !e.Time.Before(s.o.From)
+	s.live(e, line)
 	s.state(e, line, in)
+	s.lastEv, s.lastEvSeq, s.lastEvEntry, s.lastEvLine = e.Time, e.Seq, *e, line
 	if !in {
 		return nil
 	}
@@ -180,15 +217,6 @@ func (s *scan) peer(name string) *peerState {
 func (s *scan) state(e *journal.Entry, line []byte, in bool) {
 	switch e.Name {
 	case audit.DaemonStarted:
-		unclean := s.running
-		if unclean {
-			// The daemon ended without a stop event (crash, kill): its
-			// tunnels ended with it, after its last entry.
-			for _, p := range s.peers {
-				s.down(p, s.lastTime, "daemon ended without a clean stop", e, line)
-			}
-		}
-		s.running = true
 		started := *e
 		s.started = &started
 		fp := str(e, audit.KeyFingerprint)
@@ -199,13 +227,9 @@ func (s *scan) state(e *journal.Entry, line []byte, in bool) {
 		}
 		if in {
 			detail := fmt.Sprintf("version %s, identity %s, suite %s", str(e, audit.KeyServiceVersion), fp, str(e, audit.KeyCodecSuite))
-			s.lifecycle = append(s.lifecycle, LifecycleStep{Time: e.Time, Event: e.Name, Detail: detail, Seq: e.Seq, Unclean: unclean})
+			s.lifecycle = append(s.lifecycle, LifecycleStep{Time: e.Time, Event: e.Name, Detail: detail, Seq: e.Seq, Unclean: s.uncleanBefore(e.Seq)})
 		}
 	case audit.DaemonStopped:
-		s.running = false
-		for _, p := range s.peers {
-			s.down(p, e.Time, "daemon stopped", e, line)
-		}
 		if in {
 			detail := fmt.Sprintf("%s after %s", str(e, audit.KeyReason), time.Duration(seconds(e, audit.KeyDuration)*float64(time.Second)).Round(time.Second))
 			s.lifecycle = append(s.lifecycle, LifecycleStep{Time: e.Time, Event: e.Name, Detail: detail, Seq: e.Seq})
@@ -232,6 +256,7 @@ func (s *scan) state(e *journal.Entry, line []byte, in bool) {
 			p.upSince = e.Time
 		}
 		p.open++
+		p.everUp = true
 		a.Fingerprints = addUnique(a.Fingerprints, str(e, audit.KeyPeerFingerprint))
 		a.Addresses = addUnique(a.Addresses, fmt.Sprintf("%s:%d", str(e, audit.KeyPeerAddress), num(e, audit.KeyPeerPort)))
 	case audit.TunnelClosed:
@@ -240,8 +265,9 @@ func (s *scan) state(e *journal.Entry, line []byte, in bool) {
 		p.act.LastSeen = &t
 		if p.open > 1 {
 			p.open--
-		} else {
-			s.down(p, e.Time, str(e, audit.KeyCloseReason), e, line)
+		} else if s.down(p, e.Time, str(e, audit.KeyCloseReason), e, line); p.outage != nil {
+			// Closed by our own shutdown: not an outage if daemon.stopped follows.
+			p.outage.shutdown = str(e, audit.KeyCloseReason) == "shutdown"
 		}
 	case audit.StreamFailed:
 		if p := s.peers[str(e, audit.KeyPeer)]; p != nil && p.outage != nil && in {
@@ -326,16 +352,26 @@ func (s *scan) count(e *journal.Entry, line []byte) {
 			s.hours[hour] = h
 		}
 		h[kind] += n
+		s.bins.add(e.Time, kind, n)
 	}
 	switch e.Name {
 	case audit.StreamOpened:
 		add(KindStreams, 1)
 		s.use(e).Streams++
+		s.peer(str(e, audit.KeyPeer)).act.Streams++
 	case audit.StreamClosed:
+		// The Tunnels table's bytes are these same stream figures summed
+		// per partner, so the two tables reconcile (tunnel.closed's totals
+		// miss tunnels still open or cut by a crash, and count streams that
+		// ended before the period).
 		u := s.use(e)
 		u.Closed[str(e, audit.KeyCloseReason)]++
-		u.ToPeer += num(e, audit.KeyBytesSent)
-		u.FromPeer += num(e, audit.KeyBytesReceived)
+		sent, recv := num(e, audit.KeyBytesSent), num(e, audit.KeyBytesReceived)
+		u.ToPeer += sent
+		u.FromPeer += recv
+		a := s.peer(str(e, audit.KeyPeer)).act
+		a.BytesSent += sent
+		a.BytesReceived += recv
 	case audit.StreamFailed:
 		add(KindFailures, 1)
 		s.use(e).Failed[str(e, audit.KeyReason)]++
@@ -346,11 +382,7 @@ func (s *scan) count(e *journal.Entry, line []byte) {
 		s.tls[str(e, audit.KeyTLSCurve)+" / "+str(e, audit.KeyTLSCipher)]++
 	case audit.TunnelClosed:
 		add(KindTunnels, 1)
-		a := s.peers[str(e, audit.KeyPeer)].act
-		a.Closed[str(e, audit.KeyCloseReason)]++
-		a.BytesSent += num(e, audit.KeyBytesSent)
-		a.BytesReceived += num(e, audit.KeyBytesReceived)
-		a.Streams += num(e, audit.KeyStreams)
+		s.peers[str(e, audit.KeyPeer)].act.Closed[str(e, audit.KeyCloseReason)]++
 	case audit.PeerAuthRefused:
 		add(KindRefusals, 1)
 		s.ref.Handshakes++
@@ -423,6 +455,9 @@ func (s *scan) count(e *journal.Entry, line []byte) {
 	case audit.JournalRecovered:
 		add(KindFailures, 1)
 		s.auditPath.JournalRecoveries++
+	case JournalBreak:
+		add(KindFailures, 1)
+		s.auditPath.JournalBreaks++
 	case journal.CheckpointEvent:
 		s.auditPath.Checkpoints++
 	}
@@ -482,16 +517,7 @@ func addUnique(list []string, s string) []string {
 }
 
 // finish closes what is still open at the period's end.
-func (s *scan) finish() {
-	for _, p := range s.peers {
-		if p.open > 0 {
-			s.interval(p, p.upSince, s.o.To, "up", "")
-		} else if o := p.outage; o != nil {
-			s.interval(p, p.downSince, s.o.To, "down", o.cause)
-			o.end, o.ongoing = s.o.To, true
-		}
-	}
-}
+func (s *scan) finish() { s.finishLife() }
 
 func top(m map[string]int64) []Count {
 	out := make([]Count, 0, len(m))

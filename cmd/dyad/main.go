@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/dyad-tunnel/dyad/audit/report"
 	"github.com/dyad-tunnel/dyad/daemon"
@@ -107,6 +108,7 @@ func main() {
 		fs.StringVar(&o.To, "to", "", "the period's end, exclusive, RFC 3339 or a date (default: now)")
 		fs.StringVar(&o.Format, "format", "html", "html (one self-contained file), md or json")
 		fs.StringVar(&o.Out, "out", "", "file to write (default: standard output)")
+		fs.DurationVar(&o.OutageMin, "outage-min", time.Minute, "shortest tunnel outage, or unknown gap after an unclean stop, listed as an incident candidate")
 		fs.Parse(args)
 		if o.Config == "" {
 			usageError(fs, "--config is required")
