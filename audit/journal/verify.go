@@ -84,6 +84,11 @@ func Verify(dir string, opts VerifyOptions) (*Result, error) {
 	if !v.flush() {
 		return res, nil
 	}
+	if res.Checkpoints == 0 && res.Entries > 0 {
+		// THREATS P7, tested by TestRewriteRefused.
+		res.Bad = &Problem{File: files[0], Line: 1, Seq: 0, Reason: NoCheckpointReason(res.Entries)}
+		return res, nil
+	}
 	if opts.Anchor != nil && !res.Anchored {
 		res.Bad = &Problem{File: files[len(files)-1], Seq: res.Entries,
 			Reason: fmt.Sprintf("journal has %d entries, the anchor checkpoint covers %d: entries were cut from the end", res.Entries, opts.Anchor.Size)}
