@@ -2,6 +2,7 @@ package journal
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -249,5 +250,73 @@ func TestCrashTailTooLong(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "entry 1") {
 		t.Fatalf("refusal does not name the first unsigned entry: %v", err)
+	}
+}
+
+// TestEditRefusedByOpen: an edited entry (chain not rebuilt) stops Open,
+// which names it.
+func TestEditRefusedByOpen(t *testing.T) {
+	dir := t.TempDir()
+	fill(t, dir, 20, Options{CheckpointEvery: 5})
+	ls := diskLines(t, dir)
+	ls[3] = bytes.Replace(ls[3], []byte(`"bank-b"`), []byte(`"bank-x"`), 1)
+	writeLines(t, dir, ls)
+	s, _ := testKey(t)
+	_, err := Open(Options{Dir: dir, Origin: origin, Signer: s})
+	var be *BrokenError
+	if !errors.As(err, &be) || be.Bad.Seq != 3 {
+		t.Fatalf("Open of a journal with entry 3 edited: %v", err)
+	}
+}
+
+func writeLines(t *testing.T, dir string, ls [][]byte) {
+	t.Helper()
+	files, _ := Files(dir)
+	for _, f := range files {
+		os.Remove(filepath.Join(dir, f))
+	}
+	var data []byte
+	for _, l := range ls {
+		data = append(append(data, l...), '\n')
+	}
+	if err := os.WriteFile(filepath.Join(dir, fileName(0)), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBrokenContinueRecordsBreak: the operator's choice to go on with a
+// broken journal is a signed break entry; verify still names the bad entry
+// and reports the break ever after.
+func TestBrokenContinueRecordsBreak(t *testing.T) {
+	dir := t.TempDir()
+	fill(t, dir, 20, Options{CheckpointEvery: 5})
+	ls := diskLines(t, dir)
+	ls[3] = bytes.Replace(ls[3], []byte(`"bank-b"`), []byte(`"bank-x"`), 1)
+	writeLines(t, dir, ls)
+	j := openTest(t, dir, Options{OnBroken: BrokenContinue, CheckpointEvery: 5})
+	appendN(t, j, 3)
+	j.Close()
+	res := verify(t, dir)
+	if res.OK() || res.Bad.Seq != 3 {
+		t.Fatalf("verify after a break: %v", res.Bad)
+	}
+	if len(res.Breaks) != 1 || res.Breaks[0].Attr(AttrBadSeq).AsInt64() != 3 || res.Breaks[0].Seq != uint64(len(ls)) {
+		t.Fatalf("breaks %+v, want one at entry %d naming entry 3", res.Breaks, len(ls))
+	}
+	// Opening again, even with the default policy, goes on without a new
+	// break: the break stands recorded and signed.
+	j = openTest(t, dir, Options{CheckpointEvery: 5})
+	appendN(t, j, 1)
+	j.Close()
+	if res := verify(t, dir); len(res.Breaks) != 1 || res.Bad.Seq != 3 {
+		t.Fatalf("after a second start: bad %v, %d breaks", res.Bad, len(res.Breaks))
+	}
+	// A new edit after the break is refused again.
+	ls = diskLines(t, dir)
+	ls[len(ls)-2] = bytes.Replace(ls[len(ls)-2], []byte(`"i":0`), []byte(`"i":7`), 1)
+	writeLines(t, dir, ls)
+	s, _ := testKey(t)
+	if _, err := Open(Options{Dir: dir, Origin: origin, Signer: s, CheckpointEvery: 5}); !errors.Is(err, ErrBroken) {
+		t.Fatalf("an edit after the recorded break: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package journal
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -103,11 +104,12 @@ func (j *Journal) recover() (*found, error) {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
 	st := &found{}
+	var problems []Problem
 	problem := func(file string, no int, seq uint64, reason string) {
-		if st.broken == nil || seq < st.broken.Seq {
-			st.broken = &Problem{File: file, Line: no, Seq: seq, Reason: reason}
-		}
+		problems = append(problems, Problem{File: file, Line: no, Seq: seq, Reason: reason})
 	}
+	var lastBreak int64 = -1 // seq of the last dyad.journal.break entry
+	breakMarker := []byte(`,"name":"` + BreakEvent + `","severity":`)
 	var (
 		cp      *diskLine // the last checkpoint
 		cpRoot  tlog.Hash
@@ -138,10 +140,26 @@ func (j *Journal) recover() (*found, error) {
 		for line := range bytes.Lines(data) {
 			no++
 			line = bytes.TrimSuffix(line, []byte{'\n'})
+			// The chain is checked on every entry (cheaply: prev is found
+			// at its place in the canonical encoding, not decoded), so an
+			// edit is named where it is; a rewritten chain is caught by
+			// the checkpoint's root below.
+			if !prevMatches(line, &j.prev) {
+				if j.next == 0 {
+					problem(name, no, 0, "first entry's prev is not zero: the journal's beginning is missing")
+				} else {
+					problem(name, no-1, j.next-1, fmt.Sprintf("entry %d's hash differs from the prev recorded by entry %d: entry %d was changed (or entry %d's prev)", j.next-1, j.next, j.next-1, j.next))
+				}
+			}
 			isCP := false
 			if bytes.Contains(line, marker) {
 				if e, err := Decode(line); err == nil && e.Name == CheckpointEvent {
 					isCP = true
+				}
+			}
+			if bytes.Contains(line, breakMarker) {
+				if e, err := Decode(line); err == nil && e.Name == BreakEvent {
+					lastBreak = int64(j.next)
 				}
 			}
 			if isCP {
@@ -204,6 +222,24 @@ func (j *Journal) recover() (*found, error) {
 			}
 		}
 	}
+	// A break the operator accepted before is not found again: a break
+	// entry covered by the last checkpoint, which verified, accepts every
+	// problem before it (the daemon that wrote it hashed them all into the
+	// tree that checkpoint signs). Verify still names the first of them.
+	cpOK := cp != nil
+	for _, p := range problems {
+		if cp != nil && p.Seq == cp.seq {
+			cpOK = false
+		}
+	}
+	for _, p := range problems {
+		if cpOK && lastBreak >= 0 && uint64(lastBreak) < cp.seq && p.Seq < uint64(lastBreak) {
+			continue
+		}
+		if st.broken == nil || p.Seq < st.broken.Seq {
+			st.broken = &p
+		}
+	}
 	if st.broken != nil && j.opts.OnBroken != BrokenContinue {
 		return nil, &BrokenError{Dir: j.opts.Dir, Bad: *st.broken}
 	}
@@ -222,6 +258,19 @@ func NoCheckpointReason(entries uint64) string {
 	return fmt.Sprintf("the journal has %d entries and no signed checkpoint: dyad signs a genesis checkpoint when it creates a journal "+
 		"and one at least every checkpoint interval, so its checkpoints were removed (and the entries possibly rewritten), "+
 		"or it was written by something else, or by a dyad older than the genesis checkpoint that stopped before its first one", entries)
+}
+
+// prevMatches reports whether the line's prev field is prev. A line
+// without one (not an entry at all) does not match.
+func prevMatches(line []byte, prev *[32]byte) bool {
+	const key = `","prev":"`
+	i := bytes.Index(line, []byte(key))
+	if i < 0 || len(line) < i+len(key)+64 {
+		return false
+	}
+	var want [64]byte
+	hex.Encode(want[:], prev[:])
+	return bytes.Equal(line[i+len(key):i+len(key)+64], want[:])
 }
 
 // checkCheckpoint checks the last checkpoint entry, at position seq after

@@ -39,6 +39,11 @@ type Result struct {
 	Bad         *Problem   // first bad entry; nil when the journal verifies
 	Anchored    bool       // the external checkpoint (VerifyOptions.Anchor) matched
 	Last        Checkpoint // last verified checkpoint
+	// Breaks are the dyad.journal.break entries anywhere in the journal,
+	// verified or not (those after Bad are not): each records a start at
+	// which the daemon found the journal broken and the operator chose to
+	// go on.
+	Breaks []Entry
 }
 
 // OK reports whether the journal verified.
@@ -78,7 +83,7 @@ func Verify(dir string, opts VerifyOptions) (*Result, error) {
 			return nil, err
 		}
 		if res.Bad != nil {
-			return res, nil
+			return res, scanBreaks(dir, files, res)
 		}
 	}
 	if !v.flush() {
@@ -99,6 +104,28 @@ func Verify(dir string, opts VerifyOptions) (*Result, error) {
 	}
 	res.Root = root
 	return res, nil
+}
+
+// scanBreaks collects the break entries of a journal that failed, to
+// report them: those after the bad entry are not verified.
+func scanBreaks(dir string, files []string, res *Result) error {
+	res.Breaks = nil
+	marker := []byte(`,"name":"` + BreakEvent + `","severity":`)
+	for _, name := range files {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		for line := range bytes.Lines(data) {
+			if !bytes.Contains(line, marker) {
+				continue
+			}
+			if e, err := Decode(bytes.TrimSuffix(line, []byte{'\n'})); err == nil && e.Name == BreakEvent {
+				res.Breaks = append(res.Breaks, e)
+			}
+		}
+	}
+	return nil
 }
 
 type verifier struct {
@@ -222,6 +249,9 @@ func (v *verifier) entry(name string, lineNo int, line []byte) bool {
 	v.res.Entries++
 	if e.Name != CheckpointEvent {
 		v.res.After++
+	}
+	if e.Name == BreakEvent {
+		v.res.Breaks = append(v.res.Breaks, e)
 	}
 	if a := v.opts.Anchor; a != nil && v.tree.size == a.Size {
 		root, err := v.tree.root()
