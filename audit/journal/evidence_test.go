@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -318,5 +319,58 @@ func TestBrokenContinueRecordsBreak(t *testing.T) {
 	s, _ := testKey(t)
 	if _, err := Open(Options{Dir: dir, Origin: origin, Signer: s, CheckpointEvery: 5}); !errors.Is(err, ErrBroken) {
 		t.Fatalf("an edit after the recorded break: %v", err)
+	}
+}
+
+// TestDiskFailureResumes: a failing disk fails Append (never a silent
+// loss), and once it is writable again the journal goes on by itself with
+// one dyad.journal.write_failed entry counting exactly the refused events.
+func TestDiskFailureResumes(t *testing.T) {
+	var failing atomic.Bool
+	openFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		if failing.Load() {
+			return os.OpenFile("/dev/full", os.O_WRONLY, 0)
+		}
+		return os.OpenFile(name, flag, perm)
+	}
+	defer func() { openFile = os.OpenFile }()
+	dir := t.TempDir()
+	j := openTest(t, dir, Options{MaxFileBytes: 1 << 10, CheckpointEvery: 4, CommitInterval: 10 * time.Millisecond})
+	defer j.Close()
+	failing.Store(true)
+	refused := 0
+	for i := 0; i < 40; i++ {
+		if _, err := j.Append("dyad.test.event", "INFO", time.Now(), []attribute.KeyValue{attribute.Int("i", i)}); err != nil {
+			refused++
+		}
+	}
+	if refused == 0 || j.Err() == nil {
+		t.Fatalf("a full disk: %d appends refused, Err %v", refused, j.Err())
+	}
+	failing.Store(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for j.Err() != nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := j.Err(); err != nil {
+		t.Fatalf("journal did not resume: %v", err)
+	}
+	appendN(t, j, 3)
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	res := verify(t, dir)
+	if !res.OK() {
+		t.Fatalf("resumed journal: %v", res.Bad)
+	}
+	var wf []Entry
+	Verify(dir, VerifyOptions{Verifier: testVerifier(t), Each: func(e *Entry, _ []byte) error {
+		if e.Name == WriteFailedEvent {
+			wf = append(wf, *e)
+		}
+		return nil
+	}})
+	if len(wf) != 1 || wf[0].Attr(AttrLostEvents).AsInt64() != int64(refused) {
+		t.Fatalf("write_failed entries %v, want one counting %d lost events", wf, refused)
 	}
 }

@@ -176,7 +176,10 @@ type Journal struct {
 	writing         bool   // an appender is writing pending segments
 	written         uint64 // entries [0, written) are written to the kernel
 	synced          uint64 // entries [0, synced) are fsynced (SyncNever: written)
-	err             error  // first write error; sticky
+	err             error  // the write error the journal is failed with; nil once it resumed
+	failedAt        time.Time
+	lost            uint64 // Appends refused since err
+	lastTry         time.Time
 	closed          bool
 
 	// syncMu guards out against the fsync timer while the writer (the
@@ -184,6 +187,7 @@ type Journal struct {
 	syncMu sync.Mutex
 	out    *os.File
 	name   string // out's base name
+	outLen int64  // bytes of out known written; the writer's
 
 	stop chan struct{} // closed by Close: stops the timer
 	done chan struct{} // closed when the timer exits
@@ -281,6 +285,9 @@ func (j *Journal) Append(name, severity string, t time.Time, attrs []attribute.K
 	j.mu.Lock()
 	if j.err != nil || j.closed {
 		err := j.err
+		if err != nil {
+			j.lost++
+		}
 		j.mu.Unlock()
 		if err == nil {
 			err = errors.New("journal: closed")
@@ -299,6 +306,9 @@ func (j *Journal) Append(name, severity string, t time.Time, attrs []attribute.K
 		// THREATS P7 (an acknowledged event survives kill -9), tested by
 		// TestAppendWrittenBeforeReturn and TestKillNineKeepsStreams.
 		err = j.writeLocked(j.next)
+	}
+	if err != nil && j.err != nil {
+		j.lost++
 	}
 	j.mu.Unlock()
 	j.notify(cps)
@@ -396,7 +406,7 @@ func (j *Journal) writeLocked(target uint64) error {
 			j.pendingBytes -= len(s.data)
 		}
 		if err != nil {
-			j.err = fmt.Errorf("journal: write %s: %w", filepath.Join(j.opts.Dir, j.name), err)
+			j.failLocked(fmt.Errorf("journal: write %s: %w", filepath.Join(j.opts.Dir, j.name), err))
 		} else {
 			j.written = last + 1
 			if j.opts.Sync != SyncInterval {
@@ -408,16 +418,24 @@ func (j *Journal) writeLocked(target uint64) error {
 	return j.err
 }
 
+// openFile opens journal files; tests replace it to fail the disk.
+var openFile = os.OpenFile
+
 // write writes one segment; only the writer calls it.
 func (j *Journal) write(s segment) error {
 	if s.file != j.name {
-		f, err := os.OpenFile(filepath.Join(j.opts.Dir, s.file), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		f, err := openFile(filepath.Join(j.opts.Dir, s.file), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 		if err != nil {
+			return err
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
 			return err
 		}
 		j.syncMu.Lock()
 		old := j.out
-		j.out, j.name = f, s.file
+		j.out, j.name, j.outLen = f, s.file, st.Size()
 		var serr error
 		if old != nil {
 			// The old file's entries count as synced once the timer
@@ -431,7 +449,10 @@ func (j *Journal) write(s segment) error {
 			return serr
 		}
 	}
-	_, err := j.out.Write(s.data)
+	n, err := j.out.Write(s.data)
+	if err == nil {
+		j.outLen += int64(n)
+	}
 	return err
 }
 
@@ -457,6 +478,7 @@ func (j *Journal) timer() {
 			return
 		case <-t.C:
 		}
+		j.resumeIfFailed()
 		j.checkpointIfDue()
 		if j.opts.Sync == SyncInterval {
 			j.syncWritten()
@@ -475,8 +497,99 @@ func (j *Journal) checkpointIfDue() {
 		if err == nil {
 			cps = append(cps, cp)
 		} else if j.err == nil {
-			j.err = err
+			j.failLocked(err)
 		}
+	}
+	j.mu.Unlock()
+	j.notify(cps)
+}
+
+// failLocked puts the journal in the failed state: every Append is refused
+// (and counted in lost) until resumeIfFailed finds the disk writable again.
+func (j *Journal) failLocked(err error) {
+	if j.err == nil {
+		j.err, j.failedAt, j.lost = err, j.opts.Now(), 0
+	}
+}
+
+// resumeRetry is how often a failed journal tries its disk again.
+const resumeRetry = time.Second
+
+// Err returns the error the journal is failed with (a write or fsync that
+// failed: disk full, I/O error), or nil when Append can write.
+func (j *Journal) Err() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.err
+}
+
+// resumeIfFailed tries, once per resumeRetry, to continue a failed
+// journal: it cuts what the failed write may have left, rebuilds the chain
+// and tree from the disk (verifying as Open does), and writes a
+// dyad.journal.write_failed entry saying since when and how many events
+// were lost, and a checkpoint. On failure it stays failed.
+func (j *Journal) resumeIfFailed() {
+	j.mu.Lock()
+	if j.err == nil || j.closed || j.writing || j.opts.Now().Sub(j.lastTry) < resumeRetry {
+		j.mu.Unlock()
+		return
+	}
+	j.lastTry = j.opts.Now()
+	j.writing = true // no Append writes while the state is rebuilt
+	j.mu.Unlock()
+
+	fresh := &Journal{opts: j.opts, tree: newFrontier()}
+	fresh.opts.OnBroken = BrokenStop
+	var st *found
+	j.syncMu.Lock()
+	err := error(nil)
+	if j.out != nil {
+		j.out.Close()
+		// Cut what the failed write may have left (a partial line).
+		if err = os.Truncate(filepath.Join(j.opts.Dir, j.name), j.outLen); errors.Is(err, os.ErrNotExist) {
+			err = nil
+		}
+		j.out, j.name = nil, ""
+	}
+	j.syncMu.Unlock()
+	if err == nil {
+		st, err = fresh.recover()
+	}
+
+	j.mu.Lock()
+	j.writing = false
+	defer j.cond.Broadcast()
+	if err != nil {
+		j.mu.Unlock()
+		return
+	}
+	cause, since, lost := j.err, j.failedAt, j.lost
+	j.next, j.prev, j.tree, j.file, j.fileBytes = fresh.next, fresh.prev, fresh.tree, fresh.file, fresh.fileBytes
+	j.sinceCheckpoint, j.pending, j.pendingBytes = st.tail, nil, 0
+	j.written, j.synced, j.err = j.next, j.next, nil
+	if j.file == "" {
+		j.file = fileName(0)
+	}
+	var cps []Entry
+	_, err = j.appendLocked(WriteFailedEvent, "ERROR", j.opts.Now(), []attribute.KeyValue{
+		attribute.String(AttrFailedSince, since.UTC().Format(time.RFC3339Nano)),
+		attribute.Int64(AttrLostEvents, int64(lost)),
+		attribute.String(AttrError, cause.Error()),
+	})
+	if err == nil {
+		var cp Entry
+		if cp, err = j.checkpointLocked(); err == nil {
+			cps = append(cps, cp)
+		}
+	}
+	if err == nil {
+		err = j.writeLocked(j.next)
+	}
+	if err != nil {
+		j.failLocked(err)
+		j.failedAt, j.lost = since, lost // one outage, counted on
+		j.mu.Unlock()
+		return
 	}
 	j.mu.Unlock()
 	j.notify(cps)
@@ -500,7 +613,7 @@ func (j *Journal) syncWritten() {
 	j.syncMu.Unlock()
 	j.mu.Lock()
 	if err != nil && j.err == nil {
-		j.err = fmt.Errorf("journal: fsync %s: %w", filepath.Join(j.opts.Dir, j.name), err)
+		j.failLocked(fmt.Errorf("journal: fsync %s: %w", filepath.Join(j.opts.Dir, j.name), err))
 	} else if err == nil && target > j.synced {
 		j.synced = target
 	}

@@ -15,7 +15,8 @@ import (
 
 // Names and attributes of the entries Open writes about what it found.
 const (
-	BreakEvent = "dyad.journal.break"
+	BreakEvent       = "dyad.journal.break"
+	WriteFailedEvent = "dyad.journal.write_failed"
 
 	AttrFile             = "dyad.journal.file"
 	AttrDiscardedBytes   = "dyad.journal.discarded_bytes"
@@ -25,6 +26,9 @@ const (
 	AttrBadSeq           = "dyad.journal.bad_seq"
 	AttrReason           = "dyad.journal.reason"
 	AttrUnverified       = "dyad.journal.unverified_entries"
+	AttrFailedSince      = "dyad.journal.failed_since"
+	AttrLostEvents       = "dyad.journal.lost_events"
+	AttrError            = "error.message"
 )
 
 // tailSlack is how much later than one CheckpointInterval after the last
