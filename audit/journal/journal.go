@@ -117,8 +117,11 @@ type Options struct {
 	// pid is always recorded.
 	Holder string
 
-	// OnCheckpoint, if set, is called with each checkpoint entry once it is
-	// written, outside the journal's lock.
+	// OnCheckpoint, if set, is called with each entry the journal writes by
+	// itself (checkpoints; the recovered, break and write_failed entries)
+	// once it is written, outside the journal's lock. Those Open writes are
+	// also kept for OpenedEntries, for a hook whose receiver does not exist
+	// yet.
 	OnCheckpoint func(Entry)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -189,6 +192,8 @@ type Journal struct {
 	name   string // out's base name
 	outLen int64  // bytes of out known written; the writer's
 
+	opened []Entry // what Open wrote by itself
+
 	stop chan struct{} // closed by Close: stops the timer
 	done chan struct{} // closed when the timer exits
 }
@@ -229,12 +234,19 @@ func Open(opts Options) (*Journal, error) {
 	}
 	// What Open itself records is written (and signed) before it returns.
 	var cps []Entry
+	own := func(name, severity string, attrs []attribute.KeyValue) {
+		now := opts.Now().UTC()
+		var seq uint64
+		if seq, err = j.appendLocked(name, severity, now, attrs); err == nil {
+			cps = append(cps, Entry{Seq: seq, Time: now, Name: name, Severity: severity, Attrs: attrs})
+		}
+	}
 	j.mu.Lock()
 	switch {
 	case st.broken != nil:
-		_, err = j.appendLocked(BreakEvent, "ERROR", opts.Now(), st.breakAttrs(j.next))
+		own(BreakEvent, "ERROR", st.breakAttrs(j.next))
 	case st.tail > 0 || st.cut > 0:
-		_, err = j.appendLocked(RecoveredEvent, "WARN", opts.Now(), st.recoveredAttrs())
+		own(RecoveredEvent, "WARN", st.recoveredAttrs())
 	}
 	if err == nil && (j.sinceCheckpoint > 0 || j.next == 0) {
 		var cp Entry
@@ -251,10 +263,16 @@ func Open(opts Options) (*Journal, error) {
 		unlockDir(lock)
 		return nil, err
 	}
+	j.opened = cps
 	go j.timer()
 	j.notify(cps)
 	return j, nil
 }
+
+// OpenedEntries returns the entries Open wrote by itself (a recovery or
+// break entry, the checkpoint after it or the genesis checkpoint), so that
+// an exporter created after Open can still send them.
+func (j *Journal) OpenedEntries() []Entry { return j.opened }
 
 // fileName names a journal file by the seq of its first entry, so that
 // lexical order is journal order.
@@ -571,12 +589,15 @@ func (j *Journal) resumeIfFailed() {
 		j.file = fileName(0)
 	}
 	var cps []Entry
-	_, err = j.appendLocked(WriteFailedEvent, "ERROR", j.opts.Now(), []attribute.KeyValue{
+	now := j.opts.Now().UTC()
+	attrs := []attribute.KeyValue{
 		attribute.String(AttrFailedSince, since.UTC().Format(time.RFC3339Nano)),
 		attribute.Int64(AttrLostEvents, int64(lost)),
 		attribute.String(AttrError, cause.Error()),
-	})
+	}
+	seq, err := j.appendLocked(WriteFailedEvent, "ERROR", now, attrs)
 	if err == nil {
+		cps = append(cps, Entry{Seq: seq, Time: now, Name: WriteFailedEvent, Severity: "ERROR", Attrs: attrs})
 		var cp Entry
 		if cp, err = j.checkpointLocked(); err == nil {
 			cps = append(cps, cp)
