@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"flag"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -427,4 +429,53 @@ func TestOTLPValidate(t *testing.T) {
 	if e := (&audit.OTLP{Endpoint: "https://user:hunter2@c:4318"}).EndpointOrEnv(); strings.Contains(e, "hunter2") {
 		t.Errorf("endpoint password shown: %s", e)
 	}
+}
+
+// TestAdmitRefusesWhenJournalFails: with audit.journal.on_failure: refuse,
+// Admit refuses new work while the journal cannot be written and admits it
+// again once the journal resumed; with continue it always admits. THREATS
+// P7.
+func TestAdmitRefusesWhenJournalFails(t *testing.T) {
+	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{3}, 32))
+	signer, _ := journal.NewSigner("dyad/site-a", key)
+	var failing atomic.Bool
+	j, err := journal.Open(journal.Options{Dir: t.TempDir(), Origin: "dyad/site-a", Signer: signer, MaxFileBytes: 1 << 10,
+		CommitInterval: 10 * time.Millisecond, OpenFile: journal.FullDisk(&failing)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	refuse := audit.New(audit.Options{Journal: j, Console: zerolog.Nop(), RefuseWhenJournalFails: true})
+	carryOn := audit.New(audit.Options{Journal: j, Console: zerolog.Nop()})
+	defer refuse.Close(context.Background())
+	defer carryOn.Close(context.Background())
+	if err := refuse.Admit(); err != nil {
+		t.Fatalf("healthy journal: %v", err)
+	}
+	failing.Store(true)
+	for i := 0; i < 20 && j.Err() == nil; i++ {
+		refuse.Emit(audit.ConfigLoaded, audittest.Sample(*mustSpec(t, audit.ConfigLoaded), nil)...)
+	}
+	if err := refuse.Admit(); !errors.Is(err, audit.ErrJournalUnavailable) {
+		t.Fatalf("failed journal, refuse: Admit = %v", err)
+	}
+	if err := carryOn.Admit(); err != nil {
+		t.Fatalf("failed journal, continue: Admit = %v", err)
+	}
+	failing.Store(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for refuse.Admit() != nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := refuse.Admit(); err != nil {
+		t.Fatalf("resumed journal: Admit = %v", err)
+	}
+}
+
+func mustSpec(t *testing.T, name string) *audit.Spec {
+	s, ok := audit.SpecOf(name)
+	if !ok {
+		t.Fatal(name)
+	}
+	return s
 }

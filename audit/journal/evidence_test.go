@@ -252,6 +252,13 @@ func TestCrashTailTooLong(t *testing.T) {
 	if !strings.Contains(err.Error(), "entry 1") {
 		t.Fatalf("refusal does not name the first unsigned entry: %v", err)
 	}
+	res, _ := Verify(img, VerifyOptions{Verifier: testVerifier(t), TailEntries: 10, TailInterval: time.Minute})
+	if res.OK() || res.Bad.Seq != 1 || !strings.Contains(res.Bad.Reason, "checkpoints were removed") {
+		t.Fatalf("verify with the journal's checkpoint interval: %v", res.Bad)
+	}
+	if res, _ := Verify(img, VerifyOptions{Verifier: testVerifier(t), TailEntries: 100, TailInterval: time.Minute}); !res.OK() {
+		t.Fatalf("a crash tail within the interval: %v", res.Bad)
+	}
 }
 
 // TestEditRefusedByOpen: an edited entry (chain not rebuilt) stops Open,
@@ -327,15 +334,9 @@ func TestBrokenContinueRecordsBreak(t *testing.T) {
 // one dyad.journal.write_failed entry counting exactly the refused events.
 func TestDiskFailureResumes(t *testing.T) {
 	var failing atomic.Bool
-	openFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
-		if failing.Load() {
-			return os.OpenFile("/dev/full", os.O_WRONLY, 0)
-		}
-		return os.OpenFile(name, flag, perm)
-	}
-	defer func() { openFile = os.OpenFile }()
 	dir := t.TempDir()
-	j := openTest(t, dir, Options{MaxFileBytes: 1 << 10, CheckpointEvery: 4, CommitInterval: 10 * time.Millisecond})
+	j := openTest(t, dir, Options{MaxFileBytes: 1 << 10, CheckpointEvery: 4, CommitInterval: 10 * time.Millisecond,
+		OpenFile: FullDisk(&failing)})
 	defer j.Close()
 	failing.Store(true)
 	refused := 0

@@ -125,6 +125,9 @@ type Options struct {
 	OnCheckpoint func(Entry)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// OpenFile opens a journal file for appending; nil means os.OpenFile.
+	// Tests use it to make the disk fail.
+	OpenFile func(name string, flag int, perm os.FileMode) (*os.File, error)
 }
 
 // WithDefaults returns the options with every zero value replaced by its
@@ -149,6 +152,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.OpenFile == nil {
+		o.OpenFile = os.OpenFile
 	}
 }
 
@@ -436,13 +442,10 @@ func (j *Journal) writeLocked(target uint64) error {
 	return j.err
 }
 
-// openFile opens journal files; tests replace it to fail the disk.
-var openFile = os.OpenFile
-
 // write writes one segment; only the writer calls it.
 func (j *Journal) write(s segment) error {
 	if s.file != j.name {
-		f, err := openFile(filepath.Join(j.opts.Dir, s.file), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		f, err := j.opts.OpenFile(filepath.Join(j.opts.Dir, s.file), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 		if err != nil {
 			return err
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"golang.org/x/mod/sumdb/note"
@@ -56,6 +57,12 @@ type VerifyOptions struct {
 	// dyad.journal.checkpoint event the SIEM received); with it, Verify also
 	// detects entries cut from the end or rewritten after it.
 	Anchor *Checkpoint
+	// TailEntries and TailInterval, when set, are the journal's
+	// CheckpointEvery and CheckpointInterval: entries after the last
+	// checkpoint beyond what one interval allows (a crash tail) mean that
+	// checkpoints were removed, and fail.
+	TailEntries  int
+	TailInterval time.Duration
 	// Each, if set, is called with every good entry in order. An entry is
 	// passed on only once the next entry's prev confirms its hash (or it is
 	// the last), so an edited entry never reaches Each.
@@ -92,6 +99,13 @@ func Verify(dir string, opts VerifyOptions) (*Result, error) {
 	if res.Checkpoints == 0 && res.Entries > 0 {
 		// THREATS P7, tested by TestRewriteRefused.
 		res.Bad = &Problem{File: files[0], Line: 1, Seq: 0, Reason: NoCheckpointReason(res.Entries)}
+		return res, nil
+	}
+	if t := v.tailFirst; t != nil && opts.TailEntries > 0 &&
+		(res.After > uint64(opts.TailEntries) || v.lastTime.After(res.Last.Time.Add(opts.TailInterval+tailSlack))) {
+		res.Bad = &Problem{File: t.File, Line: t.Line, Seq: t.Seq, Reason: fmt.Sprintf(
+			"%d entries after the last checkpoint (entry %d), the last at %s: more than one checkpoint interval allows (%d entries, %v): checkpoints were removed",
+			res.After, t.Seq-1, v.lastTime.Format(time.RFC3339), opts.TailEntries, opts.TailInterval)}
 		return res, nil
 	}
 	if opts.Anchor != nil && !res.Anchored {
@@ -134,6 +148,9 @@ type verifier struct {
 	tree     *frontier
 	prevLine []byte
 	pending  *pendingEntry // good so far; waits for the next entry's prev
+
+	tailFirst *Problem  // where the entries after the last checkpoint begin
+	lastTime  time.Time // the last entry's time
 }
 
 type pendingEntry struct {
@@ -247,7 +264,11 @@ func (v *verifier) entry(name string, lineNo int, line []byte) bool {
 	}
 	v.prevLine = append(v.prevLine[:0], line...)
 	v.res.Entries++
+	v.lastTime = e.Time
 	if e.Name != CheckpointEvent {
+		if v.res.After == 0 {
+			v.tailFirst = &Problem{File: name, Line: lineNo, Seq: seq}
+		}
 		v.res.After++
 	}
 	if e.Name == BreakEvent {
