@@ -104,8 +104,11 @@ func BenchmarkConnAudit(b *testing.B) {
 			}
 			echo, _ := tunneltest.EchoServer(b)
 			ida, idb := newIdentity(b), newIdentity(b)
+			// Unlimited streams: the default 500 new streams/s would cut the
+			// churn this measures.
 			nb := startNodeWith(b, idb, Config{Peers: []Peer{{Name: "a", Key: ida.Public()}},
-				Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"a"}}}}, auds[1])
+				Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"a"}}},
+				Limits:   Limits{StreamsPerSecond: -1, MaxStreams: -1}}, auds[1])
 			na := startNodeWith(b, ida, Config{Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: nb.Addr().String()}}}, auds[0])
 			ln, _ := net.Listen("tcp", "127.0.0.1:0")
 			defer ln.Close()

@@ -96,6 +96,16 @@ func Verify(dir string, opts VerifyOptions) (*Result, error) {
 	if !v.flush() {
 		return res, nil
 	}
+	if len(res.Breaks) > 0 {
+		// A journal a daemon continued over a break is signed from then on,
+		// but what preceded the break is not evidence: it stays failed,
+		// naming the bad entry the break recorded.
+		b := res.Breaks[0]
+		res.Bad = &Problem{File: b.Attr(AttrFile).AsString(), Line: int(b.Attr(AttrLine).AsInt64()), Seq: uint64(b.Attr(AttrBadSeq).AsInt64()),
+			Reason: fmt.Sprintf("%s (found at a start, which went on at the operator's choice: dyad.journal.break at entry %d, %s)",
+				b.Attr(AttrReason).AsString(), b.Seq, b.Time.Format(time.RFC3339))}
+		return res, nil
+	}
 	if res.Checkpoints == 0 && res.Entries > 0 {
 		// THREATS P7, tested by TestRewriteRefused.
 		res.Bad = &Problem{File: files[0], Line: 1, Seq: 0, Reason: NoCheckpointReason(res.Entries)}
