@@ -309,10 +309,10 @@ var Catalog = []Spec{
 		ECS:  ECS{"event", []string{"network"}, []string{"end", "connection"}, "success"},
 	},
 	{
-		Name: StreamFailed, Severity: Warn, RateLimit: true, When: "a forwarded connection could not be carried: no tunnel, upstream unreachable, or the peer refused it",
+		Name: StreamFailed, Severity: Warn, RateLimit: true, When: "a forwarded connection could not be carried: no tunnel, upstream unreachable, the peer refused it, or the audit journal cannot be written (on_failure: refuse)",
 		Attrs: []AttrSpec{
 			aPeer, aService, aDirection,
-			{KeyReason, String, false, "no_tunnel, upstream_unreachable, refused_by_peer, open_failed"},
+			{KeyReason, String, false, "no_tunnel, upstream_unreachable, refused_by_peer, open_failed, audit_unavailable (the journal cannot be written and audit.journal.on_failure is refuse)"},
 			aErrorType,
 		},
 		OCSF: network(4, "Fail", 2),
