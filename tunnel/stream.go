@@ -46,7 +46,7 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	case err != nil:
 	case n.draining.Load():
 		status = StatusShuttingDown
-	case n.audit.Admit() != nil: // no work without evidence (on_failure: refuse); THREATS P7, TestAdmitRefusesWhenJournalFails
+	case n.audit.Admit() != nil: // no work without evidence (on_failure: refuse); THREATS P7, TestJournalFailureRefusesStreams
 		status = StatusAuditUnavailable
 	default:
 		status, upstream = n.cfg.Load().admit(peer, service)
