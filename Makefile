@@ -117,6 +117,8 @@ bench-micro: ## package micro-benchmarks (benchstat format) and the codec vs raw
 	awk -v on=$$on -v off=$$off 'BEGIN{printf "dark listener on / off, median bulk MB/s: %s / %s = %.3fx\n", on, off, on/off}' | tee -a $(OUT)/dark.txt
 	@echo; echo "audit overhead per forwarded connection (churn: 4 audit events each):"
 	$(GO) test ./tunnel -run '^$$' -bench 'ConnAudit' -benchmem -count 3 | tee $(OUT)/audit.txt
+	@echo; echo "daemon start on a 64 MiB journal (Open verifies it; DYAD_JOURNAL_BENCH_MB=1024 for 1 GiB):"
+	$(GO) test ./audit/journal -run '^$$' -bench 'Open' -benchtime 3x | tee $(OUT)/journal-open.txt
 
 bench-deps: ## install the baselines' packages (stunnel4, iperf3) with apt-get, as root
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq stunnel4 iperf3; \

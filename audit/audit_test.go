@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -192,7 +194,7 @@ func TestExportEveryField(t *testing.T) {
 		t.Run(recv.Protocol, func(t *testing.T) {
 			r := newRig(t, recv, audit.ExportOptions{})
 			for _, s := range audit.Catalog {
-				if s.Name != audit.JournalCheckpoint && s.Name != audit.JournalRecovered { // the journal's own
+				if !audit.JournalOwn(s.Name) { // the journal's own
 					r.a.Emit(s.Name, audittest.Sample(s, nil)...)
 				}
 			}
@@ -556,4 +558,53 @@ func TestRateLimitSourcesBounded(t *testing.T) {
 	if k := audit.RateLimitExceeded + " peer a"; written[k] != 1 {
 		t.Errorf("%s: written %d, want 1 despite the address flood", k, written[k])
 	}
+}
+
+// TestAdmitRefusesWhenJournalFails: with audit.journal.on_failure: refuse,
+// Admit refuses new work while the journal cannot be written and admits it
+// again once the journal resumed; with continue it always admits. THREATS
+// P7.
+func TestAdmitRefusesWhenJournalFails(t *testing.T) {
+	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{3}, 32))
+	signer, _ := journal.NewSigner("dyad/site-a", key)
+	var failing atomic.Bool
+	j, err := journal.Open(journal.Options{Dir: t.TempDir(), Origin: "dyad/site-a", Signer: signer, MaxFileBytes: 1 << 10,
+		CommitInterval: 10 * time.Millisecond, OpenFile: journal.FullDisk(&failing)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	refuse := audit.New(audit.Options{Journal: j, Console: zerolog.Nop(), RefuseWhenJournalFails: true})
+	carryOn := audit.New(audit.Options{Journal: j, Console: zerolog.Nop()})
+	defer refuse.Close(context.Background())
+	defer carryOn.Close(context.Background())
+	if err := refuse.Admit(); err != nil {
+		t.Fatalf("healthy journal: %v", err)
+	}
+	failing.Store(true)
+	for i := 0; i < 20 && j.Err() == nil; i++ {
+		refuse.Emit(audit.ConfigLoaded, audittest.Sample(*mustSpec(t, audit.ConfigLoaded), nil)...)
+	}
+	if err := refuse.Admit(); !errors.Is(err, audit.ErrJournalUnavailable) {
+		t.Fatalf("failed journal, refuse: Admit = %v", err)
+	}
+	if err := carryOn.Admit(); err != nil {
+		t.Fatalf("failed journal, continue: Admit = %v", err)
+	}
+	failing.Store(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for refuse.Admit() != nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := refuse.Admit(); err != nil {
+		t.Fatalf("resumed journal: Admit = %v", err)
+	}
+}
+
+func mustSpec(t *testing.T, name string) *audit.Spec {
+	s, ok := audit.SpecOf(name)
+	if !ok {
+		t.Fatal(name)
+	}
+	return s
 }

@@ -11,8 +11,10 @@ package audit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -90,7 +92,13 @@ type Options struct {
 	// SummaryInterval is how often suppressed and dropped counts are
 	// reported; zero means one minute.
 	SummaryInterval time.Duration
-	Now             func() time.Time // nil means time.Now
+	// RefuseWhenJournalFails makes Admit refuse new work while the journal
+	// cannot be written (audit.journal.on_failure: refuse); false carries on,
+	// and every event the journal could not take is counted
+	// (dyad.audit.journal.errors) and, once the disk is back, recorded by the
+	// journal's dyad.journal.write_failed entry.
+	RefuseWhenJournalFails bool
+	Now                    func() time.Time // nil means time.Now
 }
 
 // Auditor emits audit events. It is safe for concurrent use.
@@ -101,9 +109,10 @@ type Auditor struct {
 	metrics  *Metrics
 
 	mu         sync.Mutex // guards the following fields
-	buckets    map[limitKey]*bucket
-	groups     map[groupKey]*group
-	journalErr error // last journal error reported on the console
+	buckets map[limitKey]*bucket
+	groups  map[groupKey]*group
+
+	journalDown atomic.Bool // the last Append failed; logged once per outage
 
 	stop chan struct{}
 	done chan struct{}
@@ -138,6 +147,11 @@ func New(opts Options) *Auditor {
 	}
 	a.provider = sdklog.NewLoggerProvider(lopts...)
 	a.logger = a.provider.Logger("github.com/dyad-tunnel/dyad/audit")
+	if opts.Journal != nil {
+		for _, e := range opts.Journal.OpenedEntries() { // written before this Auditor existed
+			a.emitEntry(e)
+		}
+	}
 	go a.summaries()
 	return a
 }
@@ -160,8 +174,12 @@ func (a *Auditor) Metrics() *Metrics {
 }
 
 // Emit records one event: journal first, then export and the console. The
-// attributes must be those Catalog lists for name. Emit never waits for the
-// network; it waits for the disk only under journal.SyncAlways.
+// attributes must be those Catalog lists for name. Emit returns once the
+// event is written to the kernel (journal.Journal.Append), so the work it
+// describes goes on only after the event would survive a crash of the
+// process; it waits for fsync only under journal.SyncAlways, and never for
+// the network. When the journal cannot be written the event still goes to
+// the export and the console, and is counted as lost to the journal.
 func (a *Auditor) Emit(name string, attrs ...attribute.KeyValue) {
 	if a == nil {
 		return
@@ -172,7 +190,7 @@ func (a *Auditor) Emit(name string, attrs ...attribute.KeyValue) {
 		spec = &Spec{Name: name, Severity: Warn}
 		attrs = append(attrs, attribute.Bool("dyad.uncatalogued", true))
 	}
-	if name == JournalCheckpoint || name == JournalRecovered {
+	if JournalOwn(name) {
 		a.opts.Console.Error().Str("event", name).Msg("audit: only the journal writes its own events; dropped")
 		return
 	}
@@ -187,13 +205,25 @@ func (a *Auditor) Emit(name string, attrs ...attribute.KeyValue) {
 			a.journalFailed(err)
 		} else {
 			seq = int64(s)
+			a.journalOK()
 		}
 	}
 	a.export(spec, now, seq, attrs)
 	a.metrics.countEvent(name)
 }
 
-// emitEntry exports an entry the journal wrote by itself (a checkpoint).
+// JournalOwn reports whether name is one of the events only the journal
+// writes (checkpoint, recovered, break, write_failed): Emit refuses them.
+func JournalOwn(name string) bool {
+	switch name {
+	case JournalCheckpoint, JournalRecovered, JournalBreak, JournalWriteFailed:
+		return true
+	}
+	return false
+}
+
+// emitEntry exports an entry the journal wrote by itself (a checkpoint, a
+// recovery, a break, a write failure).
 func (a *Auditor) emitEntry(e journal.Entry) {
 	spec, ok := specs[e.Name]
 	if !ok {
@@ -204,7 +234,8 @@ func (a *Auditor) emitEntry(e journal.Entry) {
 }
 
 // OnCheckpoint is the journal.Options.OnCheckpoint hook that exports each
-// checkpoint the journal signs, so the SIEM holds an external anchor.
+// checkpoint the journal signs, so the SIEM holds an external anchor, and
+// the journal's other own entries.
 func (a *Auditor) OnCheckpoint(e journal.Entry) {
 	if a != nil {
 		a.emitEntry(e)
@@ -330,14 +361,36 @@ func (a *Auditor) sweep(gk groupKey, g *group, now time.Time) {
 }
 
 func (a *Auditor) journalFailed(err error) {
-	a.mu.Lock()
-	first := a.journalErr == nil
-	a.journalErr = err
-	a.mu.Unlock()
 	a.metrics.countJournalError()
-	if first {
-		a.opts.Console.Error().Err(err).Msg("audit journal cannot be written; events still go to the console and OTLP")
+	if !a.journalDown.Swap(true) {
+		a.opts.Console.Error().Err(err).Msg("audit journal cannot be written; events still go to the console and OTLP, and are counted as lost to the journal")
 	}
+}
+
+// journalOK notes that the journal takes events again, so that its next
+// failure is logged again.
+func (a *Auditor) journalOK() {
+	if a.journalDown.Load() && a.journalDown.CompareAndSwap(true, false) {
+		a.opts.Console.Warn().Msg("audit journal is written again; its dyad.journal.write_failed entry counts what it lost")
+	}
+}
+
+// ErrJournalUnavailable is Admit's refusal: the journal cannot be written
+// and the policy is to refuse new work rather than do it without evidence.
+var ErrJournalUnavailable = errors.New("audit journal cannot be written")
+
+// Admit says whether new work (a stream) may start: nil unless
+// RefuseWhenJournalFails is set and the journal is failed (disk full, I/O
+// error). The tunnel asks before it admits a stream. THREATS P7, tested by
+// TestJournalFailureRefusesStreams.
+func (a *Auditor) Admit() error {
+	if a == nil || !a.opts.RefuseWhenJournalFails || a.opts.Journal == nil {
+		return nil
+	}
+	if err := a.opts.Journal.Err(); err != nil {
+		return fmt.Errorf("%w: %v", ErrJournalUnavailable, err)
+	}
+	return nil
 }
 
 // summaries reports suppressed events and export drops once per interval.

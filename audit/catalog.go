@@ -9,28 +9,30 @@ import (
 // Event names. Each is documented, with its attributes and its OCSF and ECS
 // mapping, in Catalog and in EVENTS.md (generated from Catalog).
 const (
-	DaemonStarted     = "dyad.daemon.started"
-	DaemonStopped     = "dyad.daemon.stopped"
-	ConfigLoaded      = "dyad.config.loaded"
-	ConfigReloaded    = "dyad.config.reloaded"
-	ConfigRejected    = "dyad.config.rejected"
-	TunnelEstablished = "dyad.tunnel.established"
-	TunnelClosed      = "dyad.tunnel.closed"
-	PeerAuthRefused   = "dyad.peer.auth_refused"
-	StreamOpened      = "dyad.stream.opened"
-	StreamClosed      = "dyad.stream.closed"
-	StreamFailed      = "dyad.stream.failed"
-	PolicyDenied      = "dyad.policy.denied"
-	RateLimitExceeded = "dyad.rate_limit.exceeded"
-	RecordRejected    = "dyad.record.rejected"
-	KeyUpdated        = "dyad.key.updated"
-	PacketsDropped    = "dyad.quic.packets_dropped"
-	JournalCheckpoint = "dyad.journal.checkpoint"
-	JournalRecovered  = "dyad.journal.recovered"
-	ExportDropped     = "dyad.audit.export_dropped"
-	ExportFailed      = "dyad.audit.export_failed"
-	ExportRecovered   = "dyad.audit.export_recovered"
-	EventsSuppressed  = "dyad.audit.suppressed"
+	DaemonStarted      = "dyad.daemon.started"
+	DaemonStopped      = "dyad.daemon.stopped"
+	ConfigLoaded       = "dyad.config.loaded"
+	ConfigReloaded     = "dyad.config.reloaded"
+	ConfigRejected     = "dyad.config.rejected"
+	TunnelEstablished  = "dyad.tunnel.established"
+	TunnelClosed       = "dyad.tunnel.closed"
+	PeerAuthRefused    = "dyad.peer.auth_refused"
+	StreamOpened       = "dyad.stream.opened"
+	StreamClosed       = "dyad.stream.closed"
+	StreamFailed       = "dyad.stream.failed"
+	PolicyDenied       = "dyad.policy.denied"
+	RateLimitExceeded  = "dyad.rate_limit.exceeded"
+	RecordRejected     = "dyad.record.rejected"
+	KeyUpdated         = "dyad.key.updated"
+	PacketsDropped     = "dyad.quic.packets_dropped"
+	JournalCheckpoint  = "dyad.journal.checkpoint"
+	JournalRecovered   = "dyad.journal.recovered"
+	JournalBreak       = "dyad.journal.break"
+	JournalWriteFailed = "dyad.journal.write_failed"
+	ExportDropped      = "dyad.audit.export_dropped"
+	ExportFailed       = "dyad.audit.export_failed"
+	ExportRecovered    = "dyad.audit.export_recovered"
+	EventsSuppressed   = "dyad.audit.suppressed"
 )
 
 // Attribute keys. OpenTelemetry semantic-convention keys where one exists,
@@ -313,10 +315,10 @@ var Catalog = []Spec{
 		ECS:  ECS{"event", []string{"network"}, []string{"end", "connection"}, "success"},
 	},
 	{
-		Name: StreamFailed, Severity: Warn, RateLimit: true, Source: []string{KeyPeer}, When: "a forwarded connection could not be carried: no tunnel, upstream unreachable, or the peer refused it",
+		Name: StreamFailed, Severity: Warn, RateLimit: true, Source: []string{KeyPeer}, When: "a forwarded connection could not be carried: no tunnel, upstream unreachable, the peer refused it, or the audit journal cannot be written (on_failure: refuse)",
 		Attrs: []AttrSpec{
 			aPeer, aService, aDirection,
-			{KeyReason, String, false, "no_tunnel, upstream_unreachable, refused_by_peer, open_failed; inbound: connection_replaced (the peer opened a stream on a connection a newer one replaced), key_not_pinned (the connection's key is no longer pinned)"},
+			{KeyReason, String, false, "no_tunnel, upstream_unreachable, refused_by_peer, open_failed, audit_unavailable (the journal cannot be written and audit.journal.on_failure is refuse); inbound: connection_replaced (the peer opened a stream on a connection a newer one replaced), key_not_pinned (the connection's key is no longer pinned)"},
 			aErrorType,
 		},
 		OCSF: network(4, "Fail", 2),
@@ -366,7 +368,7 @@ var Catalog = []Spec{
 		ECS:   ECS{"event", []string{"network"}, []string{"denied"}, "failure"},
 	},
 	{
-		Name: JournalCheckpoint, Severity: Info, When: "the journal signed a checkpoint: every 1000 entries, every minute with new entries, at rotation and at stop",
+		Name: JournalCheckpoint, Severity: Info, When: "the journal signed a checkpoint: when it is created (genesis, size 0), every 1000 entries, every minute even when nothing happens (the evidence that the daemon ran), after a recovery or break at start, at rotation and at stop",
 		Attrs: []AttrSpec{
 			{"dyad.journal.origin", String, false, "checkpoint origin, dyad/<site>"},
 			{"dyad.journal.size", Int, false, "entries covered"},
@@ -377,10 +379,41 @@ var Catalog = []Spec{
 		ECS:  ECS{"event", []string{"file"}, []string{"info"}, "success"},
 	},
 	{
-		Name: JournalRecovered, Severity: Warn, When: "at start, the journal's last line was incomplete (a crash mid-write) and was cut off",
-		Attrs: []AttrSpec{{"dyad.journal.file", String, false, "journal file"}, {"dyad.journal.discarded_bytes", Int, false, "bytes cut"}},
-		OCSF:  lifecycle(99, "Other", 2),
-		ECS:   ECS{"event", []string{"file"}, []string{"change"}, "failure"},
+		Name: JournalRecovered, Severity: Warn,
+		When: "at start, the journal did not end with the checkpoint a clean stop writes (a crash: kill -9, power cut, OOM): the entries after its last checkpoint chain correctly and fit in one checkpoint interval, so they are adopted, and a partial last line is cut; a checkpoint signing them follows at once",
+		Attrs: []AttrSpec{
+			{"dyad.journal.file", String, false, "journal file (the one cut, if any)"},
+			{"dyad.journal.discarded_bytes", Int, false, "bytes of a partial last line cut off; 0 if none"},
+			{"dyad.journal.recovered_entries", Int, false, "entries after the last checkpoint, adopted unsigned: a local attacker could have changed them (see README)"},
+			{"dyad.journal.last_entry_time", String, false, "time of the last entry found (RFC 3339): the last evidence that the daemon ran before the crash"},
+		},
+		OCSF: lifecycle(99, "Other", 2),
+		ECS:  ECS{"event", []string{"file"}, []string{"change"}, "failure"},
+	},
+	{
+		Name: JournalBreak, Severity: Error,
+		When: "at start, the journal did not verify and the operator chose to go on (dyad run --accept-broken-journal or audit.journal.on_broken: continue); the daemon continues after the entries as they are, and dyad audit verify names the bad entry for ever after",
+		Attrs: []AttrSpec{
+			{"dyad.journal.file", String, false, "file of the first bad entry"},
+			{"dyad.journal.line", Int, false, "its line in that file, from 1 (0: the file itself)"},
+			{"dyad.journal.bad_seq", Int, false, "the first bad entry's position"},
+			{"dyad.journal.reason", String, false, "what was wrong with it"},
+			{"dyad.journal.unverified_entries", Int, false, "entries from the bad one to the break, none of them evidence"},
+			{"dyad.journal.discarded_bytes", Int, false, "bytes of a partial last line cut off; 0 if none"},
+		},
+		OCSF: lifecycle(99, "Other", 2),
+		ECS:  ECS{"event", []string{"file"}, []string{"change"}, "failure"},
+	},
+	{
+		Name: JournalWriteFailed, Severity: Error,
+		When: "the journal is written again after a write or fsync failed (disk full, I/O error); while it failed, events went to OTLP and the log only, and with audit.journal.on_failure: refuse no new stream was admitted",
+		Attrs: []AttrSpec{
+			{"dyad.journal.failed_since", String, false, "when the first write failed (RFC 3339)"},
+			{"dyad.journal.lost_events", Int, false, "events the journal could not take meanwhile (also counted by dyad.audit.journal.errors)"},
+			{"error.message", String, false, "the write error"},
+		},
+		OCSF: lifecycle(99, "Other", 2),
+		ECS:  ECS{"event", []string{"file"}, []string{"change"}, "failure"},
 	},
 	{
 		Name: ExportDropped, Severity: Warn, When: "every minute in which the OTLP path could not deliver events; the journal still has them",

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"crypto/fips140"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -55,8 +56,14 @@ func startAudit(cfg *Config, id *identity.Identity, log zerolog.Logger) (*auditi
 	var aud atomic.Pointer[audit.Auditor] // the journal's hook runs before New returns
 	jopts := cfg.Audit.Journal
 	jopts.Origin, jopts.Signer = origin, signer
+	jopts.Holder = fmt.Sprintf("dyad %s, site %s, config %s", Version, cfg.Site, cfg.Path)
 	jopts.OnCheckpoint = func(e journal.Entry) { aud.Load().OnCheckpoint(e) }
 	j, err := journal.Open(jopts)
+	if errors.Is(err, journal.ErrBroken) {
+		// THREATS P7, tested by TestRewrittenJournalRefused.
+		return nil, fmt.Errorf("audit: %w\n  see dyad audit verify --config %s; to start anyway and record this break in the journal for ever, "+
+			"run dyad run --accept-broken-journal (or set audit.journal.on_broken: continue)", err, cfg.Path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("audit journal %s: %w", jopts.Dir, err)
 	}
@@ -86,7 +93,7 @@ func startAudit(cfg *Config, id *identity.Identity, log zerolog.Logger) (*auditi
 		console = log
 	}
 	a.auditor = audit.New(audit.Options{Journal: j, Resource: res, Export: export, Console: console,
-		SummaryInterval: cfg.Audit.SummaryInterval})
+		SummaryInterval: cfg.Audit.SummaryInterval, RefuseWhenJournalFails: cfg.Audit.RefuseStreams})
 	a.auditor.SetMetrics(a.metrics)
 	aud.Store(a.auditor)
 	return a, nil

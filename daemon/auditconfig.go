@@ -32,6 +32,14 @@ type JournalFile struct {
 	MaxFileMB          int      `yaml:"max_file_mb,omitempty"`         // rotate at this size; default 64
 	CheckpointEvery    int      `yaml:"checkpoint_every,omitempty"`    // entries; default 1000
 	CheckpointInterval Duration `yaml:"checkpoint_interval,omitempty"` // default 1m
+	// OnBroken is what a start does with a journal that does not verify:
+	// stop (default: refuse to start, naming the first bad entry) or
+	// continue (start, recording a signed dyad.journal.break entry).
+	OnBroken string `yaml:"on_broken,omitempty"`
+	// OnFailure is what the daemon does while the journal cannot be
+	// written (disk full, I/O error): continue (default: carry on, count the
+	// events lost to the journal) or refuse (refuse new streams).
+	OnFailure string `yaml:"on_failure,omitempty"`
 }
 
 // OTLPFile configures the OTLP export of events and metrics.
@@ -56,6 +64,7 @@ type OTLPFile struct {
 // AuditConfig is the validated audit section.
 type AuditConfig struct {
 	Journal         journal.Options // without Signer, Origin and hooks
+	RefuseStreams   bool            // on_failure: refuse
 	OTLP            *audit.OTLP     // nil: no export
 	Export          audit.ExportOptions
 	MetricsInterval time.Duration
@@ -106,6 +115,16 @@ func (v *validator) checkAudit(f AuditFile, c *Config) {
 	a.Journal.MaxFileBytes = int64(j.MaxFileMB) << 20
 	a.Journal.CheckpointEvery = j.CheckpointEvery
 	a.Journal.CheckpointInterval = time.Duration(j.CheckpointInterval)
+	if a.Journal.OnBroken, err = journal.ParseBrokenPolicy(j.OnBroken); err != nil {
+		v.fail(err, "audit", "journal", "on_broken")
+	}
+	switch j.OnFailure {
+	case "", "continue":
+	case "refuse":
+		a.RefuseStreams = true
+	default:
+		v.fail(fmt.Errorf("unknown on_failure policy %q (want continue or refuse)", j.OnFailure), "audit", "journal", "on_failure")
+	}
 
 	o := f.OTLP
 	if o == nil {

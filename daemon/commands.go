@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	"github.com/dyad-tunnel/dyad/audit/journal"
 	"github.com/dyad-tunnel/dyad/codec"
@@ -112,11 +113,13 @@ type VerifyOptions struct {
 func AuditVerify(o VerifyOptions, out io.Writer) (bool, error) {
 	dir, site := o.Journal, o.Site
 	var pub ed25519.PublicKey
+	var tail journal.Options
 	if o.Config != "" {
 		cfg, err := LoadConfig(o.Config)
 		if err != nil {
 			return false, err
 		}
+		tail = cfg.Audit.Journal.WithDefaults()
 		if dir == "" {
 			dir = cfg.Audit.Journal.Dir
 		}
@@ -151,7 +154,7 @@ func AuditVerify(o VerifyOptions, out io.Writer) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	vo := journal.VerifyOptions{Verifier: v}
+	vo := journal.VerifyOptions{Verifier: v, TailEntries: tail.CheckpointEvery, TailInterval: tail.CheckpointInterval}
 	if o.AnchorFile != "" {
 		data, err := os.ReadFile(o.AnchorFile)
 		if err != nil {
@@ -170,6 +173,7 @@ func AuditVerify(o VerifyOptions, out io.Writer) (bool, error) {
 	if !res.OK() {
 		fmt.Fprintf(out, "journal %s: FAILED\n  first bad entry: %s\n  entries before it: %d, covered by %d verified signed checkpoints up to entry %d\n",
 			dir, res.Bad, res.Bad.Seq, res.Checkpoints, res.Covered)
+		printBreaks(out, res)
 		return false, nil
 	}
 	fmt.Fprintf(out, "journal %s: OK\n", dir)
@@ -191,4 +195,18 @@ func AuditVerify(o VerifyOptions, out io.Writer) (bool, error) {
 		fmt.Fprintf(out, "  anchor:      none given: entries cut from the very end after the last checkpoint would not show; pass --anchor with the last dyad.journal.checkpoint your SIEM received\n")
 	}
 	return true, nil
+}
+
+// printBreaks reports the starts at which the daemon found the journal
+// broken and the operator chose to go on (dyad.journal.break entries).
+func printBreaks(out io.Writer, res *journal.Result) {
+	for _, b := range res.Breaks {
+		verified := "unverified: it follows the first bad entry"
+		if b.Seq < res.Entries {
+			verified = "verified"
+		}
+		fmt.Fprintf(out, "  BREAK:       entry %d (%s, %s): the daemon started over a broken journal at the operator's choice; it found entry %d bad: %s (%d entries unverified)\n",
+			b.Seq, b.Time.Format(time.RFC3339), verified, b.Attr(journal.AttrBadSeq).AsInt64(), b.Attr(journal.AttrReason).AsString(),
+			b.Attr(journal.AttrUnverified).AsInt64())
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dyad-tunnel/dyad/audit/journal"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
 
@@ -139,7 +140,7 @@ func TestAuditConfig(t *testing.T) {
 	// ${ENV} in headers, relative CA path.
 	t.Setenv("DYAD_TEST_TOKEN", "tok")
 	c, err = parse(`audit:
-  journal: {dir: j, fsync: always, max_file_mb: 8}
+  journal: {dir: j, fsync: always, max_file_mb: 8, on_failure: refuse, on_broken: continue}
   otlp:
     endpoint: https://collector:4317
     protocol: grpc
@@ -149,7 +150,8 @@ func TestAuditConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Audit.OTLP.Headers["Authorization"] != "Bearer tok" || c.Audit.Journal.Dir != "/etc/dyad/j" || c.Audit.Journal.MaxFileBytes != 8<<20 || c.Audit.Export.QueueSize != 10 {
+	if c.Audit.OTLP.Headers["Authorization"] != "Bearer tok" || c.Audit.Journal.Dir != "/etc/dyad/j" || c.Audit.Journal.MaxFileBytes != 8<<20 || c.Audit.Export.QueueSize != 10 ||
+		!c.Audit.RefuseStreams || c.Audit.Journal.OnBroken != journal.BrokenContinue {
 		t.Fatalf("audit config: %+v", c.Audit)
 	}
 	// The standard environment variable alone turns export on.
@@ -164,6 +166,8 @@ func TestAuditConfig(t *testing.T) {
 		"audit:\n  otlp: {endpoint: 'http://c:4317'}\n":                                            "insecure: true",
 		"audit:\n  journal: {fsync: sometimes}\n":                                                  "fsync",
 		"audit:\n  journal: {dirr: x}\n":                                                           "dirr",
+		"audit:\n  journal: {on_failure: drop}\n":                                                  "on_failure",
+		"audit:\n  journal: {on_broken: ignore}\n":                                                 "on_broken",
 	} {
 		_, err := parse(extra)
 		if err == nil || !strings.Contains(err.Error(), want) {

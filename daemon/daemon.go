@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/dyad-tunnel/dyad/audit"
+	"github.com/dyad-tunnel/dyad/audit/journal"
 	"github.com/dyad-tunnel/dyad/tunnel"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
@@ -45,10 +46,26 @@ type Daemon struct {
 // configuration. Logs go to logOut. Under a service manager each state
 // change is reported to it (sdnotify.go).
 func Run(ctx context.Context, path string, logOut io.Writer) error {
+	return RunWith(ctx, path, logOut, RunOptions{})
+}
+
+// RunOptions are choices of one start that are not configuration.
+type RunOptions struct {
+	// AcceptBrokenJournal starts even if the audit journal does not verify,
+	// recording a signed dyad.journal.break entry (as
+	// audit.journal.on_broken: continue, for this start).
+	AcceptBrokenJournal bool
+}
+
+// RunWith is Run with o.
+func RunWith(ctx context.Context, path string, logOut io.Writer, o RunOptions) error {
 	started := time.Now()
 	cfg, err := LoadConfig(path)
 	if err != nil {
 		return err
+	}
+	if o.AcceptBrokenJournal {
+		cfg.Audit.Journal.OnBroken = journal.BrokenContinue
 	}
 	log := newLogger(cfg, logOut)
 	sd := newNotifier(log)

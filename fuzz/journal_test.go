@@ -37,26 +37,78 @@ func FuzzJournalEntry(f *testing.F) {
 
 var fuzzKey = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{5}, 32))
 
-// validJournal writes a closed journal of n events and returns its file.
+// validJournal writes a closed journal of n events that also went through
+// a crash: a genesis checkpoint, checkpoints every 4 entries, a crash tail
+// adopted by a dyad.journal.recovered entry, and a final checkpoint. It
+// returns its file.
 func validJournal(tb testing.TB, dir string, n int) []byte {
+	j := openFuzzJournal(tb, dir, journal.BrokenStop)
+	for i := range n {
+		j.Append("dyad.test", "INFO", time.Unix(1700000000, int64(i)), []attribute.KeyValue{attribute.Int("i", i)})
+	}
+	// What a kill -9 now would leave: the files as they are.
+	crash := filepath.Join(dir, "crash")
+	os.Mkdir(crash, 0o700)
+	os.WriteFile(filepath.Join(crash, journalFile), readJournal(tb, dir), 0o600)
+	if err := j.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	j = openFuzzJournal(tb, crash, journal.BrokenStop)
+	j.Append("dyad.test", "INFO", time.Unix(1700000001, 0), []attribute.KeyValue{attribute.Int("i", n)})
+	if err := j.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	data := readJournal(tb, crash)
+	for _, name := range []string{journal.CheckpointEvent, journal.RecoveredEvent} {
+		if !bytes.Contains(data, []byte(`"name":"`+name+`"`)) {
+			tb.Fatalf("the seed journal has no %s entry", name)
+		}
+	}
+	return data
+}
+
+// brokenJournal is validJournal with entry 2 edited, continued over by a
+// daemon with on_broken: continue (a dyad.journal.break entry): it never
+// verifies.
+func brokenJournal(tb testing.TB, dir string, valid []byte) []byte {
+	data := bytes.Replace(valid, []byte(`"attrs":{"i":1}`), []byte(`"attrs":{"i":7}`), 1)
+	os.WriteFile(filepath.Join(dir, journalFile), data, 0o600)
+	j := openFuzzJournal(tb, dir, journal.BrokenContinue)
+	j.Append("dyad.test", "INFO", time.Unix(1700000002, 0), []attribute.KeyValue{attribute.Int("i", 99)})
+	if err := j.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	data = readJournal(tb, dir)
+	if !bytes.Contains(data, []byte(`"name":"`+journal.BreakEvent+`"`)) {
+		tb.Fatal("the broken seed journal has no break entry")
+	}
+	return data
+}
+
+const journalFile = "dyad-audit-00000000000000000000.jsonl"
+
+func fuzzSigner(tb testing.TB) note.Signer {
 	s, err := journal.NewSigner("dyad/fuzz", fuzzKey)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	// A fixed clock makes the journal, and so every seed's edit, the same
-	// in every process: a crasher replays.
+	return s
+}
+
+// openFuzzJournal opens the journal in dir with a fixed clock, which makes
+// the journal, and so every seed's edit, the same in every process: a
+// crasher replays.
+func openFuzzJournal(tb testing.TB, dir string, onBroken journal.BrokenPolicy) *journal.Journal {
 	now := func() time.Time { return time.Unix(1800000000, 123456789) }
-	j, err := journal.Open(journal.Options{Dir: dir, Origin: "dyad/fuzz", Signer: s, CheckpointEvery: 4, Now: now})
+	j, err := journal.Open(journal.Options{Dir: dir, Origin: "dyad/fuzz", Signer: fuzzSigner(tb), CheckpointEvery: 4, Now: now, OnBroken: onBroken})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	for i := range n {
-		j.Append("dyad.test", "INFO", time.Unix(1700000000, int64(i)), []attribute.KeyValue{attribute.Int("i", i)})
-	}
-	if err := j.Close(); err != nil {
-		tb.Fatal(err)
-	}
-	data, err := os.ReadFile(filepath.Join(dir, "dyad-audit-00000000000000000000.jsonl"))
+	return j
+}
+
+func readJournal(tb testing.TB, dir string) []byte {
+	data, err := os.ReadFile(filepath.Join(dir, journalFile))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -64,17 +116,25 @@ func validJournal(tb testing.TB, dir string, n int) []byte {
 }
 
 // FuzzJournalVerify: Verify takes any file as a journal without panicking
-// or hanging, and a closed journal (it ends with a signed checkpoint) with
-// any byte changed, cut or inserted never verifies as fully signed: the
-// edit is either found, or it turned the last checkpoint into a plain
-// entry, which Verify reports as not covered by a signature (Result.After).
+// or hanging, and a closed journal (it ends with a signed checkpoint; it
+// holds a genesis checkpoint and a crash recovery) with any byte changed,
+// cut or inserted never verifies as fully signed: the edit is either found,
+// or it turned the last checkpoint into a plain entry, which Verify reports
+// as not covered by a signature (Result.After). A journal continued over a
+// break (dyad.journal.break) never verifies, edited or not. And a daemon
+// never signs what it has not verified: whenever Open accepts the file
+// (adopting a crash tail at most), the journal it closes verifies, or fails
+// only at or after an entry a verified break entry recorded.
 // `dyad audit verify` cannot be fooled into a clean verdict.
 func FuzzJournalVerify(f *testing.F) {
 	valid := validJournal(f, f.TempDir(), 9)
+	broken := brokenJournal(f, f.TempDir(), valid)
 	f.Add(uint16(10), uint8(1), uint8(0), []byte(nil))
 	f.Add(uint16(300), uint8(0x20), uint8(1), []byte("x"))
 	f.Add(uint16(len(valid)-3), uint8(0), uint8(2), []byte("\n"))
 	f.Add(uint16(0), uint8(0), uint8(3), []byte("{garbage}\n"))
+	f.Add(uint16(len(broken)-200), uint8(4), uint8(4), []byte(nil))
+	f.Add(uint16(len(broken)/2), uint8(0), uint8(5), []byte(nil))
 	// A padding bit of the last checkpoint's signature: the same signature
 	// bytes in other base64 (fixed: checkpoints must be canonical).
 	at := bytes.LastIndexByte(valid, '=') - 1
@@ -85,7 +145,11 @@ func FuzzJournalVerify(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, at uint16, flip uint8, op uint8, insert []byte) {
-		data := append([]byte(nil), valid...)
+		base := valid
+		if op&4 != 0 {
+			base = broken
+		}
+		data := append([]byte(nil), base...)
 		i := int(at) % len(data)
 		switch op % 4 {
 		case 0: // flip bits of one byte
@@ -99,22 +163,53 @@ func FuzzJournalVerify(f *testing.F) {
 			if len(insert) == 0 {
 				insert = []byte{'x'}
 			}
-			data = append(data[:i], append(insert, valid[i:]...)...)
+			data = append(data[:i], append(insert, base[i:]...)...)
 		case 3: // a file of arbitrary bytes
 			data = insert
 		}
 		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, "dyad-audit-00000000000000000000.jsonl"), data, 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, journalFile), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
 		res, err := journal.Verify(dir, journal.VerifyOptions{Verifier: v})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.OK() && res.After == 0 && !bytes.Equal(data, valid) && !isCleanPrefix(valid, data) {
-			t.Fatalf("edited journal verified (op %d at %d)", op%4, i)
+		if res.OK() && res.After == 0 && !bytes.Equal(data, valid) && !isCleanPrefix(base, data) {
+			t.Fatalf("edited journal verified (op %d at %d)", op%8, i)
+		}
+		if res.OK() && bytes.Equal(data, broken) {
+			t.Fatal("a journal continued over a break verified")
+		}
+		// Open signs only what verifies: what it accepts, closed, verifies.
+		j, err := journal.Open(journal.Options{Dir: dir, Origin: "dyad/fuzz", Signer: fuzzSigner(t), CheckpointEvery: 4,
+			Now: func() time.Time { return time.Unix(1800000000, 123456789) }})
+		if err != nil {
+			return
+		}
+		if err := j.Close(); err != nil {
+			t.Fatal(err)
+		}
+		res, err = journal.Verify(dir, journal.VerifyOptions{Verifier: v})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.OK() && !recordedBreak(res) {
+			t.Fatalf("Open accepted (op %d at %d) and signed a journal that does not verify: %v", op%8, i, res.Bad)
 		}
 	})
+}
+
+// recordedBreak reports whether the journal fails at or after an entry a
+// signed break entry recorded: a start went on over it at the operator's
+// choice, and later starts need not stop again.
+func recordedBreak(res *journal.Result) bool {
+	for _, b := range res.Breaks {
+		if uint64(b.Attr(journal.AttrBadSeq).AsInt64()) <= res.Bad.Seq {
+			return true
+		}
+	}
+	return false
 }
 
 // isCleanPrefix reports whether data is valid cut at a line boundary: the
@@ -132,10 +227,7 @@ const base64Alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 // malformed; and a valid checkpoint with any byte changed fails: one
 // checkpoint has one encoding (THREATS P7, P8).
 func FuzzCheckpoint(f *testing.F) {
-	signer, err := journal.NewSigner("dyad/fuzz", fuzzKey)
-	if err != nil {
-		f.Fatal(err)
-	}
+	signer := fuzzSigner(f)
 	v, err := journal.NewVerifier("dyad/fuzz", fuzzKey.Public().(ed25519.PublicKey))
 	if err != nil {
 		f.Fatal(err)

@@ -34,8 +34,12 @@ const (
 	StatusBadRequest     Status = 5
 	StatusRateLimited    Status = 6 // the peer's or the service's new-stream rate
 	StatusTooManyStreams Status = 7 // the peer's or the service's concurrent streams
-	maxStatus                   = StatusTooManyStreams
+	maxStatus                   = StatusAuditUnavailable
 )
+
+// StatusAuditUnavailable refuses a stream while the audit journal cannot be
+// written (audit.journal.on_failure: refuse).
+const StatusAuditUnavailable Status = 8
 
 func (s Status) String() string {
 	switch s {
@@ -55,6 +59,8 @@ func (s Status) String() string {
 		return "rate_limited"
 	case StatusTooManyStreams:
 		return "too_many_streams"
+	case StatusAuditUnavailable:
+		return "audit_unavailable"
 	}
 	return fmt.Sprintf("status_%d", uint8(s))
 }

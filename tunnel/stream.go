@@ -85,6 +85,8 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	case err != nil:
 	case n.draining.Load():
 		status = StatusShuttingDown
+	case n.audit.Admit() != nil: // no work without evidence (on_failure: refuse); THREATS P7, TestJournalFailureRefusesStreams
+		status = StatusAuditUnavailable
 	default:
 		status, upstream = n.cfg.Load().admit(peer, service)
 		if status == StatusAccepted {
@@ -202,6 +204,12 @@ func (n *Node) Forward(ctx context.Context, client *net.TCPConn, peer, service s
 		n.auditStreamFailed(peer, service, outbound, "no_tunnel", errNoTunnel)
 		resetTCP(client)
 		return fmt.Errorf("peer %s: not configured", peer)
+	}
+	if err := n.audit.Admit(); err != nil { // as serveStream: no work without evidence
+		n.Stats.ForwardsFailed.Add(1)
+		n.auditStreamFailed(peer, service, outbound, StatusAuditUnavailable.String(), err)
+		resetTCP(client)
+		return fmt.Errorf("peer %s service %s: %w", peer, service, err)
 	}
 	n.streams.Add(1)
 	defer n.streams.Done()

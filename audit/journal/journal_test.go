@@ -106,9 +106,10 @@ func TestJournalVerifies(t *testing.T) {
 	if !res.OK() {
 		t.Fatalf("fresh journal does not verify: %v", res.Bad)
 	}
-	// 250 events, checkpoints after 100 and 200 events and one at close
-	if res.Entries != 253 || res.Checkpoints != 3 || res.Covered != 252 {
-		t.Fatalf("entries %d checkpoints %d covered %d, want 253 3 252", res.Entries, res.Checkpoints, res.Covered)
+	// The genesis checkpoint, 250 events, checkpoints after 100 and 200
+	// events and one at close.
+	if res.Entries != 254 || res.Checkpoints != 4 || res.Covered != 253 {
+		t.Fatalf("entries %d checkpoints %d covered %d, want 254 4 253", res.Entries, res.Checkpoints, res.Covered)
 	}
 	info, err := os.Stat(filepath.Join(dir, fileName(0)))
 	if err != nil || info.Mode().Perm() != 0o600 {
@@ -121,7 +122,7 @@ func TestJournalResumesChain(t *testing.T) {
 	fill(t, dir, 10, Options{})
 	fill(t, dir, 10, Options{})
 	res := verify(t, dir)
-	if !res.OK() || res.Entries != 22 || res.Checkpoints != 2 {
+	if !res.OK() || res.Entries != 23 || res.Checkpoints != 3 { // genesis, 10, close, 10, close
 		t.Fatalf("reopened journal: ok=%v bad=%v entries=%d checkpoints=%d", res.OK(), res.Bad, res.Entries, res.Checkpoints)
 	}
 }
@@ -183,9 +184,9 @@ func TestTamperDetected(t *testing.T) {
 			return ls
 		}, 30, false, "was changed"},
 		{"edited last entry before checkpoint", func(ls [][]byte) [][]byte {
-			ls[49] = bytes.Replace(ls[49], []byte(`"ok":false`), []byte(`"ok":true `), 1)
+			ls[50] = bytes.Replace(ls[50], []byte(`"ok":false`), []byte(`"ok":true `), 1)
 			return ls
-		}, 49, false, ""},
+		}, 50, false, ""},
 		{"deleted", func(ls [][]byte) [][]byte { return append(ls[:20:20], ls[21:]...) }, 20, false, "deleted"},
 		{"inserted", func(ls [][]byte) [][]byte {
 			return append(ls[:10:10], append([][]byte{ls[40]}, ls[10:]...)...)
@@ -198,9 +199,9 @@ func TestTamperDetected(t *testing.T) {
 		}, 0, true, "incomplete"},
 		{"malformed", func(ls [][]byte) [][]byte { ls[12] = []byte("not json\n"); return ls }, 12, false, "malformed"},
 		{"forged checkpoint", func(ls [][]byte) [][]byte {
-			ls[50] = bytes.Replace(ls[50], []byte(`— dyad/test-site `), []byte(`— dyad/test-site AAAA`), 1)
+			ls[51] = bytes.Replace(ls[51], []byte(`— dyad/test-site `), []byte(`— dyad/test-site AAAA`), 1)
 			return ls
-		}, 50, false, "signature"},
+		}, 51, false, "signature"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -246,8 +247,8 @@ func TestRewrittenChainCaughtByCheckpoint(t *testing.T) {
 	}
 	write(t, dir, ls)
 	res := verify(t, dir)
-	if res.OK() || res.Bad.Seq != 101 || !strings.Contains(res.Bad.Reason, "signed root") {
-		t.Fatalf("got %v, want the checkpoint at entry 101 to fail", res.Bad)
+	if res.OK() || res.Bad.Seq != 102 || !strings.Contains(res.Bad.Reason, "signed root") {
+		t.Fatalf("got %v, want the checkpoint at entry 102 to fail", res.Bad)
 	}
 }
 
@@ -256,8 +257,8 @@ func TestAnchorDetectsCutTail(t *testing.T) {
 	var mu sync.Mutex
 	var cps []Entry
 	fill(t, dir, 120, Options{CheckpointEvery: 50, OnCheckpoint: func(e Entry) { mu.Lock(); cps = append(cps, e); mu.Unlock() }})
-	if len(cps) != 3 {
-		t.Fatalf("%d checkpoints reported, want 3", len(cps))
+	if len(cps) != 4 { // genesis, after 50 and 100 events, at close
+		t.Fatalf("%d checkpoints reported, want 4", len(cps))
 	}
 	_, v := testKey(t)
 	anchor, err := OpenCheckpoint(cps[len(cps)-1].Attr(AttrCheckpoint).AsString(), v)
@@ -440,11 +441,11 @@ func TestProveAcrossRotation(t *testing.T) {
 	size := res.Last.Size
 	var olds []int64
 	for n := range roots {
-		if n < size {
+		if n > 0 && n < size { // no consistency proof from the genesis's empty tree
 			olds = append(olds, n)
 		}
 	}
-	leaves := []int64{0, 1, 63, 64, 200, size - 1}
+	leaves := []int64{1, 2, 63, 64, 200, size - 1} // 0 is the genesis checkpoint
 	p, err := Prove(dir, size, leaves, olds)
 	if err != nil {
 		t.Fatal(err)

@@ -44,28 +44,18 @@ func (f *frontier) addStored(line []byte) (base int64, hs []tlog.Hash, err error
 		return 0, nil, err
 	}
 	base = tlog.StoredHashCount(f.size)
-	for i, h := range hs {
-		f.hashes[base+int64(i)] = h
+	// hs[l] is the level-l node ending at the new leaf; every level below
+	// the top merged two complete subtrees (the one left of it and itself),
+	// which leave the frontier. Only hs[len(hs)-1] stays.
+	n := f.size
+	for l := range len(hs) - 1 {
+		if left := n>>l - 1; left >= 0 {
+			delete(f.hashes, tlog.StoredHashIndex(l, left))
+		}
 	}
+	f.hashes[base+int64(len(hs)-1)] = hs[len(hs)-1]
 	f.size++
-	keep := f.indexes()
-	for x := range f.hashes {
-		if !keep[x] {
-			delete(f.hashes, x)
-		}
-	}
 	return base, hs, nil
-}
-
-// indexes are the stored-hash indexes of the complete subtrees of the tree.
-func (f *frontier) indexes() map[int64]bool {
-	keep := map[int64]bool{}
-	for level := 0; f.size>>level > 0; level++ {
-		if f.size>>level&1 == 1 {
-			keep[tlog.StoredHashIndex(level, f.size>>level-1)] = true
-		}
-	}
-	return keep
 }
 
 // root is the tree hash of the leaves added so far.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"golang.org/x/mod/sumdb/note"
@@ -39,6 +40,11 @@ type Result struct {
 	Bad         *Problem   // first bad entry; nil when the journal verifies
 	Anchored    bool       // the external checkpoint (VerifyOptions.Anchor) matched
 	Last        Checkpoint // last verified checkpoint
+	// Breaks are the dyad.journal.break entries anywhere in the journal,
+	// verified or not (those after Bad are not): each records a start at
+	// which the daemon found the journal broken and the operator chose to
+	// go on.
+	Breaks []Entry
 }
 
 // OK reports whether the journal verified.
@@ -51,6 +57,12 @@ type VerifyOptions struct {
 	// dyad.journal.checkpoint event the SIEM received); with it, Verify also
 	// detects entries cut from the end or rewritten after it.
 	Anchor *Checkpoint
+	// TailEntries and TailInterval, when set, are the journal's
+	// CheckpointEvery and CheckpointInterval: entries after the last
+	// checkpoint beyond what one interval allows (a crash tail) mean that
+	// checkpoints were removed, and fail.
+	TailEntries  int
+	TailInterval time.Duration
 	// Each, if set, is called with every good entry in order. An entry is
 	// passed on only once the next entry's prev confirms its hash (or it is
 	// the last), so an edited entry never reaches Each.
@@ -78,10 +90,32 @@ func Verify(dir string, opts VerifyOptions) (*Result, error) {
 			return nil, err
 		}
 		if res.Bad != nil {
-			return res, nil
+			return res, scanBreaks(dir, files, res)
 		}
 	}
 	if !v.flush() {
+		return res, nil
+	}
+	if len(res.Breaks) > 0 {
+		// A journal a daemon continued over a break is signed from then on,
+		// but what preceded the break is not evidence: it stays failed,
+		// naming the bad entry the break recorded.
+		b := res.Breaks[0]
+		res.Bad = &Problem{File: b.Attr(AttrFile).AsString(), Line: int(b.Attr(AttrLine).AsInt64()), Seq: uint64(b.Attr(AttrBadSeq).AsInt64()),
+			Reason: fmt.Sprintf("%s (found at a start, which went on at the operator's choice: dyad.journal.break at entry %d, %s)",
+				b.Attr(AttrReason).AsString(), b.Seq, b.Time.Format(time.RFC3339))}
+		return res, nil
+	}
+	if res.Checkpoints == 0 && res.Entries > 0 {
+		// THREATS P7, tested by TestRewriteRefused.
+		res.Bad = &Problem{File: files[0], Line: 1, Seq: 0, Reason: NoCheckpointReason(res.Entries)}
+		return res, nil
+	}
+	if t := v.tailFirst; t != nil && opts.TailEntries > 0 &&
+		(res.After > uint64(opts.TailEntries) || v.lastTime.After(res.Last.Time.Add(opts.TailInterval+tailSlack))) {
+		res.Bad = &Problem{File: t.File, Line: t.Line, Seq: t.Seq, Reason: fmt.Sprintf(
+			"%d entries after the last checkpoint (entry %d), the last at %s: more than one checkpoint interval allows (%d entries, %v): checkpoints were removed",
+			res.After, t.Seq-1, v.lastTime.Format(time.RFC3339), opts.TailEntries, opts.TailInterval)}
 		return res, nil
 	}
 	if opts.Anchor != nil && !res.Anchored {
@@ -96,12 +130,37 @@ func Verify(dir string, opts VerifyOptions) (*Result, error) {
 	return res, nil
 }
 
+// scanBreaks collects the break entries of a journal that failed, to
+// report them: those after the bad entry are not verified.
+func scanBreaks(dir string, files []string, res *Result) error {
+	res.Breaks = nil
+	marker := []byte(`,"name":"` + BreakEvent + `","severity":`)
+	for _, name := range files {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		for line := range bytes.Lines(data) {
+			if !bytes.Contains(line, marker) {
+				continue
+			}
+			if e, err := Decode(bytes.TrimSuffix(line, []byte{'\n'})); err == nil && e.Name == BreakEvent {
+				res.Breaks = append(res.Breaks, e)
+			}
+		}
+	}
+	return nil
+}
+
 type verifier struct {
 	opts     VerifyOptions
 	res      *Result
 	tree     *frontier
 	prevLine []byte
 	pending  *pendingEntry // good so far; waits for the next entry's prev
+
+	tailFirst *Problem  // where the entries after the last checkpoint begin
+	lastTime  time.Time // the last entry's time
 }
 
 type pendingEntry struct {
@@ -215,8 +274,15 @@ func (v *verifier) entry(name string, lineNo int, line []byte) bool {
 	}
 	v.prevLine = append(v.prevLine[:0], line...)
 	v.res.Entries++
+	v.lastTime = e.Time
 	if e.Name != CheckpointEvent {
+		if v.res.After == 0 {
+			v.tailFirst = &Problem{File: name, Line: lineNo, Seq: seq}
+		}
 		v.res.After++
+	}
+	if e.Name == BreakEvent {
+		v.res.Breaks = append(v.res.Breaks, e)
 	}
 	if a := v.opts.Anchor; a != nil && v.tree.size == a.Size {
 		root, err := v.tree.root()

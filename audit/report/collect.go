@@ -52,8 +52,12 @@ func (s *scan) integrity(res *journal.Result) Integrity {
 		in.PeriodCovered = s.entries == 0 || s.lastSeq < uint64(last.Size)
 		// The anchor a previous report may have cited: the last checkpoint
 		// before the period, else the first one.
-		from := s.checkpoints[0]
-		for _, c := range s.checkpoints {
+		cps := s.checkpoints
+		if len(cps) > 1 && cps[0].Size == 0 {
+			cps = cps[1:] // the genesis checkpoint (empty tree) proves no consistency
+		}
+		from := cps[0]
+		for _, c := range cps {
 			if c.Time.Before(s.o.From) {
 				from = c
 			}

@@ -51,7 +51,7 @@ type writer struct {
 
 func newWriter(t *testing.T, dir string, maxFile int64) *writer {
 	s, _ := keys(t)
-	w := &writer{t: t, tally: map[string]int{}}
+	w := &writer{t: t, tally: map[string]int{}, now: t0} // the genesis checkpoint falls in the period
 	j, err := journal.Open(journal.Options{Dir: dir, Origin: origin, Signer: s, CheckpointEvery: 40,
 		CheckpointInterval: time.Hour, MaxFileBytes: maxFile, Now: func() time.Time { return w.now }})
 	if err != nil {

@@ -71,11 +71,14 @@ func main() {
 	case "run":
 		fs := newFlags("run", "run the daemon until SIGTERM or SIGINT; SIGHUP reloads the configuration")
 		cfg := fs.String("config", "", "configuration file (required)")
+		var o daemon.RunOptions
+		fs.BoolVar(&o.AcceptBrokenJournal, "accept-broken-journal", false,
+			"start even if the audit journal does not verify, recording a signed dyad.journal.break entry that dyad audit verify reports for ever")
 		fs.Parse(args)
 		if *cfg == "" {
 			usageError(fs, "--config is required")
 		}
-		err = daemon.Run(context.Background(), *cfg, os.Stderr)
+		err = daemon.RunWith(context.Background(), *cfg, os.Stderr, o)
 	case "audit":
 		if len(args) == 0 || args[0] != "verify" {
 			fmt.Fprint(os.Stderr, "usage: dyad audit verify [flags]; run dyad audit verify --help\n")
