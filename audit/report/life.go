@@ -11,19 +11,17 @@ import (
 	"github.com/dyad-tunnel/dyad/audit/journal"
 )
 
-// Journal entries the report reads that the journal package writes by
-// itself. The names are agreed with the journal's recovery work; until
-// audit/catalog.go carries them they are defined here.
+// Journal entries the report reads that the journal writes by itself.
 const (
 	// JournalBreak records that the daemon started on a journal that did
 	// not verify because the operator chose to go on.
-	JournalBreak = "dyad.journal.break"
+	JournalBreak = journal.BreakEvent
 	// AttrLastEntryTime, on dyad.journal.recovered, is when the last entry
 	// of the adopted crash tail was written (RFC 3339).
-	AttrLastEntryTime = "dyad.journal.last_entry_time"
+	AttrLastEntryTime = journal.AttrLastEntryTime
 	// AttrRecoveredEntries, on dyad.journal.recovered, counts the adopted
 	// crash tail's entries.
-	AttrRecoveredEntries = "dyad.journal.recovered_entries"
+	AttrRecoveredEntries = journal.AttrRecoveredEntries
 )
 
 // Causes of a Gap.
