@@ -108,7 +108,7 @@ type Auditor struct {
 	logger   otellog.Logger
 	metrics  *Metrics
 
-	mu         sync.Mutex // guards the following fields
+	mu      sync.Mutex // guards the following fields
 	buckets map[limitKey]*bucket
 	groups  map[groupKey]*group
 
