@@ -246,9 +246,14 @@ func TestDarkPassedCache(t *testing.T) {
 	tun := fixedRemote{peer}
 	f.tunnelAt(tun, 1)
 	now := time.Now()
-	var pkts [3][]byte // three live IDs, alternating
+	var pkts [3][]byte // three live IDs, alternating, in sets of their own
+	sets := map[*[2]passedEntry]bool{}
 	for i := range pkts {
 		id, _ := cidGenerator{f.own}.GenerateConnectionID()
+		for sets[f.passedSet(id.Bytes())] { // three in one 2-way set would evict one (1 in 64)
+			id, _ = cidGenerator{f.own}.GenerateConnectionID()
+		}
+		sets[f.passedSet(id.Bytes())] = true
 		pkts[i] = append([]byte{0x40}, id.Bytes()...)
 		pkts[i] = append(pkts[i], make([]byte, 20)...) // under darkMinUnproven
 	}
