@@ -583,6 +583,7 @@ func TestLimitFlood(t *testing.T) {
 	// starts) halfway through.
 	var fetches []string
 	var fetchErrs []error
+	attempts := 0 // a loaded machine fits fewer 2 s rounds into the flood
 	var side sync.WaitGroup
 	side.Add(1)
 	go func() {
@@ -592,6 +593,7 @@ func TestLimitFlood(t *testing.T) {
 			case <-ctx.Done():
 			case <-time.After(2 * time.Second):
 			}
+			attempts++
 			ttfb, err := fetch(aLocal, 'f', fetchSize, 5*time.Second)
 			if err != nil {
 				fetchErrs = append(fetchErrs, fmt.Errorf("new connection %d: %w", i, err))
@@ -666,8 +668,8 @@ func TestLimitFlood(t *testing.T) {
 	for _, err := range fetchErrs {
 		t.Error(err)
 	}
-	if len(fetches) < 8 {
-		t.Errorf("only %d new forwarded connections completed during the flood, want at least 8", len(fetches))
+	if len(fetches) < attempts || attempts < 6 {
+		t.Errorf("%d of %d new forwarded connections completed during the flood, want all of at least 6", len(fetches), attempts)
 	}
 	if cErr != nil {
 		t.Errorf("a paired daemon starting during the flood could not connect: %v", cErr)
