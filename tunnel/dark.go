@@ -611,7 +611,8 @@ func newDarkConn(c *net.UDPConn, f *darkFilter, st *Stats) *darkConn {
 
 // ReadBatch reads datagrams and keeps those the filter passes. The filter
 // sees every datagram, each segment of a coalesced read on its own
-// (TestDarkFilterSeesEverySegment). A dropped datagram's slot is filled by
+// (THREATS P9, tested by TestDarkFilterSeesEverySegment and
+// TestGROGarbageSegmentsCounted). A dropped datagram's slot is filled by
 // moving a later one's bytes into it: quic-go pairs each message slot
 // with its own buffer, so slots cannot be swapped.
 func (c *darkConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {

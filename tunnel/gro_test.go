@@ -142,3 +142,39 @@ func TestGROTwoNodes(t *testing.T) {
 		}
 	}
 }
+
+// TestDarkConnReadFromSplits: with UDP_GRO on the socket, ReadFrom (the
+// path quic-go does not take) also returns one datagram at a time, never
+// a coalesced run.
+func TestDarkConnReadFromSplits(t *testing.T) {
+	rx, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newDarkConn(rx, newDarkFilter(newDarkKey(newIdentity(t).Public()), func(string) {}), nil)
+	defer c.Close()
+	if !c.rd.GRO() {
+		t.Skip("the kernel refuses UDP_GRO")
+	}
+	tx, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Close()
+	b := bytes.Repeat([]byte{0x40}, 3*100)
+	oob := udpbatch.AppendCmsg(nil, unix.IPPROTO_UDP, unix.UDP_SEGMENT, []byte{100, 0})
+	if _, _, err := tx.WriteMsgUDP(b, oob, rx.LocalAddr().(*net.UDPAddr)); err != nil {
+		t.Fatalf("GSO send: %v", err)
+	}
+	rx.SetReadDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 2048)
+	for i := range 3 {
+		n, _, err := c.ReadFrom(buf)
+		if err != nil || n != 100 {
+			t.Fatalf("datagram %d: %d bytes, %v; want 100", i, n, err)
+		}
+	}
+	if c := c.rd.Counters(); c.Coalesced != 1 || c.Reads != 1 {
+		t.Fatalf("counters %+v: want one coalesced read", c)
+	}
+}

@@ -299,6 +299,16 @@ func TestLoopbackGRO(t *testing.T) {
 	}
 }
 
+// TestOpenFallsBackWhenRefused: where setting UDP_GRO fails (here a
+// closed socket), the Reader reads plainly.
+func TestOpenFallsBackWhenRefused(t *testing.T) {
+	rx, _ := loopback(t)
+	rx.Close()
+	if r, gro := Open(rx); gro || r.GRO() {
+		t.Fatal("offload on although setsockopt failed")
+	}
+}
+
 // TestEnvDisablesGRO: DYAD_DISABLE_GRO=1 keeps the socket plain.
 func TestEnvDisablesGRO(t *testing.T) {
 	t.Setenv(EnvDisable, "1")
