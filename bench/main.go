@@ -87,7 +87,7 @@ func makePlan(quick bool, reps int) plan {
 // tunnel.MaxStreamsCap; stunnel needs two descriptors per connection.
 func idleTarget(s system, want int) int {
 	switch s.name() {
-	case "dyad":
+	case "dyad", "dyad-nogro":
 		return min(want, tunnel.MaxStreamsCap)
 	case "stunnel":
 		return min(want, stunnelIdleMax)
@@ -127,7 +127,7 @@ func run(quick bool, dyadBin, outDir string, reps int, only string) error {
 			"a user-space relay sits above TCP's own recovery and cannot drop or reorder its bytes honestly. QUIC systems get all of it.")
 	}
 	newSystems := func() []system {
-		s := []system{&direct{}, &quicRelay{}, &dyadSystem{bin: dyadBin}}
+		s := []system{&direct{}, &quicRelay{}, &dyadSystem{bin: dyadBin}, &dyadSystem{bin: dyadBin, noGRO: true}}
 		if stunnelBin != "" {
 			s = append(s, &stunnelSystem{bin: stunnelBin})
 		}
@@ -229,7 +229,7 @@ func run(quick bool, dyadBin, outDir string, reps int, only string) error {
 		systems := newSystems()
 		for i, s := range systems {
 			wrap := func(target string) (string, error) {
-				if s.name() == "dyad" || s.name() == "quic-relay" {
+				if s.name() == "dyad" || s.name() == "dyad-nogro" || s.name() == "quic-relay" {
 					r, err := startUDPRelay(target, model)
 					if err != nil {
 						return "", err

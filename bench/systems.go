@@ -21,6 +21,7 @@ import (
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/daemon/daemontest"
 	"github.com/dyad-tunnel/dyad/tunnel"
+	"github.com/dyad-tunnel/dyad/tunnel/udpbatch"
 )
 
 // benchLimits are the per-peer limits both dyad daemons run with, above
@@ -94,14 +95,22 @@ func (d *direct) entry() string { return d.addr }
 func (d *direct) pids() []int   { return nil }
 func (d *direct) stop()         {}
 
-// dyadSystem runs two real dyad daemons.
+// dyadSystem runs two real dyad daemons; with noGRO ("dyad-nogro") the
+// same binary with receive offload off (DYAD_DISABLE_GRO=1), the baseline
+// of what GRO changes.
 type dyadSystem struct {
 	bin   string
+	noGRO bool
 	a, b  *daemontest.Site
 	local string
 }
 
-func (d *dyadSystem) name() string { return "dyad" }
+func (d *dyadSystem) name() string {
+	if d.noGRO {
+		return "dyad-nogro"
+	}
+	return "dyad"
+}
 
 // prepare makes the two identities, which a user does once, ahead of time:
 // the setup scenario does not count it.
@@ -125,6 +134,9 @@ func (d *dyadSystem) start(dir, target string, wrap func(string) (string, error)
 		return err
 	}
 	d.a.Config.Log.Level, d.b.Config.Log.Level = "warn", "warn"
+	if d.noGRO {
+		d.a.Env, d.b.Env = []string{udpbatch.EnvDisable + "=1"}, []string{udpbatch.EnvDisable + "=1"}
+	}
 	d.a.Config.Tunnel.Limits, d.b.Config.Tunnel.Limits = benchLimits, benchLimits
 	d.b.Config.Peers = []daemon.PeerFile{d.a.Peer(false)}
 	d.b.Config.Services = []daemon.ServiceFile{{Name: "target", Upstream: target, Allow: []string{"site-a"}}}

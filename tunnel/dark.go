@@ -21,6 +21,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
+	"github.com/dyad-tunnel/dyad/tunnel/udpbatch"
 )
 
 // The dark listener (codec/FORMAT.md, "Dark listener"; THREATS P1 and P5,
@@ -589,25 +590,39 @@ func (f *darkFilter) outbound(b []byte, addr net.Addr, now time.Time) []byte {
 
 // darkConn is the UDP socket quic-go sees. It keeps quic-go's fast paths
 // (batched receive, GSO, ECN): it is an OOBCapablePacketConn with its own
-// ReadBatch.
+// ReadBatch, which reads through a udpbatch.Reader (UDP_GRO: coalesced
+// reads split back into datagrams) and filters every datagram.
 type darkConn struct {
 	*net.UDPConn
-	batch *ipv4.PacketConn
-	f     *darkFilter
+	rd *udpbatch.Reader
+	f  *darkFilter
 }
 
-func newDarkConn(c *net.UDPConn, f *darkFilter) *darkConn {
-	return &darkConn{UDPConn: c, batch: ipv4.NewPacketConn(c), f: f}
+// newDarkConn wraps c, enabling receive offload on it unless the kernel
+// or DYAD_DISABLE_GRO refuses; st (nil for none) shows the socket's
+// reads (udp_*).
+func newDarkConn(c *net.UDPConn, f *darkFilter, st *Stats) *darkConn {
+	rd, _ := udpbatch.Open(c)
+	if st != nil {
+		st.udp.Store(rd)
+	}
+	return &darkConn{UDPConn: c, rd: rd, f: f}
 }
 
-// ReadBatch reads datagrams and keeps those the filter passes. A dropped
-// datagram's slot is filled by moving a later one's bytes into it: quic-go
-// pairs each message slot with its own buffer, so slots cannot be swapped.
+// ReadBatch reads datagrams and keeps those the filter passes. The filter
+// sees every datagram, each segment of a coalesced read on its own
+// (THREATS P9, tested by TestDarkFilterSeesEverySegment and
+// TestGROGarbageSegmentsCounted). A dropped datagram's slot is filled by
+// moving a later one's bytes into it: quic-go pairs each message slot
+// with its own buffer, so slots cannot be swapped.
 func (c *darkConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 	for {
-		n, err := c.batch.ReadBatch(ms, flags)
-		if err != nil || n == 0 {
+		n, err := c.rd.ReadBatch(ms, flags)
+		if err != nil {
 			return n, err
+		}
+		if n == 0 {
+			continue
 		}
 		now := time.Now()
 		kept := 0
@@ -633,17 +648,14 @@ func (c *darkConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 }
 
 // ReadMsgUDP is ReadBatch for one datagram (quic-go does not use it; it is
-// here so that no path reads around the filter).
+// here so that no path reads around the filter or gets a coalesced read).
 func (c *darkConn) ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr, err error) {
-	for {
-		n, oobn, flags, addr, err = c.UDPConn.ReadMsgUDP(b, oob)
-		if err != nil {
-			return
-		}
-		if size, ok := c.f.inbound(b[:n], addr, time.Now()); ok {
-			return size, oobn, flags, addr, nil
-		}
+	ms := []ipv4.Message{{Buffers: [][]byte{b}, OOB: oob}}
+	if _, err = c.ReadBatch(ms, 0); err != nil {
+		return 0, 0, 0, nil, err
 	}
+	addr, _ = ms[0].Addr.(*net.UDPAddr)
+	return ms[0].N, ms[0].NN, ms[0].Flags, addr, nil
 }
 
 // ReadFrom filters like ReadBatch.

@@ -153,7 +153,7 @@ func TestDarkGSOFirstFlight(t *testing.T) {
 	}
 	f := newDarkFilter(newDarkKey(newIdentity(t).Public()), func(string) {})
 	f.expect(rx.LocalAddr().(*net.UDPAddr), idPeer.Public())
-	c := newDarkConn(tx, f)
+	c := newDarkConn(tx, f, nil)
 	defer c.Close()
 	batch := bytes.Repeat([]byte{0xc0, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8}, 2*initialPacket/14+1)[:2*initialPacket]
 	batch[initialPacket] = 0xc0

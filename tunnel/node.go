@@ -117,7 +117,7 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 	n.dark.dark.Store(!snap.cfg.DisableDark)
 	conn := pc
 	if u, ok := pc.(*net.UDPConn); ok {
-		conn = newDarkConn(u, n.dark)
+		conn = newDarkConn(u, n.dark, &n.Stats)
 	} else if !snap.cfg.DisableDark {
 		return nil, fmt.Errorf("dark listener: %T is not a UDP socket", pc)
 	}

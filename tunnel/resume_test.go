@@ -45,7 +45,7 @@ func newForeignClient(t *testing.T, id *identity.Identity, server *Node, cache t
 	addr := server.Addr().(*net.UDPAddr)
 	f := newDarkFilter(newDarkKey(id.Public()), func(string) {})
 	f.expect(addr, server.id.Public())
-	tr := &quic.Transport{Conn: newDarkConn(udp, f)}
+	tr := &quic.Transport{Conn: newDarkConn(udp, f, nil)}
 	t.Cleanup(func() { tr.Close() })
 	cert, err := id.Certificate()
 	if err != nil {

@@ -3,6 +3,8 @@ package tunnel
 import (
 	"sync"
 	"sync/atomic"
+
+	"github.com/dyad-tunnel/dyad/tunnel/udpbatch"
 )
 
 // Stats counts what a Node did. Counters only grow; every refusal and every
@@ -16,6 +18,8 @@ type Stats struct {
 	BytesSent          atomic.Uint64 // plaintext bytes from local sockets into tunnels
 	BytesReceived      atomic.Uint64 // plaintext bytes from tunnels to local sockets
 	PacketsDropped     atomic.Uint64 // UDP datagrams quic-go dropped below the tunnels
+
+	udp atomic.Pointer[udpbatch.Reader] // the node's socket reader (udp_* counters); nil until New
 
 	mu              sync.Mutex        // guards the maps below
 	streamsRefused  map[string]uint64 // by Status name
@@ -48,6 +52,17 @@ func (s *Stats) Snapshot() map[string]uint64 {
 		"bytes_sent":          s.BytesSent.Load(),
 		"bytes_received":      s.BytesReceived.Load(),
 		"packets_dropped":     s.PacketsDropped.Load(),
+	}
+	if rd := s.udp.Load(); rd != nil {
+		// Receive batching (udpbatch): datagrams per read is
+		// udp_datagrams / udp_reads (TestGROTwoNodes).
+		c := rd.Counters()
+		out["udp_gro"] = 0
+		if rd.GRO() {
+			out["udp_gro"] = 1
+		}
+		out["udp_reads"], out["udp_messages"], out["udp_coalesced"] = c.Reads, c.Messages, c.Coalesced
+		out["udp_datagrams"], out["udp_truncated"] = c.Datagrams, c.Truncated
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

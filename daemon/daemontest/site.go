@@ -32,6 +32,7 @@ type Site struct {
 	Bin       string
 	PublicKey string      // the line a partner pins
 	Config    daemon.File // written by Write; Listen and Admin are preset
+	Env       []string    // added to the daemon's environment ("KEY=value")
 	logs      syncBuffer
 	cmd       *exec.Cmd
 	exited    chan struct{}
@@ -92,6 +93,9 @@ func (s *Site) Start() error {
 	}
 	s.cmd = exec.Command(s.Bin, "run", "--config", s.ConfigPath())
 	s.cmd.Stdout, s.cmd.Stderr = &s.logs, &s.logs
+	if len(s.Env) > 0 {
+		s.cmd.Env = append(os.Environ(), s.Env...)
+	}
 	if err := s.cmd.Start(); err != nil {
 		return err
 	}
