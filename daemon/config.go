@@ -80,7 +80,7 @@ type TunnelFile struct {
 	// this daemon, replaced ones included (default 8).
 	MaxConnectionsPerPeer Number `yaml:"max_connections_per_peer,omitempty"`
 	// Connections is how many QUIC connections this daemon dials to each
-	// peer with an endpoint (default 2, at most 16; peers[].connections
+	// peer with an endpoint (default 3, at most 16; peers[].connections
 	// overrides it). The peer's max_connections_per_peer must allow it,
 	// times the instances sharing this identity (README, "Several
 	// connections per peer").

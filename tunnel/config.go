@@ -141,7 +141,7 @@ func (c Config) connectionsTo(p Peer) int {
 
 // DefaultConnections is Config.Connections's default: README, "Several
 // connections per peer", gives the measurement that chose it.
-const DefaultConnections = 2
+const DefaultConnections = 3
 
 // MaxDialConnections bounds Config.Connections and Peer.Connections.
 const MaxDialConnections = 16

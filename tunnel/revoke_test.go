@@ -255,8 +255,8 @@ func TestConnectionsPerPeerCapped(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	idc := newIdentity(t)
 	a, b := pairLimited(t, echo, Limits{}, Limits{}, func(c *Config) {
-		c.MaxTunnels = 4
-		c.MaxConnectionsPerPeer = 3 // a dials DefaultConnections (2) by itself
+		c.MaxTunnels = DefaultConnections + 2
+		c.MaxConnectionsPerPeer = DefaultConnections + 1 // a dials DefaultConnections by itself
 		c.HandshakesPerSecond = -1
 		c.Peers = append(c.Peers, Peer{Name: "c", Key: idc.Public()})
 		c.Services[0].Allow = append(c.Services[0].Allow, "c")
@@ -275,8 +275,8 @@ func TestConnectionsPerPeerCapped(t *testing.T) {
 	if err != nil {
 		t.Fatalf("another partner was locked out: %v", err)
 	}
-	if got := b.link("a").connections(); got != 3 {
-		t.Fatalf("B holds %d connections of peer a, want the cap (3)", got)
+	if got := b.link("a").connections(); got != DefaultConnections+1 {
+		t.Fatalf("B holds %d connections of peer a, want the cap (%d)", got, DefaultConnections+1)
 	}
 	if got := b.Stats.Snapshot()["limited."+limitConnsPerPeer]; got == 0 {
 		t.Fatalf("connections over the cap not counted: %v", b.Stats.Snapshot())
