@@ -52,8 +52,9 @@ type Config struct {
 	// Zero means 64 and 256; negative, unlimited.
 	MaxHalfOpen int
 	MaxTunnels  int
-	// MaxConnectionsPerPeer bounds the connections one peer key holds with
-	// us at once, current and replaced ones together; a connection over it
+	// MaxConnectionsPerPeer bounds the connections one peer key dialed to
+	// us and holds at once, live and replaced ones together (ours to it
+	// are bounded by Connections); a connection over it
 	// is refused after its handshake, counted and audited, and never takes
 	// another peer's place. Zero means 8 (room for the scale-out mode of
 	// deploy/README: a few instances sharing one identity, each redialing);

@@ -565,8 +565,8 @@ func (l *link) dialLoop(slot int) {
 	backoff := minBackoff
 	for l.ctx.Err() == nil {
 		tc, changed := l.slotConn(slot)
-		if tc != nil && !l.mayDial(slot) && !tc.legacy && slot >= int(l.want.Load()) {
-			tc.retire() // a reload lowered the count
+		if tc != nil && !tc.legacy && slot >= int(l.want.Load()) {
+			tc.retire() // a reload lowered the count (retire is idempotent)
 		}
 		if tc != nil || !l.mayDial(slot) {
 			var done <-chan struct{}

@@ -302,3 +302,35 @@ func TestBothEndpointsSettle(t *testing.T) {
 		t.Fatalf("not stable: established a %d→%d b %d→%d", ea, a.Stats.TunnelsEstablished.Load(), eb, b.Stats.TunnelsEstablished.Load())
 	}
 }
+
+// TestConnectionsReload: a reload that changes a peer's connection count
+// applies in place: fewer retires the highest slots, more dials new ones,
+// and the connections that stay are not touched.
+func TestConnectionsReload(t *testing.T) {
+	echo, _ := tunneltest.EchoServer(t)
+	ida, idb := newIdentity(t), newIdentity(t)
+	b := startNode(t, idb, Config{Peers: []Peer{{Name: "a", Key: ida.Public()}},
+		Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"a"}}}})
+	cfg := Config{Connections: 3, Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: b.Addr().String()}}}
+	a := startNode(t, ida, cfg)
+	liveConns(t, a, "b", 3)
+	cfg.Peers[0].Connections = 1
+	if err := a.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+	kept := liveConns(t, a, "b", 1)[0]
+	if kept.slot != 0 {
+		t.Fatalf("kept slot %d, want 0", kept.slot)
+	}
+	cfg.Peers[0].Connections = 2
+	if err := a.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+	now := liveConns(t, a, "b", 2)
+	if now[0] != kept && now[1] != kept {
+		t.Fatal("raising the count replaced the connection that stayed")
+	}
+	if got := a.Stats.TunnelsEstablished.Load(); got != 4 {
+		t.Fatalf("%d tunnels established, want 4 (three, then one more)", got)
+	}
+}

@@ -218,7 +218,8 @@ func (n *Node) reconcile(old, cur *snapshot) {
 		case p.Endpoint != l.peer.Endpoint:
 			code = codeEndpointChanged
 		default:
-			l.peer = p // same name, key and endpoint: only limits or the connection count differ
+			// Same name, key and endpoint: limits apply from the new
+			// snapshot, a changed connection count here.
 			l.resize(cur.cfg.connectionsTo(p))
 			continue
 		}
