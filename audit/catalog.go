@@ -166,7 +166,7 @@ var (
 	aPeerAddr   = AttrSpec{KeyPeerAddress, String, false, "peer's IP address"}
 	aPeerPort   = AttrSpec{KeyPeerPort, Int, false, "peer's UDP port"}
 	aTransport  = AttrSpec{KeyTransport, String, false, `"quic"`}
-	aConnection = AttrSpec{KeyConnection, Int, false, "number of the connection within the daemon's run: /statusz lists it, and one peer holds several (tunnel.connections)"}
+	aConnection = AttrSpec{KeyConnection, Int, true, "number of the connection within the daemon's run: /statusz lists it, and one peer holds several (tunnel.connections); absent from events written before this release"}
 	aService    = AttrSpec{KeyService, String, false, "service name"}
 	aDirection  = AttrSpec{KeyDirection, String, false, `"inbound" (this site serves the peer) or "outbound" (this site forwards to the peer)`}
 	aStreamID   = AttrSpec{KeyStreamID, Int, false, "QUIC stream id within the tunnel"}
@@ -258,7 +258,7 @@ var Catalog = []Spec{
 			aPeer, {KeyPeerFingerprint, String, false, "peer's identity fingerprint"}, aPeerAddr, aPeerPort, aTransport,
 			{KeyRole, String, false, `"dialer" or "listener"`},
 			aConnection,
-			{KeySlot, Int, false, "the dialer's connection slot, 0 to connections-1 (-1: accepted, or dialed outside the slots)"},
+			{KeySlot, Int, true, "the dialer's connection slot, 0 to connections-1 (-1: accepted, or dialed outside the slots); absent from events written before this release"},
 			{KeyTLSVersion, String, false, `"1.3"`},
 			{KeyTLSCipher, String, false, "TLS cipher suite, e.g. TLS_AES_128_GCM_SHA256"},
 			{KeyTLSCurve, String, false, "key-exchange group, e.g. X25519MLKEM768"},
