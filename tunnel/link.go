@@ -308,11 +308,11 @@ func (l *link) attach(qc *quic.Conn, dialed bool, slot int, handshake time.Durat
 		old.retire()
 	}
 	if other != nil {
-		// Logged once per link: several instances sharing one identity
-		// (deploy/README, scale-out) each hold their own connections.
-		l.n.log.Warn().Str("peer", l.peer.Name).Str("remote", qc.RemoteAddr().String()).
-			Str("other_remote", other.String()).
-			Msg("one peer identity is connected from several places (scale-out instances sharing a key, or a copied key)")
+		// A peer that restarted dials from a new port while its old
+		// connections live on here until a heartbeat draws their stateless
+		// reset (one keepalive): only connections from two places that
+		// both outlive that are several daemons at once.
+		time.AfterFunc(3*l.n.cfg.Load().cfg.KeepAlive, func() { l.reportSeveral(tc, other) })
 	}
 	l.n.Stats.TunnelsEstablished.Add(1)
 	l.n.dark.tunnelAt(qc, 1)
@@ -342,20 +342,38 @@ func (l *link) replaceLegacyLocked(tc *tconn) []*tconn {
 	return out
 }
 
-// elsewhereLocked returns the address of another live connection the peer
-// dialed to us from another address than tc, the first time one appears
-// (nil otherwise): one daemon dials all its connections from one socket.
-func (l *link) elsewhereLocked(tc *tconn) net.Addr {
+// elsewhereLocked returns another live connection the peer dialed to us
+// from another address than tc (nil if none, or once reported): one daemon
+// dials all its connections from one socket.
+func (l *link) elsewhereLocked(tc *tconn) *tconn {
 	if tc.dialed || l.several {
 		return nil
 	}
 	for o := range l.conns {
 		if !o.dialed && o.alive() && o.qc.RemoteAddr().String() != tc.qc.RemoteAddr().String() {
-			l.several = true
-			return o.qc.RemoteAddr()
+			return o
 		}
 	}
 	return nil
+}
+
+// reportSeveral logs, once per link, that the peer's identity holds live
+// connections from two places: several instances sharing one identity
+// (deploy/README, scale-out), each keeping its own connections, or a
+// copied key (TestSharedIdentityNoReplaceLoop).
+func (l *link) reportSeveral(a, b *tconn) {
+	if !a.alive() || !b.alive() {
+		return
+	}
+	l.mu.Lock()
+	first := !l.several
+	l.several = true
+	l.mu.Unlock()
+	if first {
+		l.n.log.Warn().Str("peer", l.peer.Name).Str("remote", a.qc.RemoteAddr().String()).
+			Str("other_remote", b.qc.RemoteAddr().String()).
+			Msg("one peer identity is connected from several places (scale-out instances sharing a key, or a copied key)")
+	}
 }
 
 // balanceLocked resolves both sides dialing each other (dyad/2): the side
