@@ -119,13 +119,14 @@ func TestConnectionFailoverUnderTraffic(t *testing.T) {
 		}()
 	}
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		busy := 0
+		busy, placed := 0, int64(0)
 		for _, tc := range conns {
 			if tc.active.Load() > 0 {
 				busy++
 			}
+			placed += tc.active.Load()
 		}
-		if busy == 3 {
+		if busy == 3 && placed == transfers {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -145,7 +146,9 @@ func TestConnectionFailoverUnderTraffic(t *testing.T) {
 		}
 		c.Close()
 	}
-	if d := time.Since(start); d > time.Second {
+	// Far below the idle timeout (30 s) a stream stuck on the dead
+	// connection would wait for; room for -race on a loaded machine.
+	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("5 new streams took %v after one connection died", d)
 	}
 	wg.Wait()
@@ -296,9 +299,12 @@ func TestBothEndpointsSettle(t *testing.T) {
 				len(a.link("p").live()), len(b.link("p").live()))
 		}
 	}
+	// A dial the non-preferred side started before the preferred side's
+	// connections arrived may still complete (and be retired) under load:
+	// at most one such, never a loop (7 keepalives).
 	ea, eb := a.Stats.TunnelsEstablished.Load(), b.Stats.TunnelsEstablished.Load()
 	time.Sleep(1500 * time.Millisecond)
-	if !settled() || a.Stats.TunnelsEstablished.Load() != ea || b.Stats.TunnelsEstablished.Load() != eb {
+	if !settled() || a.Stats.TunnelsEstablished.Load() > ea+1 || b.Stats.TunnelsEstablished.Load() > eb+1 {
 		t.Fatalf("not stable: established a %d→%d b %d→%d", ea, a.Stats.TunnelsEstablished.Load(), eb, b.Stats.TunnelsEstablished.Load())
 	}
 }
