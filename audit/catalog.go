@@ -56,6 +56,8 @@ const (
 	KeyPeerFingerprint = "dyad.peer.fingerprint"
 	KeyFingerprint     = "dyad.identity.fingerprint"
 	KeyRole            = "dyad.tunnel.role"
+	KeyConnection      = "dyad.tunnel.connection"
+	KeySlot            = "dyad.tunnel.slot"
 	KeyDuration        = "dyad.duration"
 	KeyBytesSent       = "dyad.bytes.sent"
 	KeyBytesReceived   = "dyad.bytes.received"
@@ -164,6 +166,7 @@ var (
 	aPeerAddr   = AttrSpec{KeyPeerAddress, String, false, "peer's IP address"}
 	aPeerPort   = AttrSpec{KeyPeerPort, Int, false, "peer's UDP port"}
 	aTransport  = AttrSpec{KeyTransport, String, false, `"quic"`}
+	aConnection = AttrSpec{KeyConnection, Int, true, "number of the connection within the daemon's run: /statusz lists it, and one peer holds several (tunnel.connections); absent from events written before this release"}
 	aService    = AttrSpec{KeyService, String, false, "service name"}
 	aDirection  = AttrSpec{KeyDirection, String, false, `"inbound" (this site serves the peer) or "outbound" (this site forwards to the peer)`}
 	aStreamID   = AttrSpec{KeyStreamID, Int, false, "QUIC stream id within the tunnel"}
@@ -254,10 +257,12 @@ var Catalog = []Spec{
 		Attrs: []AttrSpec{
 			aPeer, {KeyPeerFingerprint, String, false, "peer's identity fingerprint"}, aPeerAddr, aPeerPort, aTransport,
 			{KeyRole, String, false, `"dialer" or "listener"`},
+			aConnection,
+			{KeySlot, Int, true, "the dialer's connection slot, 0 to connections-1 (-1: accepted, or dialed outside the slots); absent from events written before this release"},
 			{KeyTLSVersion, String, false, `"1.3"`},
 			{KeyTLSCipher, String, false, "TLS cipher suite, e.g. TLS_AES_128_GCM_SHA256"},
 			{KeyTLSCurve, String, false, "key-exchange group, e.g. X25519MLKEM768"},
-			{KeyTLSNextProto, String, false, `ALPN, "dyad/1"`},
+			{KeyTLSNextProto, String, false, `ALPN: "dyad/2", or "dyad/1" with a previous-release peer (one connection per pair)`},
 			{KeyDuration, Float, false, "handshake seconds"},
 		},
 		OCSF: tunnelActivity(1, "Open", 1),
@@ -266,12 +271,12 @@ var Catalog = []Spec{
 	{
 		Name: TunnelClosed, Severity: Info, When: "a tunnel connection ended",
 		Attrs: []AttrSpec{
-			aPeer, aPeerAddr, aPeerPort, aTransport,
+			aPeer, aPeerAddr, aPeerPort, aTransport, aConnection,
 			{KeyDuration, Float, false, "seconds the tunnel was up"},
 			{KeyBytesSent, Int, false, "plaintext bytes this side sent on the tunnel's streams"},
 			{KeyBytesReceived, Int, false, "plaintext bytes this side received"},
 			{KeyStreams, Int, false, "streams carried"},
-			{KeyCloseReason, String, false, "why: shutdown, replaced (a newer connection of the peer took over; this one closed after its last stream or a 30 s grace), peer_removed and key_changed (a reload revoked the key it authenticated with), endpoint_changed, idle_timeout, peer_closed, stateless_reset, error"},
+			{KeyCloseReason, String, false, "why: shutdown, replaced (this connection was retired: a dyad/1 peer's newer connection took over, or both sides dialed and the preferred side's connection holds the slot; it closed after its last stream or a 30 s grace), peer_removed and key_changed (a reload revoked the key it authenticated with), endpoint_changed, idle_timeout, peer_closed, stateless_reset, error"},
 			aErrorType,
 		},
 		OCSF: tunnelActivity(2, "Close", 1),

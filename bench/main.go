@@ -58,7 +58,7 @@ type plan struct {
 }
 
 // idleConnsFull is the full run's idle target; dyad holds at most
-// tunnel.MaxStreamsCap (idleTarget).
+// dyadStreamCeiling (idleTarget).
 const idleConnsFull = 10000
 
 // churnMin is more new connections than dyad's default stream bucket
@@ -83,12 +83,13 @@ func makePlan(quick bool, reps int) plan {
 }
 
 // idleTarget is how many connections idle holds on s: dyad carries a
-// peer's streams on one QUIC connection, which holds at most
-// tunnel.MaxStreamsCap; stunnel needs two descriptors per connection.
+// peer's streams on tunnel.DefaultConnections QUIC connections, each of
+// which holds at most tunnel.MaxStreamsCap (10,000 fit from 3 on); stunnel
+// needs two descriptors per connection.
 func idleTarget(s system, want int) int {
 	switch s.name() {
 	case "dyad", "dyad-nogro":
-		return min(want, tunnel.MaxStreamsCap)
+		return min(want, dyadStreamCeiling)
 	case "stunnel":
 		return min(want, stunnelIdleMax)
 	}

@@ -28,14 +28,18 @@ import (
 // anything a scenario reaches: the bench measures dyad's cost, not its
 // limits. With the defaults (tunnel.DefaultLimits: 500 new streams a
 // second, burst 1000, 1024 open) churn is refused after ~1,100 connections
-// and idle at 1,024. max_streams stops at tunnel.MaxStreamsCap, the streams
-// one QUIC connection carries, which is also the most connections idle
-// holds on dyad (idleTarget).
-var benchLimits = daemon.LimitsFile{StreamsPerSecond: 100_000, StreamBurst: 100_000, MaxStreams: tunnel.MaxStreamsCap}
+// and idle at 1,024. max_streams stops at dyadStreamCeiling, the streams
+// dyad's connections to one peer carry, which is also the most connections
+// idle holds on dyad (idleTarget).
+var benchLimits = daemon.LimitsFile{StreamsPerSecond: 100_000, StreamBurst: 100_000, MaxStreams: dyadStreamCeiling}
+
+// dyadStreamCeiling is the most streams one peer carries: QUIC's cap per
+// connection times the connections dyad dials by default.
+const dyadStreamCeiling = tunnel.MaxStreamsCap * tunnel.DefaultConnections
 
 // benchMaxConnections is the forward's max_connections (default 1024): as
-// many as the one QUIC connection behind it can carry.
-const benchMaxConnections = tunnel.MaxStreamsCap
+// many as the QUIC connections behind it can carry.
+const benchMaxConnections = dyadStreamCeiling
 
 // defaultMaxConnections is daemon's default max_connections of a forward
 // (README, "Limits"), for the report.
@@ -46,9 +50,9 @@ const defaultMaxConnections = 1024
 func limitsNote(idle int) string {
 	d := tunnel.DefaultLimits
 	held := fmt.Sprintf("idle holds %d connections on every system", idle)
-	if n := min(idle, tunnel.MaxStreamsCap); n < idle {
+	if n := min(idle, dyadStreamCeiling); n < idle {
 		held = fmt.Sprintf("idle holds %d connections on dyad, not %d as on the others where they can: one QUIC connection carries at most %d streams "+
-			"(tunnel.MaxStreamsCap) and dyad has one connection per peer; per-connection figures at different counts compare only roughly", n, idle, tunnel.MaxStreamsCap)
+			"(tunnel.MaxStreamsCap) and dyad dials %d per peer; per-connection figures at different counts compare only roughly", n, idle, tunnel.MaxStreamsCap, tunnel.DefaultConnections)
 	}
 	return fmt.Sprintf("dyad ran with tunnel.limits {streams_per_second: %v, stream_burst: %v, max_streams: %v} on both sites and max_connections %v on its forward "+
 		"(defaults: %v, %v, %v and %v), so that no limit refuses a scenario's connection: with the defaults churn is refused after ~1,100 connections "+

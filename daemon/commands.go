@@ -71,9 +71,39 @@ func Check(path string, out io.Writer) error {
 			return fmt.Errorf("%s: peer %q: %w", path, p.Name, err)
 		}
 	}
+	for _, w := range ConnectionWarnings(cfg.Tunnel) {
+		fmt.Fprintf(out, "%s: warning: %s\n", path, w)
+	}
 	fmt.Fprintf(out, "%s: ok: site %s, identity %s, %d peers, %d services, %d forwards\n", path, cfg.Site,
 		id.Public().Fingerprint(), len(cfg.Tunnel.Peers), len(cfg.Tunnel.Services), len(cfg.File.Forwards))
 	return nil
+}
+
+// ConnectionWarnings names the peers this daemon dials with more
+// connections than its own tunnel.max_connections_per_peer: partners
+// usually share the defaults, so the peer's cap is likely the same and
+// would refuse the extra connections (counted as limited.connections_per_peer).
+func ConnectionWarnings(c tunnel.Config) []string {
+	limit := c.MaxConnectionsPerPeer
+	if limit == 0 {
+		limit = tunnel.DefaultMaxConnectionsPerPeer
+	}
+	def := c.Connections
+	if def == 0 {
+		def = tunnel.DefaultConnections
+	}
+	var out []string
+	for _, p := range c.Peers {
+		n := def
+		if p.Connections > 0 {
+			n = p.Connections
+		}
+		if p.Endpoint != "" && limit > 0 && n > limit {
+			out = append(out, fmt.Sprintf("peer %q: connections %d exceeds tunnel.max_connections_per_peer %d; "+
+				"a partner with the same setting refuses the extra connections (it must allow connections × the instances sharing this identity)", p.Name, n, limit))
+		}
+	}
+	return out
 }
 
 // PrintVersion prints the build and the cryptography in use.

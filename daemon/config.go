@@ -79,6 +79,12 @@ type TunnelFile struct {
 	// MaxConnectionsPerPeer bounds the connections one peer key holds with
 	// this daemon, replaced ones included (default 8).
 	MaxConnectionsPerPeer Number `yaml:"max_connections_per_peer,omitempty"`
+	// Connections is how many QUIC connections this daemon dials to each
+	// peer with an endpoint (default 3, at most 16; peers[].connections
+	// overrides it). The peer's max_connections_per_peer must allow it,
+	// times the instances sharing this identity (README, "Several
+	// connections per peer").
+	Connections Number `yaml:"connections,omitempty"`
 	// Limits are the per-peer defaults (README, "Limits").
 	Limits LimitsFile `yaml:"limits,omitempty"`
 }
@@ -224,6 +230,8 @@ type PeerFile struct {
 	Critical bool   `yaml:"critical_or_important_function,omitempty"`
 	// Limits override tunnel.limits for this peer.
 	Limits LimitsFile `yaml:"limits,omitempty"`
+	// Connections overrides tunnel.connections for this peer.
+	Connections Number `yaml:"connections,omitempty"`
 }
 
 // ServiceFile is an upstream this site exports.
@@ -446,6 +454,16 @@ func hostPort(s string) error {
 	return nil
 }
 
+// connections reads a connection count: a whole number in 0..16, zero
+// meaning the default.
+func (v *validator) connections(n Number, path ...any) int {
+	if n != Number(int(n)) || n < 0 || n > tunnel.MaxDialConnections {
+		v.fail(fmt.Errorf("%v is not a whole number from 1 to %d", n, tunnel.MaxDialConnections), path...)
+		return 0
+	}
+	return int(n)
+}
+
 // checkLimits names a limit that cannot be met.
 func (v *validator) checkLimits(l LimitsFile, path ...any) {
 	whole := func(n Number, name string) {
@@ -455,8 +473,10 @@ func (v *validator) checkLimits(l LimitsFile, path ...any) {
 	}
 	whole(l.StreamBurst, "stream_burst")
 	whole(l.MaxStreams, "max_streams")
-	if l.MaxStreams > tunnel.MaxStreamsCap {
-		v.fail(fmt.Errorf("%v is above the QUIC stream cap %d", l.MaxStreams, tunnel.MaxStreamsCap), append(path, "max_streams")...)
+	// QUIC caps the streams of one connection at MaxStreamsCap; a peer
+	// reaches connections × that.
+	if ceiling := tunnel.MaxStreamsCap * tunnel.MaxDialConnections; l.MaxStreams > Number(ceiling) {
+		v.fail(fmt.Errorf("%v is above %d connections × the QUIC stream cap %d", l.MaxStreams, tunnel.MaxDialConnections, tunnel.MaxStreamsCap), append(path, "max_streams")...)
 	}
 	if l.BytesPerSecond > 0 && l.BytesPerSecond < 1024 {
 		v.fail(fmt.Errorf("%d is below the 1KiB floor", l.BytesPerSecond), append(path, "bytes_per_second")...)
@@ -531,6 +551,7 @@ func (v *validator) check(f File) *Config {
 	t.HandshakesPerSecond = float64(f.Tunnel.HandshakesPerSecond)
 	t.MaxHalfOpen, t.MaxTunnels = int(f.Tunnel.MaxHalfOpen), int(f.Tunnel.MaxTunnels)
 	t.MaxConnectionsPerPeer = int(f.Tunnel.MaxConnectionsPerPeer)
+	t.Connections = v.connections(f.Tunnel.Connections, "tunnel", "connections")
 	t.Limits = f.Tunnel.Limits.tunnel()
 	v.checkLimits(f.Tunnel.Limits, "tunnel", "limits")
 	if c.ShutdownTimeout == 0 {
@@ -570,7 +591,8 @@ func (v *validator) check(f File) *Config {
 			v.fail(fmt.Errorf("%q is not an ISO 3166-1 alpha-2 code such as DE or FR", p.Country), "peers", i, "country")
 		}
 		v.checkLimits(p.Limits, "peers", i, "limits")
-		t.Peers = append(t.Peers, tunnel.Peer{Name: p.Name, Key: key, Endpoint: p.Endpoint, Limits: p.Limits.tunnel()})
+		t.Peers = append(t.Peers, tunnel.Peer{Name: p.Name, Key: key, Endpoint: p.Endpoint, Limits: p.Limits.tunnel(),
+			Connections: v.connections(p.Connections, "peers", i, "connections")})
 	}
 	services := map[string]bool{}
 	for i, s := range f.Services {

@@ -178,3 +178,36 @@ func TestAuditConfig(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestConnectionsConfig: tunnel.connections and peers[].connections reach
+// the tunnel; a count outside 1..16 is refused by field; dyad check warns
+// when a peer's count exceeds this daemon's own max_connections_per_peer
+// (partners usually share the defaults, so the peer would refuse the rest).
+func TestConnectionsConfig(t *testing.T) {
+	withConns := func(tunnelConns, peerConns string) string {
+		s := strings.Replace(goodConfig, "KEY", testKey(t), 1)
+		s = strings.Replace(s, "  idle_timeout: 30s\n", "  idle_timeout: 30s\n  connections: "+tunnelConns+"\n", 1)
+		return strings.Replace(s, "    endpoint: 127.0.0.1:7100\n", "    endpoint: 127.0.0.1:7100\n    connections: "+peerConns+"\n", 1)
+	}
+	c, err := ParseConfig("/etc/dyad/dyad.yaml", []byte(withConns("3", "12")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Tunnel.Connections != 3 || c.Tunnel.Peers[0].Connections != 12 {
+		t.Fatalf("connections %d, peer's %d", c.Tunnel.Connections, c.Tunnel.Peers[0].Connections)
+	}
+	w := ConnectionWarnings(c.Tunnel)
+	if len(w) != 1 || !strings.Contains(w[0], `peer "site-b": connections 12 exceeds tunnel.max_connections_per_peer 8`) {
+		t.Fatalf("warnings %q", w)
+	}
+	c.Tunnel.Peers[0].Connections = 0
+	if w := ConnectionWarnings(c.Tunnel); len(w) != 0 {
+		t.Fatalf("warnings at 3 connections: %q", w)
+	}
+	for _, bad := range [][2]string{{"17", "1"}, {"1", "-1"}, {"1.5", "1"}} {
+		_, err := ParseConfig("/etc/dyad/dyad.yaml", []byte(withConns(bad[0], bad[1])))
+		if err == nil || !strings.Contains(err.Error(), "connections") {
+			t.Fatalf("connections %v accepted or not named: %v", bad, err)
+		}
+	}
+}

@@ -17,6 +17,11 @@ import (
 // issued, and strips the trailer the old one appends to long headers sent
 // to this daemon's 16-byte IDs.
 //
+// The new daemon runs with tunnel.connections 4: the old one keeps one
+// connection and replaces an older one when a newer arrives, so the new one
+// must learn (from the ALPN, dyad/1) to keep one too, whichever side dials;
+// over ~5 s of traffic neither side may establish tunnels in a loop.
+//
 // It needs the previous release's binary in DYAD_OLD_BIN: `make test`
 // builds it (`make prev-release`, from PREV_RELEASE) and sets it; without it
 // the test skips.
@@ -48,6 +53,9 @@ func TestInteropPreviousRelease(t *testing.T) {
 			a.Config.Tunnel.ConnectTimeout = daemon.Duration(5 * time.Second)
 			for _, s := range []*daemontest.Site{a, b} {
 				s.Config.Tunnel.CountConnectionDrops = true // a trailer QUIC cannot parse counts as a drop
+				if s.Bin == dyadBin {
+					s.Config.Tunnel.Connections = 4
+				}
 			}
 			start(t, b)
 			start(t, a)
@@ -71,6 +79,36 @@ func TestInteropPreviousRelease(t *testing.T) {
 			for i := range 3 {
 				if err := echoRoundTrip(local, 1<<20, uint64(i+1)); err != nil {
 					t.Fatalf("round trip %d through %s: %v", i+1, c.name, err)
+				}
+			}
+			// No replacement loop: traffic for ~5 s, and no tunnel
+			// established meanwhile; one connection on each side.
+			before := map[string]uint64{}
+			for _, s := range []*daemontest.Site{a, b} {
+				before[s.Name] = counters(t, s)["tunnels_established"]
+				if before[s.Name] > 2 {
+					t.Errorf("%s (%s) established %d tunnels to settle, want at most 2", s.Name, s.Bin, before[s.Name])
+				}
+			}
+			for i := range 25 {
+				if err := echoRoundTrip(local, 64<<10, uint64(i+10)); err != nil {
+					t.Fatalf("round trip %d through %s: %v", i+10, c.name, err)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			for _, s := range []*daemontest.Site{a, b} {
+				if got := counters(t, s)["tunnels_established"]; got != before[s.Name] {
+					t.Errorf("%s (%s) established %d more tunnels over 5 s of traffic: a replacement loop", s.Name, s.Bin, got-before[s.Name])
+				}
+				if s.Bin != dyadBin {
+					continue
+				}
+				st, err := s.Status()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(st.Peers) != 1 || st.Peers[0].Connections != 1 {
+					t.Errorf("%s (this release) holds %+v, want one connection to the previous release", s.Name, st.Peers)
 				}
 			}
 		})

@@ -1426,7 +1426,7 @@ func TestLimitConfigErrors(t *testing.T) {
 		{"negative rate", "streams_per_second: 100", "streams_per_second: -5", "tunnel.limits.streams_per_second"},
 		{"negative handshake rate", "handshakes_per_second: 10", "handshakes_per_second: -1", "tunnel.handshakes_per_second"},
 		{"negative stream cap", "max_streams: 8", "max_streams: -1", "peers[0].limits.max_streams"},
-		{"stream cap above QUIC's", "max_streams: 8", "max_streams: 5000", "peers[0].limits.max_streams"},
+		{"stream cap above 16 connections x QUIC's", "max_streams: 8", "max_streams: 70000", "peers[0].limits.max_streams"},
 		{"fractional burst", "stream_burst: 20", "stream_burst: 2.5", "peers[0].limits.stream_burst"},
 		{"negative duration", "idle_timeout: 2m", "idle_timeout: -2m", "services[0].limits.idle_timeout"},
 		{"lifetime not a duration", "max_lifetime: 1h", "max_lifetime: forever", "services[0].limits.max_lifetime"},

@@ -2,8 +2,10 @@ package tunnel
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -236,3 +238,59 @@ func BenchmarkDarkDrop(b *testing.B) {
 type fixedRemote struct{ addr net.Addr }
 
 func (r fixedRemote) RemoteAddr() net.Addr { return r.addr }
+
+// BenchmarkForwardBulkConns is bulk over 8 forwarded connections at once
+// through 1, 2 or 4 tunnel connections to the peer (Config.Connections),
+// both nodes in this process: a profile of the placement path. The
+// measurement behind DefaultConnections runs the daemons as separate
+// processes (`go run ./bench -only bulk`; README, "Several connections per
+// peer"): here both ends share two cores, so more connections gain little.
+func BenchmarkForwardBulkConns(b *testing.B) {
+	for _, conns := range []int{1, 2, 4} {
+		b.Run(fmt.Sprintf("connections=%d", conns), func(b *testing.B) {
+			ida, idb := newIdentity(b), newIdentity(b)
+			nb := startNode(b, idb, Config{Peers: []Peer{{Name: "a", Key: ida.Public()}},
+				Services: []Service{{Name: "sink", Upstream: sinkServer(b), Allow: []string{"a"}}}})
+			na := startNode(b, ida, Config{Connections: conns, Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: nb.Addr().String()}}})
+			for deadline := time.Now().Add(5 * time.Second); len(na.link("b").live()) < conns; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					b.Fatal("tunnel connections did not come up")
+				}
+			}
+			ln, _ := net.Listen("tcp", "127.0.0.1:0")
+			defer ln.Close()
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go na.Forward(b.Context(), c.(*net.TCPConn), "b", "sink")
+				}
+			}()
+			const clients = 8
+			cs := make([]net.Conn, clients)
+			for i := range cs {
+				c, err := net.Dial("tcp", ln.Addr().String())
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close()
+				cs[i] = c
+			}
+			buf := make([]byte, 256<<10)
+			b.SetBytes(int64(len(buf)) * clients)
+			for b.Loop() {
+				var wg sync.WaitGroup
+				for _, c := range cs {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						c.Write(buf)
+					}()
+				}
+				wg.Wait()
+			}
+		})
+	}
+}

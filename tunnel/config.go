@@ -52,13 +52,24 @@ type Config struct {
 	// Zero means 64 and 256; negative, unlimited.
 	MaxHalfOpen int
 	MaxTunnels  int
-	// MaxConnectionsPerPeer bounds the connections one peer key holds with
-	// us at once, current and replaced ones together; a connection over it
+	// MaxConnectionsPerPeer bounds the connections one peer key dialed to
+	// us and holds at once, live and replaced ones together (ours to it
+	// are bounded by Connections); a connection over it
 	// is refused after its handshake, counted and audited, and never takes
 	// another peer's place. Zero means 8 (room for the scale-out mode of
 	// deploy/README: a few instances sharing one identity, each redialing);
 	// negative, unlimited.
 	MaxConnectionsPerPeer int
+	// Connections is how many QUIC connections this side dials to each peer
+	// with an endpoint (Peer.Connections overrides it): each its own TLS
+	// session and codec keys, a new stream going to the least loaded. Zero
+	// means DefaultConnections; at most MaxDialConnections. A peer of the
+	// previous release (dyad/1) gets one. The peer's max_connections_per_peer
+	// must leave room for it, times the instances sharing this identity.
+	Connections int
+	// protos, when set, replaces the ALPNs offered (tests play the
+	// previous release with ALPNv1 alone).
+	protos []string
 	// DisableDark turns the dark listener off: the QUIC port then answers
 	// every well-formed handshake, including scanners' (codec/FORMAT.md,
 	// "Dark listener").
@@ -74,6 +85,9 @@ type Peer struct {
 	Endpoint string
 	// Limits override Config.Limits for this peer.
 	Limits Limits
+	// Connections overrides Config.Connections for this peer; zero means
+	// Config.Connections.
+	Connections int
 }
 
 // Service is an upstream this site exports to the peers on its allow list.
@@ -112,8 +126,26 @@ func (c Config) withDefaults() Config {
 	if c.MaxConnectionsPerPeer == 0 {
 		c.MaxConnectionsPerPeer = DefaultMaxConnectionsPerPeer
 	}
+	if c.Connections == 0 {
+		c.Connections = DefaultConnections
+	}
 	return c
 }
+
+// connectionsTo is how many connections c dials to p (c with defaults).
+func (c Config) connectionsTo(p Peer) int {
+	if p.Connections > 0 {
+		return p.Connections
+	}
+	return max(c.Connections, 1)
+}
+
+// DefaultConnections is Config.Connections's default: README, "Several
+// connections per peer", gives the measurement that chose it.
+const DefaultConnections = 3
+
+// MaxDialConnections bounds Config.Connections and Peer.Connections.
+const MaxDialConnections = 16
 
 // DefaultMaxConnectionsPerPeer is Config.MaxConnectionsPerPeer's default.
 const DefaultMaxConnectionsPerPeer = 8
@@ -137,6 +169,7 @@ func (c Config) LimitsInEffect() []Limit {
 		{"half-open handshakes", count(c.MaxHalfOpen), "per daemon", "concurrency"},
 		{"tunnels", count(c.MaxTunnels), "accepted at once, per daemon", "concurrency"},
 		{"connections per peer", count(c.MaxConnectionsPerPeer), "accepted at once from one peer key, replaced ones included", "concurrency"},
+		{"connections dialed", count(c.Connections), "per peer with an endpoint (peers[].connections overrides)", "concurrency"},
 		{"stream request deadline", requestTimeout.String(), "per stream, before it counts as refused", "time"},
 		{"dark listener", map[bool]string{false: "on", true: "off"}[c.DisableDark], "handshakes without the listener-key MAC get no answer", "exposure"},
 		{"idle timeout", c.IdleTimeout.String(), "per tunnel", "time"},
@@ -222,6 +255,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("peer %q: same X25519 key as peer %q", p.Name, other)
 		}
 		peers[p.Name], signs[p.Key.Sign], dhs[p.Key.DH] = true, p.Name, p.Name
+		if p.Connections < 0 || p.Connections > MaxDialConnections {
+			return fmt.Errorf("peer %q: connections: %d is outside 0..%d", p.Name, p.Connections, MaxDialConnections)
+		}
 		if p.Endpoint != "" {
 			if _, _, err := net.SplitHostPort(p.Endpoint); err != nil {
 				return fmt.Errorf("peer %q: endpoint: %w", p.Name, err)
@@ -245,6 +281,9 @@ func (c Config) Validate() error {
 				return fmt.Errorf("service %q: allow names unknown peer %q", s.Name, a)
 			}
 		}
+	}
+	if c.Connections < 0 || c.Connections > MaxDialConnections {
+		return fmt.Errorf("connections: %d is outside 0..%d", c.Connections, MaxDialConnections)
 	}
 	if err := c.Limits.validate("limits"); err != nil {
 		return err

@@ -1,12 +1,14 @@
 package tunnel
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,22 +38,44 @@ const retireGrace = 30 * time.Second
 // removes the peer or changes its key cuts every connection the old key
 // opened, not only the newest (THREATS P1, TestRevocationClosesEveryConnection).
 //
-// One connection of the set, cur, carries new streams. The others are
-// retired: replaced by a newer connection, they accept no new stream and
-// close after their last stream or retireGrace. A link whose peer has an
-// endpoint runs a dial loop that keeps cur up.
+// Several connections of the set carry new streams at once (each a TLS
+// session with its own codec keys): a new stream goes to the least loaded
+// live one (pick). A link whose peer has an endpoint dials Peer.Connections
+// of them, one dial loop per slot; a slot whose connection dies is redialed
+// alone while new streams go to the others. Connections accepted from the
+// peer stay until they end or the peer's cap (MaxConnectionsPerPeer) refuses
+// more: whoever dialed a connection decides when it goes.
+//
+// A connection is retired (takes no new stream, closes after its last
+// stream or retireGrace) only when
+//   - both sides dial each other: the side whose key is not preferred stands
+//     down one of its own dialed slots for each connection the preferred side
+//     dialed to it, so one connection per slot stays (balanceLocked);
+//   - the peer speaks dyad/1 (the previous release, one connection per pair):
+//     among its dyad/1 connections the newest replaces the older, with the
+//     old collision rule (collide), exactly as that release does.
+//
+// A connection whose peer restarted dies by the peer's stateless reset,
+// drawn by the heartbeat, not by replacement: so several daemons sharing
+// one identity (deploy/README, scale-out) each keep their own connections
+// (TestSharedIdentityNoReplaceLoop).
 type link struct {
 	n       *Node
 	peer    Peer
 	pairing []byte
-	kick    chan struct{} // wakes the dial loop at once (buffered, 1)
+	kick    chan struct{} // wakes a dial loop at once (buffered, 1)
 	stop    context.CancelFunc
 	ctx     context.Context // ends when the link is closed
 
+	want atomic.Int32 // connections to dial (Peer.Connections with the default applied)
+
 	mu      sync.Mutex          // guards the following fields
-	conns   map[*tconn]struct{} // every connection of the peer not yet ended, cur included
-	cur     *tconn              // the connection new streams go to; nil if none
-	changed chan struct{}       // closed and replaced whenever cur changes
+	conns   map[*tconn]struct{} // every connection of the peer not yet ended
+	slots   map[int]*tconn      // our dialed connections by slot
+	loops   int                 // dial loops started: slots [0, loops)
+	changed chan struct{}       // closed and replaced whenever the set changes
+	multi   bool                // the newest connection speaks dyad/2: dial every slot
+	several bool                // "one identity from several places" was logged
 	closeAs quic.ApplicationErrorCode
 }
 
@@ -61,7 +85,10 @@ type tconn struct {
 	sess    *codec.Session
 	key     [32]byte // the Ed25519 key the peer authenticated with
 	since   time.Time
+	id      uint64       // node-wide sequence number, in audit events and /statusz
+	slot    int          // our dial slot; -1 if accepted (or dialed outside the slots)
 	dialed  bool         // we dialed it (rather than accepted it)
+	legacy  bool         // negotiated dyad/1: the peer keeps one connection
 	active  atomic.Int64 // streams in flight
 	retired atomic.Bool  // replaced: takes no new stream, closes when the last one ends
 
@@ -71,6 +98,9 @@ type tconn struct {
 }
 
 func (t *tconn) alive() bool { return t.qc.Context().Err() == nil }
+
+// usable reports whether a new stream may go to t.
+func (t *tconn) usable() bool { return t.alive() && !t.retired.Load() }
 
 func (t *tconn) streamStarted() {
 	t.active.Add(1)
@@ -103,25 +133,64 @@ func (n *Node) newLink(p Peer) (*link, error) {
 		return nil, err
 	}
 	l := &link{n: n, peer: p, pairing: secret, kick: make(chan struct{}, 1), changed: make(chan struct{}),
-		conns: map[*tconn]struct{}{}}
+		conns: map[*tconn]struct{}{}, slots: map[int]*tconn{}}
 	l.ctx, l.stop = context.WithCancel(n.ctx)
-	if p.Endpoint != "" {
-		n.loops.Add(1)
-		go l.dialLoop()
-	}
+	l.resize(n.cfg.Load().cfg.connectionsTo(p))
 	return l, nil
 }
 
-// get returns the current tunnel (nil if none) and a channel closed when it
-// changes.
-func (l *link) get() (*tconn, <-chan struct{}) {
+// resize sets how many connections the link dials (a reload may change
+// it) and starts the dial loops of new slots; a loop whose slot is no
+// longer wanted retires its connection and idles.
+func (l *link) resize(want int) {
+	if l.peer.Endpoint == "" {
+		return
+	}
+	l.want.Store(int32(want))
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.cur, l.changed
+	for ; l.loops < want; l.loops++ {
+		l.n.loops.Add(1)
+		go l.dialLoop(l.loops)
+	}
+	l.notifyLocked()
 }
 
-func (l *link) setLocked(tc *tconn) {
-	l.cur = tc
+// pick returns the live connection with the fewest active streams (nil if
+// none; ties go to the oldest) and a channel closed when the set changes.
+func (l *link) pick() (*tconn, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var best *tconn
+	for tc := range l.conns {
+		if !tc.usable() {
+			continue
+		}
+		if best == nil || tc.active.Load() < best.active.Load() ||
+			tc.active.Load() == best.active.Load() && tc.id < best.id {
+			best = tc
+		}
+	}
+	return best, l.changed
+}
+
+// get is pick, kept for the tests' reading.
+func (l *link) get() (*tconn, <-chan struct{}) { return l.pick() }
+
+// live returns the connections that take new streams.
+func (l *link) live() []*tconn {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []*tconn
+	for tc := range l.conns {
+		if tc.usable() {
+			out = append(out, tc)
+		}
+	}
+	return out
+}
+
+func (l *link) notifyLocked() {
 	close(l.changed)
 	l.changed = make(chan struct{})
 }
@@ -133,15 +202,53 @@ func (l *link) connections() int {
 	return len(l.conns)
 }
 
+// accepted counts the connections the peer dialed to us, not yet ended:
+// what MaxConnectionsPerPeer bounds.
+func (l *link) acceptedLocked() int {
+	c := 0
+	for tc := range l.conns {
+		if !tc.dialed {
+			c++
+		}
+	}
+	return c
+}
+
+// status lists the link's connections, oldest first.
+func (l *link) status() []ConnStatus {
+	l.mu.Lock()
+	conns := make([]*tconn, 0, len(l.conns))
+	for tc := range l.conns {
+		conns = append(conns, tc)
+	}
+	l.mu.Unlock()
+	slices.SortFunc(conns, func(a, b *tconn) int { return cmp.Compare(a.id, b.id) })
+	out := make([]ConnStatus, 0, len(conns))
+	for _, tc := range conns {
+		out = append(out, ConnStatus{ID: tc.id, Remote: tc.qc.RemoteAddr().String(), Since: tc.since.UTC().Format(time.RFC3339),
+			Role: tc.role(), Slot: tc.slot, Protocol: tc.qc.ConnectionState().TLS.NegotiatedProtocol, Retired: tc.retired.Load(),
+			ActiveStreams: tc.active.Load(), Streams: tc.streams.Load(), BytesSent: tc.bytesSent.Load(),
+			BytesReceived: tc.bytesReceived.Load(), RTTMillis: float64(tc.qc.ConnectionStats().SmoothedRTT.Microseconds()) / 1000})
+	}
+	return out
+}
+
+func (t *tconn) role() string {
+	if t.dialed {
+		return "dialer"
+	}
+	return "listener"
+}
+
 // errRefused says attach refused the connection itself, having closed,
 // counted and audited it: the caller has nothing left to report.
 var errRefused = errors.New("connection refused")
 
-// attach derives the codec keys of a new connection, adds it to the peer's
-// set and makes it the one new streams go to; a previous one is retired,
-// not cut. An accepted connection beyond the peer's cap is refused
-// (THREATS P5, TestConnectionsPerPeerCapped).
-func (l *link) attach(qc *quic.Conn, dialed bool, handshake time.Duration) error {
+// attach derives the codec keys of a new connection and adds it to the
+// peer's set, where it takes new streams at once. An accepted connection
+// beyond the peer's cap is refused (THREATS P5, TestConnectionsPerPeerCapped).
+// slot is the dial slot of a connection we dialed (-1 otherwise).
+func (l *link) attach(qc *quic.Conn, dialed bool, slot int, handshake time.Duration) error {
 	state := qc.ConnectionState().TLS
 	var key [32]byte
 	if len(state.PeerCertificates) > 0 {
@@ -165,7 +272,11 @@ func (l *link) attach(qc *quic.Conn, dialed bool, handshake time.Duration) error
 	if err != nil {
 		return err
 	}
-	tc := &tconn{qc: qc, sess: sess, key: key, since: time.Now(), dialed: dialed}
+	tc := &tconn{qc: qc, sess: sess, key: key, since: time.Now(), dialed: dialed, slot: slot,
+		legacy: state.NegotiatedProtocol != ALPN, id: l.n.connSeq.Add(1)}
+	if !dialed {
+		tc.slot = -1
+	}
 	capacity := l.n.cfg.Load().cfg.MaxConnectionsPerPeer
 	l.mu.Lock()
 	if l.ctx.Err() != nil {
@@ -174,24 +285,34 @@ func (l *link) attach(qc *quic.Conn, dialed bool, handshake time.Duration) error
 		qc.CloseWithError(code, "peer removed")
 		return errRefused
 	}
-	if !dialed && capacity > 0 && len(l.conns) >= capacity {
+	if !dialed && capacity > 0 && l.acceptedLocked() >= capacity {
 		l.mu.Unlock()
 		l.n.auditConnectionRefused(l, qc.RemoteAddr(), limitConnsPerPeer)
 		qc.CloseWithError(codeTooManyConnections, limitConnsPerPeer)
 		return errRefused
 	}
-	old := l.cur
-	keepOld := old != nil && old.alive() && l.collide(old, tc)
-	if !keepOld {
-		l.setLocked(tc)
+	var retire []*tconn
+	if tc.legacy {
+		retire = l.replaceLegacyLocked(tc)
 	}
+	l.multi = !tc.legacy
+	other := l.elsewhereLocked(tc)
 	l.conns[tc] = struct{}{}
+	if dialed && slot >= 0 {
+		l.slots[slot] = tc
+	}
+	retire = append(retire, l.balanceLocked()...)
+	l.notifyLocked()
 	l.mu.Unlock()
-	switch {
-	case keepOld:
-		tc.retire()
-	case old != nil:
+	for _, old := range retire {
 		old.retire()
+	}
+	if other != nil {
+		// A peer that restarted dials from a new port while its old
+		// connections live on here until a heartbeat draws their stateless
+		// reset (one keepalive): only connections from two places that
+		// both outlive that are several daemons at once.
+		time.AfterFunc(3*l.n.cfg.Load().cfg.KeepAlive, func() { l.reportSeveral(tc, other) })
 	}
 	l.n.Stats.TunnelsEstablished.Add(1)
 	l.n.dark.tunnelAt(qc, 1)
@@ -200,6 +321,90 @@ func (l *link) attach(qc *quic.Conn, dialed bool, handshake time.Duration) error
 	go l.serve(tc)
 	go l.heartbeat(tc)
 	return nil
+}
+
+// replaceLegacyLocked applies the previous release's rule to a new dyad/1
+// connection: it replaces the peer's older dyad/1 connections, unless both
+// sides dialed at once and the older one is the preferred side's (collide).
+// It returns the connections to retire.
+func (l *link) replaceLegacyLocked(tc *tconn) []*tconn {
+	var out []*tconn
+	for old := range l.conns {
+		if !old.legacy || !old.usable() {
+			continue
+		}
+		if l.collide(old, tc) {
+			out = append(out, tc)
+			continue
+		}
+		out = append(out, old)
+	}
+	return out
+}
+
+// elsewhereLocked returns another live connection the peer dialed to us
+// from another address than tc (nil if none, or once reported): one daemon
+// dials all its connections from one socket.
+func (l *link) elsewhereLocked(tc *tconn) *tconn {
+	if tc.dialed || l.several {
+		return nil
+	}
+	for o := range l.conns {
+		if !o.dialed && o.alive() && o.qc.RemoteAddr().String() != tc.qc.RemoteAddr().String() {
+			return o
+		}
+	}
+	return nil
+}
+
+// reportSeveral logs, once per link, that the peer's identity holds live
+// connections from two places: several instances sharing one identity
+// (deploy/README, scale-out), each keeping its own connections, or a
+// copied key (TestSharedIdentityNoReplaceLoop).
+func (l *link) reportSeveral(a, b *tconn) {
+	if !a.alive() || !b.alive() {
+		return
+	}
+	l.mu.Lock()
+	first := !l.several
+	l.several = true
+	l.mu.Unlock()
+	if first {
+		l.n.log.Warn().Str("peer", l.peer.Name).Str("remote", a.qc.RemoteAddr().String()).
+			Str("other_remote", b.qc.RemoteAddr().String()).
+			Msg("one peer identity is connected from several places (scale-out instances sharing a key, or a copied key)")
+	}
+}
+
+// balanceLocked resolves both sides dialing each other (dyad/2): the side
+// whose key is not preferred keeps only want minus the preferred side's
+// connections of its own dialed slots, the highest slots going first, and
+// its dial loops stand down for them (mayDial). The preferred side changes
+// nothing, so the two never chase each other (TestBothEndpointsSettle).
+// It returns the connections to retire.
+func (l *link) balanceLocked() []*tconn {
+	if l.peer.Endpoint == "" || l.n.preferredDialer(l.peer) {
+		return nil
+	}
+	allow := int(l.want.Load()) - l.theirsLocked()
+	var out []*tconn
+	for slot, tc := range l.slots {
+		if slot >= allow && !tc.legacy && tc.usable() {
+			out = append(out, tc)
+		}
+	}
+	return out
+}
+
+// theirsLocked counts the live dyad/2 connections the peer dialed to us.
+func (l *link) theirsLocked() int {
+	c := 0
+	for tc := range l.conns {
+		if !tc.dialed && !tc.legacy && tc.usable() {
+			c++
+		}
+	}
+	return c
 }
 
 // heartbeatSize is a heartbeat datagram's payload: with QUIC's headers the
@@ -243,10 +448,11 @@ func (l *link) heartbeat(tc *tconn) {
 // this time of each other were dialed at once by both sides.
 const collisionWindow = 2 * time.Second
 
-// collide reports whether old should stay and cur go. A newer connection
-// normally replaces an older one (the peer restarted and dialed again). When
-// both sides dialed at once, both keep the connection dialed by the side
-// with the smaller key, so they agree without talking.
+// collide reports whether old should stay and cur go, for dyad/1 peers
+// (replaceLegacyLocked). A newer connection normally replaces an older one
+// (the peer restarted and dialed again). When both sides dialed at once,
+// both keep the connection dialed by the side with the smaller key, so they
+// agree without talking.
 func (l *link) collide(old, cur *tconn) bool {
 	if cur.since.Sub(old.since) > collisionWindow {
 		return false
@@ -280,9 +486,10 @@ func (l *link) serve(tc *tconn) {
 	l.n.dark.tunnelAt(tc.qc, -1)
 	l.mu.Lock()
 	delete(l.conns, tc)
-	if l.cur == tc {
-		l.setLocked(nil)
+	if tc.dialed && l.slots[tc.slot] == tc {
+		delete(l.slots, tc.slot)
 	}
+	l.notifyLocked()
 	l.mu.Unlock()
 	// The connection's streams end with it; wait (bounded) so that the
 	// event counts their bytes.
@@ -310,7 +517,7 @@ func (l *link) close(code quic.ApplicationErrorCode) {
 	}
 }
 
-// wake asks the dial loop to try now rather than after its back-off.
+// wake asks a dial loop to try now rather than after its back-off.
 func (l *link) wake() {
 	select {
 	case l.kick <- struct{}{}:
@@ -318,11 +525,12 @@ func (l *link) wake() {
 	}
 }
 
-// conn waits for a live tunnel until ctx ends, waking the dial loop once.
+// conn waits for a live tunnel until ctx ends, waking the dial loop once,
+// and returns the least loaded one.
 func (l *link) conn(ctx context.Context) (*tconn, error) {
 	for woke := false; ; woke = true {
-		tc, changed := l.get()
-		if tc != nil && tc.alive() {
+		tc, changed := l.pick()
+		if tc != nil {
 			return tc, nil
 		}
 		if !woke {
@@ -337,20 +545,60 @@ func (l *link) conn(ctx context.Context) (*tconn, error) {
 	}
 }
 
-// dialLoop keeps a tunnel to the peer up while the link lives.
-func (l *link) dialLoop() {
+// mayDial says whether slot should hold a connection now: it is wanted;
+// past slot 0 only once the peer is known to speak dyad/2 (a dyad/1 peer
+// keeps one connection and would replace the others); and, when the peer
+// is the preferred dialer and dials us too, only the slots its connections
+// leave (balanceLocked).
+func (l *link) mayDial(slot int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	want := int(l.want.Load())
+	if slot > 0 && !l.multi {
+		return false
+	}
+	if !l.n.preferredDialer(l.peer) {
+		want -= l.theirsLocked()
+	}
+	return slot < want
+}
+
+// slotConn returns slot's live connection (nil if none) and a channel
+// closed when the set changes.
+func (l *link) slotConn(slot int) (*tconn, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	tc := l.slots[slot]
+	if tc != nil && !tc.alive() {
+		tc = nil
+	}
+	return tc, l.changed
+}
+
+// dialLoop keeps slot's connection to the peer up while the link lives and
+// the slot is wanted (mayDial); each slot redials on its own, so one dead
+// connection never holds up the others.
+func (l *link) dialLoop(slot int) {
 	defer l.n.loops.Done()
 	backoff := minBackoff
 	for l.ctx.Err() == nil {
-		if tc, changed := l.get(); tc != nil && tc.alive() {
+		tc, changed := l.slotConn(slot)
+		if tc != nil && !tc.legacy && slot >= int(l.want.Load()) {
+			tc.retire() // a reload lowered the count (retire is idempotent)
+		}
+		if tc != nil || !l.mayDial(slot) {
+			var done <-chan struct{}
+			if tc != nil {
+				done = tc.qc.Context().Done()
+			}
 			select {
-			case <-tc.qc.Context().Done():
+			case <-done:
 			case <-changed:
 			case <-l.ctx.Done():
 			}
 			continue
 		}
-		err := l.dial()
+		err := l.dial(slot)
 		if err == nil {
 			backoff = minBackoff
 			continue
@@ -358,7 +606,7 @@ func (l *link) dialLoop() {
 		if l.ctx.Err() != nil {
 			return
 		}
-		l.n.log.Warn().Err(err).Str("peer", l.peer.Name).Str("endpoint", l.peer.Endpoint).
+		l.n.log.Warn().Err(err).Str("peer", l.peer.Name).Str("endpoint", l.peer.Endpoint).Int("slot", slot).
 			Dur("retry_in", backoff).Msg("dial failed")
 		// A kick (a local connection waiting) cuts the back-off short,
 		// but attempts stay at least minBackoff apart.
@@ -383,7 +631,8 @@ func jitter(d time.Duration) time.Duration {
 	return d*3/4 + rand.N(d/2+1)
 }
 
-func (l *link) dial() error {
+// dial dials the peer once for slot (-1: outside the slots, as tests do).
+func (l *link) dial(slot int) error {
 	addr, err := net.ResolveUDPAddr("udp", l.peer.Endpoint)
 	if err != nil {
 		return fmt.Errorf("resolve %s: %w", l.peer.Endpoint, err)
@@ -401,7 +650,7 @@ func (l *link) dial() error {
 		qc.CloseWithError(codeSetupFailed, "no ready signal")
 		return fmt.Errorf("peer did not accept us: %w", err)
 	}
-	if err := l.attach(qc, true, time.Since(start)); err != nil {
+	if err := l.attach(qc, true, slot, time.Since(start)); err != nil {
 		qc.CloseWithError(codeSetupFailed, "setup failed")
 		return err
 	}

@@ -1,12 +1,13 @@
 // Package tunnel links paired dyad daemons: a QUIC transport on which only
-// pinned peers complete a handshake, one connection per peer pair, one QUIC
+// pinned peers complete a handshake, a few connections per peer pair, one QUIC
 // stream per forwarded TCP connection, every stream sealed by the codec with
 // keys bound to the connection and the pairing.
 //
 // Lifecycle of a Node: New starts the QUIC listener and, for each peer with
 // an endpoint, a dial loop. Update swaps in a new configuration: services
 // apply to the next stream, added and removed peers get and lose their
-// links, untouched peers keep their connections. Shutdown stops new streams,
+// links, untouched peers keep their connections (a changed connection count
+// applies in place). Shutdown stops new streams,
 // waits for active ones up to its context, then closes everything.
 package tunnel
 
@@ -76,6 +77,8 @@ type Node struct {
 
 	admission *admission
 	dark      *darkFilter
+
+	connSeq atomic.Uint64 // numbers connections (tconn.id)
 
 	dropsMu    sync.Mutex // guards dropsSince
 	dropsSince time.Time  // start of the window emitDrops reports
@@ -215,6 +218,9 @@ func (n *Node) reconcile(old, cur *snapshot) {
 		case p.Endpoint != l.peer.Endpoint:
 			code = codeEndpointChanged
 		default:
+			// Same name, key and endpoint: limits apply from the new
+			// snapshot, a changed connection count here.
+			l.resize(cur.cfg.connectionsTo(p))
 			continue
 		}
 		l.close(code)
@@ -278,7 +284,7 @@ func (n *Node) adopt(qc *quic.Conn) {
 		return
 	}
 	start, _ := qc.Context().Value(handshakeStart{}).(time.Time)
-	if err := l.attach(qc, false, time.Since(start)); errors.Is(err, errRefused) {
+	if err := l.attach(qc, false, -1, time.Since(start)); errors.Is(err, errRefused) {
 		return
 	} else if err != nil {
 		n.log.Error().Err(err).Str("peer", p.Name).Msg("tunnel setup failed")
@@ -329,21 +335,47 @@ type PeerStatus struct {
 	Name        string `json:"name"`
 	Fingerprint string `json:"fingerprint"`
 	Connected   bool   `json:"connected"`
-	Remote      string `json:"remote,omitempty"`
-	Since       string `json:"since,omitempty"`
-	// Connections counts the peer's connections not yet ended: the
-	// current one and replaced ones still finishing their streams.
+	// Remote and Since describe the connection new streams go to first
+	// (the least loaded).
+	Remote string `json:"remote,omitempty"`
+	Since  string `json:"since,omitempty"`
+	// Connections counts the peer's connections not yet ended: the live
+	// ones and replaced ones still finishing their streams.
 	Connections int `json:"connections"`
+	// Conns lists them, oldest first.
+	Conns []ConnStatus `json:"conns,omitempty"`
 }
 
-// Status reports each peer's tunnel.
+// ConnStatus is one QUIC connection of a peer.
+type ConnStatus struct {
+	// ID numbers the connection within this daemon's run, as the
+	// tunnel.established and tunnel.closed events do (dyad.tunnel.connection).
+	ID     uint64 `json:"id"`
+	Remote string `json:"remote"`
+	Since  string `json:"since"`
+	// Role is "dialer" (we dialed it, in dial slot Slot) or "listener".
+	Role string `json:"role"`
+	Slot int    `json:"slot"`
+	// Protocol is the negotiated ALPN: dyad/1 is a previous-release peer.
+	Protocol string `json:"protocol"`
+	// Retired: replaced, takes no new stream, ends with its last one.
+	Retired       bool    `json:"retired,omitempty"`
+	ActiveStreams int64   `json:"active_streams"`
+	Streams       int64   `json:"streams"`
+	BytesSent     int64   `json:"bytes_sent"`     // plaintext, streams ended so far
+	BytesReceived int64   `json:"bytes_received"` // plaintext, streams ended so far
+	RTTMillis     float64 `json:"rtt_ms"`         // QUIC's smoothed RTT
+}
+
+// Status reports each peer's tunnels.
 func (n *Node) Status() []PeerStatus {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	var out []PeerStatus
 	for _, l := range n.links {
-		ps := PeerStatus{Name: l.peer.Name, Fingerprint: l.peer.Key.Fingerprint(), Connections: l.connections()}
-		if tc, _ := l.get(); tc != nil && tc.alive() {
+		ps := PeerStatus{Name: l.peer.Name, Fingerprint: l.peer.Key.Fingerprint(), Conns: l.status()}
+		ps.Connections = len(ps.Conns)
+		if tc, _ := l.pick(); tc != nil {
 			ps.Connected, ps.Remote, ps.Since = true, tc.qc.RemoteAddr().String(), tc.since.UTC().Format(time.RFC3339)
 		}
 		out = append(out, ps)

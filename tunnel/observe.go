@@ -62,6 +62,8 @@ func (n *Node) auditEstablished(l *link, tc *tconn, state tls.ConnectionState, h
 	attrs = append(attrs, peerAddr(tc.qc.RemoteAddr())...)
 	n.audit.Emit(audit.TunnelEstablished, append(attrs,
 		attribute.String(audit.KeyRole, role),
+		attribute.Int64(audit.KeyConnection, int64(tc.id)),
+		attribute.Int(audit.KeySlot, tc.slot),
 		attribute.String(audit.KeyTLSVersion, "1.3"),
 		attribute.String(audit.KeyTLSCipher, tls.CipherSuiteName(state.CipherSuite)),
 		attribute.String(audit.KeyTLSCurve, state.CurveID.String()),
@@ -78,6 +80,7 @@ func (n *Node) auditTunnelClosed(l *link, tc *tconn) {
 	attrs := []attribute.KeyValue{attribute.String(audit.KeyPeer, l.peer.Name)}
 	attrs = append(attrs, peerAddr(tc.qc.RemoteAddr())...)
 	attrs = append(attrs,
+		attribute.Int64(audit.KeyConnection, int64(tc.id)),
 		attribute.Float64(audit.KeyDuration, time.Since(tc.since).Seconds()),
 		attribute.Int64(audit.KeyBytesSent, tc.bytesSent.Load()),
 		attribute.Int64(audit.KeyBytesReceived, tc.bytesReceived.Load()),

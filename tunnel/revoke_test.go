@@ -51,19 +51,26 @@ func heldStream(t *testing.T, a *Node) net.Conn {
 	return c
 }
 
-// redial makes a dial b once more, as a peer that restarted would: the new
-// connection replaces the current one, which is retired on both sides.
+// redial makes a dial b once more, outside its dial slots: with a dyad/1
+// peer (the previous release) the new connection replaces the current one,
+// which is retired on both sides; with dyad/2 it joins the set.
 func redial(t *testing.T, a *Node) *tconn {
 	t.Helper()
-	before := current(t, a, "b")
-	if err := a.link("b").dial(); err != nil {
+	current(t, a, "b")
+	before := map[*tconn]bool{}
+	for _, tc := range a.link("b").live() {
+		before[tc] = true
+	}
+	if err := a.link("b").dial(-1); err != nil {
 		t.Fatalf("second dial: %v", err)
 	}
-	after := current(t, a, "b")
-	if after == before {
-		t.Fatal("the second dial did not replace the connection")
+	for _, tc := range a.link("b").live() {
+		if !before[tc] {
+			return tc
+		}
 	}
-	return after
+	t.Fatal("the second dial's connection does not take new streams")
+	return nil
 }
 
 // echoOn opens a stream on tc itself (not through the link's choice), asks
@@ -161,7 +168,7 @@ func TestRevocationClosesEveryConnection(t *testing.T) {
 				Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"a"}}},
 			}
 			b := startNode(t, idb, cfg)
-			a := startNode(t, ida, Config{Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: b.Addr().String()}}})
+			a := startNode(t, ida, Config{Connections: 1, Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: b.Addr().String()}}})
 
 			old := current(t, a, "b")
 			held := heldStream(t, a) // keeps the first connection alive once replaced
@@ -213,7 +220,11 @@ func countClosed(tj *audittest.Journal, reason string) int {
 // P1 and P5 (a replaced connection must not be a second door).
 func TestRetiredConnectionRefusesStreams(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
-	a, b := pair(t, echo)
+	ida, idb := newIdentity(t), newIdentity(t)
+	b := startNode(t, idb, Config{Peers: []Peer{{Name: "a", Key: ida.Public()}},
+		Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"a"}}}})
+	// A previous-release peer: a newer connection replaces the older.
+	a := startNode(t, ida, Config{protos: []string{ALPNv1}, Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: b.Addr().String()}}})
 	old := current(t, a, "b")
 	held := heldStream(t, a)
 	defer held.Close()
@@ -244,8 +255,8 @@ func TestConnectionsPerPeerCapped(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	idc := newIdentity(t)
 	a, b := pairLimited(t, echo, Limits{}, Limits{}, func(c *Config) {
-		c.MaxTunnels = 3
-		c.MaxConnectionsPerPeer = 2
+		c.MaxTunnels = DefaultConnections + 2
+		c.MaxConnectionsPerPeer = DefaultConnections + 1 // a dials DefaultConnections by itself
 		c.HandshakesPerSecond = -1
 		c.Peers = append(c.Peers, Peer{Name: "c", Key: idc.Public()})
 		c.Services[0].Allow = append(c.Services[0].Allow, "c")
@@ -253,19 +264,19 @@ func TestConnectionsPerPeerCapped(t *testing.T) {
 	for i := range 4 {
 		held := heldStream(t, a)
 		defer held.Close()
-		err := a.link("b").dial()
+		err := a.link("b").dial(-1)
 		if i == 0 && err != nil {
 			t.Fatalf("second connection, within the cap: %v", err)
 		}
 	}
-	nc := startNode(t, idc, Config{ConnectTimeout: 3 * time.Second,
+	nc := startNode(t, idc, Config{ConnectTimeout: 3 * time.Second, Connections: 1,
 		Peers: []Peer{{Name: "b", Key: b.id.Public(), Endpoint: b.Addr().String()}}})
 	c, err := echoOnce(t, nc)
 	if err != nil {
 		t.Fatalf("another partner was locked out: %v", err)
 	}
-	if got := b.link("a").connections(); got != 2 {
-		t.Fatalf("B holds %d connections of peer a, want the cap (2)", got)
+	if got := b.link("a").connections(); got != DefaultConnections+1 {
+		t.Fatalf("B holds %d connections of peer a, want the cap (%d)", got, DefaultConnections+1)
 	}
 	if got := b.Stats.Snapshot()["limited."+limitConnsPerPeer]; got == 0 {
 		t.Fatalf("connections over the cap not counted: %v", b.Stats.Snapshot())

@@ -10,8 +10,22 @@ import (
 )
 
 // ALPN is the application protocol dyad negotiates; a QUIC client without it
-// fails the handshake.
-const ALPN = "dyad/1"
+// (or ALPNv1) fails the handshake. dyad/2 says the side keeps several
+// connections per peer and never replaces one on a new arrival
+// (codec/FORMAT.md, "Versions"); a peer that offers only ALPNv1 is of the
+// previous release, and the link keeps one connection with it.
+const (
+	ALPN   = "dyad/2"
+	ALPNv1 = "dyad/1"
+)
+
+// alpn returns the protocols this node offers, most preferred first.
+func (n *Node) alpn() []string {
+	if p := n.cfg.Load().cfg.protos; p != nil {
+		return p
+	}
+	return []string{ALPN, ALPNv1}
+}
 
 // exporterLabel is the TLS exporter label of the codec's per-connection
 // secret (codec/FORMAT.md, section 4).
@@ -32,12 +46,12 @@ func (n *Node) serverTLS(cert tls.Certificate) *tls.Config {
 		// Request rather than require, so that a client without a
 		// certificate reaches our check and is counted like the rest.
 		ClientAuth:             tls.RequestClientCert,
-		NextProtos:             []string{ALPN},
+		NextProtos:             n.alpn(),
 		SessionTicketsDisabled: true,
 	}
 	return &tls.Config{
 		MinVersion:             tls.VersionTLS13,
-		NextProtos:             []string{ALPN},
+		NextProtos:             n.alpn(),
 		SessionTicketsDisabled: true,
 		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 			remote := chi.Conn.RemoteAddr()
@@ -62,7 +76,7 @@ func (n *Node) clientTLS(cert tls.Certificate, peer Peer, remote net.Addr) *tls.
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
-		NextProtos:   []string{ALPN},
+		NextProtos:   n.alpn(),
 		ServerName:   "dyad",
 		// The chain is not checked against a CA: the server is
 		// authenticated by the pinned key below, which the TLS

@@ -385,7 +385,7 @@ func TestBothEndpointsOneConnection(t *testing.T) {
 	pb, _ := net.ListenPacket("udp", "127.0.0.1:0")
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	cfg := func(peer *identity.Identity, addr net.Addr) Config {
-		return Config{KeepAlive: 300 * time.Millisecond,
+		return Config{KeepAlive: 300 * time.Millisecond, Connections: 1, // TestBothEndpointsSettle has two
 			Peers:    []Peer{{Name: "p", Key: peer.Public(), Endpoint: addr.String()}},
 			Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"p"}}}}
 	}

@@ -173,8 +173,9 @@ type Status struct {
 	Ready    bool              `json:"ready"`
 	Counters map[string]uint64 `json:"counters"`
 	Peers    []struct {
-		Name      string `json:"name"`
-		Connected bool   `json:"connected"`
+		Name        string `json:"name"`
+		Connected   bool   `json:"connected"`
+		Connections int    `json:"connections"`
 	} `json:"peers"`
 	Process daemon.ProcessStatus `json:"process"` // goroutines, descriptors, memory
 }
