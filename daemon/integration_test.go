@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -516,18 +515,7 @@ func TestAuditVerifyCommand(t *testing.T) {
 	if err := a.Stop(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	verify := func(args ...string) (string, int) {
-		cmd := exec.Command(dyadBin, append([]string{"audit", "verify"}, args...)...)
-		out, err := cmd.CombinedOutput()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return string(out), ee.ExitCode()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), 0
-	}
+	verify := func(args ...string) (string, int) { return runDyad(t, append([]string{"audit", "verify"}, args...)...) }
 	out, code := verify("--config", a.ConfigPath())
 	if code != 0 || !strings.Contains(out, ": OK") {
 		t.Fatalf("clean journal: exit %d\n%s", code, out)

@@ -2,12 +2,10 @@ package daemon_test
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,15 +22,7 @@ import (
 // and exit code.
 func auditVerify(t *testing.T, configPath string) (string, int) {
 	t.Helper()
-	out, err := exec.Command(dyadBin, "audit", "verify", "--config", configPath).CombinedOutput()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return string(out), ee.ExitCode()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(out), 0
+	return runDyad(t, "audit", "verify", "--config", configPath)
 }
 
 // TestKillNineKeepsStreams: N requests, then kill -9 of the exporter right

@@ -49,10 +49,17 @@ func rawJournal(t *testing.T, dir string) []rawEvent {
 	return out
 }
 
-// dyadReport runs `dyad report` and returns its exit status.
+// dyadReport runs `dyad report` and returns its output and exit status.
 func dyadReport(t *testing.T, args ...string) (string, int) {
 	t.Helper()
-	out, err := exec.Command(dyadBin, append([]string{"report"}, args...)...).CombinedOutput()
+	return runDyad(t, append([]string{"report"}, args...)...)
+}
+
+// runDyad runs the dyad binary with args and returns its combined output
+// and exit status.
+func runDyad(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	out, err := exec.Command(dyadBin, args...).CombinedOutput()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		return string(out), ee.ExitCode()
