@@ -103,7 +103,7 @@ lint: ## gofmt and go vet
 bench: build bench-micro ## full benchmark (under 10 min): dyad vs direct, quic-relay and stunnel; bench/out/
 	$(GO) run ./bench -dyad bin/dyad -out $(OUT)
 
-bench-quick: build ## every system and scenario briefly, dyad limits as in the full run, 3000 churned and 4096 idle connections (under 60 s); fails on errors, never on timings
+bench-quick: build ## every system and scenario briefly, dyad limits as in the full run, 3000 churned and 4096 idle connections, the emulated WAN link as root (about a minute); fails on errors, never on timings
 	$(GO) run ./bench -quick -dyad bin/dyad -out $(OUT)
 
 bench-micro: ## package micro-benchmarks (benchstat format) and the codec vs raw AEAD ratio table

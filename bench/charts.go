@@ -96,9 +96,11 @@ func (r *results) bar(scenario, system, key string) bar {
 // charts writes bulk.svg, latency.svg and impaired.svg into dir.
 func (r *results) charts(dir string) ([]string, error) {
 	systems := r.systems()
-	var loss []string
-	for _, m := range r.Impairment {
-		loss = append(loss, fmt.Sprintf("-loss%g%%", m.Loss*100))
+	var links []string
+	if r.Link != nil {
+		for _, l := range r.Link.Runs {
+			links = append(links, l.Name)
+		}
 	}
 	charts := map[string]string{
 		"bulk.svg": groupedBars("Bulk throughput per system (loopback)", "Gbit/s",
@@ -107,8 +109,8 @@ func (r *results) charts(dir string) ([]string, error) {
 		"latency.svg": groupedBars("Request/response latency, 1 KiB each way, 64 concurrent", "µs",
 			systems, []string{"p50_us", "p90_us", "p99_us", "p999_us"},
 			func(g, s string) bar { return r.bar("rr-64", g, s) }),
-		"impaired.svg": groupedBars("Impaired link (40 ms RTT, 1 Gbit/s cap): rr-64 p99", "µs",
-			loss, systems, func(g, s string) bar { return r.bar("impaired-rr-64"+g, s, "p99_us") }),
+		"impaired.svg": groupedBars(fmt.Sprintf("Emulated link (40 ms RTT, %d Mbit/s): bulk, 1 connection", linkRateMbps), "Gbit/s",
+			links, systems, func(g, s string) bar { return r.bar("impaired-bulk-down-1-"+g, s, "gbps") }),
 	}
 	var names []string
 	for _, name := range []string{"bulk.svg", "latency.svg", "impaired.svg"} {

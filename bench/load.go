@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -8,6 +9,9 @@ import (
 	"sync/atomic"
 	"time"
 )
+
+// errNoBytes is bulk's answer when no byte arrived in its window.
+var errNoBytes = errors.New("no bytes moved")
 
 // metrics are one measurement's figures by name.
 type metrics map[string]float64
@@ -65,7 +69,7 @@ func bulk(entry string, upload bool, conns int, dur time.Duration, pids []int) (
 	}
 	bytes := float64(total.Load())
 	if bytes == 0 {
-		return nil, fmt.Errorf("no bytes moved")
+		return nil, errNoBytes
 	}
 	m := metrics{"gbps": bytes * 8 / elapsed.Seconds() / 1e9}
 	if len(pids) > 0 {

@@ -1,9 +1,11 @@
 // Command bench measures dyad side by side with real baselines in the same
-// run, same topology and separate processes, on loopback only: load client →
-// importing side → link → exporting side → target server. See README.md.
+// run, same topology and separate processes, on loopback or across an
+// emulated WAN link between two network namespaces (linkemu.go): load
+// client → importing side → link → exporting side → target server. See
+// README.md.
 //
-//	go run ./bench -quick            smoke run, under a minute (CI)
-//	go run ./bench                   full run, under ten minutes
+//	go run ./bench -quick            smoke run, about a minute (CI)
+//	go run ./bench                   full run (bench/README.md)
 package main
 
 import (
@@ -23,8 +25,8 @@ import (
 func main() {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
-		case "relay-in", "relay-out", "serve":
-			f := map[string]func([]string) error{"relay-in": relayIn, "relay-out": relayOut, "serve": serve}[os.Args[1]]
+		case "relay-in", "relay-out", "serve", "linkemu":
+			f := map[string]func([]string) error{"relay-in": relayIn, "relay-out": relayOut, "serve": serve, "linkemu": runEmulator}[os.Args[1]]
 			if err := f(os.Args[2:]); err != nil {
 				fmt.Fprintln(os.Stderr, os.Args[1]+":", err)
 				os.Exit(1)
@@ -36,7 +38,7 @@ func main() {
 	dyadBin := flag.String("dyad", "bin/dyad", "the dyad binary")
 	out := flag.String("out", "bench/out", "folder for results.json, report.md and the charts")
 	reps := flag.Int("reps", 3, "repetitions per cell in full mode (systems interleaved)")
-	only := flag.String("only", "", "run only the scenario groups whose name contains this (bulk, rr, churn, idle, setup, impaired)")
+	only := flag.String("only", "", "run only the scenario groups whose name contains this (bulk, rr, churn, idle, setup, impaired; loss0.1%, reorder... for one emulated link)")
 	flag.Parse()
 	if err := run(*quick, *dyadBin, *out, *reps, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -52,9 +54,9 @@ type plan struct {
 	churnDur   time.Duration
 	churnMin   int // churn runs until churnDur has passed and churnMin connections are done
 	idleConns  int
-	impairDur  time.Duration
+	impairDur  time.Duration // each emulated-link cell
 	setupReps  int
-	impairment []linkModel
+	impairment []linkScenario
 }
 
 // idleConnsFull is the full run's idle target; dyad holds at most
@@ -68,18 +70,15 @@ const idleConnsFull = 10000
 const churnMin = 3000
 
 func makePlan(quick bool, reps int) plan {
-	impaired := []linkModel{
-		{Delay: 20 * time.Millisecond, Jitter: time.Millisecond, Loss: 0, RateMbps: 1000},
-		{Delay: 20 * time.Millisecond, Jitter: time.Millisecond, Loss: 0.01, RateMbps: 1000},
-	}
+	impaired := linkScenarios()
 	if quick {
 		// idle as many as dyad holds in full mode: beyond the default
 		// max_streams and max_connections (1024), as the full run.
 		return plan{reps: 1, bulkDur: 300 * time.Millisecond, rrDur: 300 * time.Millisecond, churnDur: 300 * time.Millisecond,
-			churnMin: churnMin, idleConns: tunnel.MaxStreamsCap, impairDur: 500 * time.Millisecond, setupReps: 1, impairment: impaired}
+			churnMin: churnMin, idleConns: tunnel.MaxStreamsCap, impairDur: 300 * time.Millisecond, setupReps: 1, impairment: impaired}
 	}
 	return plan{reps: max(reps, 3), bulkDur: 2 * time.Second, rrDur: 2 * time.Second, churnDur: time.Second,
-		churnMin: churnMin, idleConns: idleConnsFull, impairDur: 4 * time.Second, setupReps: 3, impairment: impaired}
+		churnMin: churnMin, idleConns: idleConnsFull, impairDur: 2 * time.Second, setupReps: 3, impairment: impaired}
 }
 
 // idleTarget is how many connections idle holds on s: dyad carries a
@@ -107,7 +106,7 @@ func run(quick bool, dyadBin, outDir string, reps int, only string) error {
 	if stunnelBin == "" {
 		stunnelBin, _ = exec.LookPath("stunnel")
 	}
-	srv, err := startServer()
+	srv, err := startServer(nil)
 	if err != nil {
 		return err
 	}
@@ -119,13 +118,10 @@ func run(quick bool, dyadBin, outDir string, reps int, only string) error {
 	defer os.RemoveAll(work)
 
 	res := &results{Mode: map[bool]string{true: "quick", false: "full"}[quick], Date: time.Now().UTC().Format(time.RFC3339),
-		Machine: describeMachine(stunnelBin), Impairment: p.impairment, DyadLimits: configuredLimits()}
+		Machine: describeMachine(stunnelBin), DyadLimits: configuredLimits()}
 	res.Notes = append(res.Notes, limitsNote(p.idleConns))
 	if stunnelBin == "" {
 		res.Notes = append(res.Notes, "stunnel was not measured: stunnel4 is not installed (`make bench-deps` installs it as root).")
-	} else {
-		res.Notes = append(res.Notes, "Impaired runs of TCP systems (direct, stunnel) get the delay and the rate cap but no loss and no jitter: "+
-			"a user-space relay sits above TCP's own recovery and cannot drop or reorder its bytes honestly. QUIC systems get all of it.")
 	}
 	newSystems := func() []system {
 		s := []system{&direct{}, &quicRelay{}, &dyadSystem{bin: dyadBin}, &dyadSystem{bin: dyadBin, noGRO: true}}
@@ -221,56 +217,13 @@ func run(quick bool, dyadBin, outDir string, reps int, only string) error {
 	}
 	fmt.Fprintf(os.Stderr, "bench: %-12s done (%v)\n", "setup", time.Since(start).Round(time.Second))
 
-	// Impaired link: fresh instances whose inter-site link crosses the relay.
-	for li, model := range p.impairment {
-		if !want("impaired") {
-			break
-		}
-		var relays []interface{ close() }
-		systems := newSystems()
-		for i, s := range systems {
-			wrap := func(target string) (string, error) {
-				if s.name() == "dyad" || s.name() == "dyad-nogro" || s.name() == "quic-relay" {
-					r, err := startUDPRelay(target, model)
-					if err != nil {
-						return "", err
-					}
-					relays = append(relays, r)
-					return r.addr(), nil
-				}
-				r, err := startTCPRelay(target, model)
-				if err != nil {
-					return "", err
-				}
-				relays = append(relays, r)
-				return r.addr(), nil
-			}
-			if err := s.start(fmt.Sprintf("%s/impair-%d-%d", work, li, i), srv.addr(), wrap); err != nil {
-				stopAll(systems)
-				return fmt.Errorf("%s behind the impairment relay: %w", s.name(), err)
-			}
-		}
-		suffix := fmt.Sprintf("-loss%g%%", model.Loss*100)
-		for rep := range p.reps {
-			for _, s := range systems {
-				m, err := requestResponse(s.entry(), 64, p.impairDur)
-				if err != nil {
-					stopAll(systems)
-					return fmt.Errorf("impaired rr-64 on %s (repetition %d): %w", s.name(), rep+1, err)
-				}
-				res.add("impaired-rr-64"+suffix, s.name(), m)
-				m, err = bulk(s.entry(), false, 1, p.impairDur, s.pids())
-				if err != nil {
-					stopAll(systems)
-					return fmt.Errorf("impaired bulk on %s (repetition %d): %w", s.name(), rep+1, err)
-				}
-				res.add("impaired-bulk-down-1"+suffix, s.name(), m)
-			}
-		}
-		stopAll(systems)
-		for _, r := range relays {
-			r.close()
-		}
+	// Emulated link: fresh instances in two namespaces joined by the
+	// link emulator, one emulator per link model.
+	if err := runLinkScenarios(res, p, newSystems, work, want); err != nil {
+		return err
+	}
+	if n := linkNote(res.Link, p.impairment); n != "" {
+		res.Notes = append(res.Notes, n)
 	}
 	fmt.Fprintf(os.Stderr, "bench: %-12s done (%v)\n", "impaired", time.Since(start).Round(time.Second))
 	res.Seconds = time.Since(start).Seconds()

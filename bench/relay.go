@@ -44,12 +44,13 @@ const relayALPN = "bench-relay"
 func relayOut(args []string) error {
 	fs := flag.NewFlagSet("relay-out", flag.ExitOnError)
 	target := fs.String("target", "", "TCP address to dial for each stream")
+	listen := fs.String("listen", "127.0.0.1:0", "UDP address to listen on")
 	fs.Parse(args)
 	cert, err := selfSigned()
 	if err != nil {
 		return err
 	}
-	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{relayALPN}}, relayQUICConfig())
+	ln, err := quic.ListenAddr(*listen, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{relayALPN}}, relayQUICConfig())
 	if err != nil {
 		return err
 	}

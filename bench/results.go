@@ -12,11 +12,13 @@ import (
 
 // results is bench/out/results.json; bench/RESULTS.md documents it.
 type results struct {
-	Mode       string      `json:"mode"`
-	Date       string      `json:"date"`
-	Seconds    float64     `json:"seconds"`
-	Machine    machine     `json:"machine"`
-	Impairment []linkModel `json:"impairment"`
+	Mode    string  `json:"mode"`
+	Date    string  `json:"date"`
+	Seconds float64 `json:"seconds"`
+	Machine machine `json:"machine"`
+	// Link is the emulated link: its models, counts and congestion
+	// controls, or why its scenarios were skipped (nil when not asked for).
+	Link *linkRecord `json:"link,omitempty"`
 	// DyadLimits are the limits the bench configured on both dyad daemons.
 	DyadLimits limitsRecord `json:"dyad_limits"`
 	Notes      []string     `json:"notes"`
@@ -121,8 +123,8 @@ func headline(scenario string) (key, unit string) {
 
 // extra lists the secondary figures shown in the table.
 var extra = map[string][]string{
-	"bulk":  {"cpu_s_per_gb", "peak_rss_mib"},
-	"rr":    {"rps", "p50_us", "p90_us", "p999_us"},
+	"bulk":  {"cpu_s_per_gb", "peak_rss_mib", "emu_cpu_pct"},
+	"rr":    {"rps", "p50_us", "p90_us", "p999_us", "emu_cpu_pct"},
 	"idle":  {"conns", "rss_kib_per_conn_exporter"},
 	"churn": {"conns"},
 }
@@ -219,7 +221,9 @@ func (r *results) write(dir string, stdout io.Writer) error {
 	var md strings.Builder
 	fmt.Fprintf(&md, "# dyad benchmark report\n\n%s mode, %s. Machine: %s, %d cores, kernel %s, Go %s, quic-go %s, stunnel: %s.\n\n",
 		r.Mode, r.Date, r.Machine.CPU, r.Machine.Cores, r.Machine.Kernel, r.Machine.Go, r.Machine.QuicGo, r.Machine.Stunnel)
-	fmt.Fprintf(&md, "Each cell is the median of %d repetitions with min–max; systems ran interleaved. Ratios compare dyad's median with the baseline's median of the same run.\n\n", len(r.Cells[0].Runs))
+	if len(r.Cells) > 0 {
+		fmt.Fprintf(&md, "Each cell is the median of %d repetitions with min–max; systems ran interleaved. Ratios compare dyad's median with the baseline's median of the same run.\n\n", len(r.Cells[0].Runs))
+	}
 	r.table(&md, true)
 	for _, n := range r.Notes {
 		fmt.Fprintf(&md, "\n> %s\n", n)

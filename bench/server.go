@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -26,12 +27,13 @@ type server struct {
 	at   string
 }
 
-func startServer() (*server, error) {
+func startServer(pl *placement) (*server, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	c, sc, err := startChild(self, "serve")
+	argv := pl.argv(true, self, "serve", "-listen", net.JoinHostPort(pl.host(), "0"))
+	c, sc, err := startChild(argv[0], argv[1:]...)
 	if err != nil {
 		return nil, err
 	}
@@ -48,9 +50,14 @@ func (s *server) addr() string { return s.at }
 func (s *server) close() { s.proc.stop() }
 
 // serve is the "serve" subcommand: the target server process.
-func serve([]string) error {
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:0", "TCP address to listen on")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
 	raiseFileLimit()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
 	}
@@ -104,9 +111,15 @@ func rrOnce(c net.Conn, buf []byte) error {
 	return err
 }
 
+// clientDial is how the load client connects: on loopback, or from the
+// importing namespace while the emulated-link scenarios run.
+var clientDial = dialLoopback
+
+func dialLoopback(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }
+
 // dialMode connects to addr and sends the mode byte.
 func dialMode(addr string, mode byte) (net.Conn, error) {
-	c, err := net.Dial("tcp", addr)
+	c, err := clientDial(addr)
 	if err != nil {
 		return nil, err
 	}

@@ -72,27 +72,21 @@ func configuredLimits() limitsRecord {
 // link → exporting side → target, each side its own process.
 type system interface {
 	name() string
-	// start launches the system in front of target. wrapLink, when not
-	// nil, is given the exporting side's address and returns the address
-	// the importing side must use instead (an impairment relay).
-	start(dir, target string, wrapLink func(string) (string, error)) error
+	// start launches the system in front of target, its two sides placed
+	// by pl (nil: both on loopback in the bench's namespace).
+	start(dir, target string, pl *placement) error
 	entry() string // where clients connect
 	pids() []int   // the tunnel processes, for CPU and memory
 	stop()
 }
 
-// direct: no tunnel; with a wrapLink, the TCP connection itself crosses
-// the impairment relay.
+// direct: no tunnel; on an emulated link the client's TCP connection
+// itself crosses it (the target listens on the exporting end).
 type direct struct{ addr string }
 
 func (d *direct) name() string { return "direct" }
-func (d *direct) start(_, target string, wrap func(string) (string, error)) error {
+func (d *direct) start(_, target string, _ *placement) error {
 	d.addr = target
-	if wrap != nil {
-		var err error
-		d.addr, err = wrap(target)
-		return err
-	}
 	return nil
 }
 func (d *direct) entry() string { return d.addr }
@@ -127,12 +121,18 @@ func (d *dyadSystem) prepare(dir string) error {
 	return err
 }
 
-func (d *dyadSystem) start(dir, target string, wrap func(string) (string, error)) error {
+func (d *dyadSystem) start(dir, target string, pl *placement) error {
 	var err error
 	if d.a == nil {
 		if err := d.prepare(dir); err != nil {
 			return err
 		}
+	}
+	if d.a.Config.Listen, err = pl.rehost(false, d.a.Config.Listen); err != nil {
+		return err
+	}
+	if d.b.Config.Listen, err = pl.rehost(true, d.b.Config.Listen); err != nil {
+		return err
 	}
 	if d.local, err = daemontest.FreeTCP(); err != nil {
 		return err
@@ -144,16 +144,13 @@ func (d *dyadSystem) start(dir, target string, wrap func(string) (string, error)
 	d.a.Config.Tunnel.Limits, d.b.Config.Tunnel.Limits = benchLimits, benchLimits
 	d.b.Config.Peers = []daemon.PeerFile{d.a.Peer(false)}
 	d.b.Config.Services = []daemon.ServiceFile{{Name: "target", Upstream: target, Allow: []string{"site-a"}}}
-	peer := d.b.Peer(true)
-	if wrap != nil {
-		if peer.Endpoint, err = wrap(peer.Endpoint); err != nil {
-			return err
-		}
-	}
-	d.a.Config.Peers = []daemon.PeerFile{peer}
+	d.a.Config.Peers = []daemon.PeerFile{d.b.Peer(true)}
 	d.a.Config.Forwards = []daemon.ForwardConfig{{Listen: d.local, Peer: "site-b", Service: "target", MaxConnections: benchMaxConnections}}
 	d.a.Config.Tunnel.ShutdownTimeout = daemon.Duration(time.Second)
 	d.b.Config.Tunnel.ShutdownTimeout = daemon.Duration(time.Second)
+	if pl != nil {
+		return d.startIn(dir, pl)
+	}
 	if err := d.b.StartReady(10 * time.Second); err != nil {
 		return err
 	}
@@ -225,12 +222,13 @@ type quicRelay struct {
 
 func (q *quicRelay) name() string { return "quic-relay" }
 
-func (q *quicRelay) start(_, target string, wrap func(string) (string, error)) error {
+func (q *quicRelay) start(_, target string, pl *placement) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	out, sc, err := startChild(self, "relay-out", "-target", target)
+	argv := pl.argv(true, self, "relay-out", "-target", target, "-listen", net.JoinHostPort(pl.host(), "0"))
+	out, sc, err := startChild(argv[0], argv[1:]...)
 	if err != nil {
 		return err
 	}
@@ -239,12 +237,8 @@ func (q *quicRelay) start(_, target string, wrap func(string) (string, error)) e
 	if err != nil {
 		return err
 	}
-	if wrap != nil {
-		if udp, err = wrap(udp); err != nil {
-			return err
-		}
-	}
-	in, sc, err := startChild(self, "relay-in", "-peer", udp)
+	argv = pl.argv(false, self, "relay-in", "-peer", udp)
+	in, sc, err := startChild(argv[0], argv[1:]...)
 	if err != nil {
 		return err
 	}
@@ -272,7 +266,7 @@ type stunnelSystem struct {
 
 func (s *stunnelSystem) name() string { return "stunnel" }
 
-func (s *stunnelSystem) start(dir, target string, wrap func(string) (string, error)) error {
+func (s *stunnelSystem) start(dir, target string, pl *placement) error {
 	dir = filepath.Join(dir, "stunnel")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -282,6 +276,9 @@ func (s *stunnelSystem) start(dir, target string, wrap func(string) (string, err
 		return err
 	}
 	srvAddr, err := daemontest.FreeTCP()
+	if err == nil {
+		srvAddr, err = pl.rehost(true, srvAddr)
+	}
 	if err != nil {
 		return err
 	}
@@ -291,24 +288,20 @@ func (s *stunnelSystem) start(dir, target string, wrap func(string) (string, err
 	common := "foreground = yes\npid =\nsyslog = no\ndebug = 3\n"
 	srvConf := filepath.Join(dir, "server.conf")
 	os.WriteFile(srvConf, []byte(common+fmt.Sprintf("[srv]\naccept = %s\nconnect = %s\ncert = %s\nkey = %s\n", srvAddr, target, cert, key)), 0o600)
-	if s.srv, _, err = startChild(s.bin, srvConf); err != nil {
+	argv := pl.argv(true, s.bin, srvConf)
+	if s.srv, _, err = startChild(argv[0], argv[1:]...); err != nil {
 		return err
 	}
-	if err := waitListening(srvAddr); err != nil {
+	if err := waitListening(pl, true, srvAddr); err != nil {
 		return err
-	}
-	link := srvAddr
-	if wrap != nil {
-		if link, err = wrap(srvAddr); err != nil {
-			return err
-		}
 	}
 	cliConf := filepath.Join(dir, "client.conf")
-	os.WriteFile(cliConf, []byte(common+fmt.Sprintf("[cli]\nclient = yes\naccept = %s\nconnect = %s\n", s.local, link)), 0o600)
-	if s.cli, _, err = startChild(s.bin, cliConf); err != nil {
+	os.WriteFile(cliConf, []byte(common+fmt.Sprintf("[cli]\nclient = yes\naccept = %s\nconnect = %s\n", s.local, srvAddr)), 0o600)
+	argv = pl.argv(false, s.bin, cliConf)
+	if s.cli, _, err = startChild(argv[0], argv[1:]...); err != nil {
 		return err
 	}
-	return waitListening(s.local)
+	return waitListening(pl, false, s.local)
 }
 
 func (s *stunnelSystem) entry() string { return s.local }
@@ -321,10 +314,11 @@ func (s *stunnelSystem) stop() {
 	}
 }
 
-func waitListening(addr string) error {
+// waitListening waits until addr accepts connections from one side.
+func waitListening(pl *placement, exportSide bool, addr string) error {
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if c, err := net.Dial("tcp", addr); err == nil {
+		if c, err := pl.dial(exportSide, addr); err == nil {
 			c.Close()
 			return nil
 		}
