@@ -24,6 +24,7 @@ import (
 	"github.com/dyad-tunnel/dyad/audit"
 	"github.com/dyad-tunnel/dyad/audit/journal"
 	"github.com/dyad-tunnel/dyad/daemon"
+	"github.com/dyad-tunnel/dyad/tunnel"
 	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
 )
 
@@ -318,7 +319,7 @@ func TestCollectorEndToEnd(t *testing.T) {
 			continue
 		}
 		peer := map[string]string{"site-a": "site-b", "site-b": "site-a"}[r.site]
-		want := map[string]string{audit.KeyPeer: peer, audit.KeyTLSCurve: "X25519MLKEM768", audit.KeyTLSNextProto: "dyad/1",
+		want := map[string]string{audit.KeyPeer: peer, audit.KeyTLSCurve: "X25519MLKEM768", audit.KeyTLSNextProto: tunnel.ALPN,
 			audit.KeyTLSVersion: "1.3", audit.KeyPeerAddress: "127.0.0.1", audit.KeyTransport: "quic"}
 		for k, v := range want {
 			if got := r.attr(k); got != v {
