@@ -23,6 +23,7 @@ import (
 
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/daemon/daemontest"
+	"github.com/dyad-tunnel/dyad/tunnel"
 )
 
 // Fault tests: two real daemons on loopback, site A importing B's service
@@ -111,6 +112,18 @@ func newFaultRig(t *testing.T, tune func(*daemon.TunnelFile)) *faultRig {
 	start(t, r.a)
 	if _, _, err := r.waitWorking(time.Now(), 10*time.Second); err != nil {
 		t.Fatalf("before any fault: %v", err)
+	}
+	// Every connection A dials to B is up before a fault strikes: a slot
+	// still dialing when the path pauses would count as a redial.
+	want := uint64(tunnel.DefaultConnections)
+	if n := r.a.Config.Tunnel.Connections; n > 0 {
+		want = uint64(n)
+	}
+	for deadline := time.Now().Add(10 * time.Second); counter(t, r.a, "tunnels_established") < want; {
+		if time.Now().After(deadline) {
+			t.Fatalf("A established %d of its %d connections to B in 10 s", counter(t, r.a, "tunnels_established"), want)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	return r
 }
