@@ -14,7 +14,6 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/rs/zerolog"
 
-	"github.com/dyad-tunnel/dyad/tunnel/identity"
 	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
 )
 
@@ -179,24 +178,6 @@ func TestConnectionFailoverUnderTraffic(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestSharedIdentityNoReplaceLoop: two daemons sharing one identity (the
 // scale-out mode of deploy/README) dial one exporter. Each keeps its own
 // connections, none replaces another's (the previous behaviour was a
@@ -209,7 +190,7 @@ func TestSharedIdentityNoReplaceLoop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs tunneltest.SyncBuffer
 	b, err := New(pc, idb, Config{KeepAlive: 200 * time.Millisecond,
 		Peers:    []Peer{{Name: "a", Key: ida.Public()}},
 		Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"a"}}}},
@@ -258,26 +239,7 @@ func TestSharedIdentityNoReplaceLoop(t *testing.T) {
 // each; the side whose key is not preferred stands its slots down for the
 // preferred side's connections, and nothing is replaced after that.
 func TestBothEndpointsSettle(t *testing.T) {
-	echo, _ := tunneltest.EchoServer(t)
-	ida, idb := newIdentity(t), newIdentity(t)
-	pa, _ := net.ListenPacket("udp", "127.0.0.1:0")
-	pb, _ := net.ListenPacket("udp", "127.0.0.1:0")
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	cfg := func(peer *identity.Identity, addr net.Addr) Config {
-		return Config{KeepAlive: 200 * time.Millisecond, Connections: 2,
-			Peers:    []Peer{{Name: "p", Key: peer.Public(), Endpoint: addr.String()}},
-			Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"p"}}}}
-	}
-	a, err := New(pa, ida, cfg(idb, pb.LocalAddr()), log, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := New(pb, idb, cfg(ida, pa.LocalAddr()), log, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b, idb := dialingPair(t, 200*time.Millisecond, 2)
 	pref := a.preferredDialer(Peer{Key: idb.Public()})
 	settled := func() bool {
 		for _, n := range []*Node{a, b} {

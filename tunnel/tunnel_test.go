@@ -376,29 +376,38 @@ func TestReverseStreamsOnDialedConnection(t *testing.T) {
 	}
 }
 
-// TestBothEndpointsOneConnection: when both sides know each other's
-// endpoint, the tie-break leaves one connection per pair.
-func TestBothEndpointsOneConnection(t *testing.T) {
+// dialingPair starts two nodes that know each other's endpoint and dial
+// each other at once with connections each, serving "echo" to peer "p";
+// it returns them and b's identity.
+func dialingPair(t *testing.T, keepalive time.Duration, connections int) (a, b *Node, idb *identity.Identity) {
+	t.Helper()
 	echo, _ := tunneltest.EchoServer(t)
-	ida, idb := newIdentity(t), newIdentity(t)
+	ida := newIdentity(t)
+	idb = newIdentity(t)
 	pa, _ := net.ListenPacket("udp", "127.0.0.1:0")
 	pb, _ := net.ListenPacket("udp", "127.0.0.1:0")
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	cfg := func(peer *identity.Identity, addr net.Addr) Config {
-		return Config{KeepAlive: 300 * time.Millisecond, Connections: 1, // TestBothEndpointsSettle has two
+		return Config{KeepAlive: keepalive, Connections: connections,
 			Peers:    []Peer{{Name: "p", Key: peer.Public(), Endpoint: addr.String()}},
 			Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"p"}}}}
 	}
-	a, err := New(pa, ida, cfg(idb, pb.LocalAddr()), log, nil)
-	if err != nil {
+	var err error
+	if a, err = New(pa, ida, cfg(idb, pb.LocalAddr()), log, nil); err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close()
-	b, err := New(pb, idb, cfg(ida, pa.LocalAddr()), log, nil)
-	if err != nil {
+	t.Cleanup(a.Close)
+	if b, err = New(pb, idb, cfg(ida, pa.LocalAddr()), log, nil); err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
+	t.Cleanup(b.Close)
+	return a, b, idb
+}
+
+// TestBothEndpointsOneConnection: when both sides know each other's
+// endpoint, the tie-break leaves one connection per pair.
+func TestBothEndpointsOneConnection(t *testing.T) {
+	a, b, idb := dialingPair(t, 300*time.Millisecond, 1) // TestBothEndpointsSettle has two
 	// Both dial at once; both must settle on the connection dialed by the
 	// smaller key. Both connections share one 4-tuple, so the sides agree
 	// when each holds the one the other does not think it dialed; the

@@ -4,7 +4,6 @@
 package daemontest
 
 import (
-	"bytes"
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 	"github.com/dyad-tunnel/dyad/audit/journal"
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
+	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
 )
 
 // Site is one dyad daemon: its folder, configuration and process.
@@ -33,7 +32,7 @@ type Site struct {
 	PublicKey string      // the line a partner pins
 	Config    daemon.File // written by Write; Listen and Admin are preset
 	Env       []string    // added to the daemon's environment ("KEY=value")
-	logs      syncBuffer
+	logs      tunneltest.SyncBuffer
 	cmd       *exec.Cmd
 	exited    chan struct{}
 	exitErr   error
@@ -232,24 +231,6 @@ func Build(root, dir string) (string, error) {
 		return "", fmt.Errorf("go build: %v\n%s", err, out)
 	}
 	return bin, nil
-}
-
-// syncBuffer is a bytes.Buffer safe for the process's writes and our reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // Journal verifies the site's audit journal (in the default folder, audit/

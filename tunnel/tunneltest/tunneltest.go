@@ -3,6 +3,7 @@
 package tunneltest
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"sync"
@@ -54,4 +55,25 @@ func FreeAddr(t testing.TB) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent writes (a log sink, a
+// child process's output) and reads.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns everything written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
