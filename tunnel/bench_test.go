@@ -115,20 +115,10 @@ func BenchmarkConnAudit(b *testing.B) {
 			nb := startNodeWith(b, idb, Config{Limits: churnLimits, Peers: []Peer{{Name: "a", Key: ida.Public()}},
 				Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"a"}}}}, auds[1])
 			na := startNodeWith(b, ida, Config{Limits: churnLimits, Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: nb.Addr().String()}}}, auds[0])
-			ln, _ := net.Listen("tcp", "127.0.0.1:0")
-			defer ln.Close()
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					go na.Forward(context.Background(), c.(*net.TCPConn), "b", "echo")
-				}
-			}()
+			addr := forwardLocal(b, na, "echo")
 			req := make([]byte, 1024)
 			op := func() error {
-				c, err := net.Dial("tcp", ln.Addr().String())
+				c, err := net.Dial("tcp", addr)
 				if err != nil {
 					return err
 				}
@@ -257,21 +247,11 @@ func BenchmarkForwardBulkConns(b *testing.B) {
 					b.Fatal("tunnel connections did not come up")
 				}
 			}
-			ln, _ := net.Listen("tcp", "127.0.0.1:0")
-			defer ln.Close()
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					go na.Forward(b.Context(), c.(*net.TCPConn), "b", "sink")
-				}
-			}()
+			addr := forwardLocal(b, na, "sink")
 			const clients = 8
 			cs := make([]net.Conn, clients)
 			for i := range cs {
-				c, err := net.Dial("tcp", ln.Addr().String())
+				c, err := net.Dial("tcp", addr)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -293,4 +273,25 @@ func BenchmarkForwardBulkConns(b *testing.B) {
 			}
 		})
 	}
+}
+
+// forwardLocal serves a local listener through n to service at peer "b",
+// as a daemon's forward does, until the benchmark ends, and returns its
+// address.
+func forwardLocal(b *testing.B, n *Node, service string) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go n.Forward(b.Context(), c.(*net.TCPConn), "b", service)
+		}
+	}()
+	return ln.Addr().String()
 }
