@@ -82,13 +82,15 @@ func makePlan(quick bool, reps int) plan {
 }
 
 // idleTarget is how many connections idle holds on s: dyad carries a
-// peer's streams on tunnel.DefaultConnections QUIC connections, each of
-// which holds at most tunnel.MaxStreamsCap (10,000 fit from 3 on); stunnel
-// needs two descriptors per connection.
+// peer's streams on tunnel.DefaultConnections QUIC connections (dyad-conn1
+// on one), each of which holds at most tunnel.MaxStreamsCap (10,000 fit
+// from 3 on); stunnel needs two descriptors per connection.
 func idleTarget(s system, want int) int {
 	switch s.name() {
-	case "dyad", "dyad-nogro":
+	case sysDyad, sysNoGRO:
 		return min(want, dyadStreamCeiling)
+	case sysConn1:
+		return min(want, tunnel.MaxStreamsCap)
 	case "stunnel":
 		return min(want, stunnelIdleMax)
 	}
@@ -124,7 +126,7 @@ func run(quick bool, dyadBin, outDir string, reps int, only string) error {
 		res.Notes = append(res.Notes, "stunnel was not measured: stunnel4 is not installed (`make bench-deps` installs it as root).")
 	}
 	newSystems := func() []system {
-		s := []system{&direct{}, &quicRelay{}, &dyadSystem{bin: dyadBin}, &dyadSystem{bin: dyadBin, noGRO: true}}
+		s := []system{&direct{}, &quicRelay{}, &dyadSystem{bin: dyadBin}, &dyadSystem{bin: dyadBin, noGRO: true}, &dyadSystem{bin: dyadBin, conn1: true}}
 		if stunnelBin != "" {
 			s = append(s, &stunnelSystem{bin: stunnelBin})
 		}

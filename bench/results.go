@@ -23,6 +23,8 @@ type results struct {
 	DyadLimits limitsRecord `json:"dyad_limits"`
 	Notes      []string     `json:"notes"`
 	Cells      []*cell      `json:"cells"`
+	// Targets are issue 18's targets, judged on this run's medians.
+	Targets []target `json:"targets"`
 }
 
 // limitsRecord is the dyad configuration a run measured with: the
@@ -44,6 +46,10 @@ type cell struct {
 	Max      metrics   `json:"max"`
 	VsRelay  metrics   `json:"dyad_vs_quic_relay,omitempty"`
 	VsDirect metrics   `json:"dyad_vs_direct,omitempty"`
+	// VsNoGRO and VsConn1 compare dyad with the same build without GRO
+	// and with one connection per peer.
+	VsNoGRO metrics `json:"dyad_vs_dyad_nogro,omitempty"`
+	VsConn1 metrics `json:"dyad_vs_dyad_conn1,omitempty"`
 }
 
 func (r *results) add(scenario, system string, m metrics) {
@@ -84,7 +90,7 @@ func (r *results) finish() {
 		}
 	}
 	for _, c := range r.Cells {
-		if c.System != "dyad" {
+		if c.System != sysDyad {
 			continue
 		}
 		ratio := func(base *cell) metrics {
@@ -99,9 +105,12 @@ func (r *results) finish() {
 			}
 			return m
 		}
-		c.VsRelay = ratio(r.cell(c.Scenario, "quic-relay"))
-		c.VsDirect = ratio(r.cell(c.Scenario, "direct"))
+		c.VsRelay = ratio(r.cell(c.Scenario, sysRelay))
+		c.VsDirect = ratio(r.cell(c.Scenario, sysDirect))
+		c.VsNoGRO = ratio(r.cell(c.Scenario, sysNoGRO))
+		c.VsConn1 = ratio(r.cell(c.Scenario, sysConn1))
 	}
+	r.Targets = r.judge()
 }
 
 // headline is the figure a scenario is judged by, and its unit.
@@ -154,12 +163,14 @@ func (r *results) table(w io.Writer, markdown bool) {
 		if markdown {
 			fmt.Fprintf(w, "| %s |\n", strings.Join(cols, " | "))
 		} else {
-			fmt.Fprintf(w, "%-30s %-11s %-26s %-16s %-16s %s\n", cols[0], cols[1], cols[2], cols[3], cols[4], cols[5])
+			fmt.Fprintf(w, "%-30s %-11s %-26s %-9s %-9s %-9s %-9s %s\n", cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7])
 		}
 	}
-	row("scenario", "system", "median [min–max]", "dyad/quic-relay", "dyad/direct", "also (medians)")
 	if markdown {
-		row("---", "---", "---", "---", "---", "---")
+		row("scenario", "system", "median [min–max]", "dyad/quic-relay", "dyad/dyad-nogro", "dyad/dyad-conn1", "dyad/direct", "also (medians)")
+		row("---", "---", "---", "---", "---", "---", "---", "---")
+	} else {
+		row("scenario", "system", "median [min–max]", "/relay", "/nogro", "/conn1", "/direct", "also (medians)")
 	}
 	for _, sc := range r.scenarios() {
 		key, unit := headline(sc)
@@ -167,12 +178,11 @@ func (r *results) table(w io.Writer, markdown bool) {
 			if c.Scenario != sc {
 				continue
 			}
-			vsRelay, vsDirect := "", ""
-			if c.VsRelay != nil {
-				vsRelay = fmt.Sprintf("%.2fx", c.VsRelay[key])
-			}
-			if c.VsDirect != nil {
-				vsDirect = fmt.Sprintf("%.2fx", c.VsDirect[key])
+			ratio := func(m metrics) string {
+				if v, ok := m[key]; ok {
+					return fmt.Sprintf("%.2fx", v)
+				}
+				return ""
 			}
 			var also []string
 			for _, k := range extrasFor(sc) {
@@ -181,7 +191,7 @@ func (r *results) table(w io.Writer, markdown bool) {
 				}
 			}
 			row(sc, c.System, fmt.Sprintf("%s %s [%s–%s]", num(c.Median[key]), unit, num(c.Min[key]), num(c.Max[key])),
-				vsRelay, vsDirect, strings.Join(also, ", "))
+				ratio(c.VsRelay), ratio(c.VsNoGRO), ratio(c.VsConn1), ratio(c.VsDirect), strings.Join(also, ", "))
 		}
 	}
 }
@@ -211,6 +221,7 @@ func (r *results) write(dir string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "\ndyad bench (%s mode, %s, %d cores, %s, Go %s, quic-go %s) in %.0f s\n\n", r.Mode, r.Machine.CPU,
 		r.Machine.Cores, r.Machine.Kernel, r.Machine.Go, r.Machine.QuicGo, r.Seconds)
 	r.table(stdout, false)
+	r.targetTable(stdout, false)
 	for _, n := range r.Notes {
 		fmt.Fprintln(stdout, "\nnote:", n)
 	}
@@ -225,6 +236,7 @@ func (r *results) write(dir string, stdout io.Writer) error {
 		fmt.Fprintf(&md, "Each cell is the median of %d repetitions with min–max; systems ran interleaved. Ratios compare dyad's median with the baseline's median of the same run.\n\n", len(r.Cells[0].Runs))
 	}
 	r.table(&md, true)
+	r.targetTable(&md, true)
 	for _, n := range r.Notes {
 		fmt.Fprintf(&md, "\n> %s\n", n)
 	}

@@ -54,6 +54,9 @@ func limitsNote(idle int) string {
 		held = fmt.Sprintf("idle holds %d connections on dyad, not %d as on the others where they can: one QUIC connection carries at most %d streams "+
 			"(tunnel.MaxStreamsCap) and dyad dials %d per peer; per-connection figures at different counts compare only roughly", n, idle, tunnel.MaxStreamsCap, tunnel.DefaultConnections)
 	}
+	if n := min(idle, tunnel.MaxStreamsCap); n < idle {
+		held += fmt.Sprintf("; dyad-conn1 (tunnel.connections 1) holds %d, the streams of its one QUIC connection", n)
+	}
 	return fmt.Sprintf("dyad ran with tunnel.limits {streams_per_second: %v, stream_burst: %v, max_streams: %v} on both sites and max_connections %v on its forward "+
 		"(defaults: %v, %v, %v and %v), so that no limit refuses a scenario's connection: with the defaults churn is refused after ~1,100 connections "+
 		"and idle at 1,024. Churn opens at least %d connections per system and repetition. %s.",
@@ -95,20 +98,39 @@ func (d *direct) stop()         {}
 
 // dyadSystem runs two real dyad daemons; with noGRO ("dyad-nogro") the
 // same binary with receive offload off (DYAD_DISABLE_GRO=1), the baseline
-// of what GRO changes.
+// of what GRO changes; with conn1 ("dyad-conn1") the same binary with
+// tunnel.connections 1, the baseline of what several connections per peer
+// change.
 type dyadSystem struct {
 	bin   string
 	noGRO bool
+	conn1 bool
 	a, b  *daemontest.Site
 	local string
 }
 
+// The dyad systems' names; ratios (results.finish) and targets compare
+// sysDyad with the other two.
+const (
+	sysDyad   = "dyad"
+	sysNoGRO  = "dyad-nogro"
+	sysConn1  = "dyad-conn1"
+	sysRelay  = "quic-relay"
+	sysDirect = "direct"
+)
+
 func (d *dyadSystem) name() string {
-	if d.noGRO {
-		return "dyad-nogro"
+	switch {
+	case d.noGRO:
+		return sysNoGRO
+	case d.conn1:
+		return sysConn1
 	}
-	return "dyad"
+	return sysDyad
 }
+
+// isDyad reports whether a system name is one of the dyad systems.
+func isDyad(name string) bool { return name == sysDyad || name == sysNoGRO || name == sysConn1 }
 
 // prepare makes the two identities, which a user does once, ahead of time:
 // the setup scenario does not count it.
@@ -140,6 +162,9 @@ func (d *dyadSystem) start(dir, target string, pl *placement) error {
 	d.a.Config.Log.Level, d.b.Config.Log.Level = "warn", "warn"
 	if d.noGRO {
 		d.a.Env, d.b.Env = []string{udpbatch.EnvDisable + "=1"}, []string{udpbatch.EnvDisable + "=1"}
+	}
+	if d.conn1 {
+		d.a.Config.Tunnel.Connections = 1 // site-a dials
 	}
 	d.a.Config.Tunnel.Limits, d.b.Config.Tunnel.Limits = benchLimits, benchLimits
 	d.b.Config.Peers = []daemon.PeerFile{d.a.Peer(false)}
