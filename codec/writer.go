@@ -58,12 +58,35 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return written, w.err
 }
 
+// ReadWaiter is a source that can wait until its next Read would not block
+// (data, end of stream or an error is there) without a buffer: a TCP
+// connection polled by the runtime, for example.
+type ReadWaiter interface {
+	// WaitRead returns nil once a Read would not block, or the error that
+	// ends the source (it was closed, a deadline passed).
+	WaitRead() error
+}
+
 // ReadFrom reads src until EOF, sealing what each Read returns, in place in
 // a pooled buffer, as one record. It does not send the close record.
+//
+// If src is a ReadWaiter, ReadFrom calls WaitRead before it takes a buffer
+// whenever src was drained (at the start and after a Read that did not
+// fill the buffer), so that a stream whose sender is quiet holds no buffer;
+// after a Read that filled the buffer it reads again at once.
 func (w *Writer) ReadFrom(src io.Reader) (int64, error) {
 	var total int64
 	size := smallPayload
+	waiter, _ := src.(ReadWaiter)
+	drained := true
 	for w.err == nil {
+		if waiter != nil && drained {
+			// An idle stream holds no buffer (README, "Performance":
+			// memory per idle connection; TestReadFromWaitsBeforeTakingBuffer).
+			if err := waiter.WaitRead(); err != nil {
+				return total, err
+			}
+		}
 		pool := writePool(size)
 		bp := pool.get()
 		b := *bp
@@ -75,6 +98,7 @@ func (w *Writer) ReadFrom(src io.Reader) (int64, error) {
 			}
 		}
 		pool.put(bp)
+		drained = n < size
 		// Grow while the source keeps filling the buffer; shrink back
 		// when it goes quiet, so an idle stream holds a small buffer.
 		switch {

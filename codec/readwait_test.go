@@ -1,0 +1,73 @@
+package codec
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"testing"
+)
+
+// waitingSource is a ReadWaiter that hands out its chunks one Read at a
+// time and logs every WaitRead and Read.
+type waitingSource struct {
+	chunks  [][]byte
+	log     []string
+	waitErr error
+}
+
+func (s *waitingSource) WaitRead() error {
+	s.log = append(s.log, "wait")
+	return s.waitErr
+}
+
+func (s *waitingSource) Read(p []byte) (int, error) {
+	if len(s.chunks) == 0 {
+		s.log = append(s.log, "eof")
+		return 0, io.EOF
+	}
+	n := copy(p, s.chunks[0])
+	s.chunks[0] = s.chunks[0][n:]
+	if len(s.chunks[0]) == 0 {
+		s.chunks = s.chunks[1:]
+	}
+	s.log = append(s.log, fmt.Sprint(n))
+	return n, nil
+}
+
+// TestReadFromWaitsBeforeTakingBuffer: with a ReadWaiter source, ReadFrom
+// waits for data before it takes a pooled buffer whenever the source was
+// drained (at the start and after a short read), so that a stream whose
+// sender is quiet holds no buffer while it waits; after a read that
+// filled the buffer it reads again at once (no extra call on the bulk
+// path). A WaitRead error ends ReadFrom.
+func TestReadFromWaitsBeforeTakingBuffer(t *testing.T) {
+	s := newTestSession(t, SuiteAES256GCM, testConn, testPairing)
+	big := bytes.Repeat([]byte{7}, smallPayload+MaxPayload+MaxPayload/2)
+	src := &waitingSource{chunks: [][]byte{[]byte("hello"), big, []byte("bye")}}
+	var wire bytes.Buffer
+	w := s.NewWriter(&wire, 4, FromInitiator)
+	n, err := w.ReadFrom(src)
+	if err != nil || n != int64(5+len(big)+3) {
+		t.Fatalf("ReadFrom = %d, %v", n, err)
+	}
+	want := []string{"wait", "5", "wait", fmt.Sprint(smallPayload), fmt.Sprint(MaxPayload), fmt.Sprint(MaxPayload / 2), "wait", "3", "wait", "eof"}
+	if !slices.Equal(src.log, want) {
+		t.Fatalf("calls %v, want %v", src.log, want)
+	}
+	w.Close()
+	got, err := openAll(s, wire.Bytes())
+	if err != nil || !bytes.Equal(got, slices.Concat([]byte("hello"), big, []byte("bye"))) {
+		t.Fatalf("round trip: %d bytes, %v", len(got), err)
+	}
+
+	boom := errors.New("local connection closed")
+	src = &waitingSource{chunks: [][]byte{[]byte("x")}, waitErr: boom}
+	if _, err := s.NewWriter(io.Discard, 8, FromInitiator).ReadFrom(src); !errors.Is(err, boom) {
+		t.Fatalf("WaitRead error: ReadFrom = %v", err)
+	}
+	if !slices.Equal(src.log, []string{"wait"}) {
+		t.Fatalf("read after a failed wait: %v", src.log)
+	}
+}

@@ -1,0 +1,116 @@
+package tunnel
+
+import (
+	"errors"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/dyad-tunnel/dyad/codec"
+)
+
+// TestLocalSourceWaitRead: the local connection's WaitRead returns at once
+// when data is already there (also data a short Read left behind, which
+// the poller does not signal again), blocks while the client is quiet and
+// returns when data or the client's FIN arrives, and fails on a deadline
+// or a close, so a waiting stream is never stuck.
+func TestLocalSourceWaitRead(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tc := c.(*net.TCPConn)
+	src, ok := waitingSource(tc, tc).(codec.ReadWaiter)
+	if !ok {
+		t.Fatal("the local source is no codec.ReadWaiter")
+	}
+	waited := func() chan error {
+		done := make(chan error, 1)
+		go func() { done <- src.WaitRead() }()
+		return done
+	}
+	within := func(done chan error, d time.Duration) (error, bool) {
+		select {
+		case err := <-done:
+			return err, true
+		case <-time.After(d):
+			return nil, false
+		}
+	}
+
+	// Quiet client: WaitRead blocks, then returns when data comes.
+	done := waited()
+	if _, ok := within(done, 100*time.Millisecond); ok {
+		t.Fatal("WaitRead returned with nothing to read")
+	}
+	client.Write([]byte("abcdef"))
+	if err, ok := within(done, 5*time.Second); !ok || err != nil {
+		t.Fatalf("WaitRead after data: %v (returned: %v)", err, ok)
+	}
+	// A short Read leaves data behind: WaitRead must see it.
+	var b [2]byte
+	if n, _ := tc.Read(b[:]); n != 2 {
+		t.Fatalf("read %d bytes", n)
+	}
+	if err, ok := within(waited(), 5*time.Second); !ok || err != nil {
+		t.Fatalf("WaitRead with data left in the socket: %v (returned: %v)", err, ok)
+	}
+	var rest [16]byte
+	if n, _ := tc.Read(rest[:]); n != 4 {
+		t.Fatalf("read %d bytes, want the 4 left", n)
+	}
+	// A deadline ends the wait.
+	tc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if err, ok := within(waited(), 5*time.Second); !ok || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("WaitRead past a deadline: %v (returned: %v)", err, ok)
+	}
+	tc.SetReadDeadline(time.Time{})
+	// The client's FIN: WaitRead returns and Read sees the end.
+	done = waited()
+	client.(*net.TCPConn).CloseWrite()
+	if err, ok := within(done, 5*time.Second); !ok || err != nil {
+		t.Fatalf("WaitRead after FIN: %v (returned: %v)", err, ok)
+	}
+	// Closing the connection (pump's abort) ends a wait with an error.
+	c2, _ := net.Dial("tcp", ln.Addr().String())
+	defer c2.Close()
+	s2, _ := ln.Accept()
+	done = make(chan error, 1)
+	go func() { done <- waitingSource(s2, s2.(*net.TCPConn)).(codec.ReadWaiter).WaitRead() }()
+	time.Sleep(50 * time.Millisecond)
+	s2.Close()
+	if err, ok := within(done, 5*time.Second); !ok || err == nil {
+		t.Fatalf("WaitRead on a closed connection: %v (returned: %v)", err, ok)
+	}
+}
+
+// BenchmarkLocalSourceWaitRead: a wait on a connection with data costs one
+// peek and allocates nothing.
+func BenchmarkLocalSourceWaitRead(b *testing.B) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	client, _ := net.Dial("tcp", ln.Addr().String())
+	defer client.Close()
+	c, _ := ln.Accept()
+	defer c.Close()
+	client.Write([]byte("x"))
+	src := waitingSource(c, c.(*net.TCPConn)).(codec.ReadWaiter)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := src.WaitRead(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
