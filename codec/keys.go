@@ -154,13 +154,45 @@ func (s *Session) trafficSecret(preamble [PreambleSize]byte, streamID uint64, di
 	binary.BigEndian.PutUint64(info[n:], streamID)
 	info[n+8] = byte(dir)
 	var out [keySize]byte
-	secret, err := hkdf.Expand(sha256.New, s.prk[:], string(info[:]), keySize)
-	if err != nil {
-		return out, fmt.Errorf("codec: derive stream secret: %w", err)
-	}
-	copy(out[:], secret)
-	clear(secret)
+	expand(&s.prk, info[:], out[:])
 	return out, nil
+}
+
+// maxExpandInfo is the longest info expand takes: the stream label's.
+const maxExpandInfo = len(labelStream) + PreambleSize + 8 + 1
+
+// expand is HKDF-Expand (RFC 5869) with SHA-256 for an output of at most
+// one hash (len(out) <= 32): T(1) = HMAC-SHA256(secret, info || 0x01). The
+// HMAC (RFC 2104) is written out over stack buffers so that a new stream's
+// key derivation allocates nothing (crypto/hkdf builds a crypto/hmac per
+// call); TestExpandMatchesHKDF checks it against crypto/hkdf.
+func expand(secret *[keySize]byte, info []byte, out []byte) {
+	const block = 64 // SHA-256's block; the secret is shorter, so it is the HMAC key as is
+	var inner [block + maxExpandInfo + 1]byte
+	var outer [block + sha256.Size]byte
+	for i := range block {
+		k := byte(0)
+		if i < keySize {
+			k = secret[i]
+		}
+		inner[i], outer[i] = k^0x36, k^0x5c
+	}
+	n := block + copy(inner[block:block+maxExpandInfo], info)
+	inner[n] = 1
+	h := sha256.Sum256(inner[:n+1])
+	copy(outer[block:], h[:])
+	t := sha256.Sum256(outer[:])
+	copy(out, t[:])
+	clear(inner[:])
+	clear(outer[:])
+	clear(h[:])
+	clear(t[:])
+}
+
+// deriveKeyIV derives a traffic secret's AEAD key and IV.
+func deriveKeyIV(secret *[keySize]byte, key *[keySize]byte, iv *[nonceSize]byte) {
+	expand(secret, []byte(labelKey), key[:])
+	expand(secret, []byte(labelIV), iv[:])
 }
 
 // halfKeys is the key state of one stream direction, shared in shape by the
@@ -179,21 +211,15 @@ type halfKeys struct {
 
 // install derives key and IV from secret and resets the counters.
 func (h *halfKeys) install(secret [keySize]byte) error {
-	key, err := hkdf.Expand(sha256.New, secret[:], labelKey, keySize)
-	if err != nil {
-		return fmt.Errorf("codec: derive key: %w", err)
-	}
-	defer clear(key)
-	iv, err := hkdf.Expand(sha256.New, secret[:], labelIV, nonceSize)
-	if err != nil {
-		return fmt.Errorf("codec: derive iv: %w", err)
-	}
-	aead, err := h.suite.newAEAD(key)
+	var key [keySize]byte
+	var iv [nonceSize]byte
+	deriveKeyIV(&secret, &key, &iv)
+	defer clear(key[:])
+	aead, err := h.suite.newAEAD(key[:])
 	if err != nil {
 		return fmt.Errorf("codec: %v: %w", h.suite, err)
 	}
-	h.aead, h.secret, h.seq, h.bytes = aead, secret, 0, 0
-	copy(h.iv[:], iv)
+	h.aead, h.secret, h.iv, h.seq, h.bytes = aead, secret, iv, 0, 0
 	return nil
 }
 
@@ -202,13 +228,8 @@ func (h *halfKeys) update() error {
 	if h.gen >= h.limits.keyUpdates {
 		return fmt.Errorf("%w: %d key updates done", ErrKeyExhausted, h.gen)
 	}
-	next, err := hkdf.Expand(sha256.New, h.secret[:], labelUpdate, keySize)
-	if err != nil {
-		return fmt.Errorf("codec: derive next secret: %w", err)
-	}
 	var secret [keySize]byte
-	copy(secret[:], next)
-	clear(next)
+	expand(&h.secret, []byte(labelUpdate), secret[:])
 	if err := h.install(secret); err != nil {
 		return err
 	}
