@@ -104,3 +104,28 @@ func smallEcho(b *testing.B) string {
 	}()
 	return ln.Addr().String()
 }
+
+// BenchmarkForwardRR is one forwarded connection's request/response
+// latency, 1 KiB each way, both nodes in this process: each op is one
+// exchange, so ns/op is its round trip through both tunnel ends.
+func BenchmarkForwardRR(b *testing.B) {
+	echo := smallEcho(b)
+	ida, idb := newIdentity(b), newIdentity(b)
+	nb := startNode(b, idb, Config{Peers: []Peer{{Name: "a", Key: ida.Public()}}, Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"a"}}}})
+	na := startNode(b, ida, Config{Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: nb.Addr().String()}}})
+	c, err := net.Dial("tcp", forwardLocal(b, na, "echo"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 1024)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
