@@ -77,10 +77,14 @@ func (r *results) judge() []target {
 
 // targetTable writes the judged targets.
 func (r *results) targetTable(w io.Writer, markdown bool) {
+	caveat := ""
+	if r.Mode == "quick" {
+		caveat = " Quick mode: one repetition of short cells (300 ms, a few RTTs on the emulated link), a smoke test, not a judgement."
+	}
 	if markdown {
-		fmt.Fprintf(w, "\n| target | dyad | status |\n| --- | --- | --- |\n")
+		fmt.Fprintf(w, "\nIssue 18's targets on this run's medians (reported, never enforced).%s\n\n| target | dyad | status |\n| --- | --- | --- |\n", caveat)
 	} else {
-		fmt.Fprintf(w, "\ntargets (issue 18; reported, never enforced):\n")
+		fmt.Fprintf(w, "\ntargets (issue 18; reported, never enforced):%s\n", caveat)
 	}
 	for _, t := range r.Targets {
 		v := "–"
