@@ -36,11 +36,12 @@ func main() {
 	}
 	quick := flag.Bool("quick", false, "smoke mode: every system and scenario, briefly, one repetition")
 	dyadBin := flag.String("dyad", "bin/dyad", "the dyad binary")
+	baseBin := flag.String("dyad-base", "", "a second dyad build (e.g. main's) run beside -dyad as the system dyad-base, for A/B in the same run")
 	out := flag.String("out", "bench/out", "folder for results.json, report.md and the charts")
 	reps := flag.Int("reps", 3, "repetitions per cell in full mode (systems interleaved)")
 	only := flag.String("only", "", "run only the scenario groups whose name contains this (bulk, rr, churn, idle, setup, impaired; loss0.1%, reorder... for one emulated link)")
 	flag.Parse()
-	if err := run(*quick, *dyadBin, *out, *reps, *only); err != nil {
+	if err := run(*quick, *dyadBin, *baseBin, *out, *reps, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -87,7 +88,7 @@ func makePlan(quick bool, reps int) plan {
 // from 3 on); stunnel needs two descriptors per connection.
 func idleTarget(s system, want int) int {
 	switch s.name() {
-	case sysDyad, sysNoGRO:
+	case sysDyad, sysNoGRO, sysBase:
 		return min(want, dyadStreamCeiling)
 	case sysConn1:
 		return min(want, tunnel.MaxStreamsCap)
@@ -97,7 +98,7 @@ func idleTarget(s system, want int) int {
 	return want
 }
 
-func run(quick bool, dyadBin, outDir string, reps int, only string) error {
+func run(quick bool, dyadBin, baseBin, outDir string, reps int, only string) error {
 	want := func(group string) bool { return only == "" || strings.Contains(group, only) }
 	raiseFileLimit()
 	p := makePlan(quick, reps)
@@ -127,6 +128,9 @@ func run(quick bool, dyadBin, outDir string, reps int, only string) error {
 	}
 	newSystems := func() []system {
 		s := []system{&direct{}, &quicRelay{}, &dyadSystem{bin: dyadBin}, &dyadSystem{bin: dyadBin, noGRO: true}, &dyadSystem{bin: dyadBin, conn1: true}}
+		if baseBin != "" {
+			s = append(s, &dyadSystem{bin: baseBin, base: true})
+		}
 		if stunnelBin != "" {
 			s = append(s, &stunnelSystem{bin: stunnelBin})
 		}

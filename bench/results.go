@@ -50,6 +50,8 @@ type cell struct {
 	// and with one connection per peer.
 	VsNoGRO metrics `json:"dyad_vs_dyad_nogro,omitempty"`
 	VsConn1 metrics `json:"dyad_vs_dyad_conn1,omitempty"`
+	// VsBase compares dyad with the -dyad-base build, when one ran.
+	VsBase metrics `json:"dyad_vs_dyad_base,omitempty"`
 }
 
 func (r *results) add(scenario, system string, m metrics) {
@@ -109,6 +111,7 @@ func (r *results) finish() {
 		c.VsDirect = ratio(r.cell(c.Scenario, sysDirect))
 		c.VsNoGRO = ratio(r.cell(c.Scenario, sysNoGRO))
 		c.VsConn1 = ratio(r.cell(c.Scenario, sysConn1))
+		c.VsBase = ratio(r.cell(c.Scenario, sysBase))
 	}
 	r.Targets = r.judge()
 }
@@ -185,6 +188,9 @@ func (r *results) table(w io.Writer, markdown bool) {
 				return ""
 			}
 			var also []string
+			if v := ratio(c.VsBase); v != "" {
+				also = append(also, "dyad/dyad-base "+v)
+			}
 			for _, k := range extrasFor(sc) {
 				if v, ok := c.Median[k]; ok {
 					also = append(also, fmt.Sprintf("%s %s", k, num(v)))

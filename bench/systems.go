@@ -105,6 +105,7 @@ type dyadSystem struct {
 	bin   string
 	noGRO bool
 	conn1 bool
+	base  bool // another build (-dyad-base), same configuration as dyad
 	a, b  *daemontest.Site
 	local string
 }
@@ -115,6 +116,7 @@ const (
 	sysDyad   = "dyad"
 	sysNoGRO  = "dyad-nogro"
 	sysConn1  = "dyad-conn1"
+	sysBase   = "dyad-base"
 	sysRelay  = "quic-relay"
 	sysDirect = "direct"
 )
@@ -125,12 +127,11 @@ func (d *dyadSystem) name() string {
 		return sysNoGRO
 	case d.conn1:
 		return sysConn1
+	case d.base:
+		return sysBase
 	}
 	return sysDyad
 }
-
-// isDyad reports whether a system name is one of the dyad systems.
-func isDyad(name string) bool { return name == sysDyad || name == sysNoGRO || name == sysConn1 }
 
 // prepare makes the two identities, which a user does once, ahead of time:
 // the setup scenario does not count it.
