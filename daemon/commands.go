@@ -76,6 +76,7 @@ func Check(path string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "%s: ok: site %s, identity %s, %d peers, %d services, %d forwards\n", path, cfg.Site,
 		id.Public().Fingerprint(), len(cfg.Tunnel.Peers), len(cfg.Tunnel.Services), len(cfg.File.Forwards))
+	fmt.Fprintf(out, "%s: state %s, control socket %s\n", path, cfg.StateDir, cfg.ControlSocket)
 	return nil
 }
 
