@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"sync"
 	"time"
 
@@ -79,8 +78,6 @@ func ControlCall(configPath, op string, args, result any, timeout time.Duration)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if err := control.Call(ctx, cfg.ControlSocket, op, args, result); err != nil {
-		return fmt.Errorf("dyad %s: %w", op, err)
-	}
-	return nil
+	// control.Call's errors start with op.
+	return control.Call(ctx, cfg.ControlSocket, op, args, result)
 }

@@ -202,6 +202,11 @@ func (d *Daemon) controlJoin(ctx context.Context, c control.Caller, raw json.Raw
 		errs = append(errs, err)
 	}
 	if reply == nil {
+		for _, e := range errs {
+			if errors.Is(e, tunnel.ErrNoEnrollment) {
+				return nil, fmt.Errorf("%s takes no enrollment now: no invitation is live there (it was revoked, or it expired); ask for a new one; nothing changed", tok.Site)
+			}
+		}
 		return nil, fmt.Errorf("no answer from %s at %s: %w (is its daemon running and its QUIC port reachable from here?)",
 			tok.Site, strings.Join(tok.Endpoints, ", "), errors.Join(errs...))
 	}
@@ -296,12 +301,13 @@ func (d *Daemon) applyStateLocked() error {
 	return nil
 }
 
-// setPending records whether an invitation waits (the listener then
-// offers enrollment).
+// setPending records whether an invitation is live: pending, or used
+// and not yet expired. The listener offers enrollment while one is, so
+// that a replayed token is told "used" rather than meeting a closed door.
 func (d *Daemon) setPending(st *state.State, now time.Time) {
 	n := 0
 	for _, in := range st.Invites {
-		if in.Used.IsZero() && now.Before(in.Expires) {
+		if now.Before(in.Expires) {
 			n++
 		}
 	}

@@ -178,6 +178,10 @@ func TestInviteJoinRefusals(t *testing.T) {
 		}
 		return s
 	}
+	// No invitation is pending now: the used one still answers "used".
+	if out, code := join(t, c, token); code == 0 || !strings.Contains(out, "used already") {
+		t.Fatalf("replay with no invitation pending: %d %s", code, out)
+	}
 	mistyped := []byte(token)
 	i := len(mistyped) / 2
 	mistyped[i] = map[bool]byte{true: 'b', false: 'a'}[mistyped[i] == 'a']
