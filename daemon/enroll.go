@@ -32,6 +32,7 @@ import (
 
 func init() {
 	registerControl("invite", (*Daemon).controlInvite)
+	registerControl("invite.wait", (*Daemon).controlInviteWait)
 	registerControl("join", (*Daemon).controlJoin)
 }
 
@@ -400,8 +401,9 @@ func (d *Daemon) enroll(signKey []byte, remote net.Addr, req []byte) (enroll.Sta
 			return enroll.StatusConflict, "", "", inv
 		}
 	}
+	phrase := enroll.Phrase(d.id.Public(), j.Key, j.Secret)
 	st.Peers = append(st.Peers, state.Peer{Name: inv.Peer, PublicKey: j.Key.String(), Services: inv.Services,
-		Enrolled: now.UTC(), Role: "invite", By: inv.By})
+		Enrolled: now.UTC(), Role: "invite", By: inv.By, Phrase: phrase})
 	if err := st.SavePeers(); err != nil {
 		d.log.Error().Err(err).Msg("enrollment: cannot write the state directory")
 		return enroll.StatusFailed, "", "", inv
@@ -419,7 +421,58 @@ func (d *Daemon) enroll(signKey []byte, remote net.Addr, req []byte) (enroll.Sta
 		d.log.Error().Err(err).Msg("enrollment: cannot mark the invitation used")
 	}
 	d.setPending(st, now)
-	return enroll.StatusOK, inv.Peer, enroll.Phrase(d.id.Public(), j.Key, j.Secret), inv
+	return enroll.StatusOK, inv.Peer, phrase, inv
+}
+
+// WaitArgs are dyad invite --wait's arguments.
+type WaitArgs struct {
+	Peer    string        `json:"peer"`
+	Timeout time.Duration `json:"timeout"`
+}
+
+// WaitResult is what dyad invite --wait prints once the peer joined.
+type WaitResult struct {
+	Peer        string `json:"peer"`
+	Fingerprint string `json:"fingerprint"`
+	Phrase      string `json:"phrase"`
+}
+
+// maxWait bounds one invite.wait call.
+const maxWait = time.Hour
+
+// controlInviteWait returns once the invitation for a peer was used,
+// with the verification phrase, or fails after the timeout.
+func (d *Daemon) controlInviteWait(ctx context.Context, _ control.Caller, raw json.RawMessage) (any, error) {
+	var a WaitArgs
+	if err := strictJSON(raw, &a); err != nil {
+		return nil, err
+	}
+	if a.Timeout <= 0 || a.Timeout > maxWait {
+		return nil, fmt.Errorf("--wait %v: from 1s to %v", a.Timeout, maxWait)
+	}
+	deadline := time.Now().Add(a.Timeout)
+	for {
+		st, err := state.Load(d.cfg.Load().StateDir)
+		if err != nil {
+			return nil, err
+		}
+		if i, ok := st.Peer(a.Peer); ok && st.Peers[i].Role == "invite" {
+			p := st.Peers[i]
+			k, err := identity.ParsePublicKey(p.PublicKey)
+			if err != nil {
+				return nil, err
+			}
+			return WaitResult{Peer: p.Name, Fingerprint: k.Fingerprint(), Phrase: p.Phrase}, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%s has not joined within %v; the invitation stays valid until it expires", a.Peer, a.Timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 var _ tunnel.Enroller = (*Daemon)(nil)

@@ -50,6 +50,9 @@ type Peer struct {
 	Role     string    `json:"role"`
 	// By is the uid that ran the command.
 	By uint32 `json:"by_uid"`
+	// Phrase is the enrollment's verification phrase (not a secret: a
+	// hash of both keys and the used secret), for dyad invite --wait.
+	Phrase string `json:"phrase,omitempty"`
 }
 
 // Forward is a local port carried to a service of an enrolled peer.
