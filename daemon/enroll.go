@@ -435,6 +435,10 @@ type WaitResult struct {
 	Peer        string `json:"peer"`
 	Fingerprint string `json:"fingerprint"`
 	Phrase      string `json:"phrase"`
+	// Entry is the YAML a declarative configuration adds for the peer
+	// (its peers entry and the services' allow lists), to move it out of
+	// the state directory.
+	Entry string `json:"entry"`
 }
 
 // maxWait bounds one invite.wait call.
@@ -462,7 +466,7 @@ func (d *Daemon) controlInviteWait(ctx context.Context, _ control.Caller, raw js
 			if err != nil {
 				return nil, err
 			}
-			return WaitResult{Peer: p.Name, Fingerprint: k.Fingerprint(), Phrase: p.Phrase}, nil
+			return WaitResult{Peer: p.Name, Fingerprint: k.Fingerprint(), Phrase: p.Phrase, Entry: inviterEntry(p)}, nil
 		}
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("%s has not joined within %v; the invitation stays valid until it expires", a.Peer, a.Timeout)
@@ -498,6 +502,19 @@ func printEntry(sp state.Peer) string {
 		Forwards []ForwardConfig `yaml:"forwards,omitempty"`
 	}{f.Peers, f.Forwards})
 	return string(out)
+}
+
+// inviterEntry is the YAML for an invited peer: its peers entry, and the
+// services whose allow lists must name it.
+func inviterEntry(p state.Peer) string {
+	out, _ := yaml.Marshal(struct {
+		Peers []PeerFile `yaml:"peers"`
+	}{[]PeerFile{{Name: p.Name, PublicKey: p.PublicKey}}})
+	s := string(out)
+	if len(p.Services) > 0 {
+		s += fmt.Sprintf("# and add %s to the allow list of: %s\n", p.Name, strings.Join(p.Services, ", "))
+	}
+	return s
 }
 
 func strictJSON(raw json.RawMessage, v any) error {
