@@ -334,13 +334,15 @@ func (d *Daemon) auditEnrollRefused(signKey []byte, remote net.Addr, reason stri
 // trusted; a refusal changes nothing and is audited (THREATS P1, tested by
 // TestInviteJoinRefusals).
 func (d *Daemon) Enroll(_ context.Context, signKey []byte, remote net.Addr, req []byte) []byte {
-	status, name, phrase, inv := d.enroll(signKey, remote, req)
+	j, err := enroll.ParseJoin(req)
+	if err != nil {
+		// Answered as an unknown secret: a malformed request learns no more.
+		d.auditEnrollRefused(signKey, remote, "malformed")
+		return enroll.AppendReply(nil, enroll.StatusInvalid)
+	}
+	status, name, phrase, inv := d.enroll(signKey, j)
 	if status != enroll.StatusOK {
-		reason := status.String()
-		if name == "malformed" {
-			reason = "malformed"
-		}
-		d.auditEnrollRefused(signKey, remote, reason)
+		d.auditEnrollRefused(signKey, remote, status.String())
 		return enroll.AppendReply(nil, status)
 	}
 	host, _ := splitAddr(remote)
@@ -359,11 +361,10 @@ func (d *Daemon) Enroll(_ context.Context, signKey []byte, remote net.Addr, req 
 	return enroll.AppendReply(nil, status)
 }
 
-func (d *Daemon) enroll(signKey []byte, remote net.Addr, req []byte) (enroll.Status, string, string, state.Invite) {
-	j, err := enroll.ParseJoin(req)
-	if err != nil {
-		return enroll.StatusInvalid, "malformed", "", state.Invite{}
-	}
+// enroll checks a parsed request against the invitations and, when it
+// holds, pins the joiner; it returns the status, and on success the peer
+// name, the verification phrase and the invitation.
+func (d *Daemon) enroll(signKey []byte, j *enroll.Join) (enroll.Status, string, string, state.Invite) {
 	if subtle.ConstantTimeCompare(j.Key.Sign[:], signKey) != 1 {
 		return enroll.StatusBadKey, "", "", state.Invite{}
 	}
