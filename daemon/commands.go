@@ -71,11 +71,15 @@ func Check(path string, out io.Writer) error {
 			return fmt.Errorf("%s: peer %q: %w", path, p.Name, err)
 		}
 	}
+	for _, n := range cfg.Notes {
+		fmt.Fprintf(out, "%s: warning: %s\n", path, n)
+	}
 	for _, w := range ConnectionWarnings(cfg.Tunnel) {
 		fmt.Fprintf(out, "%s: warning: %s\n", path, w)
 	}
 	fmt.Fprintf(out, "%s: ok: site %s, identity %s, %d peers, %d services, %d forwards\n", path, cfg.Site,
 		id.Public().Fingerprint(), len(cfg.Tunnel.Peers), len(cfg.Tunnel.Services), len(cfg.File.Forwards))
+	fmt.Fprintf(out, "%s: state %s, control socket %s\n", path, cfg.StateDir, cfg.ControlSocket)
 	return nil
 }
 

@@ -24,6 +24,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/dyad-tunnel/dyad/codec"
+	"github.com/dyad-tunnel/dyad/daemon/state"
 	"github.com/dyad-tunnel/dyad/tunnel"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
@@ -47,6 +48,25 @@ type File struct {
 	Services []ServiceFile   `yaml:"services,omitempty"`
 	Forwards []ForwardConfig `yaml:"forwards,omitempty"`
 	Audit    AuditFile       `yaml:"audit,omitempty"`
+	// StateDir holds what the daemon itself writes and keeps across
+	// restarts: enrolled peers (dyad join, dyad invite) and, by default, the
+	// control socket. Relative to the configuration file's folder; empty
+	// means "state" beside it. Under systemd: /var/lib/dyad
+	// (StateDirectory=dyad).
+	StateDir string `yaml:"state_dir,omitempty"`
+	// Control is the local control socket the dyad commands reach a running
+	// daemon through.
+	Control ControlFile `yaml:"control,omitempty"`
+}
+
+// ControlFile sets the local control socket (package control).
+type ControlFile struct {
+	// Socket is the unix socket's path, relative to the configuration
+	// file's folder. Empty means control.sock in the state directory.
+	Socket string `yaml:"socket,omitempty"`
+	// Group, when set, lets the members of this group call too (socket
+	// mode 0660); empty means only the daemon's user (and root), mode 0600.
+	Group string `yaml:"group,omitempty"`
 }
 
 // LogFile sets the operational log.
@@ -287,8 +307,19 @@ func (d Duration) MarshalYAML() (any, error) {
 
 // Config is a loaded, validated configuration.
 type Config struct {
-	Path            string
-	File            File
+	Path string
+	// File is the configuration in force: the YAML file as written, with
+	// the state directory's enrolled peers added (their allow-list entries
+	// and forwards too) and the peers of revoked keys removed.
+	File File
+	// Written is the YAML file as written.
+	Written File
+	// State is what the state directory held when the file was loaded.
+	State *state.State
+	// Notes are warnings about the merge, for dyad check and the start
+	// log: a revoked key the YAML still lists, an enrolled peer's service
+	// that is gone.
+	Notes           []string
 	Site            string
 	IdentityPath    string
 	LogLevel        zerolog.Level
@@ -296,6 +327,8 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	Audit           AuditConfig
 	SHA256          string // of the file as read, hex
+	StateDir        string // resolved state_dir
+	ControlSocket   string // resolved control.socket
 }
 
 // ConfigError is a problem in the configuration file, with its place.
@@ -347,14 +380,24 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, &ConfigError{Path: path, Err: err}
 	}
-	v := validator{path: path, root: &root}
-	c := v.check(f)
-	v.checkAudit(f.Audit, c)
+	sum := sha256.Sum256(data)
+	return build(path, f, &root, hex.EncodeToString(sum[:]))
+}
+
+// build validates f, the file at path as written, with the state
+// directory's peers merged in (stateconfig.go). root is the file's YAML
+// tree for line numbers (nil: none).
+func build(path string, f File, root *yaml.Node, sum string) (*Config, error) {
+	v := validator{path: path, root: root}
+	written := f
+	merged, st, notes := v.mergeState(f)
+	c := v.check(merged)
+	v.checkAudit(merged.Audit, c)
 	if v.err != nil {
 		return nil, v.err
 	}
-	sum := sha256.Sum256(data)
-	c.SHA256 = hex.EncodeToString(sum[:])
+	c.Written, c.State, c.Notes = written, st, notes
+	c.SHA256 = sum
 	return c, nil
 }
 
@@ -399,6 +442,9 @@ func (v *validator) fail(err error, path ...any) {
 // lineOf finds the line of the node at path (map keys and list indexes),
 // or of its deepest ancestor that exists.
 func lineOf(n *yaml.Node, path ...any) int {
+	if n == nil {
+		return 0
+	}
 	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
 		n = n.Content[0]
 	}
@@ -425,6 +471,21 @@ func lineOf(n *yaml.Node, path ...any) int {
 		n, line = next, next.Line
 	}
 	return line
+}
+
+// stateDir resolves f's state_dir.
+func (v *validator) stateDir(f File) string { return v.resolve(f.StateDir, "state") }
+
+// resolve makes a path from the file absolute against the file's folder;
+// empty means def.
+func (v *validator) resolve(p, def string) string {
+	if p == "" {
+		p = def
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(filepath.Dir(v.path), p)
+	}
+	return filepath.Clean(p)
 }
 
 func validSite(s string) bool {
@@ -509,6 +570,15 @@ func (v *validator) check(f File) *Config {
 	c.IdentityPath = f.Identity
 	if f.Identity != "" && !filepath.IsAbs(f.Identity) {
 		c.IdentityPath = filepath.Join(filepath.Dir(v.path), f.Identity)
+	}
+	c.StateDir = v.stateDir(f)
+	c.ControlSocket = filepath.Join(c.StateDir, "control.sock")
+	if f.Control.Socket != "" {
+		c.ControlSocket = v.resolve(f.Control.Socket, "")
+	}
+	// sun_path holds 108 bytes with the terminating NUL.
+	if len(c.ControlSocket) > 107 {
+		v.fail(fmt.Errorf("socket path %s is %d bytes, a unix socket's is at most 107: set control.socket to a shorter path", c.ControlSocket, len(c.ControlSocket)), "control", "socket")
 	}
 	if f.Listen == "" {
 		v.fail(errors.New("required: the QUIC address, host:port"), "listen")

@@ -21,6 +21,7 @@ import (
 
 	"github.com/dyad-tunnel/dyad/audit"
 	"github.com/dyad-tunnel/dyad/audit/journal"
+	"github.com/dyad-tunnel/dyad/control"
 	"github.com/dyad-tunnel/dyad/tunnel"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
@@ -33,12 +34,22 @@ type Daemon struct {
 	au   *auditing
 	node *tunnel.Node
 	cfg  atomic.Pointer[Config]
+	id   *identity.Identity
+
+	pendingInvites atomic.Int64 // invitations not used nor expired (enroll.go)
 
 	mu       sync.Mutex                  // guards forwards
 	forwards map[string]*forwardListener // by ForwardConfig.key
 
 	ready atomic.Bool
 	conns sync.WaitGroup // forwarded connections being handed to the node
+
+	control     *control.Server // the local control socket; nil until start
+	controlDone chan error      // its Serve's result
+
+	// applyMu serialises what changes the configuration in force: a
+	// SIGHUP reload and the control operations that change peers.
+	applyMu sync.Mutex
 }
 
 // Run loads the configuration at path and runs the daemon until ctx ends or
@@ -77,9 +88,12 @@ func RunWith(ctx context.Context, path string, logOut io.Writer, o RunOptions) e
 	if err != nil {
 		return err
 	}
-	d := &Daemon{log: log, au: au, forwards: map[string]*forwardListener{}}
+	d := &Daemon{log: log, au: au, id: id, forwards: map[string]*forwardListener{}}
 	d.cfg.Store(cfg)
 	au.auditor.Emit(audit.ConfigLoaded, configAttrs(cfg)...)
+	for _, n := range cfg.Notes {
+		log.Warn().Str("state_dir", cfg.StateDir).Msg(n)
+	}
 	// Caught before the listeners open: a SIGHUP sent as soon as the daemon
 	// says it is ready (systemctl reload) must not meet Go's default action,
 	// which ends the process.
@@ -141,7 +155,14 @@ func (d *Daemon) start(cfg *Config, id *identity.Identity) (*http.Server, error)
 		return nil, err
 	}
 	d.node = node
+	d.setPending(cfg.State, time.Now())
+	node.SetEnroller(d)
 	if err := d.applyForwards(cfg, func() error { return nil }); err != nil {
+		node.Close()
+		return nil, err
+	}
+	if err := d.startControl(cfg); err != nil {
+		d.closeForwards()
 		node.Close()
 		return nil, err
 	}
@@ -150,6 +171,7 @@ func (d *Daemon) start(cfg *Config, id *identity.Identity) (*http.Server, error)
 	}
 	admin, err := d.startAdmin(cfg.File.Admin)
 	if err != nil {
+		d.stopControl()
 		d.closeForwards()
 		node.Close()
 		return nil, err
@@ -174,6 +196,7 @@ func (d *Daemon) stopped(started time.Time, reason string, err error) {
 func (d *Daemon) shutdown(admin *http.Server) {
 	d.ready.Store(false)
 	cfg := d.cfg.Load()
+	d.stopControl()
 	d.closeForwards()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
@@ -194,6 +217,8 @@ func (d *Daemon) shutdown(admin *http.Server) {
 // to load, or that changes what needs a restart, is rejected (the error is
 // returned) and the running one stays.
 func (d *Daemon) reload(path string) error {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
 	old := d.cfg.Load()
 	cfg, err := LoadConfig(path)
 	if err == nil {
@@ -212,6 +237,7 @@ func (d *Daemon) reload(path string) error {
 		return err
 	}
 	d.cfg.Store(cfg)
+	d.setPending(cfg.State, time.Now())
 	d.au.auditor.Emit(audit.ConfigReloaded, configAttrs(cfg)...)
 	return nil
 }
@@ -230,6 +256,10 @@ func restartOnly(old, cur *Config) error {
 		return fmt.Errorf("admin changed: %w to move the admin endpoint", errRestartRequired)
 	case old.Site != cur.Site:
 		return fmt.Errorf("site changed: %w (it names the audit journal)", errRestartRequired)
+	case old.StateDir != cur.StateDir:
+		return fmt.Errorf("state_dir changed: %w to move the state directory", errRestartRequired)
+	case old.ControlSocket != cur.ControlSocket || old.File.Control.Group != cur.File.Control.Group:
+		return fmt.Errorf("control changed: %w to move the control socket", errRestartRequired)
 	case !reflect.DeepEqual(old.File.Audit, cur.File.Audit):
 		return fmt.Errorf("audit changed: %w to apply audit settings", errRestartRequired)
 	}
