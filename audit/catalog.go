@@ -33,6 +33,14 @@ const (
 	ExportFailed       = "dyad.audit.export_failed"
 	ExportRecovered    = "dyad.audit.export_recovered"
 	EventsSuppressed   = "dyad.audit.suppressed"
+
+	// Identity rotation (README, "Key rotation").
+	IdentityRotated        = "dyad.identity.rotated"
+	IdentityAnnounced      = "dyad.identity.announced"
+	IdentityRetired        = "dyad.identity.retired"
+	PeerKeyRotated         = "dyad.peer.key_rotated"
+	PeerKeyRotationRefused = "dyad.peer.key_rotation_refused"
+	PeerKeyRetired         = "dyad.peer.key_retired"
 )
 
 // Attribute keys. OpenTelemetry semantic-convention keys where one exists,
@@ -55,39 +63,44 @@ const (
 	KeyPeer            = "dyad.peer"
 	KeyPeerFingerprint = "dyad.peer.fingerprint"
 	KeyFingerprint     = "dyad.identity.fingerprint"
-	KeyRole            = "dyad.tunnel.role"
-	KeyConnection      = "dyad.tunnel.connection"
-	KeySlot            = "dyad.tunnel.slot"
-	KeyDuration        = "dyad.duration"
-	KeyBytesSent       = "dyad.bytes.sent"
-	KeyBytesReceived   = "dyad.bytes.received"
-	KeyStreams         = "dyad.streams"
-	KeyCloseReason     = "dyad.close_reason"
-	KeyReason          = "dyad.reason"
-	KeyService         = "dyad.service"
-	KeyDirection       = "dyad.direction"
-	KeyStreamID        = "dyad.stream.id"
-	KeyLimit           = "dyad.limit"
-	KeyScope           = "dyad.limit.scope"
-	KeyCount           = "dyad.count"
-	KeyWindow          = "dyad.window"
-	KeyEventName       = "dyad.event.name"
-	KeyCodecSuite      = "dyad.codec.suite"
-	KeyCodecDirection  = "dyad.codec.direction"
-	KeyKeyGeneration   = "dyad.key.generation"
-	KeyFIPS            = "dyad.fips"
-	KeyConfigPath      = "dyad.config.path"
-	KeyConfigSHA256    = "dyad.config.sha256"
-	KeyPeers           = "dyad.config.peers"
-	KeyServices        = "dyad.config.services"
-	KeyForwards        = "dyad.config.forwards"
-	KeyPeerKeys        = "dyad.config.peer_keys"
-	KeyError           = "dyad.error"
-	KeyProtocol        = "dyad.export.protocol"
-	KeyQueueFull       = "dyad.export.dropped.queue_full"
-	KeyExportFailed    = "dyad.export.dropped.export_failed"
-	KeySeverity        = "dyad.severity"
-	KeyOverflow        = "dyad.audit.overflow"
+	// An identity rotation's keys and overlap (dyad.identity.rotated and
+	// the events that follow it).
+	KeyPreviousFingerprint     = "dyad.identity.previous_fingerprint"
+	KeyPeerPreviousFingerprint = "dyad.peer.previous_fingerprint"
+	KeyOverlapUntil            = "dyad.identity.overlap_until"
+	KeyRole                    = "dyad.tunnel.role"
+	KeyConnection              = "dyad.tunnel.connection"
+	KeySlot                    = "dyad.tunnel.slot"
+	KeyDuration                = "dyad.duration"
+	KeyBytesSent               = "dyad.bytes.sent"
+	KeyBytesReceived           = "dyad.bytes.received"
+	KeyStreams                 = "dyad.streams"
+	KeyCloseReason             = "dyad.close_reason"
+	KeyReason                  = "dyad.reason"
+	KeyService                 = "dyad.service"
+	KeyDirection               = "dyad.direction"
+	KeyStreamID                = "dyad.stream.id"
+	KeyLimit                   = "dyad.limit"
+	KeyScope                   = "dyad.limit.scope"
+	KeyCount                   = "dyad.count"
+	KeyWindow                  = "dyad.window"
+	KeyEventName               = "dyad.event.name"
+	KeyCodecSuite              = "dyad.codec.suite"
+	KeyCodecDirection          = "dyad.codec.direction"
+	KeyKeyGeneration           = "dyad.key.generation"
+	KeyFIPS                    = "dyad.fips"
+	KeyConfigPath              = "dyad.config.path"
+	KeyConfigSHA256            = "dyad.config.sha256"
+	KeyPeers                   = "dyad.config.peers"
+	KeyServices                = "dyad.config.services"
+	KeyForwards                = "dyad.config.forwards"
+	KeyPeerKeys                = "dyad.config.peer_keys"
+	KeyError                   = "dyad.error"
+	KeyProtocol                = "dyad.export.protocol"
+	KeyQueueFull               = "dyad.export.dropped.queue_full"
+	KeyExportFailed            = "dyad.export.dropped.export_failed"
+	KeySeverity                = "dyad.severity"
+	KeyOverflow                = "dyad.audit.overflow"
 	// The local user who ran a control-socket command (SO_PEERCRED), on
 	// every event that command causes (package control).
 	KeyControlUID  = "dyad.control.uid"
@@ -179,6 +192,9 @@ var (
 	// The caller of a control-socket command, for the events it causes.
 	aControlUID  = AttrSpec{KeyControlUID, Int, false, "uid of the local user who ran the command, from the control socket's SO_PEERCRED"}
 	aControlUser = AttrSpec{KeyControlUser, String, true, "that user's name, when the uid has one"}
+	// An identity rotation's old key and overlap.
+	aPreviousFingerprint = AttrSpec{KeyPreviousFingerprint, String, false, "the identity rotated away from"}
+	aOverlapUntil        = AttrSpec{KeyOverlapUntil, String, false, "end of the overlap (RFC 3339, UTC): until then both keys are accepted"}
 )
 
 var (
@@ -300,6 +316,67 @@ var Catalog = []Spec{
 		},
 		OCSF: OCSF{3002, "Authentication", 1, "Logon", 2, 3},
 		ECS:  ECS{"event", []string{"authentication", "network"}, []string{"start", "denied"}, "failure"},
+	},
+	{
+		Name: IdentityRotated, Severity: Info,
+		When: "this site rotated its identity (dyad rotate): new connections present the new key, peers are told over their tunnels, and the old key stays in use until the overlap ends",
+		Attrs: []AttrSpec{
+			{KeyFingerprint, String, false, "the new identity's fingerprint"},
+			aPreviousFingerprint, aOverlapUntil,
+			{KeyControlUID, Int, true, "uid of the local user who ran dyad rotate (control socket, SO_PEERCRED)"},
+			aControlUser,
+		},
+		OCSF: OCSF{3004, "Entity Management", 3, "Update", 1, 3},
+		ECS:  ECS{"event", []string{"configuration", "iam"}, []string{"change"}, "success"},
+	},
+	{
+		Name: IdentityAnnounced, Severity: Info,
+		When: "a peer answered (or could not be asked) this site's signed announcement of its new identity; a peer without a tunnel then is asked again on its next connection within the overlap",
+		Attrs: []AttrSpec{
+			aPeer, {KeyFingerprint, String, false, "the new identity's fingerprint"}, aPreviousFingerprint,
+			{KeyReason, String, false, "accepted (the peer pinned the new key), refused (see the peer's dyad.peer.key_rotation_refused), previous_release, no_tunnel, failed"},
+		},
+		OCSF: OCSF{3004, "Entity Management", 3, "Update", 1, 3},
+		ECS:  ECS{"event", []string{"configuration", "iam"}, []string{"change"}, "success"},
+	},
+	{
+		Name: IdentityRetired, Severity: Info,
+		When: "a rotation's overlap ended: this site's previous identity is gone, the connections it authenticated are closed",
+		Attrs: []AttrSpec{
+			{KeyFingerprint, String, false, "the identity in use"}, aPreviousFingerprint,
+		},
+		OCSF: OCSF{3004, "Entity Management", 4, "Delete", 1, 3},
+		ECS:  ECS{"event", []string{"configuration", "iam"}, []string{"deletion"}, "success"},
+	},
+	{
+		Name: PeerKeyRotated, Severity: Info,
+		When: "a peer rotated its identity: its announcement, signed by the key pinned for it, was verified; the new key is pinned, the old one accepted until the overlap ends",
+		Attrs: []AttrSpec{
+			aPeer, {KeyPeerFingerprint, String, false, "the peer's new fingerprint"},
+			{KeyPeerPreviousFingerprint, String, false, "the peer's previous fingerprint"}, aOverlapUntil,
+		},
+		OCSF: OCSF{3004, "Entity Management", 3, "Update", 1, 3},
+		ECS:  ECS{"event", []string{"configuration", "iam"}, []string{"change"}, "success"},
+	},
+	{
+		Name: PeerKeyRotationRefused, Severity: Warn,
+		When: "a peer's identity announcement was refused; nothing was pinned",
+		Attrs: []AttrSpec{
+			aPeer, {KeyPeerFingerprint, String, false, "the key the announcing connection authenticated"},
+			{KeyReason, String, false, "malformed, bad_old_signature, bad_new_signature, not_connection_key, old_key_not_pinned, stale_sequence, bad_deadline, key_in_use, state_write_failed"},
+		},
+		OCSF: OCSF{3004, "Entity Management", 3, "Update", 2, 3},
+		ECS:  ECS{"event", []string{"configuration", "iam"}, []string{"change", "denied"}, "failure"},
+	},
+	{
+		Name: PeerKeyRetired, Severity: Info,
+		When: "a peer's rotation overlap ended: its previous key is no longer pinned, the connections it authenticated are closed",
+		Attrs: []AttrSpec{
+			aPeer, {KeyPeerFingerprint, String, false, "the peer's key in use"},
+			{KeyPeerPreviousFingerprint, String, false, "the retired key's fingerprint"},
+		},
+		OCSF: OCSF{3004, "Entity Management", 4, "Delete", 1, 3},
+		ECS:  ECS{"event", []string{"configuration", "iam"}, []string{"deletion"}, "success"},
 	},
 	{
 		Name: StreamOpened, Severity: Info, When: "a forwarded connection got its stream: outbound when the local client is carried to the peer, inbound when the upstream is connected",
