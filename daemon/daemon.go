@@ -91,6 +91,9 @@ func RunWith(ctx context.Context, path string, logOut io.Writer, o RunOptions) e
 	d := &Daemon{log: log, au: au, id: id, forwards: map[string]*forwardListener{}}
 	d.cfg.Store(cfg)
 	au.auditor.Emit(audit.ConfigLoaded, configAttrs(cfg)...)
+	for _, n := range cfg.Notes {
+		log.Warn().Str("state_dir", cfg.StateDir).Msg(n)
+	}
 	// Caught before the listeners open: a SIGHUP sent as soon as the daemon
 	// says it is ready (systemctl reload) must not meet Go's default action,
 	// which ends the process.

@@ -3,9 +3,13 @@ package daemon_test
 import (
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +19,7 @@ import (
 	"github.com/dyad-tunnel/dyad/daemon/daemontest"
 	"github.com/dyad-tunnel/dyad/daemon/state"
 	"github.com/dyad-tunnel/dyad/enroll"
+	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
 )
 
 // enrollRig is an inviter B exporting "stream" and a joiner A, neither
@@ -275,5 +280,84 @@ func TestRevokeCutsTransfer(t *testing.T) {
 	}
 	if out, code := runDyad(t, "revoke", "--config", r.b.ConfigPath(), "site-a"); code == 0 || !strings.Contains(out, "no peer") {
 		t.Fatalf("second revoke: %d %s", code, out)
+	}
+}
+
+// TestRevokeConfigPeer: dyad revoke of a peer the YAML file lists cuts its
+// tunnel and records the key as revoked; a reload of the unchanged file
+// keeps it unpinned. Another local user cannot run it: the control
+// socket refuses uid 65534 and nothing changes.
+func TestRevokeConfigPeer(t *testing.T) {
+	echo, _ := tunneltest.EchoServer(t)
+	a, b, local := twoSites(t, echo)
+	echoOnce(t, local)
+	if os.Getuid() == 0 {
+		// A copy of the binary that uid 65534 may run.
+		dir, err := os.MkdirTemp("", "dyad-nobody-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+		os.Chmod(dir, 0o755)
+		bin, _ := os.ReadFile(dyadBin)
+		nb := filepath.Join(dir, "dyad")
+		os.WriteFile(nb, bin, 0o755)
+		os.Chmod(b.Dir, 0o755) // let it read the configuration: the socket's own modes must refuse it
+		os.Chmod(b.ConfigPath(), 0o644)
+		cmd := exec.Command(nb, "revoke", "--config", b.ConfigPath(), "site-a")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "permission denied") {
+			t.Fatalf("dyad revoke as uid 65534: %v: %s", err, out)
+		}
+		echoOnce(t, local) // still paired
+	}
+	out, code := runDyad(t, "revoke", "--config", b.ConfigPath(), "site-a")
+	if code != 0 || !strings.Contains(out, "stays revoked") {
+		t.Fatalf("dyad revoke: %d %s", code, out)
+	}
+	e := eventWith(t, b, audit.PeerRevoked, nil)
+	if e.Attr(audit.KeyPeerSource).AsString() != "config" || e.Attr(audit.KeyControlUID).AsInt64() != int64(os.Getuid()) {
+		t.Fatalf("%s: %v", audit.PeerRevoked, e.Attrs)
+	}
+	refused := func() {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", local, 2*time.Second)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write([]byte("x"))
+		if n, _ := c.Read(make([]byte, 1)); n > 0 {
+			t.Fatal("the revoked peer still reaches the service")
+		}
+	}
+	refused()
+	if err := b.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	eventWith(t, b, audit.ConfigReloaded, nil)
+	refused()
+	if out, _ := runDyad(t, "check", "--config", b.ConfigPath()); !strings.Contains(out, "was revoked") {
+		t.Fatalf("dyad check does not say the YAML peer is revoked: %s", out)
+	}
+	_ = a
+}
+
+// echoOnce sends one byte through local and reads it back.
+func echoOnce(t *testing.T, local string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", local, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatalf("echo through %s: %v", local, err)
 	}
 }

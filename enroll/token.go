@@ -156,6 +156,11 @@ func ParseToken(s string) (*Token, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v (was it cut or mistyped?)", ErrChecksum, err)
 	}
+	// One token, one spelling: a last character whose unused bits are
+	// set decodes to the same bytes but is not what Encode wrote.
+	if !strings.EqualFold(b32.EncodeToString(raw), body) {
+		return nil, ErrChecksum
+	}
 	if len(raw) < checksumSize+1 {
 		return nil, fmt.Errorf("%w: too short", ErrChecksum)
 	}
