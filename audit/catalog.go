@@ -32,6 +32,7 @@ const (
 	JournalCheckpoint  = "dyad.journal.checkpoint"
 	JournalRecovered   = "dyad.journal.recovered"
 	JournalBreak       = "dyad.journal.break"
+	JournalKeyHandover = "dyad.journal.key_handover"
 	JournalWriteFailed = "dyad.journal.write_failed"
 	ExportDropped      = "dyad.audit.export_dropped"
 	ExportFailed       = "dyad.audit.export_failed"
@@ -510,6 +511,19 @@ var Catalog = []Spec{
 		Attrs: []AttrSpec{{KeyReason, String, false, "the dark listener's (dark_unknown_connection_id, dark_ended_connection_id, dark_first_flight_without_mac, dark_first_flight_replayed, dark_first_flight_source_quota, dark_first_flight_cache_full: codec/FORMAT.md section 9) or quic-go's drop trigger, e.g. payload_decrypt_error, unknown_connection_id"}, {KeyCount, Int, false, "packets"}, aCountSince},
 		OCSF:  network(6, "Traffic", 2),
 		ECS:   ECS{"event", []string{"network"}, []string{"denied"}, "failure"},
+	},
+	{
+		Name: JournalKeyHandover, Severity: Info, When: "the daemon's identity rotated (dyad rotate): the old key signs the name of the new one over every entry so far, and a checkpoint by the new key follows; dyad audit verify follows these handovers, so the journal verifies with any key of the chain that signed a checkpoint",
+		Attrs: []AttrSpec{
+			{"dyad.journal.origin", String, false, "checkpoint origin, dyad/<site>"},
+			{"dyad.journal.size", Int, false, "entries before the handover"},
+			{"dyad.journal.root_hash", String, false, "Merkle root of those entries, base64"},
+			{"dyad.journal.key", String, false, "the key handing over (note verifier key)"},
+			{"dyad.journal.next_key", String, false, "the new key (note verifier key)"},
+			{"dyad.journal.handover", String, false, "the handover note, signed by the old key"},
+		},
+		OCSF: lifecycle(99, "Other", 1),
+		ECS:  ECS{"event", []string{"file"}, []string{"change"}, "success"},
 	},
 	{
 		Name: JournalCheckpoint, Severity: Info, When: "the journal signed a checkpoint: when it is created (genesis, size 0), every 1000 entries, every minute even when nothing happens (the evidence that the daemon ran), after a recovery or break at start, at rotation and at stop",
