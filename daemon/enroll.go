@@ -288,7 +288,7 @@ func (d *Daemon) applyStateLocked() error {
 		return err
 	}
 	cfg.Audit.Journal.OnBroken = old.Audit.Journal.OnBroken // a start option may have set it
-	if err := d.applyForwards(cfg, func() error { return d.node.Update(cfg.Tunnel) }); err != nil {
+	if err := d.applyForwards(cfg, func() error { return d.node.Update(d.tunnelConfig(cfg)) }); err != nil {
 		return err
 	}
 	d.cfg.Store(cfg)

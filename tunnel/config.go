@@ -84,6 +84,9 @@ type Config struct {
 	// Handover, read by New only, resumes this node's own rotation after
 	// a restart during its overlap (Node.Rotate starts one).
 	Handover *Handover
+	// Learned, read by New only, are the peers' rotations taken before a
+	// restart (OnPeerKeyRotated stored them).
+	Learned []KeyRotation
 }
 
 // Peer is a paired daemon.
@@ -133,9 +136,14 @@ func (p Peer) accepted(k identity.PublicKey, now time.Time) bool {
 }
 
 // KeyRotation is a peer's identity rotation this node verified, handed to
-// Config.OnPeerKeyRotated before it is pinned.
+// Config.OnPeerKeyRotated before it is pinned; Config.Learned gives it back
+// after a restart. Base is the key the configuration pins for the peer (the
+// key it had before its first rotation that this node took): the rotation
+// applies while the configuration still pins Base, and is forgotten once
+// the operator pins another key.
 type KeyRotation struct {
 	Peer         string
+	Base         identity.PublicKey
 	Announcement Announcement
 }
 

@@ -65,7 +65,7 @@ type Node struct {
 	given Config
 	// learned are the rotations peers announced while this node ran
 	// (guarded by updateMu), applied over every given configuration.
-	learned map[string]Announcement
+	learned map[string]KeyRotation
 	ctx     context.Context // ends when the node closes
 	cancel  context.CancelFunc
 
@@ -115,13 +115,20 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 	n := &Node{
 		log:     log,
 		links:   map[string]*link{},
-		learned: map[string]Announcement{},
+		learned: map[string]KeyRotation{},
 		given:   cfg,
 		audit:   aud,
 		metrics: aud.Metrics(),
 		started: time.Now(),
 	}
 	n.self.Store(self)
+	for _, r := range cfg.Learned {
+		n.learned[r.Peer] = r
+	}
+	cfg = n.withLearned(cfg)
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("learned peer keys: %w", err)
+	}
 	n.drops = &dropCounter{n: n}
 	n.admission = &admission{n: n, sources: map[netip.Prefix]*rate.Limiter{}}
 	snap := newSnapshot(cfg)

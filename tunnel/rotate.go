@@ -106,11 +106,12 @@ func (n *Node) withLearned(cfg Config) Config {
 	peers := make([]Peer, len(cfg.Peers))
 	copy(peers, cfg.Peers)
 	for i, p := range peers {
-		a, ok := n.learned[p.Name]
+		r, ok := n.learned[p.Name]
 		if !ok {
 			continue
 		}
-		if p.Key.Equal(a.Old) || p.Key.Equal(a.New) {
+		a := r.Announcement
+		if p.Key.Equal(r.Base) || p.Key.Equal(a.Old) || p.Key.Equal(a.New) {
 			p.Key = a.New
 			if time.Now().Before(a.Until) {
 				p.Previous = append(p.Previous[:len(p.Previous):len(p.Previous)], PreviousKey{Key: a.Old, Until: a.Until})
@@ -198,26 +199,50 @@ var ErrRotationInProgress = errors.New("a rotation's overlap is still running")
 // peers' answers until ctx ends. The caller stores next (and the handover)
 // first, so that a restart keeps it.
 func (n *Node) Rotate(ctx context.Context, next *identity.Identity, overlap time.Duration, attrs ...attribute.KeyValue) (RotateResult, error) {
+	a, err := n.PrepareRotation(next, overlap)
+	if err != nil {
+		return RotateResult{}, err
+	}
+	return n.CommitRotation(ctx, next, a, attrs...)
+}
+
+// PrepareRotation signs the announcement of next with the node's current
+// identity, its overlap (zero: DefaultOverlap) starting now, and changes
+// nothing: the daemon stores it with next before CommitRotation, so that a
+// restart during the overlap resumes it (Config.Handover).
+func (n *Node) PrepareRotation(next *identity.Identity, overlap time.Duration) (Announcement, error) {
 	if overlap == 0 {
 		overlap = DefaultOverlap
 	}
 	if overlap < time.Second || overlap > MaxOverlap {
-		return RotateResult{}, fmt.Errorf("rotate: overlap %v is outside 1s..%v", overlap, MaxOverlap)
+		return Announcement{}, fmt.Errorf("rotate: overlap %v is outside 1s..%v", overlap, MaxOverlap)
 	}
+	old := n.self.Load()
+	if old.prev != nil {
+		return Announcement{}, fmt.Errorf("rotate: %w (until %s)", ErrRotationInProgress, old.until.UTC().Format(time.RFC3339))
+	}
+	a := NewAnnouncement(old.cur, next, uint64(time.Now().UnixNano()), time.Now().Add(overlap))
+	if err := a.Verify(); err != nil { // the new key shares a half with the old
+		return Announcement{}, fmt.Errorf("rotate: %w", err)
+	}
+	if err := n.cfg.Load().cfg.ValidateSelf(next.Public()); err != nil {
+		return Announcement{}, fmt.Errorf("rotate: new identity: %w", err)
+	}
+	return a, nil
+}
+
+// CommitRotation makes next current and announces a (PrepareRotation's)
+// to the peers: Rotate's second half.
+func (n *Node) CommitRotation(ctx context.Context, next *identity.Identity, a Announcement, attrs ...attribute.KeyValue) (RotateResult, error) {
 	n.updateMu.Lock()
 	old := n.self.Load()
 	if old.prev != nil {
 		n.updateMu.Unlock()
 		return RotateResult{}, fmt.Errorf("rotate: %w (until %s)", ErrRotationInProgress, old.until.UTC().Format(time.RFC3339))
 	}
-	a := NewAnnouncement(old.cur, next, uint64(time.Now().UnixNano()), time.Now().Add(overlap))
-	if err := a.Verify(); err != nil { // the new key shares a half with the old
+	if !a.Old.Equal(old.cur.Public()) || !a.New.Equal(next.Public()) || a.Verify() != nil {
 		n.updateMu.Unlock()
-		return RotateResult{}, fmt.Errorf("rotate: %w", err)
-	}
-	if err := n.cfg.Load().cfg.ValidateSelf(next.Public()); err != nil {
-		n.updateMu.Unlock()
-		return RotateResult{}, fmt.Errorf("rotate: new identity: %w", err)
+		return RotateResult{}, errors.New("rotate: the announcement is not from this node's identity to the new one")
 	}
 	cert, err := next.Certificate()
 	if err != nil {
@@ -391,7 +416,7 @@ func (n *Node) pinAnnounced(l *link, a Announcement, now time.Time) string {
 	if cur.Key.Equal(a.New) {
 		// Already taken (the announcer dialed again before it saw our
 		// answer, or restarted within the overlap): nothing changes.
-		if last, ok := n.learned[l.peer.Name]; ok && last.Seq == a.Seq {
+		if last, ok := n.learned[l.peer.Name]; ok && last.Announcement.Seq == a.Seq {
 			return ""
 		}
 		return reasonStale
@@ -399,7 +424,7 @@ func (n *Node) pinAnnounced(l *link, a Announcement, now time.Time) string {
 	if !cur.Key.Equal(a.Old) {
 		return reasonNotPinned
 	}
-	if last, ok := n.learned[l.peer.Name]; ok && a.Seq <= last.Seq {
+	if last, ok := n.learned[l.peer.Name]; ok && a.Seq <= last.Announcement.Seq {
 		return reasonStale
 	}
 	if !a.Until.After(now) || a.Until.Sub(now) > MaxOverlap {
@@ -416,14 +441,18 @@ func (n *Node) pinAnnounced(l *link, a Announcement, now time.Time) string {
 			return reasonKeyInUse
 		}
 	}
+	r := KeyRotation{Peer: l.peer.Name, Base: a.Old, Announcement: a}
+	if last, ok := n.learned[l.peer.Name]; ok {
+		r.Base = last.Base
+	}
 	if hook := n.cfg.Load().cfg.OnPeerKeyRotated; hook != nil {
-		if err := hook(KeyRotation{Peer: l.peer.Name, Announcement: a}); err != nil {
+		if err := hook(r); err != nil {
 			n.log.Error().Err(err).Str("peer", l.peer.Name).Msg("cannot store the peer's new key")
 			return reasonStateFailed
 		}
 	}
 	prev, had := n.learned[l.peer.Name]
-	n.learned[l.peer.Name] = a
+	n.learned[l.peer.Name] = r
 	if err := n.updateLocked(n.given); err != nil {
 		if had {
 			n.learned[l.peer.Name] = prev

@@ -140,6 +140,10 @@ func (id *Identity) Public() PublicKey { return id.public }
 // Signer returns the Ed25519 private key, for the TLS certificate.
 func (id *Identity) Signer() ed25519.PrivateKey { return id.sign }
 
+// MarshalPEM returns the key file's PEM text (secret: the caller writes it
+// 0600 and clears it).
+func (id *Identity) MarshalPEM() []byte { return id.marshal() }
+
 // marshal returns the key file's PEM text.
 func (id *Identity) marshal() []byte {
 	raw := make([]byte, 0, keyFileSize)
