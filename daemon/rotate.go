@@ -321,3 +321,8 @@ func Rotate(configPath string, a RotateArgs, asJSON bool, out io.Writer) error {
 	}
 	return nil
 }
+
+// reportIdentityMaxAge is the identity age the report's key-lifecycle row
+// measures against. The fips branch adds the identity_max_age key
+// (Config.IdentityMaxAge, default 365 days): at that merge, return it here.
+func reportIdentityMaxAge(*Config) time.Duration { return 365 * 24 * time.Hour }
