@@ -675,8 +675,11 @@ func (l *link) dialLoop(slot int) {
 		if l.ctx.Err() != nil {
 			return
 		}
+		// The pinned fingerprint: with the dark listener on, a peer whose
+		// key is no longer the one pinned (it rotated while we were away)
+		// does not answer at all (README, "Key rotation").
 		l.n.log.Warn().Err(err).Str("peer", l.peer.Name).Str("endpoint", l.peer.Endpoint).Int("slot", slot).
-			Dur("retry_in", backoff).Msg("dial failed")
+			Str("pinned_fingerprint", l.current().Key.Fingerprint()).Dur("retry_in", backoff).Msg("dial failed")
 		// A kick (a local connection waiting) cuts the back-off short,
 		// but attempts stay at least minBackoff apart.
 		time.Sleep(minBackoff)
