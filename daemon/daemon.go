@@ -161,6 +161,7 @@ func (d *Daemon) start(cfg *Config, id *identity.Identity) (*http.Server, error)
 		return nil, err
 	}
 	d.node = node
+	d.scheduleRetire()
 	d.setPending(cfg.State, time.Now())
 	node.SetEnroller(d)
 	if err := d.applyForwards(cfg, func() error { return nil }); err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/dyad-tunnel/dyad/audit/journal"
@@ -232,6 +233,14 @@ func (d *Daemon) controlRotate(ctx context.Context, c control.Caller, args json.
 	if r == nil {
 		r = &state.Rotation{}
 	}
+	before := *r
+	undo := func() {
+		if before.Current == "" {
+			os.Remove(state.RotationPath(cfg.StateDir))
+			return
+		}
+		state.SaveRotation(cfg.StateDir, &before)
+	}
 	now := time.Now().UTC()
 	curPEM, prevPEM := next.MarshalPEM(), old.MarshalPEM()
 	r.Current, r.Previous = string(curPEM), string(prevPEM)
@@ -251,6 +260,7 @@ func (d *Daemon) controlRotate(ctx context.Context, c control.Caller, args json.
 	}
 	out, err := d.node.CommitRotation(ctx, next, ann, c.Attrs()...)
 	if err != nil {
+		undo() // the node still runs the old identity: so must a restart
 		return nil, err
 	}
 	d.id = next
@@ -271,6 +281,14 @@ func (d *Daemon) journalHandover(cfg *Config, next *identity.Identity) error {
 		return err
 	}
 	return d.au.journal.Handover(s, key)
+}
+
+// scheduleRetire deletes the previous identity when the overlap of the
+// rotation the daemon started in ends.
+func (d *Daemon) scheduleRetire() {
+	if h := d.keys.handover; h != nil {
+		time.AfterFunc(time.Until(h.Announcement.Until)+time.Second, d.retirePrevious)
+	}
 }
 
 // retirePrevious deletes the previous identity from the state directory

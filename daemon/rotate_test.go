@@ -18,8 +18,9 @@ import (
 // TestRotateUnderDownload: with real daemons, dyad rotate at A under a
 // running download: the download completes with equal SHA-256; B pins the
 // new key, learned over the tunnel; both sides audit both fingerprints
-// (A with the caller's uid); A restarted keeps the new identity, traffic
-// flows on it, and its journal verifies with the old key and the new one
+// (A with the caller's uid); A restarted keeps the new identity, B
+// restarted keeps the key it learned, traffic flows on it, and A's journal
+// verifies with the old key and the new one
 // (a signed handover); after the overlap B refuses the old key.
 func TestRotateUnderDownload(t *testing.T) {
 	up := newUpstreamServer(t)
@@ -74,13 +75,16 @@ func TestRotateUnderDownload(t *testing.T) {
 		t.Fatalf("%s: %v", audit.PeerKeyRotated, e.Attrs)
 	}
 
-	// A restarts: the state directory's identity is used, traffic flows on
-	// it (B pinned it), and the journal continues across the handover.
-	if err := a.Stop(15 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.StartReady(10 * time.Second); err != nil {
-		t.Fatalf("restart after the rotation: %v\n%s", err, a.Logs())
+	// Both restart: A uses the state directory's identity, B the key it
+	// learned (its YAML file still pins the old one); traffic flows on the
+	// new key, and A's journal continues across the handover.
+	for _, s := range []*daemontest.Site{a, b} {
+		if err := s.Stop(15 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.StartReady(10 * time.Second); err != nil {
+			t.Fatalf("%s: restart after the rotation: %v\n%s", s.Name, err, s.Logs())
+		}
 	}
 	fresh := startDownload(local, 4<<20, seed+1, transferLimit)
 	awaitDone(t, "a download after the restart", fresh, transferLimit)

@@ -257,10 +257,13 @@ type darkKeys struct{ own, prev *darkKey }
 // one. Both keep this process's incarnation, so IDs issued under either
 // are ours.
 func (f *darkFilter) setKeys(own, prev *darkKey) {
-	inc := f.keys.Load().own.inc
-	own.inc = inc
-	if prev != nil {
-		prev.inc = inc
+	cur := f.keys.Load()
+	for _, k := range []*darkKey{own, prev} {
+		// Keys in use already carry it (and are read concurrently);
+		// only a fresh one is written.
+		if k != nil && k != cur.own && k != cur.prev {
+			k.inc = cur.own.inc
+		}
 	}
 	f.keys.Store(&darkKeys{own: own, prev: prev})
 }

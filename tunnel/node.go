@@ -161,6 +161,14 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 	n.reconcile(nil, snap)
 	n.scheduleOverlaps(snap)
 	if self.prev != nil {
+		// Restarted during our rotation's overlap: we do not know which
+		// peers took the announcement, so each is dialed with the old key
+		// and told again (taking it twice changes nothing).
+		n.mu.Lock()
+		for _, l := range n.links {
+			l.acked.Store(false)
+		}
+		n.mu.Unlock()
 		time.AfterFunc(time.Until(self.until), n.endOverlap)
 	}
 	return n, nil
