@@ -32,6 +32,7 @@ import (
 
 func init() {
 	registerControl("invite", (*Daemon).controlInvite)
+	registerControl("invite.wait", (*Daemon).controlInviteWait)
 	registerControl("join", (*Daemon).controlJoin)
 }
 
@@ -202,6 +203,11 @@ func (d *Daemon) controlJoin(ctx context.Context, c control.Caller, raw json.Raw
 		errs = append(errs, err)
 	}
 	if reply == nil {
+		for _, e := range errs {
+			if errors.Is(e, tunnel.ErrNoEnrollment) {
+				return nil, fmt.Errorf("%s takes no enrollment now: no invitation is live there (it was revoked, or it expired); ask for a new one; nothing changed", tok.Site)
+			}
+		}
 		return nil, fmt.Errorf("no answer from %s at %s: %w (is its daemon running and its QUIC port reachable from here?)",
 			tok.Site, strings.Join(tok.Endpoints, ", "), errors.Join(errs...))
 	}
@@ -296,12 +302,13 @@ func (d *Daemon) applyStateLocked() error {
 	return nil
 }
 
-// setPending records whether an invitation waits (the listener then
-// offers enrollment).
+// setPending records whether an invitation is live: pending, or used
+// and not yet expired. The listener offers enrollment while one is, so
+// that a replayed token is told "used" rather than meeting a closed door.
 func (d *Daemon) setPending(st *state.State, now time.Time) {
 	n := 0
 	for _, in := range st.Invites {
-		if in.Used.IsZero() && now.Before(in.Expires) {
+		if now.Before(in.Expires) {
 			n++
 		}
 	}
@@ -394,8 +401,9 @@ func (d *Daemon) enroll(signKey []byte, remote net.Addr, req []byte) (enroll.Sta
 			return enroll.StatusConflict, "", "", inv
 		}
 	}
+	phrase := enroll.Phrase(d.node.Identity(), j.Key, j.Secret)
 	st.Peers = append(st.Peers, state.Peer{Name: inv.Peer, PublicKey: j.Key.String(), Services: inv.Services,
-		Enrolled: now.UTC(), Role: "invite", By: inv.By})
+		Enrolled: now.UTC(), Role: "invite", By: inv.By, Phrase: phrase})
 	if err := st.SavePeers(); err != nil {
 		d.log.Error().Err(err).Msg("enrollment: cannot write the state directory")
 		return enroll.StatusFailed, "", "", inv
@@ -413,7 +421,62 @@ func (d *Daemon) enroll(signKey []byte, remote net.Addr, req []byte) (enroll.Sta
 		d.log.Error().Err(err).Msg("enrollment: cannot mark the invitation used")
 	}
 	d.setPending(st, now)
-	return enroll.StatusOK, inv.Peer, enroll.Phrase(d.node.Identity(), j.Key, j.Secret), inv
+	return enroll.StatusOK, inv.Peer, phrase, inv
+}
+
+// WaitArgs are dyad invite --wait's arguments.
+type WaitArgs struct {
+	Peer    string        `json:"peer"`
+	Timeout time.Duration `json:"timeout"`
+}
+
+// WaitResult is what dyad invite --wait prints once the peer joined.
+type WaitResult struct {
+	Peer        string `json:"peer"`
+	Fingerprint string `json:"fingerprint"`
+	Phrase      string `json:"phrase"`
+	// Entry is the YAML a declarative configuration adds for the peer
+	// (its peers entry and the services' allow lists), to move it out of
+	// the state directory.
+	Entry string `json:"entry"`
+}
+
+// maxWait bounds one invite.wait call.
+const maxWait = time.Hour
+
+// controlInviteWait returns once the invitation for a peer was used,
+// with the verification phrase, or fails after the timeout.
+func (d *Daemon) controlInviteWait(ctx context.Context, _ control.Caller, raw json.RawMessage) (any, error) {
+	var a WaitArgs
+	if err := strictJSON(raw, &a); err != nil {
+		return nil, err
+	}
+	if a.Timeout <= 0 || a.Timeout > maxWait {
+		return nil, fmt.Errorf("--wait %v: from 1s to %v", a.Timeout, maxWait)
+	}
+	deadline := time.Now().Add(a.Timeout)
+	for {
+		st, err := state.Load(d.cfg.Load().StateDir)
+		if err != nil {
+			return nil, err
+		}
+		if i, ok := st.Peer(a.Peer); ok && st.Peers[i].Role == "invite" {
+			p := st.Peers[i]
+			k, err := identity.ParsePublicKey(p.PublicKey)
+			if err != nil {
+				return nil, err
+			}
+			return WaitResult{Peer: p.Name, Fingerprint: k.Fingerprint(), Phrase: p.Phrase, Entry: inviterEntry(p)}, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%s has not joined within %v; the invitation stays valid until it expires", a.Peer, a.Timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 var _ tunnel.Enroller = (*Daemon)(nil)
@@ -439,6 +502,19 @@ func printEntry(sp state.Peer) string {
 		Forwards []ForwardConfig `yaml:"forwards,omitempty"`
 	}{f.Peers, f.Forwards})
 	return string(out)
+}
+
+// inviterEntry is the YAML for an invited peer: its peers entry, and the
+// services whose allow lists must name it.
+func inviterEntry(p state.Peer) string {
+	out, _ := yaml.Marshal(struct {
+		Peers []PeerFile `yaml:"peers"`
+	}{[]PeerFile{{Name: p.Name, PublicKey: p.PublicKey}}})
+	s := string(out)
+	if len(p.Services) > 0 {
+		s += fmt.Sprintf("# and add %s to the allow list of: %s\n", p.Name, strings.Join(p.Services, ", "))
+	}
+	return s
 }
 
 func strictJSON(raw json.RawMessage, v any) error {

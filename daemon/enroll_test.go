@@ -99,7 +99,23 @@ func eventWith(t *testing.T, s *daemontest.Site, name string, match func(journal
 // uid, and a download through A's new forward arrives whole.
 func TestInviteJoinTraffic(t *testing.T) {
 	r := newEnrollRig(t)
-	token := invite(t, r.b, "--peer", "site-a", "--service", "stream")
+	// dyad invite --wait: the token on the first line, the phrase on the
+	// second once A joined.
+	inv := exec.Command(dyadBin, "invite", "--config", r.b.ConfigPath(), "--json", "--endpoint", r.b.Config.Listen,
+		"--peer", "site-a", "--service", "stream", "--wait", "30s")
+	stdout, err := inv.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	dec := json.NewDecoder(stdout)
+	var invited daemon.InviteResult
+	if err := dec.Decode(&invited); err != nil {
+		t.Fatalf("dyad invite --wait: %v", err)
+	}
+	token := invited.Token
 	local := freeTCP(t)
 	out, code := join(t, r.a, token, "--json", "--forward", local+"=stream")
 	if code != 0 {
@@ -111,6 +127,13 @@ func TestInviteJoinTraffic(t *testing.T) {
 	}
 	if res.Peer != "site-b" || len(strings.Fields(res.Phrase)) != enroll.PhraseWords {
 		t.Fatalf("join result %+v", res)
+	}
+	var joined daemon.WaitResult
+	if err := dec.Decode(&joined); err != nil || inv.Wait() != nil {
+		t.Fatalf("dyad invite --wait after the join: %v", err)
+	}
+	if joined.Phrase != res.Phrase || joined.Peer != "site-a" {
+		t.Fatalf("inviter's phrase %q for %s, joiner's %q", joined.Phrase, joined.Peer, res.Phrase)
 	}
 	const seed, size = 7, 4 << 20
 	tr := startDownload(local, size, seed, 20*time.Second)
@@ -177,6 +200,10 @@ func TestInviteJoinRefusals(t *testing.T) {
 			t.Fatal(err)
 		}
 		return s
+	}
+	// No invitation is pending now: the used one still answers "used".
+	if out, code := join(t, c, token); code == 0 || !strings.Contains(out, "used already") {
+		t.Fatalf("replay with no invitation pending: %d %s", code, out)
 	}
 	mistyped := []byte(token)
 	i := len(mistyped) / 2

@@ -11,15 +11,42 @@ import (
 // The command-line side of invite, join and revoke: each asks the running
 // daemon through its control socket and prints the outcome.
 
-// Invite runs dyad invite.
-func Invite(configPath string, a InviteArgs, asJSON bool, out io.Writer) error {
+// Invite runs dyad invite; with wait > 0 it then waits that long for the
+// partner to join and prints the verification phrase.
+// With print, it also prints the YAML entry for a declarative
+// configuration once the partner joined.
+func Invite(configPath string, a InviteArgs, wait time.Duration, print, asJSON bool, out io.Writer) error {
 	var r InviteResult
 	if err := ControlCall(configPath, "invite", a, &r, 15*time.Second); err != nil {
 		return err
 	}
 	if asJSON {
-		return json.NewEncoder(out).Encode(r)
+		if err := json.NewEncoder(out).Encode(r); err != nil {
+			return err
+		}
+	} else {
+		printInvite(r, wait > 0, out)
 	}
+	if wait <= 0 {
+		return nil
+	}
+	var w WaitResult
+	if err := ControlCall(configPath, "invite.wait", WaitArgs{Peer: a.Peer, Timeout: wait}, &w, wait+15*time.Second); err != nil {
+		return err
+	}
+	if asJSON {
+		return json.NewEncoder(out).Encode(w)
+	}
+	fmt.Fprintf(out, "\n%s joined (%s) and is pinned with the invitation's services.\nVerification phrase: %s\n"+
+		"Read it to %s's operator: their dyad join printed the same phrase if each site pinned the other's key.\n", w.Peer, w.Fingerprint, w.Phrase, w.Peer)
+	if print {
+		fmt.Fprintf(out, "\n# For a declarative configuration, add this and reload: the file's entry then takes over from\n"+
+			"# the state's (remove %s from state_dir/peers.json afterwards; dyad check reminds you).\n%s", w.Peer, w.Entry)
+	}
+	return nil
+}
+
+func printInvite(r InviteResult, waiting bool, out io.Writer) {
 	services := "none"
 	if len(r.Services) > 0 {
 		services = strings.Join(r.Services, ", ")
@@ -30,7 +57,9 @@ func Invite(configPath string, a InviteArgs, asJSON bool, out io.Writer) error {
 		"  dyad join --config /etc/dyad/dyad.yaml TOKEN\n"+
 		"Their join prints a verification phrase; this daemon logs the same phrase with the event dyad.peer.enrolled.\n"+
 		"Read them to each other: equal phrases prove that each site pinned the other's key. This site is %s.\n", r.Peer, r.Fingerprint)
-	return nil
+	if waiting {
+		fmt.Fprintf(out, "Waiting for %s to join…\n", r.Peer)
+	}
 }
 
 // Join runs dyad join.

@@ -52,7 +52,7 @@ func FuzzStreamResponse(f *testing.F) {
 }
 
 // FuzzAnnouncement: a peer's identity announcement (codec/FORMAT.md
-// section 11); any bytes parse to an announcement or an error, a parsed one
+// section 12); any bytes parse to an announcement or an error, a parsed one
 // re-encodes to the same bytes, and verifying it never panics (THREATS P8).
 func FuzzAnnouncement(f *testing.F) {
 	old, _ := identity.Generate()

@@ -132,6 +132,10 @@ func (n *Node) Enroll(ctx context.Context, endpoint string, key identity.PublicK
 	tc.NextProtos = []string{EnrollALPN}
 	qc, err := n.tr.Dial(ctx, addr, tc, n.quicConfig(n.cfg.Load().cfg))
 	if err != nil {
+		var te *quic.TransportError
+		if errors.As(err, &te) && te.Remote && te.ErrorCode == alertNoApplicationProtocol {
+			return nil, fmt.Errorf("%s: %w", endpoint, ErrNoEnrollment)
+		}
 		return nil, fmt.Errorf("dial %s: %w", endpoint, err)
 	}
 	defer qc.CloseWithError(codeEnrollDone, "")
@@ -179,6 +183,13 @@ func (n *Node) enrollCert(cs tls.ConnectionState, remote net.Addr) error {
 }
 
 var errNotEnroll = errors.New("not an enrollment connection")
+
+// ErrNoEnrollment is Enroll's error when the inviter offers no enrollment
+// (no invitation is live there): its TLS refused EnrollALPN.
+var ErrNoEnrollment = errors.New("the inviter takes no enrollment now")
+
+// alertNoApplicationProtocol is the QUIC CRYPTO_ERROR of TLS alert 120.
+const alertNoApplicationProtocol = quic.TransportErrorCode(0x100 + 120)
 
 // enrollKey returns the client's key on an enrollment connection.
 func enrollKey(qc *quic.Conn) ([]byte, error) {

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -43,8 +44,8 @@ func TestEnrollOfferedOnlyWithInvitation(t *testing.T) {
 	b.SetEnroller(f)
 	stranger := startNode(t, newIdentity(t), Config{})
 	ctx := context.Background()
-	if _, err := stranger.Enroll(ctx, b.Addr().String(), idb.Public(), []byte("hi")); err == nil {
-		t.Fatal("enrollment completed without a pending invitation")
+	if _, err := stranger.Enroll(ctx, b.Addr().String(), idb.Public(), []byte("hi")); !errors.Is(err, ErrNoEnrollment) {
+		t.Fatalf("enrollment without a pending invitation: %v, want ErrNoEnrollment", err)
 	}
 	f.pending.Store(true)
 	reply, err := stranger.Enroll(ctx, b.Addr().String(), idb.Public(), []byte("hi"))

@@ -5,7 +5,8 @@
 //	peers.json     peers enrolled with dyad join / dyad invite
 //	invites.json   pending and used invitations: a hash of each secret, never the secret
 //	revoked.json   keys revoked with dyad revoke that the YAML file still lists
-//	identity/      reserved for rotated identities (dyad rotate)
+//	identity/      rotated identities (dyad rotate): identity/rotation.json (rotation.go)
+//	learned.json   keys peers announced when they rotated (rotation.go)
 //	control.sock   the control socket, unless control.socket says otherwise
 //
 // Every file is JSON, written 0600 and atomically (a temporary file in the
@@ -20,6 +21,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -49,6 +51,9 @@ type Peer struct {
 	Role     string    `json:"role"`
 	// By is the uid that ran the command.
 	By uint32 `json:"by_uid"`
+	// Phrase is the enrollment's verification phrase (not a secret: a
+	// hash of both keys and the used secret), for dyad invite --wait.
+	Phrase string `json:"phrase,omitempty"`
 }
 
 // Forward is a local port carried to a service of an enrolled peer.
@@ -107,7 +112,8 @@ func Load(dir string) (*State, error) {
 
 func readJSON(path string, v any) error {
 	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	// No directory (or a file where it would be) holds no state.
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		return nil
 	}
 	if err != nil {
