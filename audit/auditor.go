@@ -216,7 +216,7 @@ func (a *Auditor) Emit(name string, attrs ...attribute.KeyValue) {
 // writes (checkpoint, recovered, break, write_failed): Emit refuses them.
 func JournalOwn(name string) bool {
 	switch name {
-	case JournalCheckpoint, JournalRecovered, JournalBreak, JournalWriteFailed:
+	case JournalCheckpoint, JournalRecovered, JournalBreak, JournalWriteFailed, JournalKeyHandover:
 		return true
 	}
 	return false

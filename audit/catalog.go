@@ -32,11 +32,20 @@ const (
 	JournalCheckpoint  = "dyad.journal.checkpoint"
 	JournalRecovered   = "dyad.journal.recovered"
 	JournalBreak       = "dyad.journal.break"
+	JournalKeyHandover = "dyad.journal.key_handover"
 	JournalWriteFailed = "dyad.journal.write_failed"
 	ExportDropped      = "dyad.audit.export_dropped"
 	ExportFailed       = "dyad.audit.export_failed"
 	ExportRecovered    = "dyad.audit.export_recovered"
 	EventsSuppressed   = "dyad.audit.suppressed"
+
+	// Identity rotation (README, "Key rotation").
+	IdentityRotated        = "dyad.identity.rotated"
+	IdentityAnnounced      = "dyad.identity.announced"
+	IdentityRetired        = "dyad.identity.retired"
+	PeerKeyRotated         = "dyad.peer.key_rotated"
+	PeerKeyRotationRefused = "dyad.peer.key_rotation_refused"
+	PeerKeyRetired         = "dyad.peer.key_retired"
 )
 
 // Attribute keys. OpenTelemetry semantic-convention keys where one exists,
@@ -59,39 +68,44 @@ const (
 	KeyPeer            = "dyad.peer"
 	KeyPeerFingerprint = "dyad.peer.fingerprint"
 	KeyFingerprint     = "dyad.identity.fingerprint"
-	KeyRole            = "dyad.tunnel.role"
-	KeyConnection      = "dyad.tunnel.connection"
-	KeySlot            = "dyad.tunnel.slot"
-	KeyDuration        = "dyad.duration"
-	KeyBytesSent       = "dyad.bytes.sent"
-	KeyBytesReceived   = "dyad.bytes.received"
-	KeyStreams         = "dyad.streams"
-	KeyCloseReason     = "dyad.close_reason"
-	KeyReason          = "dyad.reason"
-	KeyService         = "dyad.service"
-	KeyDirection       = "dyad.direction"
-	KeyStreamID        = "dyad.stream.id"
-	KeyLimit           = "dyad.limit"
-	KeyScope           = "dyad.limit.scope"
-	KeyCount           = "dyad.count"
-	KeyWindow          = "dyad.window"
-	KeyEventName       = "dyad.event.name"
-	KeyCodecSuite      = "dyad.codec.suite"
-	KeyCodecDirection  = "dyad.codec.direction"
-	KeyKeyGeneration   = "dyad.key.generation"
-	KeyFIPS            = "dyad.fips"
-	KeyConfigPath      = "dyad.config.path"
-	KeyConfigSHA256    = "dyad.config.sha256"
-	KeyPeers           = "dyad.config.peers"
-	KeyServices        = "dyad.config.services"
-	KeyForwards        = "dyad.config.forwards"
-	KeyPeerKeys        = "dyad.config.peer_keys"
-	KeyError           = "dyad.error"
-	KeyProtocol        = "dyad.export.protocol"
-	KeyQueueFull       = "dyad.export.dropped.queue_full"
-	KeyExportFailed    = "dyad.export.dropped.export_failed"
-	KeySeverity        = "dyad.severity"
-	KeyOverflow        = "dyad.audit.overflow"
+	// An identity rotation's keys and overlap (dyad.identity.rotated and
+	// the events that follow it).
+	KeyPreviousFingerprint     = "dyad.identity.previous_fingerprint"
+	KeyPeerPreviousFingerprint = "dyad.peer.previous_fingerprint"
+	KeyOverlapUntil            = "dyad.identity.overlap_until"
+	KeyRole                    = "dyad.tunnel.role"
+	KeyConnection              = "dyad.tunnel.connection"
+	KeySlot                    = "dyad.tunnel.slot"
+	KeyDuration                = "dyad.duration"
+	KeyBytesSent               = "dyad.bytes.sent"
+	KeyBytesReceived           = "dyad.bytes.received"
+	KeyStreams                 = "dyad.streams"
+	KeyCloseReason             = "dyad.close_reason"
+	KeyReason                  = "dyad.reason"
+	KeyService                 = "dyad.service"
+	KeyDirection               = "dyad.direction"
+	KeyStreamID                = "dyad.stream.id"
+	KeyLimit                   = "dyad.limit"
+	KeyScope                   = "dyad.limit.scope"
+	KeyCount                   = "dyad.count"
+	KeyWindow                  = "dyad.window"
+	KeyEventName               = "dyad.event.name"
+	KeyCodecSuite              = "dyad.codec.suite"
+	KeyCodecDirection          = "dyad.codec.direction"
+	KeyKeyGeneration           = "dyad.key.generation"
+	KeyFIPS                    = "dyad.fips"
+	KeyConfigPath              = "dyad.config.path"
+	KeyConfigSHA256            = "dyad.config.sha256"
+	KeyPeers                   = "dyad.config.peers"
+	KeyServices                = "dyad.config.services"
+	KeyForwards                = "dyad.config.forwards"
+	KeyPeerKeys                = "dyad.config.peer_keys"
+	KeyError                   = "dyad.error"
+	KeyProtocol                = "dyad.export.protocol"
+	KeyQueueFull               = "dyad.export.dropped.queue_full"
+	KeyExportFailed            = "dyad.export.dropped.export_failed"
+	KeySeverity                = "dyad.severity"
+	KeyOverflow                = "dyad.audit.overflow"
 	// The local user who ran a control-socket command (SO_PEERCRED), on
 	// every event that command causes (package control).
 	KeyControlUID  = "dyad.control.uid"
@@ -189,6 +203,9 @@ var (
 	// The caller of a control-socket command, for the events it causes.
 	aControlUID  = AttrSpec{KeyControlUID, Int, false, "uid of the local user who ran the command, from the control socket's SO_PEERCRED"}
 	aControlUser = AttrSpec{KeyControlUser, String, true, "that user's name, when the uid has one"}
+	// An identity rotation's old key and overlap.
+	aPreviousFingerprint = AttrSpec{KeyPreviousFingerprint, String, false, "the identity rotated away from"}
+	aOverlapUntil        = AttrSpec{KeyOverlapUntil, String, false, "end of the overlap (RFC 3339, UTC): until then both keys are accepted"}
 )
 
 var (
@@ -312,6 +329,67 @@ var Catalog = []Spec{
 		ECS:  ECS{"event", []string{"authentication", "network"}, []string{"start", "denied"}, "failure"},
 	},
 	{
+		Name: IdentityRotated, Severity: Info,
+		When: "this site rotated its identity (dyad rotate): new connections present the new key, peers are told over their tunnels, and the old key stays in use until the overlap ends",
+		Attrs: []AttrSpec{
+			{KeyFingerprint, String, false, "the new identity's fingerprint"},
+			aPreviousFingerprint, aOverlapUntil,
+			{KeyControlUID, Int, true, "uid of the local user who ran dyad rotate (control socket, SO_PEERCRED)"},
+			aControlUser,
+		},
+		OCSF: OCSF{3004, "Entity Management", 3, "Update", 1, 3},
+		ECS:  ECS{"event", []string{"configuration", "iam"}, []string{"change"}, "success"},
+	},
+	{
+		Name: IdentityAnnounced, Severity: Info,
+		When: "a peer answered (or could not be asked) this site's signed announcement of its new identity; a peer without a tunnel then is asked again on its next connection within the overlap",
+		Attrs: []AttrSpec{
+			aPeer, {KeyFingerprint, String, false, "the new identity's fingerprint"}, aPreviousFingerprint,
+			{KeyReason, String, false, "accepted (the peer pinned the new key), refused (see the peer's dyad.peer.key_rotation_refused), previous_release, no_tunnel, failed"},
+		},
+		OCSF: OCSF{3004, "Entity Management", 3, "Update", 1, 3},
+		ECS:  ECS{"event", []string{"configuration", "iam"}, []string{"change"}, "success"},
+	},
+	{
+		Name: IdentityRetired, Severity: Info,
+		When: "a rotation's overlap ended: this site's previous identity is gone, the connections it authenticated are closed",
+		Attrs: []AttrSpec{
+			{KeyFingerprint, String, false, "the identity in use"}, aPreviousFingerprint,
+		},
+		OCSF: OCSF{3004, "Entity Management", 4, "Delete", 1, 3},
+		ECS:  ECS{"event", []string{"configuration", "iam"}, []string{"deletion"}, "success"},
+	},
+	{
+		Name: PeerKeyRotated, Severity: Info,
+		When: "a peer rotated its identity: its announcement, signed by the key pinned for it, was verified; the new key is pinned, the old one accepted until the overlap ends",
+		Attrs: []AttrSpec{
+			aPeer, {KeyPeerFingerprint, String, false, "the peer's new fingerprint"},
+			{KeyPeerPreviousFingerprint, String, false, "the peer's previous fingerprint"}, aOverlapUntil,
+		},
+		OCSF: OCSF{3004, "Entity Management", 3, "Update", 1, 3},
+		ECS:  ECS{"event", []string{"configuration", "iam"}, []string{"change"}, "success"},
+	},
+	{
+		Name: PeerKeyRotationRefused, Severity: Warn,
+		When: "a peer's identity announcement was refused; nothing was pinned",
+		Attrs: []AttrSpec{
+			aPeer, {KeyPeerFingerprint, String, false, "the key the announcing connection authenticated"},
+			{KeyReason, String, false, "malformed, bad_old_signature, bad_new_signature, not_connection_key, old_key_not_pinned, stale_sequence, bad_deadline, key_in_use, state_write_failed"},
+		},
+		OCSF: OCSF{3004, "Entity Management", 3, "Update", 2, 3},
+		ECS:  ECS{"event", []string{"configuration", "iam"}, []string{"change", "denied"}, "failure"},
+	},
+	{
+		Name: PeerKeyRetired, Severity: Info,
+		When: "a peer's rotation overlap ended: its previous key is no longer pinned, the connections it authenticated are closed",
+		Attrs: []AttrSpec{
+			aPeer, {KeyPeerFingerprint, String, false, "the peer's key in use"},
+			{KeyPeerPreviousFingerprint, String, false, "the retired key's fingerprint"},
+		},
+		OCSF: OCSF{3004, "Entity Management", 4, "Delete", 1, 3},
+		ECS:  ECS{"event", []string{"configuration", "iam"}, []string{"deletion"}, "success"},
+	},
+	{
 		Name: PeerInvited, Severity: Info, When: "dyad invite issued an invitation: a one-time secret whose hash the daemon keeps in its state directory until the invitation expires",
 		Attrs: []AttrSpec{
 			{KeyPeer, String, false, "the name the joiner will have here"},
@@ -433,6 +511,19 @@ var Catalog = []Spec{
 		Attrs: []AttrSpec{{KeyReason, String, false, "the dark listener's (dark_unknown_connection_id, dark_ended_connection_id, dark_first_flight_without_mac, dark_first_flight_replayed, dark_first_flight_source_quota, dark_first_flight_cache_full: codec/FORMAT.md section 9) or quic-go's drop trigger, e.g. payload_decrypt_error, unknown_connection_id"}, {KeyCount, Int, false, "packets"}, aCountSince},
 		OCSF:  network(6, "Traffic", 2),
 		ECS:   ECS{"event", []string{"network"}, []string{"denied"}, "failure"},
+	},
+	{
+		Name: JournalKeyHandover, Severity: Info, When: "the daemon's identity rotated (dyad rotate): the old key signs the name of the new one over every entry so far, and a checkpoint by the new key follows; dyad audit verify follows these handovers, so the journal verifies with any key of the chain that signed a checkpoint",
+		Attrs: []AttrSpec{
+			{"dyad.journal.origin", String, false, "checkpoint origin, dyad/<site>"},
+			{"dyad.journal.size", Int, false, "entries before the handover"},
+			{"dyad.journal.root_hash", String, false, "Merkle root of those entries, base64"},
+			{"dyad.journal.key", String, false, "the key handing over (note verifier key)"},
+			{"dyad.journal.next_key", String, false, "the new key (note verifier key)"},
+			{"dyad.journal.handover", String, false, "the handover note, signed by the old key"},
+		},
+		OCSF: lifecycle(99, "Other", 1),
+		ECS:  ECS{"event", []string{"file"}, []string{"change"}, "success"},
 	},
 	{
 		Name: JournalCheckpoint, Severity: Info, When: "the journal signed a checkpoint: when it is created (genesis, size 0), every 1000 entries, every minute even when nothing happens (the evidence that the daemon ran), after a recovery or break at start, at rotation and at stop",

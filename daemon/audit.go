@@ -33,7 +33,8 @@ type auditing struct {
 // journalOrigin names the journal's checkpoints (and their signing key).
 func journalOrigin(site string) string { return "dyad/" + site }
 
-func startAudit(cfg *Config, id *identity.Identity, log zerolog.Logger) (*auditing, error) {
+func startAudit(cfg *Config, keys siteKeys, log zerolog.Logger) (*auditing, error) {
+	id := keys.cur
 	ctx := context.Background()
 	host, _ := os.Hostname()
 	// OTEL_RESOURCE_ATTRIBUTES first (e.g. k8s.pod.name from a chart),
@@ -56,6 +57,10 @@ func startAudit(cfg *Config, id *identity.Identity, log zerolog.Logger) (*auditi
 	var aud atomic.Pointer[audit.Auditor] // the journal's hook runs before New returns
 	jopts := cfg.Audit.Journal
 	jopts.Origin, jopts.Signer = origin, signer
+	// The journal outlives identity rotations (journal/handover.go).
+	if jopts.Key, jopts.Previous, err = journalKeys(origin, keys); err != nil {
+		return nil, err
+	}
 	jopts.Holder = fmt.Sprintf("dyad %s, site %s, config %s", Version, cfg.Site, cfg.Path)
 	jopts.OnCheckpoint = func(e journal.Entry) { aud.Load().OnCheckpoint(e) }
 	j, err := journal.Open(jopts)

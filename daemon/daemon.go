@@ -34,7 +34,8 @@ type Daemon struct {
 	au   *auditing
 	node *tunnel.Node
 	cfg  atomic.Pointer[Config]
-	id   *identity.Identity
+	id   *identity.Identity // the identity in use (dyad rotate changes it, under applyMu)
+	keys siteKeys           // as the daemon started: the rotation in its overlap, if any
 
 	pendingInvites atomic.Int64 // invitations not used nor expired (enroll.go)
 
@@ -80,15 +81,18 @@ func RunWith(ctx context.Context, path string, logOut io.Writer, o RunOptions) e
 	}
 	log := newLogger(cfg, logOut)
 	sd := newNotifier(log)
-	id, err := identity.Load(cfg.IdentityPath)
+	// The state directory's rotated identity, if any, replaces the key
+	// file (rotate.go).
+	keys, err := loadSiteKeys(cfg)
 	if err != nil {
 		return err
 	}
-	au, err := startAudit(cfg, id, log)
+	id := keys.cur
+	au, err := startAudit(cfg, keys, log)
 	if err != nil {
 		return err
 	}
-	d := &Daemon{log: log, au: au, id: id, forwards: map[string]*forwardListener{}}
+	d := &Daemon{log: log, au: au, id: id, keys: keys, forwards: map[string]*forwardListener{}}
 	d.cfg.Store(cfg)
 	au.auditor.Emit(audit.ConfigLoaded, configAttrs(cfg)...)
 	for _, n := range cfg.Notes {
@@ -149,12 +153,15 @@ func (d *Daemon) start(cfg *Config, id *identity.Identity) (*http.Server, error)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.File.Listen, err)
 	}
-	node, err := tunnel.New(pc, id, cfg.Tunnel, d.log, d.au.auditor)
+	tcfg := d.tunnelConfig(cfg)
+	tcfg.Handover, tcfg.Learned = d.keys.handover, d.learnedRotations(cfg)
+	node, err := tunnel.New(pc, id, tcfg, d.log, d.au.auditor)
 	if err != nil {
 		pc.Close()
 		return nil, err
 	}
 	d.node = node
+	d.scheduleRetire()
 	d.setPending(cfg.State, time.Now())
 	node.SetEnroller(d)
 	if err := d.applyForwards(cfg, func() error { return nil }); err != nil {
@@ -225,7 +232,7 @@ func (d *Daemon) reload(path string) error {
 		err = restartOnly(old, cfg)
 	}
 	if err == nil {
-		err = d.applyForwards(cfg, func() error { return d.node.Update(cfg.Tunnel) })
+		err = d.applyForwards(cfg, func() error { return d.node.Update(d.tunnelConfig(cfg)) })
 	}
 	if err != nil {
 		errType := "invalid_config"

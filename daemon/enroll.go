@@ -104,7 +104,7 @@ func (d *Daemon) controlInvite(_ context.Context, c control.Caller, raw json.Raw
 				a.Peer, in.Expires.UTC().Format(time.RFC3339), a.Peer)
 		}
 	}
-	tok := enroll.Token{Site: cfg.Site, Key: d.id.Public(), Endpoints: a.Endpoints, Services: a.Services,
+	tok := enroll.Token{Site: cfg.Site, Key: d.node.Identity(), Endpoints: a.Endpoints, Services: a.Services,
 		Expires: now.Add(a.Expires).Truncate(time.Second)}
 	if _, err := rand.Read(tok.Secret[:]); err != nil {
 		return nil, err
@@ -124,7 +124,7 @@ func (d *Daemon) controlInvite(_ context.Context, c control.Caller, raw json.Raw
 		attribute.String(audit.KeyEnrollExpires, tok.Expires.UTC().Format(time.RFC3339)),
 	}, c.Attrs()...)...)
 	return InviteResult{Token: s, Peer: a.Peer, Services: nonNil(a.Services), Endpoints: a.Endpoints,
-		Expires: tok.Expires.UTC(), Fingerprint: d.id.Public().Fingerprint()}, nil
+		Expires: tok.Expires.UTC(), Fingerprint: d.node.Identity().Fingerprint()}, nil
 }
 
 // advertised turns the listen address into one a partner can dial, or
@@ -187,7 +187,7 @@ func (d *Daemon) controlJoin(ctx context.Context, c control.Caller, raw json.Raw
 	if err := d.joinConflict(name, tok.Key, a.Forwards); err != nil {
 		return nil, err
 	}
-	req, err := (&enroll.Join{Secret: tok.Secret, Key: d.id.Public(), Site: d.cfg.Load().Site}).Append(nil)
+	req, err := (&enroll.Join{Secret: tok.Secret, Key: d.node.Identity(), Site: d.cfg.Load().Site}).Append(nil)
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +219,7 @@ func (d *Daemon) controlJoin(ctx context.Context, c control.Caller, raw json.Raw
 		return nil, fmt.Errorf("%s refused the token (%s): %s; nothing changed", tok.Site, status, status.Explain())
 	}
 	res := JoinResult{Peer: name, Fingerprint: tok.Key.Fingerprint(), Endpoint: endpoint, Services: nonNil(tok.Services),
-		Phrase: enroll.Phrase(tok.Key, d.id.Public(), tok.Secret)}
+		Phrase: enroll.Phrase(tok.Key, d.node.Identity(), tok.Secret)}
 	sp := state.Peer{Name: name, PublicKey: tok.Key.String(), Endpoint: endpoint, Forwards: a.Forwards,
 		Enrolled: time.Now().UTC(), Role: "join", By: c.UID}
 	if a.Print {
@@ -239,7 +239,7 @@ func (d *Daemon) controlJoin(ctx context.Context, c control.Caller, raw json.Raw
 // this site uses already.
 func (d *Daemon) joinConflict(name string, key identity.PublicKey, fws []state.Forward) error {
 	cfg := d.cfg.Load()
-	if key.Sign == d.id.Public().Sign {
+	if key.Sign == d.node.Identity().Sign {
 		return errors.New("the token is this site's own invitation")
 	}
 	if p, ok := cfg.peer(name); ok {
@@ -294,7 +294,7 @@ func (d *Daemon) applyStateLocked() error {
 		return err
 	}
 	cfg.Audit.Journal.OnBroken = old.Audit.Journal.OnBroken // a start option may have set it
-	if err := d.applyForwards(cfg, func() error { return d.node.Update(cfg.Tunnel) }); err != nil {
+	if err := d.applyForwards(cfg, func() error { return d.node.Update(d.tunnelConfig(cfg)) }); err != nil {
 		return err
 	}
 	d.cfg.Store(cfg)
@@ -402,7 +402,7 @@ func (d *Daemon) enroll(signKey []byte, j *enroll.Join) (enroll.Status, string, 
 			return enroll.StatusConflict, "", "", inv
 		}
 	}
-	phrase := enroll.Phrase(d.id.Public(), j.Key, j.Secret)
+	phrase := enroll.Phrase(d.node.Identity(), j.Key, j.Secret)
 	st.Peers = append(st.Peers, state.Peer{Name: inv.Peer, PublicKey: j.Key.String(), Services: inv.Services,
 		Enrolled: now.UTC(), Role: "invite", By: inv.By, Phrase: phrase})
 	if err := st.SavePeers(); err != nil {

@@ -197,7 +197,8 @@ func reportControls(cfg *Config, keyTime time.Time) report.Controls {
 	c := report.Controls{
 		ConfigPath: cfg.Path, ConfigSHA256: cfg.SHA256, Listen: cfg.File.Listen, Admin: cfg.File.Admin,
 		IdentityKeyModified: keyTime, CountConnectionDrops: cfg.Tunnel.CountConnectionDrops,
-		Peers: []report.Peer{}, Services: []report.Service{}, Forwards: []report.Forward{},
+		IdentityMaxAge: reportIdentityMaxAge(cfg),
+		Peers:          []report.Peer{}, Services: []report.Service{}, Forwards: []report.Forward{},
 	}
 	for i, p := range cfg.File.Peers {
 		c.Peers = append(c.Peers, report.Peer{Name: p.Name, Fingerprint: cfg.Tunnel.Peers[i].Key.Fingerprint(),

@@ -11,6 +11,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"golang.org/x/time/rate"
+
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
 
 // admission bounds the handshakes quic-go takes on before TLS completes
@@ -74,6 +76,9 @@ type admissionTicket struct {
 	a         *admission
 	src, pfx  netip.Prefix
 	handshake sync.Once
+	// presented is the identity our certificate was made from
+	// (serverTLS): during a rotation, the connection's pairing secret.
+	presented atomic.Pointer[identity.Identity]
 }
 
 func (t *admissionTicket) handshakeDone() {

@@ -94,7 +94,7 @@ func floodOnce(n *Node, ip net.IP) error {
 	dcid, scid := make([]byte, 8), make([]byte, 8)
 	rand.Read(dcid)
 	rand.Read(scid)
-	if _, err := c.WriteToUDP(SealFirstFlight(n.id.Public(), garbageInitial(dcid, scid, nil), time.Now()), to); err != nil {
+	if _, err := c.WriteToUDP(SealFirstFlight(n.Identity(), garbageInitial(dcid, scid, nil), time.Now()), to); err != nil {
 		return err
 	}
 	buf := make([]byte, 2048)

@@ -74,6 +74,19 @@ type Config struct {
 	// every well-formed handshake, including scanners' (codec/FORMAT.md,
 	// "Dark listener").
 	DisableDark bool
+
+	// OnPeerKeyRotated, if set, is called with every verified peer
+	// rotation before the node pins the new key; an error refuses the
+	// announcement (the announcer keeps its old key for that peer). The
+	// daemon stores the learned key in its state directory here, so that
+	// a restart keeps it. Nil: learned keys live in memory only.
+	OnPeerKeyRotated func(KeyRotation) error
+	// Handover, read by New only, resumes this node's own rotation after
+	// a restart during its overlap (Node.Rotate starts one).
+	Handover *Handover
+	// Learned, read by New only, are the peers' rotations taken before a
+	// restart (OnPeerKeyRotated stored them).
+	Learned []KeyRotation
 }
 
 // Peer is a paired daemon.
@@ -88,6 +101,59 @@ type Peer struct {
 	// Connections overrides Config.Connections for this peer; zero means
 	// Config.Connections.
 	Connections int
+	// Previous are keys the peer rotated away from, still accepted until
+	// their deadline (an identity rotation's overlap): connections they
+	// authenticated keep flowing and new ones are admitted; at the
+	// deadline they are closed like a removed key's (THREATS P1, tested by
+	// TestRotationOldKeyRefusedAfterOverlap). We dial expecting Key.
+	Previous []PreviousKey
+}
+
+// PreviousKey is a peer key accepted until a deadline.
+type PreviousKey struct {
+	Key   identity.PublicKey
+	Until time.Time
+}
+
+// accepts returns the full public key among p's keys in force at now
+// whose Ed25519 half is sign.
+func (p Peer) accepts(sign [32]byte, now time.Time) (identity.PublicKey, bool) {
+	if subtle.ConstantTimeCompare(p.Key.Sign[:], sign[:]) == 1 {
+		return p.Key, true
+	}
+	for _, k := range p.Previous {
+		if now.Before(k.Until) && subtle.ConstantTimeCompare(k.Key.Sign[:], sign[:]) == 1 {
+			return k.Key, true
+		}
+	}
+	return identity.PublicKey{}, false
+}
+
+// accepted reports whether k (both halves) is one of p's keys in force at now.
+func (p Peer) accepted(k identity.PublicKey, now time.Time) bool {
+	got, ok := p.accepts(k.Sign, now)
+	return ok && got.Equal(k)
+}
+
+// KeyRotation is a peer's identity rotation this node verified, handed to
+// Config.OnPeerKeyRotated before it is pinned; Config.Learned gives it back
+// after a restart. Base is the key the configuration pins for the peer (the
+// key it had before its first rotation that this node took): the rotation
+// applies while the configuration still pins Base, and is forgotten once
+// the operator pins another key.
+type KeyRotation struct {
+	Peer         string
+	Base         identity.PublicKey
+	Announcement Announcement
+}
+
+// Handover is a rotation of this node's own identity whose overlap is
+// still running (the daemon keeps it in its state directory across
+// restarts): Previous is the identity rotated away from, Announcement the
+// signed handover to the node's identity.
+type Handover struct {
+	Previous     *identity.Identity
+	Announcement Announcement
 }
 
 // Service is an upstream this site exports to the peers on its allow list.
@@ -264,6 +330,13 @@ func (c Config) Validate() error {
 			}
 		}
 	}
+	for _, p := range c.Peers {
+		for _, k := range p.Previous {
+			if other, dup := signs[k.Key.Sign]; dup && other != p.Name {
+				return fmt.Errorf("peer %q: previous key is peer %q's key", p.Name, other)
+			}
+		}
+	}
 	services := map[string]bool{}
 	for _, s := range c.Services {
 		if !ValidServiceName(s.Name) {
@@ -317,6 +390,11 @@ func (c Config) ValidateSelf(self identity.PublicKey) error {
 		if p.Key.Sign == self.Sign || p.Key.DH == self.DH {
 			return fmt.Errorf("peer %q: this site's own key", p.Name)
 		}
+		for _, k := range p.Previous {
+			if k.Key.Sign == self.Sign || k.Key.DH == self.DH {
+				return fmt.Errorf("peer %q: previous key is this site's own key", p.Name)
+			}
+		}
 	}
 	return nil
 }
@@ -325,7 +403,7 @@ func (c Config) ValidateSelf(self identity.PublicKey) error {
 type snapshot struct {
 	cfg      Config
 	services map[string]*serviceEntry
-	keys     map[string][32]byte // each peer's pinned Ed25519 key, by name
+	keys     map[string]Peer // each peer by name, for its pinned keys
 }
 
 type serviceEntry struct {
@@ -334,9 +412,9 @@ type serviceEntry struct {
 }
 
 func newSnapshot(c Config) *snapshot {
-	s := &snapshot{cfg: c.withDefaults(), services: map[string]*serviceEntry{}, keys: map[string][32]byte{}}
+	s := &snapshot{cfg: c.withDefaults(), services: map[string]*serviceEntry{}, keys: map[string]Peer{}}
 	for _, p := range c.Peers {
-		s.keys[p.Name] = p.Key.Sign
+		s.keys[p.Name] = p
 	}
 	for _, svc := range c.Services {
 		e := &serviceEntry{Service: svc, allow: map[string]bool{}}
@@ -348,13 +426,18 @@ func newSnapshot(c Config) *snapshot {
 	return s
 }
 
-// pinned reports whether key is the key pinned for peer in this
-// configuration: a connection is admitted, and each of its streams, by the
-// key it authenticated with, never by a name alone (THREATS P1,
-// TestKeyChangeClosesOldKeysConnections).
+// pinned reports whether key is a key pinned for peer in this
+// configuration (its key, or a previous one within its overlap): a
+// connection is admitted, and each of its streams, by the key it
+// authenticated with, never by a name alone (THREATS P1,
+// TestKeyChangeClosesOldKeysConnections, TestRotationOldKeyRefusedAfterOverlap).
 func (s *snapshot) pinned(peer string, key [32]byte) bool {
-	want, ok := s.keys[peer]
-	return ok && subtle.ConstantTimeCompare(want[:], key[:]) == 1
+	p, ok := s.keys[peer]
+	if !ok {
+		return false
+	}
+	_, ok = p.accepts(key, time.Now())
+	return ok
 }
 
 // admit decides a peer's request for a service: THREATS P2, tested by

@@ -233,13 +233,75 @@ func (g cidGenerator) GenerateConnectionID() (quic.ConnectionID, error) {
 // ConnectionIDLen implements quic.ConnectionIDGenerator.
 func (g cidGenerator) ConnectionIDLen() int { return cidLen }
 
+// rotatingCIDs is the node's quic.Transport.ConnectionIDGenerator: IDs under
+// the filter's current own key, which an identity rotation changes.
+type rotatingCIDs struct{ f *darkFilter }
+
+var _ quic.ConnectionIDGenerator = rotatingCIDs{}
+
+// GenerateConnectionID implements quic.ConnectionIDGenerator.
+func (g rotatingCIDs) GenerateConnectionID() (quic.ConnectionID, error) {
+	return cidGenerator{g.f.keys.Load().own}.GenerateConnectionID()
+}
+
+// ConnectionIDLen implements quic.ConnectionIDGenerator.
+func (g rotatingCIDs) ConnectionIDLen() int { return cidLen }
+
+// darkKeys are the node's own dark keys: own, and during an identity
+// rotation's overlap prev, the previous identity's, whose first-flight MAC
+// and connection IDs still pass (a peer that has not learned the new key
+// dials with the old MAC; live tunnels carry IDs issued under it).
+type darkKeys struct{ own, prev *darkKey }
+
+// setKeys makes own the filter's key and prev (nil: none) the previous
+// one. Both keep this process's incarnation, so IDs issued under either
+// are ours.
+func (f *darkFilter) setKeys(own, prev *darkKey) {
+	cur := f.keys.Load()
+	for _, k := range []*darkKey{own, prev} {
+		// Keys in use already carry it (and are read concurrently);
+		// only a fresh one is written.
+		if k != nil && k != cur.own && k != cur.prev {
+			k.inc = cur.own.inc
+		}
+	}
+	f.keys.Store(&darkKeys{own: own, prev: prev})
+}
+
+// current returns the keys in force; on the read loop only, it also
+// refreshes the reused MACs when they changed.
+func (f *darkFilter) current() *darkKeys {
+	k := f.keys.Load()
+	if k != f.macKeys {
+		f.macKeys, f.mac, f.prevMAC = k, k.own.newMAC(), nil
+		if k.prev != nil {
+			f.prevMAC = k.prev.newMAC()
+		}
+	}
+	return k
+}
+
+// validCID reports whether cid was issued under one of k's keys.
+func (k *darkKeys) validCIDWith(cid []byte, tag *[aes.BlockSize]byte) bool {
+	return k.own.validCIDWith(cid, tag) || k.prev != nil && k.prev.validCIDWith(cid, tag)
+}
+
+// openFirstFlight checks b under the current MAC, then the previous one.
+func (f *darkFilter) openFirstFlight(b []byte, now time.Time) ([]byte, bool) {
+	if body, ok := openFirstFlight(f.mac, &f.sum, b, now); ok || f.prevMAC == nil {
+		return body, ok
+	}
+	return openFirstFlight(f.prevMAC, &f.sum, b, now)
+}
+
 // remoteAddresser is a live tunnel's connection as the filter sees it
 // (*quic.Conn): its remote address follows a migration.
 type remoteAddresser interface{ RemoteAddr() net.Addr }
 
 // darkFilter is the dark listener's decision logic, apart from the socket.
 type darkFilter struct {
-	own  *darkKey
+	own  *darkKey // the key the filter was made with (tests); keys holds the current ones
+	keys atomic.Pointer[darkKeys]
 	dark atomic.Bool // drop what fails; false: only strip valid trailers
 	drop func(reason string)
 
@@ -255,7 +317,9 @@ type darkFilter struct {
 	// of FORMAT.md section 9.
 	passed  [passedSets][2]passedEntry
 	scratch [aes.BlockSize]byte
-	mac     hash.Hash // HMAC under own.mac
+	mac     hash.Hash // HMAC under the current own key's mac
+	prevMAC hash.Hash // and under the previous one's, during an overlap
+	macKeys *darkKeys // the keys mac and prevMAC are of
 	sum     [sha256.Size]byte
 	live    map[[cidLen]byte]time.Time // own IDs last seen from a live tunnel's address
 	foreign map[[cidLen]byte]time.Time // another incarnation's IDs, first seen
@@ -333,9 +397,12 @@ func (f *darkFilter) remember(cid []byte, ap netip.AddrPort, now time.Time) {
 // newDarkFilter returns a filter for the node whose key is own, reporting
 // drops to drop; it starts open (dark false).
 func newDarkFilter(own *darkKey, drop func(reason string)) *darkFilter {
-	return &darkFilter{own: own, drop: drop, peers: map[netip.AddrPort]*darkKey{}, mac: own.newMAC(),
+	f := &darkFilter{own: own, drop: drop, peers: map[netip.AddrPort]*darkKey{},
 		conns: map[remoteAddresser]int{}, remotes: map[netip.AddrPort]struct{}{},
 		live: map[[cidLen]byte]time.Time{}, foreign: map[[cidLen]byte]time.Time{}, replay: newReplayCache()}
+	f.keys.Store(&darkKeys{own: own})
+	f.current()
+	return f
 }
 
 // Drop reasons, as packets_dropped events and metrics name them.
@@ -352,12 +419,16 @@ const (
 // sent there carry the MAC of peer's key.
 func (f *darkFilter) expect(addr *net.UDPAddr, peer identity.PublicKey) {
 	ap, _ := addrKey(addr)
+	k := newDarkKey(peer)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if k, ok := f.peers[ap]; ok && k != nil {
+	// A key pinned anew for the same endpoint (a rotation, a reload)
+	// replaces the old one: first flights sealed under the old key would
+	// go unanswered once the peer retires it (TestRotationOldKeyRefusedAfterOverlap).
+	if old, ok := f.peers[ap]; ok && old != nil && hmac.Equal(old.mac, k.mac) {
 		return
 	}
-	f.peers[ap] = newDarkKey(peer)
+	f.peers[ap] = k
 }
 
 // tunnelAt counts a live tunnel in (delta 1) or out (-1). Its remote
@@ -452,18 +523,19 @@ func (f *darkFilter) inbound(b []byte, from net.Addr, now time.Time) (int, bool)
 		return f.short(b, from, now)
 	}
 	ap, _ := addrKey(from)
-	if dcid, ok := longDCID(b); ok && len(dcid) == cidLen && f.own.validCIDWith(dcid, &f.scratch) {
+	keys := f.current()
+	if dcid, ok := longDCID(b); ok && len(dcid) == cidLen && keys.validCIDWith(dcid, &f.scratch) {
 		// Long headers carry only handshakes: our ID passes while it is
 		// young, from the server we dialed or a client whose sealed first
 		// flight we took. Anything else (an observer's rebuilt Initial)
 		// would make quic-go start a new connection and answer it.
-		if f.own.ours(dcid) && young(dcid, now) && (f.replay.handshaking(ap, now) || f.knownSource(ap, now)) {
+		if keys.own.ours(dcid) && young(dcid, now) && (f.replay.handshaking(ap, now) || f.knownSource(ap, now)) {
 			// A daemon of the previous release seals every long header to
 			// an ID it cannot recognise as ours (16 bytes, not its 12):
 			// strip a trailer that verifies, as QUIC cannot parse it. Only
 			// handshake datagrams pay for the check, and unsealed ones fail
 			// it at the timestamp (TestInteropPreviousRelease).
-			if body, ok := openFirstFlight(f.mac, &f.sum, b, now); ok {
+			if body, ok := f.openFirstFlight(b, now); ok {
 				return len(body), true
 			}
 			return len(b), true
@@ -473,7 +545,7 @@ func (f *darkFilter) inbound(b []byte, from net.Addr, now time.Time) (int, bool)
 			return 0, false
 		}
 	}
-	if body, ok := openFirstFlight(f.mac, &f.sum, b, now); ok {
+	if body, ok := f.openFirstFlight(b, now); ok {
 		if !f.dark.Load() {
 			return len(body), true
 		}
@@ -503,12 +575,13 @@ func (f *darkFilter) short(b []byte, from net.Addr, now time.Time) (int, bool) {
 		}
 	}
 	ap, _ := addrKey(from)
-	valid := cid != nil && f.own.validCIDWith(cid, &f.scratch)
+	keys := f.current()
+	valid := cid != nil && keys.validCIDWith(cid, &f.scratch)
 	if f.knownSource(ap, now) {
 		// A live tunnel or a peer we dial: its packets, or its stateless
 		// reset after it restarted (quic-go checks the token;
 		// TestFaultKillImporterMidUpload, TestFaultStaleTunnelEnds).
-		if valid && f.own.ours(cid) {
+		if valid && keys.own.ours(cid) {
 			f.learn(cid, now)
 			f.remember(cid, ap, now)
 		}
@@ -518,7 +591,7 @@ func (f *darkFilter) short(b []byte, from net.Addr, now time.Time) (int, bool) {
 		f.drop(dropUnknownCID)
 		return 0, false
 	}
-	if f.own.ours(cid) {
+	if keys.own.ours(cid) {
 		if young(cid, now) && f.replay.handshaking(ap, now) {
 			f.learn(cid, now) // a client whose handshake just ended, before its tunnel is counted
 			return len(b), true

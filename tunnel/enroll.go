@@ -128,7 +128,7 @@ func (n *Node) Enroll(ctx context.Context, endpoint string, key identity.PublicK
 	n.dark.expect(addr, key)
 	ctx, cancel := context.WithTimeout(ctx, enrollWait+handshakeTimeout)
 	defer cancel()
-	tc := n.clientTLS(n.cert, Peer{Name: "inviter", Key: key}, addr)
+	tc := n.clientTLS(n.self.Load().cert, Peer{Name: "inviter", Key: key}, addr)
 	tc.NextProtos = []string{EnrollALPN}
 	qc, err := n.tr.Dial(ctx, addr, tc, n.quicConfig(n.cfg.Load().cfg))
 	if err != nil {

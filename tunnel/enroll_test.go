@@ -55,7 +55,7 @@ func TestEnrollOfferedOnlyWithInvitation(t *testing.T) {
 	if string(reply) != "reply:hi" {
 		t.Fatalf("reply %q", reply)
 	}
-	want := stranger.id.Public()
+	want := stranger.Identity()
 	f.mu.Lock()
 	if len(f.keys) != 1 || !bytes.Equal(f.keys[0], want.Sign[:]) {
 		t.Fatalf("enroller saw keys %x, want the stranger's", f.keys)
@@ -85,7 +85,7 @@ func TestEnrollConnectionServesNoStream(t *testing.T) {
 	s := startNode(t, newIdentity(t), Config{})
 	addr := b.Addr().(*net.UDPAddr)
 	s.dark.expect(addr, idb.Public())
-	tc := s.clientTLS(s.cert, Peer{Name: "b", Key: idb.Public()}, addr)
+	tc := s.clientTLS(s.self.Load().cert, Peer{Name: "b", Key: idb.Public()}, addr)
 	tc.NextProtos = []string{EnrollALPN}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -40,7 +40,11 @@ func rawStream(t *testing.T, a *Node) (*quic.Stream, *codectest.Forger) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.CancelRead(0); s.CancelWrite(0) })
-	f, err := codectest.NewForger(secret, l.pairing, tc.sess.Suite(), uint64(s.StreamID()), codec.FromInitiator)
+	pairing, err := tc.local.PairingSecret(l.current().Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := codectest.NewForger(secret, pairing, tc.sess.Suite(), uint64(s.StreamID()), codec.FromInitiator)
 	if err != nil {
 		t.Fatal(err)
 	}

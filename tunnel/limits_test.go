@@ -205,7 +205,7 @@ func TestHandshakeLimits(t *testing.T) {
 			c.Close()
 		}
 		nc := startNode(t, idc, Config{ConnectTimeout: time.Second,
-			Peers: []Peer{{Name: "b", Key: b.id.Public(), Endpoint: b.Addr().String()}}})
+			Peers: []Peer{{Name: "b", Key: b.Identity(), Endpoint: b.Addr().String()}}})
 		if _, err := echoOnce(t, nc); !errors.Is(err, errNoTunnel) {
 			t.Fatalf("%s: second peer got through: %v", tc.limit, err)
 		}

@@ -60,12 +60,17 @@ const retireGrace = 30 * time.Second
 // one identity (deploy/README, scale-out) each keep their own connections
 // (TestSharedIdentityNoReplaceLoop).
 type link struct {
-	n       *Node
-	peer    Peer
-	pairing []byte
-	kick    chan struct{} // wakes a dial loop at once (buffered, 1)
-	stop    context.CancelFunc
-	ctx     context.Context // ends when the link is closed
+	n    *Node
+	peer Peer                 // as the link was made: its name and endpoint never change
+	cur  atomic.Pointer[Peer] // the peer as now configured: its keys change with a rotation
+	// acked: the peer pinned our current identity (it took our
+	// announcement, or no rotation of ours is in its overlap). Until then
+	// we dial it presenting our previous identity, and announce the new
+	// one on each connection (TestRotationPeerOfflineAtAnnouncement).
+	acked atomic.Bool
+	kick  chan struct{} // wakes a dial loop at once (buffered, 1)
+	stop  context.CancelFunc
+	ctx   context.Context // ends when the link is closed
 
 	want atomic.Int32 // connections to dial (Peer.Connections with the default applied)
 
@@ -83,7 +88,8 @@ type link struct {
 type tconn struct {
 	qc      *quic.Conn
 	sess    *codec.Session
-	key     [32]byte // the Ed25519 key the peer authenticated with
+	key     [32]byte           // the Ed25519 key the peer authenticated with
+	local   *identity.Identity // the identity we authenticated with
 	since   time.Time
 	id      uint64       // node-wide sequence number, in audit events and /statusz
 	slot    int          // our dial slot; -1 if accepted (or dialed outside the slots)
@@ -128,12 +134,17 @@ func (t *tconn) retire() {
 }
 
 func (n *Node) newLink(p Peer) (*link, error) {
-	secret, err := n.id.PairingSecret(p.Key)
+	// A key that cannot pair (a low-order X25519 key) is refused here,
+	// not at each connection.
+	secret, err := n.self.Load().cur.PairingSecret(p.Key)
 	if err != nil {
 		return nil, err
 	}
-	l := &link{n: n, peer: p, pairing: secret, kick: make(chan struct{}, 1), changed: make(chan struct{}),
+	clear(secret)
+	l := &link{n: n, peer: p, kick: make(chan struct{}, 1), changed: make(chan struct{}),
 		conns: map[*tconn]struct{}{}, slots: map[int]*tconn{}}
+	l.setPeer(p)
+	l.acked.Store(true)
 	l.ctx, l.stop = context.WithCancel(n.ctx)
 	l.resize(n.cfg.Load().cfg.connectionsTo(p))
 	return l, nil
@@ -244,11 +255,51 @@ func (t *tconn) role() string {
 // counted and audited it: the caller has nothing left to report.
 var errRefused = errors.New("connection refused")
 
+// current returns the peer as now configured (its keys).
+func (l *link) current() Peer { return *l.cur.Load() }
+
+func (l *link) setPeer(p Peer) { l.cur.Store(&p) }
+
+// closeUnpinned closes the connections whose peer key is no longer pinned
+// at now (a rotation's overlap ended): THREATS P1, tested by
+// TestRotationOldKeyRefusedAfterOverlap.
+func (l *link) closeUnpinned(now time.Time) {
+	p := l.current()
+	l.mu.Lock()
+	var cut []*tconn
+	for tc := range l.conns {
+		if _, ok := p.accepts(tc.key, now); !ok {
+			cut = append(cut, tc)
+		}
+	}
+	l.mu.Unlock()
+	for _, tc := range cut {
+		tc.qc.CloseWithError(codeKeyChanged, "key no longer pinned")
+	}
+}
+
+// closeLocal closes the connections on which we authenticated with id
+// (our previous identity, at the end of its overlap).
+func (l *link) closeLocal(id *identity.Identity) {
+	l.mu.Lock()
+	var cut []*tconn
+	for tc := range l.conns {
+		if tc.local == id {
+			cut = append(cut, tc)
+		}
+	}
+	l.mu.Unlock()
+	for _, tc := range cut {
+		tc.qc.CloseWithError(codeKeyChanged, "our previous identity retired")
+	}
+}
+
 // attach derives the codec keys of a new connection and adds it to the
 // peer's set, where it takes new streams at once. An accepted connection
 // beyond the peer's cap is refused (THREATS P5, TestConnectionsPerPeerCapped).
 // slot is the dial slot of a connection we dialed (-1 otherwise).
-func (l *link) attach(qc *quic.Conn, dialed bool, slot int, handshake time.Duration) error {
+// local is the identity we authenticated with.
+func (l *link) attach(qc *quic.Conn, local *identity.Identity, dialed bool, slot int, handshake time.Duration) error {
 	state := qc.ConnectionState().TLS
 	var key [32]byte
 	if len(state.PeerCertificates) > 0 {
@@ -263,16 +314,25 @@ func (l *link) attach(qc *quic.Conn, dialed bool, slot int, handshake time.Durat
 		qc.CloseWithError(codePeerRemoved, "not paired")
 		return errRefused
 	}
+	// The pairing secret is that of the two keys this connection
+	// authenticated: during a rotation's overlap, either side may hold
+	// connections of its old key and of its new one.
+	peerKey, _ := l.current().accepts(key, time.Now())
+	pairing, err := local.PairingSecret(peerKey)
+	if err != nil {
+		return fmt.Errorf("pairing with %s: %w", peerKey.Fingerprint(), err)
+	}
+	defer clear(pairing)
 	secret, err := state.ExportKeyingMaterial(exporterLabel, nil, codec.SecretSize)
 	if err != nil {
 		return fmt.Errorf("tls exporter: %w", err)
 	}
-	sess, err := codec.NewSession(secret, l.pairing, codec.Config{Suite: l.n.cfg.Load().cfg.Suite, OnKeyUpdate: l.n.keyUpdateHook(l.peer.Name)})
+	sess, err := codec.NewSession(secret, pairing, codec.Config{Suite: l.n.cfg.Load().cfg.Suite, OnKeyUpdate: l.n.keyUpdateHook(l.peer.Name)})
 	clear(secret)
 	if err != nil {
 		return err
 	}
-	tc := &tconn{qc: qc, sess: sess, key: key, since: time.Now(), dialed: dialed, slot: slot,
+	tc := &tconn{qc: qc, sess: sess, key: key, local: local, since: time.Now(), dialed: dialed, slot: slot,
 		legacy: state.NegotiatedProtocol != ALPN, id: l.n.connSeq.Add(1)}
 	if !dialed {
 		tc.slot = -1
@@ -320,6 +380,15 @@ func (l *link) attach(qc *quic.Conn, dialed bool, slot int, handshake time.Durat
 	l.n.loops.Add(2)
 	go l.serve(tc)
 	go l.heartbeat(tc)
+	if self := l.n.self.Load(); self.prev != nil && local == self.prev {
+		// The peer knows us by our previous identity: tell it the new one
+		// on this connection (TestRotationPeerOfflineAtAnnouncement).
+		l.n.loops.Add(1)
+		go func() {
+			defer l.n.loops.Done()
+			l.n.announceTo(l.ctx, l, tc, self)
+		}()
+	}
 	return nil
 }
 
@@ -383,7 +452,7 @@ func (l *link) reportSeveral(a, b *tconn) {
 // nothing, so the two never chase each other (TestBothEndpointsSettle).
 // It returns the connections to retire.
 func (l *link) balanceLocked() []*tconn {
-	if l.peer.Endpoint == "" || l.n.preferredDialer(l.peer) {
+	if l.peer.Endpoint == "" || l.n.preferredDialer(l.current()) {
 		return nil
 	}
 	allow := int(l.want.Load()) - l.theirsLocked()
@@ -457,7 +526,7 @@ func (l *link) collide(old, cur *tconn) bool {
 	if cur.since.Sub(old.since) > collisionWindow {
 		return false
 	}
-	weArePreferred := l.n.preferredDialer(l.peer)
+	weArePreferred := l.n.preferredDialer(l.current())
 	return old.dialed == weArePreferred && cur.dialed != weArePreferred
 }
 
@@ -557,7 +626,7 @@ func (l *link) mayDial(slot int) bool {
 	if slot > 0 && !l.multi {
 		return false
 	}
-	if !l.n.preferredDialer(l.peer) {
+	if !l.n.preferredDialer(l.current()) {
 		want -= l.theirsLocked()
 	}
 	return slot < want
@@ -606,8 +675,11 @@ func (l *link) dialLoop(slot int) {
 		if l.ctx.Err() != nil {
 			return
 		}
+		// The pinned fingerprint: with the dark listener on, a peer whose
+		// key is no longer the one pinned (it rotated while we were away)
+		// does not answer at all (README, "Key rotation").
 		l.n.log.Warn().Err(err).Str("peer", l.peer.Name).Str("endpoint", l.peer.Endpoint).Int("slot", slot).
-			Dur("retry_in", backoff).Msg("dial failed")
+			Str("pinned_fingerprint", l.current().Key.Fingerprint()).Dur("retry_in", backoff).Msg("dial failed")
 		// A kick (a local connection waiting) cuts the back-off short,
 		// but attempts stay at least minBackoff apart.
 		time.Sleep(minBackoff)
@@ -637,12 +709,14 @@ func (l *link) dial(slot int) error {
 	if err != nil {
 		return fmt.Errorf("resolve %s: %w", l.peer.Endpoint, err)
 	}
-	l.n.dark.expect(addr, l.peer.Key) // our first flight carries its MAC
+	p := l.current()
+	l.n.dark.expect(addr, p.Key) // our first flight carries its MAC
 	snap := l.n.cfg.Load()
 	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
 	defer cancel()
 	start := time.Now()
-	qc, err := l.n.tr.Dial(ctx, addr, l.n.clientTLS(l.n.cert, l.peer, addr), l.n.quicConfig(snap.cfg))
+	local, cert := l.n.self.Load().forPeer(l.acked.Load())
+	qc, err := l.n.tr.Dial(ctx, addr, l.n.clientTLS(cert, p, addr), l.n.quicConfig(snap.cfg))
 	if err != nil {
 		return err
 	}
@@ -650,7 +724,7 @@ func (l *link) dial(slot int) error {
 		qc.CloseWithError(codeSetupFailed, "no ready signal")
 		return fmt.Errorf("peer did not accept us: %w", err)
 	}
-	if err := l.attach(qc, true, slot, time.Since(start)); err != nil {
+	if err := l.attach(qc, local, true, slot, time.Since(start)); err != nil {
 		qc.CloseWithError(codeSetupFailed, "setup failed")
 		return err
 	}

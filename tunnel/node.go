@@ -14,7 +14,6 @@ package tunnel
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -53,14 +52,22 @@ type Node struct {
 	// Stats counts what the node did.
 	Stats Stats
 
-	id     *identity.Identity
-	log    zerolog.Logger
-	tr     *quic.Transport
-	ln     *quic.Listener
-	cert   tls.Certificate
-	cfg    atomic.Pointer[snapshot]
-	ctx    context.Context // ends when the node closes
-	cancel context.CancelFunc
+	self atomic.Pointer[selfKeys] // this site's identity (two during a rotation's overlap)
+	log  zerolog.Logger
+	tr   *quic.Transport
+	ln   *quic.Listener
+	cfg  atomic.Pointer[snapshot]
+	// updateMu serializes configuration changes: Update, and the pins a
+	// peer's identity announcement and an overlap's end make.
+	updateMu sync.Mutex
+	// given is the last configuration Update (or New) was given, before
+	// learned rotations (guarded by updateMu).
+	given Config
+	// learned are the rotations peers announced while this node ran
+	// (guarded by updateMu), applied over every given configuration.
+	learned map[string]KeyRotation
+	ctx     context.Context // ends when the node closes
+	cancel  context.CancelFunc
 
 	mu    sync.Mutex // guards links
 	links map[string]*link
@@ -100,19 +107,27 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 	if err := cfg.ValidateSelf(id.Public()); err != nil {
 		return nil, err
 	}
-	cert, err := id.Certificate()
+	self, err := newSelfKeys(id, cfg.Handover)
 	if err != nil {
 		return nil, err
 	}
 	resetKey := quic.StatelessResetKey(id.DerivedKey("quic stateless reset"))
 	n := &Node{
-		id:      id,
 		log:     log,
-		cert:    cert,
 		links:   map[string]*link{},
+		learned: map[string]KeyRotation{},
+		given:   cfg,
 		audit:   aud,
 		metrics: aud.Metrics(),
 		started: time.Now(),
+	}
+	n.self.Store(self)
+	for _, r := range cfg.Learned {
+		n.learned[r.Peer] = r
+	}
+	cfg = n.withLearned(cfg)
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("learned peer keys: %w", err)
 	}
 	n.drops = &dropCounter{n: n}
 	n.admission = &admission{n: n, sources: map[netip.Prefix]*rate.Limiter{}}
@@ -120,6 +135,9 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 	n.cfg.Store(snap)
 	n.gates.apply(snap.cfg)
 	n.dark = newDarkFilter(newDarkKey(id.Public()), n.drops.add)
+	if self.prev != nil {
+		n.dark.setKeys(n.dark.keys.Load().own, newDarkKey(self.prev.Public()))
+	}
 	n.dark.dark.Store(!snap.cfg.DisableDark)
 	conn := pc
 	if u, ok := pc.(*net.UDPConn); ok {
@@ -128,10 +146,10 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 		return nil, fmt.Errorf("dark listener: %T is not a UDP socket", pc)
 	}
 	n.tr = &quic.Transport{Conn: conn, StatelessResetKey: &resetKey, Tracer: n.drops,
-		ConnectionIDGenerator: cidGenerator{n.dark.own}, DisableVersionNegotiationPackets: true,
+		ConnectionIDGenerator: rotatingCIDs{n.dark}, DisableVersionNegotiationPackets: true,
 		VerifySourceAddress: n.admission.retry, ConnContext: n.admission.admit}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.ln, err = n.tr.Listen(n.serverTLS(cert), n.quicConfig(snap.cfg))
+	n.ln, err = n.tr.Listen(n.serverTLS(), n.quicConfig(snap.cfg))
 	if err != nil {
 		n.cancel()
 		return nil, fmt.Errorf("quic listen on %v: %w", pc.LocalAddr(), err)
@@ -141,6 +159,18 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 	go n.acceptLoop()
 	go n.reportDrops(dropInterval)
 	n.reconcile(nil, snap)
+	n.scheduleOverlaps(snap)
+	if self.prev != nil {
+		// Restarted during our rotation's overlap: we do not know which
+		// peers took the announcement, so each is dialed with the old key
+		// and told again (taking it twice changes nothing).
+		n.mu.Lock()
+		for _, l := range n.links {
+			l.acked.Store(false)
+		}
+		n.mu.Unlock()
+		time.AfterFunc(time.Until(self.until), n.endOverlap)
+	}
 	return n, nil
 }
 
@@ -186,17 +216,28 @@ func (n *Node) Addr() net.Addr { return n.ln.Addr() }
 // Update swaps in a new configuration. Connections of peers whose name, key
 // and endpoint are unchanged keep flowing.
 func (n *Node) Update(cfg Config) error {
-	if err := cfg.Validate(); err != nil {
+	n.updateMu.Lock()
+	defer n.updateMu.Unlock()
+	return n.updateLocked(cfg)
+}
+
+// updateLocked applies cfg with the rotations learned from peers over it
+// (n.updateMu held).
+func (n *Node) updateLocked(cfg Config) error {
+	eff := n.withLearned(cfg)
+	if err := eff.Validate(); err != nil {
 		return err
 	}
-	if err := cfg.ValidateSelf(n.id.Public()); err != nil {
+	if err := n.self.Load().validate(eff); err != nil {
 		return err
 	}
-	snap := newSnapshot(cfg)
+	n.given = cfg
+	snap := newSnapshot(eff)
 	old := n.cfg.Swap(snap)
 	n.gates.apply(snap.cfg)
 	n.dark.dark.Store(!snap.cfg.DisableDark)
 	n.reconcile(old, snap)
+	n.scheduleOverlaps(snap)
 	return nil
 }
 
@@ -210,19 +251,25 @@ func (n *Node) reconcile(old, cur *snapshot) {
 	for _, p := range cur.cfg.Peers {
 		want[p.Name] = p
 	}
+	now := time.Now()
 	for name, l := range n.links {
 		p, ok := want[name]
 		var code quic.ApplicationErrorCode
 		switch {
 		case !ok:
 			code = codePeerRemoved
-		case !p.Key.Equal(l.peer.Key):
+		case !p.accepted(l.current().Key, now):
 			code = codeKeyChanged
 		case p.Endpoint != l.peer.Endpoint:
 			code = codeEndpointChanged
 		default:
-			// Same name, key and endpoint: limits apply from the new
-			// snapshot, a changed connection count here.
+			// Same name and endpoint, and the key we knew is still
+			// pinned (the same, or rotated from within its overlap):
+			// the new key is dialed from now on, connections of keys no
+			// longer pinned close, limits apply from the new snapshot,
+			// a changed connection count here.
+			l.setPeer(p)
+			l.closeUnpinned(now)
 			l.resize(cur.cfg.connectionsTo(p))
 			continue
 		}
@@ -299,7 +346,11 @@ func (n *Node) adopt(qc *quic.Conn) {
 		return
 	}
 	start, _ := qc.Context().Value(handshakeStart{}).(time.Time)
-	if err := l.attach(qc, false, -1, time.Since(start)); errors.Is(err, errRefused) {
+	local := n.self.Load().cur
+	if t, ok := qc.Context().Value(admissionTicket{}).(*admissionTicket); ok && t.presented.Load() != nil {
+		local = t.presented.Load() // the identity the handshake presented, should a rotation have come since
+	}
+	if err := l.attach(qc, local, false, -1, time.Since(start)); errors.Is(err, errRefused) {
 		return
 	} else if err != nil {
 		n.log.Error().Err(err).Str("peer", p.Name).Msg("tunnel setup failed")
@@ -388,7 +439,7 @@ func (n *Node) Status() []PeerStatus {
 	defer n.mu.Unlock()
 	var out []PeerStatus
 	for _, l := range n.links {
-		ps := PeerStatus{Name: l.peer.Name, Fingerprint: l.peer.Key.Fingerprint(), Conns: l.status()}
+		ps := PeerStatus{Name: l.peer.Name, Fingerprint: l.current().Key.Fingerprint(), Conns: l.status()}
 		ps.Connections = len(ps.Conns)
 		if tc, _ := l.pick(); tc != nil {
 			ps.Connected, ps.Remote, ps.Since = true, tc.qc.RemoteAddr().String(), tc.since.UTC().Format(time.RFC3339)
@@ -401,7 +452,7 @@ func (n *Node) Status() []PeerStatus {
 // preferredDialer reports whether this side's key is the smaller of the
 // pair: when both sides dial at once, the connection it dialed is kept.
 func (n *Node) preferredDialer(p Peer) bool {
-	me := n.id.Public()
+	me := n.self.Load().cur.Public()
 	return bytes.Compare(me.Sign[:], p.Key.Sign[:]) < 0
 }
 

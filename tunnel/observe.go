@@ -17,6 +17,7 @@ import (
 
 	"github.com/dyad-tunnel/dyad/audit"
 	"github.com/dyad-tunnel/dyad/codec"
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
 
 // This file turns what the node does into audit events and metrics
@@ -58,7 +59,7 @@ func (n *Node) auditEstablished(l *link, tc *tconn, state tls.ConnectionState, h
 		role = "dialer"
 	}
 	n.metrics.TunnelUp(l.peer.Name, role, handshake)
-	attrs := []attribute.KeyValue{attribute.String(audit.KeyPeer, l.peer.Name), attribute.String(audit.KeyPeerFingerprint, l.peer.Key.Fingerprint())}
+	attrs := []attribute.KeyValue{attribute.String(audit.KeyPeer, l.peer.Name), attribute.String(audit.KeyPeerFingerprint, identity.Fingerprint(tc.key[:]))}
 	attrs = append(attrs, peerAddr(tc.qc.RemoteAddr())...)
 	n.audit.Emit(audit.TunnelEstablished, append(attrs,
 		attribute.String(audit.KeyRole, role),

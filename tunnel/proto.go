@@ -10,6 +10,7 @@ import (
 // data record of each is a control message:
 //
 //	request  (initiator → responder): version 0x01 | kind 0x01 (TCP) | name length n (1..64) | service name (n bytes)
+//	                               or: version 0x01 | kind 0x02 (identity announcement, announce.go)
 //	response (responder → initiator): version 0x01 | status (Status)
 //
 // After an accepted response, every later record carries the connection's
@@ -34,8 +35,12 @@ const (
 	StatusBadRequest     Status = 5
 	StatusRateLimited    Status = 6 // the peer's or the service's new-stream rate
 	StatusTooManyStreams Status = 7 // the peer's or the service's concurrent streams
-	maxStatus                   = StatusAuditUnavailable
+	maxStatus                   = StatusAnnouncementRefused
 )
+
+// StatusAnnouncementRefused refuses an identity announcement (its reason
+// is in the refusing side's dyad.peer.key_rotation_refused event).
+const StatusAnnouncementRefused Status = 9
 
 // StatusAuditUnavailable refuses a stream while the audit journal cannot be
 // written (audit.journal.on_failure: refuse).
@@ -61,6 +66,8 @@ func (s Status) String() string {
 		return "too_many_streams"
 	case StatusAuditUnavailable:
 		return "audit_unavailable"
+	case StatusAnnouncementRefused:
+		return "announcement_refused"
 	}
 	return fmt.Sprintf("status_%d", uint8(s))
 }

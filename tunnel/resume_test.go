@@ -44,7 +44,7 @@ func newForeignClient(t *testing.T, id *identity.Identity, server *Node, cache t
 	}
 	addr := server.Addr().(*net.UDPAddr)
 	f := newDarkFilter(newDarkKey(id.Public()), func(string) {})
-	f.expect(addr, server.id.Public())
+	f.expect(addr, server.Identity())
 	tr := &quic.Transport{Conn: newDarkConn(udp, f, nil)}
 	t.Cleanup(func() { tr.Close() })
 	cert, err := id.Certificate()

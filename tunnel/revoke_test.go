@@ -270,7 +270,7 @@ func TestConnectionsPerPeerCapped(t *testing.T) {
 		}
 	}
 	nc := startNode(t, idc, Config{ConnectTimeout: 3 * time.Second, Connections: 1,
-		Peers: []Peer{{Name: "b", Key: b.id.Public(), Endpoint: b.Addr().String()}}})
+		Peers: []Peer{{Name: "b", Key: b.Identity(), Endpoint: b.Addr().String()}}})
 	c, err := echoOnce(t, nc)
 	if err != nil {
 		t.Fatalf("another partner was locked out: %v", err)

@@ -18,6 +18,7 @@ type Stats struct {
 	BytesSent          atomic.Uint64 // plaintext bytes from local sockets into tunnels
 	BytesReceived      atomic.Uint64 // plaintext bytes from tunnels to local sockets
 	PacketsDropped     atomic.Uint64 // UDP datagrams quic-go dropped below the tunnels
+	PeerKeysRotated    atomic.Uint64 // peers' identity announcements taken (new key pinned)
 
 	udp atomic.Pointer[udpbatch.Reader] // the node's socket reader (udp_* counters); nil until New
 
@@ -25,12 +26,14 @@ type Stats struct {
 	streamsRefused  map[string]uint64 // by Status name
 	recordsRejected map[string]uint64 // by codec.Reason
 	limited         map[string]uint64 // by limit name
+	announcements   map[string]uint64 // identity announcements refused, by reason
 }
 
 func (s *Stats) countRefusedStream(st Status)      { s.add(&s.streamsRefused, st.String()) }
 func (s *Stats) countRefused(reason string)        { s.add(&s.streamsRefused, reason) }
 func (s *Stats) countRejectedRecord(reason string) { s.add(&s.recordsRejected, reason) }
 func (s *Stats) countLimited(limit string)         { s.add(&s.limited, limit) }
+func (s *Stats) countAnnouncementRefused(r string) { s.add(&s.announcements, r) }
 
 func (s *Stats) add(m *map[string]uint64, key string) {
 	s.mu.Lock()
@@ -52,6 +55,7 @@ func (s *Stats) Snapshot() map[string]uint64 {
 		"bytes_sent":          s.BytesSent.Load(),
 		"bytes_received":      s.BytesReceived.Load(),
 		"packets_dropped":     s.PacketsDropped.Load(),
+		"peer_keys_rotated":   s.PeerKeysRotated.Load(),
 	}
 	if rd := s.udp.Load(); rd != nil {
 		// Receive batching (udpbatch): datagrams per read is
@@ -74,6 +78,9 @@ func (s *Stats) Snapshot() map[string]uint64 {
 	}
 	for k, v := range s.limited {
 		out["limited."+k] = v
+	}
+	for k, v := range s.announcements {
+		out["announcements_refused."+k] = v
 	}
 	return out
 }

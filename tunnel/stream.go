@@ -78,6 +78,17 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 		n.rejectStream(s, r, err, peer, id)
 		return
 	}
+	if requestKind(req) == kindIdentity {
+		// An identity announcement: answered here, never a service.
+		status := n.serveAnnouncement(l, tc, req[2:])
+		s.SetWriteDeadline(time.Now().Add(requestTimeout))
+		w.Write(AppendResponse(nil, status))
+		w.Close()
+		s.Close()
+		r.Release()
+		s.CancelRead(codeStreamRefused)
+		return
+	}
 	service, err := ParseRequest(req)
 	status, upstream := StatusBadRequest, ""
 	sg := n.gates.service(service)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"time"
 
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
@@ -39,10 +40,12 @@ var errUnpaired = errors.New("peer key is not paired with this daemon")
 // resumed ones included (VerifyPeerCertificate is skipped on resumption);
 // session tickets are off besides, so no handshake can skip the
 // certificate at all (THREATS P1, tested by TestResumedSessionRefused).
-func (n *Node) serverTLS(cert tls.Certificate) *tls.Config {
+//
+// The certificate is the current identity's, chosen per handshake: after a
+// rotation new connections present the new key (TestRotationUnderTraffic).
+func (n *Node) serverTLS() *tls.Config {
 	base := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
+		MinVersion: tls.VersionTLS13,
 		// Request rather than require, so that a client without a
 		// certificate reaches our check and is counted like the rest.
 		ClientAuth:             tls.RequestClientCert,
@@ -56,6 +59,11 @@ func (n *Node) serverTLS(cert tls.Certificate) *tls.Config {
 		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 			remote := chi.Conn.RemoteAddr()
 			c := base.Clone()
+			self := n.self.Load()
+			c.Certificates = []tls.Certificate{self.cert}
+			if t, ok := chi.Context().Value(admissionTicket{}).(*admissionTicket); ok {
+				t.presented.Store(self.cur)
+			}
 			// Enrollment is offered only while an invitation is pending;
 			// its connections serve no stream (tunnel/enroll.go; THREATS
 			// P1, tested by TestEnrollOfferedOnlyWithInvitation).
@@ -128,6 +136,12 @@ func (n *Node) verifyPeer(raw [][]byte, remote net.Addr, want *Peer) (Peer, erro
 	}
 	if want != nil {
 		if subtle.ConstantTimeCompare(key, want.Key.Sign[:]) != 1 {
+			// The log names the key we expected, so a peer that rotated
+			// while we were away is told apart from a stranger
+			// (TestRotationPeerOfflineAtAnnouncement).
+			n.log.Warn().Str("peer", want.Name).Str("presented_fingerprint", identity.Fingerprint(key)).
+				Str("expected_fingerprint", want.Key.Fingerprint()).
+				Msg("peer presented another key than the one pinned: if it rotated its identity while we were away, pin its new key (or pair again)")
 			n.refuseHandshake(remote, identity.Fingerprint(key), "pinned_key_mismatch", direction)
 			return Peer{}, errUnpaired
 		}
@@ -140,17 +154,22 @@ func (n *Node) verifyPeer(raw [][]byte, remote net.Addr, want *Peer) (Peer, erro
 	return Peer{}, errUnpaired
 }
 
-// peerByKey finds the configured peer with Ed25519 key key, comparing every
-// candidate in constant time.
+// peerByKey finds the configured peer with Ed25519 key key (its key, or a
+// previous one within its overlap), comparing every candidate in constant
+// time.
 func (n *Node) peerByKey(key []byte) (Peer, bool) {
+	if len(key) != 32 {
+		return Peer{}, false
+	}
 	var found Peer
-	ok := 0
+	ok := false
+	now := time.Now()
 	for _, p := range n.cfg.Load().cfg.Peers {
-		if subtle.ConstantTimeCompare(key, p.Key.Sign[:]) == 1 {
-			found, ok = p, 1
+		if _, match := p.accepts([32]byte(key), now); match {
+			found, ok = p, true
 		}
 	}
-	return found, ok == 1
+	return found, ok
 }
 
 // refuseHandshake counts and audits a refused key (the audit event is

@@ -162,7 +162,7 @@ func TestForwardEchoAndHalfClose(t *testing.T) {
 	// The audit trail of both sides.
 	est := event(t, a, audit.TunnelEstablished, attribute.String(audit.KeyPeer, "b"), attribute.String(audit.KeyRole, "dialer"),
 		attribute.String(audit.KeyTLSCurve, "X25519MLKEM768"), attribute.String(audit.KeyTLSNextProto, ALPN),
-		attribute.String(audit.KeyPeerAddress, "127.0.0.1"), attribute.String(audit.KeyPeerFingerprint, b.id.Public().Fingerprint()))
+		attribute.String(audit.KeyPeerAddress, "127.0.0.1"), attribute.String(audit.KeyPeerFingerprint, b.Identity().Fingerprint()))
 	if d := est.Attr(audit.KeyDuration).AsFloat64(); d <= 0 || d > 5 {
 		t.Errorf("handshake duration %v", d)
 	}
@@ -258,7 +258,7 @@ func TestUpstreamDownRefusedPromptly(t *testing.T) {
 func TestUnpairedClientRefused(t *testing.T) {
 	echo, accepted := tunneltest.EchoServer(t)
 	_, b := pair(t, echo)
-	idb := b.id.Public()
+	idb := b.Identity()
 	stranger := startNode(t, newIdentity(t), Config{ConnectTimeout: time.Second, Peers: []Peer{{Name: "b", Key: idb, Endpoint: b.Addr().String()}}})
 	_, done := forward(t, stranger, "echo")
 	if err := <-done; !errors.Is(err, errNoTunnel) {
@@ -268,7 +268,7 @@ func TestUnpairedClientRefused(t *testing.T) {
 		t.Fatalf("refusal not counted (%d) or upstream reached (%d)", b.Stats.HandshakesRefused.Load(), accepted())
 	}
 	_, port := addrPort(stranger.Addr())
-	event(t, b, audit.PeerAuthRefused, attribute.String(audit.KeyPeerFingerprint, stranger.id.Public().Fingerprint()),
+	event(t, b, audit.PeerAuthRefused, attribute.String(audit.KeyPeerFingerprint, stranger.Identity().Fingerprint()),
 		attribute.String(audit.KeyPeerAddress, "127.0.0.1"), attribute.Int64(audit.KeyPeerPort, port),
 		attribute.String(audit.KeyDirection, "inbound"), attribute.String(audit.KeyReason, "unknown_key"))
 	event(t, stranger, audit.StreamFailed, attribute.String(audit.KeyReason, "no_tunnel"))
@@ -283,7 +283,7 @@ func TestUnpairedServerRefused(t *testing.T) {
 	// A dark impostor would never answer a first flight sealed for B's
 	// key; this one answers everyone, so A gets to check its key.
 	impostor := startNode(t, newIdentity(t), Config{DisableDark: true, Peers: []Peer{{Name: "a", Key: ida.Public()}}})
-	a := startNode(t, ida, Config{ConnectTimeout: time.Second, Peers: []Peer{{Name: "b", Key: b.id.Public(), Endpoint: impostor.Addr().String()}}})
+	a := startNode(t, ida, Config{ConnectTimeout: time.Second, Peers: []Peer{{Name: "b", Key: b.Identity(), Endpoint: impostor.Addr().String()}}})
 	_, done := forward(t, a, "echo")
 	if err := <-done; !errors.Is(err, errNoTunnel) {
 		t.Fatalf("forward through impostor: %v", err)
@@ -291,7 +291,7 @@ func TestUnpairedServerRefused(t *testing.T) {
 	if a.Stats.HandshakesRefused.Load() == 0 {
 		t.Fatal("A did not count the impostor")
 	}
-	event(t, a, audit.PeerAuthRefused, attribute.String(audit.KeyPeerFingerprint, impostor.id.Public().Fingerprint()),
+	event(t, a, audit.PeerAuthRefused, attribute.String(audit.KeyPeerFingerprint, impostor.Identity().Fingerprint()),
 		attribute.String(audit.KeyDirection, "outbound"), attribute.String(audit.KeyReason, "pinned_key_mismatch"))
 }
 

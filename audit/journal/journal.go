@@ -105,6 +105,15 @@ type Options struct {
 	Dir    string      // directory of the journal files, created 0700
 	Origin string      // checkpoint origin and key name, e.g. "dyad/site-a"; no spaces or '+'
 	Signer note.Signer // signs checkpoints (NewSigner: Ed25519, deterministic)
+	// Key is Signer's verifier key (VerifierKey): a key handover names
+	// it. Empty: Handover fails.
+	Key string
+	// Previous are keys the journal may have been signed with before
+	// Signer (an identity rotation's previous key, during its overlap): a
+	// last checkpoint signed by one of them is accepted at Open, which
+	// then writes the handover from it to Signer that a crash kept from
+	// the journal.
+	Previous []PreviousSigner
 
 	MaxFileBytes       int64         // rotate when a file reaches this size; zero means 64 MiB
 	CheckpointEvery    int           // entries between checkpoints; zero means 1000
@@ -170,6 +179,9 @@ type segment struct {
 type Journal struct {
 	opts Options
 	lock *os.File // the held lock file; nil where locks are not supported
+	// handFrom: Open found the last checkpoint signed by this previous
+	// key, and hands over from it.
+	handFrom *PreviousSigner
 
 	mu              sync.Mutex // guards the following fields
 	cond            *sync.Cond // signalled when written grows or a writer finishes
@@ -253,6 +265,16 @@ func Open(opts Options) (*Journal, error) {
 		own(BreakEvent, "ERROR", st.breakAttrs(j.next))
 	case st.tail > 0 || st.cut > 0:
 		own(RecoveredEvent, "WARN", st.recoveredAttrs())
+	}
+	if from := j.handFrom; err == nil && from != nil {
+		// The last checkpoint is a previous key's: hand over from it
+		// now, before the current key signs anything.
+		cur, curKey := j.opts.Signer, j.opts.Key
+		j.opts.Signer, j.opts.Key = from.Signer, from.Key
+		var hs []Entry
+		if hs, err = j.handoverLocked(cur, curKey); err == nil {
+			cps = append(cps, hs...)
+		}
 	}
 	if err == nil && (j.sinceCheckpoint > 0 || j.next == 0) {
 		var cp Entry

@@ -292,8 +292,12 @@ func (j *Journal) checkCheckpoint(e *Entry, seq uint64, prev [32]byte, root tlog
 		return fmt.Sprintf("checkpoint's size or root does not match the first %d entries: an entry before it was changed", seq)
 	}
 	signed, err := signCheckpoint(j.opts.Signer, j.opts.Origin, int64(seq), root, e.Time)
-	if err != nil || signed != e.Attr(AttrCheckpoint).AsString() {
-		return "checkpoint signature is not this daemon's key's signature of the entries before it"
+	if err == nil && signed == e.Attr(AttrCheckpoint).AsString() {
+		return ""
 	}
-	return ""
+	if p := matchPrevious(j.opts.Previous, j.opts.Origin, int64(seq), root, e.Time, e.Attr(AttrCheckpoint).AsString()); p != nil {
+		j.handFrom = p
+		return ""
+	}
+	return "checkpoint signature is not this daemon's key's signature of the entries before it"
 }

@@ -84,7 +84,27 @@ func Verify(dir string, opts VerifyOptions) (*Result, error) {
 		res.Bad = &Problem{Reason: "no journal files in " + dir}
 		return res, nil
 	}
-	v := verifier{opts: opts, res: res, tree: newFrontier()}
+	v := verifier{opts: opts, res: res, tree: newFrontier(), key: opts.Verifier}
+	if opts.Verifier != nil {
+		// A journal that outlived identity rotations verifies with any
+		// key of its chain of handovers that signed a checkpoint
+		// (handover.go; THREATS P7, TestHandoverVerifiesAcrossRotation).
+		chain, err := scanHandovers(dir, files)
+		if err != nil {
+			return nil, err
+		}
+		if chain != nil {
+			v.chain, v.given = chain, keyIndex(opts.Verifier, chain)
+			if v.given < 0 {
+				res.Bad = &Problem{File: files[0], Line: 1, Reason: fmt.Sprintf("the key given (%s+%08x) is none of the journal's keys: its key handovers name %d", opts.Verifier.Name(), opts.Verifier.KeyHash(), len(chain))}
+				return res, nil
+			}
+			if v.key, err = note.NewVerifier(chain[0]); err != nil {
+				res.Bad = &Problem{File: files[0], Line: 1, Reason: "the journal's first key handover names a malformed key: " + err.Error()}
+				return res, nil
+			}
+		}
+	}
 	for _, name := range files {
 		if err := v.file(dir, name); err != nil {
 			return nil, err
@@ -104,6 +124,11 @@ func Verify(dir string, opts VerifyOptions) (*Result, error) {
 		res.Bad = &Problem{File: b.Attr(AttrFile).AsString(), Line: int(b.Attr(AttrLine).AsInt64()), Seq: uint64(b.Attr(AttrBadSeq).AsInt64()),
 			Reason: fmt.Sprintf("%s (found at a start, which went on at the operator's choice: dyad.journal.break at entry %d, %s)",
 				b.Attr(AttrReason).AsString(), b.Seq, b.Time.Format(time.RFC3339))}
+		return res, nil
+	}
+	if v.chain != nil && v.givenSigned == 0 {
+		res.Bad = &Problem{File: files[len(files)-1], Seq: res.Entries, Reason: fmt.Sprintf(
+			"no checkpoint is signed by the key given (%s+%08x): the key handovers that name it are not evidence alone", opts.Verifier.Name(), opts.Verifier.KeyHash())}
 		return res, nil
 	}
 	if res.Checkpoints == 0 && res.Entries > 0 {
@@ -161,6 +186,15 @@ type verifier struct {
 
 	tailFirst *Problem  // where the entries after the last checkpoint begin
 	lastTime  time.Time // the last entry's time
+
+	// The signing keys (handover.go): chain from the handovers (nil if
+	// none), key the one in force at keyPos, given the position of the
+	// verifier key the caller gave, givenSigned the checkpoints it signed.
+	key         note.Verifier
+	chain       []string
+	keyPos      int
+	given       int
+	givenSigned int
 }
 
 type pendingEntry struct {
@@ -267,6 +301,12 @@ func (v *verifier) entry(name string, lineNo int, line []byte) bool {
 			return false
 		}
 	}
+	if e.Name == HandoverEvent {
+		if reason := v.handover(&e); reason != "" {
+			v.bad(name, lineNo, seq, reason)
+			return false
+		}
+	}
 	v.pending = &pendingEntry{e: e, line: bytes.Clone(line), file: name, no: lineNo}
 	if err := v.tree.add(line); err != nil {
 		v.bad(name, lineNo, seq, err.Error())
@@ -302,15 +342,15 @@ func (v *verifier) checkpoint(e *Entry) string {
 	if signed.Type() != attribute.STRING {
 		return "checkpoint without " + AttrCheckpoint
 	}
-	if v.opts.Verifier == nil {
+	if v.key == nil {
 		return "no verifier key to check the checkpoint signature"
 	}
-	cp, err := OpenCheckpoint(signed.AsString(), v.opts.Verifier)
+	cp, err := OpenCheckpoint(signed.AsString(), v.key)
 	if err != nil {
 		return err.Error()
 	}
-	if cp.Origin != v.opts.Verifier.Name() {
-		return fmt.Sprintf("checkpoint origin %q is not the key name %q", cp.Origin, v.opts.Verifier.Name())
+	if cp.Origin != v.key.Name() {
+		return fmt.Sprintf("checkpoint origin %q is not the key name %q", cp.Origin, v.key.Name())
 	}
 	if uint64(cp.Size) != e.Seq {
 		return fmt.Sprintf("checkpoint covers %d entries but stands at entry %d", cp.Size, e.Seq)
@@ -330,6 +370,9 @@ func (v *verifier) checkpoint(e *Entry) string {
 		return "checkpoint time or severity differs from the signed checkpoint"
 	}
 	v.res.Checkpoints++
+	if v.chain != nil && v.keyPos == v.given {
+		v.givenSigned++
+	}
 	v.res.Covered = uint64(cp.Size)
 	v.res.After = 0
 	v.res.Last = cp

@@ -141,6 +141,9 @@ func (s *scan) evidence() Evidence {
 	if ev.Keys.Changes == nil {
 		ev.Keys.Changes = []KeyChange{}
 	}
+	if ev.Keys.Rotations == nil {
+		ev.Keys.Rotations = []KeyChange{}
+	}
 	for _, l := range []*[]ConfigChange{&ev.Configs} {
 		if *l == nil {
 			*l = []ConfigChange{}

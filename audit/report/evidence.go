@@ -128,6 +128,21 @@ type Keys struct {
 	// SessionKeys counts tunnels established: each derived fresh TLS and
 	// record keys (ephemeral X25519MLKEM768 exchange).
 	SessionKeys int `json:"session_keys"`
+	// Rotations are this daemon's identity rotations in the period
+	// (dyad.identity.rotated), oldest first.
+	Rotations []KeyChange `json:"rotations"`
+	// Identity is the identity in use at the end of the period, and
+	// IdentitySince when it began, as the journal tells: the last rotation
+	// (dyad.identity.rotated, before the period too), else the creation time
+	// a start recorded (dyad.identity.created); zero when the journal does
+	// not say. IdentitySource names which.
+	Identity       string    `json:"identity,omitempty"`
+	IdentitySince  time.Time `json:"identity_since,omitzero"`
+	IdentitySource string    `json:"identity_source,omitempty"`
+	// Enrolments and Revocations count dyad.peer.enrolled and
+	// dyad.peer.revoked in the period (each is also in Changes).
+	Enrolments  int `json:"enrolments"`
+	Revocations int `json:"revocations"`
 }
 
 // KeySeen is a key and when the journal shows it in use.
@@ -141,7 +156,7 @@ type KeySeen struct {
 type KeyChange struct {
 	Time   time.Time `json:"time"`
 	Peer   string    `json:"peer"`
-	Change string    `json:"change"` // pinned, rotated, removed
+	Change string    `json:"change"` // pinned, rotated, removed; enrolled, revoked, rotated_by_announcement (control socket and tunnel)
 	Old    string    `json:"old,omitempty"`
 	New    string    `json:"new,omitempty"`
 	Seq    uint64    `json:"seq"`

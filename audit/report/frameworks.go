@@ -314,18 +314,26 @@ func (b *builder) dora() Section {
 	if !c.IdentityKeyModified.IsZero() {
 		age = fmt.Sprintf("key file last written %s (%d days before this report; from the file system, not the journal)", day(c.IdentityKeyModified), int(b.r.Generated.Sub(c.IdentityKeyModified).Hours()/24))
 	}
+	var rotations []string
+	for _, k := range ev.Keys.Rotations {
+		rotations = append(rotations, fmt.Sprintf("%s %s → %s", k.Time.Format(time.RFC3339), k.Old, k.New))
+	}
 	keys := Row{ID: "RTS 2024/1774 Art. 7", Title: "Manage cryptographic keys through their whole lifecycle: generation, renewal, storage, revocation, replacement",
-		Status:  Partly,
-		Control: "identity keys made by dyad keygen (Ed25519 signing, X25519 pairing), stored 0600; partner keys pinned by fingerprint in the configuration: rotating a partner is a reload with its new key, revoking one is a reload without it; session and record keys are ephemeral per tunnel and per stream, and record keys are updated automatically before the AEAD's usage limit",
-		Why:     "dyad's own key lifecycle events are evidenced below; backup, archiving and destruction of the identity key file happen outside dyad",
+		Status: Partly,
+		Control: "identity keys made by dyad keygen (Ed25519 signing, X25519 pairing), stored 0600; renewed by dyad rotate, which hands the new key to every partner over its tunnel, signed by the old key, accepts both for an overlap and then destroys the old one on both sides (the audit journal is handed over to the new key in a signed entry); " +
+			"partners enrolled with dyad invite / dyad join, revoked with dyad revoke (connections cut at once), or pinned by fingerprint in the configuration; session and record keys are ephemeral per tunnel and per stream, and record keys are updated automatically before the AEAD's usage limit",
+		Why: "dyad's own key lifecycle events are evidenced below; backup, archiving and destruction of the identity key file happen outside dyad",
 		Evidence: []Fact{
 			fact("this daemon's identity", "%s; %s", orNone(own), age),
-			fact("partner key pins, rotations, removals in the period", "%s", orNone(changes)),
+			fact("identity age", "%s", b.identityAge(ev.Keys, c.IdentityMaxAge)),
+			fact("identity rotations in the period", "%d: %s", len(ev.Keys.Rotations), orNone(rotations)),
+			fact("partner enrolments / revocations in the period", "%d / %d", ev.Keys.Enrolments, ev.Keys.Revocations),
+			fact("partner key pins, rotations, enrolments, revocations, removals in the period", "%s", orNone(changes)),
 			fact("session keys (tunnels established)", "%d", ev.Keys.SessionKeys),
 			fact("record key updates", "%d", ev.Keys.RecordKeyUpdates),
 		},
-		Outside:   "backing up, archiving and destroying identity key files; a certificate register (dyad uses no CA-issued certificates: certificates are self-signed from the pinned identity key)",
-		Citations: append(b.cites(audit.KeyUpdated), changeCites(ev.Keys.Changes)...),
+		Outside:   "backing up and archiving identity key files; a certificate register (dyad uses no CA-issued certificates: certificates are self-signed from the pinned identity key)",
+		Citations: append(append(b.cites(audit.KeyUpdated), changeCites(ev.Keys.Changes)...), changeCites(ev.Keys.Rotations)...),
 	}
 
 	var flows []string
@@ -501,6 +509,29 @@ func closeReasons(ts []PeerActivity) string {
 		}
 	}
 	return counts(m)
+}
+
+// identityAge says how old the identity in use is, from the journal (the
+// last rotation, or the creation time a start recorded), and whether it is
+// older than maxAge (identity_max_age): then it should be rotated.
+func (b *builder) identityAge(k Keys, maxAge time.Duration) string {
+	if k.IdentitySince.IsZero() {
+		return "unknown: the journal records neither a rotation nor the identity's creation time"
+	}
+	age := b.r.Generated.Sub(k.IdentitySince)
+	how := "made by dyad rotate"
+	if k.IdentitySource != audit.IdentityRotated {
+		how = "created (recorded at the daemon's start)"
+	}
+	out := fmt.Sprintf("%s %s %s, %d days before this report", k.Identity, how, day(k.IdentitySince), int(age.Hours()/24))
+	switch {
+	case maxAge <= 0:
+	case age > maxAge:
+		out += fmt.Sprintf("; OLDER than identity_max_age (%d days): rotate it with dyad rotate", int(maxAge.Hours()/24))
+	default:
+		out += fmt.Sprintf("; within identity_max_age (%d days)", int(maxAge.Hours()/24))
+	}
+	return out
 }
 
 func changeCites(cs []KeyChange) []uint64 {

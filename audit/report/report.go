@@ -107,18 +107,21 @@ type Daemon struct {
 
 // Controls are the settings in effect, read from the configuration.
 type Controls struct {
-	ConfigPath           string    `json:"config_path"`
-	ConfigSHA256         string    `json:"config_sha256"`
-	Listen               string    `json:"listen"`
-	Admin                string    `json:"admin,omitempty"`
-	Peers                []Peer    `json:"peers"`
-	Services             []Service `json:"services"`
-	Forwards             []Forward `json:"forwards"`
-	Limits               []Limit   `json:"limits"`
-	IdentityKeyModified  time.Time `json:"identity_key_modified"` // the key file's modification time
-	Journal              Journal   `json:"journal"`
-	Export               Export    `json:"export"`
-	CountConnectionDrops bool      `json:"count_connection_drops"`
+	ConfigPath          string    `json:"config_path"`
+	ConfigSHA256        string    `json:"config_sha256"`
+	Listen              string    `json:"listen"`
+	Admin               string    `json:"admin,omitempty"`
+	Peers               []Peer    `json:"peers"`
+	Services            []Service `json:"services"`
+	Forwards            []Forward `json:"forwards"`
+	Limits              []Limit   `json:"limits"`
+	IdentityKeyModified time.Time `json:"identity_key_modified"` // the key file's modification time
+	// IdentityMaxAge is the age past which the identity should be
+	// rotated (identity_max_age); zero: no limit shown.
+	IdentityMaxAge       time.Duration `json:"identity_max_age,omitempty"`
+	Journal              Journal       `json:"journal"`
+	Export               Export        `json:"export"`
+	CountConnectionDrops bool          `json:"count_connection_drops"`
 }
 
 // Peer is a paired partner daemon.

@@ -220,6 +220,14 @@ func (s *scan) state(e *journal.Entry, line []byte, in bool) {
 		started := *e
 		s.started = &started
 		fp := str(e, audit.KeyFingerprint)
+		if fp != s.keys.Identity {
+			// A start under another identity than the last rotation's: the
+			// key file's creation time, when the start recorded it.
+			s.keys.Identity, s.keys.IdentitySince, s.keys.IdentitySource = fp, time.Time{}, ""
+			if t, err := time.Parse(time.RFC3339, str(e, keyIdentityCreated)); err == nil {
+				s.keys.IdentitySince, s.keys.IdentitySource = t, keyIdentityCreated
+			}
+		}
 		if k := s.ownKeys[fp]; k != nil {
 			k.Last = e.Time
 		} else {
@@ -236,6 +244,8 @@ func (s *scan) state(e *journal.Entry, line []byte, in bool) {
 		}
 	case audit.ConfigLoaded, audit.ConfigReloaded:
 		s.pins(e, line, in)
+	case audit.IdentityRotated, audit.PeerKeyRotated, audit.PeerEnrolled, audit.PeerRevoked:
+		s.lifecycleKey(e, line, in)
 	case audit.TunnelEstablished:
 		p := s.peer(str(e, audit.KeyPeer))
 		a := p.act
@@ -311,6 +321,39 @@ func (s *scan) interval(p *peerState, from, to time.Time, state, cause string) {
 		p.act.Outages++
 	}
 	p.act.Intervals = append(p.act.Intervals, Interval{From: from, To: to, State: state, Cause: cause})
+}
+
+// keyIdentityCreated is the daemon.started attribute with the identity's
+// creation time (written by releases that record it in the key file).
+const keyIdentityCreated = "dyad.identity.created"
+
+// lifecycleKey follows the key lifecycle events of the control socket and
+// the tunnel: this daemon's rotations, peers' announced rotations,
+// enrolments and revocations (the DORA key-lifecycle row).
+func (s *scan) lifecycleKey(e *journal.Entry, line []byte, in bool) {
+	if e.Name == audit.IdentityRotated {
+		s.keys.Identity, s.keys.IdentitySince, s.keys.IdentitySource = str(e, audit.KeyFingerprint), e.Time, audit.IdentityRotated
+	}
+	if !in {
+		return
+	}
+	s.keep(e, line)
+	c := KeyChange{Time: e.Time, Peer: str(e, audit.KeyPeer), Seq: e.Seq}
+	switch e.Name {
+	case audit.IdentityRotated:
+		c.Change, c.Old, c.New = "rotated", str(e, audit.KeyPreviousFingerprint), str(e, audit.KeyFingerprint)
+		s.keys.Rotations = append(s.keys.Rotations, c)
+		return
+	case audit.PeerKeyRotated:
+		c.Change, c.Old, c.New = "rotated_by_announcement", str(e, audit.KeyPeerPreviousFingerprint), str(e, audit.KeyPeerFingerprint)
+	case audit.PeerEnrolled:
+		c.Change, c.New = "enrolled", str(e, audit.KeyPeerFingerprint)
+		s.keys.Enrolments++
+	case audit.PeerRevoked:
+		c.Change, c.Old = "revoked", str(e, audit.KeyPeerFingerprint)
+		s.keys.Revocations++
+	}
+	s.keys.Changes = append(s.keys.Changes, c)
 }
 
 // pins follows the pinned peer keys through configuration events.

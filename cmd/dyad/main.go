@@ -33,6 +33,8 @@ Usage:
                              pair with the site that printed TOKEN
   dyad revoke --config FILE PEER
                              unpin a peer (or cancel its invitation) and cut its tunnels now
+  dyad rotate --config FILE [--overlap 24h]
+                             make a new identity and hand it to every peer over its tunnel
   dyad audit verify --config FILE
                              check the audit journal's chain and signed checkpoints
   dyad report --config FILE --framework all --since 30d --format html --out FILE
@@ -151,6 +153,16 @@ func main() {
 			usageError(fs, "--config and one PEER are required")
 		}
 		err = daemon.Revoke(*cfg, rest[0], *asJSON, os.Stdout)
+	case "rotate":
+		fs := newFlags("rotate", "make a new identity and roll it out: each peer learns it over its tunnel, signed by the old key; both are accepted for the overlap, then the old one is gone")
+		cfg := fs.String("config", "", "configuration file (required)")
+		overlap := fs.String("overlap", "", "how long both keys are accepted, 1s to 30d (default 24h)")
+		asJSON := fs.Bool("json", false, "print the result as JSON")
+		fs.Parse(args)
+		if *cfg == "" || fs.NArg() != 0 {
+			usageError(fs, "--config is required, and nothing else")
+		}
+		err = daemon.Rotate(*cfg, daemon.RotateArgs{Overlap: *overlap}, *asJSON, os.Stdout)
 	case "audit":
 		if len(args) == 0 || args[0] != "verify" {
 			fmt.Fprint(os.Stderr, "usage: dyad audit verify [flags]; run dyad audit verify --help\n")

@@ -5,7 +5,8 @@
 //	peers.json     peers enrolled with dyad join / dyad invite
 //	invites.json   pending and used invitations: a hash of each secret, never the secret
 //	revoked.json   keys revoked with dyad revoke that the YAML file still lists
-//	identity/      reserved for rotated identities (dyad rotate)
+//	identity/      rotated identities (dyad rotate): identity/rotation.json (rotation.go)
+//	learned.json   keys peers announced when they rotated (rotation.go)
 //	control.sock   the control socket, unless control.socket says otherwise
 //
 // Every file is JSON, written 0600 and atomically (a temporary file in the

@@ -64,6 +64,16 @@ func ParsePublicKey(s string) (PublicKey, error) {
 	if len(raw) != pubSize {
 		return p, fmt.Errorf("public key is %d bytes, want %d", len(raw), pubSize)
 	}
+	return PublicKeyFromBytes(raw)
+}
+
+// PublicKeyFromBytes decodes the 64 raw bytes of a public key (Ed25519,
+// then X25519), as PublicKey.Bytes returns them.
+func PublicKeyFromBytes(raw []byte) (PublicKey, error) {
+	var p PublicKey
+	if len(raw) != pubSize {
+		return p, fmt.Errorf("public key is %d bytes, want %d", len(raw), pubSize)
+	}
 	copy(p.Sign[:], raw)
 	copy(p.DH[:], raw[ed25519.PublicKeySize:])
 	if _, err := ecdh.X25519().NewPublicKey(p.DH[:]); err != nil {
@@ -71,6 +81,9 @@ func ParsePublicKey(s string) (PublicKey, error) {
 	}
 	return p, nil
 }
+
+// Bytes returns the key's 64 raw bytes: Ed25519, then X25519.
+func (p PublicKey) Bytes() []byte { return append(p.Sign[:len(p.Sign):len(p.Sign)], p.DH[:]...) }
 
 // Fingerprint is the short name of a key for people and audit events.
 func (p PublicKey) Fingerprint() string { return Fingerprint(p.Sign[:]) }
@@ -126,6 +139,10 @@ func (id *Identity) Public() PublicKey { return id.public }
 
 // Signer returns the Ed25519 private key, for the TLS certificate.
 func (id *Identity) Signer() ed25519.PrivateKey { return id.sign }
+
+// MarshalPEM returns the key file's PEM text (secret: the caller writes it
+// 0600 and clears it).
+func (id *Identity) MarshalPEM() []byte { return id.marshal() }
 
 // marshal returns the key file's PEM text.
 func (id *Identity) marshal() []byte {
