@@ -132,7 +132,7 @@ func PrintVersion(out io.Writer) {
 type VerifyOptions struct {
 	Journal    string // journal folder; empty means the configuration's
 	Config     string // configuration file: gives the folder, the site and the identity key
-	PublicKey  string // dyad1:… key, instead of the configuration's identity
+	PublicKey  string // dyad2:… (or dyad1:…) key, instead of the configuration's identity
 	Site       string // with PublicKey: the site whose journal it is
 	AnchorFile string // a signed checkpoint held outside the journal (optional)
 }

@@ -111,7 +111,7 @@ func TestCheckCommand(t *testing.T) {
 	if err := Keygen(filepath.Join(dir, "keys"), &out); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "public_key: dyad1:") || !strings.Contains(out.String(), "fingerprint: SHA256:") {
+	if !strings.Contains(out.String(), "public_key: dyad2:") || !strings.Contains(out.String(), "fingerprint: SHA256:") {
 		t.Fatalf("keygen output:\n%s", out.String())
 	}
 	path := filepath.Join(dir, "dyad.yaml")

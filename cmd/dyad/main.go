@@ -88,7 +88,7 @@ func main() {
 		var o daemon.VerifyOptions
 		fs.StringVar(&o.Journal, "journal", "", "journal folder (default: the configuration's audit.journal.dir)")
 		fs.StringVar(&o.Config, "config", "", "configuration file: the journal folder, the site and the identity key")
-		fs.StringVar(&o.PublicKey, "public-key", "", "the daemon's dyad1:… public key, instead of reading its identity file")
+		fs.StringVar(&o.PublicKey, "public-key", "", "the daemon's dyad2:… (or dyad1:…) public key, instead of reading its identity file")
 		fs.StringVar(&o.Site, "site", "", "the daemon's site name, with --public-key")
 		fs.StringVar(&o.AnchorFile, "anchor", "", "file holding a signed checkpoint kept outside the journal (the dyad.journal.checkpoint attribute your SIEM received)")
 		fs.Parse(args[1:])
