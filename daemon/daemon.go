@@ -69,7 +69,7 @@ func RunWith(ctx context.Context, path string, logOut io.Writer, o RunOptions) e
 	}
 	log := newLogger(cfg, logOut)
 	sd := newNotifier(log)
-	id, err := identity.Load(cfg.IdentityPath)
+	id, err := loadIdentity(cfg)
 	if err != nil {
 		return err
 	}

@@ -63,9 +63,10 @@ func (p PublicKey) String() string {
 	return PublicKeyPrefix + base64.RawURLEncoding.EncodeToString(append(raw, sum[:]...))
 }
 
-// legacyString is the dyad1: form. It is part of the pairing secret's
-// derivation (PairingSecret), so it must never change.
-func (p PublicKey) legacyString() string {
+// LegacyString is the first release's dyad1: form, without a checksum. It
+// is part of the pairing secret's derivation (PairingSecret), so it must
+// never change.
+func (p PublicKey) LegacyString() string {
 	return LegacyPublicKeyPrefix + base64.RawURLEncoding.EncodeToString(p.raw())
 }
 
@@ -262,7 +263,7 @@ func (id *Identity) PairingSecret(peer PublicKey) ([]byte, error) {
 	defer clear(shared)
 	// The dyad1: form, as the first release derived it: both forms of a
 	// key pair the same way.
-	a, b := id.public.legacyString(), peer.legacyString()
+	a, b := id.public.LegacyString(), peer.LegacyString()
 	if a > b {
 		a, b = b, a
 	}

@@ -178,7 +178,7 @@ func TestParsePublicKeyChecksum(t *testing.T) {
 	if _, err := ParsePublicKey(bad); !errors.Is(err, ErrKeyChecksum) {
 		t.Fatalf("mistyped key: err = %v, want ErrKeyChecksum", err)
 	}
-	legacy := id.Public().legacyString()
+	legacy := id.Public().LegacyString()
 	if k, err := ParsePublicKey(legacy); err != nil || !k.Equal(id.Public()) {
 		t.Fatalf("dyad1: form no longer parses to the same key: %v", err)
 	}
