@@ -412,8 +412,31 @@ func (l *link) theirsLocked() int {
 // with a stateless reset.
 const heartbeatSize = 32
 
-// heartbeat sends a QUIC datagram on tc every keepalive period and
-// discards the peer's, until the connection ends.
+// Dead-peer detection, in keepalive periods. A live peer sends at least
+// one packet per period: its own heartbeat, and the ACK of ours within its
+// ACK delay. Once nothing has arrived for probeAfter periods, the heartbeat
+// probes every probeEvery period (each probe draws an ACK from a live
+// peer); after silentAfter periods plus one smoothed RTT of silence the
+// connection is declared dead and closed (close reason peer_silent).
+// Checked every checkEvery period, so a peer that stopped is noticed within
+// silentAfter + 2 checkEvery periods plus an RTT (a packet is seen at the
+// check after it came), under three (README,
+// "Tunnel health"; TestDeadPeerNoticed), not after the 30 s idle timeout;
+// a path that pauses for two periods and comes back is heard again within
+// probeEvery of its return, before silentAfter (TestFaultPathPaused).
+// The margins are symmetric: a stop is noticed within 2.625 periods (plus
+// an RTT), and a 2-period pause is heard again within 2.125 periods.
+const (
+	probeAfter  = 1.0
+	probeEvery  = 0.125
+	silentAfter = 2.5
+	checkEvery  = 0.0625
+)
+
+// heartbeat sends a QUIC datagram on tc every keepalive period (more often
+// while the peer is silent), discards the peer's, and closes the
+// connection once the peer has been silent for silentAfter periods, until
+// the connection ends.
 //
 // A peer that crashed and restarted answers a packet of a connection it no
 // longer knows with a stateless reset (keyed from its identity), which ends
@@ -425,21 +448,41 @@ const heartbeatSize = 32
 func (l *link) heartbeat(tc *tconn) {
 	defer l.n.loops.Done()
 	var beat [heartbeatSize]byte
+	periods := func(k time.Duration, f float64) time.Duration { return time.Duration(float64(k) * f) }
+	received, heard := tc.qc.ConnectionStats().PacketsReceived, time.Now()
+	sent, sending := time.Now(), true
 	for {
-		ctx, cancel := context.WithTimeout(tc.qc.Context(), l.n.cfg.Load().cfg.KeepAlive)
+		k := l.n.cfg.Load().cfg.KeepAlive
+		ctx, cancel := context.WithTimeout(tc.qc.Context(), periods(k, checkEvery))
 		for {
 			if _, err := tc.qc.ReceiveDatagram(ctx); err != nil {
-				break // the period is over, or the connection
+				break // the check period is over, or the connection
 			}
 		}
 		cancel()
 		if tc.qc.Context().Err() != nil {
 			return
 		}
-		// An error means the connection is closing (or the peer takes no
-		// datagrams); either way there is nothing left to probe.
-		if err := tc.qc.SendDatagram(beat[:]); err != nil {
+		now, stats := time.Now(), tc.qc.ConnectionStats()
+		silent := now.Sub(heard)
+		if stats.PacketsReceived != received {
+			received, heard, silent = stats.PacketsReceived, now, 0
+		} else if silent > periods(k, silentAfter)+stats.SmoothedRTT {
+			l.n.log.Warn().Str("peer", l.peer.Name).Str("remote", tc.qc.RemoteAddr().String()).Uint64("connection", tc.id).
+				Float64("silent_s", silent.Seconds()).Float64("keepalive_s", k.Seconds()).
+				Msg("peer silent: tunnel connection down (the partner's daemon stopped, or the path dropped)")
+			tc.qc.CloseWithError(codePeerSilent, "peer silent")
 			return
+		}
+		every := k
+		if silent > periods(k, probeAfter) {
+			every = periods(k, probeEvery)
+		}
+		if sending && now.Sub(sent) >= every {
+			// An error means the connection is closing or the peer takes
+			// no datagrams: its ACKs of QUIC's own keep-alives still show
+			// it alive.
+			sent, sending = now, tc.qc.SendDatagram(beat[:]) == nil
 		}
 	}
 }

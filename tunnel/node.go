@@ -40,6 +40,7 @@ const (
 	codeKeyChanged         quic.ApplicationErrorCode = 0x14 // the peer's pinned key changed: the old key's connections end
 	codeTooManyConnections quic.ApplicationErrorCode = 0x15 // over the per-peer connection cap
 	codeEndpointChanged    quic.ApplicationErrorCode = 0x16 // the peer's endpoint changed: redial there
+	codePeerSilent         quic.ApplicationErrorCode = 0x17 // nothing heard from the peer for silentAfter keepalives
 
 	codeStreamRefused quic.StreamErrorCode = 0x20 // request refused (status sent first)
 	codeLocalReset    quic.StreamErrorCode = 0x21 // the local TCP side reset or failed
