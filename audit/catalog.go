@@ -207,7 +207,7 @@ var Catalog = []Spec{
 		ECS:  ECS{"event", []string{"process"}, []string{"start"}, "success"},
 	},
 	{
-		Name: DaemonStopped, Severity: Info, When: "the daemon stops, after draining (SIGTERM) or on a fatal error",
+		Name: DaemonStopped, Severity: Info, When: "the daemon stops, after draining (SIGTERM) or on a fatal error (then at severity ERROR: a failed start)",
 		Attrs: []AttrSpec{
 			{KeyReason, String, false, `"signal" or "error"`},
 			{KeyDuration, Float, false, "seconds the daemon ran"},

@@ -53,7 +53,8 @@ type File struct {
 type LogFile struct {
 	// Level is trace, debug, info, warn or error. Empty means info.
 	Level string `yaml:"level,omitempty"`
-	// Format is json or console. Empty means json.
+	// Format is json or console. Empty means console when the log goes to
+	// a terminal, JSON otherwise (a file, journald, a container runtime).
 	Format string `yaml:"format,omitempty"`
 }
 

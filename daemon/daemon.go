@@ -89,6 +89,7 @@ func RunWith(ctx context.Context, path string, logOut io.Writer, o RunOptions) e
 	admin, err := d.start(cfg, id)
 	if err != nil {
 		sd.setStatus("failed to start: " + err.Error())
+		log.Error().Err(err).Msg("dyad failed to start")
 		d.stopped(started, "error", err)
 		return err
 	}
@@ -187,7 +188,7 @@ func (d *Daemon) shutdown(admin *http.Server) {
 	if err != nil {
 		ev = d.log.Warn().Err(err)
 	}
-	ev.Dur("drain", time.Since(start)).Msg("dyad stopped")
+	ev.Float64("drain_s", time.Since(start).Seconds()).Msg("dyad stopped")
 }
 
 // reload applies the configuration file again. A configuration that fails
@@ -234,13 +235,6 @@ func restartOnly(old, cur *Config) error {
 		return fmt.Errorf("audit changed: %w to apply audit settings", errRestartRequired)
 	}
 	return nil
-}
-
-func newLogger(cfg *Config, out io.Writer) zerolog.Logger {
-	if cfg.File.Log.Format == "console" {
-		out = zerolog.ConsoleWriter{Out: out, TimeFormat: time.RFC3339}
-	}
-	return zerolog.New(out).Level(cfg.LogLevel).With().Timestamp().Str("site", cfg.Site).Logger()
 }
 
 // startAdmin serves /healthz (alive), /readyz (serving traffic) and

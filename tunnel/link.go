@@ -649,8 +649,16 @@ func (l *link) dialLoop(slot int) {
 		if l.ctx.Err() != nil {
 			return
 		}
-		l.n.log.Warn().Err(err).Str("peer", l.peer.Name).Str("endpoint", l.peer.Endpoint).Int("slot", slot).
-			Dur("retry_in", backoff).Msg("dial failed")
+		ev := l.n.log.Warn().Err(err).Str("peer", l.peer.Name).Str("endpoint", l.peer.Endpoint).Int("slot", slot).
+			Float64("retry_in_s", backoff.Seconds())
+		var idle *quic.IdleTimeoutError
+		if errors.As(err, &idle) || errors.Is(err, context.DeadlineExceeded) {
+			// The dark listener answers only a first flight whose MAC is
+			// keyed from its own key: silence is all a wrong pin shows.
+			ev = ev.Str("pinned_fingerprint", l.peer.Key.Fingerprint()).
+				Str("hint", "no answer: the partner's daemon is down, a firewall drops UDP, or the key pinned for this peer is not the partner's (compare pinned_fingerprint with its `dyad check`); `dyad ping` tells more")
+		}
+		ev.Msg("dial failed")
 		// A kick (a local connection waiting) cuts the back-off short,
 		// but attempts stay at least minBackoff apart.
 		time.Sleep(minBackoff)
