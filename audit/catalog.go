@@ -88,6 +88,10 @@ const (
 	KeyExportFailed    = "dyad.export.dropped.export_failed"
 	KeySeverity        = "dyad.severity"
 	KeyOverflow        = "dyad.audit.overflow"
+	// The local user who ran a control-socket command (SO_PEERCRED), on
+	// every event that command causes (package control).
+	KeyControlUID  = "dyad.control.uid"
+	KeyControlUser = "dyad.control.user"
 )
 
 // Type is an attribute's value type as the catalogue states it.
@@ -172,6 +176,9 @@ var (
 	aStreamID   = AttrSpec{KeyStreamID, Int, false, "QUIC stream id within the tunnel"}
 	aErrorType  = AttrSpec{KeyErrorType, String, true, "machine-readable error class"}
 	aCountSince = AttrSpec{KeyWindow, Float, false, "seconds the counts cover"}
+	// The caller of a control-socket command, for the events it causes.
+	aControlUID  = AttrSpec{KeyControlUID, Int, false, "uid of the local user who ran the command, from the control socket's SO_PEERCRED"}
+	aControlUser = AttrSpec{KeyControlUser, String, true, "that user's name, when the uid has one"}
 )
 
 var (

@@ -47,6 +47,25 @@ type File struct {
 	Services []ServiceFile   `yaml:"services,omitempty"`
 	Forwards []ForwardConfig `yaml:"forwards,omitempty"`
 	Audit    AuditFile       `yaml:"audit,omitempty"`
+	// StateDir holds what the daemon itself writes and keeps across
+	// restarts: enrolled peers (dyad join, dyad invite) and, by default, the
+	// control socket. Relative to the configuration file's folder; empty
+	// means "state" beside it. Under systemd: /var/lib/dyad
+	// (StateDirectory=dyad).
+	StateDir string `yaml:"state_dir,omitempty"`
+	// Control is the local control socket the dyad commands reach a running
+	// daemon through.
+	Control ControlFile `yaml:"control,omitempty"`
+}
+
+// ControlFile sets the local control socket (package control).
+type ControlFile struct {
+	// Socket is the unix socket's path, relative to the configuration
+	// file's folder. Empty means control.sock in the state directory.
+	Socket string `yaml:"socket,omitempty"`
+	// Group, when set, lets the members of this group call too (socket
+	// mode 0660); empty means only the daemon's user (and root), mode 0600.
+	Group string `yaml:"group,omitempty"`
 }
 
 // LogFile sets the operational log.
@@ -297,6 +316,8 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	Audit           AuditConfig
 	SHA256          string // of the file as read, hex
+	StateDir        string // resolved state_dir
+	ControlSocket   string // resolved control.socket
 }
 
 // ConfigError is a problem in the configuration file, with its place.
@@ -428,6 +449,18 @@ func lineOf(n *yaml.Node, path ...any) int {
 	return line
 }
 
+// resolve makes a path from the file absolute against the file's folder;
+// empty means def.
+func (v *validator) resolve(p, def string) string {
+	if p == "" {
+		p = def
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(filepath.Dir(v.path), p)
+	}
+	return filepath.Clean(p)
+}
+
 func validSite(s string) bool {
 	if len(s) == 0 || len(s) > 64 {
 		return false
@@ -513,6 +546,15 @@ func (v *validator) check(f File) *Config {
 	c.IdentityPath = f.Identity
 	if f.Identity != "" && !filepath.IsAbs(f.Identity) {
 		c.IdentityPath = filepath.Join(filepath.Dir(v.path), f.Identity)
+	}
+	c.StateDir = v.resolve(f.StateDir, "state")
+	c.ControlSocket = filepath.Join(c.StateDir, "control.sock")
+	if f.Control.Socket != "" {
+		c.ControlSocket = v.resolve(f.Control.Socket, "")
+	}
+	// sun_path holds 108 bytes with the terminating NUL.
+	if len(c.ControlSocket) > 107 {
+		v.fail(fmt.Errorf("socket path %s is %d bytes, a unix socket's is at most 107: set control.socket to a shorter path", c.ControlSocket, len(c.ControlSocket)), "control", "socket")
 	}
 	if f.Listen == "" {
 		v.fail(errors.New("required: the QUIC address, host:port"), "listen")

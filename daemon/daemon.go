@@ -21,6 +21,7 @@ import (
 
 	"github.com/dyad-tunnel/dyad/audit"
 	"github.com/dyad-tunnel/dyad/audit/journal"
+	"github.com/dyad-tunnel/dyad/control"
 	"github.com/dyad-tunnel/dyad/tunnel"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
@@ -39,6 +40,13 @@ type Daemon struct {
 
 	ready atomic.Bool
 	conns sync.WaitGroup // forwarded connections being handed to the node
+
+	control     *control.Server // the local control socket; nil until start
+	controlDone chan error      // its Serve's result
+
+	// applyMu serialises what changes the configuration in force: a
+	// SIGHUP reload and the control operations that change peers.
+	applyMu sync.Mutex
 }
 
 // Run loads the configuration at path and runs the daemon until ctx ends or
@@ -146,11 +154,17 @@ func (d *Daemon) start(cfg *Config, id *identity.Identity) (*http.Server, error)
 		node.Close()
 		return nil, err
 	}
+	if err := d.startControl(cfg); err != nil {
+		d.closeForwards()
+		node.Close()
+		return nil, err
+	}
 	if cfg.File.Admin == "" {
 		return nil, nil
 	}
 	admin, err := d.startAdmin(cfg.File.Admin)
 	if err != nil {
+		d.stopControl()
 		d.closeForwards()
 		node.Close()
 		return nil, err
@@ -175,6 +189,7 @@ func (d *Daemon) stopped(started time.Time, reason string, err error) {
 func (d *Daemon) shutdown(admin *http.Server) {
 	d.ready.Store(false)
 	cfg := d.cfg.Load()
+	d.stopControl()
 	d.closeForwards()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
@@ -195,6 +210,8 @@ func (d *Daemon) shutdown(admin *http.Server) {
 // to load, or that changes what needs a restart, is rejected (the error is
 // returned) and the running one stays.
 func (d *Daemon) reload(path string) error {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
 	old := d.cfg.Load()
 	cfg, err := LoadConfig(path)
 	if err == nil {
@@ -231,6 +248,10 @@ func restartOnly(old, cur *Config) error {
 		return fmt.Errorf("admin changed: %w to move the admin endpoint", errRestartRequired)
 	case old.Site != cur.Site:
 		return fmt.Errorf("site changed: %w (it names the audit journal)", errRestartRequired)
+	case old.StateDir != cur.StateDir:
+		return fmt.Errorf("state_dir changed: %w to move the state directory", errRestartRequired)
+	case old.ControlSocket != cur.ControlSocket || old.File.Control.Group != cur.File.Control.Group:
+		return fmt.Errorf("control changed: %w to move the control socket", errRestartRequired)
 	case !reflect.DeepEqual(old.File.Audit, cur.File.Audit):
 		return fmt.Errorf("audit changed: %w to apply audit settings", errRestartRequired)
 	}

@@ -4,6 +4,7 @@
 package daemontest
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/dyad-tunnel/dyad/audit/journal"
+	"github.com/dyad-tunnel/dyad/control"
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
@@ -71,6 +73,32 @@ func (s *Site) Peer(dial bool) daemon.PeerFile {
 		p.Endpoint = s.Config.Listen
 	}
 	return p
+}
+
+// ControlSocket is the daemon's control socket, as the configuration
+// resolves it.
+func (s *Site) ControlSocket() string {
+	if p := s.Config.Control.Socket; p != "" {
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(s.Dir, p)
+		}
+		return p
+	}
+	dir := s.Config.StateDir
+	if dir == "" {
+		dir = "state"
+	}
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(s.Dir, dir)
+	}
+	return filepath.Join(dir, "control.sock")
+}
+
+// Control calls op on the running daemon's control socket.
+func (s *Site) Control(op string, args, result any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return control.Call(ctx, s.ControlSocket(), op, args, result)
 }
 
 // ConfigPath is where Write puts the configuration.
