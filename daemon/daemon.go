@@ -277,14 +277,9 @@ func (d *Daemon) startAdmin(addr string) (*http.Server, error) {
 	mux.Handle("GET /metrics", d.au.metrics.Handler())
 	mux.HandleFunc("GET /statusz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]any{
-			"site":     d.cfg.Load().Site,
-			"ready":    d.ready.Load(),
-			"peers":    d.node.Status(),
-			"counters": d.node.Stats.Snapshot(),
-			"process":  processStatus(),
-		})
+		json.NewEncoder(w).Encode(d.statusReport())
 	})
+	d.handlePeerHealth(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	return srv, nil

@@ -1,7 +1,10 @@
 package daemon_test
 
 import (
+	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"strings"
 	"syscall"
 	"testing"
@@ -9,6 +12,7 @@ import (
 
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/daemon/daemontest"
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
 	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
 )
 
@@ -122,5 +126,112 @@ func TestDeadPeerNoticed(t *testing.T) {
 	}
 	if err := echoRoundTrip(local, 1<<20, 2); err != nil {
 		t.Fatalf("after the partner resumed: %v", err)
+	}
+}
+
+// httpGet returns the status code and body of GET url.
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestStatusCommand: `dyad status` against a live pair prints each peer's
+// state, pinned fingerprint, last handshake and a row per connection with
+// its RTT, bytes each way and streams; --json prints the same report as
+// /statusz; the tunnel health endpoints say up, and once the partner stops
+// they say down (503) while /readyz stays 200.
+func TestStatusCommand(t *testing.T) {
+	echo, _ := tunneltest.EchoServer(t)
+	a, b, local := twoSites(t, echo)
+	if err := echoRoundTrip(local, 256<<10, 1); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); counter(t, a, "tunnels_established") < 3; {
+		if time.Now().After(deadline) {
+			t.Fatal("A's three connections did not come up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	bKey, _ := identity.ParsePublicKey(b.PublicKey)
+	out, code := runDyad(t, "status", "--config", a.ConfigPath())
+	if code != 0 {
+		t.Fatalf("dyad status: exit %d\n%s", code, out)
+	}
+	t.Logf("dyad status:\n%s", out)
+	for _, want := range []string{"site: site-a", "peer: site-b", "state:              up since", "pinned fingerprint: " + bKey.Fingerprint(),
+		"endpoint:           " + b.Config.Listen, "last handshake:", "CONN", "RTT", "SENT", "RECEIVED", "STREAMS", "dialer/0", "dialer/2", " ms", "KiB", "dyad/2"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dyad status lacks %q", want)
+		}
+	}
+
+	out, code = runDyad(t, "status", "--config", a.ConfigPath(), "--json")
+	if code != 0 {
+		t.Fatalf("dyad status --json: exit %d\n%s", code, out)
+	}
+	var r daemon.StatusReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("dyad status --json: %v\n%s", err, out)
+	}
+	if r.Site != "site-a" || !r.Ready || len(r.Peers) != 1 || r.Peers[0].State != "up" || r.Peers[0].Fingerprint != bKey.Fingerprint() ||
+		len(r.Peers[0].Conns) != 3 || r.Peers[0].LastHandshake == "" || r.Counters["tunnels_established"] < 3 {
+		t.Fatalf("dyad status --json: %+v", r)
+	}
+	var moved uint64
+	streams := int64(0)
+	for _, c := range r.Peers[0].Conns {
+		moved += c.WireBytesReceived
+		streams += c.Streams
+		if c.RTTMillis <= 0 || c.Since == "" {
+			t.Errorf("connection %d: RTT %v ms, since %q", c.ID, c.RTTMillis, c.Since)
+		}
+	}
+	if moved < 256<<10 || streams != 1 {
+		t.Errorf("connections received %d bytes over %d streams, want at least the 256 KiB echoed over 1", moved, streams)
+	}
+	// The admin endpoint serves the same report.
+	out, code = runDyad(t, "status", "--config", a.ConfigPath(), "--json", "--via", "admin")
+	if code != 0 || !strings.Contains(out, `"fingerprint": "`+bKey.Fingerprint()) {
+		t.Fatalf("dyad status --via admin: exit %d\n%s", code, out)
+	}
+
+	admin := "http://" + a.Config.Admin
+	if code, body := httpGet(t, admin+"/healthz/peers"); code != 200 || !strings.HasPrefix(body, "site-b up since ") {
+		t.Fatalf("/healthz/peers with the peer up: %d %q", code, body)
+	}
+	if code, _ := httpGet(t, admin+"/healthz/peers/site-b"); code != 200 {
+		t.Fatalf("/healthz/peers/site-b with the peer up: %d", code)
+	}
+	if code, _ := httpGet(t, admin+"/healthz/peers/nobody"); code != 404 {
+		t.Fatalf("/healthz/peers/nobody: %d, want 404", code)
+	}
+	if err := b.Stop(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		code, body := httpGet(t, admin+"/healthz/peers")
+		if code == 503 && strings.HasPrefix(body, "site-b down since ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/healthz/peers 10 s after the partner stopped: %d %q", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, _ := httpGet(t, admin+"/healthz/peers/site-b"); code != 503 {
+		t.Errorf("/healthz/peers/site-b with the peer down: %d, want 503", code)
+	}
+	if code, _ := httpGet(t, admin+"/readyz"); code != 200 {
+		t.Errorf("/readyz with the partner down: %d, want 200 (a partner's outage must not pull this pod out of its Service)", code)
+	}
+	out, _ = runDyad(t, "status", "--config", a.ConfigPath())
+	if !strings.Contains(out, "state:              down since") {
+		t.Errorf("dyad status with the partner down:\n%s", out)
 	}
 }

@@ -77,6 +77,11 @@ type link struct {
 	multi   bool                // the newest connection speaks dyad/2: dial every slot
 	several bool                // "one identity from several places" was logged
 	closeAs quic.ApplicationErrorCode
+	// lastUp is when the newest connection came up (zero: never); upSince
+	// when the link last went from no live connection to one; downSince
+	// when it last had none left (its start until the first one).
+	// /statusz and dyad status show them.
+	lastUp, upSince, downSince time.Time
 }
 
 // tconn is one established QUIC connection to a peer with its codec keys.
@@ -133,7 +138,7 @@ func (n *Node) newLink(p Peer) (*link, error) {
 		return nil, err
 	}
 	l := &link{n: n, peer: p, pairing: secret, kick: make(chan struct{}, 1), changed: make(chan struct{}),
-		conns: map[*tconn]struct{}{}, slots: map[int]*tconn{}}
+		conns: map[*tconn]struct{}{}, slots: map[int]*tconn{}, downSince: time.Now()}
 	l.ctx, l.stop = context.WithCancel(n.ctx)
 	l.resize(n.cfg.Load().cfg.connectionsTo(p))
 	return l, nil
@@ -190,6 +195,16 @@ func (l *link) live() []*tconn {
 	return out
 }
 
+// liveLocked reports whether a connection of the set takes new streams.
+func (l *link) liveLocked() bool {
+	for tc := range l.conns {
+		if tc.usable() {
+			return true
+		}
+	}
+	return false
+}
+
 func (l *link) notifyLocked() {
 	close(l.changed)
 	l.changed = make(chan struct{})
@@ -225,10 +240,12 @@ func (l *link) status() []ConnStatus {
 	slices.SortFunc(conns, func(a, b *tconn) int { return cmp.Compare(a.id, b.id) })
 	out := make([]ConnStatus, 0, len(conns))
 	for _, tc := range conns {
+		st := tc.qc.ConnectionStats()
 		out = append(out, ConnStatus{ID: tc.id, Remote: tc.qc.RemoteAddr().String(), Since: tc.since.UTC().Format(time.RFC3339),
 			Role: tc.role(), Slot: tc.slot, Protocol: tc.qc.ConnectionState().TLS.NegotiatedProtocol, Retired: tc.retired.Load(),
 			ActiveStreams: tc.active.Load(), Streams: tc.streams.Load(), BytesSent: tc.bytesSent.Load(),
-			BytesReceived: tc.bytesReceived.Load(), RTTMillis: float64(tc.qc.ConnectionStats().SmoothedRTT.Microseconds()) / 1000})
+			BytesReceived: tc.bytesReceived.Load(), RTTMillis: float64(st.SmoothedRTT.Microseconds()) / 1000,
+			WireBytesSent: st.BytesSent, WireBytesReceived: st.BytesReceived})
 	}
 	return out
 }
@@ -297,7 +314,11 @@ func (l *link) attach(qc *quic.Conn, dialed bool, slot int, handshake time.Durat
 	}
 	l.multi = !tc.legacy
 	other := l.elsewhereLocked(tc)
+	if !l.liveLocked() {
+		l.upSince = tc.since
+	}
 	l.conns[tc] = struct{}{}
+	l.lastUp = tc.since
 	if dialed && slot >= 0 {
 		l.slots[slot] = tc
 	}
@@ -529,6 +550,9 @@ func (l *link) serve(tc *tconn) {
 	l.n.dark.tunnelAt(tc.qc, -1)
 	l.mu.Lock()
 	delete(l.conns, tc)
+	if !l.liveLocked() {
+		l.downSince = time.Now()
+	}
 	if tc.dialed && l.slots[tc.slot] == tc {
 		delete(l.slots, tc.slot)
 	}

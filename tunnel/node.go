@@ -13,12 +13,14 @@ package tunnel
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -178,6 +180,12 @@ func (n *Node) quicConfig(c Config) *quic.Config {
 	return qc
 }
 
+// Self returns this node's public key.
+func (n *Node) Self() identity.PublicKey { return n.id.Public() }
+
+// Started returns when the node started.
+func (n *Node) Started() time.Time { return n.started }
+
 // Addr returns the QUIC listening address.
 func (n *Node) Addr() net.Addr { return n.ln.Addr() }
 
@@ -331,11 +339,23 @@ func (n *Node) Close() {
 	n.loops.Wait()
 }
 
-// PeerStatus is one peer's state for the admin endpoints.
+// PeerStatus is one peer's state for the admin endpoints, the control
+// socket's status and `dyad status`.
 type PeerStatus struct {
 	Name        string `json:"name"`
-	Fingerprint string `json:"fingerprint"`
-	Connected   bool   `json:"connected"`
+	Fingerprint string `json:"fingerprint"` // of the key pinned for the peer
+	// Endpoint is where we dial it; empty when only the peer dials us.
+	Endpoint string `json:"endpoint,omitempty"`
+	// State is "up" (a connection takes new streams) or "down".
+	State     string `json:"state"`
+	Connected bool   `json:"connected"` // State == "up"
+	// StateSince is when the peer came up (from no live connection to
+	// one) or went down (its last connection ended; the daemon's start if it
+	// never came up).
+	StateSince string `json:"state_since"`
+	// LastHandshake is when the newest connection came up; empty if none
+	// has since the daemon started.
+	LastHandshake string `json:"last_handshake,omitempty"`
 	// Remote and Since describe the connection new streams go to first
 	// (the least loaded).
 	Remote string `json:"remote,omitempty"`
@@ -353,7 +373,7 @@ type ConnStatus struct {
 	// tunnel.established and tunnel.closed events do (dyad.tunnel.connection).
 	ID     uint64 `json:"id"`
 	Remote string `json:"remote"`
-	Since  string `json:"since"`
+	Since  string `json:"since"` // its handshake
 	// Role is "dialer" (we dialed it, in dial slot Slot) or "listener".
 	Role string `json:"role"`
 	Slot int    `json:"slot"`
@@ -366,21 +386,34 @@ type ConnStatus struct {
 	BytesSent     int64   `json:"bytes_sent"`     // plaintext, streams ended so far
 	BytesReceived int64   `json:"bytes_received"` // plaintext, streams ended so far
 	RTTMillis     float64 `json:"rtt_ms"`         // QUIC's smoothed RTT
+	// WireBytesSent and WireBytesReceived are QUIC's own counts, live:
+	// every packet's payload, retransmissions and overhead included.
+	WireBytesSent     uint64 `json:"quic_bytes_sent"`
+	WireBytesReceived uint64 `json:"quic_bytes_received"`
 }
 
-// Status reports each peer's tunnels.
+// Status reports each peer's tunnels, by peer name.
 func (n *Node) Status() []PeerStatus {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	var out []PeerStatus
+	out := make([]PeerStatus, 0, len(n.links))
 	for _, l := range n.links {
-		ps := PeerStatus{Name: l.peer.Name, Fingerprint: l.peer.Key.Fingerprint(), Conns: l.status()}
+		ps := PeerStatus{Name: l.peer.Name, Fingerprint: l.peer.Key.Fingerprint(), Endpoint: l.peer.Endpoint, State: "down", Conns: l.status()}
 		ps.Connections = len(ps.Conns)
+		l.mu.Lock()
+		lastUp, upSince, downSince := l.lastUp, l.upSince, l.downSince
+		l.mu.Unlock()
+		if !lastUp.IsZero() {
+			ps.LastHandshake = lastUp.UTC().Format(time.RFC3339)
+		}
+		ps.StateSince = downSince.UTC().Format(time.RFC3339)
 		if tc, _ := l.pick(); tc != nil {
-			ps.Connected, ps.Remote, ps.Since = true, tc.qc.RemoteAddr().String(), tc.since.UTC().Format(time.RFC3339)
+			ps.Connected, ps.State, ps.Remote, ps.Since = true, "up", tc.qc.RemoteAddr().String(), tc.since.UTC().Format(time.RFC3339)
+			ps.StateSince = upSince.UTC().Format(time.RFC3339)
 		}
 		out = append(out, ps)
 	}
+	slices.SortFunc(out, func(a, b PeerStatus) int { return cmp.Compare(a.Name, b.Name) })
 	return out
 }
 

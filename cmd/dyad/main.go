@@ -24,6 +24,14 @@ Usage:
                              credential) to the owner-only file dyad reads
   dyad check --config FILE   validate a configuration and its key file
   dyad run --config FILE     run the daemon (SIGHUP reloads, SIGTERM drains)
+  dyad status --config FILE [--json]
+                             each peer's tunnels: state, since, RTT, bytes, streams,
+                             last handshake, pinned fingerprint
+  dyad ping --config FILE PEER [SERVICE]
+                             probe a peer (and a service) with this site's identity;
+                             exit 0 ok, 3 no answer, 4 refused our key, 5 service
+                             unknown or not allowed, 6 upstream unreachable, 7 other
+                             refusal, 1 could not probe
   dyad audit verify --config FILE
                              check the audit journal's chain and signed checkpoints
   dyad report --config FILE --framework all --since 30d --format html --out FILE
@@ -79,6 +87,10 @@ func main() {
 			usageError(fs, "--config is required")
 		}
 		err = daemon.RunWith(context.Background(), *cfg, os.Stderr, o)
+	case "status":
+		err = cmdStatus(args)
+	case "ping":
+		os.Exit(cmdPing(args))
 	case "audit":
 		if len(args) == 0 || args[0] != "verify" {
 			fmt.Fprint(os.Stderr, "usage: dyad audit verify [flags]; run dyad audit verify --help\n")
