@@ -54,10 +54,10 @@ type ProbeResult struct {
 	// ready signal; StreamRTT from the request to the service's answer.
 	Handshake, StreamRTT time.Duration
 	RTT                  time.Duration // QUIC's smoothed round trip at the end
-	Group                string // the TLS key exchange group, e.g. X25519MLKEM768
-	Protocol             string // the negotiated ALPN
-	Status               Status // the service's answer, when a service was probed
-	Err                  error  // what went wrong, for every outcome but ProbeOK
+	Group                string        // the TLS key exchange group, e.g. X25519MLKEM768
+	Protocol             string        // the negotiated ALPN
+	Status               Status        // the service's answer, when a service was probed
+	Err                  error         // what went wrong, for every outcome but ProbeOK
 }
 
 // Probe dials peer once at endpoint (its configured endpoint when empty)
