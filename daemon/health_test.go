@@ -83,6 +83,12 @@ func TestDeadPeerNoticed(t *testing.T) {
 	if !strings.Contains(a.Logs(), "peer silent") {
 		t.Errorf("A's log does not say the peer went silent")
 	}
+	for deadline := time.Now().Add(2 * keepalive); counter(t, a, "tunnels_silent") < 3 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := counter(t, a, "tunnels_silent"); n != 3 {
+		t.Errorf("tunnels_silent = %d, want each of A's 3 connections", n)
+	}
 
 	// A new local connection waits connect_timeout for a tunnel, then is
 	// refused, and the log names the peer.

@@ -54,7 +54,9 @@ func (d *Daemon) statusReport() StatusReport {
 //	GET /healthz/peers        200 when every configured peer is up, else 503
 //	GET /healthz/peers/{name} 200 when that peer is up, 503 when down, 404 if not configured
 //
-// A peer is up while at least one of its connections takes new streams.
+// A peer is up while at least one of its connections takes new streams
+// (THREATS P10: a peer that went silent is down within three keepalives,
+// TestDeadPeerNoticed).
 // The body lists each peer as "name up|down since RFC3339". They are for
 // alerting; /readyz stays local (the daemon serves its forwards), so a
 // partner's outage never takes every pod out of its Service.

@@ -492,6 +492,7 @@ func (l *link) heartbeat(tc *tconn) {
 			l.n.log.Warn().Str("peer", l.peer.Name).Str("remote", tc.qc.RemoteAddr().String()).Uint64("connection", tc.id).
 				Float64("silent_s", silent.Seconds()).Float64("keepalive_s", k.Seconds()).
 				Msg("peer silent: tunnel connection down (the partner's daemon stopped, or the path dropped)")
+			l.n.Stats.TunnelsSilent.Add(1)
 			tc.qc.CloseWithError(codePeerSilent, "peer silent")
 			return
 		}

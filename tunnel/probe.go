@@ -141,6 +141,8 @@ func (n *Node) Probe(ctx context.Context, peer, endpoint, service string) ProbeR
 	switch res.Status {
 	case StatusAccepted:
 	case StatusUnknownService, StatusNotAllowed:
+		// One outcome for both (THREATS P2: a probe learns no more about
+		// which services exist than a stream; TestPingOutcomes).
 		res.Outcome = ProbeServiceDenied
 	case StatusUpstreamDown:
 		res.Outcome = ProbeUpstreamDown
@@ -155,6 +157,9 @@ func (n *Node) Probe(ctx context.Context, peer, endpoint, service string) ProbeR
 }
 
 // classifyDial names what a failed dial (or a missing ready signal) means.
+// A wrong pinned key is told apart from a dead network only where the
+// protocol allows it (THREATS P10): behind a dark listener it cannot be
+// (P9), so ProbeNoAnswer names all three causes; tested by TestPingOutcomes.
 func classifyDial(err error) ProbeOutcome {
 	var idle *quic.IdleTimeoutError
 	var hs *quic.HandshakeTimeoutError

@@ -18,6 +18,7 @@ type Stats struct {
 	BytesSent          atomic.Uint64 // plaintext bytes from local sockets into tunnels
 	BytesReceived      atomic.Uint64 // plaintext bytes from tunnels to local sockets
 	PacketsDropped     atomic.Uint64 // UDP datagrams quic-go dropped below the tunnels
+	TunnelsSilent      atomic.Uint64 // connections closed because the peer went silent (peer_silent)
 
 	udp atomic.Pointer[udpbatch.Reader] // the node's socket reader (udp_* counters); nil until New
 
@@ -52,6 +53,7 @@ func (s *Stats) Snapshot() map[string]uint64 {
 		"bytes_sent":          s.BytesSent.Load(),
 		"bytes_received":      s.BytesReceived.Load(),
 		"packets_dropped":     s.PacketsDropped.Load(),
+		"tunnels_silent":      s.TunnelsSilent.Load(),
 	}
 	if rd := s.udp.Load(); rd != nil {
 		// Receive batching (udpbatch): datagrams per read is
