@@ -283,7 +283,7 @@ var Catalog = []Spec{
 			{KeyBytesSent, Int, false, "plaintext bytes this side sent on the tunnel's streams"},
 			{KeyBytesReceived, Int, false, "plaintext bytes this side received"},
 			{KeyStreams, Int, false, "streams carried"},
-			{KeyCloseReason, String, false, "why: shutdown, replaced (this connection was retired: a dyad/1 peer's newer connection took over, or both sides dialed and the preferred side's connection holds the slot; it closed after its last stream or a 30 s grace), peer_removed and key_changed (a reload revoked the key it authenticated with), endpoint_changed, peer_silent (nothing heard from the peer for two and a half keepalives plus one round trip: the partner stopped or the path dropped), idle_timeout, peer_closed, stateless_reset, error"},
+			{KeyCloseReason, String, false, "why: shutdown, replaced (this connection was retired: a dyad/1 peer's newer connection took over, or both sides dialed and the preferred side's connection holds the slot; it closed after its last stream or a 30 s grace), peer_removed and key_changed (a reload revoked the key it authenticated with), endpoint_changed, peer_silent (nothing heard from the peer for 2.375 keepalives plus one round trip: the partner stopped or the path dropped), idle_timeout, peer_closed, stateless_reset, error"},
 			aErrorType,
 		},
 		OCSF: tunnelActivity(2, "Close", 1),

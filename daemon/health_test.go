@@ -37,7 +37,8 @@ func connected(t *testing.T, s *daemontest.Site, peer string) bool {
 // forward is refused after connect_timeout with a log line naming the peer;
 // once it runs again the tunnel comes back.
 func TestDeadPeerNoticed(t *testing.T) {
-	const keepalive, connectTimeout = time.Second, time.Second
+	// 2 s: the bound (2.5 periods + RTT, under 3) leaves a second for a loaded machine.
+	const keepalive, connectTimeout = 2 * time.Second, time.Second
 	echo, _ := tunneltest.EchoServer(t)
 	root := t.TempDir()
 	a, b := newSite(t, root, "site-a"), newSite(t, root, "site-b")

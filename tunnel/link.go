@@ -439,18 +439,16 @@ const heartbeatSize = 32
 // probes every probeEvery period (each probe draws an ACK from a live
 // peer); after silentAfter periods plus one smoothed RTT of silence the
 // connection is declared dead and closed (close reason peer_silent).
-// Checked every checkEvery period, so a peer that stopped is noticed within
-// silentAfter + 2 checkEvery periods plus an RTT (a packet is seen at the
-// check after it came), under three (README,
-// "Tunnel health"; TestDeadPeerNoticed), not after the 30 s idle timeout;
-// a path that pauses for two periods and comes back is heard again within
-// probeEvery of its return, before silentAfter (TestFaultPathPaused).
-// The margins are symmetric: a stop is noticed within 2.625 periods (plus
-// an RTT), and a 2-period pause is heard again within 2.125 periods.
+// Checked every checkEvery period, a packet is seen at most one check
+// after it came, so a peer that stopped is noticed within silentAfter + 2
+// checkEvery = 2.5 periods plus an RTT, under three (README, "Tunnel
+// health"; TestDeadPeerNoticed), not after the 30 s idle timeout; a path
+// that pauses for two periods and comes back is heard again within 2.125
+// periods, before silentAfter (TestFaultPathPaused, 10 s at 5 s).
 const (
 	probeAfter  = 1.0
-	probeEvery  = 0.125
-	silentAfter = 2.5
+	probeEvery  = 0.0625
+	silentAfter = 2.375
 	checkEvery  = 0.0625
 )
 
