@@ -17,6 +17,10 @@ const (
 	TunnelEstablished  = "dyad.tunnel.established"
 	TunnelClosed       = "dyad.tunnel.closed"
 	PeerAuthRefused    = "dyad.peer.auth_refused"
+	PeerInvited        = "dyad.peer.invited"
+	PeerEnrolled       = "dyad.peer.enrolled"
+	PeerEnrollRefused  = "dyad.peer.enroll_refused"
+	PeerRevoked        = "dyad.peer.revoked"
 	StreamOpened       = "dyad.stream.opened"
 	StreamClosed       = "dyad.stream.closed"
 	StreamFailed       = "dyad.stream.failed"
@@ -92,6 +96,12 @@ const (
 	// every event that command causes (package control).
 	KeyControlUID  = "dyad.control.uid"
 	KeyControlUser = "dyad.control.user"
+	// Enrollment (dyad invite, dyad join) and revocation.
+	KeyEnrollRole     = "dyad.enroll.role"
+	KeyEnrollServices = "dyad.enroll.services"
+	KeyEnrollExpires  = "dyad.enroll.expires"
+	KeyEnrollPhrase   = "dyad.enroll.phrase"
+	KeyPeerSource     = "dyad.peer.source"
 )
 
 // Type is an attribute's value type as the catalogue states it.
@@ -300,6 +310,51 @@ var Catalog = []Spec{
 		},
 		OCSF: OCSF{3002, "Authentication", 1, "Logon", 2, 3},
 		ECS:  ECS{"event", []string{"authentication", "network"}, []string{"start", "denied"}, "failure"},
+	},
+	{
+		Name: PeerInvited, Severity: Info, When: "dyad invite issued an invitation: a one-time secret whose hash the daemon keeps in its state directory until the invitation expires",
+		Attrs: []AttrSpec{
+			{KeyPeer, String, false, "the name the joiner will have here"},
+			{KeyEnrollServices, StringSlice, false, "this site's services the invitation allows"},
+			{KeyEnrollExpires, String, false, "when the invitation expires (RFC 3339)"},
+			aControlUID, aControlUser,
+		},
+		OCSF: entity(1, "Create", 1),
+		ECS:  ECS{"event", []string{"iam", "configuration"}, []string{"creation"}, "success"},
+	},
+	{
+		Name: PeerEnrolled, Severity: Info, When: "an invitation was used: the inviter pinned the joiner's key with the invitation's services, and the joiner pinned the inviter's; each side emits one",
+		Attrs: []AttrSpec{
+			aPeer, {KeyPeerFingerprint, String, false, "the newly pinned key's fingerprint"},
+			{KeyEnrollRole, String, false, `"inviter" or "joiner"`},
+			{KeyEnrollServices, StringSlice, true, "inviter: the services the peer may use"},
+			{KeyPeerAddress, String, false, "the other daemon's IP address"},
+			{KeyEnrollPhrase, String, false, "the verification phrase both operators compare (a hash, not the secret)"},
+			{KeyControlUID, Int, false, "uid of the local user who ran dyad join (joiner) or dyad invite (inviter)"}, aControlUser,
+		},
+		OCSF: entity(1, "Create", 1),
+		ECS:  ECS{"event", []string{"iam", "configuration"}, []string{"creation"}, "success"},
+	},
+	{
+		Name: PeerEnrollRefused, Severity: Warn, RateLimit: true, Source: []string{KeyPeerAddress},
+		When: "an enrollment request was refused; nothing changed",
+		Attrs: []AttrSpec{
+			{KeyPeerFingerprint, String, false, "the key the joiner proved in TLS"},
+			aPeerAddr, aPeerPort,
+			{KeyReason, String, false, "invalid_token (no pending invitation has the secret), used_token, expired_token, conflict (the key or the invitation's peer name is pinned already), key_mismatch (the request's key is not the one proved in TLS), malformed, timeout (no request within 10 s), failed (the state could not be written)"},
+		},
+		OCSF: OCSF{3002, "Authentication", 1, "Logon", 2, 3},
+		ECS:  ECS{"event", []string{"authentication", "iam"}, []string{"denied"}, "failure"},
+	},
+	{
+		Name: PeerRevoked, Severity: Warn, When: "dyad revoke removed a peer or an invitation; every connection of the peer's key is closed at once",
+		Attrs: []AttrSpec{
+			aPeer, {KeyPeerFingerprint, String, true, "the revoked key's fingerprint (absent for an invitation not yet used)"},
+			{KeyPeerSource, String, false, `"state" (an enrolled peer, removed), "config" (a peer of the YAML file: its key is recorded as revoked until the file drops it) or "invitation" (pending invitations for the name, cancelled)`},
+			aControlUID, aControlUser,
+		},
+		OCSF: entity(4, "Delete", 1),
+		ECS:  ECS{"event", []string{"iam", "configuration"}, []string{"deletion"}, "success"},
 	},
 	{
 		Name: StreamOpened, Severity: Info, When: "a forwarded connection got its stream: outbound when the local client is carried to the peer, inbound when the upstream is connected",

@@ -43,10 +43,13 @@ func Call(ctx context.Context, path, op string, args, result any) error {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	b, _ := json.Marshal(Request{V: Version, Op: op, Args: raw})
-	if _, err := c.Write(append(b, '\n')); err != nil {
-		return fmt.Errorf("%s: send request on %s: %w", op, path, err)
-	}
+	// A daemon that refuses the caller answers before reading the request
+	// and closes: the write may then fail while its reply waits to be read.
+	_, werr := c.Write(append(b, '\n'))
 	line, err := bufio.NewReader(io.LimitReader(c, 16<<20)).ReadBytes('\n')
+	if werr != nil && len(line) == 0 {
+		return fmt.Errorf("%s: send request on %s: %w", op, path, werr)
+	}
 	if err != nil && len(line) == 0 {
 		if ctx.Err() != nil {
 			return fmt.Errorf("%s: no reply from the daemon: %w", op, ctx.Err())

@@ -83,6 +83,9 @@ func (c Caller) String() string {
 	return fmt.Sprintf("uid %d", c.UID)
 }
 
+// UserName returns the name of uid, or "" when it has none.
+func UserName(uid uint32) string { return lookupUser(uid) }
+
 func lookupUser(uid uint32) string {
 	u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
 	if err != nil {

@@ -43,6 +43,9 @@ func Check(path string, out io.Writer) error {
 			return fmt.Errorf("%s: peer %q: %w", path, p.Name, err)
 		}
 	}
+	for _, n := range cfg.Notes {
+		fmt.Fprintf(out, "%s: warning: %s\n", path, n)
+	}
 	for _, w := range ConnectionWarnings(cfg.Tunnel) {
 		fmt.Fprintf(out, "%s: warning: %s\n", path, w)
 	}

@@ -24,6 +24,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/dyad-tunnel/dyad/codec"
+	"github.com/dyad-tunnel/dyad/daemon/state"
 	"github.com/dyad-tunnel/dyad/tunnel"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
@@ -307,8 +308,19 @@ func (d Duration) MarshalYAML() (any, error) {
 
 // Config is a loaded, validated configuration.
 type Config struct {
-	Path            string
-	File            File
+	Path string
+	// File is the configuration in force: the YAML file as written, with
+	// the state directory's enrolled peers added (their allow-list entries
+	// and forwards too) and the peers of revoked keys removed.
+	File File
+	// Written is the YAML file as written.
+	Written File
+	// State is what the state directory held when the file was loaded.
+	State *state.State
+	// Notes are warnings about the merge, for dyad check and the start
+	// log: a revoked key the YAML still lists, an enrolled peer's service
+	// that is gone.
+	Notes           []string
 	Site            string
 	IdentityPath    string
 	LogLevel        zerolog.Level
@@ -369,14 +381,24 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, &ConfigError{Path: path, Err: err}
 	}
-	v := validator{path: path, root: &root}
-	c := v.check(f)
-	v.checkAudit(f.Audit, c)
+	sum := sha256.Sum256(data)
+	return build(path, f, &root, hex.EncodeToString(sum[:]))
+}
+
+// build validates f, the file at path as written, with the state
+// directory's peers merged in (stateconfig.go). root is the file's YAML
+// tree for line numbers (nil: none).
+func build(path string, f File, root *yaml.Node, sum string) (*Config, error) {
+	v := validator{path: path, root: root}
+	written := f
+	merged, st, notes := v.mergeState(f)
+	c := v.check(merged)
+	v.checkAudit(merged.Audit, c)
 	if v.err != nil {
 		return nil, v.err
 	}
-	sum := sha256.Sum256(data)
-	c.SHA256 = hex.EncodeToString(sum[:])
+	c.Written, c.State, c.Notes = written, st, notes
+	c.SHA256 = sum
 	return c, nil
 }
 
@@ -421,6 +443,9 @@ func (v *validator) fail(err error, path ...any) {
 // lineOf finds the line of the node at path (map keys and list indexes),
 // or of its deepest ancestor that exists.
 func lineOf(n *yaml.Node, path ...any) int {
+	if n == nil {
+		return 0
+	}
 	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
 		n = n.Content[0]
 	}
@@ -448,6 +473,9 @@ func lineOf(n *yaml.Node, path ...any) int {
 	}
 	return line
 }
+
+// stateDir resolves f's state_dir.
+func (v *validator) stateDir(f File) string { return v.resolve(f.StateDir, "state") }
 
 // resolve makes a path from the file absolute against the file's folder;
 // empty means def.
@@ -547,7 +575,7 @@ func (v *validator) check(f File) *Config {
 	if f.Identity != "" && !filepath.IsAbs(f.Identity) {
 		c.IdentityPath = filepath.Join(filepath.Dir(v.path), f.Identity)
 	}
-	c.StateDir = v.resolve(f.StateDir, "state")
+	c.StateDir = v.stateDir(f)
 	c.ControlSocket = filepath.Join(c.StateDir, "control.sock")
 	if f.Control.Socket != "" {
 		c.ControlSocket = v.resolve(f.Control.Socket, "")

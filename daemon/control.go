@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"sync"
 	"time"
 
@@ -37,9 +36,19 @@ func registerControl(op string, fn ControlOp) {
 }
 
 // startControl opens the control socket and serves the registered
-// operations on it.
+// operations on it. A socket the configuration places explicitly (state_dir
+// or control.socket) that cannot be opened stops the start; at the default
+// place beside the YAML file (read-only under the hardened systemd unit, in
+// a configuration written before state_dir existed) the daemon logs the
+// error and runs without one, so an upgrade never stops traffic
+// (TestControlSocketDefaultUnwritable).
 func (d *Daemon) startControl(cfg *Config) error {
 	srv, err := control.Listen(control.Options{Path: cfg.ControlSocket, Group: cfg.File.Control.Group}, d.log)
+	if err != nil && cfg.File.StateDir == "" && cfg.File.Control.Socket == "" {
+		d.log.Error().Err(err).Str("state_dir", cfg.StateDir).
+			Msg("no control socket: dyad invite, join and revoke cannot reach this daemon; set state_dir to a writable folder (e.g. /var/lib/dyad)")
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -79,8 +88,6 @@ func ControlCall(configPath, op string, args, result any, timeout time.Duration)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if err := control.Call(ctx, cfg.ControlSocket, op, args, result); err != nil {
-		return fmt.Errorf("dyad %s: %w", op, err)
-	}
-	return nil
+	// control.Call's errors start with op.
+	return control.Call(ctx, cfg.ControlSocket, op, args, result)
 }

@@ -34,6 +34,9 @@ type Daemon struct {
 	au   *auditing
 	node *tunnel.Node
 	cfg  atomic.Pointer[Config]
+	id   *identity.Identity
+
+	pendingInvites atomic.Int64 // invitations not used nor expired (enroll.go)
 
 	mu       sync.Mutex                  // guards forwards
 	forwards map[string]*forwardListener // by ForwardConfig.key
@@ -85,9 +88,12 @@ func RunWith(ctx context.Context, path string, logOut io.Writer, o RunOptions) e
 	if err != nil {
 		return err
 	}
-	d := &Daemon{log: log, au: au, forwards: map[string]*forwardListener{}}
+	d := &Daemon{log: log, au: au, id: id, forwards: map[string]*forwardListener{}}
 	d.cfg.Store(cfg)
 	au.auditor.Emit(audit.ConfigLoaded, configAttrs(cfg)...)
+	for _, n := range cfg.Notes {
+		log.Warn().Str("state_dir", cfg.StateDir).Msg(n)
+	}
 	// Caught before the listeners open: a SIGHUP sent as soon as the daemon
 	// says it is ready (systemctl reload) must not meet Go's default action,
 	// which ends the process.
@@ -150,6 +156,8 @@ func (d *Daemon) start(cfg *Config, id *identity.Identity) (*http.Server, error)
 		return nil, err
 	}
 	d.node = node
+	d.setPending(cfg.State, time.Now())
+	node.SetEnroller(d)
 	if err := d.applyForwards(cfg, func() error { return nil }); err != nil {
 		node.Close()
 		return nil, err
@@ -230,6 +238,7 @@ func (d *Daemon) reload(path string) error {
 		return err
 	}
 	d.cfg.Store(cfg)
+	d.setPending(cfg.State, time.Now())
 	d.au.auditor.Emit(audit.ConfigReloaded, configAttrs(cfg)...)
 	return nil
 }

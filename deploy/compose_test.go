@@ -291,6 +291,10 @@ func TestComposeSitesEndToEnd(t *testing.T) {
 			t.Fatalf("%s: journal %s is not on the /var/lib/dyad volume", site, f.Audit.Journal.Dir)
 		}
 		f.Audit.Journal.Dir = "audit"
+		if !strings.HasPrefix(f.StateDir, "/var/lib/dyad/") {
+			t.Fatalf("%s: state_dir %s is not on the /var/lib/dyad volume (/etc/dyad is read-only)", site, f.StateDir)
+		}
+		f.StateDir = "state"
 		s := &daemontest.Site{Name: site, Dir: filepath.Join(sites, site), Bin: bin, Config: f}
 		if err := s.StartReady(10 * time.Second); err != nil {
 			t.Fatal(err)

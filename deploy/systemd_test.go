@@ -290,6 +290,15 @@ func systemdLayout(t *testing.T, bin string, unit systemdUnit) {
 	if state := "/var/lib/" + unit.get("StateDirectory") + "/"; !strings.HasPrefix(cfg.Audit.Journal.Dir+"/", state) {
 		t.Errorf("audit.journal.dir %s is outside StateDirectory %s, the only writable place", cfg.Audit.Journal.Dir, state)
 	}
+	if state := "/var/lib/" + unit.get("StateDirectory"); cfg.StateDir != state && !strings.HasPrefix(cfg.StateDir, state+"/") {
+		t.Errorf("state_dir %s is outside StateDirectory %s: enrolled peers could not be written", cfg.StateDir, state)
+	}
+	if run := "/run/" + unit.get("RuntimeDirectory") + "/"; unit.get("RuntimeDirectory") == "" || !strings.HasPrefix(cfg.ControlSocket, run) {
+		t.Errorf("control.socket %s is not in RuntimeDirectory %s", cfg.ControlSocket, run)
+	}
+	if m := unit.get("RuntimeDirectoryMode"); m != "0700" && m != "0750" {
+		t.Errorf("RuntimeDirectoryMode=%s: the control socket's folder must keep other users out", m)
+	}
 	if filepath.Dir(cfg.IdentityPath) != filepath.Dir(systemdConfig) {
 		t.Errorf("identity %s is not in %s", cfg.IdentityPath, filepath.Dir(systemdConfig))
 	}

@@ -81,6 +81,9 @@ type Node struct {
 	admission *admission
 	dark      *darkFilter
 
+	enroller  atomic.Pointer[Enroller] // nil: no enrollment (SetEnroller)
+	enrollSem chan struct{}            // enrollment connections served at once
+
 	connSeq atomic.Uint64 // numbers connections (tconn.id)
 
 	dropsMu    sync.Mutex // guards dropsSince
@@ -271,6 +274,14 @@ func (n *Node) acceptLoop() {
 func (n *Node) adopt(qc *quic.Conn) {
 	if t, ok := qc.Context().Value(admissionTicket{}).(*admissionTicket); ok {
 		t.handshakeDone()
+	}
+	if key, err := enrollKey(qc); !errors.Is(err, errNotEnroll) {
+		if err != nil {
+			qc.CloseWithError(codeSetupFailed, "no key")
+			return
+		}
+		go n.serveEnroll(qc, key)
+		return
 	}
 	state := qc.ConnectionState().TLS
 	var p Peer

@@ -56,7 +56,16 @@ func (n *Node) serverTLS(cert tls.Certificate) *tls.Config {
 		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 			remote := chi.Conn.RemoteAddr()
 			c := base.Clone()
+			// Enrollment is offered only while an invitation is pending;
+			// its connections serve no stream (tunnel/enroll.go; THREATS
+			// P1, tested by TestEnrollOfferedOnlyWithInvitation).
+			if n.offerEnroll() {
+				c.NextProtos = append(c.NextProtos[:len(c.NextProtos):len(c.NextProtos)], EnrollALPN)
+			}
 			c.VerifyConnection = func(cs tls.ConnectionState) error {
+				if cs.NegotiatedProtocol == EnrollALPN {
+					return n.enrollCert(cs, remote)
+				}
 				p, err := n.verifyPeer(rawCerts(cs), remote, nil)
 				if err == nil {
 					n.admission.authenticated(p.Name, remote)

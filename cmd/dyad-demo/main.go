@@ -1,8 +1,9 @@
 // Command dyad-demo shows dyad end to end on loopback (`make demo`): two
-// paired daemons as separate processes, site B exporting a real HTTP API,
-// site A importing it on a local port, 100 MiB each way checked by SHA-256,
-// an unpaired third daemon being refused, and site B's audit journal with
-// its `dyad audit verify` verdict.
+// daemons as separate processes paired with `dyad invite` and `dyad join`
+// (no key copied), site B exporting a real HTTP API, site A importing it on
+// a local port, 100 MiB each way checked by SHA-256, an unpaired third
+// daemon and a replayed token being refused, `dyad revoke` cutting the
+// pair, and site B's audit journal with its `dyad audit verify` verdict.
 package main
 
 import (
@@ -84,13 +85,12 @@ func run(bin string, size int64, keep bool, reportPath string) error {
 	if err != nil {
 		return err
 	}
-	b.Config.Peers = []daemon.PeerFile{a.Peer(false)}
-	b.Config.Services = []daemon.ServiceFile{{Name: "payments", Upstream: api.Addr, Allow: []string{"site-a"}}}
-	a.Config.Peers = []daemon.PeerFile{b.Peer(true)}
-	a.Config.Forwards = []daemon.ForwardConfig{{Listen: local, Peer: "site-b", Service: "payments"}}
+	// Neither configuration names the other site: they pair below with
+	// dyad invite and dyad join, which keep the peer in each daemon's
+	// state directory.
+	b.Config.Services = []daemon.ServiceFile{{Name: "payments", Upstream: api.Addr}}
 	fmt.Println("site A: dyad keygen →", short(a.PublicKey))
 	fmt.Println("site B: dyad keygen →", short(b.PublicKey))
-	fmt.Printf("site A forwards %s → site B / payments → %s\n\n", local, api.Addr)
 
 	for _, s := range []*daemontest.Site{b, a} {
 		if err := s.StartReady(10 * time.Second); err != nil {
@@ -98,7 +98,32 @@ func run(bin string, size int64, keep bool, reportPath string) error {
 		}
 		defer s.Stop(10 * time.Second)
 	}
-	say("both daemons started and paired", "ready after %v", time.Since(start).Round(time.Millisecond))
+	say("both daemons started, not paired", "ready after %v", time.Since(start).Round(time.Millisecond))
+
+	out, err := exec.Command(bin, "invite", "--config", b.ConfigPath(), "--peer", "site-a", "--service", "payments",
+		"--endpoint", b.Config.Listen, "--expires", "10m", "--json").Output()
+	if err != nil {
+		return fmt.Errorf("dyad invite: %v\n%s", err, stderr(err))
+	}
+	var inv daemon.InviteResult
+	if err := json.Unmarshal(out, &inv); err != nil {
+		return fmt.Errorf("dyad invite: %w", err)
+	}
+	fmt.Printf("\n$ dyad invite --config site-b/dyad.yaml --peer site-a --service payments --endpoint %s\n  %s\n\n", b.Config.Listen, inv.Token)
+	say("site B issued a one-time token", "%d characters, expires %s", len(inv.Token), inv.Expires.Format(time.RFC3339))
+
+	fmt.Printf("$ dyad join --config site-a/dyad.yaml --forward %s=payments TOKEN\n", local)
+	out, err = exec.Command(bin, "join", "--config", a.ConfigPath(), "--forward", local+"=payments", inv.Token).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("dyad join: %v\n%s", err, out)
+	}
+	fmt.Printf("%s\n", indent(string(out)))
+	phrase := enrolledPhrase(b)
+	if !strings.Contains(string(out), phrase) {
+		return fmt.Errorf("site B logged the verification phrase %q, site A's join printed another", phrase)
+	}
+	say("site A joined; site B pinned it", "phrases match: %q", phrase)
+	fmt.Printf("site A forwards %s → site B / payments → %s\n\n", local, api.Addr)
 
 	client := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{DisableCompression: true}}
 	base := "http://" + local
@@ -162,9 +187,40 @@ func run(bin string, size int64, keep bool, reportPath string) error {
 	}
 	say("unpaired daemon asks for the same API", "refused (%s)", firstLine(refusal, "connection closed by dyad"))
 	say("site B's refused handshakes", "%d, audited with fingerprint %s", st.Counters["handshakes_refused"], refusedFingerprint(b))
+	// A fourth site that got hold of the used token.
+	d, err := daemontest.NewSite(bin, root, "site-d")
+	if err != nil {
+		return err
+	}
+	d.Config.Log.Level = "info"
+	if err := d.StartReady(10 * time.Second); err != nil {
+		return err
+	}
+	defer d.Stop(10 * time.Second)
+	out, err = exec.Command(bin, "join", "--config", d.ConfigPath(), inv.Token).CombinedOutput()
+	if err == nil {
+		return errors.New("a fourth site enrolled with the used token")
+	}
+	say("another site replays the used token", "refused, nothing changed")
+	fmt.Printf("  %s\n", strings.TrimSpace(string(out)))
+
+	for _, r := range []struct {
+		site *daemontest.Site
+		peer string
+	}{{b, "site-a"}, {a, "site-b"}} {
+		out, err = exec.Command(bin, "revoke", "--config", r.site.ConfigPath(), r.peer).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("dyad revoke: %v\n%s", err, out)
+		}
+	}
+	client.CloseIdleConnections()
+	if _, err := (&http.Client{Timeout: 5 * time.Second}).Get(base + "/v1/payments/42"); err == nil {
+		return errors.New("site A still reaches the API after dyad revoke")
+	}
+	say("dyad revoke at both sites", "the tunnel is cut, site A's requests refused")
 
 	client.CloseIdleConnections() // else A drains the idle keep-alive connection until its deadline
-	for _, s := range []*daemontest.Site{c, a, b} {
+	for _, s := range []*daemontest.Site{d, c, a, b} {
 		if err := s.Stop(10 * time.Second); err != nil {
 			return fmt.Errorf("%s did not stop cleanly: %w", s.Name, err)
 		}
@@ -180,7 +236,7 @@ func run(bin string, size int64, keep bool, reportPath string) error {
 	for _, e := range entries {
 		fmt.Printf("  #%-3d %-26s %s\n", e.Seq, e.Name, summary(e))
 	}
-	out, err := exec.Command(bin, "audit", "verify", "--config", b.ConfigPath()).CombinedOutput()
+	out, err = exec.Command(bin, "audit", "verify", "--config", b.ConfigPath()).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("dyad audit verify: %v\n%s", err, out)
 	}
@@ -254,6 +310,33 @@ func rate(n int64, d time.Duration) string {
 
 func short(pub string) string { return pub[:20] + "…" }
 
+func indent(s string) string {
+	return "  " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n  ")
+}
+
+func stderr(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(ee.Stderr)
+	}
+	return ""
+}
+
+// enrolledPhrase is the verification phrase in site's dyad.peer.enrolled
+// event: what its operator reads to the joiner's.
+func enrolledPhrase(site *daemontest.Site) string {
+	for range 50 {
+		entries, _, _ := site.Journal()
+		for _, e := range entries {
+			if e.Name == audit.PeerEnrolled {
+				return e.Attr(audit.KeyEnrollPhrase).AsString()
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return "(none recorded)"
+}
+
 func firstLine(err error, fallback string) string {
 	s := err.Error()
 	switch {
@@ -277,7 +360,7 @@ func refusedFingerprint(site *daemontest.Site) string {
 // summary picks the attributes that say what an event is about.
 func summary(e journal.Entry) string {
 	var parts []string
-	for _, k := range []string{audit.KeyPeer, audit.KeyService, audit.KeyDirection, audit.KeyRole, audit.KeyTLSCurve,
+	for _, k := range []string{audit.KeyPeer, audit.KeyEnrollRole, audit.KeyEnrollPhrase, audit.KeyPeerSource, audit.KeyControlUID, audit.KeyService, audit.KeyDirection, audit.KeyRole, audit.KeyTLSCurve,
 		audit.KeyPeerFingerprint, audit.KeyReason, audit.KeyBytesSent, audit.KeyBytesReceived, audit.KeyCloseReason, "dyad.journal.size"} {
 		if v := e.Attr(k); v.Type() != attribute.INVALID {
 			parts = append(parts, strings.TrimPrefix(k, "dyad.")+"="+v.Emit())

@@ -7,11 +7,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/dyad-tunnel/dyad/audit/report"
 	"github.com/dyad-tunnel/dyad/daemon"
+	"github.com/dyad-tunnel/dyad/daemon/state"
 )
 
 const usage = `dyad links a local port at one site to an API at a partner site through a
@@ -24,6 +27,12 @@ Usage:
                              credential) to the owner-only file dyad reads
   dyad check --config FILE   validate a configuration and its key file
   dyad run --config FILE     run the daemon (SIGHUP reloads, SIGTERM drains)
+  dyad invite --config FILE --peer NAME [--service S]... [--expires 24h] [--wait 15m]
+                             print a one-time token that pairs a partner with this site
+  dyad join --config FILE [--forward LISTEN=SERVICE]... TOKEN
+                             pair with the site that printed TOKEN
+  dyad revoke --config FILE PEER
+                             unpin a peer (or cancel its invitation) and cut its tunnels now
   dyad status --config FILE [--json]
                              each peer's tunnels: state, since, RTT, bytes, streams,
                              last handshake, pinned fingerprint
@@ -87,6 +96,65 @@ func main() {
 			usageError(fs, "--config is required")
 		}
 		err = daemon.RunWith(context.Background(), *cfg, os.Stderr, o)
+	case "invite":
+		fs := newFlags("invite", "ask the running daemon for a one-time invitation token for a new peer")
+		cfg := fs.String("config", "", "configuration file (required)")
+		var a daemon.InviteArgs
+		fs.StringVar(&a.Peer, "peer", "", "the name the partner gets here (required)")
+		fs.Func("service", "a service of this site the partner may use (repeat for more)", func(v string) error {
+			a.Services = append(a.Services, v)
+			return nil
+		})
+		fs.Func("endpoint", "HOST:PORT where the partner reaches this site's QUIC port (repeat for more; default: listen, if it is not 0.0.0.0)", func(v string) error {
+			a.Endpoints = append(a.Endpoints, v)
+			return nil
+		})
+		fs.DurationVar(&a.Expires, "expires", daemon.DefaultInviteExpiry, "how long the token is valid (at most 720h)")
+		wait := fs.Duration("wait", 0, "then wait this long (at most 1h) for the partner to join, and print the verification phrase")
+		asJSON := fs.Bool("json", false, "print the result as JSON (with --wait, a second line once joined)")
+		rest := parseInterleaved(fs, args)
+		if *cfg == "" || a.Peer == "" || len(rest) > 0 {
+			usageError(fs, "--config and --peer are required, and nothing else")
+		}
+		err = daemon.Invite(*cfg, a, *wait, *asJSON, os.Stdout)
+	case "join":
+		fs := newFlags("join", "pair with the site whose invitation token is given (- reads it from standard input)")
+		cfg := fs.String("config", "", "configuration file (required)")
+		var a daemon.JoinArgs
+		fs.StringVar(&a.Name, "name", "", "the name the inviting site gets here (default: its site name)")
+		fs.Func("forward", "LISTEN=SERVICE: carry a local port to one of the invitation's services (repeat for more)", func(v string) error {
+			listen, svc, ok := strings.Cut(v, "=")
+			if !ok || listen == "" || svc == "" {
+				return fmt.Errorf("%q is not LISTEN=SERVICE, e.g. 127.0.0.1:9000=payments", v)
+			}
+			a.Forwards = append(a.Forwards, state.Forward{Listen: listen, Service: svc})
+			return nil
+		})
+		fs.BoolVar(&a.Print, "print", false, "enrol, but write no state: print the peers/forwards entries for a declarative configuration (Kubernetes)")
+		asJSON := fs.Bool("json", false, "print the result as JSON")
+		rest := parseInterleaved(fs, args)
+		if *cfg == "" || len(rest) != 1 {
+			usageError(fs, "--config and one TOKEN are required")
+		}
+		a.Token = rest[0]
+		if a.Token == "-" {
+			b, rerr := io.ReadAll(io.LimitReader(os.Stdin, 64<<10))
+			if rerr != nil {
+				fmt.Fprintln(os.Stderr, "dyad join: read token:", rerr)
+				os.Exit(1)
+			}
+			a.Token = string(b)
+		}
+		err = daemon.Join(*cfg, a, *asJSON, os.Stdout)
+	case "revoke":
+		fs := newFlags("revoke", "unpin a peer (or cancel its pending invitation) and close its connections at once")
+		cfg := fs.String("config", "", "configuration file (required)")
+		asJSON := fs.Bool("json", false, "print the result as JSON")
+		rest := parseInterleaved(fs, args)
+		if *cfg == "" || len(rest) != 1 {
+			usageError(fs, "--config and one PEER are required")
+		}
+		err = daemon.Revoke(*cfg, rest[0], *asJSON, os.Stdout)
 	case "status":
 		err = cmdStatus(args)
 	case "ping":
@@ -152,6 +220,21 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "dyad:", err)
 		os.Exit(1)
+	}
+}
+
+// parseInterleaved parses flags that may come before or after the
+// positional arguments, and returns the positional ones.
+func parseInterleaved(fs *flag.FlagSet, args []string) []string {
+	var rest []string
+	for {
+		fs.Parse(args)
+		args = fs.Args()
+		if len(args) == 0 {
+			return rest
+		}
+		rest = append(rest, args[0])
+		args = args[1:]
 	}
 }
 

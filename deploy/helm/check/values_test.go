@@ -108,6 +108,7 @@ func (v *chartValues) peerCIDRs() []string {
 // check` validates all of it.
 type dyadFile struct {
 	Identity string
+	StateDir string `json:"state_dir"`
 	Listen   string
 	Admin    string
 	Forwards []struct{ Listen string }

@@ -72,6 +72,9 @@ func checkDeployment(t *testing.T, v *chartValues, m *manifests, cfg *dyadFile) 
 	}
 
 	jv := volume(t, spec, "journal")
+	if !strings.HasPrefix(cfg.StateDir, mountPath(t, c, "journal")+"/") {
+		t.Errorf("dyad.yaml state_dir %q is not on the journal volume %s (the root file system is read-only)", cfg.StateDir, mountPath(t, c, "journal"))
+	}
 	if cfg.Audit.Journal.Dir != mountPath(t, c, "journal") {
 		t.Errorf("dyad.yaml audit.journal.dir %s is not the journal volume's mount %s", cfg.Audit.Journal.Dir, mountPath(t, c, "journal"))
 	}

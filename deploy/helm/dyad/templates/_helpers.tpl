@@ -75,6 +75,8 @@ app.kubernetes.io/part-of: dyad
 {{- define "dyad.keyDir" }}/run/dyad/identity{{ end }}
 {{- define "dyad.secretDir" }}/run/dyad/secret{{ end }}
 {{- define "dyad.journalDir" }}/var/lib/dyad/audit{{ end }}
+{{- /* The state directory (enrolled peers, invitations, the control socket) lives on the journal volume. */}}
+{{- define "dyad.stateDir" }}/var/lib/dyad/audit/state{{ end }}
 {{- define "dyad.otlpTLSDir" }}/etc/dyad/otlp-tls{{ end }}
 
 {{/* The port of a host:port string (the last colon's suffix), as an int. */}}
@@ -174,7 +176,8 @@ the rest is the values' dyad keys minus the chart-only ones (cidrs, port, expose
     "identity" (printf "%s/identity.key" (include "dyad.keyDir" .))
     "listen" (printf ":%d" (int $v.ports.tunnel))
     "admin" (printf ":%d" (int $v.ports.admin))
-    "log" $v.log }}
+    "log" $v.log
+    "state_dir" (include "dyad.stateDir" .) }}
 {{- with $v.tunnel }}{{ $_ := set $cfg "tunnel" . }}{{ end }}
 {{- $peers := list }}
 {{- range $v.peers }}{{ $peers = append $peers (omit . "cidrs") }}{{ end }}

@@ -1,0 +1,38 @@
+package enroll
+
+// words are the 256 words of the verification phrase, one per byte
+// (FORMAT.md section 11): short, distinct, easy to read aloud.
+var words = [256]string{
+	"acid", "acorn", "actor", "adult", "agent", "alarm", "album", "alert",
+	"alley", "alpha", "amber", "angle", "ankle", "apple", "april", "apron",
+	"arena", "armor", "arrow", "atlas", "atom", "audio", "aunt", "avocado",
+	"bacon", "badge", "bagel", "baker", "bamboo", "banana", "banjo", "barn",
+	"basil", "basin", "beach", "beard", "beaver", "bell", "belt", "bench",
+	"berry", "bike", "bingo", "bird", "bison", "blade", "blanket", "blimp",
+	"blue", "board", "boat", "bonus", "book", "boot", "bottle", "bowl",
+	"brain", "brass", "bread", "brick", "bridge", "broom", "brush", "bubble",
+	"bucket", "buffalo", "bugle", "bunny", "butter", "cabin", "cactus", "cake",
+	"camel", "camera", "candle", "canoe", "canyon", "carbon", "cargo", "carpet",
+	"carrot", "castle", "cedar", "cello", "chalk", "cherry", "chess", "chief",
+	"chili", "circle", "citrus", "clay", "cliff", "clock", "cloud", "clover",
+	"coast", "cobra", "cocoa", "comet", "copper", "coral", "cotton", "cougar",
+	"cowboy", "crab", "crane", "crayon", "cricket", "crystal", "cube", "cup",
+	"curtain", "daisy", "dancer", "delta", "denim", "desert", "diamond", "dingo",
+	"dolphin", "domino", "donkey", "dragon", "drum", "eagle", "earth", "easel",
+	"echo", "eclipse", "elbow", "elephant", "elm", "ember", "emerald", "engine",
+	"falcon", "fern", "ferry", "fiddle", "flag", "flute", "forest", "fossil",
+	"fox", "frog", "galaxy", "garden", "garlic", "gecko", "ginger", "giraffe",
+	"glacier", "globe", "goat", "golf", "gorilla", "grape", "gravel", "guitar",
+	"hammer", "harbor", "harp", "hazel", "helmet", "heron", "hippo", "honey",
+	"hotel", "husky", "igloo", "iguana", "island", "ivory", "jacket", "jaguar",
+	"jasmine", "jelly", "jewel", "jigsaw", "judge", "juice", "kayak", "kettle",
+	"kiwi", "koala", "ladder", "lagoon", "lamp", "lantern", "lava", "lemon",
+	"leopard", "lilac", "lime", "lion", "lizard", "llama", "lobster", "locket",
+	"lotus", "magnet", "mango", "maple", "marble", "meadow", "melon", "mint",
+	"mirror", "monkey", "moose", "mosaic", "motor", "muffin", "mustard", "nectar",
+	"needle", "nickel", "noodle", "nutmeg", "oasis", "ocean", "olive", "onion",
+	"opera", "orange", "orbit", "orchid", "otter", "owl", "oyster", "paddle",
+	"panda", "panther", "papaya", "parrot", "peach", "peanut", "pebble", "pelican",
+	"pencil", "pepper", "piano", "pickle", "pigeon", "pilot", "pirate", "planet",
+	"plum", "pony", "poppy", "potato", "pretzel", "puffin", "pumpkin", "puzzle",
+}
