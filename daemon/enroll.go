@@ -334,13 +334,15 @@ func (d *Daemon) auditEnrollRefused(signKey []byte, remote net.Addr, reason stri
 // trusted; a refusal changes nothing and is audited (THREATS P1, tested by
 // TestInviteJoinRefusals).
 func (d *Daemon) Enroll(_ context.Context, signKey []byte, remote net.Addr, req []byte) []byte {
-	status, name, phrase, inv := d.enroll(signKey, remote, req)
+	j, err := enroll.ParseJoin(req)
+	if err != nil {
+		// Answered as an unknown secret: a malformed request learns no more.
+		d.auditEnrollRefused(signKey, remote, "malformed")
+		return enroll.AppendReply(nil, enroll.StatusInvalid)
+	}
+	status, name, phrase, inv := d.enroll(signKey, j)
 	if status != enroll.StatusOK {
-		reason := status.String()
-		if name == "malformed" {
-			reason = "malformed"
-		}
-		d.auditEnrollRefused(signKey, remote, reason)
+		d.auditEnrollRefused(signKey, remote, status.String())
 		return enroll.AppendReply(nil, status)
 	}
 	host, _ := splitAddr(remote)
@@ -359,11 +361,10 @@ func (d *Daemon) Enroll(_ context.Context, signKey []byte, remote net.Addr, req 
 	return enroll.AppendReply(nil, status)
 }
 
-func (d *Daemon) enroll(signKey []byte, remote net.Addr, req []byte) (enroll.Status, string, string, state.Invite) {
-	j, err := enroll.ParseJoin(req)
-	if err != nil {
-		return enroll.StatusInvalid, "malformed", "", state.Invite{}
-	}
+// enroll checks a parsed request against the invitations and, when it
+// holds, pins the joiner; it returns the status, and on success the peer
+// name, the verification phrase and the invitation.
+func (d *Daemon) enroll(signKey []byte, j *enroll.Join) (enroll.Status, string, string, state.Invite) {
 	if subtle.ConstantTimeCompare(j.Key.Sign[:], signKey) != 1 {
 		return enroll.StatusBadKey, "", "", state.Invite{}
 	}
@@ -435,6 +436,10 @@ type WaitResult struct {
 	Peer        string `json:"peer"`
 	Fingerprint string `json:"fingerprint"`
 	Phrase      string `json:"phrase"`
+	// Entry is the YAML a declarative configuration adds for the peer
+	// (its peers entry and the services' allow lists), to move it out of
+	// the state directory.
+	Entry string `json:"entry"`
 }
 
 // maxWait bounds one invite.wait call.
@@ -462,7 +467,7 @@ func (d *Daemon) controlInviteWait(ctx context.Context, _ control.Caller, raw js
 			if err != nil {
 				return nil, err
 			}
-			return WaitResult{Peer: p.Name, Fingerprint: k.Fingerprint(), Phrase: p.Phrase}, nil
+			return WaitResult{Peer: p.Name, Fingerprint: k.Fingerprint(), Phrase: p.Phrase, Entry: inviterEntry(p)}, nil
 		}
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("%s has not joined within %v; the invitation stays valid until it expires", a.Peer, a.Timeout)
@@ -498,6 +503,19 @@ func printEntry(sp state.Peer) string {
 		Forwards []ForwardConfig `yaml:"forwards,omitempty"`
 	}{f.Peers, f.Forwards})
 	return string(out)
+}
+
+// inviterEntry is the YAML for an invited peer: its peers entry, and the
+// services whose allow lists must name it.
+func inviterEntry(p state.Peer) string {
+	out, _ := yaml.Marshal(struct {
+		Peers []PeerFile `yaml:"peers"`
+	}{[]PeerFile{{Name: p.Name, PublicKey: p.PublicKey}}})
+	s := string(out)
+	if len(p.Services) > 0 {
+		s += fmt.Sprintf("# and add %s to the allow list of: %s\n", p.Name, strings.Join(p.Services, ", "))
+	}
+	return s
 }
 
 func strictJSON(raw json.RawMessage, v any) error {

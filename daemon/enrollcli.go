@@ -13,7 +13,9 @@ import (
 
 // Invite runs dyad invite; with wait > 0 it then waits that long for the
 // partner to join and prints the verification phrase.
-func Invite(configPath string, a InviteArgs, wait time.Duration, asJSON bool, out io.Writer) error {
+// With print, it also prints the YAML entry for a declarative
+// configuration once the partner joined.
+func Invite(configPath string, a InviteArgs, wait time.Duration, print, asJSON bool, out io.Writer) error {
 	var r InviteResult
 	if err := ControlCall(configPath, "invite", a, &r, 15*time.Second); err != nil {
 		return err
@@ -37,6 +39,10 @@ func Invite(configPath string, a InviteArgs, wait time.Duration, asJSON bool, ou
 	}
 	fmt.Fprintf(out, "\n%s joined (%s) and is pinned with the invitation's services.\nVerification phrase: %s\n"+
 		"Read it to %s's operator: their dyad join printed the same phrase if each site pinned the other's key.\n", w.Peer, w.Fingerprint, w.Phrase, w.Peer)
+	if print {
+		fmt.Fprintf(out, "\n# For a declarative configuration, add this and reload: the file's entry then takes over from\n"+
+			"# the state's (remove %s from state_dir/peers.json afterwards; dyad check reminds you).\n%s", w.Peer, w.Entry)
+	}
 	return nil
 }
 

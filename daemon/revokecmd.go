@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -12,6 +13,7 @@ import (
 	"github.com/dyad-tunnel/dyad/control"
 	"github.com/dyad-tunnel/dyad/daemon/state"
 	"github.com/dyad-tunnel/dyad/enroll"
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
 
 func init() { registerControl("revoke", (*Daemon).controlRevoke) }
@@ -66,17 +68,24 @@ func (d *Daemon) controlRevoke(_ context.Context, c control.Caller, raw json.Raw
 	st.Invites = kept
 	p, pinned := cfg.peer(a.Peer)
 	i, enrolled := st.Peer(a.Peer)
-	switch {
-	case enrolled:
-		res.Source, res.Fingerprint = "state", p.Key.Fingerprint()
+	inFile := pinned && slices.ContainsFunc(cfg.Written.Peers, func(w PeerFile) bool { return w.Name == a.Peer })
+	if enrolled && !pinned {
+		// In the state but not in force (a revoked YAML entry shadows it).
+		if k, err := identity.ParsePublicKey(st.Peers[i].PublicKey); err == nil {
+			p.Key = k
+		}
+	}
+	if enrolled {
 		st.Peers = append(st.Peers[:i], st.Peers[i+1:]...)
 		if err := st.SavePeers(); err != nil {
 			return nil, err
 		}
-	case pinned:
-		// A peer of the YAML file: the daemon never writes the file, so
-		// the key is recorded as revoked, which overrides the file until
-		// the operator removes the peer there.
+	}
+	switch {
+	case inFile:
+		// A peer of the YAML file (perhaps also in the state): the daemon
+		// never writes the file, so the key is recorded as revoked, which
+		// overrides the file until the operator removes the peer there.
 		res.Source, res.Fingerprint = "config", p.Key.Fingerprint()
 		st.Revoked = append(st.Revoked, state.Revocation{Name: a.Peer, Fingerprint: p.Key.Fingerprint(),
 			PublicKey: p.Key.String(), At: now.UTC(), By: c.UID})
@@ -85,6 +94,8 @@ func (d *Daemon) controlRevoke(_ context.Context, c control.Caller, raw json.Raw
 		}
 		res.Note = fmt.Sprintf("peer %q is in %s: its key stays revoked (%s) until you remove the peer there; then delete its entry from %s if you ever pin that key again",
 			a.Peer, cfg.Path, st.Path(state.RevokedFile), st.Path(state.RevokedFile))
+	case enrolled:
+		res.Source, res.Fingerprint = "state", p.Key.Fingerprint()
 	case res.Invitations > 0:
 		res.Source = "invitation"
 	default:

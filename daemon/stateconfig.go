@@ -12,7 +12,8 @@ import (
 // enrolled peers added (each with its allow-list entries and forwards) and
 // the peers of revoked keys removed, the state, and notes for the
 // operator. A peer name or key in both the YAML file and the state is an
-// error naming both places (TestStateConflictNamesBoth).
+// error naming both places (TestStateConflictNamesBoth), unless both name
+// the same peer with the same key: then the file's entry is used.
 func (v *validator) mergeState(f File) (File, *state.State, []string) {
 	dir := v.stateDir(f)
 	st, err := state.Load(dir)
@@ -50,9 +51,16 @@ func (v *validator) mergeState(f File) (File, *state.State, []string) {
 			v.failAt(peersFile, fmt.Sprintf("[%d].public_key", i), err)
 			return f, st, notes
 		}
+		adopted := false
 		for j, p := range f.Peers {
 			yk, _ := identity.ParsePublicKey(p.PublicKey)
 			switch {
+			case p.Name == sp.Name && yk.Sign == key.Sign:
+				// The same peer, moved into the YAML file (dyad invite
+				// --print, dyad join --print): the file's entry wins.
+				notes = append(notes, fmt.Sprintf("peer %q is in %s and, the same, in %s: the file's entry is used; remove it from %s",
+					sp.Name, v.path, peersFile, peersFile))
+				adopted = true
 			case p.Name == sp.Name:
 				v.fail(fmt.Errorf("peer %q is also enrolled in %s (%s %s): remove it from one of them (dyad revoke removes an enrolled peer)",
 					sp.Name, peersFile, sp.Role, sp.Enrolled.Format("2006-01-02")), "peers", j, "name")
@@ -62,6 +70,9 @@ func (v *validator) mergeState(f File) (File, *state.State, []string) {
 					p.Name, sp.Name, peersFile, key.Fingerprint()), "peers", j, "public_key")
 				return f, st, notes
 			}
+		}
+		if adopted {
+			continue
 		}
 		f.Peers = append(f.Peers, PeerFile{Name: sp.Name, PublicKey: sp.PublicKey, Endpoint: sp.Endpoint})
 		for _, svc := range sp.Services {

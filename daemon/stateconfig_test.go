@@ -103,3 +103,22 @@ func TestRevokedConfigPeerDropped(t *testing.T) {
 		t.Fatalf("notes %v", c.Notes)
 	}
 }
+
+// TestStateSamePeerAdopted: a peer moved from the state into the YAML file
+// (same name, same key) is not a conflict: the file's entry is used.
+func TestStateSamePeerAdopted(t *testing.T) {
+	dir := t.TempDir()
+	keyB := testKey(t)
+	path := writeYAML(t, dir, keyB)
+	st := &state.State{Dir: filepath.Join(dir, "state"), Peers: []state.Peer{{Name: "site-b", PublicKey: keyB, Services: []string{"ledger"}}}}
+	if err := st.SavePeers(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Tunnel.Peers) != 1 || c.Tunnel.Peers[0].Endpoint != "127.0.0.1:7100" || len(c.Notes) != 1 {
+		t.Fatalf("peers %v, notes %v", c.Tunnel.Peers, c.Notes)
+	}
+}

@@ -280,7 +280,11 @@ func (n *Node) adopt(qc *quic.Conn) {
 			qc.CloseWithError(codeSetupFailed, "no key")
 			return
 		}
-		go n.serveEnroll(qc, key)
+		n.loops.Add(1) // Close waits for it (its context ends with the node's)
+		go func() {
+			defer n.loops.Done()
+			n.serveEnroll(qc, key)
+		}()
 		return
 	}
 	state := qc.ConnectionState().TLS

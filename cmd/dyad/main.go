@@ -111,12 +111,16 @@ func main() {
 		})
 		fs.DurationVar(&a.Expires, "expires", daemon.DefaultInviteExpiry, "how long the token is valid (at most 720h)")
 		wait := fs.Duration("wait", 0, "then wait this long (at most 1h) for the partner to join, and print the verification phrase")
+		print := fs.Bool("print", false, "with --wait: also print the joined peer's YAML entry, for a declarative configuration")
 		asJSON := fs.Bool("json", false, "print the result as JSON (with --wait, a second line once joined)")
 		rest := parseInterleaved(fs, args)
 		if *cfg == "" || a.Peer == "" || len(rest) > 0 {
 			usageError(fs, "--config and --peer are required, and nothing else")
 		}
-		err = daemon.Invite(*cfg, a, *wait, *asJSON, os.Stdout)
+		if *print && *wait == 0 {
+			usageError(fs, "--print needs --wait")
+		}
+		err = daemon.Invite(*cfg, a, *wait, *print, *asJSON, os.Stdout)
 	case "join":
 		fs := newFlags("join", "pair with the site whose invitation token is given (- reads it from standard input)")
 		cfg := fs.String("config", "", "configuration file (required)")
