@@ -194,6 +194,12 @@ func (a *Auditor) Emit(name string, attrs ...attribute.KeyValue) {
 		a.opts.Console.Error().Str("event", name).Msg("audit: only the journal writes its own events; dropped")
 		return
 	}
+	if name == DaemonStopped && hasString(attrs, KeyReason, "error") {
+		// A failed start is an error, not an ordinary stop (TestLogFormat).
+		failed := *spec
+		failed.Severity = Error
+		spec = &failed
+	}
 	if spec.RateLimit && !a.allow(spec, attrs) {
 		return
 	}
@@ -210,6 +216,15 @@ func (a *Auditor) Emit(name string, attrs ...attribute.KeyValue) {
 	}
 	a.export(spec, now, seq, attrs)
 	a.metrics.countEvent(name)
+}
+
+func hasString(attrs []attribute.KeyValue, key, value string) bool {
+	for _, kv := range attrs {
+		if string(kv.Key) == key && kv.Value.AsString() == value {
+			return true
+		}
+	}
+	return false
 }
 
 // JournalOwn reports whether name is one of the events only the journal
@@ -262,7 +277,7 @@ func (a *Auditor) export(spec *Spec, t time.Time, seq int64, attrs []attribute.K
 		for _, kv := range attrs {
 			ev = ev.Interface(string(kv.Key), kv.Value.AsInterface())
 		}
-		ev.Msg("audit")
+		ev.Msg(spec.Name) // the line says what happened (TestLogFormat)
 	}
 }
 

@@ -241,7 +241,7 @@ var Catalog = []Spec{
 		ECS:  ECS{"event", []string{"process"}, []string{"start"}, "success"},
 	},
 	{
-		Name: DaemonStopped, Severity: Info, When: "the daemon stops, after draining (SIGTERM) or on a fatal error",
+		Name: DaemonStopped, Severity: Info, When: "the daemon stops, after draining (SIGTERM) or on a fatal error (then at severity ERROR: a failed start)",
 		Attrs: []AttrSpec{
 			{KeyReason, String, false, `"signal" or "error"`},
 			{KeyDuration, Float, false, "seconds the daemon ran"},
@@ -310,7 +310,7 @@ var Catalog = []Spec{
 			{KeyBytesSent, Int, false, "plaintext bytes this side sent on the tunnel's streams"},
 			{KeyBytesReceived, Int, false, "plaintext bytes this side received"},
 			{KeyStreams, Int, false, "streams carried"},
-			{KeyCloseReason, String, false, "why: shutdown, replaced (this connection was retired: a dyad/1 peer's newer connection took over, or both sides dialed and the preferred side's connection holds the slot; it closed after its last stream or a 30 s grace), peer_removed and key_changed (a reload revoked the key it authenticated with), endpoint_changed, idle_timeout, peer_closed, stateless_reset, error"},
+			{KeyCloseReason, String, false, "why: shutdown, replaced (this connection was retired: a dyad/1 peer's newer connection took over, or both sides dialed and the preferred side's connection holds the slot; it closed after its last stream or a 30 s grace), peer_removed and key_changed (a reload revoked the key it authenticated with), endpoint_changed, peer_silent (nothing heard from the peer for 2.375 keepalives plus one round trip: the partner stopped or the path dropped), idle_timeout, peer_closed, stateless_reset, error"},
 			aErrorType,
 		},
 		OCSF: tunnelActivity(2, "Close", 1),

@@ -53,36 +53,6 @@ func InstallKey(from, to string, out io.Writer) error {
 	return nil
 }
 
-// Check validates the configuration and its key file, and summarises it.
-func Check(path string, out io.Writer) error {
-	cfg, err := LoadConfig(path)
-	if err != nil {
-		return err
-	}
-	id, err := identity.Load(cfg.IdentityPath)
-	if err != nil {
-		return err
-	}
-	if err := cfg.Tunnel.ValidateSelf(id.Public()); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	for _, p := range cfg.Tunnel.Peers {
-		if _, err := id.PairingSecret(p.Key); err != nil {
-			return fmt.Errorf("%s: peer %q: %w", path, p.Name, err)
-		}
-	}
-	for _, n := range cfg.Notes {
-		fmt.Fprintf(out, "%s: warning: %s\n", path, n)
-	}
-	for _, w := range ConnectionWarnings(cfg.Tunnel) {
-		fmt.Fprintf(out, "%s: warning: %s\n", path, w)
-	}
-	fmt.Fprintf(out, "%s: ok: site %s, identity %s, %d peers, %d services, %d forwards\n", path, cfg.Site,
-		id.Public().Fingerprint(), len(cfg.Tunnel.Peers), len(cfg.Tunnel.Services), len(cfg.File.Forwards))
-	fmt.Fprintf(out, "%s: state %s, control socket %s\n", path, cfg.StateDir, cfg.ControlSocket)
-	return nil
-}
-
 // ConnectionWarnings names the peers this daemon dials with more
 // connections than its own tunnel.max_connections_per_peer: partners
 // usually share the defaults, so the peer's cap is likely the same and
@@ -136,7 +106,7 @@ func PrintVersion(out io.Writer) {
 type VerifyOptions struct {
 	Journal    string // journal folder; empty means the configuration's
 	Config     string // configuration file: gives the folder, the site and the identity key
-	PublicKey  string // dyad1:… key, instead of the configuration's identity
+	PublicKey  string // dyad2:… (or dyad1:…) key, instead of the configuration's identity
 	Site       string // with PublicKey: the site whose journal it is
 	AnchorFile string // a signed checkpoint held outside the journal (optional)
 }

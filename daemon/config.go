@@ -73,7 +73,8 @@ type ControlFile struct {
 type LogFile struct {
 	// Level is trace, debug, info, warn or error. Empty means info.
 	Level string `yaml:"level,omitempty"`
-	// Format is json or console. Empty means json.
+	// Format is json or console. Empty means console when the log goes to
+	// a terminal, JSON otherwise (a file, journald, a container runtime).
 	Format string `yaml:"format,omitempty"`
 }
 
@@ -375,7 +376,7 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 		if errors.As(err, &ve) && yaml.Unmarshal(data, &root) == nil {
 			return nil, &ConfigError{Path: path, Line: ve.line, Field: fieldAt(&root, ve.line, ve.column, ""), Err: errors.New(ve.msg)}
 		}
-		return nil, &ConfigError{Path: path, Err: yamlError(err)}
+		return nil, explainYAML(path, data, err)
 	}
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, &ConfigError{Path: path, Err: err}
@@ -505,6 +506,9 @@ func validCountry(s string) bool {
 }
 
 func hostPort(s string) error {
+	if s == "" {
+		return errors.New("required: host:port")
+	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
 		return fmt.Errorf("%q is not host:port", s)
@@ -641,7 +645,9 @@ func (v *validator) check(f File) *Config {
 		}
 		peers[p.Name] = true
 		key, err := identity.ParsePublicKey(p.PublicKey)
-		if err != nil {
+		if p.PublicKey == "" {
+			v.fail(errors.New("required: the partner's public key (dyad2:…), as its `dyad keygen` or `dyad check` printed it"), "peers", i, "public_key")
+		} else if err != nil {
 			v.fail(err, "peers", i, "public_key")
 		} else if other, dup := signs[key.Sign]; dup {
 			// Named at the second peer's line, as tunnel.Config.Validate
@@ -667,6 +673,8 @@ func (v *validator) check(f File) *Config {
 	services := map[string]bool{}
 	for i, s := range f.Services {
 		switch {
+		case s.Name == "":
+			v.fail(errors.New("required"), "services", i, "name")
 		case !tunnel.ValidServiceName(s.Name):
 			v.fail(fmt.Errorf("%q: a service name is 1-64 of a-z 0-9 . _ -", s.Name), "services", i, "name")
 		case services[s.Name]:
@@ -692,10 +700,14 @@ func (v *validator) check(f File) *Config {
 			v.fail(fmt.Errorf("%s is used by another forward", fw.Listen), "forwards", i, "listen")
 		}
 		listens[fw.Listen] = true
-		if !peers[fw.Peer] {
+		if fw.Peer == "" {
+			v.fail(errors.New("required: the peer that exports the service"), "forwards", i, "peer")
+		} else if !peers[fw.Peer] {
 			v.fail(fmt.Errorf("%q is not a configured peer", fw.Peer), "forwards", i, "peer")
 		}
-		if !tunnel.ValidServiceName(fw.Service) {
+		if fw.Service == "" {
+			v.fail(errors.New("required: the service's name at the peer"), "forwards", i, "service")
+		} else if !tunnel.ValidServiceName(fw.Service) {
 			v.fail(fmt.Errorf("%q: a service name is 1-64 of a-z 0-9 . _ -", fw.Service), "forwards", i, "service")
 		}
 		for j, a := range fw.AllowFrom {

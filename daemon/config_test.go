@@ -69,7 +69,7 @@ func TestConfigErrorsNameLineAndField(t *testing.T) {
 	cases := []struct {
 		name, from, to, want string
 	}{
-		{"unknown key", "    endpoint: 127.0.0.1:7100", "    endpont: 127.0.0.1:7100", "dyad.yaml: line 12: field endpont not found"},
+		{"unknown key", "    endpoint: 127.0.0.1:7100", "    endpont: 127.0.0.1:7100", `dyad.yaml:12: peers[0].endpont: unknown key "endpont"; did you mean endpoint?`},
 		{"bad public key", "public_key: " + key, "public_key: dyad1:AAAA", "dyad.yaml:11: peers[0].public_key: public key is 3 bytes"},
 		{"bad endpoint", "endpoint: 127.0.0.1:7100", "endpoint: nowhere", "dyad.yaml:12: peers[0].endpoint:"},
 		{"bad duration", "keepalive: 5s", "keepalive: soon", "dyad.yaml:7: tunnel.keepalive: \"soon\" is not a duration"},
@@ -84,7 +84,7 @@ func TestConfigErrorsNameLineAndField(t *testing.T) {
 		{"duplicate peer", "services:", "  - name: site-b\n    public_key: " + key + "\nservices:", "peers[1].name: peer \"site-b\" is listed twice"},
 		{"shared Ed25519 key", "services:", "  - name: site-c\n    public_key: " + sameSign + "\nservices:", "dyad.yaml:14: peers[1].public_key: same Ed25519 key as peer \"site-b\""},
 		{"shared X25519 key", "services:", "  - name: site-c\n    public_key: " + sameDH + "\nservices:", "dyad.yaml:14: peers[1].public_key: same X25519 key as peer \"site-b\""},
-		{"wrong type", "listen: 127.0.0.1:7000", "listen: [1, 2]", "line 3: cannot unmarshal"},
+		{"wrong type", "listen: 127.0.0.1:7000", "listen: [1, 2]", "dyad.yaml:3: cannot unmarshal"},
 		{"bad country", "    endpoint: 127.0.0.1:7100", "    endpoint: 127.0.0.1:7100\n    country: Germany", "dyad.yaml:13: peers[0].country: \"Germany\" is not an ISO 3166-1 alpha-2 code"},
 	}
 	for _, c := range cases {
@@ -111,7 +111,7 @@ func TestCheckCommand(t *testing.T) {
 	if err := Keygen(filepath.Join(dir, "keys"), &out); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "public_key: dyad1:") || !strings.Contains(out.String(), "fingerprint: SHA256:") {
+	if !strings.Contains(out.String(), "public_key: dyad2:") || !strings.Contains(out.String(), "fingerprint: SHA256:") {
 		t.Fatalf("keygen output:\n%s", out.String())
 	}
 	path := filepath.Join(dir, "dyad.yaml")

@@ -107,6 +107,7 @@ func RunWith(ctx context.Context, path string, logOut io.Writer, o RunOptions) e
 	admin, err := d.start(cfg, id)
 	if err != nil {
 		sd.setStatus("failed to start: " + err.Error())
+		log.Error().Err(err).Msg("dyad failed to start")
 		d.stopped(started, "error", err)
 		return err
 	}
@@ -217,7 +218,7 @@ func (d *Daemon) shutdown(admin *http.Server) {
 	if err != nil {
 		ev = d.log.Warn().Err(err)
 	}
-	ev.Dur("drain", time.Since(start)).Msg("dyad stopped")
+	ev.Float64("drain_s", time.Since(start).Seconds()).Msg("dyad stopped")
 }
 
 // reload applies the configuration file again. A configuration that fails
@@ -273,13 +274,6 @@ func restartOnly(old, cur *Config) error {
 	return nil
 }
 
-func newLogger(cfg *Config, out io.Writer) zerolog.Logger {
-	if cfg.File.Log.Format == "console" {
-		out = zerolog.ConsoleWriter{Out: out, TimeFormat: time.RFC3339}
-	}
-	return zerolog.New(out).Level(cfg.LogLevel).With().Timestamp().Str("site", cfg.Site).Logger()
-}
-
 // startAdmin serves /healthz (alive), /readyz (serving traffic) and
 // /statusz (peers, counters and process figures) on addr.
 func (d *Daemon) startAdmin(addr string) (*http.Server, error) {
@@ -299,14 +293,9 @@ func (d *Daemon) startAdmin(addr string) (*http.Server, error) {
 	mux.Handle("GET /metrics", d.au.metrics.Handler())
 	mux.HandleFunc("GET /statusz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]any{
-			"site":     d.cfg.Load().Site,
-			"ready":    d.ready.Load(),
-			"peers":    d.node.Status(),
-			"counters": d.node.Stats.Snapshot(),
-			"process":  processStatus(),
-		})
+		json.NewEncoder(w).Encode(d.statusReport())
 	})
+	d.handlePeerHealth(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	return srv, nil

@@ -45,7 +45,7 @@ func loadSiteKeys(cfg *Config) (siteKeys, error) {
 		return siteKeys{}, err
 	}
 	if r == nil {
-		id, err := identity.Load(cfg.IdentityPath)
+		id, err := loadIdentity(cfg)
 		return siteKeys{cur: id}, err
 	}
 	cur, err := identity.Parse([]byte(r.Current))

@@ -188,7 +188,7 @@ func systemdExample(t *testing.T, bin, dir string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const placeholder = "dyad1:PARTNER-PUBLIC-KEY"
+	const placeholder = "dyad2:PARTNER-PUBLIC-KEY"
 	if n := strings.Count(string(data), placeholder); n != 1 {
 		t.Fatalf("systemd/dyad.yaml: %d %s placeholders, want 1", n, placeholder)
 	}

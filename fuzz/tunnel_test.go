@@ -73,20 +73,26 @@ func FuzzAnnouncement(f *testing.F) {
 	})
 }
 
-// FuzzPublicKey: pinned keys from configuration files.
+// FuzzPublicKey: pinned keys from configuration files, both forms; a key
+// that parses round-trips through the printed dyad2: form and the older
+// dyad1: form.
 func FuzzPublicKey(f *testing.F) {
 	id, _ := identity.Generate()
 	f.Add(id.Public().String())
+	f.Add(id.Public().LegacyString())
 	f.Add("dyad1:")
 	f.Add("dyad1:AAAA")
+	f.Add("dyad2:AAAA")
 	f.Fuzz(func(t *testing.T, s string) {
 		k, err := identity.ParsePublicKey(s)
 		if err != nil {
 			return
 		}
-		back, err := identity.ParsePublicKey(k.String())
-		if err != nil || !back.Equal(k) {
-			t.Fatalf("%q parsed but does not round-trip: %v", s, err)
+		for _, form := range []string{k.String(), k.LegacyString()} {
+			back, err := identity.ParsePublicKey(form)
+			if err != nil || !back.Equal(k) {
+				t.Fatalf("%q parsed but does not round-trip through %q: %v", s, form, err)
+			}
 		}
 	})
 }

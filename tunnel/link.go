@@ -82,6 +82,11 @@ type link struct {
 	multi   bool                // the newest connection speaks dyad/2: dial every slot
 	several bool                // "one identity from several places" was logged
 	closeAs quic.ApplicationErrorCode
+	// lastUp is when the newest connection came up (zero: never); upSince
+	// when the link last went from no live connection to one; downSince
+	// when it last had none left (its start until the first one).
+	// /statusz and dyad status show them.
+	lastUp, upSince, downSince time.Time
 }
 
 // tconn is one established QUIC connection to a peer with its codec keys.
@@ -142,7 +147,7 @@ func (n *Node) newLink(p Peer) (*link, error) {
 	}
 	clear(secret)
 	l := &link{n: n, peer: p, kick: make(chan struct{}, 1), changed: make(chan struct{}),
-		conns: map[*tconn]struct{}{}, slots: map[int]*tconn{}}
+		conns: map[*tconn]struct{}{}, slots: map[int]*tconn{}, downSince: time.Now()}
 	l.setPeer(p)
 	l.acked.Store(true)
 	l.ctx, l.stop = context.WithCancel(n.ctx)
@@ -201,6 +206,16 @@ func (l *link) live() []*tconn {
 	return out
 }
 
+// liveLocked reports whether a connection of the set takes new streams.
+func (l *link) liveLocked() bool {
+	for tc := range l.conns {
+		if tc.usable() {
+			return true
+		}
+	}
+	return false
+}
+
 func (l *link) notifyLocked() {
 	close(l.changed)
 	l.changed = make(chan struct{})
@@ -236,10 +251,12 @@ func (l *link) status() []ConnStatus {
 	slices.SortFunc(conns, func(a, b *tconn) int { return cmp.Compare(a.id, b.id) })
 	out := make([]ConnStatus, 0, len(conns))
 	for _, tc := range conns {
+		st := tc.qc.ConnectionStats()
 		out = append(out, ConnStatus{ID: tc.id, Remote: tc.qc.RemoteAddr().String(), Since: tc.since.UTC().Format(time.RFC3339),
 			Role: tc.role(), Slot: tc.slot, Protocol: tc.qc.ConnectionState().TLS.NegotiatedProtocol, Retired: tc.retired.Load(),
 			ActiveStreams: tc.active.Load(), Streams: tc.streams.Load(), BytesSent: tc.bytesSent.Load(),
-			BytesReceived: tc.bytesReceived.Load(), RTTMillis: float64(tc.qc.ConnectionStats().SmoothedRTT.Microseconds()) / 1000})
+			BytesReceived: tc.bytesReceived.Load(), RTTMillis: float64(st.SmoothedRTT.Microseconds()) / 1000,
+			WireBytesSent: st.BytesSent, WireBytesReceived: st.BytesReceived})
 	}
 	return out
 }
@@ -357,7 +374,11 @@ func (l *link) attach(qc *quic.Conn, local *identity.Identity, dialed bool, slot
 	}
 	l.multi = !tc.legacy
 	other := l.elsewhereLocked(tc)
+	if !l.liveLocked() {
+		l.upSince = tc.since
+	}
 	l.conns[tc] = struct{}{}
+	l.lastUp = tc.since
 	if dialed && slot >= 0 {
 		l.slots[slot] = tc
 	}
@@ -481,8 +502,29 @@ func (l *link) theirsLocked() int {
 // with a stateless reset.
 const heartbeatSize = 32
 
-// heartbeat sends a QUIC datagram on tc every keepalive period and
-// discards the peer's, until the connection ends.
+// Dead-peer detection, in keepalive periods. A live peer sends at least
+// one packet per period: its own heartbeat, and the ACK of ours within its
+// ACK delay. Once nothing has arrived for probeAfter periods, the heartbeat
+// probes every probeEvery period (each probe draws an ACK from a live
+// peer); after silentAfter periods plus one smoothed RTT of silence the
+// connection is declared dead and closed (close reason peer_silent).
+// Checked every checkEvery period, a packet is seen at most one check
+// after it came, so a peer that stopped is noticed within silentAfter + 2
+// checkEvery = 2.5 periods plus an RTT, under three (README, "Tunnel
+// health"; TestDeadPeerNoticed), not after the 30 s idle timeout; a path
+// that pauses for two periods and comes back is heard again within 2.125
+// periods, before silentAfter (TestFaultPathPaused, 10 s at 5 s).
+const (
+	probeAfter  = 1.0
+	probeEvery  = 0.0625
+	silentAfter = 2.375
+	checkEvery  = 0.0625
+)
+
+// heartbeat sends a QUIC datagram on tc every keepalive period (more often
+// while the peer is silent), discards the peer's, and closes the
+// connection once the peer has been silent for silentAfter periods, until
+// the connection ends.
 //
 // A peer that crashed and restarted answers a packet of a connection it no
 // longer knows with a stateless reset (keyed from its identity), which ends
@@ -494,21 +536,42 @@ const heartbeatSize = 32
 func (l *link) heartbeat(tc *tconn) {
 	defer l.n.loops.Done()
 	var beat [heartbeatSize]byte
+	periods := func(k time.Duration, f float64) time.Duration { return time.Duration(float64(k) * f) }
+	received, heard := tc.qc.ConnectionStats().PacketsReceived, time.Now()
+	sent, sending := time.Now(), true
 	for {
-		ctx, cancel := context.WithTimeout(tc.qc.Context(), l.n.cfg.Load().cfg.KeepAlive)
+		k := l.n.cfg.Load().cfg.KeepAlive
+		ctx, cancel := context.WithTimeout(tc.qc.Context(), periods(k, checkEvery))
 		for {
 			if _, err := tc.qc.ReceiveDatagram(ctx); err != nil {
-				break // the period is over, or the connection
+				break // the check period is over, or the connection
 			}
 		}
 		cancel()
 		if tc.qc.Context().Err() != nil {
 			return
 		}
-		// An error means the connection is closing (or the peer takes no
-		// datagrams); either way there is nothing left to probe.
-		if err := tc.qc.SendDatagram(beat[:]); err != nil {
+		now, stats := time.Now(), tc.qc.ConnectionStats()
+		silent := now.Sub(heard)
+		if stats.PacketsReceived != received {
+			received, heard, silent = stats.PacketsReceived, now, 0
+		} else if silent > periods(k, silentAfter)+stats.SmoothedRTT {
+			l.n.log.Warn().Str("peer", l.peer.Name).Str("remote", tc.qc.RemoteAddr().String()).Uint64("connection", tc.id).
+				Float64("silent_s", silent.Seconds()).Float64("keepalive_s", k.Seconds()).
+				Msg("peer silent: tunnel connection down (the partner's daemon stopped, or the path dropped)")
+			l.n.Stats.TunnelsSilent.Add(1)
+			tc.qc.CloseWithError(codePeerSilent, "peer silent")
 			return
+		}
+		every := k
+		if silent > periods(k, probeAfter) {
+			every = periods(k, probeEvery)
+		}
+		if sending && now.Sub(sent) >= every {
+			// An error means the connection is closing or the peer takes
+			// no datagrams: its ACKs of QUIC's own keep-alives still show
+			// it alive.
+			sent, sending = now, tc.qc.SendDatagram(beat[:]) == nil
 		}
 	}
 }
@@ -555,6 +618,9 @@ func (l *link) serve(tc *tconn) {
 	l.n.dark.tunnelAt(tc.qc, -1)
 	l.mu.Lock()
 	delete(l.conns, tc)
+	if !l.liveLocked() {
+		l.downSince = time.Now()
+	}
 	if tc.dialed && l.slots[tc.slot] == tc {
 		delete(l.slots, tc.slot)
 	}
@@ -675,11 +741,16 @@ func (l *link) dialLoop(slot int) {
 		if l.ctx.Err() != nil {
 			return
 		}
-		// The pinned fingerprint: with the dark listener on, a peer whose
-		// key is no longer the one pinned (it rotated while we were away)
-		// does not answer at all (README, "Key rotation").
-		l.n.log.Warn().Err(err).Str("peer", l.peer.Name).Str("endpoint", l.peer.Endpoint).Int("slot", slot).
-			Str("pinned_fingerprint", l.current().Key.Fingerprint()).Dur("retry_in", backoff).Msg("dial failed")
+		ev := l.n.log.Warn().Err(err).Str("peer", l.peer.Name).Str("endpoint", l.peer.Endpoint).Int("slot", slot).
+			Float64("retry_in_s", backoff.Seconds())
+		var idle *quic.IdleTimeoutError
+		if errors.As(err, &idle) || errors.Is(err, context.DeadlineExceeded) {
+			// The dark listener answers only a first flight whose MAC is
+			// keyed from its own key: silence is all a wrong pin shows.
+			ev = ev.Str("pinned_fingerprint", l.current().Key.Fingerprint()).
+				Str("hint", "no answer: the partner's daemon is down, a firewall drops UDP, or the key pinned for this peer is not the partner's (compare pinned_fingerprint with its `dyad check`); `dyad ping` tells more")
+		}
+		ev.Msg("dial failed")
 		// A kick (a local connection waiting) cuts the back-off short,
 		// but attempts stay at least minBackoff apart.
 		time.Sleep(minBackoff)

@@ -13,11 +13,13 @@ package tunnel
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +41,7 @@ const (
 	codeKeyChanged         quic.ApplicationErrorCode = 0x14 // the peer's pinned key changed: the old key's connections end
 	codeTooManyConnections quic.ApplicationErrorCode = 0x15 // over the per-peer connection cap
 	codeEndpointChanged    quic.ApplicationErrorCode = 0x16 // the peer's endpoint changed: redial there
+	codePeerSilent         quic.ApplicationErrorCode = 0x17 // nothing heard from the peer for silentAfter keepalives
 
 	codeStreamRefused quic.StreamErrorCode = 0x20 // request refused (status sent first)
 	codeLocalReset    quic.StreamErrorCode = 0x21 // the local TCP side reset or failed
@@ -209,6 +212,9 @@ func (n *Node) quicConfig(c Config) *quic.Config {
 	}
 	return qc
 }
+
+// Started returns when the node started.
+func (n *Node) Started() time.Time { return n.started }
 
 // Addr returns the QUIC listening address.
 func (n *Node) Addr() net.Addr { return n.ln.Addr() }
@@ -396,11 +402,23 @@ func (n *Node) Close() {
 	n.loops.Wait()
 }
 
-// PeerStatus is one peer's state for the admin endpoints.
+// PeerStatus is one peer's state for the admin endpoints, the control
+// socket's status and `dyad status`.
 type PeerStatus struct {
 	Name        string `json:"name"`
-	Fingerprint string `json:"fingerprint"`
-	Connected   bool   `json:"connected"`
+	Fingerprint string `json:"fingerprint"` // of the key pinned for the peer
+	// Endpoint is where we dial it; empty when only the peer dials us.
+	Endpoint string `json:"endpoint,omitempty"`
+	// State is "up" (a connection takes new streams) or "down".
+	State     string `json:"state"`
+	Connected bool   `json:"connected"` // State == "up"
+	// StateSince is when the peer came up (from no live connection to
+	// one) or went down (its last connection ended; the daemon's start if it
+	// never came up).
+	StateSince string `json:"state_since"`
+	// LastHandshake is when the newest connection came up; empty if none
+	// has since the daemon started.
+	LastHandshake string `json:"last_handshake,omitempty"`
 	// Remote and Since describe the connection new streams go to first
 	// (the least loaded).
 	Remote string `json:"remote,omitempty"`
@@ -418,7 +436,7 @@ type ConnStatus struct {
 	// tunnel.established and tunnel.closed events do (dyad.tunnel.connection).
 	ID     uint64 `json:"id"`
 	Remote string `json:"remote"`
-	Since  string `json:"since"`
+	Since  string `json:"since"` // its handshake
 	// Role is "dialer" (we dialed it, in dial slot Slot) or "listener".
 	Role string `json:"role"`
 	Slot int    `json:"slot"`
@@ -431,21 +449,35 @@ type ConnStatus struct {
 	BytesSent     int64   `json:"bytes_sent"`     // plaintext, streams ended so far
 	BytesReceived int64   `json:"bytes_received"` // plaintext, streams ended so far
 	RTTMillis     float64 `json:"rtt_ms"`         // QUIC's smoothed RTT
+	// WireBytesSent and WireBytesReceived are QUIC's own counts, live:
+	// every packet's payload, retransmissions and overhead included.
+	WireBytesSent     uint64 `json:"quic_bytes_sent"`
+	WireBytesReceived uint64 `json:"quic_bytes_received"`
 }
 
-// Status reports each peer's tunnels.
+// Status reports each peer's tunnels, by peer name.
 func (n *Node) Status() []PeerStatus {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	var out []PeerStatus
+	out := make([]PeerStatus, 0, len(n.links))
 	for _, l := range n.links {
-		ps := PeerStatus{Name: l.peer.Name, Fingerprint: l.current().Key.Fingerprint(), Conns: l.status()}
+		cur := l.current()
+		ps := PeerStatus{Name: l.peer.Name, Fingerprint: cur.Key.Fingerprint(), Endpoint: cur.Endpoint, State: "down", Conns: l.status()}
 		ps.Connections = len(ps.Conns)
+		l.mu.Lock()
+		lastUp, upSince, downSince := l.lastUp, l.upSince, l.downSince
+		l.mu.Unlock()
+		if !lastUp.IsZero() {
+			ps.LastHandshake = lastUp.UTC().Format(time.RFC3339)
+		}
+		ps.StateSince = downSince.UTC().Format(time.RFC3339)
 		if tc, _ := l.pick(); tc != nil {
-			ps.Connected, ps.Remote, ps.Since = true, tc.qc.RemoteAddr().String(), tc.since.UTC().Format(time.RFC3339)
+			ps.Connected, ps.State, ps.Remote, ps.Since = true, "up", tc.qc.RemoteAddr().String(), tc.since.UTC().Format(time.RFC3339)
+			ps.StateSince = upSince.UTC().Format(time.RFC3339)
 		}
 		out = append(out, ps)
 	}
+	slices.SortFunc(out, func(a, b PeerStatus) int { return cmp.Compare(a.Name, b.Name) })
 	return out
 }
 

@@ -117,6 +117,8 @@ func connCloseReason(qc *quic.Conn) (reason, errType string) {
 			return "key_changed", ""
 		case codeEndpointChanged:
 			return "endpoint_changed", ""
+		case codePeerSilent:
+			return "peer_silent", "peer_silent"
 		case codeTooManyConnections:
 			return limitConnsPerPeer, ""
 		}

@@ -19,6 +19,7 @@ type Stats struct {
 	BytesReceived      atomic.Uint64 // plaintext bytes from tunnels to local sockets
 	PacketsDropped     atomic.Uint64 // UDP datagrams quic-go dropped below the tunnels
 	PeerKeysRotated    atomic.Uint64 // peers' identity announcements taken (new key pinned)
+	TunnelsSilent      atomic.Uint64 // connections closed because the peer went silent (peer_silent)
 
 	udp atomic.Pointer[udpbatch.Reader] // the node's socket reader (udp_* counters); nil until New
 
@@ -56,6 +57,7 @@ func (s *Stats) Snapshot() map[string]uint64 {
 		"bytes_received":      s.BytesReceived.Load(),
 		"packets_dropped":     s.PacketsDropped.Load(),
 		"peer_keys_rotated":   s.PeerKeysRotated.Load(),
+		"tunnels_silent":      s.TunnelsSilent.Load(),
 	}
 	if rd := s.udp.Load(); rd != nil {
 		// Receive batching (udpbatch): datagrams per read is

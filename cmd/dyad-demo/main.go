@@ -163,6 +163,20 @@ func run(bin string, size int64, keep bool, reportPath string) error {
 	}
 	say(fmt.Sprintf("GET %d MiB download", size>>20), "SHA-256 match, %s", rate(size, time.Since(t0)))
 
+	// The operator's view: the tunnel's state, and an active probe.
+	out, err = exec.Command(bin, "status", "--config", a.ConfigPath()).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("dyad status: %v\n%s", err, out)
+	}
+	fmt.Printf("\n$ dyad status --config site-a/dyad.yaml\n%s\n", out)
+	say("dyad status at site A", "site-b up, each connection's RTT and bytes")
+	out, err = exec.Command(bin, "ping", "--config", a.ConfigPath(), "site-b", "payments").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("dyad ping: %v\n%s", err, out)
+	}
+	fmt.Printf("$ dyad ping --config site-a/dyad.yaml site-b payments\n%s", out)
+	say("dyad ping site-b payments", "exit 0")
+
 	// A third daemon with its own key tries to reach site B's API.
 	c, err := daemontest.NewSite(bin, root, "stranger")
 	if err != nil {
@@ -187,6 +201,12 @@ func run(bin string, size int64, keep bool, reportPath string) error {
 	}
 	say("unpaired daemon asks for the same API", "refused (%s)", firstLine(refusal, "connection closed by dyad"))
 	say("site B's refused handshakes", "%d, audited with fingerprint %s", st.Counters["handshakes_refused"], refusedFingerprint(b))
+	out, err = exec.Command(bin, "ping", "--config", c.ConfigPath(), "site-b").CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != daemon.PingRefused {
+		return fmt.Errorf("dyad ping from the unpaired daemon: %v, want exit %d\n%s", err, daemon.PingRefused, out)
+	}
+	say("dyad ping from the unpaired daemon", "exit %d: %s", daemon.PingRefused, strings.SplitN(string(out), "\n", 2)[0])
 	// A fourth site that got hold of the used token.
 	d, err := daemontest.NewSite(bin, root, "site-d")
 	if err != nil {

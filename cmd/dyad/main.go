@@ -35,6 +35,14 @@ Usage:
                              unpin a peer (or cancel its invitation) and cut its tunnels now
   dyad rotate --config FILE [--overlap 24h]
                              make a new identity and hand it to every peer over its tunnel
+  dyad status --config FILE [--json]
+                             each peer's tunnels: state, since, RTT, bytes, streams,
+                             last handshake, pinned fingerprint
+  dyad ping --config FILE PEER [SERVICE]
+                             probe a peer (and a service) with this site's identity;
+                             exit 0 ok, 3 no answer, 4 refused our key, 5 service
+                             unknown or not allowed, 6 upstream unreachable, 7 other
+                             refusal, 1 could not probe
   dyad audit verify --config FILE
                              check the audit journal's chain and signed checkpoints
   dyad report --config FILE --framework all --since 30d --format html --out FILE
@@ -163,6 +171,10 @@ func main() {
 			usageError(fs, "--config is required, and nothing else")
 		}
 		err = daemon.Rotate(*cfg, daemon.RotateArgs{Overlap: *overlap}, *asJSON, os.Stdout)
+	case "status":
+		err = cmdStatus(args)
+	case "ping":
+		os.Exit(cmdPing(args))
 	case "audit":
 		if len(args) == 0 || args[0] != "verify" {
 			fmt.Fprint(os.Stderr, "usage: dyad audit verify [flags]; run dyad audit verify --help\n")
@@ -172,7 +184,7 @@ func main() {
 		var o daemon.VerifyOptions
 		fs.StringVar(&o.Journal, "journal", "", "journal folder (default: the configuration's audit.journal.dir)")
 		fs.StringVar(&o.Config, "config", "", "configuration file: the journal folder, the site and the identity key")
-		fs.StringVar(&o.PublicKey, "public-key", "", "the daemon's dyad1:… public key, instead of reading its identity file")
+		fs.StringVar(&o.PublicKey, "public-key", "", "the daemon's dyad2:… (or dyad1:…) public key, instead of reading its identity file")
 		fs.StringVar(&o.Site, "site", "", "the daemon's site name, with --public-key")
 		fs.StringVar(&o.AnchorFile, "anchor", "", "file holding a signed checkpoint kept outside the journal (the dyad.journal.checkpoint attribute your SIEM received)")
 		fs.Parse(args[1:])

@@ -18,10 +18,11 @@ SITES=${SITES:-/sites}
 
 pubkey() {
 	key=$(cat "$SITES/$1/keys/identity.pub")
-	# Substituted into YAML by sed below: allow exactly the dyad1: alphabet.
+	# Substituted into YAML by sed below: allow exactly the dyad2: (or
+	# older dyad1:) alphabet.
 	case $key in
-	dyad1:*[!A-Za-z0-9_-]* | dyad1:) echo "pair.sh: $1: malformed public key" >&2; exit 1 ;;
-	dyad1:*) echo "$key" ;;
+	dyad[12]:*[!A-Za-z0-9_-]* | dyad[12]:) echo "pair.sh: $1: malformed public key" >&2; exit 1 ;;
+	dyad[12]:*) echo "$key" ;;
 	*) echo "pair.sh: $1: malformed public key" >&2; exit 1 ;;
 	esac
 }

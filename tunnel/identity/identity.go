@@ -23,8 +23,17 @@ import (
 	"strings"
 )
 
-// PublicKeyPrefix starts every public key string, naming the format version.
-const PublicKeyPrefix = "dyad1:"
+// PublicKeyPrefix starts every public key string dyad prints: the
+// checksummed form (String). LegacyPublicKeyPrefix starts the form of the
+// first release, without a checksum, which ParsePublicKey still accepts.
+const (
+	PublicKeyPrefix       = "dyad2:"
+	LegacyPublicKeyPrefix = "dyad1:"
+)
+
+// checksumSize is the bytes of SHA-256 a dyad2: key carries after the two
+// keys: a mistyped character fails the check except with probability 2^-32.
+const checksumSize = 4
 
 const (
 	pemType        = "DYAD IDENTITY KEY"
@@ -44,25 +53,65 @@ type PublicKey struct {
 	DH   [32]byte
 }
 
-// String encodes the key as one copy-pasteable string:
-// "dyad1:" followed by base64url (no padding) of the two keys.
+// String encodes the key as one copy-pasteable string: "dyad2:" followed
+// by base64url (no padding) of the two keys and a 4-byte checksum, the
+// first bytes of SHA-256("dyad2 public key" | keys). It is the form every
+// command prints (codec/FORMAT.md, "Public keys").
 func (p PublicKey) String() string {
-	return PublicKeyPrefix + base64.RawURLEncoding.EncodeToString(append(p.Sign[:], p.DH[:]...))
+	raw := p.raw()
+	sum := keyChecksum(raw)
+	return PublicKeyPrefix + base64.RawURLEncoding.EncodeToString(append(raw, sum[:]...))
 }
 
-// ParsePublicKey decodes a string made by PublicKey.String.
+// LegacyString is the first release's dyad1: form, without a checksum. It
+// is part of the pairing secret's derivation (PairingSecret), so it must
+// never change.
+func (p PublicKey) LegacyString() string {
+	return LegacyPublicKeyPrefix + base64.RawURLEncoding.EncodeToString(p.raw())
+}
+
+func (p PublicKey) raw() []byte { return append(p.Sign[:len(p.Sign):len(p.Sign)], p.DH[:]...) }
+
+func keyChecksum(raw []byte) [checksumSize]byte {
+	h := sha256.New()
+	h.Write([]byte("dyad2 public key"))
+	h.Write(raw)
+	var out [checksumSize]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+// ErrKeyChecksum says a dyad2: key decoded but its checksum does not match:
+// a character was mistyped or lost in copying.
+var ErrKeyChecksum = errors.New("public key checksum does not match: a character was mistyped or lost in copying; copy the key again from the partner's `dyad keygen` or `dyad check` output")
+
+// ParsePublicKey decodes a string made by PublicKey.String (dyad2:, its
+// checksum checked, tested by TestParsePublicKeyChecksum) or by the first
+// release (dyad1:, no checksum). Errors never quote the input.
 func ParsePublicKey(s string) (PublicKey, error) {
 	var p PublicKey
-	body, ok := strings.CutPrefix(strings.TrimSpace(s), PublicKeyPrefix)
-	if !ok {
-		return p, fmt.Errorf("public key must start with %q", PublicKeyPrefix)
+	s = strings.TrimSpace(s)
+	want := pubSize
+	body, ok := strings.CutPrefix(s, PublicKeyPrefix)
+	if ok {
+		want += checksumSize
+	} else if body, ok = strings.CutPrefix(s, LegacyPublicKeyPrefix); !ok {
+		return p, fmt.Errorf("public key must start with %q (or %q, the older form)", PublicKeyPrefix, LegacyPublicKeyPrefix)
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(body)
+	// Strict: the unused low bits of the last character must be zero, so
+	// that character's mistype is caught too.
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(body)
 	if err != nil {
 		return p, fmt.Errorf("public key is not valid base64url: %w", err)
 	}
-	if len(raw) != pubSize {
-		return p, fmt.Errorf("public key is %d bytes, want %d", len(raw), pubSize)
+	if len(raw) != want {
+		return p, fmt.Errorf("public key is %d bytes, want %d: characters were lost or added in copying", len(raw), want)
+	}
+	if want > pubSize {
+		sum := keyChecksum(raw[:pubSize])
+		if subtle.ConstantTimeCompare(sum[:], raw[pubSize:]) != 1 {
+			return p, ErrKeyChecksum
+		}
 	}
 	return PublicKeyFromBytes(raw)
 }
@@ -75,7 +124,7 @@ func PublicKeyFromBytes(raw []byte) (PublicKey, error) {
 		return p, fmt.Errorf("public key is %d bytes, want %d", len(raw), pubSize)
 	}
 	copy(p.Sign[:], raw)
-	copy(p.DH[:], raw[ed25519.PublicKeySize:])
+	copy(p.DH[:], raw[ed25519.PublicKeySize:pubSize])
 	if _, err := ecdh.X25519().NewPublicKey(p.DH[:]); err != nil {
 		return p, fmt.Errorf("public key has an invalid X25519 part: %w", err)
 	}
@@ -229,7 +278,9 @@ func (id *Identity) PairingSecret(peer PublicKey) ([]byte, error) {
 		return nil, fmt.Errorf("identity: pairing with %s: %w", peer.Fingerprint(), err)
 	}
 	defer clear(shared)
-	a, b := id.public.String(), peer.String()
+	// The dyad1: form, as the first release derived it: both forms of a
+	// key pair the same way.
+	a, b := id.public.LegacyString(), peer.LegacyString()
 	if a > b {
 		a, b = b, a
 	}

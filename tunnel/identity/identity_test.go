@@ -2,6 +2,8 @@ package identity
 
 import (
 	"bytes"
+	"encoding/hex"
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -82,7 +84,7 @@ func TestParsePublicKey(t *testing.T) {
 	if !strings.HasPrefix(s, PublicKeyPrefix) {
 		t.Fatalf("%q lacks the prefix", s)
 	}
-	for _, bad := range []string{"", "dyad2:" + s[6:], s[:len(s)-2], s + "AA", "dyad1:!!!"} {
+	for _, bad := range []string{"", "dyad3:" + s[6:], "dyad1:" + s[6:], s[:len(s)-2], s + "AA", "dyad1:!!!", "dyad2:!!!"} {
 		if _, err := ParsePublicKey(bad); err == nil {
 			t.Errorf("ParsePublicKey(%q) accepted", bad)
 		}
@@ -142,5 +144,55 @@ func TestCertificateCarriesKey(t *testing.T) {
 	}
 	if a, b := id.DerivedKey("x"), id.DerivedKey("y"); a == b {
 		t.Fatal("derived keys do not depend on the label")
+	}
+}
+
+// TestParsePublicKeyChecksum: the printed form carries a checksum, so every
+// one-character mistype or transposition of a key is refused with the
+// checksum error (`dyad check` catches it before it becomes a silent dial
+// failure); the first release's dyad1: form still parses to the same key,
+// and the pairing secret of a pair is what the first release derived.
+func TestParsePublicKeyChecksum(t *testing.T) {
+	id, _ := Generate()
+	s := id.Public().String()
+	if !strings.HasPrefix(s, "dyad2:") {
+		t.Fatalf("printed key %q is not the checksummed dyad2: form", s)
+	}
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	for i := len(PublicKeyPrefix); i < len(s); i++ {
+		for _, c := range []byte{alphabet[(strings.IndexByte(alphabet, s[i])+1)%64], alphabet[(strings.IndexByte(alphabet, s[i])+37)%64]} {
+			bad := s[:i] + string(c) + s[i+1:]
+			if _, err := ParsePublicKey(bad); err == nil {
+				t.Fatalf("key with character %d changed to %q accepted", i, c)
+			}
+		}
+		if i+1 < len(s) && s[i] != s[i+1] {
+			bad := s[:i] + s[i+1:i+2] + s[i:i+1] + s[i+2:]
+			if _, err := ParsePublicKey(bad); err == nil {
+				t.Fatalf("key with characters %d and %d swapped accepted", i, i+1)
+			}
+		}
+	}
+	// A change inside the body decodes and fails the checksum itself.
+	bad := s[:10] + string(alphabet[(strings.IndexByte(alphabet, s[10])+1)%64]) + s[11:]
+	if _, err := ParsePublicKey(bad); !errors.Is(err, ErrKeyChecksum) {
+		t.Fatalf("mistyped key: err = %v, want ErrKeyChecksum", err)
+	}
+	legacy := id.Public().LegacyString()
+	if k, err := ParsePublicKey(legacy); err != nil || !k.Equal(id.Public()) {
+		t.Fatalf("dyad1: form no longer parses to the same key: %v", err)
+	}
+
+	// A fixed pair: the secret is the first release's (hex from dyad1 code).
+	ra, rb := make([]byte, keyFileSize), make([]byte, keyFileSize)
+	ra[0], rb[0] = keyFileVersion, keyFileVersion
+	for i := 1; i < keyFileSize; i++ {
+		ra[i], rb[i] = byte(i), byte(200-i)
+	}
+	a, _ := fromRaw(ra)
+	b, _ := fromRaw(rb)
+	sec, err := a.PairingSecret(b.Public())
+	if err != nil || hex.EncodeToString(sec) != "8286996cc20c4219c3a66f6138c33dfdace75339838220d5902dd0e13780f24f" {
+		t.Fatalf("pairing secret changed from the first release's: %x %v", sec, err)
 	}
 }
