@@ -182,6 +182,10 @@ var (
 // after it ended a stream, so its last answer is not lost to a reset.
 const drainLimit = 64 << 10
 
+// drainTime bounds the wait for the client's end after the guard ended a
+// stream.
+const drainTime = 2 * time.Second
+
 // serve is the request loop: parse, decide, forward or answer, in order,
 // one request at a time (pipelined requests wait in the client reader).
 func (c *conn) serve() {
@@ -200,7 +204,12 @@ func (c *conn) serve() {
 		writers.Put(bw)
 		c.outW.Close()
 		c.up.CloseWrite()
+		// The client may still be sending (a body the guard refused to
+		// read): discard a bounded amount for a bounded time, so the last
+		// answer reaches it before the stream's reset does.
+		stop := time.AfterFunc(drainTime, func() { c.inR.CloseWithError(net.ErrClosed) })
 		io.CopyN(io.Discard, c.inR, drainLimit)
+		stop.Stop()
 		c.inR.CloseWithError(net.ErrClosed)
 	}()
 	for first := true; ; first = false {
