@@ -233,36 +233,18 @@ type decision struct {
 // one serves one request; false ends the stream.
 func (c *conn) one(br, ubr *bufio.Reader, bw *bufio.Writer, first bool) bool {
 	p := c.g.policy.Load()
-	n, err := headerBlock(br, first)
-	var ref *refusal
+	req, err := readRequest(br, first)
+	var ref *RequestError
 	switch {
-	case errors.Is(err, errStreamEnd):
+	case err == io.EOF:
 		return false
-	case errors.As(err, &ref) && first && (ref.reason == reasonNotHTTP || ref.reason == reasonH2C):
-		c.refuseStream(bw, ref.reason)
+	case errors.As(err, &ref) && ref.Stream():
+		c.refuseStream(bw, ref.Reason)
 		return false
 	case errors.As(err, &ref):
-		status := http.StatusBadRequest
-		if ref.reason == reasonHeaderTooLarge {
-			status = http.StatusRequestHeaderFieldsTooLarge
-		}
-		c.deny(bw, p, "", "", decision{status: status, reason: ref.reason, close: true})
+		c.deny(bw, p, "", "", decision{status: ref.Status(), reason: ref.Reason, close: true})
 		return false
 	case err != nil:
-		return false
-	}
-	block, _ := br.Peek(n)
-	if r := checkHeader(block); r != "" {
-		status := http.StatusBadRequest
-		if r == reasonVersion {
-			status = http.StatusHTTPVersionNotSupported
-		}
-		c.deny(bw, p, "", "", decision{status: status, reason: r, close: true})
-		return false
-	}
-	req, err := http.ReadRequest(br)
-	if err != nil {
-		c.deny(bw, p, "", "", decision{status: http.StatusBadRequest, reason: reasonMalformed, close: true})
 		return false
 	}
 	d := c.decide(p, req, bw)
