@@ -366,6 +366,9 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	}
 	op := p.Spec.byOp[route.Operation]
 	d := decision{op: op, shape: op.Path}
+	// THREATS P2 (least reach, per operation): a peer reaches only the
+	// operations its list names, tested by TestGuardPipelinedMixed and,
+	// with real daemons, TestAPIGuardEndToEnd.
 	if !p.allowed(c.peer, op) {
 		d.status, d.reason = http.StatusForbidden, "not_allowed"
 		return d

@@ -112,8 +112,8 @@ func postJSON(path, body string, extra string) string {
 // gets allowed calls through and each denial (403, 404, 400, 429, 413)
 // answered by B's guard, in order, pipelined too; each is audited in B's
 // journal; the shadow call is in /statusz's inventory; a SIGHUP with a
-// broken spec is rejected and the running one stays; the stop emits the
-// inventory event.
+// broken spec is rejected and the running one stays, a good one is put in
+// force; the stop emits the inventory event.
 func TestAPIGuardEndToEnd(t *testing.T) {
 	upstream, hits := paymentsUpstream(t)
 	_, b, local := guardedSites(t, upstream)
@@ -196,8 +196,17 @@ func TestAPIGuardEndToEnd(t *testing.T) {
 	defer c2.Close()
 	br2 := bufio.NewReader(c2)
 	exchange(t, c2, br2, false, call{get("/v1/payments/5"), 200, ""}, call{get("/v1/debug/1/vars"), 404, "no_route"})
+	c2.Close()
+	// A good reload puts the new operations in force for new requests.
 	os.WriteFile(specPath, good, 0o644)
-	c2.Close() // a kept-alive connection would hold the drain
+	b.Config.Services[0].API.Operations = map[string][]string{"site-a": {"health"}}
+	reload(t, b)
+	c3, err := net.Dial("tcp", local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exchange(t, c3, bufio.NewReader(c3), false, call{get("/v1/payments/5"), 403, "not_allowed"}, call{get("/v1/health"), 200, ""})
+	c3.Close() // a kept-alive connection would hold the drain
 	if err := b.Stop(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
