@@ -58,6 +58,11 @@ func Check(path string, out io.Writer) error {
 	fmt.Fprintf(out, "%s: ok: site %s, identity %s, %d peers, %d services, %d forwards\n", path, cfg.Site,
 		self.Fingerprint(), len(cfg.Tunnel.Peers), len(cfg.Tunnel.Services), len(cfg.File.Forwards))
 	fmt.Fprintf(out, "%s: state %s, control socket %s\n", path, cfg.StateDir, cfg.ControlSocket)
+	for _, name := range sortedKeys(cfg.APIs) {
+		p := cfg.APIs[name]
+		fmt.Fprintf(out, "%s: service %s: API guard: %s (OpenAPI %s, %d operations, sha256 %s)\n", path, name,
+			p.Spec.File, p.Spec.Version, len(p.Spec.Operations), p.Spec.SHA256)
+	}
 	fmt.Fprintf(out, "  this site  %s  %s\n", self.Fingerprint(), self)
 	for _, p := range cfg.Tunnel.Peers {
 		where := "dials us"

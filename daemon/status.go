@@ -27,6 +27,8 @@ type StatusReport struct {
 	Peers       []tunnel.PeerStatus `json:"peers"`
 	Counters    map[string]uint64   `json:"counters"`
 	Process     ProcessStatus       `json:"process"`
+	// API is each guarded service's inventory (README, "API guard"); absent without one.
+	API any `json:"api,omitempty"`
 }
 
 func init() {
@@ -45,6 +47,7 @@ func (d *Daemon) statusReport() StatusReport {
 		Peers:       d.node.Status(),
 		Counters:    d.node.Stats.Snapshot(),
 		Process:     processStatus(),
+		API:         d.apiStatus(),
 	}
 }
 

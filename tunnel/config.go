@@ -4,6 +4,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -164,7 +165,33 @@ type Service struct {
 	// Limits bound all the service's streams together; zero fields mean
 	// no per-service limit.
 	Limits Limits
+	// Guard, when set, stands between an accepted stream and its upstream
+	// (the API guard, package apiguard); nil passes the bytes as they are.
+	Guard StreamGuard
 }
+
+// StreamGuard intercepts the traffic of a service's accepted streams.
+// Wrap is called once per stream, after the upstream was dialed and the
+// stream accepted; the returned Conn replaces upstream in the pump (the
+// pump reads the client's answer bytes from it and writes the client's
+// bytes to it) and owns upstream from then on: its Close closes upstream.
+// peer is the name the stream's connection authenticated as.
+type StreamGuard interface {
+	Wrap(peer string, upstream *net.TCPConn) Conn
+}
+
+// Conn is the local end of a pumped stream: the client's or upstream's TCP
+// connection (a *net.TCPConn), or a StreamGuard's wrapper of one.
+// CloseWrite passes the other side's FIN; SetLinger(0) before Close turns
+// the close into a reset.
+type Conn interface {
+	io.ReadWriter
+	CloseWrite() error
+	Close() error
+	SetLinger(sec int) error
+}
+
+var _ Conn = (*net.TCPConn)(nil)
 
 func (c Config) withDefaults() Config {
 	def := func(d *time.Duration, v time.Duration) {
@@ -443,13 +470,13 @@ func (s *snapshot) pinned(peer string, key [32]byte) bool {
 // admit decides a peer's request for a service: THREATS P2, tested by
 // TestServiceNotAllowed and TestUnknownService. It never returns an address
 // other than the configured upstream.
-func (s *snapshot) admit(peer, service string) (Status, string) {
+func (s *snapshot) admit(peer, service string) (Status, string, StreamGuard) {
 	e, ok := s.services[service]
 	if !ok {
-		return StatusUnknownService, ""
+		return StatusUnknownService, "", nil
 	}
 	if !e.allow[peer] {
-		return StatusNotAllowed, ""
+		return StatusNotAllowed, "", nil
 	}
-	return StatusAccepted, e.Upstream
+	return StatusAccepted, e.Upstream, e.Guard
 }

@@ -17,7 +17,13 @@ type localSource struct {
 
 // waitingSource returns src (which reads from c) as a localSource, or src
 // itself if c has no raw connection.
-func waitingSource(src io.Reader, c *net.TCPConn) io.Reader {
+func waitingSource(src io.Reader, local Conn) io.Reader {
+	// Only a plain socket: a wrapper (the API guard's) may hold bytes it
+	// has read, which a peek at the socket would not see.
+	c, ok := local.(*net.TCPConn)
+	if !ok {
+		return src
+	}
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return src

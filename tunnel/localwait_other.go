@@ -2,11 +2,8 @@
 
 package tunnel
 
-import (
-	"io"
-	"net"
-)
+import "io"
 
 // waitingSource returns src: elsewhere than Linux an idle stream's
 // ReadFrom waits in Read, holding its small record buffer.
-func waitingSource(src io.Reader, _ *net.TCPConn) io.Reader { return src }
+func waitingSource(src io.Reader, _ Conn) io.Reader { return src }

@@ -91,6 +91,7 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	}
 	service, err := ParseRequest(req)
 	status, upstream := StatusBadRequest, ""
+	var sguard StreamGuard
 	sg := n.gates.service(service)
 	switch {
 	case err != nil:
@@ -99,7 +100,7 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	case n.audit.Admit() != nil: // no work without evidence (on_failure: refuse); THREATS P7, TestJournalFailureRefusesStreams
 		status = StatusAuditUnavailable
 	default:
-		status, upstream = n.cfg.Load().admit(peer, service)
+		status, upstream, sguard = n.cfg.Load().admit(peer, service)
 		if status == StatusAccepted {
 			var more []*gate
 			more, limit, scope = enterGates(nil, sg)
@@ -135,7 +136,11 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	n.Stats.StreamsAccepted.Add(1)
 	start := time.Now()
 	n.auditStreamOpened(peer, service, inbound, id, up.RemoteAddr())
-	res := n.pump(up.(*net.TCPConn), s, r, w, nil, n.guard(peer, service, pg, sg))
+	var local Conn = up.(*net.TCPConn)
+	if sguard != nil {
+		local = sguard.Wrap(peer, up.(*net.TCPConn))
+	}
+	res := n.pump(local, s, r, w, nil, n.guard(peer, service, pg, sg))
 	if reason := codec.Reason(res.err); reason != "" {
 		n.auditRecordRejected(peer, service, id, reason)
 	}
