@@ -190,4 +190,29 @@ func TestOtherUIDRefused(t *testing.T) {
 	if out := asNobody(); !strings.Contains(out, "denied: true") {
 		t.Fatalf("uid 65534 on a 0666 socket: SO_PEERCRED let it through: %s", out)
 	}
+
+	// control.group: the socket is 0660 and the group's, its folder must
+	// let the group in, and a member (uid 65534 in group nogroup) may call.
+	gdir := filepath.Join(dir, "grp")
+	if s, err := Listen(Options{Path: filepath.Join(dir, "new", "c.sock"), Group: "nogroup"}, zerolog.Nop()); err != nil {
+		t.Fatalf("new folder for a group socket: %v", err)
+	} else {
+		s.Close()
+	}
+	os.Mkdir(gdir, 0o700)
+	if _, err := Listen(Options{Path: filepath.Join(gdir, "c.sock"), Group: "nogroup"}, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "does not let the group in") {
+		t.Fatalf("group socket in a 0700 folder: %v", err)
+	}
+	os.Chmod(gdir, 0o750)
+	os.Chown(gdir, -1, 65534)
+	gpath := filepath.Join(gdir, "c.sock")
+	serve(t, Options{Path: gpath, Group: "nogroup"})
+	fi, err := os.Stat(gpath)
+	if err != nil || fi.Mode().Perm() != 0o660 || fi.Sys().(*syscall.Stat_t).Gid != 65534 {
+		t.Fatalf("group socket: %v %v", fi.Mode(), err)
+	}
+	path = gpath
+	if out := asNobody(); out != "ok: uid 65534" {
+		t.Fatalf("a member of control.group: %s", out)
+	}
 }

@@ -257,6 +257,13 @@ func (d *Daemon) joinConflict(name string, key identity.PublicKey, fws []state.F
 		if err := hostPort(fw.Listen); err != nil {
 			return fmt.Errorf("--forward: %w", err)
 		}
+		// Checked before the inviter pins us: a port taken by another
+		// program would fail the forward after the exchange.
+		ln, err := net.Listen("tcp", fw.Listen)
+		if err != nil {
+			return fmt.Errorf("--forward %s: %w", fw.Listen, err)
+		}
+		ln.Close()
 	}
 	return nil
 }

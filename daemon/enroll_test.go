@@ -388,3 +388,36 @@ func echoOnce(t *testing.T, local string) {
 		t.Fatalf("echo through %s: %v", local, err)
 	}
 }
+
+// TestJoinPrintAndInviteChecks: dyad join --print enrols (the inviter pins
+// the joiner) but writes no state and prints the entry to add; dyad invite
+// refuses a service this site does not have, a name already pinned, and a
+// listen address nobody can dial without --endpoint.
+func TestJoinPrintAndInviteChecks(t *testing.T) {
+	r := newEnrollRig(t)
+	token := invite(t, r.b, "--peer", "site-a", "--service", "stream")
+	out, code := join(t, r.a, token, "--print")
+	if code != 0 || !strings.Contains(out, "peers:") || !strings.Contains(out, r.b.PublicKey) || !strings.Contains(out, "Verification phrase:") {
+		t.Fatalf("dyad join --print: %d %s", code, out)
+	}
+	if got := stateFiles(t, r.a); len(got) != 0 {
+		t.Fatalf("join --print wrote state: %v", got)
+	}
+	if !strings.Contains(stateFiles(t, r.b)[state.PeersFile], `"site-a"`) {
+		t.Fatal("the inviter did not pin the --print joiner")
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--peer", "site-c", "--service", "nope"}, "not a service"},
+		{[]string{"--peer", "site-a"}, "pinned already"},
+		{[]string{"--peer", "bad name"}, "peer name"},
+		{[]string{"--peer", "site-c", "--expires", "800h"}, "--expires"},
+	} {
+		out, code := runDyad(t, append([]string{"invite", "--config", r.b.ConfigPath(), "--endpoint", r.b.Config.Listen}, tc.args...)...)
+		if code == 0 || !strings.Contains(out, tc.want) {
+			t.Errorf("dyad invite %v: %d %s; want %q", tc.args, code, out, tc.want)
+		}
+	}
+}

@@ -122,3 +122,17 @@ func TestStateSamePeerAdopted(t *testing.T) {
 		t.Fatalf("peers %v, notes %v", c.Tunnel.Peers, c.Notes)
 	}
 }
+
+// TestAdvertised: dyad invite offers the listen address as the endpoint
+// only when a partner can dial it.
+func TestAdvertised(t *testing.T) {
+	for in, ok := range map[string]bool{"127.0.0.1:7443": true, "b.example.net:7443": true, "0.0.0.0:7443": false, ":7443": false, "[::]:7443": false} {
+		ep, err := advertised(in)
+		if (err == nil) != ok || ok && ep != in {
+			t.Errorf("advertised(%q) = %q, %v", in, ep, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "--endpoint") {
+			t.Errorf("advertised(%q): %v does not say --endpoint", in, err)
+		}
+	}
+}

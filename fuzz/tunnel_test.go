@@ -117,6 +117,7 @@ func FuzzConfig(f *testing.F) {
 	id, _ := identity.Generate()
 	f.Add("site: a\nidentity: k\nlisten: 127.0.0.1:1\npeers:\n  - name: b\n    public_key: " + id.Public().String() +
 		"\nservices:\n  - name: s\n    upstream: 127.0.0.1:2\n    allow: [b]\nforwards:\n  - {listen: 127.0.0.1:3, peer: b, service: s}\n")
+	f.Add("site: a\nidentity: k\nlisten: 127.0.0.1:1\nstate_dir: st\ncontrol: {socket: c.sock, group: dyad}\n")
 	f.Add("listen: [")
 	f.Add("tunnel: {keepalive: -5s}")
 	f.Fuzz(func(t *testing.T, s string) {
