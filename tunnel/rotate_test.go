@@ -258,3 +258,44 @@ func TestAnnouncementRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestRotationTwiceSurvivesReload: A rotates twice; B, whose configuration
+// still pins A's first key, keeps the newest one across a reload of that
+// configuration, and the tunnel carries traffic on it. A reload that pins
+// another key by hand wins over what B learned.
+func TestRotationTwiceSurvivesReload(t *testing.T) {
+	echo, _ := tunneltest.EchoServer(t)
+	ida, idb := newIdentity(t), newIdentity(t)
+	bcfg := Config{Peers: []Peer{{Name: "a", Key: ida.Public()}},
+		Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"a"}}}}
+	b := startNode(t, idb, bcfg)
+	a := startNode(t, ida, Config{Connections: 1, Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: b.Addr().String()}}})
+	liveConns(t, a, "b", 1)
+	var last *identity.Identity
+	for i := range 2 {
+		last = newIdentity(t)
+		res, err := a.Rotate(context.Background(), last, time.Second)
+		if err != nil || res.Peers[0].Outcome != "accepted" {
+			t.Fatalf("rotation %d: %v %+v", i, err, res.Peers)
+		}
+		time.Sleep(time.Until(res.Announcement.Until) + 300*time.Millisecond)
+		peerConnWithKey(t, b, "a", last.Public())
+	}
+	if err := b.Update(bcfg); err != nil { // SIGHUP with the file as written
+		t.Fatal(err)
+	}
+	if got := b.link("a").current().Key; got != last.Public() {
+		t.Fatalf("after the reload b pins %s, want a's newest key %s", got.Fingerprint(), last.Public().Fingerprint())
+	}
+	if ok, err := transfer(t, a, 256<<10); !ok || err != nil {
+		t.Fatalf("traffic after two rotations and a reload: %v %v", ok, err)
+	}
+	other := newIdentity(t)
+	bcfg.Peers[0].Key = other.Public()
+	if err := b.Update(bcfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.link("a").current().Key; got != other.Public() {
+		t.Fatal("a key pinned by hand did not win over the learned one")
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -64,7 +65,7 @@ func RotationPath(dir string) string { return filepath.Join(dir, IdentityDir, Ro
 func LoadRotation(dir string) (*Rotation, error) {
 	path := RotationPath(dir)
 	fi, err := os.Stat(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	if absent(err) {
 		return nil, nil
 	}
 	if err != nil {
@@ -97,7 +98,17 @@ func SaveRotation(dir string, r *Rotation) error {
 // LoadLearned reads dir's learned peer keys.
 func LoadLearned(dir string) ([]LearnedKey, error) {
 	var out []LearnedKey
+	if _, err := os.Stat(filepath.Join(dir, LearnedFile)); absent(err) {
+		return nil, nil
+	}
 	return out, readJSON(filepath.Join(dir, LearnedFile), &out)
+}
+
+// absent reports whether a stat error means the file is not there: missing,
+// or a file where the state folder should be (a default state folder that
+// cannot be made does not stop the start; TestControlSocketDefaultUnwritable).
+func absent(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
 }
 
 // SaveLearned writes dir's learned peer keys.
