@@ -155,10 +155,15 @@ func Status(o StatusOptions, out io.Writer) error {
 	}
 	r, err := src.Status(ctx)
 	if err != nil && o.Via == "" && cfg.File.Admin != "" && (errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) || errors.Is(err, control.ErrDenied)) {
-		r, err = AdminStatus{cfg.File.Admin}.Status(ctx)
+		var aerr error
+		if r, aerr = (AdminStatus{cfg.File.Admin}).Status(ctx); aerr != nil {
+			err = fmt.Errorf("control socket %s: %w; %w", cfg.ControlSocket, err, aerr)
+		} else {
+			err = nil
+		}
 	}
 	if err != nil {
-		return fmt.Errorf("status of the daemon of %s: %w (is it running?)", o.Config, err)
+		return fmt.Errorf("status of the daemon of %s: %w", o.Config, err)
 	}
 	if o.JSON {
 		enc := json.NewEncoder(out)
