@@ -348,7 +348,9 @@ func TestReverseStreamsOnDialedConnection(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	ida, idb := newIdentity(t), newIdentity(t)
 	b := startNode(t, idb, Config{Peers: []Peer{{Name: "a", Key: ida.Public()}}})
-	startNode(t, ida, Config{
+	// One connection, so that "B has one tunnel" means B dialed none
+	// (with the default three, A's other slots may be up by the check).
+	startNode(t, ida, Config{Connections: 1,
 		Peers:    []Peer{{Name: "b", Key: idb.Public(), Endpoint: b.Addr().String()}},
 		Services: []Service{{Name: "from-a", Upstream: echo, Allow: []string{"b"}}},
 	})
