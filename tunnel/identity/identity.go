@@ -113,7 +113,7 @@ func ParsePublicKey(s string) (PublicKey, error) {
 			return p, ErrKeyChecksum
 		}
 	}
-	return PublicKeyFromBytes(raw)
+	return PublicKeyFromBytes(raw[:pubSize])
 }
 
 // PublicKeyFromBytes decodes the 64 raw bytes of a public key (Ed25519,
