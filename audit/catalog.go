@@ -323,7 +323,7 @@ var Catalog = []Spec{
 		Name: StreamFailed, Severity: Warn, RateLimit: true, Source: []string{KeyPeer}, When: "a forwarded connection could not be carried: no tunnel, upstream unreachable, the peer refused it, or the audit journal cannot be written (on_failure: refuse)",
 		Attrs: []AttrSpec{
 			aPeer, aService, aDirection,
-			{KeyReason, String, false, "no_tunnel, upstream_unreachable, refused_by_peer, open_failed, audit_unavailable (the journal cannot be written and audit.journal.on_failure is refuse); inbound: connection_replaced (the peer opened a stream on a connection a newer one replaced), key_not_pinned (the connection's key is no longer pinned)"},
+			{KeyReason, String, false, "no_tunnel, upstream_unreachable (the dial failed, or with upstream_tls the TLS handshake: error.type tls_verify when the upstream's certificate failed verification, tls_handshake otherwise), refused_by_peer, open_failed, audit_unavailable (the journal cannot be written and audit.journal.on_failure is refuse); inbound: connection_replaced (the peer opened a stream on a connection a newer one replaced), key_not_pinned (the connection's key is no longer pinned)"},
 			aErrorType,
 		},
 		OCSF: network(4, "Fail", 2),

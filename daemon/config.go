@@ -7,6 +7,7 @@ package daemon
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -236,14 +237,36 @@ type PeerFile struct {
 
 // ServiceFile is an upstream this site exports.
 type ServiceFile struct {
-	Name     string   `yaml:"name"`
-	Upstream string   `yaml:"upstream"`
-	Allow    []string `yaml:"allow,omitempty"`
+	Name     string `yaml:"name"`
+	Upstream string `yaml:"upstream"`
+	// UpstreamTLS makes the exporter dial the upstream over verified TLS;
+	// absent means plain TCP.
+	UpstreamTLS *UpstreamTLSFile `yaml:"upstream_tls,omitempty"`
+	Allow       []string         `yaml:"allow,omitempty"`
 	// Critical tags a service supporting a critical or important function
 	// (DORA), for the report.
 	Critical bool `yaml:"critical_or_important_function,omitempty"`
 	// Limits bound the service's streams from all peers together.
 	Limits LimitsFile `yaml:"limits,omitempty"`
+}
+
+// UpstreamTLSFile is how the exporter speaks TLS to a service's upstream
+// (README, "HTTPS upstreams"). Verification is always on: there is no key
+// to turn it off. Paths are relative to the configuration file's folder.
+type UpstreamTLSFile struct {
+	// ServerName is the name the upstream's certificate must carry; empty
+	// means the host of upstream (an IP address is then checked against the
+	// certificate's IP addresses).
+	ServerName string `yaml:"server_name,omitempty"`
+	// CAFile holds the PEM certificates trusted to sign the upstream's
+	// certificate; empty means the system's roots.
+	CAFile string `yaml:"ca_file,omitempty"`
+	// CertFile and KeyFile are the client certificate (PEM, chain after the
+	// leaf) and its key for an upstream that asks for one (mTLS); both or
+	// neither. The key file must not be readable by others (group read is
+	// allowed, as Kubernetes mounts Secrets 0440).
+	CertFile string `yaml:"cert_file,omitempty"`
+	KeyFile  string `yaml:"key_file,omitempty"`
 }
 
 // ForwardConfig is a local port carried to a peer's service.
@@ -612,7 +635,11 @@ func (v *validator) check(f File) *Config {
 			}
 		}
 		v.checkLimits(s.Limits, "services", i, "limits")
-		t.Services = append(t.Services, tunnel.Service{Name: s.Name, Upstream: s.Upstream, Allow: s.Allow, Limits: s.Limits.tunnel()})
+		var tc *tls.Config
+		if s.UpstreamTLS != nil {
+			tc = v.upstreamTLS(*s.UpstreamTLS, s.Name, s.Upstream, "services", i, "upstream_tls")
+		}
+		t.Services = append(t.Services, tunnel.Service{Name: s.Name, Upstream: s.Upstream, Allow: s.Allow, Limits: s.Limits.tunnel(), TLS: tc})
 	}
 	listens := map[string]bool{}
 	for i, fw := range f.Forwards {

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -95,6 +96,10 @@ type Service struct {
 	Name     string
 	Upstream string // host:port, the only address dialed for this service
 	Allow    []string
+	// TLS, when set, makes the upstream connection a TLS client with this
+	// configuration (verification on: ServerName, RootCAs or the system
+	// roots, an optional client certificate); nil means plain TCP.
+	TLS *tls.Config
 	// Limits bound all the service's streams together; zero fields mean
 	// no per-service limit.
 	Limits Limits
@@ -359,14 +364,15 @@ func (s *snapshot) pinned(peer string, key [32]byte) bool {
 
 // admit decides a peer's request for a service: THREATS P2, tested by
 // TestServiceNotAllowed and TestUnknownService. It never returns an address
-// other than the configured upstream.
-func (s *snapshot) admit(peer, service string) (Status, string) {
+// other than the configured upstream: the entry it returns on
+// StatusAccepted names the only address dialUpstream will dial.
+func (s *snapshot) admit(peer, service string) (Status, *serviceEntry) {
 	e, ok := s.services[service]
 	if !ok {
-		return StatusUnknownService, ""
+		return StatusUnknownService, nil
 	}
 	if !e.allow[peer] {
-		return StatusNotAllowed, ""
+		return StatusNotAllowed, nil
 	}
-	return StatusAccepted, e.Upstream
+	return StatusAccepted, e
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"sync"
 	"time"
 
@@ -25,7 +24,7 @@ type pumpResult struct {
 	err            error // first failure; nil when both directions closed cleanly
 }
 
-// pump copies between a local TCP connection and a tunnel stream until both
+// pump copies between a local connection (TCP, or TLS to an upstream) and a tunnel stream until both
 // directions end. A FIN maps to the close record plus the stream's FIN and
 // back to a TCP half-close; any failure (a TCP reset, a stream reset, a
 // rejected record) resets both sides at once and is returned for the
@@ -35,7 +34,7 @@ type pumpResult struct {
 // answer, on the importing side, reads the exporter's answer before any
 // byte goes to the local client; the local → tunnel direction does not
 // wait for it (pipelined open, see Forward).
-func (n *Node) pump(local *net.TCPConn, s *quic.Stream, r *codec.Reader, w *codec.Writer, answer func() error, g guard) pumpResult {
+func (n *Node) pump(local plainConn, s *quic.Stream, r *codec.Reader, w *codec.Writer, answer func() error, g guard) pumpResult {
 	var (
 		res      pumpResult
 		once     sync.Once

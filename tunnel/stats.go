@@ -18,6 +18,9 @@ type Stats struct {
 	BytesSent          atomic.Uint64 // plaintext bytes from local sockets into tunnels
 	BytesReceived      atomic.Uint64 // plaintext bytes from tunnels to local sockets
 	PacketsDropped     atomic.Uint64 // UDP datagrams quic-go dropped below the tunnels
+	// UpstreamTLSFailed counts upstream TLS handshakes that failed (each
+	// also a streams_refused.upstream_unreachable).
+	UpstreamTLSFailed atomic.Uint64
 
 	udp atomic.Pointer[udpbatch.Reader] // the node's socket reader (udp_* counters); nil until New
 
@@ -52,6 +55,7 @@ func (s *Stats) Snapshot() map[string]uint64 {
 		"bytes_sent":          s.BytesSent.Load(),
 		"bytes_received":      s.BytesReceived.Load(),
 		"packets_dropped":     s.PacketsDropped.Load(),
+		"upstream_tls_failed": s.UpstreamTLSFailed.Load(),
 	}
 	if rd := s.udp.Load(); rd != nil {
 		// Receive batching (udpbatch): datagrams per read is

@@ -79,7 +79,8 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 		return
 	}
 	service, err := ParseRequest(req)
-	status, upstream := StatusBadRequest, ""
+	status := StatusBadRequest
+	var upstream *serviceEntry
 	sg := n.gates.service(service)
 	switch {
 	case err != nil:
@@ -98,12 +99,16 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 			}
 		}
 	}
-	var up net.Conn
+	var up plainConn
 	var dialErr error
 	if status == StatusAccepted {
-		d := net.Dialer{Timeout: strictest(n.cfg.Load().cfg.DialTimeout, pg.limits().DialTimeout, sg.limits().DialTimeout)}
-		if up, dialErr = d.DialContext(n.ctx, "tcp", upstream); dialErr != nil {
+		timeout := strictest(n.cfg.Load().cfg.DialTimeout, pg.limits().DialTimeout, sg.limits().DialTimeout)
+		if up, dialErr = dialUpstream(n.ctx, upstream, timeout); dialErr != nil {
 			status = StatusUpstreamDown
+			var te *UpstreamTLSError
+			if errors.As(dialErr, &te) {
+				n.Stats.UpstreamTLSFailed.Add(1)
+			}
 		}
 	}
 	if status != StatusAccepted {
@@ -124,7 +129,7 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	n.Stats.StreamsAccepted.Add(1)
 	start := time.Now()
 	n.auditStreamOpened(peer, service, inbound, id, up.RemoteAddr())
-	res := n.pump(up.(*net.TCPConn), s, r, w, nil, n.guard(peer, service, pg, sg))
+	res := n.pump(up, s, r, w, nil, n.guard(peer, service, pg, sg))
 	if reason := codec.Reason(res.err); reason != "" {
 		n.auditRecordRejected(peer, service, id, reason)
 	}
