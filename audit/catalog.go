@@ -82,6 +82,7 @@ const (
 	KeyServices        = "dyad.config.services"
 	KeyForwards        = "dyad.config.forwards"
 	KeyPeerKeys        = "dyad.config.peer_keys"
+	KeyAPISpecSHA256   = "dyad.api.spec_sha256"
 	KeyError           = "dyad.error"
 	KeyProtocol        = "dyad.export.protocol"
 	KeyQueueFull       = "dyad.export.dropped.queue_full"
@@ -172,6 +173,7 @@ var (
 	aStreamID   = AttrSpec{KeyStreamID, Int, false, "QUIC stream id within the tunnel"}
 	aErrorType  = AttrSpec{KeyErrorType, String, true, "machine-readable error class"}
 	aCountSince = AttrSpec{KeyWindow, Float, false, "seconds the counts cover"}
+	aAPISpecs   = AttrSpec{KeyAPISpecSHA256, StringSlice, true, "API guards' OpenAPI documents in force as service=SHA-256 (hex); absent when no service has api:"}
 )
 
 var (
@@ -225,6 +227,7 @@ var Catalog = []Spec{
 			{KeyServices, StringSlice, false, "exported services"},
 			{KeyForwards, StringSlice, false, "forwards as listen→peer/service"},
 			{KeyPeerKeys, StringSlice, false, "pinned peer keys as name=fingerprint: the key lifecycle evidence (rotation, revocation)"},
+			aAPISpecs,
 		},
 		OCSF: entity(2, "Read", 1),
 		ECS:  ECS{"event", []string{"configuration"}, []string{"info"}, "success"},
@@ -238,6 +241,7 @@ var Catalog = []Spec{
 			{KeyServices, StringSlice, false, "exported services"},
 			{KeyForwards, StringSlice, false, "forwards as listen→peer/service"},
 			{KeyPeerKeys, StringSlice, false, "pinned peer keys as name=fingerprint: the key lifecycle evidence (rotation, revocation)"},
+			aAPISpecs,
 		},
 		OCSF: entity(3, "Update", 1),
 		ECS:  ECS{"event", []string{"configuration"}, []string{"change"}, "success"},

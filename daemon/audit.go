@@ -133,7 +133,11 @@ func configAttrs(cfg *Config) []attribute.KeyValue {
 	sort.Strings(keys)
 	sort.Strings(services)
 	sort.Strings(forwards)
-	return []attribute.KeyValue{
+	var specs []string
+	for _, name := range sortedKeys(cfg.APIs) {
+		specs = append(specs, name+"="+cfg.APIs[name].Spec.SHA256)
+	}
+	attrs := []attribute.KeyValue{
 		attribute.String(audit.KeyConfigPath, cfg.Path),
 		attribute.String(audit.KeyConfigSHA256, cfg.SHA256),
 		attribute.StringSlice(audit.KeyPeers, peers),
@@ -141,6 +145,10 @@ func configAttrs(cfg *Config) []attribute.KeyValue {
 		attribute.StringSlice(audit.KeyForwards, forwards),
 		attribute.StringSlice(audit.KeyPeerKeys, keys),
 	}
+	if len(specs) > 0 { // the API contracts in force (README, "API guard")
+		attrs = append(attrs, attribute.StringSlice(audit.KeyAPISpecSHA256, specs))
+	}
+	return attrs
 }
 
 func startedAttrs(cfg *Config, id *identity.Identity, listen string) []attribute.KeyValue {

@@ -76,6 +76,11 @@ func Check(path string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "%s: ok: site %s, identity %s, %d peers, %d services, %d forwards\n", path, cfg.Site,
 		id.Public().Fingerprint(), len(cfg.Tunnel.Peers), len(cfg.Tunnel.Services), len(cfg.File.Forwards))
+	for _, name := range sortedKeys(cfg.APIs) {
+		p := cfg.APIs[name]
+		fmt.Fprintf(out, "%s: service %s: API guard: %s (OpenAPI %s, %d operations, sha256 %s)\n", path, name,
+			p.Spec.File, p.Spec.Version, len(p.Spec.Operations), p.Spec.SHA256)
+	}
 	return nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/dyad-tunnel/dyad/apiguard"
 	"github.com/dyad-tunnel/dyad/codec"
 	"github.com/dyad-tunnel/dyad/tunnel"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
@@ -248,6 +250,41 @@ type ServiceFile struct {
 	Critical bool `yaml:"critical_or_important_function,omitempty"`
 	// Limits bound the service's streams from all peers together.
 	Limits LimitsFile `yaml:"limits,omitempty"`
+	// API guards the service's HTTP/1.1 requests with an OpenAPI contract
+	// (README, "API guard"); absent means the stream's bytes pass as they
+	// are.
+	API *APIFile `yaml:"api,omitempty"`
+}
+
+// APIFile is a service's API guard as written.
+type APIFile struct {
+	// Spec is the OpenAPI 3.0 or 3.1 document, relative to the
+	// configuration file's folder.
+	Spec string `yaml:"spec"`
+	// Operations lists per peer the operations it may call: operationIds
+	// (or "METHOD /template" for operations without one), "tag:NAME" or
+	// "*". A peer left out may call every operation.
+	Operations map[string][]string `yaml:"operations,omitempty"`
+	// Validate lists what is checked against the spec: "request"
+	// (parameters, headers and body schemas). Empty means no validation:
+	// the guard still matches, allows and rate-limits.
+	Validate []string `yaml:"validate,omitempty,flow"`
+	// Limits rate-limit each peer's calls, per operation: keys are
+	// operationIds, "tag:NAME" or "*"; the most specific key wins
+	// (operationId, then tag, then "*").
+	Limits map[string]APILimitsFile `yaml:"limits,omitempty"`
+	// MaxBody bounds a request body the guard buffers to validate against
+	// its schema (default 1MiB; "unlimited" is refused).
+	MaxBody Bytes `yaml:"max_body,omitempty"`
+}
+
+// APILimitsFile is one operation's per-peer rate limit, named like the
+// stream limits (streams_per_second, stream_burst).
+type APILimitsFile struct {
+	RequestsPerSecond Number `yaml:"requests_per_second"`
+	// RequestBurst is the bucket's size; zero means requests_per_second
+	// rounded up (at least 1).
+	RequestBurst Number `yaml:"request_burst,omitempty"`
 }
 
 // UpstreamTLSFile is how the exporter speaks TLS to a service's upstream
@@ -319,6 +356,9 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	Audit           AuditConfig
 	SHA256          string // of the file as read, hex
+	// APIs are the API guards' policies by service name (spec loaded and
+	// resolved); a service without api: has none.
+	APIs map[string]*apiguard.Policy
 }
 
 // ConfigError is a problem in the configuration file, with its place.
@@ -639,6 +679,14 @@ func (v *validator) check(f File) *Config {
 		if s.UpstreamTLS != nil {
 			tc = v.upstreamTLS(*s.UpstreamTLS, s.Name, s.Upstream, "services", i, "upstream_tls")
 		}
+		if s.API != nil {
+			if p := v.api(*s.API, s.Name, peers, "services", i, "api"); p != nil {
+				if c.APIs == nil {
+					c.APIs = map[string]*apiguard.Policy{}
+				}
+				c.APIs[s.Name] = p
+			}
+		}
 		t.Services = append(t.Services, tunnel.Service{Name: s.Name, Upstream: s.Upstream, Allow: s.Allow, Limits: s.Limits.tunnel(), TLS: tc})
 	}
 	listens := map[string]bool{}
@@ -670,4 +718,101 @@ func (v *validator) check(f File) *Config {
 		}
 	}
 	return c
+}
+
+// api loads a service's spec (relative to the configuration file) and
+// resolves its operations and limits into a policy; nil after a failure.
+func (v *validator) api(a APIFile, service string, peers map[string]bool, path ...any) *apiguard.Policy {
+	at := func(more ...any) []any { return append(append([]any{}, path...), more...) }
+	if a.Spec == "" {
+		v.fail(errors.New("required: the OpenAPI 3.0 or 3.1 document, relative to this file"), at("spec")...)
+		return nil
+	}
+	file := a.Spec
+	if !filepath.IsAbs(file) {
+		file = filepath.Join(filepath.Dir(v.path), file)
+	}
+	spec, err := apiguard.LoadSpec(file)
+	if err != nil {
+		// `dyad check` and a reload name the file and kin-openapi's own
+		// error (TestCheckMalformedSpec).
+		v.fail(err, at("spec")...)
+		return nil
+	}
+	p := &apiguard.Policy{Service: service, Spec: spec, MaxBody: int64(a.MaxBody)}
+	if a.MaxBody < 0 {
+		v.fail(errors.New("unlimited is not allowed: a validated body is buffered, so it needs a bound"), at("max_body")...)
+	}
+	for j, w := range a.Validate {
+		switch w {
+		case "request":
+			p.ValidateRequest = true
+		default:
+			v.fail(fmt.Errorf("%q is not request", w), at("validate", j)...)
+		}
+	}
+	for _, peer := range sortedKeys(a.Operations) {
+		if !peers[peer] {
+			v.fail(fmt.Errorf("%q is not a configured peer", peer), at("operations", peer)...)
+			continue
+		}
+		ops := map[*apiguard.Operation]bool{}
+		for j, ref := range a.Operations[peer] {
+			resolved, err := spec.Resolve(ref)
+			if err != nil {
+				v.fail(err, at("operations", peer, j)...)
+			}
+			for _, o := range resolved {
+				ops[o] = true
+			}
+		}
+		if p.Allowed == nil {
+			p.Allowed = map[string]map[*apiguard.Operation]bool{}
+		}
+		p.Allowed[peer] = ops
+	}
+	// The most specific key wins: "*", then tags, then operationIds.
+	rank := func(k string) int {
+		switch {
+		case k == "*":
+			return 0
+		case strings.HasPrefix(k, "tag:"):
+			return 1
+		}
+		return 2
+	}
+	keys := sortedKeys(a.Limits)
+	sort.SliceStable(keys, func(i, j int) bool { return rank(keys[i]) < rank(keys[j]) })
+	for _, k := range keys {
+		l := a.Limits[k]
+		if l.RequestsPerSecond <= 0 {
+			v.fail(errors.New("required: a rate above 0 (leave the operation out for no limit)"), at("limits", k, "requests_per_second")...)
+			continue
+		}
+		if l.RequestBurst < 0 || l.RequestBurst != Number(int(l.RequestBurst)) {
+			v.fail(fmt.Errorf("%v is not a whole number", l.RequestBurst), at("limits", k, "request_burst")...)
+			continue
+		}
+		resolved, err := spec.Resolve(k)
+		if err != nil {
+			v.fail(err, at("limits", k)...)
+			continue
+		}
+		if p.Limits == nil {
+			p.Limits = map[*apiguard.Operation]apiguard.Rate{}
+		}
+		for _, o := range resolved {
+			p.Limits[o] = apiguard.Rate{PerSecond: float64(l.RequestsPerSecond), Burst: int(l.RequestBurst)}
+		}
+	}
+	return p
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
