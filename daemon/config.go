@@ -317,6 +317,26 @@ type ForwardConfig struct {
 	// MaxConnections caps the forward's connections at once (default
 	// 1024; "unlimited" for none).
 	MaxConnections Number `yaml:"max_connections,omitempty"`
+	// API checks the partner's HTTP/1.1 responses against its OpenAPI
+	// contract (README, "API guard: responses"); absent means the bytes
+	// pass as they are.
+	API *ForwardAPIFile `yaml:"api,omitempty"`
+}
+
+// ForwardAPIFile is a forward's response check as written.
+type ForwardAPIFile struct {
+	// Spec is the partner's OpenAPI 3.0 or 3.1 document, relative to the
+	// configuration file's folder.
+	Spec string `yaml:"spec"`
+	// Validate lists what is checked: "response" (status, headers, body
+	// schema). Required: it is the only thing a forward checks.
+	Validate []string `yaml:"validate,flow"`
+	// Block replaces a response that breaks the contract with a 502
+	// application/problem+json; false (the default) only audits it.
+	Block bool `yaml:"block,omitempty"`
+	// MaxBody bounds a response body buffered to validate against its
+	// schema (default 1MiB); a longer one streams on unchecked, counted.
+	MaxBody Bytes `yaml:"max_body,omitempty"`
 }
 
 // Duration is a time.Duration written as "30s", "1m30s".
@@ -359,6 +379,9 @@ type Config struct {
 	// APIs are the API guards' policies by service name (spec loaded and
 	// resolved); a service without api: has none.
 	APIs map[string]*apiguard.Policy
+	// ForwardAPIs are the forwards' response checks by ForwardConfig.key;
+	// a forward without api: has none.
+	ForwardAPIs map[string]*apiguard.ResponsePolicy
 }
 
 // ConfigError is a problem in the configuration file, with its place.
@@ -710,6 +733,14 @@ func (v *validator) check(f File) *Config {
 		}
 		if m := fw.MaxConnections; m != Number(int(m)) {
 			v.fail(fmt.Errorf("%v is not a whole number", m), "forwards", i, "max_connections")
+		}
+		if fw.API != nil {
+			if p := v.forwardAPI(*fw.API, fw, "forwards", i, "api"); p != nil {
+				if c.ForwardAPIs == nil {
+					c.ForwardAPIs = map[string]*apiguard.ResponsePolicy{}
+				}
+				c.ForwardAPIs[fw.key()] = p
+			}
 		}
 	}
 	if v.err == nil {

@@ -99,7 +99,7 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 			}
 		}
 	}
-	var up plainConn
+	var up LocalConn
 	var dialErr error
 	if status == StatusAccepted {
 		timeout := strictest(n.cfg.Load().cfg.DialTimeout, pg.limits().DialTimeout, sg.limits().DialTimeout)
@@ -202,7 +202,7 @@ func (n *Node) rejectStream(s *quic.Stream, r *codec.Reader, err error, peer str
 // beyond the client's own. The exporter passes nothing to an upstream
 // before it has accepted the request, and discards what came with a
 // refused one.
-func (n *Node) Forward(ctx context.Context, client *net.TCPConn, peer, service string) error {
+func (n *Node) Forward(ctx context.Context, client LocalConn, peer, service string) error {
 	l := n.link(peer)
 	if l == nil {
 		n.Stats.ForwardsFailed.Add(1)
@@ -327,7 +327,7 @@ func (n *Node) open(ctx context.Context, l *link, service string) (openStream, *
 
 // resetTCP closes c with an RST, so the client sees a refusal, not a clean
 // empty response.
-func resetTCP(c *net.TCPConn) {
+func resetTCP(c LocalConn) {
 	c.SetLinger(0)
 	c.Close()
 }

@@ -10,10 +10,12 @@ import (
 	"time"
 )
 
-// plainConn is the cleartext side of a pump: the local client on the
-// importing side, the upstream on the exporting side. *net.TCPConn is one;
-// an upstream behind TLS is a *tlsUpstream.
-type plainConn interface {
+// LocalConn is the cleartext side of a pump: the local client on the
+// importing side (Forward), the upstream on the exporting side.
+// *net.TCPConn is one; an upstream behind TLS is a *tlsUpstream; a forward
+// whose responses are checked passes an apiguard.CheckedConn. Read and
+// Write are called from two goroutines at once.
+type LocalConn interface {
 	net.Conn
 	// CloseWrite ends the direction towards the other end (a TCP
 	// half-close; for TLS, close_notify and then the half-close).
@@ -23,8 +25,8 @@ type plainConn interface {
 }
 
 var (
-	_ plainConn = (*net.TCPConn)(nil)
-	_ plainConn = (*tlsUpstream)(nil)
+	_ LocalConn = (*net.TCPConn)(nil)
+	_ LocalConn = (*tlsUpstream)(nil)
 )
 
 // tlsUpstream is a TLS client connection to an upstream over TCP.
@@ -76,7 +78,7 @@ func (e *UpstreamTLSError) errorType() string {
 // dialUpstream dials a service's upstream (the only address a peer can make
 // us dial: THREATS P2) and, when the service has TLS, completes the
 // handshake with verification, all within timeout.
-func dialUpstream(ctx context.Context, e *serviceEntry, timeout time.Duration) (plainConn, error) {
+func dialUpstream(ctx context.Context, e *serviceEntry, timeout time.Duration) (LocalConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var d net.Dialer
