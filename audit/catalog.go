@@ -14,6 +14,9 @@ const (
 	ConfigLoaded       = "dyad.config.loaded"
 	ConfigReloaded     = "dyad.config.reloaded"
 	ConfigRejected     = "dyad.config.rejected"
+	APIDenied          = "dyad.api.denied"
+	APIStreamRefused   = "dyad.api.stream_refused"
+	APIInventory       = "dyad.api.inventory"
 	TunnelEstablished  = "dyad.tunnel.established"
 	TunnelClosed       = "dyad.tunnel.closed"
 	PeerAuthRefused    = "dyad.peer.auth_refused"
@@ -83,6 +86,13 @@ const (
 	KeyForwards        = "dyad.config.forwards"
 	KeyPeerKeys        = "dyad.config.peer_keys"
 	KeyAPISpecSHA256   = "dyad.api.spec_sha256"
+	KeyAPIOperation    = "dyad.api.operation"
+	KeyAPIOperations   = "dyad.api.operations"
+	KeyAPIDeprecated   = "dyad.api.deprecated_called"
+	KeyAPIShadow       = "dyad.api.shadow"
+	KeyAPIRefused      = "dyad.api.refused"
+	KeyHTTPMethod      = "http.request.method"
+	KeyHTTPStatus      = "http.response.status_code"
 	KeyError           = "dyad.error"
 	KeyProtocol        = "dyad.export.protocol"
 	KeyQueueFull       = "dyad.export.dropped.queue_full"
@@ -338,6 +348,40 @@ var Catalog = []Spec{
 		Attrs: []AttrSpec{aPeer, aService, aStreamID, {KeyReason, String, false, "not_allowed, unknown_service"}},
 		OCSF:  network(5, "Refuse", 2),
 		ECS:   ECS{"event", []string{"network", "iam"}, []string{"denied", "connection"}, "failure"},
+	},
+	{
+		Name: APIDenied, Severity: Warn, RateLimit: true, Source: []string{KeyPeer},
+		When: "the API guard answered a request itself instead of forwarding it: not allowed for the peer, no such operation, invalid, too large, rate-limited, over the peer's memory budget, or a request shape it refuses (README, API guard)",
+		Attrs: []AttrSpec{
+			aPeer, aService,
+			{KeyAPIOperation, String, true, "operationId (or METHOD /template) of the matched operation, or the path shape of a request that matched none (/v1/payments/{num}); absent when the request could not be parsed"},
+			{KeyHTTPMethod, String, true, `request method (non-standard methods as "_OTHER"); absent when the request could not be parsed`},
+			{KeyHTTPStatus, Int, false, "status the guard answered: 400, 403, 404, 413, 429, 431, 503 or 505"},
+			{KeyReason, String, false, "not_allowed, no_route, method_not_allowed, invalid_parameter, invalid_header, invalid_body, invalid_request, body_too_large, rate_limited, memory_budget, header_too_large, truncated, bare_lf, obs_fold, malformed_header, content_length_and_transfer_encoding, duplicate_content_length, malformed_content_length, unsupported_transfer_encoding, http_version, request_target, path_not_canonical, upgrade"},
+		},
+		OCSF: OCSF{4002, "HTTP Activity", 99, "Other", 2, 4},
+		ECS:  ECS{"event", []string{"web", "network"}, []string{"denied", "access"}, "failure"},
+	},
+	{
+		Name: APIStreamRefused, Severity: Warn, RateLimit: true, Source: []string{KeyPeer},
+		When:  "a stream to a guarded service did not carry HTTP/1.1 (other bytes, or HTTP/2 with prior knowledge): it is ended without reaching the upstream",
+		Attrs: []AttrSpec{aPeer, aService, {KeyReason, String, false, "not_http, h2c"}},
+		OCSF:  network(5, "Refuse", 2),
+		ECS:   ECS{"event", []string{"network"}, []string{"denied", "connection"}, "failure"},
+	},
+	{
+		Name: APIInventory, Severity: Info,
+		When: "periodically (every api inventory interval, 5 min) for each peer that called a guarded service since the previous one: what it called, cumulative since the daemon started (OWASP API9)",
+		Attrs: []AttrSpec{
+			aPeer, aService,
+			{KeyAPIOperations, StringSlice, false, "operations called as operationId:2xx=N,4xx=N (status classes of the answers, the guard's own included)"},
+			{KeyAPIDeprecated, StringSlice, false, "deprecated operations the peer still calls"},
+			{KeyAPIShadow, StringSlice, false, "requests matching no operation as METHOD shape=N (shapes bounded at 256 per peer, the rest as _OTHER)"},
+			{KeyAPIRefused, StringSlice, false, "requests and streams refused before routing as reason=N"},
+			aAPISpecs,
+		},
+		OCSF: OCSF{5001, "Inventory Info", 2, "Collect", 1, 5},
+		ECS:  ECS{"event", []string{"web"}, []string{"info"}, "success"},
 	},
 	{
 		Name: RateLimitExceeded, Severity: Warn, RateLimit: true, Source: []string{KeyPeer, KeyPeerAddress},

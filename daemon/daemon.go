@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel/attribute"
 
+	"github.com/dyad-tunnel/dyad/apiguard"
 	"github.com/dyad-tunnel/dyad/audit"
 	"github.com/dyad-tunnel/dyad/audit/journal"
 	"github.com/dyad-tunnel/dyad/tunnel"
@@ -36,6 +37,9 @@ type Daemon struct {
 
 	mu       sync.Mutex                  // guards forwards
 	forwards map[string]*forwardListener // by ForwardConfig.key
+
+	apiMu  sync.Mutex                 // guards guards
+	guards map[string]*apiguard.Guard // API guards in force, by service
 
 	ready atomic.Bool
 	conns sync.WaitGroup // forwarded connections being handed to the node
@@ -100,7 +104,10 @@ func RunWith(ctx context.Context, path string, logOut io.Writer, o RunOptions) e
 		Int("services", len(cfg.Tunnel.Services)).Int("forwards", len(cfg.File.Forwards)).
 		Str("journal", cfg.Audit.Journal.Dir).Msg("dyad running")
 
-	var tick <-chan time.Time // watchdog pings and STATUS= refresh, under a service manager
+	inventory := time.NewTicker(inventoryInterval)
+	defer inventory.Stop()
+	seen := map[string]time.Time{} // the inventory's last-seen times at its previous event
+	var tick <-chan time.Time      // watchdog pings and STATUS= refresh, under a service manager
 	if every := sd.tick(); every > 0 {
 		t := time.NewTicker(every)
 		defer t.Stop()
@@ -113,6 +120,8 @@ func RunWith(ctx context.Context, path string, logOut io.Writer, o RunOptions) e
 			stop = true
 		case <-tick:
 			sd.alive(d.runningStatus(note))
+		case <-inventory.C:
+			d.emitInventory(seen)
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
 				note = d.reloadNotified(sd, path)
@@ -124,6 +133,7 @@ func RunWith(ctx context.Context, path string, logOut io.Writer, o RunOptions) e
 	}
 	sd.stopping(fmt.Sprintf("draining: open streams have up to %v to finish", d.cfg.Load().ShutdownTimeout))
 	d.shutdown(admin)
+	d.emitInventory(seen)
 	d.stopped(started, "signal", nil)
 	return nil
 }
@@ -135,11 +145,13 @@ func (d *Daemon) start(cfg *Config, id *identity.Identity) (*http.Server, error)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.File.Listen, err)
 	}
+	commit := d.wireGuards(cfg)
 	node, err := tunnel.New(pc, id, cfg.Tunnel, d.log, d.au.auditor)
 	if err != nil {
 		pc.Close()
 		return nil, err
 	}
+	commit()
 	d.node = node
 	if err := d.applyForwards(cfg, func() error { return nil }); err != nil {
 		node.Close()
@@ -200,7 +212,11 @@ func (d *Daemon) reload(path string) error {
 		err = restartOnly(old, cfg)
 	}
 	if err == nil {
+		commit := d.wireGuards(cfg)
 		err = d.applyForwards(cfg, func() error { return d.node.Update(cfg.Tunnel) })
+		if err == nil {
+			commit()
+		}
 	}
 	if err != nil {
 		errType := "invalid_config"
@@ -268,6 +284,7 @@ func (d *Daemon) startAdmin(addr string) (*http.Server, error) {
 			"peers":    d.node.Status(),
 			"counters": d.node.Stats.Snapshot(),
 			"process":  processStatus(),
+			"api":      d.apiStatus(),
 		})
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -103,7 +104,34 @@ type Service struct {
 	// Limits bound all the service's streams together; zero fields mean
 	// no per-service limit.
 	Limits Limits
+	// Guard, when set, stands between an accepted stream and its upstream
+	// (the API guard, package apiguard); nil passes the bytes as they are.
+	Guard StreamGuard
 }
+
+// StreamGuard intercepts the traffic of a service's accepted streams.
+// Wrap is called once per stream, after the upstream was dialed and the
+// stream accepted; the returned Conn replaces upstream in the pump (the
+// pump reads the client's answer bytes from it and writes the client's
+// bytes to it) and owns upstream from then on: its Close closes upstream.
+// peer is the name the stream's connection authenticated as.
+type StreamGuard interface {
+	Wrap(peer string, upstream Conn) Conn
+}
+
+// Conn is the local end of a pumped stream: the client's or upstream's TCP
+// connection (a *net.TCPConn), a TLS connection to an upstream over one
+// (upstream_tls), or a StreamGuard's wrapper of either.
+// CloseWrite passes the other side's FIN; SetLinger(0) before Close turns
+// the close into a reset.
+type Conn interface {
+	io.ReadWriter
+	CloseWrite() error
+	Close() error
+	SetLinger(sec int) error
+}
+
+var _ Conn = (*net.TCPConn)(nil)
 
 func (c Config) withDefaults() Config {
 	def := func(d *time.Duration, v time.Duration) {

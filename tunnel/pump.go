@@ -34,7 +34,7 @@ type pumpResult struct {
 // answer, on the importing side, reads the exporter's answer before any
 // byte goes to the local client; the local → tunnel direction does not
 // wait for it (pipelined open, see Forward).
-func (n *Node) pump(local LocalConn, s *quic.Stream, r *codec.Reader, w *codec.Writer, answer func() error, g guard) pumpResult {
+func (n *Node) pump(local Conn, s *quic.Stream, r *codec.Reader, w *codec.Writer, answer func() error, g guard) pumpResult {
 	var (
 		res      pumpResult
 		once     sync.Once

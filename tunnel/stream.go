@@ -129,7 +129,11 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	n.Stats.StreamsAccepted.Add(1)
 	start := time.Now()
 	n.auditStreamOpened(peer, service, inbound, id, up.RemoteAddr())
-	res := n.pump(up, s, r, w, nil, n.guard(peer, service, pg, sg))
+	var local Conn = up
+	if upstream.Guard != nil {
+		local = upstream.Guard.Wrap(peer, up)
+	}
+	res := n.pump(local, s, r, w, nil, n.guard(peer, service, pg, sg))
 	if reason := codec.Reason(res.err); reason != "" {
 		n.auditRecordRejected(peer, service, id, reason)
 	}

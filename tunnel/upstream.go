@@ -10,18 +10,13 @@ import (
 	"time"
 )
 
-// LocalConn is the cleartext side of a pump: the local client on the
-// importing side (Forward), the upstream on the exporting side.
-// *net.TCPConn is one; an upstream behind TLS is a *tlsUpstream; a forward
-// whose responses are checked passes an apiguard.CheckedConn. Read and
-// Write are called from two goroutines at once.
+// LocalConn is a Conn with its remote address, for events: the local
+// client on the importing side (Forward; a forward whose responses are
+// checked passes an apiguard.CheckedConn) and the dialed upstream on the
+// exporting side (a *net.TCPConn, or a *tlsUpstream with upstream_tls).
 type LocalConn interface {
-	net.Conn
-	// CloseWrite ends the direction towards the other end (a TCP
-	// half-close; for TLS, close_notify and then the half-close).
-	CloseWrite() error
-	// SetLinger(0) makes the next Close send a reset.
-	SetLinger(sec int) error
+	Conn
+	RemoteAddr() net.Addr
 }
 
 var (

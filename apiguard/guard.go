@@ -1,0 +1,574 @@
+package apiguard
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"go.opentelemetry.io/otel/attribute"
+	"golang.org/x/time/rate"
+
+	"github.com/dyad-tunnel/dyad/audit"
+	"github.com/dyad-tunnel/dyad/tunnel"
+)
+
+// Emitter records audit events (an *audit.Auditor).
+type Emitter interface {
+	Emit(name string, attrs ...attribute.KeyValue)
+}
+
+// BudgetFactor sets a peer's memory budget for buffered bodies on one
+// guarded service: BudgetFactor × max_body. A request that would exceed
+// it waits up to budgetWait for other bodies to be released, then is
+// answered 503 with Retry-After (README, memory formula).
+const BudgetFactor = 8
+
+const budgetWait = time.Second
+
+// Guard is one guarded service's long-lived state: the policy in force
+// (replaced whole on reload), the per-peer per-operation rate buckets, the
+// peers' memory budgets and the inventory. It is safe for concurrent use.
+type Guard struct {
+	service string
+	audit   Emitter
+	policy  atomic.Pointer[Policy]
+	inv     *Inventory
+
+	mu      sync.Mutex // guards the following fields
+	buckets map[bucketKey]*bucket
+	budgets map[string]*atomic.Int64 // bytes of bodies buffered, per peer
+}
+
+type bucketKey struct{ peer, op string }
+
+type bucket struct {
+	r   Rate
+	lim *rate.Limiter
+}
+
+var _ tunnel.StreamGuard = (*Guard)(nil)
+
+// NewGuard returns the guard of service under p; events go to a (nil:
+// none).
+func NewGuard(p *Policy, a Emitter) *Guard {
+	g := &Guard{service: p.Service, audit: a, inv: newInventory(), buckets: map[bucketKey]*bucket{}, budgets: map[string]*atomic.Int64{}}
+	g.policy.Store(p)
+	return g
+}
+
+// SetPolicy puts p in force for requests parsed from now on; counters,
+// buckets of unchanged rates and the inventory stay.
+func (g *Guard) SetPolicy(p *Policy) { g.policy.Store(p) }
+
+// Policy returns the policy in force.
+func (g *Guard) Policy() *Policy { return g.policy.Load() }
+
+// Inventory returns the service's inventory (OWASP API9).
+func (g *Guard) Inventory() *Inventory { return g.inv }
+
+// allow takes a token of peer's bucket for op; when there is none it
+// returns the whole seconds until one will be there (Retry-After).
+func (g *Guard) allow(peer string, op *Operation, r Rate) (bool, int) {
+	burst := r.Burst
+	if burst <= 0 {
+		burst = max(1, int(math.Ceil(r.PerSecond)))
+	}
+	k := bucketKey{peer, op.Key}
+	g.mu.Lock()
+	b := g.buckets[k]
+	if b == nil || b.r != r {
+		b = &bucket{r: r, lim: rate.NewLimiter(rate.Limit(r.PerSecond), burst)}
+		g.buckets[k] = b
+	}
+	g.mu.Unlock()
+	now := time.Now()
+	if b.lim.AllowN(now, 1) {
+		return true, 0
+	}
+	wait := (1 - b.lim.TokensAt(now)) / r.PerSecond
+	return false, max(1, int(math.Ceil(wait)))
+}
+
+// budget returns peer's count of buffered body bytes.
+func (g *Guard) budget(peer string) *atomic.Int64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	b := g.budgets[peer]
+	if b == nil {
+		b = new(atomic.Int64)
+		g.budgets[peer] = b
+	}
+	return b
+}
+
+// reserve takes n bytes of peer's budget (limit bytes in all), waiting up
+// to budgetWait; false when it could not.
+func reserve(b *atomic.Int64, n, limit int64) bool {
+	deadline := time.Now().Add(budgetWait)
+	for {
+		if cur := b.Load(); cur+n <= limit {
+			if b.CompareAndSwap(cur, cur+n) {
+				return true
+			}
+			continue
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Wrap implements tunnel.StreamGuard: the stream's bytes go through the
+// guard's request loop, which alone writes to upstream.
+func (g *Guard) Wrap(peer string, upstream tunnel.Conn) tunnel.Conn {
+	c := &conn{g: g, peer: peer, up: upstream}
+	c.inR, c.inW = io.Pipe()
+	c.outR, c.outW = io.Pipe()
+	go c.serve()
+	return c
+}
+
+// conn is a guarded stream as the pump sees it: Write takes the client's
+// bytes, Read gives what the client gets back (upstream's responses and
+// the guard's own, in request order).
+type conn struct {
+	g    *Guard
+	peer string
+	up   tunnel.Conn
+	inR  *io.PipeReader
+	inW  *io.PipeWriter
+	outR *io.PipeReader
+	outW *io.PipeWriter
+}
+
+func (c *conn) Read(p []byte) (int, error)  { return c.outR.Read(p) }
+func (c *conn) Write(p []byte) (int, error) { return c.inW.Write(p) }
+
+// CloseWrite passes the client's FIN: the loop ends after the last whole
+// request.
+func (c *conn) CloseWrite() error { return c.inW.Close() }
+
+// SetLinger sets upstream's linger (0: the close resets it).
+func (c *conn) SetLinger(sec int) error { return c.up.SetLinger(sec) }
+
+// Close ends both pipes and closes upstream.
+func (c *conn) Close() error {
+	c.inW.CloseWithError(net.ErrClosed)
+	c.outR.CloseWithError(net.ErrClosed)
+	return c.up.Close()
+}
+
+var (
+	clientReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, MaxHeaderBytes) }}
+	upReaders     = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	writers       = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+)
+
+// drainLimit is what the guard reads and discards of the client's bytes
+// after it ended a stream, so its last answer is not lost to a reset.
+const drainLimit = 64 << 10
+
+// serve is the request loop: parse, decide, forward or answer, in order,
+// one request at a time (pipelined requests wait in the client reader).
+func (c *conn) serve() {
+	br := clientReaders.Get().(*bufio.Reader)
+	br.Reset(c.inR)
+	ubr := upReaders.Get().(*bufio.Reader)
+	ubr.Reset(c.up)
+	bw := writers.Get().(*bufio.Writer)
+	bw.Reset(c.outW)
+	defer func() {
+		br.Reset(nil)
+		clientReaders.Put(br)
+		ubr.Reset(nil)
+		upReaders.Put(ubr)
+		bw.Reset(nil)
+		writers.Put(bw)
+		c.outW.Close()
+		c.up.CloseWrite()
+		io.CopyN(io.Discard, c.inR, drainLimit)
+		c.inR.CloseWithError(net.ErrClosed)
+	}()
+	for first := true; ; first = false {
+		if !c.one(br, ubr, bw, first) {
+			return
+		}
+	}
+}
+
+// decision is what the guard does with one request.
+type decision struct {
+	op         *Operation
+	shape      string // the route template, or the path shape of a shadow request
+	status     int    // 0: forward
+	reason     string
+	detail     string // for the client's problem body only, never for events
+	retryAfter int
+	close      bool // end the stream after the answer
+}
+
+// one serves one request; false ends the stream.
+func (c *conn) one(br, ubr *bufio.Reader, bw *bufio.Writer, first bool) bool {
+	p := c.g.policy.Load()
+	n, err := headerBlock(br, first)
+	var ref *refusal
+	switch {
+	case errors.Is(err, errStreamEnd):
+		return false
+	case errors.As(err, &ref) && first && (ref.reason == reasonNotHTTP || ref.reason == reasonH2C):
+		c.refuseStream(bw, ref.reason)
+		return false
+	case errors.As(err, &ref):
+		status := http.StatusBadRequest
+		if ref.reason == reasonHeaderTooLarge {
+			status = http.StatusRequestHeaderFieldsTooLarge
+		}
+		c.deny(bw, p, "", "", decision{status: status, reason: ref.reason, close: true})
+		return false
+	case err != nil:
+		return false
+	}
+	block, _ := br.Peek(n)
+	if r := checkHeader(block); r != "" {
+		status := http.StatusBadRequest
+		if r == reasonVersion {
+			status = http.StatusHTTPVersionNotSupported
+		}
+		c.deny(bw, p, "", "", decision{status: status, reason: r, close: true})
+		return false
+	}
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		c.deny(bw, p, "", "", decision{status: http.StatusBadRequest, reason: reasonMalformed, close: true})
+		return false
+	}
+	d := c.decide(p, req, bw)
+	method := methodLabel(req.Method)
+	if d.status != 0 {
+		if !d.close && !drain(req, p.maxBody()) {
+			d.close = true
+		}
+		c.deny(bw, p, method, req.Method, d)
+		return !d.close && !req.Close
+	}
+	// The guard answers Expect: 100-continue itself (buffer did for a
+	// buffered body): the body it forwards is read from the client only
+	// after this, and upstream never waits for a body nobody sends.
+	if expects100(req) {
+		req.Header.Del("Expect")
+		if !continue100(bw) {
+			return false
+		}
+	}
+	if _, ok := req.Header["User-Agent"]; !ok {
+		req.Header["User-Agent"] = []string{""} // net/http would add its own
+	}
+	buffered := req.GetBody != nil
+	err = req.Write(c.up)
+	if buffered {
+		c.g.budget(c.peer).Add(-req.ContentLength)
+	}
+	if err != nil {
+		c.answer(bw, d.op, http.StatusBadGateway, "upstream_write", true)
+		return false
+	}
+	resp, err := readResponse(ubr, req, bw)
+	if err != nil {
+		c.answer(bw, d.op, http.StatusBadGateway, "upstream_read", true)
+		return false
+	}
+	err = resp.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	c.g.inv.record(c.peer, d.op, resp.StatusCode)
+	return err == nil && !resp.Close && !req.Close
+}
+
+// readResponse reads upstream's answer to req, passing 1xx answers on.
+func readResponse(ubr *bufio.Reader, req *http.Request, bw *bufio.Writer) (*http.Response, error) {
+	for {
+		resp, err := http.ReadResponse(ubr, req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			return nil, errors.New("upstream switched protocols")
+		}
+		if resp.StatusCode >= 200 {
+			return resp, nil
+		}
+		fmt.Fprintf(bw, "HTTP/1.1 %s\r\n", resp.Status)
+		resp.Header.Write(bw)
+		bw.WriteString("\r\n")
+		if err := bw.Flush(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// continue100 tells the client to send its body.
+func continue100(bw *bufio.Writer) bool {
+	bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+	return bw.Flush() == nil
+}
+
+func expects100(req *http.Request) bool {
+	for _, v := range req.Header["Expect"] {
+		if len(v) == 12 && (v == "100-continue" || bytes.EqualFold([]byte(v), []byte("100-continue"))) {
+			return true
+		}
+	}
+	return false
+}
+
+// drain reads a denied request's body so the connection stays usable; false
+// when it is longer than limit (the stream then ends after the answer) or
+// the client waits for 100 Continue.
+func drain(req *http.Request, limit int64) bool {
+	if req.Body == nil || req.Body == http.NoBody {
+		return true
+	}
+	if expects100(req) {
+		return false
+	}
+	n, err := io.CopyN(io.Discard, req.Body, limit+1)
+	return err == io.EOF || err == nil && n <= limit
+}
+
+// decide matches req to an operation and applies the policy: route,
+// peer's allow list, rate limit, validation. It may buffer the body (for a
+// schema), replacing req.Body.
+func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
+	if req.URL == nil || req.URL.IsAbs() || req.URL.Opaque != "" || req.RequestURI == "*" || req.Method == http.MethodConnect {
+		return decision{status: http.StatusBadRequest, reason: reasonTarget, close: true}
+	}
+	if !canonicalPath(req.URL) {
+		return decision{status: http.StatusBadRequest, reason: reasonPath, shape: Shape(req.URL.Path), close: true}
+	}
+	if req.Header.Get("Upgrade") != "" {
+		return decision{status: http.StatusBadRequest, reason: reasonUpgrade, close: true}
+	}
+	route, params, err := p.Spec.router.FindRoute(req)
+	if err != nil {
+		reason := "no_route"
+		var re *routers.RouteError
+		if errors.As(err, &re) && re.Reason == routers.ErrMethodNotAllowed.Error() || otherMethod(p, req) {
+			reason = "method_not_allowed"
+		}
+		shape := Shape(req.URL.Path)
+		return decision{status: http.StatusNotFound, reason: reason, shape: shape}
+	}
+	op := p.Spec.byOp[route.Operation]
+	d := decision{op: op, shape: op.Path}
+	if !p.allowed(c.peer, op) {
+		d.status, d.reason = http.StatusForbidden, "not_allowed"
+		return d
+	}
+	if r, ok := p.Limits[op]; ok {
+		if ok, retry := c.g.allow(c.peer, op, r); !ok {
+			d.status, d.reason, d.retryAfter = http.StatusTooManyRequests, "rate_limited", retry
+			return d
+		}
+	}
+	if !p.ValidateRequest {
+		return d
+	}
+	opts := &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc, ExcludeRequestBody: true}
+	if op.BodySchema && req.Body != nil && req.Body != http.NoBody {
+		if req.ContentLength > p.maxBody() {
+			d.status, d.reason, d.close = http.StatusRequestEntityTooLarge, "body_too_large", true
+			return d
+		}
+		if d2, ok := c.buffer(p, req, d, bw); !ok {
+			return d2
+		}
+		opts.ExcludeRequestBody = false
+	}
+	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route, Options: opts}
+	if err := openapi3filter.ValidateRequest(validateDoc, in); err != nil {
+		d.status, d.reason, d.detail = http.StatusBadRequest, validationReason(err), truncate(err.Error(), 400)
+		if req.GetBody != nil { // buffered: its budget goes back now
+			c.g.budget(c.peer).Add(-req.ContentLength)
+			req.GetBody = nil
+		}
+	}
+	return d
+}
+
+// buffer reads req's body (at most max_body, within the peer's budget)
+// for validation; false with the decision to answer when it could not.
+func (c *conn) buffer(p *Policy, req *http.Request, d decision, bw *bufio.Writer) (decision, bool) {
+	limit := p.maxBody()
+	want := limit
+	if req.ContentLength > 0 {
+		want = req.ContentLength
+	}
+	b := c.g.budget(c.peer)
+	// THREATS P5: buffered bodies count in the peer's budget
+	// (BudgetFactor × max_body), tested by TestGuardMemoryBudget.
+	if !reserve(b, want, BudgetFactor*limit) {
+		d.status, d.reason, d.retryAfter, d.close = http.StatusServiceUnavailable, "memory_budget", 1, true
+		return d, false
+	}
+	if expects100(req) {
+		req.Header.Del("Expect")
+		continue100(bw)
+	}
+	data, err := io.ReadAll(io.LimitReader(req.Body, limit+1))
+	if err != nil || int64(len(data)) > limit {
+		b.Add(-want)
+		if err != nil {
+			d.status, d.reason, d.close = http.StatusBadRequest, reasonTruncated, true
+		} else {
+			d.status, d.reason, d.close = http.StatusRequestEntityTooLarge, "body_too_large", true
+		}
+		return d, false
+	}
+	b.Add(int64(len(data)) - want)
+	req.Body = io.NopCloser(bytes.NewReader(data))
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
+	req.ContentLength = int64(len(data))
+	req.TransferEncoding = nil
+	return d, true
+}
+
+// otherMethod says whether req's path is an operation's under another
+// method (the router tells that only for paths without parameters). Only
+// requests that match no operation pay for it.
+func otherMethod(p *Policy, req *http.Request) bool {
+	r := *req
+	for _, m := range []string{"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"} {
+		if m == req.Method {
+			continue
+		}
+		r.Method = m
+		if _, _, err := p.Spec.router.FindRoute(&r); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// validationReason classes a kin-openapi validation error for events.
+func validationReason(err error) string {
+	var re *openapi3filter.RequestError
+	if errors.As(err, &re) {
+		switch {
+		case re.Parameter != nil && re.Parameter.In == openapi3.ParameterInHeader:
+			return "invalid_header"
+		case re.Parameter != nil:
+			return "invalid_parameter"
+		case re.RequestBody != nil:
+			return "invalid_body"
+		}
+	}
+	return "invalid_request"
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// methodLabel keeps the standard methods and maps any other to "_OTHER"
+// (OpenTelemetry's convention), so a peer cannot put text of its own into
+// events or the inventory's keys.
+func methodLabel(m string) string {
+	switch m {
+	case "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY":
+		return m
+	}
+	return "_OTHER"
+}
+
+// deny answers a refused request with a problem body, counts it in the
+// inventory and audits it.
+func (c *conn) deny(bw *bufio.Writer, p *Policy, method, rawMethod string, d decision) {
+	opName := d.shape
+	switch {
+	case d.op != nil:
+		opName = d.op.Key
+		c.g.inv.record(c.peer, d.op, d.status)
+	case d.reason == "no_route" || d.reason == "method_not_allowed":
+		c.g.inv.shadow(c.peer, method, d.shape)
+	default:
+		c.g.inv.refused(c.peer, d.reason)
+	}
+	if c.g.audit != nil {
+		attrs := []attribute.KeyValue{attribute.String(audit.KeyPeer, c.peer), attribute.String(audit.KeyService, c.g.service),
+			attribute.Int(audit.KeyHTTPStatus, d.status), attribute.String(audit.KeyReason, d.reason)}
+		if opName != "" {
+			attrs = append(attrs, attribute.String(audit.KeyAPIOperation, opName))
+		}
+		if method != "" {
+			attrs = append(attrs, attribute.String(audit.KeyHTTPMethod, method))
+		}
+		c.g.audit.Emit(audit.APIDenied, attrs...)
+	}
+	writeProblem(bw, d.status, d.reason, d.detail, d.retryAfter, d.close)
+	bw.Flush()
+}
+
+// answer is the guard's own answer when upstream failed (no audit: not a
+// policy decision; counted in the inventory).
+func (c *conn) answer(bw *bufio.Writer, op *Operation, status int, reason string, close bool) {
+	c.g.inv.record(c.peer, op, status)
+	writeProblem(bw, status, reason, "", 0, close)
+	bw.Flush()
+}
+
+// refuseStream ends a stream that does not carry HTTP/1.1. HTTP/2 with
+// prior knowledge gets an HTTP/2 refusal it understands: an empty SETTINGS
+// frame and GOAWAY with HTTP_1_1_REQUIRED.
+func (c *conn) refuseStream(bw *bufio.Writer, reason string) {
+	c.g.inv.refused(c.peer, reason)
+	if c.g.audit != nil {
+		c.g.audit.Emit(audit.APIStreamRefused, attribute.String(audit.KeyPeer, c.peer),
+			attribute.String(audit.KeyService, c.g.service), attribute.String(audit.KeyReason, reason))
+	}
+	if reason == reasonH2C {
+		bw.Write([]byte{0, 0, 0, 4, 0, 0, 0, 0, 0}) // SETTINGS
+		bw.Write([]byte{0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0d})
+		bw.Flush()
+	}
+}
+
+// problem is an RFC 9457 problem body.
+type problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Reason string `json:"reason"`
+	Detail string `json:"detail,omitempty"`
+}
+
+func writeProblem(bw *bufio.Writer, status int, reason, detail string, retryAfter int, close bool) {
+	body, _ := json.Marshal(problem{Type: "about:blank", Title: http.StatusText(status), Status: status, Reason: reason, Detail: detail})
+	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: application/problem+json\r\nContent-Length: %d\r\nCache-Control: no-store\r\n",
+		status, http.StatusText(status), len(body))
+	if retryAfter > 0 {
+		bw.WriteString("Retry-After: " + strconv.Itoa(retryAfter) + "\r\n")
+	}
+	if close {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	bw.Write(body)
+}
