@@ -17,6 +17,7 @@ const (
 	APIDenied          = "dyad.api.denied"
 	APIStreamRefused   = "dyad.api.stream_refused"
 	APIInventory       = "dyad.api.inventory"
+	APIResponseInvalid = "dyad.api.response_invalid"
 	TunnelEstablished  = "dyad.tunnel.established"
 	TunnelClosed       = "dyad.tunnel.closed"
 	PeerAuthRefused    = "dyad.peer.auth_refused"
@@ -93,6 +94,8 @@ const (
 	KeyAPIRefused      = "dyad.api.refused"
 	KeyHTTPMethod      = "http.request.method"
 	KeyHTTPStatus      = "http.response.status_code"
+	KeyAPIKeyword      = "dyad.api.schema_keyword"
+	KeyAPIAction       = "dyad.api.action"
 	KeyError           = "dyad.error"
 	KeyProtocol        = "dyad.export.protocol"
 	KeyQueueFull       = "dyad.export.dropped.queue_full"
@@ -183,7 +186,7 @@ var (
 	aStreamID   = AttrSpec{KeyStreamID, Int, false, "QUIC stream id within the tunnel"}
 	aErrorType  = AttrSpec{KeyErrorType, String, true, "machine-readable error class"}
 	aCountSince = AttrSpec{KeyWindow, Float, false, "seconds the counts cover"}
-	aAPISpecs   = AttrSpec{KeyAPISpecSHA256, StringSlice, true, "API guards' OpenAPI documents in force as service=SHA-256 (hex); absent when no service has api:"}
+	aAPISpecs   = AttrSpec{KeyAPISpecSHA256, StringSlice, true, "API guards' OpenAPI documents in force as service=SHA-256 (hex), and the forwards' response checks as listen→peer/service=SHA-256; absent when no service or forward has api:"}
 )
 
 var (
@@ -395,6 +398,21 @@ var Catalog = []Spec{
 		},
 		OCSF: network(5, "Refuse", 2),
 		ECS:  ECS{"event", []string{"network"}, []string{"denied"}, "failure"},
+	},
+	{
+		Name: APIResponseInvalid, Severity: Warn, RateLimit: true, Source: []string{KeyPeer},
+		When: "a response that came back through a forward with api: validate: [response] broke the partner's OpenAPI contract (OWASP API10); with block: true the client got a 502 problem response instead (README, API guard: responses)",
+		Attrs: []AttrSpec{
+			aPeer, aService,
+			{KeyAPIOperation, String, true, "operationId (or METHOD /template) of the request's operation; absent when the response was not HTTP/1.1 and its request matched none"},
+			{KeyHTTPMethod, String, true, "the request's method, as the spec writes it; absent with dyad.api.operation"},
+			{KeyHTTPStatus, Int, true, "the partner's status; absent when the response was not HTTP/1.1"},
+			{KeyReason, String, false, "undeclared_status, undeclared_property (a property the schema forbids: OWASP API3), schema_violation, undeclared_content_type, invalid_header, undecodable_body, malformed_response"},
+			{KeyAPIKeyword, String, true, "the JSON Schema keyword that failed (type, required, enum, additionalProperties, …), never a value"},
+			{KeyAPIAction, String, false, "blocked (replaced by a 502) or reported (passed on)"},
+		},
+		OCSF: finding,
+		ECS:  ECS{"alert", []string{"web", "intrusion_detection"}, []string{"info"}, "failure"},
 	},
 	{
 		Name: RecordRejected, Severity: Warn, RateLimit: true, Source: []string{KeyPeer},

@@ -279,12 +279,13 @@ func (d *Daemon) startAdmin(addr string) (*http.Server, error) {
 	mux.HandleFunc("GET /statusz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{
-			"site":     d.cfg.Load().Site,
-			"ready":    d.ready.Load(),
-			"peers":    d.node.Status(),
-			"counters": d.node.Stats.Snapshot(),
-			"process":  processStatus(),
-			"api":      d.apiStatus(),
+			"site":         d.cfg.Load().Site,
+			"ready":        d.ready.Load(),
+			"peers":        d.node.Status(),
+			"counters":     d.node.Stats.Snapshot(),
+			"process":      processStatus(),
+			"api":          d.apiStatus(),
+			"api_forwards": d.forwardAPIStatus(),
 		})
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
