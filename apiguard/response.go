@@ -71,7 +71,7 @@ type ResponseFinding struct {
 }
 
 // ResponseStats counts a forward's responses; every response is counted in
-// exactly one of Valid, Invalid or the Unchecked counters.
+// exactly one of Valid, Invalid, Refusals or the Unchecked counters.
 type ResponseStats struct {
 	Valid            atomic.Uint64 // matched an operation and passed
 	Invalid          atomic.Uint64 // broke the contract (audited)
@@ -79,6 +79,9 @@ type ResponseStats struct {
 	UncheckedNoOp    atomic.Uint64 // the request matched no operation of the spec
 	UncheckedTooLong atomic.Uint64 // the body needed validation but was over max_body: streamed unchecked
 	UncheckedStream  atomic.Uint64 // after the request stream stopped parsing (not HTTP/1.1): passed as bytes
+	// Refusals are problem+json 4xx/503 answers with a status the
+	// operation does not declare: the partner's side refused the call.
+	Refusals atomic.Uint64
 }
 
 // Snapshot returns the counters by name, for /statusz.
@@ -86,7 +89,7 @@ func (s *ResponseStats) Snapshot() map[string]uint64 {
 	return map[string]uint64{
 		"valid": s.Valid.Load(), "invalid": s.Invalid.Load(), "blocked": s.Blocked.Load(),
 		"unchecked_no_operation": s.UncheckedNoOp.Load(), "unchecked_over_max_body": s.UncheckedTooLong.Load(),
-		"unchecked_not_http": s.UncheckedStream.Load(),
+		"unchecked_not_http": s.UncheckedStream.Load(), "partner_refusals": s.Refusals.Load(),
 	}
 }
 
@@ -369,6 +372,15 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 	}
 	f := ResponseFinding{Operation: pr.op.Key, Method: pr.op.Method, Route: pr.op.Path, Status: resp.StatusCode, Blocked: c.p.Block}
 	f.Reason, f.Keyword = responseReason(err)
+	if f.Reason == ReasonUndeclaredStatus && problemRefusal(resp) {
+		// The partner's side refused the call (its dyad's API guard
+		// answers 403, 404, 429 … this way): not data to consume.
+		c.stats.Refusals.Add(1)
+		if body != nil {
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		return more, resp.Write(c.TCPConn)
+	}
 	c.finding(f)
 	if !c.p.Block {
 		if body != nil {
@@ -411,6 +423,19 @@ func (c *CheckedConn) writeProblem(f ResponseFinding, last bool) error {
 	}
 	_, err := fmt.Fprintf(c.TCPConn, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/problem+json\r\nContent-Length: %d\r\n%s\r\n%s", len(body), conn, body)
 	return err
+}
+
+// problemRefusal says whether resp is a refusal in the RFC 9457 problem format
+// with a client-error or 503 status, as the exporting dyad's API guard
+// answers (400, 403, 404, 405, 413, 429, 431, 503): an undeclared status of
+// this kind is counted, not reported.
+func problemRefusal(resp *http.Response) bool {
+	ct := resp.Header.Get("Content-Type")
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	return strings.TrimSpace(strings.ToLower(ct)) == "application/problem+json" &&
+		(resp.StatusCode >= 400 && resp.StatusCode < 500 || resp.StatusCode == http.StatusServiceUnavailable)
 }
 
 // needsBody says whether the response's body has a schema to validate,

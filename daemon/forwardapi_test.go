@@ -33,6 +33,9 @@ func brokenPartner(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"id":"SECRETVALUE","amount":5,"status":"settled"}`)
 	case "/v1/payments/4": // undeclared status
 		w.WriteHeader(http.StatusTeapot)
+	case "/v1/health":
+		w.Header().Del("Content-Type")
+		w.WriteHeader(http.StatusOK)
 	default:
 		http.NotFound(w, r)
 	}
