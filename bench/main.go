@@ -38,7 +38,7 @@ func main() {
 	dyadBin := flag.String("dyad", "bin/dyad", "the dyad binary")
 	out := flag.String("out", "bench/out", "folder for results.json, report.md and the charts")
 	reps := flag.Int("reps", 3, "repetitions per cell in full mode (systems interleaved)")
-	only := flag.String("only", "", "run only the scenario groups whose name contains this (bulk, rr, churn, idle, setup, impaired; loss0.1%, reorder... for one emulated link)")
+	only := flag.String("only", "", "run only the scenario groups whose name contains this (bulk, rr, churn, idle, setup, impaired, api; loss0.1%, reorder... for one emulated link)")
 	flag.Parse()
 	if err := run(*quick, *dyadBin, *out, *reps, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -190,6 +190,12 @@ func run(quick bool, dyadBin, outDir string, reps int, only string) error {
 	fmt.Fprintf(os.Stderr, "bench: %-12s done (%v)\n", "idle", time.Since(start).Round(time.Second))
 	stopAll(systems)
 
+	// The API guard's cost: its own dyad pair, plain and guarded services
+	// side by side (apiguard.go).
+	if err := runAPIScenarios(res, p, dyadBin, work, want); err != nil {
+		return err
+	}
+
 	// Setup: a fresh instance each time, from start to the first byte.
 	for rep := range p.setupReps {
 		for i, s := range newSystems() {
@@ -228,6 +234,7 @@ func run(quick bool, dyadBin, outDir string, reps int, only string) error {
 	fmt.Fprintf(os.Stderr, "bench: %-12s done (%v)\n", "impaired", time.Since(start).Round(time.Second))
 	res.Seconds = time.Since(start).Seconds()
 	res.finish()
+	apiNotes(res)
 	return res.write(outDir, os.Stdout)
 }
 
