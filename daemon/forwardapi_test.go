@@ -71,6 +71,10 @@ func TestForwardResponseValidation(t *testing.T) {
 	}
 	start(t, b)
 	start(t, a)
+	if out, code := runDyad(t, "check", "--config", a.ConfigPath()); code != 0 || !strings.Contains(out, "forward "+blocking+" → site-b/partner: responses checked against") ||
+		!strings.Contains(out, "broken ones blocked (502)") {
+		t.Errorf("dyad check: exit %d\n%s", code, out)
+	}
 
 	paths := []string{"/v1/payments/1", "/v1/payments/2", "/v1/payments/3", "/v1/payments/4", "/v1/payments/1", "/v1/nowhere"}
 	broken := map[string]string{"/v1/payments/2": "undeclared_property", "/v1/payments/3": "schema_violation", "/v1/payments/4": "undeclared_status"}

@@ -12,6 +12,8 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -160,6 +162,9 @@ func TestUpstreamTLS(t *testing.T) {
 	}
 	reload(t, b)
 	reload(t, a)
+	if out, code := runDyad(t, "check", "--config", b.ConfigPath()); code != 0 || !strings.Contains(out, "service https: upstream "+https+" over TLS, verified as upstream.test") {
+		t.Errorf("dyad check: exit %d\n%s", code, out)
+	}
 
 	for _, name := range []string{"https", "by-ip"} {
 		if err := echoRoundTrip(local[name], 4<<20, 7); err != nil {
@@ -268,5 +273,29 @@ func TestUpstreamTLSConfigErrors(t *testing.T) {
 		if !errors.As(err, &ce) || ce.Line != 10 && !strings.Contains(err.Error(), "line 10:") {
 			t.Errorf("%s: not a ConfigError on line 10: %#v", tc.name, err)
 		}
+	}
+}
+
+// TestUpstreamTLSGuarded: a service behind the API guard whose upstream is
+// HTTPS: the guard's HTTP runs over the verified TLS connection.
+func TestUpstreamTLSGuarded(t *testing.T) {
+	ca := newTestCA(t, "upstream CA")
+	serverCert, _, _ := ca.issue(t, "upstream.test", x509.ExtKeyUsageServerAuth)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(brokenPartner))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}}
+	srv.StartTLS()
+	defer srv.Close()
+	_, b, local := twoSites(t, srv.Listener.Addr().String())
+	spec, err := os.ReadFile("../apiguard/testdata/partner-responses.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, b.Dir, "partner.yaml", spec, 0o644)
+	writeFile(t, b.Dir, "ca.pem", ca.pem, 0o644)
+	b.Config.Services[0].UpstreamTLS = &daemon.UpstreamTLSFile{ServerName: "upstream.test", CAFile: "ca.pem"}
+	b.Config.Services[0].API = &daemon.APIFile{Spec: "partner.yaml", Operations: map[string][]string{"site-a": {"getPayment"}}}
+	reload(t, b)
+	if got := call(t, local, "/v1/payments/1", "/v1/health", "/v1/payments/1"); got[0] != 200 || got[1] != 403 || got[2] != 200 {
+		t.Errorf("statuses through the guard over TLS: %v", got)
 	}
 }
