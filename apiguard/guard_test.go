@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -62,6 +63,7 @@ type payments struct {
 }
 
 func newPayments(t *testing.T) *payments {
+	noLeak(t)
 	p := &payments{}
 	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, _ := io.Copy(io.Discard, r.Body)
@@ -81,6 +83,25 @@ func newPayments(t *testing.T) *payments {
 	}))
 	t.Cleanup(p.srv.Close)
 	return p
+}
+
+// noLeak fails t if a guarded stream's goroutine outlives the test (its
+// streams closed by then).
+func noLeak(t *testing.T) {
+	t.Cleanup(func() {
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			buf := make([]byte, 1<<20)
+			stacks := string(buf[:runtime.Stack(buf, true)])
+			if !strings.Contains(stacks, "apiguard.(*conn).serve") {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("a guard goroutine outlived its stream:\n%s", stacks)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
 }
 
 func (p *payments) seen() []seen {

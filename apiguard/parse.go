@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net/http"
 	"net/url"
 	"strings"
 )
@@ -37,6 +38,77 @@ var errStreamEnd = errors.New("end of request stream")
 type refusal struct{ reason string }
 
 func (r *refusal) Error() string { return "request refused: " + r.reason }
+
+// RequestError is a request (or, when Stream says so, a whole stream) the
+// guard's parser refuses; Reason is one of the fixed reasons of
+// dyad.api.denied and dyad.api.stream_refused.
+type RequestError struct{ Reason string }
+
+func (e *RequestError) Error() string { return "request refused: " + e.Reason }
+
+// Stream says the stream does not carry HTTP/1.1 at all (not_http, h2c).
+func (e *RequestError) Stream() bool { return e.Reason == reasonNotHTTP || e.Reason == reasonH2C }
+
+// Status is the answer to a refused request: 431 for an oversize header
+// block, 505 for another HTTP version, 400 otherwise.
+func (e *RequestError) Status() int {
+	switch e.Reason {
+	case reasonHeaderTooLarge:
+		return 431
+	case reasonVersion:
+		return 505
+	}
+	return 400
+}
+
+// RequestReader reads the HTTP/1.1 requests of one stream with the guard's
+// parser: each header block is bounded and checked for smuggling shapes
+// before net/http's ReadRequest parses it. A returned request's Body must
+// be read to its end (or the stream given up) before the next Next.
+type RequestReader struct {
+	br    *bufio.Reader
+	first bool
+}
+
+// NewRequestReader reads requests from r, buffering at most MaxHeaderBytes.
+func NewRequestReader(r io.Reader) *RequestReader {
+	return &RequestReader{br: bufio.NewReaderSize(r, MaxHeaderBytes), first: true}
+}
+
+// Next returns the next request; io.EOF at a clean end between requests;
+// a *RequestError for a refused one (the stream cannot go on after it);
+// or the reader's error.
+func (rr *RequestReader) Next() (*http.Request, error) {
+	req, err := readRequest(rr.br, rr.first)
+	rr.first = false
+	return req, err
+}
+
+// Buffered is how many bytes the reader holds (at most MaxHeaderBytes).
+func (rr *RequestReader) Buffered() int { return rr.br.Buffered() }
+
+// readRequest is Next on br.
+func readRequest(br *bufio.Reader, first bool) (*http.Request, error) {
+	n, err := headerBlock(br, first)
+	var ref *refusal
+	switch {
+	case errors.Is(err, errStreamEnd):
+		return nil, io.EOF
+	case errors.As(err, &ref):
+		return nil, &RequestError{ref.reason}
+	case err != nil:
+		return nil, err
+	}
+	block, _ := br.Peek(n)
+	if r := checkHeader(block); r != "" {
+		return nil, &RequestError{r}
+	}
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return nil, &RequestError{reasonMalformed}
+	}
+	return req, nil
+}
 
 // h2Preface is the start of HTTP/2's connection preface.
 const h2Preface = "PRI * HTTP/2.0\r\n"

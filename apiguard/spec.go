@@ -139,6 +139,10 @@ func ParseSpec(file string, data []byte) (s *Spec, err error) {
 			s.Operations = append(s.Operations, o)
 		}
 	}
+	if len(s.Operations) == 0 {
+		// Paths without operations (FuzzSpec/4c415e56ca0d8549).
+		return nil, &SpecError{file, errors.New("no operations: a guard with no operation would refuse everything")}
+	}
 	sort.Slice(s.Operations, func(i, j int) bool { return s.Operations[i].Key < s.Operations[j].Key })
 	return s, nil
 }
