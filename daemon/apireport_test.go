@@ -20,9 +20,9 @@ import (
 	"github.com/dyad-tunnel/dyad/daemon"
 )
 
-// call sends one GET per path on one keep-alive connection to local and
+// getEach sends one GET per path on one keep-alive connection to local and
 // returns the statuses.
-func call(t *testing.T, local string, paths ...string) []int {
+func getEach(t *testing.T, local string, paths ...string) []int {
 	t.Helper()
 	c, err := net.Dial("tcp", local)
 	if err != nil {
@@ -110,7 +110,7 @@ func TestReportAPIGuardRows(t *testing.T) {
 	a.Config.Forwards[0].API = &daemon.ForwardAPIFile{Spec: "partner.yaml", Validate: []string{"response"}, Block: true}
 	reload(t, b)
 	reload(t, a)
-	got := call(t, local, "/v1/payments/1", "/v1/payments/2", "/v1/payments", "/v1/health", "/v1/health", "/v1/nowhere")
+	got := getEach(t, local, "/v1/payments/1", "/v1/payments/2", "/v1/payments", "/v1/health", "/v1/health", "/v1/nowhere")
 	// valid; undeclared property blocked by A; GET /v1/payments, which
 	// the spec has only as POST, refused by B's guard (its problem+json
 	// refusal passes A as a partner refusal, not a broken response);

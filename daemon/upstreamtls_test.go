@@ -295,7 +295,7 @@ func TestUpstreamTLSGuarded(t *testing.T) {
 	b.Config.Services[0].UpstreamTLS = &daemon.UpstreamTLSFile{ServerName: "upstream.test", CAFile: "ca.pem"}
 	b.Config.Services[0].API = &daemon.APIFile{Spec: "partner.yaml", Operations: map[string][]string{"site-a": {"getPayment"}}}
 	reload(t, b)
-	if got := call(t, local, "/v1/payments/1", "/v1/health", "/v1/payments/1"); got[0] != 200 || got[1] != 403 || got[2] != 200 {
+	if got := getEach(t, local, "/v1/payments/1", "/v1/health", "/v1/payments/1"); got[0] != 200 || got[1] != 403 || got[2] != 200 {
 		t.Errorf("statuses through the guard over TLS: %v", got)
 	}
 }
