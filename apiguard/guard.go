@@ -175,7 +175,11 @@ func (c *conn) Close() error {
 var (
 	clientReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, MaxHeaderBytes) }}
 	upReaders     = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
-	writers       = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+	// Writers are taken per request, so an idle stream holds none. The
+	// client's is large enough that a response body reaches the tunnel in
+	// large records (the pump seals what one Read returns).
+	clientWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
+	upWriters     = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
 )
 
 // drainLimit is what the guard reads and discards of the client's bytes
@@ -193,15 +197,11 @@ func (c *conn) serve() {
 	br.Reset(c.inR)
 	ubr := upReaders.Get().(*bufio.Reader)
 	ubr.Reset(c.up)
-	bw := writers.Get().(*bufio.Writer)
-	bw.Reset(c.outW)
 	defer func() {
 		br.Reset(nil)
 		clientReaders.Put(br)
 		ubr.Reset(nil)
 		upReaders.Put(ubr)
-		bw.Reset(nil)
-		writers.Put(bw)
 		c.outW.Close()
 		c.up.CloseWrite()
 		// The client may still be sending (a body the guard refused to
@@ -213,7 +213,7 @@ func (c *conn) serve() {
 		c.inR.CloseWithError(net.ErrClosed)
 	}()
 	for first := true; ; first = false {
-		if !c.one(br, ubr, bw, first) {
+		if !c.one(br, ubr, first) {
 			return
 		}
 	}
@@ -231,9 +231,15 @@ type decision struct {
 }
 
 // one serves one request; false ends the stream.
-func (c *conn) one(br, ubr *bufio.Reader, bw *bufio.Writer, first bool) bool {
+func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	p := c.g.policy.Load()
 	req, err := readRequest(br, first)
+	bw := clientWriters.Get().(*bufio.Writer)
+	bw.Reset(c.outW)
+	defer func() {
+		bw.Reset(nil)
+		clientWriters.Put(bw)
+	}()
 	var ref *RequestError
 	switch {
 	case err == io.EOF:
@@ -269,7 +275,14 @@ func (c *conn) one(br, ubr *bufio.Reader, bw *bufio.Writer, first bool) bool {
 		req.Header["User-Agent"] = []string{""} // net/http would add its own
 	}
 	buffered := req.GetBody != nil
-	err = req.Write(c.up)
+	uw := upWriters.Get().(*bufio.Writer)
+	uw.Reset(c.up)
+	err = req.Write(uw) // net/http does not flush a writer it did not make
+	if err == nil {
+		err = uw.Flush()
+	}
+	uw.Reset(nil)
+	upWriters.Put(uw)
 	if buffered {
 		c.g.budget(c.peer).Add(-req.ContentLength)
 	}
