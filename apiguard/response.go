@@ -180,13 +180,16 @@ type readerOnly struct{ io.Reader }
 
 // CloseWrite ends the responses: the loop writes what it holds, then the
 // client's connection is half-closed.
+// The client gets its FIN even after a failure (a response cut short by
+// the partner), as it would without the check.
 func (c *CheckedConn) CloseWrite() error {
 	c.respW.Close()
 	<-c.respDone
+	err := c.TCPConn.CloseWrite()
 	if c.respErr != nil {
 		return c.respErr
 	}
-	return c.TCPConn.CloseWrite()
+	return err
 }
 
 // Close ends both loops and closes the client's connection.
