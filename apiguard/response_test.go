@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -46,6 +47,7 @@ func partnerHandler(w http.ResponseWriter, r *http.Request) {
 // responses). It returns the client's side.
 func checkedPair(t *testing.T, upstream string, p *ResponsePolicy, stats *ResponseStats, report func(ResponseFinding)) net.Conn {
 	t.Helper()
+	noCheckerLeak(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -205,4 +207,23 @@ func TestResponseCheckNotHTTP(t *testing.T) {
 	if len(found) != 1 || found[0].Reason != ReasonMalformedResponse || found[0].Operation != "getPayment" {
 		t.Errorf("findings %+v", found)
 	}
+}
+
+// noCheckerLeak fails t if a response checker's goroutine outlives the
+// test (registered first, so it runs after the connections are closed).
+func noCheckerLeak(t *testing.T) {
+	t.Cleanup(func() {
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			buf := make([]byte, 1<<20)
+			stacks := string(buf[:runtime.Stack(buf, true)])
+			if !strings.Contains(stacks, "apiguard.(*CheckedConn).re") {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("a response checker goroutine outlived its connection:\n%s", stacks)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
 }
