@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -53,6 +54,9 @@ const (
 	ReasonHeader             = "invalid_header"     // a declared response header is missing or malformed
 	ReasonUndecodableBody    = "undecodable_body"   // the body is not what its content type says (e.g. not JSON)
 	ReasonMalformedResponse  = "malformed_response" // not an HTTP/1.1 response at all
+	// ReasonBusy is in a 502 only, never an event: with block, a body the
+	// forward had no budget to check within 1 s.
+	ReasonBusy = "response_check_busy"
 )
 
 // ResponseFinding is one response that broke the contract. It names the
@@ -82,6 +86,32 @@ type ResponseStats struct {
 	// Refusals are problem+json 4xx/503 answers with a status the
 	// operation does not declare: the partner's side refused the call.
 	Refusals atomic.Uint64
+	// UncheckedBusy are bodies that needed validation while the forward's
+	// body budget (BodyBudget x max_body) was in use for 1 s: passed on
+	// unchecked (report-only) or answered 502 (block).
+	UncheckedBusy atomic.Uint64
+
+	buffered atomic.Int64 // body bytes reserved now, over the forward's connections
+}
+
+// BodyBudget is how many max_body-sized response bodies one forward holds
+// for validation at once, over all its connections.
+const BodyBudget = 8
+
+// reserve takes n bytes of the forward's body budget, waiting up to 1 s
+// for it when wait is set.
+func (s *ResponseStats) reserve(n, maxBody int64, wait bool) bool {
+	deadline := time.Now().Add(time.Second)
+	for {
+		if s.buffered.Add(n) <= BodyBudget*(maxBody+1) {
+			return true
+		}
+		s.buffered.Add(-n)
+		if !wait || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // Snapshot returns the counters by name, for /statusz.
@@ -89,7 +119,7 @@ func (s *ResponseStats) Snapshot() map[string]uint64 {
 	return map[string]uint64{
 		"valid": s.Valid.Load(), "invalid": s.Invalid.Load(), "blocked": s.Blocked.Load(),
 		"unchecked_no_operation": s.UncheckedNoOp.Load(), "unchecked_over_max_body": s.UncheckedTooLong.Load(),
-		"unchecked_not_http": s.UncheckedStream.Load(), "partner_refusals": s.Refusals.Load(),
+		"unchecked_not_http": s.UncheckedStream.Load(), "partner_refusals": s.Refusals.Load(), "unchecked_busy": s.UncheckedBusy.Load(),
 	}
 }
 
@@ -346,6 +376,24 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 	}
 	var body []byte
 	if needsBody(pr.route, resp) {
+		// THREATS P5, tested by TestResponseCheckBudget: the bodies a
+		// forward holds at once are bounded whatever the partner sends.
+		reserve := c.p.maxBody() + 1
+		if resp.ContentLength >= 0 && resp.ContentLength < reserve {
+			reserve = resp.ContentLength
+		}
+		if !c.stats.reserve(reserve, c.p.maxBody(), c.p.Block) {
+			c.stats.UncheckedBusy.Add(1)
+			if !c.p.Block {
+				return more, resp.Write(c.TCPConn) // report-only: passed on unchecked, counted
+			}
+			// Blocking fails closed: what could not be checked is not passed.
+			if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+				return false, err
+			}
+			return more, c.writeProblem(ResponseFinding{Operation: pr.op.Key, Reason: ReasonBusy}, !more)
+		}
+		defer c.stats.buffered.Add(-reserve)
 		buf, err := io.ReadAll(io.LimitReader(resp.Body, c.p.maxBody()+1))
 		if err != nil {
 			return false, err

@@ -227,3 +227,45 @@ func noCheckerLeak(t *testing.T) {
 		}
 	})
 }
+
+// TestResponseCheckBudget: the response bodies a forward holds for
+// validation are bounded (BodyBudget x max_body over its connections):
+// with the budget in use a report-only forward passes the response
+// unchecked, a blocking one answers 502 after waiting 1 s; both count it.
+func TestResponseCheckBudget(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(partnerHandler))
+	defer srv.Close()
+	spec := loadResponseSpec(t)
+	for _, block := range []bool{false, true} {
+		t.Run(fmt.Sprintf("block=%v", block), func(t *testing.T) { checkBudget(t, srv.Listener.Addr().String(), spec, block) })
+	}
+}
+
+func checkBudget(t *testing.T, upstream string, spec *Spec, block bool) {
+	stats := &ResponseStats{}
+	stats.buffered.Store(BodyBudget * (1<<10 + 1)) // every byte of the budget taken by other connections
+	c := checkedPair(t, upstream, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: spec, Block: block, MaxBody: 1 << 10}, stats, nil)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /v1/payments/2 HTTP/1.1\r\nHost: partner\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: partner\r\n\r\n")
+	br := bufio.NewReader(c)
+	want := http.StatusOK
+	if block {
+		want = http.StatusBadGateway
+	}
+	for i, w := range []int{want, http.StatusOK} {
+		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != w {
+			t.Errorf("block=%v response %d: %d, want %d", block, i, resp.StatusCode, w)
+		}
+	}
+	if s := stats.Snapshot(); s["unchecked_busy"] != 1 || s["invalid"] != 0 || s["valid"] != 1 {
+		t.Errorf("block=%v: %v", block, s)
+	}
+	if n := stats.buffered.Load(); n != BodyBudget*(1<<10+1) {
+		t.Errorf("block=%v: %d bytes reserved after the responses, want the %d taken before", block, n, BodyBudget*(1<<10+1))
+	}
+}
