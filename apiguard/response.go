@@ -357,13 +357,25 @@ func (c *CheckedConn) response(br *bufio.Reader, pr pairedRequest) (bool, error)
 			return false, fmt.Errorf("%s/%s: response not HTTP/1.1: %w", c.p.Peer, c.p.Service, err)
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
-			if err := resp.Write(c.TCPConn); err != nil {
+			// As it came: a status line and its fields (Response.Write
+			// would add a Content-Length an interim response has not).
+			if err := writeInterim(c.TCPConn, resp); err != nil {
 				return false, err
 			}
 			continue
 		}
 		return c.final(resp, pr)
 	}
+}
+
+// writeInterim writes a 1xx response.
+func writeInterim(w io.Writer, resp *http.Response) error {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "HTTP/1.1 %s\r\n", resp.Status)
+	resp.Header.Write(&b)
+	b.WriteString("\r\n")
+	_, err := w.Write(b.Bytes())
+	return err
 }
 
 // final checks and writes one final response.

@@ -269,3 +269,49 @@ func checkBudget(t *testing.T, upstream string, spec *Spec, block bool) {
 		t.Errorf("block=%v: %d bytes reserved after the responses, want the %d taken before", block, n, BodyBudget*(1<<10+1))
 	}
 }
+
+// TestResponseCheckContinue: an informational response (100 Continue)
+// reaches the client before the final one, which is checked as usual.
+func TestResponseCheckContinue(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n")
+		io.Copy(io.Discard, req.Body)
+		body := `{"id":7,"amount":5,"status":"pending"}`
+		fmt.Fprintf(c, "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		time.Sleep(time.Second)
+	}()
+	stats := &ResponseStats{}
+	c := checkedPair(t, ln.Addr().String(), &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: loadResponseSpec(t), Block: true}, stats, nil)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "POST /v1/payments HTTP/1.1\r\nHost: partner\r\nContent-Type: application/json\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	if err != nil || line != "HTTP/1.1 100 Continue\r\n" {
+		t.Fatalf("first line %q, %v: want the 100 before the body is sent", line, err)
+	}
+	br.ReadString('\n')
+	io.WriteString(c, "{}")
+	resp, err := http.ReadResponse(br, &http.Request{Method: "POST"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusCreated || stats.Valid.Load() != 1 {
+		t.Errorf("final response %d, counters %v", resp.StatusCode, stats.Snapshot())
+	}
+}
