@@ -232,8 +232,8 @@ type decision struct {
 
 // one serves one request; false ends the stream.
 func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
-	p := c.g.policy.Load()
 	req, err := readRequest(br, first)
+	p := c.g.policy.Load() // the policy in force when the request arrived
 	bw := clientWriters.Get().(*bufio.Writer)
 	bw.Reset(c.outW)
 	defer func() {
@@ -248,7 +248,7 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 		c.refuseStream(bw, ref.Reason)
 		return false
 	case errors.As(err, &ref):
-		c.deny(bw, p, "", "", decision{status: ref.Status(), reason: ref.Reason, close: true})
+		c.deny(bw, p, "", decision{status: ref.Status(), reason: ref.Reason, close: true})
 		return false
 	case err != nil:
 		return false
@@ -259,7 +259,7 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 		if !d.close && !drain(req, p.maxBody()) {
 			d.close = true
 		}
-		c.deny(bw, p, method, req.Method, d)
+		c.deny(bw, p, method, d)
 		return !d.close && !req.Close
 	}
 	// The guard answers Expect: 100-continue itself (buffer did for a
@@ -507,7 +507,7 @@ func methodLabel(m string) string {
 
 // deny answers a refused request with a problem body, counts it in the
 // inventory and audits it.
-func (c *conn) deny(bw *bufio.Writer, p *Policy, method, rawMethod string, d decision) {
+func (c *conn) deny(bw *bufio.Writer, p *Policy, method string, d decision) {
 	opName := d.shape
 	switch {
 	case d.op != nil:

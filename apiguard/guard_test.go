@@ -426,3 +426,20 @@ func TestShape(t *testing.T) {
 		}
 	}
 }
+
+// TestShadowBounded: a peer probing random paths fills at most
+// maxShadowShapes shapes; the rest count under _OTHER, exactly.
+func TestShadowBounded(t *testing.T) {
+	inv := newInventory()
+	for i := range maxShadowShapes + 50 {
+		inv.shadow("bank-a", "GET", Shape(fmt.Sprintf("/probe/x%c%c", 'a'+i%26, 'a'+i/26)))
+	}
+	snap := inv.Snapshot()
+	var total uint64
+	for _, s := range snap[0].Shadow {
+		total += s.Count
+	}
+	if len(snap[0].Shadow) != maxShadowShapes+1 || total != maxShadowShapes+50 {
+		t.Errorf("%d shapes, %d requests", len(snap[0].Shadow), total)
+	}
+}

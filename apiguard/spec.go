@@ -79,6 +79,13 @@ func LoadSpec(path string) (*Spec, error) {
 		return nil, &SpecError{path, err}
 	}
 	defer f.Close()
+	// A FIFO or a device would block or never end the read.
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		if err == nil {
+			err = errors.New("not a regular file")
+		}
+		return nil, &SpecError{path, err}
+	}
 	data, err := io.ReadAll(io.LimitReader(f, MaxSpecBytes+1))
 	if err != nil {
 		return nil, &SpecError{path, err}

@@ -39,6 +39,15 @@ func TestLoadSpec(t *testing.T) {
 	}
 }
 
+func TestLoadSpecNotRegular(t *testing.T) {
+	if _, err := LoadSpec("/dev/zero"); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("/dev/zero: %v", err)
+	}
+	if _, err := LoadSpec("testdata"); err == nil {
+		t.Error("a folder loaded as a spec")
+	}
+}
+
 // TestSpecErrors: a malformed spec is an error naming the file and
 // kin-openapi's own reason.
 func TestSpecErrors(t *testing.T) {

@@ -111,7 +111,7 @@ func postJSON(path, body string, extra string) string {
 // apiguard/testdata. One keep-alive client connection through A's forward
 // gets allowed calls through and each denial (403, 404, 400, 429, 413)
 // answered by B's guard, in order, pipelined too; each is audited in B's
-// journal; the shadow call is in /statusz's inventory; a SIGHUP with a
+// journal; smuggling shapes and non-HTTP bytes are refused; the shadow call is in /statusz's inventory; a SIGHUP with a
 // broken spec is rejected and the running one stays, a good one is put in
 // force; the stop emits the inventory event.
 func TestAPIGuardEndToEnd(t *testing.T) {
@@ -148,6 +148,37 @@ func TestAPIGuardEndToEnd(t *testing.T) {
 		t.Error("the connection went on after 413")
 	}
 	c.Close()
+	// Smuggling shapes and non-HTTP bytes, each on its own connection:
+	// refused, the connection ended, nothing reaches the upstream.
+	for _, raw := range []string{
+		"POST /v1/payments HTTP/1.1\r\nHost: p\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"GET /v1/health HTTP/1.1\r\nHost: p\r\nX-A: 1\r\n Transfer-Encoding: chunked\r\n\r\n",
+		"POST /v1/payments HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+	} {
+		s, err := net.Dial("tcp", local)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sbr := bufio.NewReader(s)
+		exchange(t, s, sbr, false, call{raw + "GET /v1/health HTTP/1.1\r\nHost: p\r\n\r\n", 400, ""})
+		if _, err := http.ReadResponse(sbr, nil); err == nil {
+			t.Errorf("the connection went on after %q", raw)
+		}
+		s.Close()
+	}
+	s, err := net.Dial("tcp", local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Write([]byte("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"))
+	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(s); len(b) != 0 || err != nil {
+		t.Errorf("non-HTTP bytes got %q, %v", b, err)
+	}
+	s.Close()
+	if !hasEvent(t, b, audit.APIStreamRefused, func(e journal.Entry) bool { return e.Attr(audit.KeyReason).AsString() == "not_http" }) {
+		t.Error("B's journal lacks dyad.api.stream_refused")
+	}
 	if h := hits.Load(); h != 6 {
 		t.Errorf("upstream got %d requests, want the 6 allowed ones", h)
 	}

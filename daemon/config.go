@@ -703,7 +703,11 @@ func (v *validator) check(f File) *Config {
 			tc = v.upstreamTLS(*s.UpstreamTLS, s.Name, s.Upstream, "services", i, "upstream_tls")
 		}
 		if s.API != nil {
-			if p := v.api(*s.API, s.Name, peers, "services", i, "api"); p != nil {
+			allowed := map[string]bool{}
+			for _, a := range s.Allow {
+				allowed[a] = peers[a]
+			}
+			if p := v.api(*s.API, s.Name, allowed, "services", i, "api"); p != nil {
 				if c.APIs == nil {
 					c.APIs = map[string]*apiguard.Policy{}
 				}
@@ -753,7 +757,8 @@ func (v *validator) check(f File) *Config {
 
 // api loads a service's spec (relative to the configuration file) and
 // resolves its operations and limits into a policy; nil after a failure.
-func (v *validator) api(a APIFile, service string, peers map[string]bool, path ...any) *apiguard.Policy {
+// allowed are the service's allowed peers: operations names no other.
+func (v *validator) api(a APIFile, service string, allowed map[string]bool, path ...any) *apiguard.Policy {
 	at := func(more ...any) []any { return append(append([]any{}, path...), more...) }
 	if a.Spec == "" {
 		v.fail(errors.New("required: the OpenAPI 3.0 or 3.1 document, relative to this file"), at("spec")...)
@@ -783,8 +788,8 @@ func (v *validator) api(a APIFile, service string, peers map[string]bool, path .
 		}
 	}
 	for _, peer := range sortedKeys(a.Operations) {
-		if !peers[peer] {
-			v.fail(fmt.Errorf("%q is not a configured peer", peer), at("operations", peer)...)
+		if !allowed[peer] {
+			v.fail(fmt.Errorf("%q is not a configured peer on this service's allow list", peer), at("operations", peer)...)
 			continue
 		}
 		ops := map[*apiguard.Operation]bool{}
