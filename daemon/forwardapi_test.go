@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -176,6 +177,44 @@ func TestForwardResponseValidation(t *testing.T) {
 		if r := f.Responses; r["valid"] != 2 || r["invalid"] != 3 || r["blocked"] != wantBlocked || r["unchecked_no_operation"] != 1 || len(f.SHA256) != 64 {
 			t.Errorf("%s: /statusz api_forwards %+v", local, f)
 		}
+	}
+}
+
+// TestForwardResponseReload: a SIGHUP with a broken partner spec is
+// rejected and the running check stays; a good one that turns block off
+// applies to new connections.
+func TestForwardResponseReload(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(brokenPartner))
+	defer srv.Close()
+	a, _, local := twoSites(t, srv.Listener.Addr().String())
+	spec, err := os.ReadFile("../apiguard/testdata/partner-responses.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	specPath := filepath.Join(a.Dir, "partner.yaml")
+	os.WriteFile(specPath, spec, 0o644)
+	a.Config.Forwards[0].API = &daemon.ForwardAPIFile{Spec: "partner.yaml", Validate: []string{"response"}, Block: true}
+	reload(t, a)
+	if got := getEach(t, local, "/v1/payments/2"); got[0] != http.StatusBadGateway {
+		t.Fatalf("blocking check: %v", got)
+	}
+	os.WriteFile(specPath, []byte("openapi: 3.0.3\ninfo: [broken\n"), 0o644)
+	a.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(a.Logs(), `"event":"dyad.config.rejected"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the broken spec was not rejected:\n%s", a.Logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := getEach(t, local, "/v1/payments/2"); got[0] != http.StatusBadGateway {
+		t.Errorf("after the rejected reload the check is gone: %v", got)
+	}
+	os.WriteFile(specPath, spec, 0o644)
+	a.Config.Forwards[0].API.Block = false
+	reload(t, a)
+	if got := getEach(t, local, "/v1/payments/2"); got[0] != http.StatusOK {
+		t.Errorf("block: false not in force after the reload: %v", got)
 	}
 }
 
