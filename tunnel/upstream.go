@@ -86,7 +86,8 @@ func dialUpstream(ctx context.Context, e *serviceEntry, timeout time.Duration) (
 		return tcp, nil
 	}
 	// A verification failure is refused like any unreachable upstream
-	// (TestUpstreamTLSWrongCA): the config never disables verification.
+	// (TestUpstreamTLS, wrong CA and wrong name): the configuration has no
+	// way to disable verification (THREATS P2: only the configured upstream).
 	tc := tls.Client(tcp, e.TLS)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		tcp.SetLinger(0)
