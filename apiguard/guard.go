@@ -134,7 +134,7 @@ func reserve(b *atomic.Int64, n, limit int64) bool {
 
 // Wrap implements tunnel.StreamGuard: the stream's bytes go through the
 // guard's request loop, which alone writes to upstream.
-func (g *Guard) Wrap(peer string, upstream *net.TCPConn) tunnel.Conn {
+func (g *Guard) Wrap(peer string, upstream tunnel.Conn) tunnel.Conn {
 	c := &conn{g: g, peer: peer, up: upstream}
 	c.inR, c.inW = io.Pipe()
 	c.outR, c.outW = io.Pipe()
@@ -148,7 +148,7 @@ func (g *Guard) Wrap(peer string, upstream *net.TCPConn) tunnel.Conn {
 type conn struct {
 	g    *Guard
 	peer string
-	up   *net.TCPConn
+	up   tunnel.Conn
 	inR  *io.PipeReader
 	inW  *io.PipeWriter
 	outR *io.PipeReader

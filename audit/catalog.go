@@ -17,6 +17,7 @@ const (
 	APIDenied          = "dyad.api.denied"
 	APIStreamRefused   = "dyad.api.stream_refused"
 	APIInventory       = "dyad.api.inventory"
+	APIResponseInvalid = "dyad.api.response_invalid"
 	TunnelEstablished  = "dyad.tunnel.established"
 	TunnelClosed       = "dyad.tunnel.closed"
 	PeerAuthRefused    = "dyad.peer.auth_refused"
@@ -111,6 +112,8 @@ const (
 	KeyAPIRefused              = "dyad.api.refused"
 	KeyHTTPMethod              = "http.request.method"
 	KeyHTTPStatus              = "http.response.status_code"
+	KeyAPIKeyword              = "dyad.api.schema_keyword"
+	KeyAPIAction               = "dyad.api.action"
 	KeyError                   = "dyad.error"
 	KeyProtocol                = "dyad.export.protocol"
 	KeyQueueFull               = "dyad.export.dropped.queue_full"
@@ -217,7 +220,7 @@ var (
 	// An identity rotation's old key and overlap.
 	aPreviousFingerprint = AttrSpec{KeyPreviousFingerprint, String, false, "the identity rotated away from"}
 	aOverlapUntil        = AttrSpec{KeyOverlapUntil, String, false, "end of the overlap (RFC 3339, UTC): until then both keys are accepted"}
-	aAPISpecs            = AttrSpec{KeyAPISpecSHA256, StringSlice, true, "API guards' OpenAPI documents in force as service=SHA-256 (hex); absent when no service has api:"}
+	aAPISpecs            = AttrSpec{KeyAPISpecSHA256, StringSlice, true, "API guards' OpenAPI documents in force as service=SHA-256 (hex), and the forwards' response checks as listen→peer/service=SHA-256; absent when no service or forward has api:"}
 )
 
 var (
@@ -477,7 +480,7 @@ var Catalog = []Spec{
 		Name: StreamFailed, Severity: Warn, RateLimit: true, Source: []string{KeyPeer}, When: "a forwarded connection could not be carried: no tunnel, upstream unreachable, the peer refused it, or the audit journal cannot be written (on_failure: refuse)",
 		Attrs: []AttrSpec{
 			aPeer, aService, aDirection,
-			{KeyReason, String, false, "no_tunnel, upstream_unreachable, refused_by_peer, open_failed, audit_unavailable (the journal cannot be written and audit.journal.on_failure is refuse); inbound: connection_replaced (the peer opened a stream on a connection a newer one replaced), key_not_pinned (the connection's key is no longer pinned)"},
+			{KeyReason, String, false, "no_tunnel, upstream_unreachable (the dial failed, or with upstream_tls the TLS handshake: error.type tls_verify when the upstream's certificate failed verification, tls_handshake otherwise), refused_by_peer, open_failed, audit_unavailable (the journal cannot be written and audit.journal.on_failure is refuse); inbound: connection_replaced (the peer opened a stream on a connection a newer one replaced), key_not_pinned (the connection's key is no longer pinned)"},
 			aErrorType,
 		},
 		OCSF: network(4, "Fail", 2),
@@ -535,6 +538,21 @@ var Catalog = []Spec{
 		},
 		OCSF: network(5, "Refuse", 2),
 		ECS:  ECS{"event", []string{"network"}, []string{"denied"}, "failure"},
+	},
+	{
+		Name: APIResponseInvalid, Severity: Warn, RateLimit: true, Source: []string{KeyPeer},
+		When: "a response that came back through a forward with api: validate: [response] broke the partner's OpenAPI contract (OWASP API10); with block: true the client got a 502 problem response instead (README, API guard: responses)",
+		Attrs: []AttrSpec{
+			aPeer, aService,
+			{KeyAPIOperation, String, true, "operationId (or METHOD /template) of the request's operation; absent when the response was not HTTP/1.1 and its request matched none"},
+			{KeyHTTPMethod, String, true, "the request's method, as the spec writes it; absent with dyad.api.operation"},
+			{KeyHTTPStatus, Int, true, "the partner's status; absent when the response was not HTTP/1.1"},
+			{KeyReason, String, false, "undeclared_status, undeclared_property (a property the schema forbids: OWASP API3), schema_violation, undeclared_content_type, invalid_header, undecodable_body, malformed_response"},
+			{KeyAPIKeyword, String, true, "the JSON Schema keyword that failed (type, required, enum, additionalProperties, …), never a value"},
+			{KeyAPIAction, String, false, "blocked (replaced by a 502) or reported (passed on)"},
+		},
+		OCSF: finding,
+		ECS:  ECS{"alert", []string{"web", "intrusion_detection"}, []string{"info"}, "failure"},
 	},
 	{
 		Name: RecordRejected, Severity: Warn, RateLimit: true, Source: []string{KeyPeer},

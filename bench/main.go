@@ -39,7 +39,7 @@ func main() {
 	baseBin := flag.String("dyad-base", "", "a second dyad build (e.g. main's) run beside -dyad as the system dyad-base, for A/B in the same run")
 	out := flag.String("out", "bench/out", "folder for results.json, report.md and the charts")
 	reps := flag.Int("reps", 3, "repetitions per cell in full mode (systems interleaved)")
-	only := flag.String("only", "", "run only the scenario groups whose name contains this (bulk, rr, churn, idle, setup, impaired; loss0.1%, reorder... for one emulated link)")
+	only := flag.String("only", "", "run only the scenario groups whose name contains this (bulk, rr, churn, idle, setup, impaired, api; loss0.1%, reorder... for one emulated link)")
 	flag.Parse()
 	if err := run(*quick, *dyadBin, *baseBin, *out, *reps, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -196,6 +196,12 @@ func run(quick bool, dyadBin, baseBin, outDir string, reps int, only string) err
 	fmt.Fprintf(os.Stderr, "bench: %-12s done (%v)\n", "idle", time.Since(start).Round(time.Second))
 	stopAll(systems)
 
+	// The API guard's cost: its own dyad pair, plain and guarded services
+	// side by side (apiguard.go).
+	if err := runAPIScenarios(res, p, dyadBin, work, want); err != nil {
+		return err
+	}
+
 	// Setup: a fresh instance each time, from start to the first byte.
 	for rep := range p.setupReps {
 		for i, s := range newSystems() {
@@ -234,6 +240,7 @@ func run(quick bool, dyadBin, baseBin, outDir string, reps int, only string) err
 	fmt.Fprintf(os.Stderr, "bench: %-12s done (%v)\n", "impaired", time.Since(start).Round(time.Second))
 	res.Seconds = time.Since(start).Seconds()
 	res.finish()
+	apiNotes(res)
 	return res.write(outDir, os.Stdout)
 }
 

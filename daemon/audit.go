@@ -142,6 +142,11 @@ func configAttrs(cfg *Config) []attribute.KeyValue {
 	for _, name := range sortedKeys(cfg.APIs) {
 		specs = append(specs, name+"="+cfg.APIs[name].Spec.SHA256)
 	}
+	for _, f := range cfg.File.Forwards { // the partners' contracts responses are checked against
+		if p := cfg.ForwardAPIs[f.key()]; p != nil {
+			specs = append(specs, f.Listen+"→"+f.Peer+"/"+f.Service+"="+p.Spec.SHA256)
+		}
+	}
 	attrs := []attribute.KeyValue{
 		attribute.String(audit.KeyConfigPath, cfg.Path),
 		attribute.String(audit.KeyConfigSHA256, cfg.SHA256),

@@ -63,6 +63,21 @@ func Check(path string, out io.Writer) error {
 		fmt.Fprintf(out, "%s: service %s: API guard: %s (OpenAPI %s, %d operations, sha256 %s)\n", path, name,
 			p.Spec.File, p.Spec.Version, len(p.Spec.Operations), p.Spec.SHA256)
 	}
+	for _, f := range cfg.File.Forwards {
+		if p := cfg.ForwardAPIs[f.key()]; p != nil {
+			action := "reported"
+			if p.Block {
+				action = "blocked (502)"
+			}
+			fmt.Fprintf(out, "%s: forward %s → %s/%s: responses checked against %s (OpenAPI %s, sha256 %s), broken ones %s\n", path,
+				f.Listen, f.Peer, f.Service, p.Spec.File, p.Spec.Version, p.Spec.SHA256, action)
+		}
+	}
+	for _, s := range cfg.Tunnel.Services {
+		if s.TLS != nil {
+			fmt.Fprintf(out, "%s: service %s: upstream %s over TLS, verified as %s\n", path, s.Name, s.Upstream, s.TLS.ServerName)
+		}
+	}
 	fmt.Fprintf(out, "  this site  %s  %s\n", self.Fingerprint(), self)
 	for _, p := range cfg.Tunnel.Peers {
 		where := "dials us"

@@ -7,6 +7,7 @@ package daemon
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -259,9 +260,12 @@ type PeerFile struct {
 
 // ServiceFile is an upstream this site exports.
 type ServiceFile struct {
-	Name     string   `yaml:"name"`
-	Upstream string   `yaml:"upstream"`
-	Allow    []string `yaml:"allow,omitempty"`
+	Name     string `yaml:"name"`
+	Upstream string `yaml:"upstream"`
+	// UpstreamTLS makes the exporter dial the upstream over verified TLS;
+	// absent means plain TCP.
+	UpstreamTLS *UpstreamTLSFile `yaml:"upstream_tls,omitempty"`
+	Allow       []string         `yaml:"allow,omitempty"`
 	// Critical tags a service supporting a critical or important function
 	// (DORA), for the report.
 	Critical bool `yaml:"critical_or_important_function,omitempty"`
@@ -304,6 +308,25 @@ type APILimitsFile struct {
 	RequestBurst Number `yaml:"request_burst,omitempty"`
 }
 
+// UpstreamTLSFile is how the exporter speaks TLS to a service's upstream
+// (README, "HTTPS upstreams"). Verification is always on: there is no key
+// to turn it off. Paths are relative to the configuration file's folder.
+type UpstreamTLSFile struct {
+	// ServerName is the name the upstream's certificate must carry; empty
+	// means the host of upstream (an IP address is then checked against the
+	// certificate's IP addresses).
+	ServerName string `yaml:"server_name,omitempty"`
+	// CAFile holds the PEM certificates trusted to sign the upstream's
+	// certificate; empty means the system's roots.
+	CAFile string `yaml:"ca_file,omitempty"`
+	// CertFile and KeyFile are the client certificate (PEM, chain after the
+	// leaf) and its key for an upstream that asks for one (mTLS); both or
+	// neither. The key file must not be readable by others (group read is
+	// allowed, as Kubernetes mounts Secrets 0440).
+	CertFile string `yaml:"cert_file,omitempty"`
+	KeyFile  string `yaml:"key_file,omitempty"`
+}
+
 // ForwardConfig is a local port carried to a peer's service.
 type ForwardConfig struct {
 	Listen  string `yaml:"listen"`
@@ -315,6 +338,26 @@ type ForwardConfig struct {
 	// MaxConnections caps the forward's connections at once (default
 	// 1024; "unlimited" for none).
 	MaxConnections Number `yaml:"max_connections,omitempty"`
+	// API checks the partner's HTTP/1.1 responses against its OpenAPI
+	// contract (README, "API guard: responses"); absent means the bytes
+	// pass as they are.
+	API *ForwardAPIFile `yaml:"api,omitempty"`
+}
+
+// ForwardAPIFile is a forward's response check as written.
+type ForwardAPIFile struct {
+	// Spec is the partner's OpenAPI 3.0 or 3.1 document, relative to the
+	// configuration file's folder.
+	Spec string `yaml:"spec"`
+	// Validate lists what is checked: "response" (status, headers, body
+	// schema). Required: it is the only thing a forward checks.
+	Validate []string `yaml:"validate,flow"`
+	// Block replaces a response that breaks the contract with a 502
+	// application/problem+json; false (the default) only audits it.
+	Block bool `yaml:"block,omitempty"`
+	// MaxBody bounds a response body buffered to validate against its
+	// schema (default 1MiB); a longer one streams on unchecked, counted.
+	MaxBody Bytes `yaml:"max_body,omitempty"`
 }
 
 // Duration is a time.Duration written as "30s", "1m30s".
@@ -370,6 +413,9 @@ type Config struct {
 	// APIs are the API guards' policies by service name (spec loaded and
 	// resolved); a service without api: has none.
 	APIs map[string]*apiguard.Policy
+	// ForwardAPIs are the forwards' response checks by ForwardConfig.key;
+	// a forward without api: has none.
+	ForwardAPIs map[string]*apiguard.ResponsePolicy
 }
 
 // ConfigError is a problem in the configuration file, with its place.
@@ -730,6 +776,10 @@ func (v *validator) check(f File) *Config {
 			}
 		}
 		v.checkLimits(s.Limits, "services", i, "limits")
+		var tc *tls.Config
+		if s.UpstreamTLS != nil {
+			tc = v.upstreamTLS(*s.UpstreamTLS, s.Name, s.Upstream, "services", i, "upstream_tls")
+		}
 		if s.API != nil {
 			allowed := map[string]bool{}
 			for _, a := range s.Allow {
@@ -742,7 +792,7 @@ func (v *validator) check(f File) *Config {
 				c.APIs[s.Name] = p
 			}
 		}
-		t.Services = append(t.Services, tunnel.Service{Name: s.Name, Upstream: s.Upstream, Allow: s.Allow, Limits: s.Limits.tunnel()})
+		t.Services = append(t.Services, tunnel.Service{Name: s.Name, Upstream: s.Upstream, Allow: s.Allow, Limits: s.Limits.tunnel(), TLS: tc})
 	}
 	listens := map[string]bool{}
 	for i, fw := range f.Forwards {
@@ -769,6 +819,14 @@ func (v *validator) check(f File) *Config {
 		}
 		if m := fw.MaxConnections; m != Number(int(m)) {
 			v.fail(fmt.Errorf("%v is not a whole number", m), "forwards", i, "max_connections")
+		}
+		if fw.API != nil {
+			if p := v.forwardAPI(*fw.API, fw, "forwards", i, "api"); p != nil {
+				if c.ForwardAPIs == nil {
+					c.ForwardAPIs = map[string]*apiguard.ResponsePolicy{}
+				}
+				c.ForwardAPIs[fw.key()] = p
+			}
 		}
 	}
 	if v.err == nil {

@@ -8,6 +8,9 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"time"
+
+	"github.com/dyad-tunnel/dyad/apiguard"
+	"github.com/dyad-tunnel/dyad/tunnel"
 )
 
 // defaultMaxConnections caps a forward's connections when the file does
@@ -21,16 +24,22 @@ type forwardListener struct {
 	done   chan struct{}
 	rules  atomic.Pointer[forwardRules] // swapped on reload
 	active atomic.Int64
+	// responses counts the response checks (forwards[].api); it outlives
+	// reloads like the listener.
+	responses apiguard.ResponseStats
 }
 
 // forwardRules are a forward's admission rules.
 type forwardRules struct {
 	allow []netip.Prefix // empty: any source
 	max   int64          // connections at once; negative: unlimited
+	// check, when set, checks the partner's responses (forwards[].api);
+	// a connection keeps the policy it was accepted under.
+	check *apiguard.ResponsePolicy
 }
 
-func newForwardRules(f ForwardConfig) (*forwardRules, error) {
-	r := &forwardRules{max: int64(f.MaxConnections)}
+func newForwardRules(f ForwardConfig, check *apiguard.ResponsePolicy) (*forwardRules, error) {
+	r := &forwardRules{max: int64(f.MaxConnections), check: check}
 	if r.max == 0 {
 		r.max = defaultMaxConnections
 	}
@@ -65,7 +74,7 @@ func (d *Daemon) applyForwards(cfg *Config, update func() error) error {
 	for _, f := range cfg.File.Forwards {
 		want[f.key()] = true
 		if fl := d.forwards[f.key()]; fl != nil {
-			rules, err := newForwardRules(f)
+			rules, err := newForwardRules(f, cfg.ForwardAPIs[f.key()])
 			if err != nil {
 				closeAdded()
 				return err
@@ -73,7 +82,7 @@ func (d *Daemon) applyForwards(cfg *Config, update func() error) error {
 			kept = append(kept, func() { fl.rules.Store(rules) })
 			continue
 		}
-		fl, err := listenForward(f)
+		fl, err := listenForward(f, cfg.ForwardAPIs[f.key()])
 		if err != nil {
 			closeAdded()
 			return err
@@ -101,12 +110,12 @@ func (d *Daemon) applyForwards(cfg *Config, update func() error) error {
 	return nil
 }
 
-func listenForward(f ForwardConfig) (*forwardListener, error) {
+func listenForward(f ForwardConfig, check *apiguard.ResponsePolicy) (*forwardListener, error) {
 	addr, err := net.ResolveTCPAddr("tcp", f.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("forward %s: %w", f.Listen, err)
 	}
-	rules, err := newForwardRules(f)
+	rules, err := newForwardRules(f, check)
 	if err != nil {
 		return nil, err
 	}
@@ -164,11 +173,17 @@ func (d *Daemon) serveForward(fl *forwardListener) {
 			d.node.RefuseLocal(c, fl.cfg.Peer, fl.cfg.Service, limit)
 			continue
 		}
+		var client tunnel.LocalConn = c
+		if check := fl.rules.Load().check; check != nil {
+			// OWASP API10 (unsafe consumption), tested by
+			// TestForwardResponseValidation.
+			client = apiguard.NewCheckedConn(c, check, &fl.responses, func(f apiguard.ResponseFinding) { d.auditResponseInvalid(check, f) })
+		}
 		d.conns.Add(1)
 		go func() {
 			defer d.conns.Done()
 			defer fl.release()
-			if err := d.node.Forward(context.Background(), c, fl.cfg.Peer, fl.cfg.Service); err != nil {
+			if err := d.node.Forward(context.Background(), client, fl.cfg.Peer, fl.cfg.Service); err != nil {
 				log.Warn().Err(err).Str("client", c.RemoteAddr().String()).Msg("forward failed")
 			}
 		}()

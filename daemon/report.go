@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dyad-tunnel/dyad/apiguard"
 	"github.com/dyad-tunnel/dyad/audit/journal"
 	"github.com/dyad-tunnel/dyad/audit/report"
 	"github.com/dyad-tunnel/dyad/codec"
@@ -213,6 +214,15 @@ func reportControls(cfg *Config, keyTime time.Time) report.Controls {
 	}
 	for _, f := range cfg.File.Forwards {
 		c.Forwards = append(c.Forwards, report.Forward{Listen: f.Listen, Peer: f.Peer, Service: f.Service})
+		if p := cfg.ForwardAPIs[f.key()]; p != nil {
+			c.ResponseChecks = append(c.ResponseChecks, report.ResponseCheck{Forward: f.Listen + "→" + f.Peer + "/" + f.Service,
+				Spec: p.Spec.File, SHA256: p.Spec.SHA256, Block: p.Block})
+		}
+	}
+	for _, s := range cfg.File.Services {
+		if p := cfg.APIs[s.Name]; p != nil {
+			c.APIGuards = append(c.APIGuards, reportGuard(p, s.Allow))
+		}
 	}
 	for _, l := range cfg.Tunnel.LimitsInEffect() {
 		c.Limits = append(c.Limits, report.Limit{Name: l.Name, Value: l.Value, Scope: l.Scope, Kind: l.Kind})
@@ -236,4 +246,26 @@ func exportTLS(endpoint string, insecure, mutual bool) string {
 		return "as the OTEL_EXPORTER_OTLP_* environment says"
 	}
 	return "TLS"
+}
+
+// reportGuard describes a service's API guard for the report.
+func reportGuard(p *apiguard.Policy, allow []string) report.APIGuard {
+	g := report.APIGuard{Service: p.Service, Spec: p.Spec.File, SHA256: p.Spec.SHA256, Operations: len(p.Spec.Operations),
+		AllowLists: map[string]int{}, Unrestricted: []string{}, ValidateRequest: p.ValidateRequest, RateLimited: []string{}, Deprecated: []string{}}
+	for _, peer := range allow {
+		if ops, ok := p.Allowed[peer]; ok {
+			g.AllowLists[peer] = len(ops)
+		} else {
+			g.Unrestricted = append(g.Unrestricted, peer)
+		}
+	}
+	for _, o := range p.Spec.Operations { // sorted by key
+		if _, ok := p.Limits[o]; ok {
+			g.RateLimited = append(g.RateLimited, o.Key)
+		}
+		if o.Deprecated {
+			g.Deprecated = append(g.Deprecated, o.Key)
+		}
+	}
+	return g
 }

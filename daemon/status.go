@@ -29,6 +29,8 @@ type StatusReport struct {
 	Process     ProcessStatus       `json:"process"`
 	// API is each guarded service's inventory (README, "API guard"); absent without one.
 	API any `json:"api,omitempty"`
+	// APIForwards is each checked forward's response counts; absent without one.
+	APIForwards any `json:"api_forwards,omitempty"`
 }
 
 func init() {
@@ -48,6 +50,7 @@ func (d *Daemon) statusReport() StatusReport {
 		Counters:    d.node.Stats.Snapshot(),
 		Process:     processStatus(),
 		API:         d.apiStatus(),
+		APIForwards: d.forwardAPIStatus(),
 	}
 }
 

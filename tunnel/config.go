@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -162,6 +163,10 @@ type Service struct {
 	Name     string
 	Upstream string // host:port, the only address dialed for this service
 	Allow    []string
+	// TLS, when set, makes the upstream connection a TLS client with this
+	// configuration (verification on: ServerName, RootCAs or the system
+	// roots, an optional client certificate); nil means plain TCP.
+	TLS *tls.Config
 	// Limits bound all the service's streams together; zero fields mean
 	// no per-service limit.
 	Limits Limits
@@ -177,11 +182,12 @@ type Service struct {
 // bytes to it) and owns upstream from then on: its Close closes upstream.
 // peer is the name the stream's connection authenticated as.
 type StreamGuard interface {
-	Wrap(peer string, upstream *net.TCPConn) Conn
+	Wrap(peer string, upstream Conn) Conn
 }
 
 // Conn is the local end of a pumped stream: the client's or upstream's TCP
-// connection (a *net.TCPConn), or a StreamGuard's wrapper of one.
+// connection (a *net.TCPConn), a TLS connection to an upstream over one
+// (upstream_tls), or a StreamGuard's wrapper of either.
 // CloseWrite passes the other side's FIN; SetLinger(0) before Close turns
 // the close into a reset.
 type Conn interface {
@@ -469,14 +475,15 @@ func (s *snapshot) pinned(peer string, key [32]byte) bool {
 
 // admit decides a peer's request for a service: THREATS P2, tested by
 // TestServiceNotAllowed and TestUnknownService. It never returns an address
-// other than the configured upstream.
-func (s *snapshot) admit(peer, service string) (Status, string, StreamGuard) {
+// other than the configured upstream: the entry it returns on
+// StatusAccepted names the only address dialUpstream will dial.
+func (s *snapshot) admit(peer, service string) (Status, *serviceEntry) {
 	e, ok := s.services[service]
 	if !ok {
-		return StatusUnknownService, "", nil
+		return StatusUnknownService, nil
 	}
 	if !e.allow[peer] {
-		return StatusNotAllowed, "", nil
+		return StatusNotAllowed, nil
 	}
-	return StatusAccepted, e.Upstream, e.Guard
+	return StatusAccepted, e
 }

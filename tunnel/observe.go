@@ -192,9 +192,12 @@ func errorType(err error) string {
 	var se *quic.StreamError
 	var app *quic.ApplicationError
 	var ne net.Error
+	var tlsErr *UpstreamTLSError
 	switch {
 	case err == nil:
 		return ""
+	case errors.As(err, &tlsErr):
+		return tlsErr.errorType()
 	case codec.Reason(err) != "":
 		return codec.Reason(err)
 	case errors.As(err, &se):

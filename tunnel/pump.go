@@ -24,7 +24,7 @@ type pumpResult struct {
 	err            error // first failure; nil when both directions closed cleanly
 }
 
-// pump copies between a local TCP connection and a tunnel stream until both
+// pump copies between a local connection (TCP, or TLS to an upstream) and a tunnel stream until both
 // directions end. A FIN maps to the close record plus the stream's FIN and
 // back to a TCP half-close; any failure (a TCP reset, a stream reset, a
 // rejected record) resets both sides at once and is returned for the

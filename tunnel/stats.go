@@ -20,6 +20,9 @@ type Stats struct {
 	PacketsDropped     atomic.Uint64 // UDP datagrams quic-go dropped below the tunnels
 	PeerKeysRotated    atomic.Uint64 // peers' identity announcements taken (new key pinned)
 	TunnelsSilent      atomic.Uint64 // connections closed because the peer went silent (peer_silent)
+	// UpstreamTLSFailed counts upstream TLS handshakes that failed (each
+	// also a streams_refused.upstream_unreachable).
+	UpstreamTLSFailed atomic.Uint64
 
 	udp atomic.Pointer[udpbatch.Reader] // the node's socket reader (udp_* counters); nil until New
 
@@ -58,6 +61,7 @@ func (s *Stats) Snapshot() map[string]uint64 {
 		"packets_dropped":     s.PacketsDropped.Load(),
 		"peer_keys_rotated":   s.PeerKeysRotated.Load(),
 		"tunnels_silent":      s.TunnelsSilent.Load(),
+		"upstream_tls_failed": s.UpstreamTLSFailed.Load(),
 	}
 	if rd := s.udp.Load(); rd != nil {
 		// Receive batching (udpbatch): datagrams per read is

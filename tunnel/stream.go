@@ -90,8 +90,8 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 		return
 	}
 	service, err := ParseRequest(req)
-	status, upstream := StatusBadRequest, ""
-	var sguard StreamGuard
+	status := StatusBadRequest
+	var upstream *serviceEntry
 	sg := n.gates.service(service)
 	switch {
 	case err != nil:
@@ -100,7 +100,7 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	case n.audit.Admit() != nil: // no work without evidence (on_failure: refuse); THREATS P7, TestJournalFailureRefusesStreams
 		status = StatusAuditUnavailable
 	default:
-		status, upstream, sguard = n.cfg.Load().admit(peer, service)
+		status, upstream = n.cfg.Load().admit(peer, service)
 		if status == StatusAccepted {
 			var more []*gate
 			more, limit, scope = enterGates(nil, sg)
@@ -110,12 +110,16 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 			}
 		}
 	}
-	var up net.Conn
+	var up LocalConn
 	var dialErr error
 	if status == StatusAccepted {
-		d := net.Dialer{Timeout: strictest(n.cfg.Load().cfg.DialTimeout, pg.limits().DialTimeout, sg.limits().DialTimeout)}
-		if up, dialErr = d.DialContext(n.ctx, "tcp", upstream); dialErr != nil {
+		timeout := strictest(n.cfg.Load().cfg.DialTimeout, pg.limits().DialTimeout, sg.limits().DialTimeout)
+		if up, dialErr = dialUpstream(n.ctx, upstream, timeout); dialErr != nil {
 			status = StatusUpstreamDown
+			var te *UpstreamTLSError
+			if errors.As(dialErr, &te) {
+				n.Stats.UpstreamTLSFailed.Add(1)
+			}
 		}
 	}
 	if status != StatusAccepted {
@@ -136,9 +140,9 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	n.Stats.StreamsAccepted.Add(1)
 	start := time.Now()
 	n.auditStreamOpened(peer, service, inbound, id, up.RemoteAddr())
-	var local Conn = up.(*net.TCPConn)
-	if sguard != nil {
-		local = sguard.Wrap(peer, up.(*net.TCPConn))
+	var local Conn = up
+	if upstream.Guard != nil {
+		local = upstream.Guard.Wrap(peer, up)
 	}
 	res := n.pump(local, s, r, w, nil, n.guard(peer, service, pg, sg))
 	if reason := codec.Reason(res.err); reason != "" {
@@ -213,7 +217,7 @@ func (n *Node) rejectStream(s *quic.Stream, r *codec.Reader, err error, peer str
 // beyond the client's own. The exporter passes nothing to an upstream
 // before it has accepted the request, and discards what came with a
 // refused one.
-func (n *Node) Forward(ctx context.Context, client *net.TCPConn, peer, service string) error {
+func (n *Node) Forward(ctx context.Context, client LocalConn, peer, service string) error {
 	l := n.link(peer)
 	if l == nil {
 		n.Stats.ForwardsFailed.Add(1)
@@ -338,7 +342,7 @@ func (n *Node) open(ctx context.Context, l *link, service string) (openStream, *
 
 // resetTCP closes c with an RST, so the client sees a refusal, not a clean
 // empty response.
-func resetTCP(c *net.TCPConn) {
+func resetTCP(c LocalConn) {
 	c.SetLinger(0)
 	c.Close()
 }

@@ -97,6 +97,20 @@ func (s *scan) evidence() Evidence {
 		EventCounts: s.counts, Suppressed: s.suppressed, Refusals: s.ref, Keys: s.keys,
 		Configs: s.configs, Lifecycle: s.lifecycle, AuditPath: s.auditPath, TLS: top(s.tls),
 	}
+	ev.API = s.api
+	ev.API.Operations, ev.API.Shadow, ev.API.Deprecated = []string{}, []string{}, []string{}
+	for _, k := range slices.Sorted(maps.Keys(s.inventory)) {
+		inv := s.inventory[k]
+		for _, o := range inv.ops {
+			ev.API.Operations = append(ev.API.Operations, k+": "+o)
+		}
+		for _, o := range inv.shadow {
+			ev.API.Shadow = append(ev.API.Shadow, k+": "+o)
+		}
+		for _, o := range inv.deprecated {
+			ev.API.Deprecated = append(ev.API.Deprecated, k+": "+o)
+		}
+	}
 	for _, h := range slices.SortedFunc(maps.Keys(s.hours), time.Time.Compare) {
 		ev.Hourly = append(ev.Hourly, Bucket{Start: h, Counts: s.hours[h]})
 	}

@@ -24,6 +24,30 @@ type Evidence struct {
 	// IncidentsOmitted counts candidates past the first 500.
 	IncidentsOmitted int           `json:"incidents_omitted"`
 	Register         []RegisterRow `json:"register"`
+	API              APIEvidence   `json:"api"`
+}
+
+// APIEvidence is what the journal shows of the API guards and response
+// checks.
+type APIEvidence struct {
+	// SpecsInForce are the contracts the last configuration event before
+	// the period's end named (dyad.api.spec_sha256: service=SHA-256 and
+	// listen→peer/service=SHA-256).
+	SpecsInForce []string `json:"specs_in_force"`
+	// Denied counts dyad.api.denied by reason (not_allowed, no_route,
+	// rate_limited, invalid_body, …).
+	Denied map[string]int `json:"denied"`
+	// Inventories counts dyad.api.inventory events; Shadow and Deprecated
+	// are from the last one of each peer and service in the period (the
+	// inventory is cumulative since the daemon started).
+	Inventories int      `json:"inventories"`
+	Operations  []string `json:"operations"`
+	Shadow      []string `json:"shadow"`
+	Deprecated  []string `json:"deprecated_called"`
+	// ResponseInvalid counts dyad.api.response_invalid by reason;
+	// ResponseBlocked those replaced by a 502.
+	ResponseInvalid map[string]int `json:"response_invalid"`
+	ResponseBlocked int            `json:"response_blocked"`
 }
 
 // Event kinds of the timeline.

@@ -227,19 +227,18 @@ func (b *builder) owasp() Section {
 		Citations: b.cites(audit.RecordRejected, audit.StreamClosed),
 	}
 
+	api3 := notTunnel("API3:2023", "Broken Object Property Level Authorization",
+		"which properties of an object a caller may read or change is decided inside the API; a tunnel does not parse payloads",
+		"property-level authorization and response filtering, in the API")
+	api6 := notTunnel("API6:2023", "Unrestricted Access to Sensitive Business Flows",
+		"abuse of a business flow (buying out stock, mass sign-ups) uses valid requests; only the application knows the flow",
+		"flow-level abuse detection, in the application")
+	b.apiGuardRows(&api3, &api5, &api6, &api9, &api10) // owaspapi.go: where the API guard is in force
 	sec.Rows = []Row{
 		notTunnel("API1:2023", "Broken Object Level Authorization",
 			"object identifiers travel inside the application's requests; dyad carries the bytes sealed and cannot see or authorize the objects they name",
 			"checking every object access against the caller, in the API"),
-		api2,
-		notTunnel("API3:2023", "Broken Object Property Level Authorization",
-			"which properties of an object a caller may read or change is decided inside the API; a tunnel does not parse payloads",
-			"property-level authorization and response filtering, in the API"),
-		api4, api5,
-		notTunnel("API6:2023", "Unrestricted Access to Sensitive Business Flows",
-			"abuse of a business flow (buying out stock, mass sign-ups) uses valid requests; only the application knows the flow",
-			"flow-level abuse detection, in the application"),
-		api7, api8, api9, api10,
+		api2, api3, api4, api5, api6, api7, api8, api9, api10,
 	}
 	return sec
 }

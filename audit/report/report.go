@@ -122,7 +122,43 @@ type Controls struct {
 	Journal              Journal       `json:"journal"`
 	Export               Export        `json:"export"`
 	CountConnectionDrops bool          `json:"count_connection_drops"`
+	// APIGuards are the services' API guards (services[].api);
+	// ResponseChecks the forwards' response checks (forwards[].api).
+	APIGuards      []APIGuard      `json:"api_guards,omitempty"`
+	ResponseChecks []ResponseCheck `json:"response_checks,omitempty"`
 }
+
+// APIGuard is one service's API guard in the configuration.
+type APIGuard struct {
+	Service    string `json:"service"`
+	Spec       string `json:"spec"`
+	SHA256     string `json:"spec_sha256"`
+	Operations int    `json:"operations"`
+	// AllowLists are the allowed peers with an operation list, as
+	// peer → the number of operations it may call; Unrestricted the
+	// allowed peers without one (they may call every operation).
+	AllowLists      map[string]int `json:"allow_lists"`
+	Unrestricted    []string       `json:"unrestricted"`
+	ValidateRequest bool           `json:"validate_request"`
+	// RateLimited are the operations with a per-peer rate limit.
+	RateLimited []string `json:"rate_limited"`
+	Deprecated  []string `json:"deprecated"` // the spec's deprecated operations
+}
+
+// ResponseCheck is one forward's response check in the configuration.
+type ResponseCheck struct {
+	Forward string `json:"forward"` // listen→peer/service
+	Spec    string `json:"spec"`
+	SHA256  string `json:"spec_sha256"`
+	Block   bool   `json:"block"`
+}
+
+// Modes of a row's evidence.
+const (
+	Prevention = "prevention"
+	Detection  = "detection"
+	Both       = "prevention and detection"
+)
 
 // Peer is a paired partner daemon.
 type Peer struct {
@@ -274,9 +310,13 @@ type Section struct {
 // Row is one requirement: what it asks (paraphrased), what dyad does, the
 // verdict, and the evidence.
 type Row struct {
-	ID        string   `json:"id"`        // "API2:2023", "DORA Art. 9(2)-(4)"
-	Title     string   `json:"title"`     // the requirement, paraphrased
-	Status    Status   `json:"status"`    //
+	ID     string `json:"id"`     // "API2:2023", "DORA Art. 9(2)-(4)"
+	Title  string `json:"title"`  // the requirement, paraphrased
+	Status Status `json:"status"` //
+	// Mode says what the row's evidence shows: prevention (the control
+	// refuses), detection (it sees and records), or both; empty where a
+	// row makes no such claim.
+	Mode      string   `json:"mode,omitempty"`
 	Control   string   `json:"control"`   // the control in effect, from the configuration
 	Why       string   `json:"why"`       // why this status
 	Evidence  []Fact   `json:"evidence"`  // runtime figures from the journal

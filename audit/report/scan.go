@@ -40,6 +40,8 @@ type scan struct {
 	peers       map[string]*peerState
 	uses        map[useKey]*ServiceUse
 	ref         Refusals
+	api         APIEvidence
+	inventory   map[string]apiInventory // by "peer → service"
 	sources     map[string]int64
 	fps         map[string]int64
 	policy      map[string]int64
@@ -136,9 +138,14 @@ func newScan(o *Options) *scan {
 		sources: map[string]int64{}, fps: map[string]int64{}, policy: map[string]int64{}, limits: map[string]int64{},
 		ownKeys: map[string]*KeySeen{}, pinned: map[string]string{}, tls: map[string]int64{},
 		examples: map[string][]uint64{}, cited: map[uint64]citedEntry{}, slots: map[time.Time]*slot{},
-		cut: noCut,
+		cut:       noCut,
+		api:       APIEvidence{SpecsInForce: []string{}, Denied: map[string]int{}, ResponseInvalid: map[string]int{}},
+		inventory: map[string]apiInventory{},
 	}
 }
+
+// apiInventory is the last dyad.api.inventory of one peer and service.
+type apiInventory struct{ ops, shadow, deprecated []string }
 
 func str(e *journal.Entry, key string) string { return e.Attr(key).AsString() }
 
@@ -244,6 +251,7 @@ func (s *scan) state(e *journal.Entry, line []byte, in bool) {
 		}
 	case audit.ConfigLoaded, audit.ConfigReloaded:
 		s.pins(e, line, in)
+		s.api.SpecsInForce = append([]string{}, e.Attr(audit.KeyAPISpecSHA256).AsStringSlice()...)
 	case audit.IdentityRotated, audit.PeerKeyRotated, audit.PeerEnrolled, audit.PeerRevoked:
 		s.lifecycleKey(e, line, in)
 	case audit.TunnelEstablished:
@@ -462,6 +470,22 @@ func (s *scan) count(e *journal.Entry, line []byte) {
 		add(KindIntegrity, int(n))
 		s.ref.QUICDrops[str(e, audit.KeyReason)] += int(n)
 		s.hostile(e, line, "QUIC packets dropped", "", "", n)
+	case audit.APIDenied:
+		add(KindRefusals, 1)
+		s.api.Denied[str(e, audit.KeyReason)]++
+	case audit.APIInventory:
+		s.api.Inventories++
+		k := str(e, audit.KeyPeer) + " → " + str(e, audit.KeyService)
+		s.inventory[k] = apiInventory{
+			ops: e.Attr(audit.KeyAPIOperations).AsStringSlice(), shadow: e.Attr(audit.KeyAPIShadow).AsStringSlice(),
+			deprecated: e.Attr(audit.KeyAPIDeprecated).AsStringSlice(),
+		}
+	case audit.APIResponseInvalid:
+		add(KindIntegrity, 1)
+		s.api.ResponseInvalid[str(e, audit.KeyReason)]++
+		if str(e, audit.KeyAPIAction) == "blocked" {
+			s.api.ResponseBlocked++
+		}
 	case audit.KeyUpdated:
 		s.keys.RecordKeyUpdates++
 	case audit.EventsSuppressed:

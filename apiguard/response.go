@@ -1,0 +1,576 @@
+package apiguard
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+)
+
+// This file is the importing side's half of the guard (OWASP API10, unsafe
+// consumption of a partner's API): the responses that come back through a
+// forward are paired with their requests and checked against the partner's
+// spec (README, "API guard: responses").
+
+// ResponsePolicy is a forward's response check, immutable once built.
+type ResponsePolicy struct {
+	// Forward names the forward in events ("peer/service").
+	Peer, Service string
+	Spec          *Spec
+	// Block replaces a response that breaks the contract with a 502
+	// problem response; false only reports it.
+	Block bool
+	// MaxBody bounds the body buffered to validate against its schema; a
+	// longer one streams unchecked (counted). Zero means DefaultMaxBody.
+	MaxBody int64
+}
+
+func (p *ResponsePolicy) maxBody() int64 {
+	if p.MaxBody <= 0 {
+		return DefaultMaxBody
+	}
+	return p.MaxBody
+}
+
+// Response finding reasons (dyad.api.response_invalid's dyad.reason).
+const (
+	ReasonUndeclaredStatus   = "undeclared_status"   // the operation declares neither this status nor a default
+	ReasonUndeclaredProperty = "undeclared_property" // the body has a property its schema forbids (additionalProperties: false)
+	ReasonSchemaViolation    = "schema_violation"    // the body breaks its schema otherwise
+	ReasonContentType        = "undeclared_content_type"
+	ReasonHeader             = "invalid_header"     // a declared response header is missing or malformed
+	ReasonUndecodableBody    = "undecodable_body"   // the body is not what its content type says (e.g. not JSON)
+	ReasonMalformedResponse  = "malformed_response" // not an HTTP/1.1 response at all
+	// ReasonBusy is in a 502 only, never an event: with block, a body the
+	// forward had no budget to check within 1 s.
+	ReasonBusy = "response_check_busy"
+)
+
+// ResponseFinding is one response that broke the contract. It names the
+// operation and the schema keyword that failed, never a value of the body,
+// the path or the query (THREATS P6).
+type ResponseFinding struct {
+	Operation string // operationId (or "METHOD /template"); "" for a malformed response
+	Method    string
+	Route     string // the path template
+	Status    int    // 0 for a malformed response
+	Reason    string // one of the Reason constants
+	// Keyword is the JSON Schema keyword that failed (type, required, enum,
+	// properties, additionalProperties, …); "" when no schema failed.
+	Keyword string
+	Blocked bool // replaced by a 502
+}
+
+// ResponseStats counts a forward's responses; every response is counted in
+// exactly one of Valid, Invalid, Refusals or the Unchecked counters.
+type ResponseStats struct {
+	Valid            atomic.Uint64 // matched an operation and passed
+	Invalid          atomic.Uint64 // broke the contract (audited)
+	Blocked          atomic.Uint64 // of Invalid, replaced by a 502
+	UncheckedNoOp    atomic.Uint64 // the request matched no operation of the spec
+	UncheckedTooLong atomic.Uint64 // the body needed validation but was over max_body: streamed unchecked
+	UncheckedStream  atomic.Uint64 // after the request stream stopped parsing (not HTTP/1.1): passed as bytes
+	// Refusals are problem+json 4xx/503 answers with a status the
+	// operation does not declare: the partner's side refused the call.
+	Refusals atomic.Uint64
+	// UncheckedBusy are bodies that needed validation while the forward's
+	// body budget (BodyBudget x max_body) was in use for 1 s: passed on
+	// unchecked (report-only) or answered 502 (block).
+	UncheckedBusy atomic.Uint64
+
+	buffered atomic.Int64 // body bytes reserved now, over the forward's connections
+}
+
+// BodyBudget is how many max_body-sized response bodies one forward holds
+// for validation at once, over all its connections.
+const BodyBudget = 8
+
+// reserve takes n bytes of the forward's body budget, waiting up to 1 s
+// for it when wait is set.
+func (s *ResponseStats) reserve(n, maxBody int64, wait bool) bool {
+	deadline := time.Now().Add(time.Second)
+	for {
+		if s.buffered.Add(n) <= BodyBudget*(maxBody+1) {
+			return true
+		}
+		s.buffered.Add(-n)
+		if !wait || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Snapshot returns the counters by name, for /statusz.
+func (s *ResponseStats) Snapshot() map[string]uint64 {
+	return map[string]uint64{
+		"valid": s.Valid.Load(), "invalid": s.Invalid.Load(), "blocked": s.Blocked.Load(),
+		"unchecked_no_operation": s.UncheckedNoOp.Load(), "unchecked_over_max_body": s.UncheckedTooLong.Load(),
+		"unchecked_not_http": s.UncheckedStream.Load(), "partner_refusals": s.Refusals.Load(), "unchecked_busy": s.UncheckedBusy.Load(),
+	}
+}
+
+// maxRequestHead bounds a request's header block as the response checker
+// parses it: a longer one stops the pairing (the rest of the connection
+// passes unchecked and counted), so a local client cannot make it buffer
+// without bound.
+const maxRequestHead = 64 << 10
+
+// maxPipelined bounds the requests waiting for their responses; a client
+// pipelining more waits (its reads pause) until responses come back.
+const maxPipelined = 64
+
+// CheckedConn is a forward's local client connection whose responses are
+// checked: what the pump reads (requests) is parsed on the side to learn
+// each request's operation; what the pump writes (responses) is parsed,
+// validated and written on to the client, or replaced. Read and Write may
+// be called concurrently (one goroutine each, as the pump does);
+// CloseWrite ends the responses after the last one is written.
+type CheckedConn struct {
+	*net.TCPConn
+	p      *ResponsePolicy
+	stats  *ResponseStats
+	report func(ResponseFinding)
+
+	reqW     *io.PipeWriter // request bytes to the request parser; nil once it stopped (Read's goroutine only)
+	reqR     *io.PipeReader
+	respW    *io.PipeWriter // response bytes from the tunnel to the response loop
+	respR    *io.PipeReader
+	pending  chan pairedRequest
+	respDone chan struct{}
+	respErr  error // set before respDone closes
+	close    sync.Once
+}
+
+// pairedRequest is what the response loop needs of a request.
+type pairedRequest struct {
+	req    *http.Request // method, URL and headers; the body is not kept
+	route  *routers.Route
+	params map[string]string
+	op     *Operation // nil: no operation of the spec
+}
+
+// NewCheckedConn checks the responses to client's requests under p,
+// counting in stats and calling report for each finding (from the
+// response goroutine, synchronously: report must not block for long).
+func NewCheckedConn(client *net.TCPConn, p *ResponsePolicy, stats *ResponseStats, report func(ResponseFinding)) *CheckedConn {
+	c := &CheckedConn{TCPConn: client, p: p, stats: stats, report: report,
+		pending: make(chan pairedRequest, maxPipelined), respDone: make(chan struct{})}
+	c.reqR, c.reqW = io.Pipe()
+	c.respR, c.respW = io.Pipe()
+	go c.requests()
+	go c.responses()
+	return c
+}
+
+// Read reads the client's bytes and shows them to the request parser.
+func (c *CheckedConn) Read(b []byte) (int, error) {
+	n, err := c.TCPConn.Read(b)
+	if c.reqW != nil {
+		if n > 0 {
+			if _, werr := c.reqW.Write(b[:n]); werr != nil {
+				c.reqW = nil // the parser stopped: the rest passes unparsed
+			}
+		}
+		if err != nil && c.reqW != nil {
+			c.reqW.Close()
+			c.reqW = nil
+		}
+	}
+	return n, err
+}
+
+// Write hands response bytes from the tunnel to the response loop; it
+// returns once the loop took them (so the pump's flow control holds) or
+// with the loop's error.
+func (c *CheckedConn) Write(b []byte) (int, error) { return c.respW.Write(b) }
+
+// ReadFrom and WriteTo hide the TCP connection's own, which would bypass
+// the checks.
+func (c *CheckedConn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(writerOnly{c}, r) }
+
+// WriteTo: see ReadFrom.
+func (c *CheckedConn) WriteTo(w io.Writer) (int64, error) { return io.Copy(w, readerOnly{c}) }
+
+type writerOnly struct{ io.Writer }
+type readerOnly struct{ io.Reader }
+
+// CloseWrite ends the responses: the loop writes what it holds, then the
+// client's connection is half-closed.
+// The client gets its FIN even after a failure (a response cut short by
+// the partner), as it would without the check.
+func (c *CheckedConn) CloseWrite() error {
+	c.respW.Close()
+	<-c.respDone
+	err := c.TCPConn.CloseWrite()
+	if c.respErr != nil {
+		return c.respErr
+	}
+	return err
+}
+
+// Close ends both loops and closes the client's connection.
+func (c *CheckedConn) Close() error {
+	err := c.TCPConn.Close()
+	c.close.Do(func() {
+		c.respR.CloseWithError(net.ErrClosed)
+		c.respW.CloseWithError(net.ErrClosed)
+		c.reqR.CloseWithError(net.ErrClosed)
+	})
+	<-c.respDone
+	return err
+}
+
+// headLimit counts the bytes of a request's header block.
+type headLimit struct {
+	r       io.Reader
+	n       int
+	inHead  bool
+	tooLong bool
+}
+
+var errHeadTooLong = errors.New("request header block over the checker's bound")
+
+func (h *headLimit) Read(b []byte) (int, error) {
+	if h.inHead && h.n >= maxRequestHead {
+		h.tooLong = true
+		return 0, errHeadTooLong
+	}
+	n, err := h.r.Read(b)
+	if h.inHead {
+		h.n += n
+	}
+	return n, err
+}
+
+// requests parses the client's requests and queues each one's operation
+// for its response, in order. It stops at the first byte stream that is
+// not HTTP/1.1 and drains the rest, so Read never blocks on it.
+func (c *CheckedConn) requests() {
+	defer close(c.pending)
+	defer io.Copy(io.Discard, c.reqR)
+	hl := &headLimit{r: c.reqR}
+	br := bufio.NewReaderSize(hl, 4<<10)
+	for {
+		hl.inHead, hl.n = true, br.Buffered()
+		req, err := http.ReadRequest(br)
+		hl.inHead = false
+		if err != nil {
+			return
+		}
+		pr := pairedRequest{req: req}
+		if route, params, err := c.p.Spec.router.FindRoute(req); err == nil {
+			pr.route, pr.params, pr.op = route, params, c.p.Spec.byOp[route.Operation]
+		}
+		body := req.Body
+		req.Body = http.NoBody
+		// Queued before the body is read: a client that waits for "100
+		// Continue" sends its body only after that response.
+		c.pending <- pr
+		if _, err := io.Copy(io.Discard, body); err != nil {
+			return
+		}
+	}
+}
+
+// responses parses, checks and writes on the responses, pairing each with
+// the next request. Once pairing is impossible it copies bytes unchanged.
+func (c *CheckedConn) responses() {
+	defer close(c.respDone)
+	// Once this loop stops pairing, the request parser must never wait
+	// for it (a 101 upgrade's bytes may look like requests).
+	defer func() {
+		go func() {
+			for range c.pending {
+			}
+		}()
+	}()
+	br := bufio.NewReaderSize(c.respR, 32<<10)
+	fail := func(err error) {
+		c.respErr = err
+		c.respR.CloseWithError(err)
+	}
+	for {
+		if _, err := br.Peek(1); err != nil {
+			if err != io.EOF {
+				fail(err)
+			}
+			return
+		}
+		pr, ok := <-c.pending
+		if !ok {
+			c.stats.UncheckedStream.Add(1)
+			if _, err := br.WriteTo(c.TCPConn); err != nil {
+				fail(err)
+			}
+			return
+		}
+		more, err := c.response(br, pr)
+		if err != nil {
+			fail(err)
+			return
+		}
+		if !more {
+			if _, err := br.WriteTo(c.TCPConn); err != nil {
+				fail(err)
+			}
+			return
+		}
+	}
+}
+
+// response handles the response(s) to one request: informational ones are
+// written on, then the final one is checked. It returns false when the
+// connection stops being HTTP (101, CONNECT) or must end.
+func (c *CheckedConn) response(br *bufio.Reader, pr pairedRequest) (bool, error) {
+	for {
+		resp, err := http.ReadResponse(br, pr.req)
+		if err != nil {
+			f := ResponseFinding{Reason: ReasonMalformedResponse, Blocked: c.p.Block}
+			if pr.op != nil {
+				f.Operation, f.Method, f.Route = pr.op.Key, pr.op.Method, pr.op.Path
+			}
+			c.finding(f)
+			// The byte stream cannot be followed any more: end it, after
+			// the 502 when blocking (a FIN so the client reads it), with a
+			// reset otherwise.
+			if c.p.Block {
+				c.writeProblem(f, true)
+				c.TCPConn.CloseWrite()
+			} else {
+				c.TCPConn.SetLinger(0)
+				c.TCPConn.Close()
+			}
+			return false, fmt.Errorf("%s/%s: response not HTTP/1.1: %w", c.p.Peer, c.p.Service, err)
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			// As it came: a status line and its fields (Response.Write
+			// would add a Content-Length an interim response has not).
+			if err := writeInterim(c.TCPConn, resp); err != nil {
+				return false, err
+			}
+			continue
+		}
+		return c.final(resp, pr)
+	}
+}
+
+// writeInterim writes a 1xx response.
+func writeInterim(w io.Writer, resp *http.Response) error {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "HTTP/1.1 %s\r\n", resp.Status)
+	resp.Header.Write(&b)
+	b.WriteString("\r\n")
+	_, err := w.Write(b.Bytes())
+	return err
+}
+
+// final checks and writes one final response.
+func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error) {
+	defer resp.Body.Close()
+	more := !resp.Close && resp.StatusCode != http.StatusSwitchingProtocols && pr.req.Method != http.MethodConnect
+	if pr.op == nil {
+		c.stats.UncheckedNoOp.Add(1)
+		return more, resp.Write(c.TCPConn)
+	}
+	var body []byte
+	if needsBody(pr.route, resp) {
+		// THREATS P5, tested by TestResponseCheckBudget: the bodies a
+		// forward holds at once are bounded whatever the partner sends.
+		reserve := c.p.maxBody() + 1
+		if resp.ContentLength >= 0 && resp.ContentLength < reserve {
+			reserve = resp.ContentLength
+		}
+		if !c.stats.reserve(reserve, c.p.maxBody(), c.p.Block) {
+			c.stats.UncheckedBusy.Add(1)
+			if !c.p.Block {
+				return more, resp.Write(c.TCPConn) // report-only: passed on unchecked, counted
+			}
+			// Blocking fails closed: what could not be checked is not passed.
+			if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+				return false, err
+			}
+			return more, c.writeProblem(ResponseFinding{Operation: pr.op.Key, Reason: ReasonBusy}, !more)
+		}
+		defer c.stats.buffered.Add(-reserve)
+		buf, err := io.ReadAll(io.LimitReader(resp.Body, c.p.maxBody()+1))
+		if err != nil {
+			return false, err
+		}
+		if int64(len(buf)) > c.p.maxBody() {
+			// Too long to hold: streamed on unchecked, counted.
+			c.stats.UncheckedTooLong.Add(1)
+			resp.Body = io.NopCloser(io.MultiReader(bytes.NewReader(buf), resp.Body))
+			return more, resp.Write(c.TCPConn)
+		}
+		body = buf
+	}
+	in := &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: pr.req, PathParams: pr.params, Route: pr.route},
+		Status:                 resp.StatusCode,
+		Header:                 resp.Header,
+		Body:                   io.NopCloser(bytes.NewReader(body)),
+		Options:                &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true},
+	}
+	err := openapi3filter.ValidateResponse(context.Background(), in)
+	if err == nil {
+		c.stats.Valid.Add(1)
+		if body != nil {
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		return more, resp.Write(c.TCPConn)
+	}
+	f := ResponseFinding{Operation: pr.op.Key, Method: pr.op.Method, Route: pr.op.Path, Status: resp.StatusCode, Blocked: c.p.Block}
+	f.Reason, f.Keyword = responseReason(err)
+	if f.Reason == ReasonUndeclaredStatus && problemRefusal(resp) {
+		// The partner's side refused the call (its dyad's API guard
+		// answers 403, 404, 429 … this way): not data to consume.
+		c.stats.Refusals.Add(1)
+		if body != nil {
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		return more, resp.Write(c.TCPConn)
+	}
+	c.finding(f)
+	if !c.p.Block {
+		if body != nil {
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		return more, resp.Write(c.TCPConn)
+	}
+	// The partner's response is read to its end, so the connection stays
+	// in step and a keep-alive client can go on.
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return false, err
+	}
+	if err := c.writeProblem(f, !more); err != nil {
+		return false, err
+	}
+	return more, nil
+}
+
+func (c *CheckedConn) finding(f ResponseFinding) {
+	c.stats.Invalid.Add(1)
+	if f.Blocked {
+		c.stats.Blocked.Add(1)
+	}
+	if c.report != nil {
+		c.report(f)
+	}
+}
+
+// writeProblem answers the client with a 502 problem+json that says which
+// contract rule the partner broke, never what it sent.
+func (c *CheckedConn) writeProblem(f ResponseFinding, last bool) error {
+	detail := fmt.Sprintf("the response of %s/%s to %s broke its OpenAPI contract: %s", c.p.Peer, c.p.Service, f.Operation, f.Reason)
+	if f.Operation == "" {
+		detail = fmt.Sprintf("the response of %s/%s was not HTTP/1.1", c.p.Peer, c.p.Service)
+	}
+	body := fmt.Sprintf(`{"type":"about:blank","title":"Bad Gateway","status":502,"detail":%s,"reason":%q}`, strconv.Quote(detail), f.Reason)
+	conn := ""
+	if last {
+		conn = "Connection: close\r\n"
+	}
+	_, err := fmt.Fprintf(c.TCPConn, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/problem+json\r\nContent-Length: %d\r\n%s\r\n%s", len(body), conn, body)
+	return err
+}
+
+// problemRefusal says whether resp is a refusal in the RFC 9457 problem format
+// with a client-error or 503 status, as the exporting dyad's API guard
+// answers (400, 403, 404, 405, 413, 429, 431, 503): an undeclared status of
+// this kind is counted, not reported.
+func problemRefusal(resp *http.Response) bool {
+	ct := resp.Header.Get("Content-Type")
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	return strings.TrimSpace(strings.ToLower(ct)) == "application/problem+json" &&
+		(resp.StatusCode >= 400 && resp.StatusCode < 500 || resp.StatusCode == http.StatusServiceUnavailable)
+}
+
+// needsBody says whether the response's body has a schema to validate,
+// as openapi3filter.ValidateResponse decides it; HEAD responses and 304
+// have no body.
+func needsBody(route *routers.Route, resp *http.Response) bool {
+	if resp.Request != nil && resp.Request.Method == http.MethodHead || resp.StatusCode == http.StatusNotModified || resp.ContentLength == 0 {
+		return false
+	}
+	if route == nil || route.Operation == nil || route.Operation.Responses == nil {
+		return false
+	}
+	ref := route.Operation.Responses.Status(resp.StatusCode)
+	if ref == nil {
+		ref = route.Operation.Responses.Default()
+	}
+	if ref == nil || ref.Value == nil {
+		return false
+	}
+	mt := ref.Value.Content.Get(resp.Header.Get("Content-Type"))
+	return mt != nil && mt.Schema != nil
+}
+
+// responseReason classes a validation error and names the schema keyword
+// that failed. Undeclared properties win over other schema errors: they
+// are what OWASP API3 asks to detect.
+func responseReason(err error) (reason, keyword string) {
+	var re *openapi3filter.ResponseError
+	if !errors.As(err, &re) {
+		return ReasonSchemaViolation, ""
+	}
+	switch {
+	case re.Reason == "status is not supported":
+		return ReasonUndeclaredStatus, ""
+	case strings.Contains(re.Reason, "header"):
+		return ReasonHeader, ""
+	case strings.HasPrefix(re.Reason, "failed to decode"):
+		return ReasonUndecodableBody, ""
+	case strings.Contains(re.Reason, "Content-Type") || strings.Contains(re.Reason, "content type"):
+		return ReasonContentType, ""
+	}
+	var errs []*openapi3.SchemaError
+	collectSchemaErrors(re.Err, &errs)
+	if len(errs) == 0 {
+		return ReasonSchemaViolation, ""
+	}
+	for _, se := range errs {
+		if undeclaredProperty(se) {
+			return ReasonUndeclaredProperty, "additionalProperties"
+		}
+	}
+	return ReasonSchemaViolation, errs[0].SchemaField
+}
+
+func undeclaredProperty(se *openapi3.SchemaError) bool {
+	return se.SchemaField == "additionalProperties" || se.SchemaField == "properties" && strings.HasSuffix(se.Reason, "is unsupported")
+}
+
+// collectSchemaErrors flattens kin-openapi's multi-errors.
+func collectSchemaErrors(err error, out *[]*openapi3.SchemaError) {
+	var me openapi3.MultiError
+	if errors.As(err, &me) {
+		for _, e := range me {
+			collectSchemaErrors(e, out)
+		}
+		return
+	}
+	var se *openapi3.SchemaError
+	if errors.As(err, &se) {
+		*out = append(*out, se)
+		if se.Origin != nil {
+			collectSchemaErrors(se.Origin, out)
+		}
+	}
+}
