@@ -3,6 +3,7 @@ package tunnel
 import (
 	"io"
 	"net"
+	"os"
 	"syscall"
 )
 
@@ -13,6 +14,8 @@ import (
 type localSource struct {
 	io.Reader // the local connection, metered or not
 	rc        syscall.RawConn
+	peek      func(fd uintptr) bool // built once, so that WaitRead allocates nothing
+	err       error                 // the error the last peek took from the socket
 }
 
 // waitingSource returns src (which reads from c) as a localSource, or src
@@ -28,17 +31,35 @@ func waitingSource(src io.Reader, local Conn) io.Reader {
 	if err != nil {
 		return src
 	}
-	return localSource{src, rc}
-}
-
-// WaitRead returns once a Read of the connection would not block: data,
-// its end or an error is there. It peeks (MSG_PEEK, one byte, not
-// consumed) rather than trusting the poller's readiness alone, which a
-// Read that left data in the socket does not re-arm.
-func (s localSource) WaitRead() error {
-	return s.rc.Read(func(fd uintptr) bool {
+	s := &localSource{Reader: src, rc: rc}
+	s.peek = func(fd uintptr) bool {
 		var b [1]byte
 		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return err != syscall.EAGAIN
-	})
+		switch err {
+		case syscall.EAGAIN:
+			return false
+		case nil, syscall.EINTR:
+		default:
+			// The peek took the socket's pending error (a reset): the
+			// Read after it would see a clean end of stream, so the error
+			// is handed on here (THREATS P3, TestLocalSourceWaitRead and
+			// the daemon's TestFaultUpstreamRestart: a reset upstream is
+			// never a complete download).
+			s.err = &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("recvfrom", err)}
+		}
+		return true
+	}
+	return s
+}
+
+// WaitRead returns once a Read of the connection would not block: data or
+// its end is there (nil), or an error (returned). It peeks (MSG_PEEK, one
+// byte, not consumed) rather than trusting the poller's readiness alone,
+// which a Read that left data in the socket does not re-arm.
+func (s *localSource) WaitRead() error {
+	s.err = nil
+	if err := s.rc.Read(s.peek); err != nil {
+		return err
+	}
+	return s.err
 }

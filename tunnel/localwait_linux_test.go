@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -82,6 +83,26 @@ func TestLocalSourceWaitRead(t *testing.T) {
 	client.(*net.TCPConn).CloseWrite()
 	if err, ok := within(done, 5*time.Second); !ok || err != nil {
 		t.Fatalf("WaitRead after FIN: %v (returned: %v)", err, ok)
+	}
+	// A reset is an error, never a clean end: the peek takes the socket's
+	// pending error, so WaitRead must hand it on.
+	c3, _ := net.Dial("tcp", ln.Addr().String())
+	s3, _ := ln.Accept()
+	defer s3.Close()
+	c3.Write([]byte("x"))
+	c3.(*net.TCPConn).SetLinger(0)
+	c3.Close()
+	time.Sleep(50 * time.Millisecond)
+	w3 := waitingSource(s3, s3.(*net.TCPConn)).(codec.ReadWaiter)
+	if err := w3.WaitRead(); err != nil { // the byte before the reset
+		t.Fatalf("WaitRead with data before a reset: %v", err)
+	}
+	var one [8]byte
+	if n, err := s3.Read(one[:]); n != 1 && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read %d, %v", n, err)
+	}
+	if err := w3.WaitRead(); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("WaitRead after a reset: %v, want ECONNRESET", err)
 	}
 	// Closing the connection (pump's abort) ends a wait with an error.
 	c2, _ := net.Dial("tcp", ln.Addr().String())

@@ -265,6 +265,7 @@ func (n *Node) Forward(ctx context.Context, client LocalConn, peer, service stri
 	// The peer answers after dialing its upstream: allow for its dial
 	// beyond our own connect timeout.
 	deadline, _ := ctx.Deadline()
+	cancel() // the stream is open: its timer need not live as long as the stream
 	accepted := false
 	answer := func() error {
 		os.stream.SetReadDeadline(deadline.Add(cfg.DialTimeout))
