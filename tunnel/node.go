@@ -14,6 +14,7 @@ package tunnel
 import (
 	"bytes"
 	"context"
+	"crypto/fips140"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -96,6 +97,9 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 	}
 	if err := cfg.ValidateSelf(id.Public()); err != nil {
 		return nil, err
+	}
+	if cfg.FIPS && !fips140.Enabled() {
+		return nil, ErrFIPSInactive
 	}
 	cert, err := id.Certificate()
 	if err != nil {

@@ -12,12 +12,16 @@ import (
 type Stats struct {
 	TunnelsEstablished atomic.Uint64
 	HandshakesRefused  atomic.Uint64 // unpaired keys, both directions
-	StreamsAccepted    atomic.Uint64 // streams served for a peer
-	StreamsForwarded   atomic.Uint64 // local connections carried to a peer
-	ForwardsFailed     atomic.Uint64 // local connections refused: no tunnel, or refused by the peer
-	BytesSent          atomic.Uint64 // plaintext bytes from local sockets into tunnels
-	BytesReceived      atomic.Uint64 // plaintext bytes from tunnels to local sockets
-	PacketsDropped     atomic.Uint64 // UDP datagrams quic-go dropped below the tunnels
+	// HandshakesNotPostQuantum counts the refusals (in HandshakesRefused
+	// too) of a handshake without a hybrid ML-KEM group, under
+	// Config.RequirePostQuantum.
+	HandshakesNotPostQuantum atomic.Uint64
+	StreamsAccepted          atomic.Uint64 // streams served for a peer
+	StreamsForwarded         atomic.Uint64 // local connections carried to a peer
+	ForwardsFailed           atomic.Uint64 // local connections refused: no tunnel, or refused by the peer
+	BytesSent                atomic.Uint64 // plaintext bytes from local sockets into tunnels
+	BytesReceived            atomic.Uint64 // plaintext bytes from tunnels to local sockets
+	PacketsDropped           atomic.Uint64 // UDP datagrams quic-go dropped below the tunnels
 
 	udp atomic.Pointer[udpbatch.Reader] // the node's socket reader (udp_* counters); nil until New
 
@@ -44,14 +48,15 @@ func (s *Stats) add(m *map[string]uint64, key string) {
 // Snapshot returns every counter by name.
 func (s *Stats) Snapshot() map[string]uint64 {
 	out := map[string]uint64{
-		"tunnels_established": s.TunnelsEstablished.Load(),
-		"handshakes_refused":  s.HandshakesRefused.Load(),
-		"streams_accepted":    s.StreamsAccepted.Load(),
-		"streams_forwarded":   s.StreamsForwarded.Load(),
-		"forwards_failed":     s.ForwardsFailed.Load(),
-		"bytes_sent":          s.BytesSent.Load(),
-		"bytes_received":      s.BytesReceived.Load(),
-		"packets_dropped":     s.PacketsDropped.Load(),
+		"tunnels_established":         s.TunnelsEstablished.Load(),
+		"handshakes_refused":          s.HandshakesRefused.Load(),
+		"handshakes_not_post_quantum": s.HandshakesNotPostQuantum.Load(),
+		"streams_accepted":            s.StreamsAccepted.Load(),
+		"streams_forwarded":           s.StreamsForwarded.Load(),
+		"forwards_failed":             s.ForwardsFailed.Load(),
+		"bytes_sent":                  s.BytesSent.Load(),
+		"bytes_received":              s.BytesReceived.Load(),
+		"packets_dropped":             s.PacketsDropped.Load(),
 	}
 	if rd := s.udp.Load(); rd != nil {
 		// Receive batching (udpbatch): datagrams per read is

@@ -1,0 +1,68 @@
+package daemon
+
+import (
+	"crypto/fips140"
+	"crypto/tls"
+	"fmt"
+	"slices"
+
+	"github.com/dyad-tunnel/dyad/tunnel"
+)
+
+// certifiedModules are the Go Cryptographic Module versions with a FIPS
+// 140-3 certificate, as this toolchain's $GOROOT/lib/fips140/certified.txt
+// names them (TestCertifiedModulesMatchToolchain keeps the two equal).
+var certifiedModules = []string{"v1.0.0"}
+
+// FIPSState is the process's FIPS 140-3 state.
+type FIPSState struct {
+	Enabled   bool   // Go's FIPS 140-3 mode is on (GODEBUG=fips140=on)
+	Module    string // the module version built in: "v1.0.0", or "latest" (the toolchain's own tree)
+	Certified bool   // Module is a certified snapshot
+}
+
+// CurrentFIPS returns this process's FIPS 140-3 state.
+func CurrentFIPS() FIPSState {
+	v := fips140.Version()
+	return FIPSState{Enabled: fips140.Enabled(), Module: v, Certified: slices.Contains(certifiedModules, v)}
+}
+
+// String is the state as `dyad version` prints it.
+func (f FIPSState) String() string {
+	mode := "off"
+	if f.Enabled {
+		mode = "on"
+	}
+	cert := "certified snapshot"
+	if !f.Certified {
+		cert = "not a certified snapshot: build with GOFIPS140=certified (make release)"
+	}
+	return fmt.Sprintf("%s, Go Cryptographic Module %s (%s)", mode, f.Module, cert)
+}
+
+// Warning is what a FIPS-mode daemon logs at start when its module is
+// not certified; empty otherwise.
+func (f FIPSState) Warning() string {
+	if !f.Enabled || f.Certified {
+		return ""
+	}
+	return fmt.Sprintf("FIPS 140-3 mode runs Go Cryptographic Module %s, which is not a certified snapshot; "+
+		"for a certified build use `make release` (GOFIPS140=certified)", f.Module)
+}
+
+// checkFIPS refuses a configuration with fips: true in a process where the
+// module is not active (tested by TestFIPSRefusesWithoutModule).
+func checkFIPS(cfg *Config) error {
+	if cfg.File.FIPS && !fips140.Enabled() {
+		return fmt.Errorf("%s: %w", cfg.Path, tunnel.ErrFIPSInactive)
+	}
+	return nil
+}
+
+// preferredGroup is the TLS group this daemon offers first.
+func preferredGroup(cfg *Config) tls.CurveID {
+	if cfg.Tunnel.FIPS {
+		return tls.SecP256r1MLKEM768
+	}
+	return tls.X25519MLKEM768
+}
