@@ -18,7 +18,6 @@ import (
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
 
-
 // Keygen writes a new identity into dir and prints what the partner needs.
 func Keygen(dir string, out io.Writer) error {
 	id, err := identity.Generate()
