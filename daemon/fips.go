@@ -29,15 +29,14 @@ func CurrentFIPS() FIPSState {
 
 // String is the state as `dyad version` prints it.
 func (f FIPSState) String() string {
-	mode := "off"
-	if f.Enabled {
-		mode = "on"
+	if !f.Enabled {
+		return fmt.Sprintf("off (Go Cryptographic Module %s built in; GODEBUG=fips140=on turns it on)", f.Module)
 	}
-	cert := "certified snapshot"
+	cert := "a certified snapshot"
 	if !f.Certified {
-		cert = "not a certified snapshot: build with GOFIPS140=certified (make release)"
+		cert = "not a certified snapshot: build with GOFIPS140=certified, as make release does"
 	}
-	return fmt.Sprintf("%s, Go Cryptographic Module %s (%s)", mode, f.Module, cert)
+	return fmt.Sprintf("on, Go Cryptographic Module %s (%s)", f.Module, cert)
 }
 
 // Warning is what a FIPS-mode daemon logs at start when its module is

@@ -2,7 +2,10 @@ package daemon
 
 import (
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -115,4 +118,27 @@ func withoutCreated(t *testing.T, data []byte) []byte {
 		t.Fatalf("no Created header in\n%s", data)
 	}
 	return out
+}
+
+// TestCertifiedModulesMatchToolchain: the module versions dyad calls
+// certified are those the toolchain's $GOROOT/lib/fips140/certified.txt
+// names (GOFIPS140=certified), so a Go upgrade that certifies another
+// snapshot fails here until certifiedModules says so.
+func TestCertifiedModulesMatchToolchain(t *testing.T) {
+	goroot, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		t.Skipf("go env GOROOT: %v", err)
+	}
+	data, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(goroot)), "lib", "fips140", "certified.txt"))
+	if err != nil {
+		t.Skipf("this toolchain names no certified snapshot: %v", err)
+	}
+	var named []string
+	for _, l := range strings.Fields(string(data)) {
+		v, _, _ := strings.Cut(l, "-") // v1.0.0-c2097c7c: the version and the snapshot's hash
+		named = append(named, v)
+	}
+	if !slices.Equal(named, certifiedModules) {
+		t.Fatalf("certified.txt names %v, certifiedModules says %v", named, certifiedModules)
+	}
 }

@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -18,11 +19,17 @@ import (
 // traffic both ways (SHA-256 compared); each journals the FIPS state at
 // start, and every tunnel negotiated an approved hybrid group
 // (SecP256r1MLKEM768: both halves approved) and an AES-GCM TLS suite. The
-// test build is not from a certified snapshot, so each daemon warns.
+// test build is not from a certified snapshot, so each daemon warns;
+// DYAD_FIPS_BIN names a build made with GOFIPS140=certified (make release)
+// to run the pair on instead, which must say v1.0.0, certified, and not warn.
 func TestFIPSPairEndToEnd(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	root := t.TempDir()
-	a, b := newSite(t, root, "site-a"), newSite(t, root, "site-b")
+	bin, module, certified := dyadBin, "latest", "false"
+	if b := os.Getenv("DYAD_FIPS_BIN"); b != "" {
+		bin, module, certified = b, "v1.0.0", "true"
+	}
+	a, b := siteOf(t, bin, root, "site-a"), siteOf(t, bin, root, "site-b")
 	local := freeTCP(t)
 	b.Config.Peers = []daemon.PeerFile{a.Peer(false)}
 	b.Config.Services = []daemon.ServiceFile{{Name: "echo", Upstream: echo, Allow: []string{"site-a"}}}
@@ -44,8 +51,8 @@ func TestFIPSPairEndToEnd(t *testing.T) {
 		if n := counters(t, s)["handshakes_refused"]; n != 0 {
 			t.Errorf("%s refused %d handshakes", s.Name, n)
 		}
-		if !strings.Contains(s.Logs(), "not a certified snapshot") {
-			t.Errorf("%s did not warn that the test build's module is not certified:\n%s", s.Name, s.Logs())
+		if warned := strings.Contains(s.Logs(), "not a certified snapshot"); warned != (certified == "false") {
+			t.Errorf("%s warned %v that its module %s is not certified:\n%s", s.Name, warned, module, s.Logs())
 		}
 		es, _, err := s.Journal()
 		if err != nil {
@@ -58,7 +65,7 @@ func TestFIPSPairEndToEnd(t *testing.T) {
 			case audit.DaemonStarted:
 				started++
 				want := map[string]string{audit.KeyFIPS: "true", audit.KeyFIPSRequired: "true", audit.KeyRequirePQ: "true",
-					audit.KeyFIPSCertified: "false", audit.KeyFIPSModule: "latest", audit.KeyTLSCurve: "SecP256r1MLKEM768"}
+					audit.KeyFIPSCertified: certified, audit.KeyFIPSModule: module, audit.KeyTLSCurve: "SecP256r1MLKEM768"}
 				for k, v := range want {
 					if got := e.Attr(k).Emit(); got != v {
 						t.Errorf("%s %s: %s = %q, want %q", s.Name, e.Name, k, got, v)
@@ -73,6 +80,9 @@ func TestFIPSPairEndToEnd(t *testing.T) {
 			t.Errorf("%s journalled %d starts and %d tunnels", s.Name, started, tunnels)
 		}
 	}
+	if bin != dyadBin {
+		return
+	}
 	// dyad version says so too.
 	out, err := exec.Command(dyadBin, "version").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "fips 140-3:   off") {
@@ -84,6 +94,15 @@ func TestFIPSPairEndToEnd(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "fips 140-3:   on, Go Cryptographic Module latest (not a certified snapshot") {
 		t.Errorf("dyad version with GODEBUG=fips140=on: %v\n%s", err, out)
 	}
+}
+
+func siteOf(t *testing.T, bin, root, name string) *daemontest.Site {
+	t.Helper()
+	s, err := daemontest.NewSite(bin, root, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func checkFIPSTunnel(t *testing.T, site string, e *journal.Entry) {

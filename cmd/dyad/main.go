@@ -1,5 +1,12 @@
 // Command dyad is the paired tunnel daemon for partner APIs. It parses the
 // command line and hands over to package daemon.
+
+// A build against a FIPS module snapshot (GOFIPS140=certified, make
+// release) would default to FIPS 140-3 mode; dyad keeps one binary for both
+// modes, chosen at run time with GODEBUG=fips140=on (README, "FIPS 140-3
+// mode").
+//
+//go:debug fips140=off
 package main
 
 import (
@@ -8,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/dyad-tunnel/dyad/audit/report"
@@ -22,14 +30,17 @@ Usage:
   dyad install-key --from FILE --to FILE
                              copy a group-readable key (Kubernetes Secret, systemd
                              credential) to the owner-only file dyad reads
-  dyad check --config FILE   validate a configuration and its key file
-  dyad run --config FILE     run the daemon (SIGHUP reloads, SIGTERM drains)
+  dyad check [--config FILE] validate a configuration and its key file
+  dyad run [--config FILE]   run the daemon (SIGHUP reloads, SIGTERM drains)
   dyad audit verify --config FILE
                              check the audit journal's chain and signed checkpoints
   dyad report --config FILE --framework all --since 30d --format html --out FILE
                              write DORA / OWASP API Top 10 evidence from the journal
-  dyad version               show the build and its cryptography
+  dyad version               show the build and its cryptography (also dyad --version)
+  dyad completion bash|zsh|fish
+                             print a shell completion script
 
+Without --config, a command reads $DYAD_CONFIG, else /etc/dyad/dyad.yaml.
 Run "dyad COMMAND --help" for a command's flags.
 `
 
@@ -62,23 +73,19 @@ func main() {
 		err = daemon.InstallKey(*from, *to, os.Stdout)
 	case "check":
 		fs := newFlags("check", "validate a configuration file and its key file")
-		cfg := fs.String("config", "", "configuration file (required)")
+		var cfg string
+		configFlag(fs, &cfg, "configuration file")
 		fs.Parse(args)
-		if *cfg == "" {
-			usageError(fs, "--config is required")
-		}
-		err = daemon.Check(*cfg, os.Stdout)
+		err = daemon.Check(cfg, os.Stdout)
 	case "run":
 		fs := newFlags("run", "run the daemon until SIGTERM or SIGINT; SIGHUP reloads the configuration")
-		cfg := fs.String("config", "", "configuration file (required)")
+		var cfg string
+		configFlag(fs, &cfg, "configuration file")
 		var o daemon.RunOptions
 		fs.BoolVar(&o.AcceptBrokenJournal, "accept-broken-journal", false,
 			"start even if the audit journal does not verify, recording a signed dyad.journal.break entry that dyad audit verify reports for ever")
 		fs.Parse(args)
-		if *cfg == "" {
-			usageError(fs, "--config is required")
-		}
-		err = daemon.RunWith(context.Background(), *cfg, os.Stderr, o)
+		err = daemon.RunWith(context.Background(), cfg, os.Stderr, o)
 	case "audit":
 		if len(args) == 0 || args[0] != "verify" {
 			fmt.Fprint(os.Stderr, "usage: dyad audit verify [flags]; run dyad audit verify --help\n")
@@ -87,11 +94,14 @@ func main() {
 		fs := newFlags("audit verify", "check the audit journal: hash chain, sequence, signed checkpoints; exit 0 verified, 1 not verified, 2 could not check")
 		var o daemon.VerifyOptions
 		fs.StringVar(&o.Journal, "journal", "", "journal folder (default: the configuration's audit.journal.dir)")
-		fs.StringVar(&o.Config, "config", "", "configuration file: the journal folder, the site and the identity key")
+		fs.StringVar(&o.Config, "config", "", "configuration file: the journal folder, the site and the identity key (default without --public-key: $DYAD_CONFIG, else "+defaultConfigPath+")")
 		fs.StringVar(&o.PublicKey, "public-key", "", "the daemon's dyad1:… public key, instead of reading its identity file")
 		fs.StringVar(&o.Site, "site", "", "the daemon's site name, with --public-key")
 		fs.StringVar(&o.AnchorFile, "anchor", "", "file holding a signed checkpoint kept outside the journal (the dyad.journal.checkpoint attribute your SIEM received)")
 		fs.Parse(args[1:])
+		if o.Config == "" && o.PublicKey == "" {
+			o.Config = defaultConfig()
+		}
 		ok, verr := daemon.AuditVerify(o, os.Stdout)
 		if verr != nil {
 			fmt.Fprintln(os.Stderr, "dyad:", verr)
@@ -103,7 +113,7 @@ func main() {
 	case "report":
 		fs := newFlags("report", "write a DORA and OWASP API Security Top 10 (2023) evidence report from the audit journal;\nexit 0 written, 1 written but the journal does not verify (the report says where), 2 not written")
 		var o daemon.ReportOptions
-		fs.StringVar(&o.Config, "config", "", "configuration file: the controls in effect, the site, the identity and the journal (required)")
+		configFlag(fs, &o.Config, "configuration file: the controls in effect, the site, the identity and the journal")
 		fs.StringVar(&o.Journal, "journal", "", "journal folder (default: the configuration's audit.journal.dir)")
 		fs.StringVar(&o.Framework, "framework", "all", "dora, owasp-api-2023 or all")
 		fs.StringVar(&o.Since, "since", "", "the period: this long back from now, e.g. 720h or 30d")
@@ -113,9 +123,6 @@ func main() {
 		fs.StringVar(&o.Out, "out", "", "file to write (default: standard output)")
 		fs.DurationVar(&o.OutageMin, "outage-min", time.Minute, "shortest tunnel outage, or unknown gap after an unclean stop, listed as an incident candidate")
 		fs.Parse(args)
-		if o.Config == "" {
-			usageError(fs, "--config is required")
-		}
 		rerr := daemon.Report(o, os.Stdout)
 		switch {
 		case errors.Is(rerr, report.ErrNotVerified):
@@ -128,9 +135,15 @@ func main() {
 		if o.Out != "" && o.Out != "-" {
 			fmt.Fprintf(os.Stderr, "dyad: report written to %s\n", o.Out)
 		}
-	case "version":
+	case "version", "--version", "-version":
 		newFlags("version", "show the build and its cryptography").Parse(args)
-		daemon.PrintVersion(os.Stdout)
+		printVersion()
+	case "completion":
+		if len(args) != 1 {
+			fmt.Fprint(os.Stderr, "usage: dyad completion bash|zsh|fish\n")
+			os.Exit(2)
+		}
+		err = writeCompletion(os.Stdout, args[0])
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
@@ -139,6 +152,9 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "dyad:", err)
+		if errors.Is(err, os.ErrNotExist) && strings.Contains(err.Error(), defaultConfig()) {
+			fmt.Fprintf(os.Stderr, "dyad: without --config, dyad reads $DYAD_CONFIG, else %s\n", defaultConfigPath)
+		}
 		os.Exit(1)
 	}
 }
