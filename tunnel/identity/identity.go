@@ -172,10 +172,9 @@ func Parse(data []byte) (*Identity, error) {
 		return nil, err
 	}
 	if c, ok := block.Headers[createdHeader]; ok {
-		// The header is not secret: quoting it helps find the typo.
 		t, err := time.Parse(time.RFC3339, c)
-		if err != nil {
-			return nil, fmt.Errorf("identity: %s header %q is not an RFC 3339 time", createdHeader, c)
+		if err != nil { // not quoted, like the rest of the file
+			return nil, fmt.Errorf("identity: the %s header is not an RFC 3339 time", createdHeader)
 		}
 		id.created = t.UTC()
 	}
