@@ -66,7 +66,7 @@ func Check(path string, out io.Writer) error {
 			return fmt.Errorf("%s: peer %q: %w", path, p.Name, err)
 		}
 	}
-	for _, w := range ConnectionWarnings(cfg.Tunnel) {
+	for _, w := range append(ConnectionWarnings(cfg.Tunnel), startWarnings(cfg, id)...) {
 		fmt.Fprintf(out, "%s: warning: %s\n", path, w)
 	}
 	fmt.Fprintf(out, "%s: ok: site %s, identity %s, %d peers, %d services, %d forwards\n", path, cfg.Site,

@@ -5,8 +5,10 @@ import (
 	"crypto/tls"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/dyad-tunnel/dyad/tunnel"
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
 
 // certifiedModules are the Go Cryptographic Module versions with a FIPS
@@ -64,4 +66,19 @@ func preferredGroup(cfg *Config) tls.CurveID {
 		return tls.SecP256r1MLKEM768
 	}
 	return tls.X25519MLKEM768
+}
+
+// startWarnings are what `dyad check` says about this host's start: fips:
+// true where this process is not in FIPS 140-3 mode (the daemon would
+// refuse to start unless run with GODEBUG=fips140=on), and the identity's
+// age (tested by TestCheckWarnsFIPSAndAge).
+func startWarnings(cfg *Config, id *identity.Identity) []string {
+	var out []string
+	if cfg.File.FIPS && !fips140.Enabled() {
+		out = append(out, "fips: true: run the daemon with GODEBUG=fips140=on, or it refuses to start (this check ran without it)")
+	}
+	if w := IdentityAgeWarning(cfg, id, time.Now()); w != "" {
+		out = append(out, w)
+	}
+	return out
 }

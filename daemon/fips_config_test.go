@@ -142,3 +142,36 @@ func TestCertifiedModulesMatchToolchain(t *testing.T) {
 		t.Fatalf("certified.txt names %v, certifiedModules says %v", named, certifiedModules)
 	}
 }
+
+// TestCheckWarnsFIPSAndAge: dyad check says that fips: true needs
+// GODEBUG=fips140=on when the checking process runs without it, and that
+// an identity's age is unknown (a key file of an earlier release).
+func TestCheckWarnsFIPSAndAge(t *testing.T) {
+	dir := t.TempDir()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPath, _, err := id.WriteFiles(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(keyPath)
+	if err := os.WriteFile(keyPath, withoutCreated(t, data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "dyad.yaml")
+	if err := os.WriteFile(cfg, []byte("site: s\nidentity: identity.key\nlisten: 127.0.0.1:0\nfips: true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := Check(cfg, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "age unknown") {
+		t.Errorf("no identity age warning:\n%s", out.String())
+	}
+	if fipsOn := CurrentFIPS().Enabled; strings.Contains(out.String(), "run the daemon with GODEBUG=fips140=on") == fipsOn {
+		t.Errorf("FIPS warning with the mode %v:\n%s", fipsOn, out.String())
+	}
+}
