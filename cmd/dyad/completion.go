@@ -100,7 +100,7 @@ func writeZsh(out io.Writer) {
 	fmt.Fprintf(out, "#compdef dyad\n# zsh completion for dyad: install it as _dyad in a folder of $fpath\n# (make install: $PREFIX/share/zsh/site-functions/_dyad).\n")
 	fmt.Fprintf(out, "_dyad() {\n\tlocal -a cmds\n\tcmds=(\n")
 	for _, c := range commands {
-		fmt.Fprintf(out, "\t\t'%s:%s'\n", c.name, strings.ReplaceAll(c.what, "'", ""))
+		fmt.Fprintf(out, "\t\t'%s:%s'\n", c.name, strings.ReplaceAll(c.what, "'", `'\''`))
 	}
 	fmt.Fprintf(out, "\t)\n\tif (( CURRENT == 2 )); then\n\t\t_describe 'command' cmds\n\t\treturn\n\tfi\n\tcase ${words[2]} in\n")
 	for _, c := range commands {
@@ -124,7 +124,9 @@ func writeZsh(out io.Writer) {
 		}
 		fmt.Fprintf(out, "\t%s) _arguments %s ;;\n", c.name, strings.Join(specs, " "))
 	}
-	fmt.Fprintf(out, "\tesac\n}\ncompdef _dyad dyad\n")
+	// Autoloaded from $fpath the file is _dyad's body: complete now;
+	// sourced, register the function.
+	fmt.Fprintf(out, "\tesac\n}\nif [ \"$funcstack[1]\" = \"_dyad\" ]; then\n\t_dyad \"$@\"\nelse\n\tcompdef _dyad dyad\nfi\n")
 }
 
 func writeFish(out io.Writer) {

@@ -139,3 +139,31 @@ func TestCompletionCoversUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestCompletionZshFish: sourced into zsh the script registers itself for
+// dyad; loaded into fish it completes command names, flags and arguments.
+func TestCompletionZshFish(t *testing.T) {
+	dir := t.TempDir()
+	for _, sh := range []string{"zsh", "fish"} {
+		var b bytes.Buffer
+		writeCompletion(&b, sh)
+		os.WriteFile(filepath.Join(dir, "dyad."+sh), b.Bytes(), 0o644)
+	}
+	if _, err := exec.LookPath("zsh"); err == nil {
+		out, err := exec.Command("zsh", "-f", "-c", "autoload -U compinit; compinit -u -D; source "+filepath.Join(dir, "dyad.zsh")+"; print -r -- ${_comps[dyad]}").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "_dyad" {
+			t.Errorf("zsh: %v\n%s", err, out)
+		}
+	}
+	if _, err := exec.LookPath("fish"); err == nil {
+		out, err := exec.Command("fish", "-c", "source "+filepath.Join(dir, "dyad.fish")+`; complete -C "dyad rep"; complete -C "dyad report --fo"; complete -C "dyad completion "`).CombinedOutput()
+		if err != nil {
+			t.Fatalf("fish: %v\n%s", err, out)
+		}
+		for _, want := range []string{"report\t", "--format", "bash", "zsh", "fish"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("fish completions lack %q:\n%s", want, out)
+			}
+		}
+	}
+}
