@@ -119,7 +119,7 @@ release: ## reproducible linux/amd64 and linux/arm64 binaries, SHA256SUMS and Cy
 	GO=$(GO) VERSION=$(VERSION) deploy/release/release.sh
 
 release-check: ## build the release twice with separate caches and compare: binaries, SBOM, SHA256SUMS, stamped version
-	DYAD_RELEASE_CHECK=1 $(GO) test -count 1 -run TestReleaseReproducible -v ./deploy
+	DYAD_RELEASE_CHECK=1 $(GO) test -count 1 -timeout 30m -run TestReleaseReproducible -v ./deploy
 
 helm-check: ## Helm chart: strict lint, render with several value sets, strict decode into Kubernetes types, `dyad check` its dyad.yaml
 	cd deploy/helm/check && $(GO) vet ./... && $(GO) test -count 1 ./...

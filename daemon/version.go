@@ -29,6 +29,12 @@ func vcsVersion() string {
 	if !ok {
 		return ""
 	}
+	return vcsVersionOf(bi)
+}
+
+// vcsVersionOf is vcsVersion for the build information bi (tested by
+// TestVCSVersion).
+func vcsVersionOf(bi *debug.BuildInfo) string {
 	if v := bi.Main.Version; v != "" && v != "(devel)" && !strings.HasPrefix(v, "v0.0.0-") {
 		return v
 	}

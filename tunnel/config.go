@@ -75,8 +75,8 @@ type Config struct {
 	// New refuses to start unless Go's FIPS 140-3 module is active
 	// (crypto/fips140.Enabled) and the suite is AES-256-GCM, and TLS offers
 	// and accepts only the groups whose every part is approved
-	// (fipsCurves). A node of the previous configuration keeps it until a
-	// restart.
+	// (fipsCurves). The listener's TLS configuration is built in New, so a
+	// change takes a restart (the daemon refuses it on reload).
 	FIPS bool
 	// RequirePostQuantum refuses, in both directions, every handshake whose
 	// key exchange is not a hybrid ML-KEM group (postQuantum), counted as
