@@ -8,25 +8,55 @@ SMOKETIME ?= 4s
 SOAKTIME  ?= 10m
 BENCHCOUNT ?= 5
 OUT       := bench/out
+# Every build is stamped with the version git describes (daemon.Version;
+# `dyad version`, the start event, the report).
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X github.com/dyad-tunnel/dyad/daemon.Version=$(VERSION)
+# make install: PREFIX=/usr for a distribution layout, DESTDIR to stage.
+PREFIX    ?= /usr/local
+DESTDIR   ?=
 # The OpenTelemetry Collector of the end-to-end audit test, built once from
 # deploy/otel-collector/builder.yaml and kept in .cache/ between runs.
 OTELCOL   := .cache/otelcol/build/dyad-otelcol
 
-.PHONY: help demo soak collector prev-release test test-race test-exhaustive fuzz-smoke fuzz fuzz-long collector-siem test-siem helm-check image release release-check lint bench bench-quick bench-micro bench-deps build clean
+.PHONY: help install uninstall demo soak collector prev-release test test-race test-exhaustive fuzz-smoke fuzz fuzz-long collector-siem test-siem helm-check image release release-check lint bench bench-quick bench-micro bench-deps build clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 build: ## build bin/dyad (and check that every package builds)
 	$(GO) build ./...
-	$(GO) build -trimpath -o bin/dyad ./cmd/dyad
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/dyad ./cmd/dyad
+
+# Installed files: the binary, the systemd unit (ExecStart pointing at this
+# PREFIX's binary) and sysusers entry, an example configuration (not
+# /etc/dyad/dyad.yaml itself: that is the operator's), and the completion
+# scripts dyad prints for bash, zsh and fish. Checked by deploy TestMakeInstall.
+install: build ## install into $(DESTDIR)$(PREFIX) (PREFIX=/usr/local): binary, systemd unit, sysusers, completions, example config
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(PREFIX)/lib/sysusers.d \
+		$(DESTDIR)$(PREFIX)/share/dyad $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
+		$(DESTDIR)$(PREFIX)/share/zsh/site-functions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	install -m 0755 bin/dyad $(DESTDIR)$(PREFIX)/bin/dyad
+	sed 's|/usr/local/bin/dyad|$(PREFIX)/bin/dyad|g' deploy/systemd/dyad.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/dyad.service
+	chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/dyad.service
+	install -m 0644 deploy/systemd/dyad-sysusers.conf $(DESTDIR)$(PREFIX)/lib/sysusers.d/dyad.conf
+	install -m 0644 deploy/systemd/dyad.yaml $(DESTDIR)$(PREFIX)/share/dyad/dyad.yaml.example
+	bin/dyad completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/dyad
+	bin/dyad completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_dyad
+	bin/dyad completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/dyad.fish
+
+uninstall: ## remove what make install put in $(DESTDIR)$(PREFIX) (configuration, keys and journal stay)
+	rm -f $(DESTDIR)$(PREFIX)/bin/dyad $(DESTDIR)$(PREFIX)/lib/systemd/system/dyad.service \
+		$(DESTDIR)$(PREFIX)/lib/sysusers.d/dyad.conf $(DESTDIR)$(PREFIX)/share/dyad/dyad.yaml.example \
+		$(DESTDIR)$(PREFIX)/share/bash-completion/completions/dyad $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_dyad \
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/dyad.fish
 
 demo: build ## two paired daemons on loopback carrying real HTTP traffic, 100 MiB each way
-	$(GO) build -o bin/dyad-demo ./cmd/dyad-demo
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/dyad-demo ./cmd/dyad-demo
 	bin/dyad-demo -dyad bin/dyad
 
 soak: build ## SOAKTIME (10m) of mixed traffic both ways with a fault every 45-60 s; SHA-256 per transfer, leak checks (not in CI)
-	$(GO) build -o bin/dyad-soak ./cmd/dyad-soak
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/dyad-soak ./cmd/dyad-soak
 	bin/dyad-soak -dyad bin/dyad -duration $(SOAKTIME)
 
 # The SIEM collector of deploy/otel-collector/, from siem-builder.yaml with the
@@ -81,17 +111,15 @@ fuzz: ## fuzz each target for FUZZTIME (30s); stops at the first crasher with th
 fuzz-long: ## fuzz round-robin for FUZZLONG (8h), FUZZSLICE (10m) a target; resumable, corpus in Go's fuzz cache
 	@GO=$(GO) fuzz/run.sh -long $(FUZZLONG) -slice $(FUZZSLICE)
 
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-
 image: ## container image dyad:$(VERSION) from deploy/container/Dockerfile (needs Docker with BuildKit; none in CI)
 	docker build -f deploy/container/Dockerfile --build-arg VERSION=$(VERSION) \
 		--build-arg SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) -t dyad:$(VERSION) .
 
 release: ## reproducible linux/amd64 and linux/arm64 binaries, SHA256SUMS and CycloneDX SBOMs in dist/
-	GO=$(GO) deploy/release/release.sh
+	GO=$(GO) VERSION=$(VERSION) deploy/release/release.sh
 
 release-check: ## build the release twice with separate caches and compare: binaries, SBOM, SHA256SUMS, stamped version
-	DYAD_RELEASE_CHECK=1 $(GO) test -count 1 -run TestReleaseReproducible -v ./deploy
+	DYAD_RELEASE_CHECK=1 $(GO) test -count 1 -timeout 30m -run TestReleaseReproducible -v ./deploy
 
 helm-check: ## Helm chart: strict lint, render with several value sets, strict decode into Kubernetes types, `dyad check` its dyad.yaml
 	cd deploy/helm/check && $(GO) vet ./... && $(GO) test -count 1 ./...

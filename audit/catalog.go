@@ -98,6 +98,11 @@ const (
 	KeyCodecDirection          = "dyad.codec.direction"
 	KeyKeyGeneration           = "dyad.key.generation"
 	KeyFIPS                    = "dyad.fips"
+	KeyFIPSModule              = "dyad.fips.module_version"
+	KeyFIPSCertified           = "dyad.fips.certified"
+	KeyFIPSRequired            = "dyad.fips.required"
+	KeyRequirePQ               = "dyad.tls.require_post_quantum"
+	KeyIdentityCreated         = "dyad.identity.created"
 	KeyConfigPath              = "dyad.config.path"
 	KeyConfigSHA256            = "dyad.config.sha256"
 	KeyPeers                   = "dyad.config.peers"
@@ -247,8 +252,13 @@ var Catalog = []Spec{
 			{KeyServiceVersion, String, false, "dyad version"},
 			{KeyFingerprint, String, false, "this daemon's identity fingerprint (SHA256:…)"},
 			{KeyFIPS, Bool, false, "Go FIPS 140-3 mode is on"},
+			{KeyFIPSModule, String, false, "the Go Cryptographic Module version built in: v1.0.0 for the certified snapshot `make release` uses, latest for a build from the toolchain's own tree"},
+			{KeyFIPSCertified, Bool, false, "the module built in is a certified snapshot (CMVP); false means a FIPS-mode daemon runs a module not (yet) certified"},
+			{KeyFIPSRequired, Bool, false, "the configuration says fips: true (the daemon would not have started without FIPS 140-3 mode)"},
+			{KeyRequirePQ, Bool, false, "tls.require_post_quantum: handshakes without a hybrid ML-KEM group are refused"},
+			{KeyIdentityCreated, String, false, "when the identity key was made (RFC 3339), or unknown for a key file written before dyad recorded it"},
 			{KeyCodecSuite, String, false, "record suite this daemon seals with"},
-			{KeyTLSCurve, String, false, "preferred TLS key-exchange group"},
+			{KeyTLSCurve, String, false, "preferred TLS key-exchange group (SecP256r1MLKEM768 in FIPS 140-3 mode, else X25519MLKEM768)"},
 			{KeyServerAddress, String, false, "QUIC listen address"},
 			{KeyServerPort, Int, false, "QUIC listen port (UDP)"},
 		},
@@ -340,7 +350,7 @@ var Catalog = []Spec{
 			{KeyPeerFingerprint, String, false, `presented fingerprint, or "none"`},
 			aPeerAddr, aPeerPort, aTransport,
 			{KeyDirection, String, false, `"inbound" (a client dialed us) or "outbound" (a server we dialed)`},
-			{KeyReason, String, false, "unknown_key (inbound, on fresh and resumed handshakes), not_paired (inbound: the key was unpinned while its handshake ran), pinned_key_mismatch (outbound: the server is not the peer we dialed), no_certificate, bad_certificate"},
+			{KeyReason, String, false, "unknown_key (inbound, on fresh and resumed handshakes), not_paired (inbound: the key was unpinned while its handshake ran), pinned_key_mismatch (outbound: the server is not the peer we dialed), no_certificate, bad_certificate, not_post_quantum (either direction: a paired key, but a classical key exchange under tls.require_post_quantum)"},
 		},
 		OCSF: OCSF{3002, "Authentication", 1, "Logon", 2, 3},
 		ECS:  ECS{"event", []string{"authentication", "network"}, []string{"start", "denied"}, "failure"},

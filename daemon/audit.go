@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/fips140"
 	"errors"
 	"fmt"
 	"net"
@@ -168,12 +167,18 @@ func startedAttrs(cfg *Config, id *identity.Identity, listen string) []attribute
 	if suite == 0 {
 		suite = codec.SuiteAES256GCM
 	}
+	fips := CurrentFIPS()
 	return []attribute.KeyValue{
 		attribute.String(audit.KeyServiceVersion, Version),
 		attribute.String(audit.KeyFingerprint, id.Public().Fingerprint()),
-		attribute.Bool(audit.KeyFIPS, fips140.Enabled()),
+		attribute.Bool(audit.KeyFIPS, fips.Enabled),
+		attribute.String(audit.KeyFIPSModule, fips.Module),
+		attribute.Bool(audit.KeyFIPSCertified, fips.Certified),
+		attribute.Bool(audit.KeyFIPSRequired, cfg.File.FIPS),
+		attribute.Bool(audit.KeyRequirePQ, cfg.Tunnel.RequirePostQuantum),
+		attribute.String(audit.KeyIdentityCreated, identityCreated(id)),
 		attribute.String(audit.KeyCodecSuite, suite.String()),
-		attribute.String(audit.KeyTLSCurve, "X25519MLKEM768"),
+		attribute.String(audit.KeyTLSCurve, preferredGroup(cfg).String()),
 		attribute.String(audit.KeyServerAddress, host),
 		attribute.Int64(audit.KeyServerPort, int64(port)),
 	}

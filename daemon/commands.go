@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"crypto/ed25519"
-	"crypto/fips140"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -18,10 +17,6 @@ import (
 	"github.com/dyad-tunnel/dyad/tunnel"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
-
-// Version is dyad's version, set at build time with
-// -ldflags "-X github.com/dyad-tunnel/dyad/daemon.Version=v1.2.3".
-var Version = "dev"
 
 // Keygen writes a new identity into dir and prints what the partner needs.
 func Keygen(dir string, out io.Writer) error {
@@ -95,11 +90,19 @@ func PrintVersion(out io.Writer) {
 		suites = append(suites, s.String())
 	}
 	fmt.Fprintf(out, "dyad %s\n", Version)
+	if c := buildCommit(); c != "" {
+		fmt.Fprintf(out, "commit:       %s\n", c)
+	}
 	fmt.Fprintf(out, "go:           %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	fmt.Fprintf(out, "quic-go:      %s (ALPN %s, TLS 1.3 only, no 0-RTT)\n", quicVersion, tunnel.ALPN)
-	fmt.Fprintf(out, "key exchange: X25519MLKEM768 (post-quantum hybrid, quic-go default)\n")
+	fips := CurrentFIPS()
+	if fips.Enabled {
+		fmt.Fprintf(out, "key exchange: SecP256r1MLKEM768 (post-quantum hybrid; FIPS 140-3 mode offers only approved groups)\n")
+	} else {
+		fmt.Fprintf(out, "key exchange: X25519MLKEM768 (post-quantum hybrid, crypto/tls default)\n")
+	}
 	fmt.Fprintf(out, "codec:        format v%d, suites %s\n", codec.Version, strings.Join(suites, ", "))
-	fmt.Fprintf(out, "fips 140-3:   %v\n", fips140.Enabled())
+	fmt.Fprintf(out, "fips 140-3:   %s\n", fips)
 }
 
 // VerifyOptions say what `dyad audit verify` checks.

@@ -6,6 +6,7 @@ package daemon
 
 import (
 	"bytes"
+	"crypto/fips140"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
@@ -51,6 +52,17 @@ type File struct {
 	Services []ServiceFile   `yaml:"services,omitempty"`
 	Forwards []ForwardConfig `yaml:"forwards,omitempty"`
 	Audit    AuditFile       `yaml:"audit,omitempty"`
+	// FIPS requires FIPS 140-3 mode: the daemon refuses to start unless Go's
+	// FIPS 140-3 module is active (GODEBUG=fips140=on), seals records with
+	// AES-256-GCM only and offers only approved TLS groups (README, "FIPS
+	// 140-3 mode"). False (the default) runs in whichever mode the process
+	// is in.
+	FIPS bool `yaml:"fips,omitempty"`
+	// TLS sets the tunnel's TLS handshake.
+	TLS TLSFile `yaml:"tls,omitempty"`
+	// IdentityMaxAge warns at start when the identity key is older than
+	// this (e.g. 365d, 8760h). Zero means 365d; "unlimited" never warns.
+	IdentityMaxAge Duration `yaml:"identity_max_age,omitempty"`
 	// StateDir holds what the daemon itself writes and keeps across
 	// restarts: enrolled peers (dyad join, dyad invite) and, by default, the
 	// control socket. Relative to the configuration file's folder; empty
@@ -71,6 +83,20 @@ type ControlFile struct {
 	// mode 0660); empty means only the daemon's user (and root), mode 0600.
 	Group string `yaml:"group,omitempty"`
 }
+
+// TLSFile sets the tunnel's TLS handshake.
+type TLSFile struct {
+	// RequirePostQuantum refuses every handshake, in both directions, whose
+	// key exchange is not a hybrid ML-KEM group (X25519MLKEM768,
+	// SecP256r1MLKEM768, SecP384r1MLKEM1024); refusals are audited as
+	// dyad.peer.auth_refused (reason not_post_quantum) and counted. False
+	// (the default) accepts the classical groups a partner without ML-KEM
+	// needs.
+	RequirePostQuantum bool `yaml:"require_post_quantum,omitempty"`
+}
+
+// DefaultIdentityMaxAge is identity_max_age when the file does not set it.
+const DefaultIdentityMaxAge = 365 * 24 * time.Hour
 
 // LogFile sets the operational log.
 type LogFile struct {
@@ -363,12 +389,18 @@ type ForwardAPIFile struct {
 // Duration is a time.Duration written as "30s", "1m30s".
 type Duration time.Duration
 
-// UnmarshalYAML parses a Go duration string ("unlimited" where a limit
-// takes it).
+// UnmarshalYAML parses a Go duration string, or a whole number of days
+// such as 365d ("unlimited" where a limit takes it).
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if n.Value == unlimited {
 		*d = -1
 		return nil
+	}
+	if days, ok := strings.CutSuffix(n.Value, "d"); ok {
+		if v, err := strconv.ParseUint(days, 10, 16); err == nil {
+			*d = Duration(time.Duration(v) * 24 * time.Hour)
+			return nil
+		}
 	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil || v < 0 {
@@ -416,6 +448,9 @@ type Config struct {
 	// ForwardAPIs are the forwards' response checks by ForwardConfig.key;
 	// a forward without api: has none.
 	ForwardAPIs map[string]*apiguard.ResponsePolicy
+	// IdentityMaxAge is identity_max_age with its default; negative means
+	// never warn.
+	IdentityMaxAge time.Duration
 }
 
 // ConfigError is a problem in the configuration file, with its place.
@@ -695,13 +730,24 @@ func (v *validator) check(f File) *Config {
 	t := &c.Tunnel
 	if f.Tunnel.Suite != "" {
 		s, err := codec.ParseSuite(f.Tunnel.Suite)
-		if err == nil && !s.Available() {
+		if err == nil && f.FIPS && s != codec.SuiteAES256GCM {
+			// FIPS mode seals with the approved suite only (tested by
+			// TestFIPSConfig).
+			err = fmt.Errorf("%v is not FIPS 140-3 approved; fips: true wants aes-256-gcm", s)
+		} else if err == nil && !s.Available() {
 			err = fmt.Errorf("%v is not available in FIPS 140-3 mode", s)
 		}
 		if err != nil {
 			v.fail(err, "tunnel", "suite")
 		}
 		t.Suite = s
+	}
+	// A process in FIPS 140-3 mode keeps to the approved TLS groups even
+	// without fips: true; fips: true also requires the mode (checkFIPS).
+	t.FIPS, t.RequirePostQuantum = f.FIPS || fips140.Enabled(), f.TLS.RequirePostQuantum
+	c.IdentityMaxAge = time.Duration(f.IdentityMaxAge)
+	if c.IdentityMaxAge == 0 {
+		c.IdentityMaxAge = DefaultIdentityMaxAge
 	}
 	t.KeepAlive, t.IdleTimeout = time.Duration(f.Tunnel.KeepAlive), time.Duration(f.Tunnel.IdleTimeout)
 	t.ConnectTimeout, t.DialTimeout = time.Duration(f.Tunnel.ConnectTimeout), time.Duration(f.Tunnel.DialTimeout)

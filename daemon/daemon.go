@@ -80,6 +80,9 @@ func RunWith(ctx context.Context, path string, logOut io.Writer, o RunOptions) e
 	if err != nil {
 		return err
 	}
+	if err := checkFIPS(cfg); err != nil {
+		return err
+	}
 	if o.AcceptBrokenJournal {
 		cfg.Audit.Journal.OnBroken = journal.BrokenContinue
 	}
@@ -122,6 +125,12 @@ func RunWith(ctx context.Context, path string, logOut io.Writer, o RunOptions) e
 		Str("listen", d.node.Addr().String()).Int("peers", len(cfg.Tunnel.Peers)).
 		Int("services", len(cfg.Tunnel.Services)).Int("forwards", len(cfg.File.Forwards)).
 		Str("journal", cfg.Audit.Journal.Dir).Msg("dyad running")
+	if w := CurrentFIPS().Warning(); w != "" {
+		log.Warn().Msg(w)
+	}
+	if w := IdentityAgeWarning(cfg, id, time.Now()); w != "" {
+		log.Warn().Str("identity_created", identityCreated(id)).Msg(w)
+	}
 
 	inventory := time.NewTicker(inventoryInterval)
 	defer inventory.Stop()
@@ -286,6 +295,11 @@ func restartOnly(old, cur *Config) error {
 		return fmt.Errorf("control changed: %w to move the control socket", errRestartRequired)
 	case !reflect.DeepEqual(old.File.Audit, cur.File.Audit):
 		return fmt.Errorf("audit changed: %w to apply audit settings", errRestartRequired)
+	case old.File.FIPS != cur.File.FIPS:
+		return fmt.Errorf("fips changed: %w to change FIPS 140-3 mode", errRestartRequired)
+	case old.File.TLS != cur.File.TLS:
+		// The TLS configurations are built when the node starts.
+		return fmt.Errorf("tls changed: %w to apply TLS settings", errRestartRequired)
 	}
 	return nil
 }

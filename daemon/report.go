@@ -188,7 +188,8 @@ func reportDaemon(cfg *Config, pub identity.PublicKey) report.Daemon {
 	}
 	return report.Daemon{
 		Site: cfg.Site, Fingerprint: pub.Fingerprint(), PublicKey: pub.String(),
-		Version: Version, FIPS: fips140.Enabled(), KeyExchange: "X25519MLKEM768",
+		Version: Version, FIPS: fips140.Enabled(), KeyExchange: preferredGroup(cfg).String(),
+		FIPSRequired: cfg.File.FIPS, RequirePostQuantum: cfg.Tunnel.RequirePostQuantum,
 		TLS:   fmt.Sprintf("TLS 1.3 only, ALPN %s, no 0-RTT, mutual authentication with pinned keys", tunnel.ALPN),
 		Suite: suite.String(), Suites: suites,
 	}

@@ -341,6 +341,6 @@ func Rotate(configPath string, a RotateArgs, asJSON bool, out io.Writer) error {
 }
 
 // reportIdentityMaxAge is the identity age the report's key-lifecycle row
-// measures against. The fips branch adds the identity_max_age key
-// (Config.IdentityMaxAge, default 365 days): at that merge, return it here.
-func reportIdentityMaxAge(*Config) time.Duration { return 365 * 24 * time.Hour }
+// measures against: identity_max_age, zero (no limit shown) when it is
+// "unlimited".
+func reportIdentityMaxAge(cfg *Config) time.Duration { return max(cfg.IdentityMaxAge, 0) }

@@ -277,7 +277,7 @@ func TestDockerfileMatchesRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, flag := range []string{
-		"CGO_ENABLED=0", "GOAMD64=v1", "GOARM64=v8.0", "GOEXPERIMENT= ", "GOFIPS140=off", "GOFLAGS=-mod=readonly",
+		"CGO_ENABLED=0", "GOAMD64=v1", "GOARM64=v8.0", "GOEXPERIMENT= ", "GOFIPS140=certified", "GOFLAGS=-mod=readonly",
 		"build -trimpath -buildvcs=false",
 		`-ldflags "-s -w -buildid= -X github.com/dyad-tunnel/dyad/daemon.Version=$VERSION"`,
 		"./cmd/dyad",

@@ -72,6 +72,21 @@ type Config struct {
 	// protos, when set, replaces the ALPNs offered (tests play the
 	// previous release with ALPNv1 alone).
 	protos []string
+	// FIPS runs the node in FIPS 140-3 mode (README, "FIPS 140-3 mode"):
+	// New refuses to start unless Go's FIPS 140-3 module is active
+	// (crypto/fips140.Enabled) and the suite is AES-256-GCM, and TLS offers
+	// and accepts only the groups whose every part is approved
+	// (fipsCurves). The listener's TLS configuration is built in New, so a
+	// change takes a restart (the daemon refuses it on reload).
+	FIPS bool
+	// RequirePostQuantum refuses, in both directions, every handshake whose
+	// key exchange is not a hybrid ML-KEM group (postQuantum), counted as
+	// handshakes_refused and handshakes_not_post_quantum and audited as
+	// dyad.peer.auth_refused with reason not_post_quantum.
+	RequirePostQuantum bool
+	// curves, when set, replaces the TLS groups offered and accepted (tests
+	// play a partner without post-quantum key exchange).
+	curves []tls.CurveID
 	// DisableDark turns the dark listener off: the QUIC port then answers
 	// every well-formed handshake, including scanners' (codec/FORMAT.md,
 	// "Dark listener").
@@ -335,6 +350,9 @@ func duration(d time.Duration) string {
 
 // Validate checks the configuration and names the first problem.
 func (c Config) Validate() error {
+	if c.FIPS && c.Suite != 0 && c.Suite != codec.SuiteAES256GCM {
+		return fmt.Errorf("suite %v is not FIPS 140-3 approved (fips: true wants aes-256-gcm)", c.Suite)
+	}
 	peers := map[string]bool{}
 	// Either half shared by two peers is refused: connections are
 	// attributed by the Ed25519 key, pairing secrets derive from the

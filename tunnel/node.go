@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/fips140"
 	"errors"
 	"fmt"
 	"net"
@@ -109,6 +110,9 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 	}
 	if err := cfg.ValidateSelf(id.Public()); err != nil {
 		return nil, err
+	}
+	if cfg.FIPS && !fips140.Enabled() {
+		return nil, ErrFIPSInactive
 	}
 	self, err := newSelfKeys(id, cfg.Handover)
 	if err != nil {

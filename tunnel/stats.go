@@ -12,14 +12,18 @@ import (
 type Stats struct {
 	TunnelsEstablished atomic.Uint64
 	HandshakesRefused  atomic.Uint64 // unpaired keys, both directions
-	StreamsAccepted    atomic.Uint64 // streams served for a peer
-	StreamsForwarded   atomic.Uint64 // local connections carried to a peer
-	ForwardsFailed     atomic.Uint64 // local connections refused: no tunnel, or refused by the peer
-	BytesSent          atomic.Uint64 // plaintext bytes from local sockets into tunnels
-	BytesReceived      atomic.Uint64 // plaintext bytes from tunnels to local sockets
-	PacketsDropped     atomic.Uint64 // UDP datagrams quic-go dropped below the tunnels
-	PeerKeysRotated    atomic.Uint64 // peers' identity announcements taken (new key pinned)
-	TunnelsSilent      atomic.Uint64 // connections closed because the peer went silent (peer_silent)
+	// HandshakesNotPostQuantum counts the refusals (in HandshakesRefused
+	// too) of a handshake without a hybrid ML-KEM group, under
+	// Config.RequirePostQuantum.
+	HandshakesNotPostQuantum atomic.Uint64
+	StreamsAccepted          atomic.Uint64 // streams served for a peer
+	StreamsForwarded         atomic.Uint64 // local connections carried to a peer
+	ForwardsFailed           atomic.Uint64 // local connections refused: no tunnel, or refused by the peer
+	BytesSent                atomic.Uint64 // plaintext bytes from local sockets into tunnels
+	BytesReceived            atomic.Uint64 // plaintext bytes from tunnels to local sockets
+	PacketsDropped           atomic.Uint64 // UDP datagrams quic-go dropped below the tunnels
+	PeerKeysRotated          atomic.Uint64 // peers' identity announcements taken (new key pinned)
+	TunnelsSilent            atomic.Uint64 // connections closed because the peer went silent (peer_silent)
 	// UpstreamTLSFailed counts upstream TLS handshakes that failed (each
 	// also a streams_refused.upstream_unreachable).
 	UpstreamTLSFailed atomic.Uint64
@@ -51,17 +55,18 @@ func (s *Stats) add(m *map[string]uint64, key string) {
 // Snapshot returns every counter by name.
 func (s *Stats) Snapshot() map[string]uint64 {
 	out := map[string]uint64{
-		"tunnels_established": s.TunnelsEstablished.Load(),
-		"handshakes_refused":  s.HandshakesRefused.Load(),
-		"streams_accepted":    s.StreamsAccepted.Load(),
-		"streams_forwarded":   s.StreamsForwarded.Load(),
-		"forwards_failed":     s.ForwardsFailed.Load(),
-		"bytes_sent":          s.BytesSent.Load(),
-		"bytes_received":      s.BytesReceived.Load(),
-		"packets_dropped":     s.PacketsDropped.Load(),
-		"peer_keys_rotated":   s.PeerKeysRotated.Load(),
-		"tunnels_silent":      s.TunnelsSilent.Load(),
-		"upstream_tls_failed": s.UpstreamTLSFailed.Load(),
+		"tunnels_established":         s.TunnelsEstablished.Load(),
+		"handshakes_refused":          s.HandshakesRefused.Load(),
+		"handshakes_not_post_quantum": s.HandshakesNotPostQuantum.Load(),
+		"streams_accepted":            s.StreamsAccepted.Load(),
+		"streams_forwarded":           s.StreamsForwarded.Load(),
+		"forwards_failed":             s.ForwardsFailed.Load(),
+		"bytes_sent":                  s.BytesSent.Load(),
+		"bytes_received":              s.BytesReceived.Load(),
+		"packets_dropped":             s.PacketsDropped.Load(),
+		"peer_keys_rotated":           s.PeerKeysRotated.Load(),
+		"tunnels_silent":              s.TunnelsSilent.Load(),
+		"upstream_tls_failed":         s.UpstreamTLSFailed.Load(),
 	}
 	if rd := s.udp.Load(); rd != nil {
 		// Receive batching (udpbatch): datagrams per read is

@@ -34,6 +34,61 @@ const exporterLabel = "EXPORTER-dyad-codec"
 
 var errUnpaired = errors.New("peer key is not paired with this daemon")
 
+// errNotPostQuantum refuses a handshake without a hybrid ML-KEM group under
+// Config.RequirePostQuantum.
+var errNotPostQuantum = errors.New("key exchange is not post-quantum (tls.require_post_quantum)")
+
+// ErrFIPSInactive is New's answer to Config.FIPS in a process where Go's
+// FIPS 140-3 module is not active.
+var ErrFIPSInactive = errors.New("fips: true, but Go's FIPS 140-3 module is not active in this process " +
+	"(start dyad with GODEBUG=fips140=on; README, \"FIPS 140-3 mode\")")
+
+// fipsCurves are the TLS groups of FIPS 140-3 mode: those whose every part
+// is approved (ML-KEM, FIPS 203; ECDH over P-256/P-384, SP 800-56A). Go's
+// own FIPS filter (crypto/tls defaults_fips140.go) also allows
+// X25519MLKEM768, whose X25519 half is not approved; dyad leaves it out, so
+// that a FIPS-mode pair negotiates SecP256r1MLKEM768
+// (TestFIPSPairEndToEnd checks the group).
+var fipsCurves = []tls.CurveID{tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024, tls.CurveP256, tls.CurveP384}
+
+// PostQuantum reports whether group is a hybrid ML-KEM key exchange, the
+// groups tls.require_post_quantum accepts.
+func PostQuantum(group tls.CurveID) bool {
+	switch group {
+	case tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024:
+		return true
+	}
+	return false
+}
+
+// curvePreferences returns the TLS groups this node offers and accepts; nil
+// means crypto/tls's defaults (hybrid ML-KEM first). Under
+// RequirePostQuantum the classical groups stay offered, so that a partner
+// without post-quantum key exchange completes the key exchange and is
+// refused in VerifyConnection, audited and counted, rather than failing the
+// handshake with no trace of who it was.
+func (c Config) curvePreferences() []tls.CurveID {
+	switch {
+	case c.curves != nil:
+		return c.curves
+	case c.FIPS:
+		return fipsCurves
+	}
+	return nil
+}
+
+// checkGroup refuses a handshake whose group is classical under
+// RequirePostQuantum (tested by TestRequirePostQuantumRefuses, both
+// directions).
+func (n *Node) checkGroup(cs tls.ConnectionState, remote net.Addr, key []byte, direction string) error {
+	if !n.cfg.Load().cfg.RequirePostQuantum || PostQuantum(cs.CurveID) {
+		return nil
+	}
+	n.Stats.HandshakesNotPostQuantum.Add(1)
+	n.refuseHandshake(remote, identity.Fingerprint(key), "not_post_quantum", direction)
+	return errNotPostQuantum
+}
+
 // serverTLS accepts only clients whose certificate key is a configured
 // peer's (THREATS P1, tested by TestUnpairedClientRefused). The pin is
 // checked in VerifyConnection, which crypto/tls runs on every handshake,
@@ -51,6 +106,7 @@ func (n *Node) serverTLS() *tls.Config {
 		ClientAuth:             tls.RequestClientCert,
 		NextProtos:             n.alpn(),
 		SessionTicketsDisabled: true,
+		CurvePreferences:       n.cfg.Load().cfg.curvePreferences(),
 	}
 	return &tls.Config{
 		MinVersion:             tls.VersionTLS13,
@@ -76,6 +132,9 @@ func (n *Node) serverTLS() *tls.Config {
 				}
 				p, err := n.verifyPeer(rawCerts(cs), remote, nil)
 				if err == nil {
+					err = n.checkGroup(cs, remote, p.Key.Sign[:], inbound)
+				}
+				if err == nil {
 					n.admission.authenticated(p.Name, remote)
 				}
 				return err
@@ -100,9 +159,12 @@ func (n *Node) clientTLS(cert tls.Certificate, peer Peer, remote net.Addr) *tls.
 		// handshake proves it holds.
 		InsecureSkipVerify:     true,
 		SessionTicketsDisabled: true,
+		CurvePreferences:       n.cfg.Load().cfg.curvePreferences(),
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			_, err := n.verifyPeer(rawCerts(cs), remote, &peer)
-			return err
+			if _, err := n.verifyPeer(rawCerts(cs), remote, &peer); err != nil {
+				return err
+			}
+			return n.checkGroup(cs, remote, peer.Key.Sign[:], outbound)
 		},
 	}
 }

@@ -32,6 +32,12 @@ func (s *scan) daemon(d Daemon) Daemon {
 	if e := s.started; e != nil {
 		d.Version = str(e, audit.KeyServiceVersion)
 		d.FIPS = e.Attr(audit.KeyFIPS).AsBool()
+		if m := str(e, audit.KeyFIPSModule); m != "" { // absent before this release
+			d.FIPSModule = m
+			d.FIPSCertified = e.Attr(audit.KeyFIPSCertified).AsBool()
+			d.FIPSRequired = e.Attr(audit.KeyFIPSRequired).AsBool()
+			d.RequirePostQuantum = e.Attr(audit.KeyRequirePQ).AsBool()
+		}
 		d.Suite = str(e, audit.KeyCodecSuite)
 		d.KeyExchange = str(e, audit.KeyTLSCurve)
 	}

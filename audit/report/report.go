@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
@@ -94,15 +95,25 @@ type Report struct {
 
 // Daemon says which daemon the report is about.
 type Daemon struct {
-	Site        string   `json:"site"`
-	Fingerprint string   `json:"fingerprint"`
-	PublicKey   string   `json:"public_key"`
-	Version     string   `json:"version"`
-	FIPS        bool     `json:"fips_140_3"`
-	KeyExchange string   `json:"tls_key_exchange"` // the configured TLS group preference
-	TLS         string   `json:"tls"`              // protocol settings, e.g. TLS 1.3 only
-	Suite       string   `json:"codec_suite"`      // the record suite this daemon seals with
-	Suites      []string `json:"codec_suites"`     // suites the build offers
+	Site        string `json:"site"`
+	Fingerprint string `json:"fingerprint"`
+	PublicKey   string `json:"public_key"`
+	Version     string `json:"version"`
+	FIPS        bool   `json:"fips_140_3"`
+	// FIPSModule is the Go Cryptographic Module version the daemon was
+	// built with (v1.0.0 certified; latest: the toolchain's own tree);
+	// empty when its journal does not say (a release before it did).
+	FIPSModule    string `json:"fips_module_version,omitempty"`
+	FIPSCertified bool   `json:"fips_module_certified"`
+	// FIPSRequired and RequirePostQuantum are the configuration's fips and
+	// tls.require_post_quantum, as journalled at the last start (else as the
+	// configuration now says).
+	FIPSRequired       bool     `json:"fips_required"`
+	RequirePostQuantum bool     `json:"tls_require_post_quantum"`
+	KeyExchange        string   `json:"tls_key_exchange"` // the configured TLS group preference
+	TLS                string   `json:"tls"`              // protocol settings, e.g. TLS 1.3 only
+	Suite              string   `json:"codec_suite"`      // the record suite this daemon seals with
+	Suites             []string `json:"codec_suites"`     // suites the build offers
 }
 
 // Controls are the settings in effect, read from the configuration.
@@ -548,4 +559,33 @@ func hashes[H ~[32]byte](hs []H) []string {
 		out[i] = base64.StdEncoding.EncodeToString(h[:])
 	}
 	return out
+}
+
+// FIPSLine is the FIPS 140-3 row of the report's header: the mode, the
+// module version and whether it is a certified snapshot (a warning when
+// not), and whether the configuration requires the mode.
+func (d Daemon) FIPSLine() string {
+	var b strings.Builder
+	switch {
+	case !d.FIPS:
+		b.WriteString("no")
+	case d.FIPSModule == "":
+		b.WriteString("yes; module version not journalled")
+	case d.FIPSCertified:
+		fmt.Fprintf(&b, "yes, Go Cryptographic Module %s (certified snapshot)", d.FIPSModule)
+	default:
+		fmt.Fprintf(&b, "yes, Go Cryptographic Module %s; WARNING: not a certified snapshot", d.FIPSModule)
+	}
+	if d.FIPSRequired {
+		b.WriteString("; required by the configuration (fips: true)")
+	}
+	return b.String()
+}
+
+// PostQuantumLine says whether classical key exchange is refused.
+func (d Daemon) PostQuantumLine() string {
+	if d.RequirePostQuantum {
+		return "required: handshakes without a hybrid ML-KEM group are refused (tls.require_post_quantum)"
+	}
+	return "preferred; a partner without ML-KEM may use a classical group (tls.require_post_quantum is off)"
 }

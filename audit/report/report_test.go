@@ -111,6 +111,8 @@ func closed(peer, reason string, sent, recv int64) []attribute.KeyValue {
 
 func started() []attribute.KeyValue {
 	return []attribute.KeyValue{kvs(audit.KeyServiceVersion, "v1.0.0"), kvs(audit.KeyFingerprint, "SHA256:own"), attribute.Bool(audit.KeyFIPS, true),
+		kvs(audit.KeyFIPSModule, "v1.0.0"), attribute.Bool(audit.KeyFIPSCertified, true), attribute.Bool(audit.KeyFIPSRequired, true),
+		attribute.Bool(audit.KeyRequirePQ, true), kvs(audit.KeyIdentityCreated, "2026-01-02T03:04:05Z"),
 		kvs(audit.KeyCodecSuite, "aes-256-gcm"), kvs(audit.KeyTLSCurve, "X25519MLKEM768"), kvs(audit.KeyServerAddress, "0.0.0.0"), i64(audit.KeyServerPort, 4433)}
 }
 

@@ -11,13 +11,10 @@ import (
 func cmdStatus(args []string) error {
 	fs := newFlags("status", "show the running daemon's peers and tunnels (asked over its control socket, else its admin endpoint)")
 	var o daemon.StatusOptions
-	fs.StringVar(&o.Config, "config", "", "configuration file of the daemon (required)")
+	configFlag(fs, &o.Config, "configuration file of the daemon")
 	fs.BoolVar(&o.JSON, "json", false, "print the status as JSON (the /statusz document)")
 	fs.StringVar(&o.Via, "via", "", "control (the control socket) or admin (the admin endpoint's /statusz); default: control, else admin")
 	fs.Parse(args)
-	if o.Config == "" {
-		usageError(fs, "--config is required")
-	}
 	return daemon.Status(o, os.Stdout)
 }
 
@@ -32,12 +29,12 @@ service's upstream; 7 refused for another reason (limits, shutting down); 1 coul
 
 Usage: dyad ping --config FILE [flags] PEER [SERVICE]`)
 	var o daemon.PingOptions
-	fs.StringVar(&o.Config, "config", "", "this site's configuration file (required)")
+	configFlag(fs, &o.Config, "this site's configuration file")
 	fs.StringVar(&o.Endpoint, "endpoint", "", "host:port to dial (default: the peer's endpoint; required for a peer that dials this site)")
 	fs.DurationVar(&o.Timeout, "timeout", 10*time.Second, "bound on the whole probe")
 	fs.Parse(args)
-	if o.Config == "" || fs.NArg() < 1 || fs.NArg() > 2 {
-		usageError(fs, "--config and PEER are required")
+	if fs.NArg() < 1 || fs.NArg() > 2 {
+		usageError(fs, "PEER is required (and at most one SERVICE)")
 	}
 	o.Peer, o.Service = fs.Arg(0), fs.Arg(1)
 	return daemon.Ping(o, os.Stdout)

@@ -11,7 +11,11 @@
 # folder, with any build cache: no cgo, no paths (-trimpath), no VCS stamp
 # (-buildvcs=false: the version comes from git describe instead), no build ID,
 # no symbol tables, and GOAMD64, GOARM64, GOEXPERIMENT, GOFIPS140 and GOFLAGS
-# fixed whatever the builder's environment says. The toolchain is whatever
+# fixed whatever the builder's environment says. GOFIPS140=certified builds
+# against the FIPS 140-3 certified snapshot of the Go Cryptographic Module
+# that the toolchain ships ($GOROOT/lib/fips140/certified.txt; v1.0.0 in Go
+# 1.26); cmd/dyad's //go:debug fips140=off keeps the mode off until the
+# daemon runs with GODEBUG=fips140=on, so one binary serves both modes. The toolchain is whatever
 # `go` is (the SBOM names it): rebuild with the same one to compare.
 # deploy/release_test.go builds twice with separate caches and compares;
 # deploy/container/Dockerfile uses the same flags. SOURCE_DATE_EPOCH (default:
@@ -49,7 +53,7 @@ for p in $PLATFORMS; do
 	os=${p%/*} arch=${p#*/}
 	bin=dyad-$VERSION-$os-$arch
 	echo "release.sh: building $bin" >&2
-	CGO_ENABLED=0 GOOS=$os GOARCH=$arch GOAMD64=v1 GOARM64=v8.0 GOEXPERIMENT= GOFIPS140=off GOFLAGS=-mod=readonly \
+	CGO_ENABLED=0 GOOS=$os GOARCH=$arch GOAMD64=v1 GOARM64=v8.0 GOEXPERIMENT= GOFIPS140=certified GOFLAGS=-mod=readonly \
 		"$GO" build -trimpath -buildvcs=false \
 		-ldflags "-s -w -buildid= -X github.com/dyad-tunnel/dyad/daemon.Version=$VERSION" \
 		-o "$DIST/$bin" ./cmd/dyad

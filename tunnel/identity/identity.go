@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // PublicKeyPrefix starts every public key string dyad prints: the
@@ -152,10 +153,16 @@ func (p PublicKey) Equal(q PublicKey) bool {
 
 // Identity is a daemon's private keys.
 type Identity struct {
-	sign   ed25519.PrivateKey
-	dh     *ecdh.PrivateKey
-	public PublicKey
+	sign    ed25519.PrivateKey
+	dh      *ecdh.PrivateKey
+	public  PublicKey
+	created time.Time // zero: unknown (a key file written before dyad recorded it)
 }
+
+// createdHeader is the key file's PEM header holding the identity's
+// creation time (RFC 3339, UTC). Key files without it stay valid; their
+// age is unknown.
+const createdHeader = "Created"
 
 // Generate makes a new identity from the system's random source.
 func Generate() (*Identity, error) {
@@ -165,8 +172,17 @@ func Generate() (*Identity, error) {
 		return nil, fmt.Errorf("identity: random source: %w", err)
 	}
 	defer clear(raw)
-	return fromRaw(raw)
+	id, err := fromRaw(raw)
+	if err != nil {
+		return nil, err
+	}
+	id.created = time.Now().UTC().Truncate(time.Second)
+	return id, nil
 }
+
+// Created returns when the identity was made; the zero time means unknown
+// (its key file predates the Created header).
+func (id *Identity) Created() time.Time { return id.created }
 
 func fromRaw(raw []byte) (*Identity, error) {
 	if len(raw) != keyFileSize || raw[0] != keyFileVersion {
@@ -200,7 +216,11 @@ func (id *Identity) marshal() []byte {
 	raw = append(raw, id.sign.Seed()...)
 	raw = append(raw, id.dh.Bytes()...)
 	defer clear(raw)
-	return pem.EncodeToMemory(&pem.Block{Type: pemType, Bytes: raw})
+	b := &pem.Block{Type: pemType, Bytes: raw}
+	if !id.created.IsZero() {
+		b.Headers = map[string]string{createdHeader: id.created.UTC().Format(time.RFC3339)}
+	}
+	return pem.EncodeToMemory(b)
 }
 
 // Parse decodes a key file's contents. Errors never quote the contents.
@@ -213,7 +233,18 @@ func Parse(data []byte) (*Identity, error) {
 		return nil, errors.New("identity: trailing data after the key")
 	}
 	defer clear(block.Bytes)
-	return fromRaw(block.Bytes)
+	id, err := fromRaw(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	if c, ok := block.Headers[createdHeader]; ok {
+		t, err := time.Parse(time.RFC3339, c)
+		if err != nil { // not quoted, like the rest of the file
+			return nil, fmt.Errorf("identity: the %s header is not an RFC 3339 time", createdHeader)
+		}
+		id.created = t.UTC()
+	}
+	return id, nil
 }
 
 // Load reads a key file, refusing one that group or others can read or

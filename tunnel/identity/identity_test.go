@@ -5,8 +5,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestWriteLoadRoundTrip(t *testing.T) {
@@ -194,5 +196,52 @@ func TestParsePublicKeyChecksum(t *testing.T) {
 	sec, err := a.PairingSecret(b.Public())
 	if err != nil || hex.EncodeToString(sec) != "8286996cc20c4219c3a66f6138c33dfdace75339838220d5902dd0e13780f24f" {
 		t.Fatalf("pairing secret changed from the first release's: %x %v", sec, err)
+	}
+}
+
+// TestCreatedTime: a new identity's key file records when it was made (a
+// PEM header, not secret), Load reads it back, install-key keeps it, and a
+// key file of an earlier release (no header) stays valid with an unknown
+// (zero) creation time; a malformed header is refused.
+func TestCreatedTime(t *testing.T) {
+	before := time.Now().Add(-time.Second)
+	id, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := id.Created(); c.Before(before) || c.After(time.Now()) {
+		t.Fatalf("created %v", c)
+	}
+	dir := t.TempDir()
+	keyPath, _, err := id.WriteFiles(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Load(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !back.Created().Equal(id.Created()) {
+		t.Fatalf("loaded created %v, made %v", back.Created(), id.Created())
+	}
+	installed, err := Install(keyPath, dir+"/installed.key")
+	if err != nil || !installed.Created().Equal(id.Created()) {
+		t.Fatalf("install-key: %v, created %v", err, installed.Created())
+	}
+	data, _ := os.ReadFile(keyPath)
+	if !bytes.Contains(data, []byte("Created: "+id.Created().Format(time.RFC3339))) {
+		t.Fatalf("key file without its Created header:\n%s", data)
+	}
+	old := regexp.MustCompile(`Created: [^\n]*\n\n`).ReplaceAll(data, nil)
+	legacy, err := Parse(old)
+	if err != nil {
+		t.Fatalf("a key file without Created: %v", err)
+	}
+	if !legacy.Created().IsZero() || !legacy.Public().Equal(id.Public()) {
+		t.Fatalf("legacy key: created %v", legacy.Created())
+	}
+	bad := bytes.Replace(data, []byte("Created: "+id.Created().Format(time.RFC3339)), []byte("Created: yesterday"), 1)
+	if _, err := Parse(bad); err == nil || !strings.Contains(err.Error(), "Created header") {
+		t.Fatalf("a malformed Created header: %v", err)
 	}
 }

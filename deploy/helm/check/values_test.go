@@ -20,6 +20,7 @@ type chartValues struct {
 	ReplicaCount int32
 	Identity     struct{ ExistingSecret, SecretKey, Key string }
 	Ports        struct{ Tunnel, Admin int32 }
+	FIPS         bool `json:"fips"`
 	Peers        []struct {
 		Name, Endpoint string
 		CIDRs          []string `json:"cidrs"`
@@ -111,6 +112,7 @@ type dyadFile struct {
 	StateDir string `json:"state_dir"`
 	Listen   string
 	Admin    string
+	FIPS     bool `json:"fips"`
 	Forwards []struct{ Listen string }
 	Audit    struct {
 		Journal struct{ Dir string }

@@ -153,6 +153,16 @@ func checkDeployment(t *testing.T, v *chartValues, m *manifests, cfg *dyadFile) 
 	if got != mem {
 		t.Errorf("GOMEMLIMIT %q, want %q", got, mem)
 	}
+	// fips: the configuration requires the mode and the container turns it on.
+	godebug := ""
+	for _, e := range c.Env {
+		if e.Name == "GODEBUG" {
+			godebug = e.Value
+		}
+	}
+	if cfg.FIPS != v.FIPS || (godebug == "fips140=on") != v.FIPS {
+		t.Errorf("fips %v: dyad.yaml fips %v, GODEBUG %q", v.FIPS, cfg.FIPS, godebug)
+	}
 
 	if v.Audit.OTLP.TLS.SecretName != "" {
 		dir := mountPath(t, c, "otlp-tls")

@@ -179,6 +179,9 @@ the rest is the values' dyad keys minus the chart-only ones (cidrs, port, expose
     "log" $v.log
     "state_dir" (include "dyad.stateDir" .) }}
 {{- with $v.tunnel }}{{ $_ := set $cfg "tunnel" . }}{{ end }}
+{{- if $v.fips }}{{ $_ := set $cfg "fips" true }}{{ end }}
+{{- with $v.tls }}{{ $_ := set $cfg "tls" . }}{{ end }}
+{{- with $v.identityMaxAge }}{{ $_ := set $cfg "identity_max_age" . }}{{ end }}
 {{- $peers := list }}
 {{- range $v.peers }}{{ $peers = append $peers (omit . "cidrs") }}{{ end }}
 {{- with $peers }}{{ $_ := set $cfg "peers" . }}{{ end }}
