@@ -11,6 +11,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/dyad-tunnel/dyad/daemon/state"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
 
@@ -22,7 +23,7 @@ func Check(path string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	id, err := loadIdentity(cfg)
+	id, err := siteIdentity(cfg)
 	if err != nil {
 		return err
 	}
@@ -46,7 +47,7 @@ func Check(path string, out io.Writer) error {
 	for _, n := range cfg.Notes {
 		fmt.Fprintf(out, "%s: warning: %s\n", path, n)
 	}
-	for _, w := range ConnectionWarnings(cfg.Tunnel) {
+	for _, w := range append(ConnectionWarnings(cfg.Tunnel), startWarnings(cfg, id)...) {
 		fmt.Fprintf(out, "%s: warning: %s\n", path, w)
 	}
 	for i, p := range cfg.File.Peers {
@@ -90,6 +91,23 @@ func Check(path string, out io.Writer) error {
 }
 
 // loadIdentity loads cfg's key file; a missing one says how to make it.
+// siteIdentity is the identity the daemon runs with, read only: the state
+// directory's rotated one (dyad rotate) if there is one, else the key file.
+func siteIdentity(cfg *Config) (*identity.Identity, error) {
+	r, err := state.LoadRotation(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil {
+		return loadIdentity(cfg)
+	}
+	id, err := identity.Parse([]byte(r.Current))
+	if err != nil {
+		return nil, fmt.Errorf("state %s: current identity: %w", state.RotationPath(cfg.StateDir), err)
+	}
+	return id, nil
+}
+
 func loadIdentity(cfg *Config) (*identity.Identity, error) {
 	id, err := identity.Load(cfg.IdentityPath)
 	if errors.Is(err, fs.ErrNotExist) {
