@@ -243,7 +243,7 @@ func TestForwardAPIConfigErrors(t *testing.T) {
 		{"unlimited body", "{spec: partner.yaml, validate: [response], max_body: unlimited}", "forwards[0].api.max_body"},
 		{"missing spec", "{spec: nope.yaml, validate: [response]}", "forwards[0].api.spec: API spec " + filepath.Join(dir, "nope.yaml")},
 		{"broken spec", "{spec: broken.yaml, validate: [response]}", "forwards[0].api.spec: API spec " + filepath.Join(dir, "broken.yaml")},
-		{"unknown key", "{spec: partner.yaml, validate: [response], blok: true}", "field blok not found"},
+		{"unknown key", "{spec: partner.yaml, validate: [response], blok: true}", `unknown key "blok"; did you mean block?`},
 	} {
 		_, err := daemon.ParseConfig(cfgPath, []byte(base+tc.api+"\n"))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

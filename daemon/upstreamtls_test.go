@@ -260,7 +260,7 @@ func TestUpstreamTLSConfigErrors(t *testing.T) {
 		{"key without cert", "{key_file: client.key}", "services[0].upstream_tls.cert_file: service payments: required with key_file"},
 		{"key of another cert", "{cert_file: other.pem, key_file: client.key}", "services[0].upstream_tls.cert_file: service payments: " + filepath.Join(dir, "other.pem")},
 		{"key readable by others", "{cert_file: client.pem, key_file: open.key}", "services[0].upstream_tls.key_file: service payments: key file " + filepath.Join(dir, "open.key") + " has mode 0644"},
-		{"no way to skip verification", "{insecure_skip_verify: true}", "field insecure_skip_verify not found"},
+		{"no way to skip verification", "{insecure_skip_verify: true}", `unknown key "insecure_skip_verify"`},
 	} {
 		_, err := daemon.ParseConfig(cfgPath, []byte(base+tc.tls+"\n"))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
