@@ -33,6 +33,7 @@ func Keygen(dir string, out io.Writer) error {
 	fmt.Fprintf(out, "public key:  %s\n", pubPath)
 	fmt.Fprintf(out, "fingerprint: %s\n\n", pub.Fingerprint())
 	fmt.Fprintf(out, "Give your partner this line for their peers: list:\n  public_key: %s\n", pub)
+	fmt.Fprintf(out, "(a partner still on a release before dyad2: keys pins the same key as\n  public_key: %s )\n", pub.LegacyString())
 	return nil
 }
 

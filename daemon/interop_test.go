@@ -7,6 +7,7 @@ import (
 
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/daemon/daemontest"
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
 	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
 )
 
@@ -55,6 +56,16 @@ func TestInteropPreviousRelease(t *testing.T) {
 				s.Config.Tunnel.CountConnectionDrops = true // a trailer QUIC cannot parse counts as a drop
 				if s.Bin == dyadBin {
 					s.Config.Tunnel.Connections = 4
+					continue
+				}
+				// The previous release reads only the dyad1: form (what
+				// `dyad keygen` prints for such a partner).
+				for i := range s.Config.Peers {
+					k, err := identity.ParsePublicKey(s.Config.Peers[i].PublicKey)
+					if err != nil {
+						t.Fatal(err)
+					}
+					s.Config.Peers[i].PublicKey = k.LegacyString()
 				}
 			}
 			start(t, b)
