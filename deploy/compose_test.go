@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"github.com/dyad-tunnel/dyad/audit/audittest"
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/daemon/daemontest"
+	"github.com/dyad-tunnel/dyad/daemon/state"
 )
 
 // compose is the part of a Compose file these tests read (short syntax for
@@ -38,6 +40,7 @@ type composeService struct {
 		Target     string `yaml:"target"`
 	} `yaml:"build"`
 	Command     []string                     `yaml:"command"`
+	User        string                       `yaml:"user"`
 	Environment map[string]string            `yaml:"environment"`
 	Volumes     []string                     `yaml:"volumes"`
 	Networks    []string                     `yaml:"networks"`
@@ -45,6 +48,9 @@ type composeService struct {
 	Ports       []string                     `yaml:"ports"`
 	ReadOnly    bool                         `yaml:"read_only"`
 	DependsOn   map[string]map[string]string `yaml:"depends_on"`
+	Healthcheck *struct {
+		Test []string `yaml:"test"`
+	} `yaml:"healthcheck"`
 }
 
 // mount is one short-syntax volume: a bind mount when Source is a path.
@@ -89,13 +95,17 @@ func loadCompose(t *testing.T) compose {
 // TestComposeFiles checks compose/compose.yaml against the files beside it:
 // every bind mount, build context and Dockerfile exists, every named volume
 // and network is declared, every pulled image is pinned to a version, the
-// sites run read-only, and the collector's configuration is valid for a real
-// collector when one is built (make collector sets DYAD_OTELCOL).
+// sites run read-only, start with no peer pinned (init only installs their
+// templates) and share their configuration and state volumes with the
+// one-shot steps at the paths their dyad.yaml names, and pair waits for both
+// to be healthy and runs as the daemons' user (the control socket admits no
+// other). The collector's configuration is validated by a real collector
+// when one is built (make collector sets DYAD_OTELCOL).
 func TestComposeFiles(t *testing.T) {
 	c := loadCompose(t)
-	for _, name := range []string{"pair", "site-a", "site-b", "api", "otel-collector"} {
+	for _, name := range []string{"init", "pair", "site-a", "site-b", "api", "otel-collector"} {
 		if _, ok := c.Services[name]; !ok {
-			t.Errorf("service %s missing", name)
+			t.Fatalf("service %s missing", name)
 		}
 	}
 	for name, s := range c.Services {
@@ -130,22 +140,59 @@ func TestComposeFiles(t *testing.T) {
 			}
 		}
 	}
+	initStep, pair := c.Services["init"], c.Services["pair"]
 	for _, site := range []string{"site-a", "site-b"} {
 		s := c.Services[site]
 		if !s.ReadOnly {
 			t.Errorf("%s: read_only is not set", site)
 		}
-		// dyad.yaml's relative identity path and the journal need exactly
-		// these two mounts; pair must write into the same volume.
-		if v := s.volumeAt("/etc/dyad"); v == "" || c.Services["pair"].volumeAt("/sites/"+site) != v {
-			t.Errorf("%s: /etc/dyad is volume %q, but pair writes /sites/%s to %q", site, v, site, c.Services["pair"].volumeAt("/sites/"+site))
+		// dyad.yaml's relative identity path and the journal need these
+		// mounts; init must write into the same volume, and pair read it
+		// where its SITE_?_CONFIG says.
+		v := s.volumeAt("/etc/dyad")
+		if v == "" || initStep.volumeAt("/sites/"+site) != v {
+			t.Errorf("%s: /etc/dyad is volume %q, but init writes /sites/%s to %q", site, v, site, initStep.volumeAt("/sites/"+site))
+		}
+		env := "SITE_" + strings.ToUpper(site[len(site)-1:]) + "_CONFIG"
+		if cfg := pair.Environment[env]; cfg != "/sites/"+site+"/dyad.yaml" || pair.volumeAt("/sites/"+site) != v {
+			t.Errorf("%s: pair reads %s=%q from volume %q, not /sites/%s/dyad.yaml from %q", site, env, cfg, pair.volumeAt("/sites/"+site), site, v)
 		}
 		if s.volumeAt("/var/lib/dyad") == "" {
 			t.Errorf("%s: no volume for the journal at /var/lib/dyad", site)
 		}
-		if s.DependsOn["pair"]["condition"] != "service_completed_successfully" {
-			t.Errorf("%s: does not wait for pair to finish", site)
+		if s.DependsOn["init"]["condition"] != "service_completed_successfully" {
+			t.Errorf("%s: does not wait for init to finish", site)
 		}
+		if pair.DependsOn[site]["condition"] != "service_healthy" {
+			t.Errorf("pair: does not wait for %s to be healthy", site)
+		}
+		if s.Healthcheck == nil || !slices.Contains(s.Healthcheck.Test, "status") || !slices.Contains(s.Healthcheck.Test, "/etc/dyad/dyad.yaml") {
+			t.Errorf("%s: no healthcheck asking the daemon's control socket (dyad status)", site)
+		}
+
+		// The template pins no peer: pair.sh enrols it into state_dir,
+		// which is a volume the site, init (to create it owned by the
+		// daemons' user) and pair mount at the same path.
+		f := loadTemplate(t, site)
+		if len(f.Peers) != 0 || len(f.Forwards) != 0 {
+			t.Errorf("%s.yaml pins %d peers and %d forwards: the sites pair with dyad invite/join", site, len(f.Peers), len(f.Forwards))
+		}
+		for _, svc := range f.Services {
+			if len(svc.Allow) != 0 {
+				t.Errorf("%s.yaml: service %s allows %v before any pairing", site, svc.Name, svc.Allow)
+			}
+		}
+		if !filepath.IsAbs(f.StateDir) {
+			t.Errorf("%s.yaml: state_dir %q is not an absolute path", site, f.StateDir)
+		} else if sv := s.volumeAt(f.StateDir); sv == "" || sv == v || pair.volumeAt(f.StateDir) != sv || initStep.volumeAt(f.StateDir) != sv {
+			t.Errorf("%s: state_dir %s is volume %q in the site, %q in pair, %q in init (want one writable volume, not /etc/dyad's)",
+				site, f.StateDir, sv, pair.volumeAt(f.StateDir), initStep.volumeAt(f.StateDir))
+		}
+	}
+	// The control socket is 0600 and checks the caller's uid: pair must run
+	// as the user of the sites' image.
+	if want := dockerfileUser(t); pair.User != want {
+		t.Errorf("pair: user %q, but the daemons run as %q (their control sockets admit only that uid)", pair.User, want)
 	}
 	if bin := os.Getenv("DYAD_OTELCOL"); bin != "" {
 		out, err := exec.Command(bin, "validate", "--config", "compose/otel-collector.yaml").CombinedOutput()
@@ -157,15 +204,57 @@ func TestComposeFiles(t *testing.T) {
 	}
 }
 
-// TestComposeSitesEndToEnd proves the Compose demo's configurations work
-// without Docker: it runs compose/pair.sh on this host with the real dyad
-// (twice: the second run must keep the keys), `dyad check`s each rendered
-// dyad.yaml as the containers would read it, then runs both sites as
-// processes on loopback. Every compose address is replaced by a loopback
-// one after checking that it names the right compose service on a network
-// both ends share; the api container becomes an HTTP server here and the
-// collector an OTLP/gRPC receiver. A request goes through site-a's forward
-// to the API, and both sites' audit events must reach the receiver.
+// loadTemplate decodes compose/SITE.yaml, the site's dyad.yaml as init.sh
+// installs it.
+func loadTemplate(t *testing.T, site string) daemon.File {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("compose", site+".yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f daemon.File
+	if err := yaml.Unmarshal(data, &f); err != nil {
+		t.Fatalf("%s.yaml: %v", site, err)
+	}
+	return f
+}
+
+// dockerfileUser is the USER of the dyad image (the last stage of
+// container/Dockerfile).
+func dockerfileUser(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile("container/Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := ""
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "USER "); ok {
+			user = strings.TrimSpace(rest)
+		}
+	}
+	if user == "" {
+		t.Fatal("container/Dockerfile sets no USER")
+	}
+	return user
+}
+
+// TestComposeSitesEndToEnd proves the Compose demo's flow works without
+// Docker: it runs compose/init.sh on this host with the real dyad (twice: the
+// second run must keep the keys), `dyad check`s each installed dyad.yaml as
+// the containers would read it (no peer pinned), runs both sites as
+// processes on loopback, then compose/pair.sh against them with pair's
+// environment from compose.yaml: dyad invite on site-b, dyad join on
+// site-a, equal verification phrases printed, each peer enrolled in the
+// other's state directory, neither dyad.yaml changed; an invitation left
+// pending by an interrupted run is cancelled first, and a second pair.sh
+// leaves the pairing as it is.
+// Every compose address is replaced by a loopback one after checking that
+// it names the right compose service on a network both ends share; the api
+// container becomes an HTTP server here and the collector an OTLP/gRPC
+// receiver. A request goes through the forward site-a enrolled to the API,
+// and both sites' audit events (the enrolment and the tunnel) must reach
+// the receiver.
 func TestComposeSitesEndToEnd(t *testing.T) {
 	c := loadCompose(t)
 	tmp := t.TempDir()
@@ -178,20 +267,20 @@ func TestComposeSitesEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	sites := filepath.Join(tmp, "sites")
-	pair := func() {
+	initSites := func() {
 		t.Helper()
-		cmd := exec.Command("sh", filepath.Join(templates, "pair.sh"))
+		cmd := exec.Command("sh", filepath.Join(templates, "init.sh"))
 		cmd.Env = append(os.Environ(), "DYAD="+bin, "TEMPLATES="+templates, "SITES="+sites)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			t.Fatalf("pair.sh: %v\n%s", err, out)
+			t.Fatalf("init.sh: %v\n%s", err, out)
 		}
 	}
-	pair()
+	initSites()
 	keyA, _ := os.ReadFile(filepath.Join(sites, "site-a", "keys", "identity.key"))
-	pair()
+	initSites()
 	if again, _ := os.ReadFile(filepath.Join(sites, "site-a", "keys", "identity.key")); string(again) != string(keyA) {
-		t.Fatal("pair.sh replaced site-a's identity on its second run")
+		t.Fatal("init.sh replaced site-a's identity on its second run")
 	}
 
 	files := map[string]daemon.File{}
@@ -203,6 +292,9 @@ func TestComposeSitesEndToEnd(t *testing.T) {
 		cfg, err := daemon.LoadConfig(path)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if len(cfg.File.Peers) != 0 || len(cfg.File.Forwards) != 0 {
+			t.Fatalf("%s: dyad.yaml pins %d peers, %d forwards before pair.sh ran", site, len(cfg.File.Peers), len(cfg.File.Forwards))
 		}
 		files[site] = cfg.File
 	}
@@ -262,24 +354,11 @@ func TestComposeSitesEndToEnd(t *testing.T) {
 		return a
 	}
 
-	var forward string
-	for _, site := range []string{"site-b", "site-a"} { // site-b first: site-a dials it
+	running := map[string]*daemontest.Site{}
+	for _, site := range []string{"site-b", "site-a"} {
 		f := files[site]
 		f.Listen = local(site, f.Listen, true)
 		f.Admin = local(site, f.Admin, false)
-		for i := range f.Forwards {
-			_, port, _ := net.SplitHostPort(f.Forwards[i].Listen)
-			if !slices.ContainsFunc(c.Services[site].Ports, func(p string) bool { return strings.Contains(p, ":"+port+":"+port) }) {
-				t.Errorf("%s: forward port %s is not published", site, port)
-			}
-			f.Forwards[i].Listen = local(site, f.Forwards[i].Listen, false)
-			forward = f.Forwards[i].Listen
-		}
-		for i := range f.Peers {
-			if f.Peers[i].Endpoint != "" {
-				f.Peers[i].Endpoint = reach(site, f.Peers[i].Endpoint)
-			}
-		}
 		for i := range f.Services {
 			f.Services[i].Upstream = reach(site, f.Services[i].Upstream)
 		}
@@ -291,8 +370,8 @@ func TestComposeSitesEndToEnd(t *testing.T) {
 			t.Fatalf("%s: journal %s is not on the /var/lib/dyad volume", site, f.Audit.Journal.Dir)
 		}
 		f.Audit.Journal.Dir = "audit"
-		if !strings.HasPrefix(f.StateDir, "/var/lib/dyad/") {
-			t.Fatalf("%s: state_dir %s is not on the /var/lib/dyad volume (/etc/dyad is read-only)", site, f.StateDir)
+		if c.Services[site].volumeAt(f.StateDir) == "" {
+			t.Fatalf("%s: state_dir %s is not a volume of the site (/etc/dyad is read-only)", site, f.StateDir)
 		}
 		f.StateDir = "state"
 		s := &daemontest.Site{Name: site, Dir: filepath.Join(sites, site), Bin: bin, Config: f}
@@ -304,10 +383,110 @@ func TestComposeSitesEndToEnd(t *testing.T) {
 				t.Errorf("%s: %v\n%s", site, err, s.Logs())
 			}
 		}()
+		running[site] = s
+	}
+
+	// pair.sh with pair's environment, its addresses made loopback ones:
+	// site-a dials the endpoint site-b's invitation names, and carries
+	// the forward port compose publishes.
+	env := c.Services["pair"].Environment
+	forwardPort := env["SITE_A_FORWARD"][strings.LastIndex(env["SITE_A_FORWARD"], ":")+1:]
+	if !slices.ContainsFunc(c.Services["site-a"].Ports, func(p string) bool { return strings.Contains(p, ":"+forwardPort+":"+forwardPort+"/") }) {
+		t.Errorf("site-a: forward port %s (pair's SITE_A_FORWARD) is not published", forwardPort)
+	}
+	forward := local("site-a", env["SITE_A_FORWARD"], false)
+	pair := func() string {
+		t.Helper()
+		cmd := exec.Command("sh", filepath.Join(templates, "pair.sh"))
+		cmd.Env = append(os.Environ(), "DYAD="+bin, "SERVICE="+env["SERVICE"], "WAIT=20",
+			"SITE_A_CONFIG="+running["site-a"].ConfigPath(), "SITE_B_CONFIG="+running["site-b"].ConfigPath(),
+			"SITE_B_ENDPOINT="+reach("site-a", env["SITE_B_ENDPOINT"]), "SITE_A_FORWARD="+forward)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("pair.sh: %v\n%s\nsite-a:\n%s\nsite-b:\n%s", err, out, running["site-a"].Logs(), running["site-b"].Logs())
+		}
+		return string(out)
+	}
+	// An earlier run stopped after its invitation: pair.sh cancels it
+	// rather than fail until it expires.
+	if out, err := exec.Command(bin, "invite", "--config", running["site-b"].ConfigPath(), "--peer", "site-a", "--service", env["SERVICE"]).CombinedOutput(); err != nil {
+		t.Fatalf("stale invitation: %v\n%s", err, out)
+	}
+	out := pair()
+	if !strings.Contains(out, "Cancelled 1 pending invitation") {
+		t.Errorf("pair.sh did not cancel the stale invitation:\n%s", out)
+	}
+	if !strings.Contains(out, "the phrases match") || strings.Contains(out, "dyad2:") {
+		t.Fatalf("pair.sh printed no matching phrases (or a key):\n%s", out)
+	}
+	peersFile := func(site string) []byte {
+		t.Helper()
+		data, err := os.ReadFile(filepath.Join(sites, site, "state", state.PeersFile))
+		if err != nil {
+			t.Fatalf("%s: %v", site, err)
+		}
+		return data
+	}
+	stA, err := state.Load(filepath.Join(sites, "site-a", "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stB, err := state.Load(filepath.Join(sites, "site-b", "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stA.Peers) != 1 || stA.Peers[0].Name != "site-b" || stA.Peers[0].Role != "join" ||
+		!slices.Equal(stA.Peers[0].Forwards, []state.Forward{{Listen: forward, Service: env["SERVICE"]}}) {
+		t.Fatalf("site-a's state after pair.sh: %+v", stA.Peers)
+	}
+	if len(stB.Peers) != 1 || stB.Peers[0].Name != "site-a" || stB.Peers[0].Role != "invite" || !slices.Equal(stB.Peers[0].Services, []string{env["SERVICE"]}) {
+		t.Fatalf("site-b's state after pair.sh: %+v", stB.Peers)
+	}
+	// Both phrases printed, each the one site-b's daemon enrolled site-a
+	// with (what its operator reads from dyad.peer.enrolled).
+	for _, label := range []string{"site-a's verification phrase (dyad join):", "site-b's verification phrase (dyad invite --wait):"} {
+		i := strings.Index(out, label)
+		if i < 0 {
+			t.Fatalf("pair.sh printed no %q:\n%s", label, out)
+		}
+		line, _, _ := strings.Cut(out[i+len(label):], "\n")
+		if phrase := strings.TrimSpace(line); phrase == "" || phrase != stB.Peers[0].Phrase {
+			t.Fatalf("pair.sh: %s %q, site-b enrolled site-a with %q", label, phrase, stB.Peers[0].Phrase)
+		}
+	}
+	// Neither YAML file changed: the pairing is state.
+	for _, site := range []string{"site-a", "site-b"} {
+		data, err := os.ReadFile(running[site].ConfigPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f daemon.File
+		if err := yaml.Unmarshal(data, &f); err != nil {
+			t.Fatal(err)
+		}
+		if len(f.Peers) != 0 || len(f.Forwards) != 0 {
+			t.Errorf("%s: pair.sh wrote a peer into dyad.yaml", site)
+		}
+	}
+
+	// A second run (docker compose up again) leaves the pairing alone.
+	beforeA, beforeB := peersFile("site-a"), peersFile("site-b")
+	if out := pair(); !strings.Contains(out, "already paired") {
+		t.Fatalf("pair.sh on paired sites:\n%s", out)
+	}
+	if !bytes.Equal(peersFile("site-a"), beforeA) || !bytes.Equal(peersFile("site-b"), beforeB) {
+		t.Fatal("pair.sh changed the enrolled peers on its second run")
 	}
 
 	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get("http://" + forward + "/v1/payments/42")
+	var resp *http.Response
+	for deadline := time.Now().Add(10 * time.Second); ; { // the tunnel comes up after join
+		resp, err = client.Get("http://" + forward + "/v1/payments/42")
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatalf("GET through site-a's forward: %v", err)
 	}
@@ -318,8 +497,8 @@ func TestComposeSitesEndToEnd(t *testing.T) {
 	}
 	client.CloseIdleConnections()
 
-	// Both sites' events reach the collector: the tunnel on each side and
-	// the stream site-b opened to the API.
+	// Both sites' events reach the collector: the enrolment and the tunnel
+	// on each side, and the stream site-b opened to the API.
 	err = otlp.WaitFor(10*time.Second, func(rs []audittest.Record) bool {
 		seen := map[string]bool{}
 		for _, r := range rs {
@@ -327,7 +506,8 @@ func TestComposeSitesEndToEnd(t *testing.T) {
 				seen[site.GetStringValue()+" "+r.Log.EventName] = true
 			}
 		}
-		return seen["site-a "+audit.TunnelEstablished] && seen["site-b "+audit.TunnelEstablished] && seen["site-b "+audit.StreamOpened]
+		return seen["site-a "+audit.PeerEnrolled] && seen["site-b "+audit.PeerEnrolled] &&
+			seen["site-a "+audit.TunnelEstablished] && seen["site-b "+audit.TunnelEstablished] && seen["site-b "+audit.StreamOpened]
 	})
 	if err != nil {
 		t.Fatalf("OTLP: %v", err)
