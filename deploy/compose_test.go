@@ -395,17 +395,29 @@ func TestComposeSitesEndToEnd(t *testing.T) {
 		t.Errorf("site-a: forward port %s (pair's SITE_A_FORWARD) is not published", forwardPort)
 	}
 	forward := local("site-a", env["SITE_A_FORWARD"], false)
-	pair := func() string {
-		t.Helper()
+	runPair := func() (string, error) {
 		cmd := exec.Command("sh", filepath.Join(templates, "pair.sh"))
 		cmd.Env = append(os.Environ(), "DYAD="+bin, "SERVICE="+env["SERVICE"], "WAIT=20",
 			"SITE_A_CONFIG="+running["site-a"].ConfigPath(), "SITE_B_CONFIG="+running["site-b"].ConfigPath(),
 			"SITE_B_ENDPOINT="+reach("site-a", env["SITE_B_ENDPOINT"]), "SITE_A_FORWARD="+forward)
 		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	pair := func() string {
+		t.Helper()
+		out, err := runPair()
 		if err != nil {
 			t.Fatalf("pair.sh: %v\n%s\nsite-a:\n%s\nsite-b:\n%s", err, out, running["site-a"].Logs(), running["site-b"].Logs())
 		}
-		return string(out)
+		return out
+	}
+	enrolled := func(site string) []state.Peer {
+		t.Helper()
+		st, err := state.Load(filepath.Join(sites, site, "state"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Peers
 	}
 	// An earlier run stopped after its invitation: pair.sh cancels it
 	// rather than fail until it expires.
@@ -427,21 +439,19 @@ func TestComposeSitesEndToEnd(t *testing.T) {
 		}
 		return data
 	}
-	stA, err := state.Load(filepath.Join(sites, "site-a", "state"))
-	if err != nil {
-		t.Fatal(err)
+	checkEnrolled := func() string {
+		t.Helper()
+		pa, pb := enrolled("site-a"), enrolled("site-b")
+		if len(pa) != 1 || pa[0].Name != "site-b" || pa[0].Role != "join" ||
+			!slices.Equal(pa[0].Forwards, []state.Forward{{Listen: forward, Service: env["SERVICE"]}}) {
+			t.Fatalf("site-a's state after pair.sh: %+v", pa)
+		}
+		if len(pb) != 1 || pb[0].Name != "site-a" || pb[0].Role != "invite" || !slices.Equal(pb[0].Services, []string{env["SERVICE"]}) {
+			t.Fatalf("site-b's state after pair.sh: %+v", pb)
+		}
+		return pb[0].Phrase
 	}
-	stB, err := state.Load(filepath.Join(sites, "site-b", "state"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(stA.Peers) != 1 || stA.Peers[0].Name != "site-b" || stA.Peers[0].Role != "join" ||
-		!slices.Equal(stA.Peers[0].Forwards, []state.Forward{{Listen: forward, Service: env["SERVICE"]}}) {
-		t.Fatalf("site-a's state after pair.sh: %+v", stA.Peers)
-	}
-	if len(stB.Peers) != 1 || stB.Peers[0].Name != "site-a" || stB.Peers[0].Role != "invite" || !slices.Equal(stB.Peers[0].Services, []string{env["SERVICE"]}) {
-		t.Fatalf("site-b's state after pair.sh: %+v", stB.Peers)
-	}
+	phrase := checkEnrolled()
 	// Both phrases printed, each the one site-b's daemon enrolled site-a
 	// with (what its operator reads from dyad.peer.enrolled).
 	for _, label := range []string{"site-a's verification phrase (dyad join):", "site-b's verification phrase (dyad invite --wait):"} {
@@ -450,8 +460,8 @@ func TestComposeSitesEndToEnd(t *testing.T) {
 			t.Fatalf("pair.sh printed no %q:\n%s", label, out)
 		}
 		line, _, _ := strings.Cut(out[i+len(label):], "\n")
-		if phrase := strings.TrimSpace(line); phrase == "" || phrase != stB.Peers[0].Phrase {
-			t.Fatalf("pair.sh: %s %q, site-b enrolled site-a with %q", label, phrase, stB.Peers[0].Phrase)
+		if got := strings.TrimSpace(line); got == "" || got != phrase {
+			t.Fatalf("pair.sh: %s %q, site-b enrolled site-a with %q", label, got, phrase)
 		}
 	}
 	// Neither YAML file changed: the pairing is state.
@@ -476,6 +486,30 @@ func TestComposeSitesEndToEnd(t *testing.T) {
 	}
 	if !bytes.Equal(peersFile("site-a"), beforeA) || !bytes.Equal(peersFile("site-b"), beforeB) {
 		t.Fatal("pair.sh changed the enrolled peers on its second run")
+	}
+
+	// Undone at site-b only: pair.sh refuses the half pairing and names
+	// the revoke that undoes the other side, changing nothing; undone at
+	// both (README: pairing again), it pairs anew.
+	revoke := func(site, peer string) {
+		t.Helper()
+		if out, err := exec.Command(bin, "revoke", "--config", running[site].ConfigPath(), peer).CombinedOutput(); err != nil {
+			t.Fatalf("dyad revoke at %s: %v\n%s", site, err, out)
+		}
+	}
+	revoke("site-b", "site-a")
+	if out, err := runPair(); err == nil || !strings.Contains(out, "site-a pins site-b, but site-b does not pin site-a") || !strings.Contains(out, "dyad revoke --config") {
+		t.Fatalf("pair.sh on a half pairing: %v\n%s", err, out)
+	}
+	if len(enrolled("site-a")) != 1 || len(enrolled("site-b")) != 0 {
+		t.Fatal("pair.sh changed a half pairing")
+	}
+	revoke("site-a", "site-b")
+	if out := pair(); !strings.Contains(out, "the phrases match") {
+		t.Fatalf("pair.sh after revoking both sides:\n%s", out)
+	}
+	if again := checkEnrolled(); again == phrase {
+		t.Fatalf("the new pairing has the old phrase %q", phrase)
 	}
 
 	client := &http.Client{Timeout: 10 * time.Second}
