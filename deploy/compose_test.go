@@ -575,3 +575,113 @@ func collectorGRPCPort(t *testing.T) string {
 	}
 	return port
 }
+
+// TestComposeAirGappedPairing proves compose/README.md's air-gapped path:
+// the keys pinned by hand in both templates (no invite, no join), the sites
+// start paired, and pair.sh finds each pinning the other and changes
+// nothing (no enrolled peer in either state directory). It runs init.sh,
+// both sites and pair.sh on this host, as TestComposeSitesEndToEnd does,
+// without the collector.
+func TestComposeAirGappedPairing(t *testing.T) {
+	c := loadCompose(t)
+	tmp := t.TempDir()
+	bin, err := daemontest.Build("..", tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	templates, err := filepath.Abs("compose")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sites := filepath.Join(tmp, "sites")
+	cmd := exec.Command("sh", filepath.Join(templates, "init.sh"))
+	cmd.Env = append(os.Environ(), "DYAD="+bin, "TEMPLATES="+templates, "SITES="+sites)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("init.sh: %v\n%s", err, out)
+	}
+	pub := func(site string) string {
+		t.Helper()
+		data, err := os.ReadFile(filepath.Join(sites, site, "keys", "identity.pub"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(data))
+	}
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "payments api: %s\n", r.URL.Path)
+	}))
+	defer api.Close()
+
+	env := c.Services["pair"].Environment
+	free := func(get func() (string, error)) string {
+		t.Helper()
+		a, err := get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	quicB, forward := free(daemontest.FreeUDP), free(daemontest.FreeTCP)
+	running := map[string]*daemontest.Site{}
+	for _, site := range []string{"site-b", "site-a"} {
+		f := loadTemplate(t, site)
+		// What the README says to add to each template.
+		switch site {
+		case "site-a":
+			f.Listen = free(daemontest.FreeUDP)
+			f.Peers = []daemon.PeerFile{{Name: "site-b", PublicKey: pub("site-b"), Endpoint: quicB}}
+			f.Forwards = []daemon.ForwardConfig{{Listen: forward, Peer: "site-b", Service: env["SERVICE"]}}
+		case "site-b":
+			f.Listen = quicB
+			f.Peers = []daemon.PeerFile{{Name: "site-a", PublicKey: pub("site-a")}}
+			for i := range f.Services {
+				f.Services[i].Upstream = api.Listener.Addr().String()
+				f.Services[i].Allow = []string{"site-a"}
+			}
+		}
+		f.Admin = free(daemontest.FreeTCP)
+		f.Audit.OTLP = nil
+		f.Audit.Journal.Dir = "audit"
+		f.StateDir = "state"
+		s := &daemontest.Site{Name: site, Dir: filepath.Join(sites, site), Bin: bin, Config: f}
+		if err := s.StartReady(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := s.Stop(10 * time.Second); err != nil {
+				t.Errorf("%s: %v\n%s", site, err, s.Logs())
+			}
+		}()
+		running[site] = s
+	}
+
+	cmd = exec.Command("sh", filepath.Join(templates, "pair.sh"))
+	cmd.Env = append(os.Environ(), "DYAD="+bin, "SERVICE="+env["SERVICE"], "WAIT=20",
+		"SITE_A_CONFIG="+running["site-a"].ConfigPath(), "SITE_B_CONFIG="+running["site-b"].ConfigPath(),
+		"SITE_B_ENDPOINT="+quicB, "SITE_A_FORWARD="+free(daemontest.FreeTCP))
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "already paired") {
+		t.Fatalf("pair.sh on sites pinned by hand: %v\n%s", err, out)
+	}
+	for _, site := range []string{"site-a", "site-b"} {
+		st, err := state.Load(filepath.Join(sites, site, "state"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Peers) != 0 || len(st.Invites) != 0 {
+			t.Fatalf("%s: pair.sh enrolled %+v, invited %+v on sites pinned by hand", site, st.Peers, st.Invites)
+		}
+	}
+
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get("http://" + forward + "/v1/payments/42")
+	if err != nil {
+		t.Fatalf("GET through site-a's forward: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	client.CloseIdleConnections()
+	if resp.StatusCode != http.StatusOK || string(body) != "payments api: /v1/payments/42\n" {
+		t.Fatalf("through the tunnel: %d %q", resp.StatusCode, body)
+	}
+}
