@@ -45,7 +45,7 @@ done
 # pins CONFIG PEER: the daemon of CONFIG has PEER (from its YAML or its
 # state).
 pins() {
-	"$DYAD" status --via control --json --config "$1" | grep -q "\"name\": \"$2\"" 
+	"$DYAD" status --via control --json --config "$1" | grep -q "\"name\": \"$2\""
 }
 a_pins_b=no b_pins_a=no
 if pins "$SITE_A_CONFIG" site-b; then a_pins_b=yes; fi
