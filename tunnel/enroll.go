@@ -59,9 +59,6 @@ func (n *Node) SetEnroller(e Enroller) {
 		return
 	}
 	n.enroller.Store(&e)
-	if n.enrollSem == nil {
-		n.enrollSem = make(chan struct{}, maxEnrollConns)
-	}
 }
 
 func (n *Node) enrollerOrNil() Enroller {

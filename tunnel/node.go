@@ -123,10 +123,13 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 		log:     log,
 		links:   map[string]*link{},
 		learned: map[string]KeyRotation{},
-		given:   cfg,
-		audit:   aud,
-		metrics: aud.Metrics(),
-		started: time.Now(),
+		// Made here, not in SetEnroller: the accept loop reads it
+		// (TestEnrollConnectionServesNoStream, -race).
+		enrollSem: make(chan struct{}, maxEnrollConns),
+		given:     cfg,
+		audit:     aud,
+		metrics:   aud.Metrics(),
+		started:   time.Now(),
 	}
 	n.self.Store(self)
 	for _, r := range cfg.Learned {
