@@ -149,6 +149,7 @@ type conn struct {
 	g    *Guard
 	peer string
 	up   tunnel.Conn
+	held int64 // bytes of the peer's budget the request in hand holds (request loop only)
 	inR  *io.PipeReader
 	inW  *io.PipeWriter
 	outR *io.PipeReader
@@ -237,6 +238,7 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	bw := clientWriters.Get().(*bufio.Writer)
 	bw.Reset(c.outW)
 	defer func() {
+		c.release() // on every path out, not only the forwarding one
 		bw.Reset(nil)
 		clientWriters.Put(bw)
 	}()
@@ -274,7 +276,6 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	if _, ok := req.Header["User-Agent"]; !ok {
 		req.Header["User-Agent"] = []string{""} // net/http would add its own
 	}
-	buffered := req.GetBody != nil
 	uw := upWriters.Get().(*bufio.Writer)
 	uw.Reset(c.up)
 	err = req.Write(uw) // net/http does not flush a writer it did not make
@@ -283,9 +284,7 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	}
 	uw.Reset(nil)
 	upWriters.Put(uw)
-	if buffered {
-		c.g.budget(c.peer).Add(-req.ContentLength)
-	}
+	c.release()
 	if err != nil {
 		c.answer(bw, d.op, http.StatusBadGateway, "upstream_write", true)
 		return false
@@ -409,10 +408,7 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route, Options: opts}
 	if err := openapi3filter.ValidateRequest(validateDoc, in); err != nil {
 		d.status, d.reason, d.detail = http.StatusBadRequest, validationReason(err), truncate(err.Error(), 400)
-		if req.GetBody != nil { // buffered: its budget goes back now
-			c.g.budget(c.peer).Add(-req.ContentLength)
-			req.GetBody = nil
-		}
+		c.release() // a buffered body's budget goes back now
 	}
 	return d
 }
@@ -447,11 +443,23 @@ func (c *conn) buffer(p *Policy, req *http.Request, d decision, bw *bufio.Writer
 		return d, false
 	}
 	b.Add(int64(len(data)) - want)
+	// What goes back is what was taken, whatever validation makes of the
+	// body (kin-openapi writes a schema's defaults in, changing its
+	// length). THREATS P5, tested by TestGuardBudgetDefaults.
+	c.held = int64(len(data))
 	req.Body = io.NopCloser(bytes.NewReader(data))
 	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
 	req.ContentLength = int64(len(data))
 	req.TransferEncoding = nil
 	return d, true
+}
+
+// release gives the buffered body's bytes back to the peer's budget.
+func (c *conn) release() {
+	if c.held != 0 {
+		c.g.budget(c.peer).Add(-c.held)
+		c.held = 0
+	}
 }
 
 // otherMethod says whether req's path is an operation's under another
