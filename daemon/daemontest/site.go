@@ -8,7 +8,6 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -228,26 +227,6 @@ func (s *Site) Pid() int {
 
 // Logs returns everything the daemon printed so far.
 func (s *Site) Logs() string { return s.logs.String() }
-
-// FreeUDP returns a loopback UDP address that was free a moment ago.
-func FreeUDP() (string, error) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer pc.Close()
-	return pc.LocalAddr().String(), nil
-}
-
-// FreeTCP returns a loopback TCP address that was free a moment ago.
-func FreeTCP() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
 
 // Build compiles cmd/dyad into dir and returns the binary's path. root is
 // the module's folder.
