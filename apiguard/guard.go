@@ -271,16 +271,10 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 			return false
 		}
 	}
-	if _, ok := req.Header["User-Agent"]; !ok {
-		req.Header["User-Agent"] = []string{""} // net/http would add its own
-	}
 	buffered := req.GetBody != nil
 	uw := upWriters.Get().(*bufio.Writer)
 	uw.Reset(c.up)
-	err = req.Write(uw) // net/http does not flush a writer it did not make
-	if err == nil {
-		err = uw.Flush()
-	}
+	err = writeRequest(uw, req)
 	uw.Reset(nil)
 	upWriters.Put(uw)
 	if buffered {

@@ -1,0 +1,104 @@
+package apiguard
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestGuardForwardedForm pins what the guard writes upstream, byte for
+// byte where the order is fixed: the request line from the parsed request,
+// Host first, the client's fields (never its framing ones), the guard's
+// own framing (as net/http's Request.Write: none for a bodiless GET or
+// DELETE, a chunked body re-chunked with its declared trailer), and no User-Agent
+// the client did not send.
+func TestGuardForwardedForm(t *testing.T) {
+	noLeak(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		var all strings.Builder
+		br := bufio.NewReader(c)
+		for range 3 { // answer each request once its head and body are in
+			for {
+				line, err := br.ReadString('\n')
+				all.WriteString(line)
+				if err != nil {
+					got <- all.String()
+					return
+				}
+				if line == "0\r\n" || (line == "\r\n" && !strings.Contains(all.String(), "chunked")) {
+					if line == "0\r\n" {
+						for {
+							l, _ := br.ReadString('\n')
+							all.WriteString(l)
+							if l == "\r\n" || l == "" {
+								break
+							}
+						}
+					}
+					break
+				}
+			}
+			c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+		}
+		got <- all.String()
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := testPolicy(t, 1<<10)
+	p.ValidateRequest = false
+	g := NewGuard(p, &events{})
+	s := &stream{c: g.Wrap("bank-a", c.(*net.TCPConn))}
+	s.br = bufio.NewReader(s.c)
+	defer s.c.Close()
+	s.send("GET /v1/payments/42?x=1 HTTP/1.1\r\nHost: p\r\nAccept: a/b\r\n\r\n" +
+		"DELETE /v1/payments/42 HTTP/1.1\r\nHost: p\r\n\r\n" +
+		"POST /v1/accounts/A1/statements HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n" +
+		"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n")
+	for range 3 {
+		if r := s.read(t); r.StatusCode != 200 {
+			t.Fatalf("status %d: %s", r.StatusCode, bodyOf(r))
+		}
+	}
+	var wire string
+	select {
+	case wire = <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("upstream saw nothing")
+	}
+	want := "GET /v1/payments/42?x=1 HTTP/1.1\r\nHost: p\r\nAccept: a/b\r\n\r\n" +
+		"DELETE /v1/payments/42 HTTP/1.1\r\nHost: p\r\n\r\n" +
+		"POST /v1/accounts/A1/statements HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+	if !strings.HasPrefix(wire, want) {
+		t.Fatalf("upstream saw\n%q\nwant it to start with\n%q", wire, want)
+	}
+	// The body's chunking is the guard's (one chunk per read), its bytes
+	// the client's, the declared trailer after it.
+	req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(wire[strings.Index(wire, "POST "):])))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(req.Body)
+	if err != nil || string(body) != "abcde" || req.Trailer.Get("X-Sum") != "5" {
+		t.Fatalf("upstream body %q (%v), trailer %v", body, err, req.Trailer)
+	}
+	if strings.Contains(wire, "User-Agent") || strings.Contains(wire, "ext=1") {
+		t.Fatalf("upstream saw a field or extension the client did not send or the guard must not pass: %q", wire)
+	}
+}
