@@ -102,3 +102,27 @@ func TestGuardForwardedForm(t *testing.T) {
 		t.Fatalf("upstream saw a field or extension the client did not send or the guard must not pass: %q", wire)
 	}
 }
+
+// TestGuardNothingToValidate: with validate: [request], an operation with
+// no parameters and no body schema (health) costs what it costs without
+// validation: kin-openapi's validator, which would only run the no-op
+// authentication check, is not called for it.
+func TestGuardNothingToValidate(t *testing.T) {
+	p := testPolicy(t, 1<<10)
+	c := &conn{g: NewGuard(p, nil), peer: "bank-a"}
+	req, err := http.ReadRequest(bufio.NewReader(strings.NewReader("GET /v1/health HTTP/1.1\r\nHost: p\r\n\r\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocs := func(validate bool) float64 {
+		p.ValidateRequest = validate
+		return testing.AllocsPerRun(100, func() {
+			if d := c.decide(p, req, nil); d.status != 0 {
+				t.Fatal(d.reason)
+			}
+		})
+	}
+	if with, without := allocs(true), allocs(false); with != without {
+		t.Errorf("decide allocates %v times with validation, %v without: the validator ran for nothing", with, without)
+	}
+}

@@ -42,6 +42,10 @@ type Operation struct {
 	// BodySchema says the request body has a schema to validate (some
 	// content type of its requestBody has one); other bodies stream.
 	BodySchema bool
+	// params says the operation or its path declares parameters: without
+	// them and without BodySchema, request validation has nothing to check
+	// and the guard skips kin-openapi's validator for the operation.
+	params bool
 
 	op *openapi3.Operation
 }
@@ -134,7 +138,8 @@ func ParseSpec(file string, data []byte) (s *Spec, err error) {
 		item := doc.Paths.Value(path)
 		for method, op := range item.Operations() {
 			o := &Operation{Key: op.OperationID, Method: strings.ToUpper(method), Path: path, Tags: op.Tags,
-				Deprecated: op.Deprecated, BodySchema: hasBodySchema(op), op: op}
+				Deprecated: op.Deprecated, BodySchema: hasBodySchema(op), op: op,
+				params: len(op.Parameters) > 0 || len(item.Parameters) > 0}
 			if o.Key == "" {
 				o.Key = o.Method + " " + path
 			}
