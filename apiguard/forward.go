@@ -75,14 +75,7 @@ func writeRequest(uw *bufio.Writer, req *http.Request) error {
 	switch {
 	case chunked && body != nil:
 		uw.WriteString("Transfer-Encoding: chunked\r\n")
-		if len(trailer) > 0 {
-			keys := make([]string, 0, len(trailer))
-			for k := range trailer {
-				keys = append(keys, k)
-			}
-			sort.Strings(keys)
-			uw.WriteString("Trailer: " + strings.Join(keys, ",") + "\r\n")
-		}
+		writeTrailerField(uw, trailer)
 	case body != nil && req.ContentLength > 0:
 		uw.WriteString("Content-Length: ")
 		uw.WriteString(strconv.FormatInt(req.ContentLength, 10))
@@ -98,26 +91,21 @@ func writeRequest(uw *bufio.Writer, req *http.Request) error {
 	if body == nil {
 		return uw.Flush()
 	}
+	if chunked {
+		if err := copyChunked(uw, body, true); err != nil {
+			return err
+		}
+		writeTrailers(uw, trailer)
+		return uw.Flush()
+	}
 	buf := bodyBufs.Get().(*[chunkHead + bodyChunk + 2]byte)
 	defer bodyBufs.Put(buf)
 	var sent int64
 	for {
-		n, rerr := body.Read(buf[chunkHead : chunkHead+bodyChunk])
+		n, rerr := body.Read(buf[:bodyChunk])
 		if n > 0 {
-			out := buf[chunkHead : chunkHead+n]
-			if chunked {
-				// The size line goes in the headroom before the data and
-				// CRLF after it: one write for the whole chunk.
-				var hex [chunkHead]byte
-				h := strconv.AppendInt(hex[:0], int64(n), 16)
-				h = append(h, '\r', '\n')
-				start := chunkHead - len(h)
-				copy(buf[start:], h)
-				buf[chunkHead+n], buf[chunkHead+n+1] = '\r', '\n'
-				out = buf[start : chunkHead+n+2]
-			}
 			sent += int64(n)
-			if _, err := uw.Write(out); err != nil {
+			if _, err := uw.Write(buf[:n]); err != nil {
 				return err
 			}
 			if err := uw.Flush(); err != nil {
@@ -131,20 +119,71 @@ func writeRequest(uw *bufio.Writer, req *http.Request) error {
 			return rerr
 		}
 	}
-	if !chunked {
-		if sent != req.ContentLength {
-			return io.ErrUnexpectedEOF
-		}
-		return nil
+	if sent != req.ContentLength {
+		return io.ErrUnexpectedEOF
 	}
-	uw.WriteString("0\r\n")
+	return nil
+}
+
+// copyChunked copies body to w as chunks, one per read of body, the size
+// line in the buffer's headroom and CRLF after the data, so each chunk is
+// one write; flush sends each chunk at once (a request body, streamed).
+// The last chunk ("0") is left to the caller, who writes trailers after it.
+func copyChunked(w *bufio.Writer, body io.Reader, flush bool) error {
+	buf := bodyBufs.Get().(*[chunkHead + bodyChunk + 2]byte)
+	defer bodyBufs.Put(buf)
+	for {
+		n, rerr := body.Read(buf[chunkHead : chunkHead+bodyChunk])
+		if n > 0 {
+			var hex [chunkHead]byte
+			h := strconv.AppendInt(hex[:0], int64(n), 16)
+			h = append(h, '\r', '\n')
+			start := chunkHead - len(h)
+			copy(buf[start:], h)
+			buf[chunkHead+n], buf[chunkHead+n+1] = '\r', '\n'
+			if _, err := w.Write(buf[start : chunkHead+n+2]); err != nil {
+				return err
+			}
+			if flush {
+				if err := w.Flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// writeTrailerField announces trailer's keys (sorted) in a Trailer field.
+func writeTrailerField(w *bufio.Writer, trailer http.Header) {
+	if len(trailer) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(trailer))
+	for k := range trailer {
+		if httpguts.ValidHeaderFieldName(k) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	w.WriteString("Trailer: " + strings.Join(keys, ",") + "\r\n")
+}
+
+// writeTrailers ends a chunked body: the last chunk, the trailer's fields
+// (those declared in the head and received), the empty line.
+func writeTrailers(w *bufio.Writer, trailer http.Header) {
+	w.WriteString("0\r\n")
 	for k, vs := range trailer {
 		for _, v := range vs {
-			writeField(uw, k, v)
+			writeField(w, k, v)
 		}
 	}
-	uw.WriteString("\r\n")
-	return uw.Flush()
+	w.WriteString("\r\n")
 }
 
 // writeFields writes h's fields but the framing ones, in map order (the
@@ -175,4 +214,76 @@ func writeField(w *bufio.Writer, k, v string) {
 	}
 	w.WriteString(strings.TrimSpace(v))
 	w.WriteString("\r\n")
+}
+
+// writeResponse passes upstream's answer to req on to the client through
+// bw and flushes it. An HTTP/1.1 answer with a body of known length or a
+// chunked one (the common shapes) is written by the guard: status line,
+// the parser-checked fields, its own framing, the body copied into bw (one
+// flush per response, or per bw's size for a longer body); any other
+// shape (HTTP/1.0, a HEAD answer, a status without a body, a body up to
+// the connection's close) goes through net/http's Response.Write, whose
+// rules for them the guard keeps.
+func writeResponse(bw *bufio.Writer, resp *http.Response) error {
+	chunked := len(resp.TransferEncoding) == 1 && resp.TransferEncoding[0] == "chunked"
+	fast := resp.ProtoMajor == 1 && resp.ProtoMinor == 1 && resp.StatusCode >= 200 &&
+		resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified &&
+		(resp.Request == nil || resp.Request.Method != http.MethodHead) &&
+		(chunked && resp.ContentLength < 0 || len(resp.TransferEncoding) == 0 && resp.ContentLength >= 0)
+	if !fast {
+		if err := resp.Write(bw); err != nil {
+			return err
+		}
+		return bw.Flush()
+	}
+	code := strconv.Itoa(resp.StatusCode)
+	// The reason phrase is upstream's, unless it is empty or holds a
+	// control byte (a bare CR would end the line for some clients).
+	text, _ := strings.CutPrefix(resp.Status, code+" ")
+	if text == resp.Status || strings.ContainsFunc(text, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }) {
+		text = ""
+	}
+	if text == "" {
+		text = http.StatusText(resp.StatusCode)
+	}
+	if text == "" {
+		text = "status code " + code
+	}
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(code)
+	bw.WriteByte(' ')
+	bw.WriteString(text)
+	bw.WriteString("\r\n")
+	writeFields(bw, resp.Header)
+	if resp.Close && !httpguts.HeaderValuesContainsToken(resp.Header["Connection"], "close") {
+		bw.WriteString("Connection: close\r\n")
+	}
+	trailer := resp.Trailer
+	body := resp.Body
+	if chunked {
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+		writeTrailerField(bw, trailer)
+	} else {
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.FormatInt(resp.ContentLength, 10))
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("\r\n")
+	if !chunked {
+		if body != nil && body != http.NoBody {
+			n, err := io.Copy(bw, body) // into bw's buffer: no buffer of its own
+			if err != nil {
+				return err
+			}
+			if n != resp.ContentLength {
+				return io.ErrUnexpectedEOF
+			}
+		}
+		return bw.Flush()
+	}
+	if err := copyChunked(bw, body, false); err != nil {
+		return err
+	}
+	writeTrailers(bw, trailer)
+	return bw.Flush()
 }

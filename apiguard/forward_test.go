@@ -126,3 +126,65 @@ func TestGuardNothingToValidate(t *testing.T) {
 		t.Errorf("decide allocates %v times with validation, %v without: the validator ran for nothing", with, without)
 	}
 }
+
+// TestGuardResponseForm pins what the client gets back: a body of known
+// length and a chunked one (re-chunked, its declared trailer kept) in the
+// guard's own form, upstream's fields without its framing ones, a reason
+// phrase with a control byte replaced, and a 204 through net/http's
+// Response.Write (the shapes the guard leaves to it).
+func TestGuardResponseForm(t *testing.T) {
+	noLeak(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	answers := []string{
+		"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 5\r\n\r\nhello",
+		"HTTP/1.1 299 Odd\x01\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n3;e=1\r\nabc\r\n0\r\nX-Sum: 3\r\n\r\n",
+		"HTTP/1.1 204 No Content\r\nX-B: 2\r\n\r\n",
+	}
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for _, a := range answers {
+			if _, err := http.ReadRequest(br); err != nil {
+				return
+			}
+			c.Write([]byte(a))
+		}
+		io.Copy(io.Discard, br)
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := testPolicy(t, 1<<10)
+	p.ValidateRequest = false
+	g := NewGuard(p, &events{})
+	gc := g.Wrap("bank-a", c.(*net.TCPConn))
+	defer gc.Close()
+	go gc.Write([]byte("GET /v1/health HTTP/1.1\r\nHost: p\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: p\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: p\r\n\r\n"))
+	want := "HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 5\r\n\r\nhello" +
+		"HTTP/1.1 299 status code 299\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 3\r\n\r\n" +
+		"HTTP/1.1 204 No Content\r\nX-B: 2\r\n\r\n"
+	got := make([]byte, len(want))
+	gc.(interface{ SetLinger(int) error }).SetLinger(0)
+	done := make(chan error, 1)
+	go func() { _, err := io.ReadFull(gc, got); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("read: %v (got %q)", err, got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("timeout; got %q", got)
+	}
+	if string(got) != want {
+		t.Fatalf("client got\n%q\nwant\n%q", got, want)
+	}
+}

@@ -289,10 +289,7 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 		c.answer(bw, d.op, http.StatusBadGateway, "upstream_read", true)
 		return false
 	}
-	err = resp.Write(bw)
-	if err == nil {
-		err = bw.Flush()
-	}
+	err = writeResponse(bw, resp)
 	c.g.inv.record(c.peer, d.op, resp.StatusCode)
 	return err == nil && !resp.Close && !req.Close
 }
