@@ -77,8 +77,9 @@ func writeRequest(uw *bufio.Writer, req *http.Request) error {
 		uw.WriteString("Transfer-Encoding: chunked\r\n")
 		writeTrailerField(uw, trailer)
 	case body != nil && req.ContentLength > 0:
+		var n [20]byte
 		uw.WriteString("Content-Length: ")
-		uw.WriteString(strconv.FormatInt(req.ContentLength, 10))
+		uw.Write(strconv.AppendInt(n[:0], req.ContentLength, 10))
 		uw.WriteString("\r\n")
 	default:
 		body = nil
@@ -264,8 +265,9 @@ func writeResponse(bw *bufio.Writer, resp *http.Response) error {
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 		writeTrailerField(bw, trailer)
 	} else {
+		var n [20]byte
 		bw.WriteString("Content-Length: ")
-		bw.WriteString(strconv.FormatInt(resp.ContentLength, 10))
+		bw.Write(strconv.AppendInt(n[:0], resp.ContentLength, 10))
 		bw.WriteString("\r\n")
 	}
 	bw.WriteString("\r\n")
