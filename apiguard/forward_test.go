@@ -188,3 +188,24 @@ func TestGuardResponseForm(t *testing.T) {
 		t.Fatalf("client got\n%q\nwant\n%q", got, want)
 	}
 }
+
+// TestGuardStaticMatchNoAllocs: the guard's match path (target and path
+// checks, route, allow list, rate bucket) allocates nothing for an
+// operation whose path has no parameters; the router's allocations (its
+// parameter map and key strings, routers/legacy) are paid once per path.
+func TestGuardStaticMatchNoAllocs(t *testing.T) {
+	p := testPolicy(t, 1<<10)
+	p.Limits[p.Spec.Operation("health")] = Rate{PerSecond: 1e12, Burst: 1 << 30}
+	c := &conn{g: NewGuard(p, nil), peer: "bank-a"}
+	req, err := http.ReadRequest(bufio.NewReader(strings.NewReader("GET /v1/health HTTP/1.1\r\nHost: p\r\n\r\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		if d := c.decide(p, req, nil); d.status != 0 || d.op != p.Spec.Operation("health") {
+			t.Fatal(d.reason)
+		}
+	}); n != 0 {
+		t.Errorf("decide allocates %v times per request on a static path, want 0", n)
+	}
+}

@@ -358,7 +358,7 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	if req.Header.Get("Upgrade") != "" {
 		return decision{status: http.StatusBadRequest, reason: reasonUpgrade, close: true}
 	}
-	route, params, err := p.Spec.router.FindRoute(req)
+	route, params, err := p.Spec.findRoute(req)
 	if err != nil {
 		reason := "no_route"
 		var re *routers.RouteError
