@@ -81,7 +81,7 @@ func BenchmarkMatchValidateBody(b *testing.B) {
 		if d := c.decide(p, req, &bw); d.status != 0 {
 			b.Fatal(d.reason, d.detail)
 		}
-		g.budget("bank-a").Add(-req.ContentLength)
+		c.release()
 	}
 }
 

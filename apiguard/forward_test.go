@@ -209,3 +209,44 @@ func TestGuardStaticMatchNoAllocs(t *testing.T) {
 		t.Errorf("decide allocates %v times per request on a static path, want 0", n)
 	}
 }
+
+// TestGuardBudgetDefaults: a buffered body gives back exactly the budget it
+// took, also when validation rewrote it (kin-openapi writes a schema's
+// defaults into the body it forwards, which changes its length). Main gave
+// back the rewritten length: the budget drifted below zero with every such
+// request, and a peer's buffered bodies were no longer bounded (THREATS P5).
+func TestGuardBudgetDefaults(t *testing.T) {
+	noLeak(t)
+	spec, err := ParseSpec("defaults.yaml", []byte(`openapi: 3.0.3
+info: {title: defaults, version: "1"}
+paths:
+  /items:
+    post:
+      operationId: createItem
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {type: object, properties: {name: {type: string}, kind: {type: string, default: "a-long-default-kind"}}}
+      responses:
+        "201": {description: created}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := newPayments(t)
+	g := NewGuard(&Policy{Service: "items", Spec: spec, ValidateRequest: true, MaxBody: 1 << 10}, &events{})
+	s := openStream(t, g, up, "bank-a")
+	for range 3 {
+		s.send(post("/items", `{"name":"x"}`))
+		if r := s.read(t); r.StatusCode != 201 {
+			t.Fatalf("status %d: %s", r.StatusCode, bodyOf(r))
+		}
+	}
+	if got := up.seen(); len(got) != 3 || got[0].n <= int64(len(`{"name":"x"}`)) {
+		t.Fatalf("upstream saw %+v: want the body with its default written in", got)
+	}
+	if n := g.budget("bank-a").Load(); n != 0 {
+		t.Errorf("peer's budget holds %d bytes after its requests ended, want 0", n)
+	}
+}

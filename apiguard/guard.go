@@ -149,10 +149,13 @@ type conn struct {
 	g    *Guard
 	peer string
 	up   tunnel.Conn
-	inR  *io.PipeReader
-	inW  *io.PipeWriter
-	outR *io.PipeReader
-	outW *io.PipeWriter
+	// Used by the request loop only:
+	budget *atomic.Int64 // the peer's budget (Guard.budget), looked up once
+	held   int64         // bytes of it the request in hand holds
+	inR    *io.PipeReader
+	inW    *io.PipeWriter
+	outR   *io.PipeReader
+	outW   *io.PipeWriter
 }
 
 func (c *conn) Read(p []byte) (int, error)  { return c.outR.Read(p) }
@@ -237,6 +240,7 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	bw := clientWriters.Get().(*bufio.Writer)
 	bw.Reset(c.outW)
 	defer func() {
+		c.release() // on every path out, not only the forwarding one
 		bw.Reset(nil)
 		clientWriters.Put(bw)
 	}()
@@ -271,15 +275,12 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 			return false
 		}
 	}
-	buffered := req.GetBody != nil
 	uw := upWriters.Get().(*bufio.Writer)
 	uw.Reset(c.up)
 	err = writeRequest(uw, req)
 	uw.Reset(nil)
 	upWriters.Put(uw)
-	if buffered {
-		c.g.budget(c.peer).Add(-req.ContentLength)
-	}
+	c.release()
 	if err != nil {
 		c.answer(bw, d.op, http.StatusBadGateway, "upstream_write", true)
 		return false
@@ -402,10 +403,7 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route, Options: opts}
 	if err := openapi3filter.ValidateRequest(validateDoc, in); err != nil {
 		d.status, d.reason, d.detail = http.StatusBadRequest, validationReason(err), truncate(err.Error(), 400)
-		if req.GetBody != nil { // buffered: its budget goes back now
-			c.g.budget(c.peer).Add(-req.ContentLength)
-			req.GetBody = nil
-		}
+		c.release() // a buffered body's budget goes back now
 	}
 	return d
 }
@@ -418,7 +416,10 @@ func (c *conn) buffer(p *Policy, req *http.Request, d decision, bw *bufio.Writer
 	if req.ContentLength > 0 {
 		want = req.ContentLength
 	}
-	b := c.g.budget(c.peer)
+	if c.budget == nil {
+		c.budget = c.g.budget(c.peer)
+	}
+	b := c.budget
 	// THREATS P5: buffered bodies count in the peer's budget
 	// (BudgetFactor × max_body), tested by TestGuardMemoryBudget.
 	if !reserve(b, want, BudgetFactor*limit) {
@@ -448,11 +449,23 @@ func (c *conn) buffer(p *Policy, req *http.Request, d decision, bw *bufio.Writer
 		return d, false
 	}
 	b.Add(int64(len(data)) - want)
+	// What goes back is what was taken, whatever validation makes of the
+	// body (it writes a schema's defaults in). THREATS P5, tested by
+	// TestGuardBudgetDefaults.
+	c.held = int64(len(data))
 	req.Body = io.NopCloser(bytes.NewReader(data))
 	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
 	req.ContentLength = int64(len(data))
 	req.TransferEncoding = nil
 	return d, true
+}
+
+// release gives the buffered body's bytes back to the peer's budget.
+func (c *conn) release() {
+	if c.held != 0 {
+		c.budget.Add(-c.held)
+		c.held = 0
+	}
 }
 
 // otherMethod says whether req's path is an operation's under another
