@@ -23,8 +23,11 @@ import (
 // and the framing the guard chose, never the client's framing fields.
 
 // bodyChunk is the most body bytes one read moves upstream; a body buffer
-// has room for a chunk's size line before them and its CRLF after.
-const bodyChunk = 64 << 10
+// has room for a chunk's size line before them and its CRLF after. Half a
+// record's payload (codec.MaxPayload): two writes upstream per full
+// record, and B_guard (README, memory formula) grows by 32 KiB, not 64,
+// while a body streams.
+const bodyChunk = 32 << 10
 
 // chunkHead is the room before a chunk's data: its size in hex and CRLF.
 const chunkHead = 16
