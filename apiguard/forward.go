@@ -36,8 +36,12 @@ const chunkHead = 16
 // idle stream holds none); pointers, so Put does not allocate.
 var bodyBufs = sync.Pool{New: func() any { return new([chunkHead + bodyChunk + 2]byte) }}
 
-// errHost is a Host field net/http would refuse to write either.
-var errHost = errors.New("invalid Host header")
+// errHost is a Host field net/http would refuse to write either; errTarget
+// a request target that is not a path.
+var (
+	errHost   = errors.New("invalid Host header")
+	errTarget = errors.New("request target is not a path")
+)
 
 // framingFields are the fields the guard writes itself (Host) or replaces
 // with its own framing (Content-Length, Transfer-Encoding, Trailer).
@@ -62,9 +66,15 @@ func writeRequest(uw *bufio.Writer, req *http.Request) error {
 	if !httpguts.ValidHostHeader(host) {
 		return errHost
 	}
+	// Only origin-form targets are forwarded (decide refuses the others
+	// first); a URL that would not write as a path is not sent at all.
+	target := req.URL.RequestURI()
+	if req.URL.IsAbs() || req.URL.Opaque != "" || !strings.HasPrefix(target, "/") {
+		return errTarget
+	}
 	uw.WriteString(req.Method)
 	uw.WriteByte(' ')
-	uw.WriteString(req.URL.RequestURI())
+	uw.WriteString(target)
 	uw.WriteString(" HTTP/1.1\r\nHost: ")
 	uw.WriteString(host)
 	uw.WriteString("\r\n")
@@ -292,3 +302,9 @@ func writeResponse(bw *bufio.Writer, resp *http.Response) error {
 	writeTrailers(bw, trailer)
 	return bw.Flush()
 }
+
+// WriteRequest writes req to w as the guard forwards it upstream (the
+// head from the parsed request, the guard's framing, the body streamed)
+// and flushes w. It is the round trip FuzzRequestStream checks: what it
+// writes parses again to the same method, path, query and body.
+func WriteRequest(w *bufio.Writer, req *http.Request) error { return writeRequest(w, req) }
