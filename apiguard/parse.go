@@ -202,15 +202,20 @@ func tokenChar(c byte) bool {
 // Content-Length with Transfer-Encoding. THREATS P2 (the upstream sees
 // only what the guard checked), tested by TestGuardSmuggling.
 func checkHeader(block []byte) string {
-	lines := bytes.Split(block[:len(block)-4], []byte("\r\n"))
-	if !bytes.HasSuffix(lines[0], []byte(" HTTP/1.1")) {
-		if bytes.HasSuffix(lines[0], []byte(" HTTP/1.0")) {
+	// The lines are walked in place (no slice of them: this runs for
+	// every request).
+	rest := block[:len(block)-4]
+	first, rest, more := bytes.Cut(rest, []byte("\r\n"))
+	if !bytes.HasSuffix(first, []byte(" HTTP/1.1")) {
+		if bytes.HasSuffix(first, []byte(" HTTP/1.0")) {
 			return reasonVersion
 		}
 		return reasonMalformed
 	}
 	cl, te := 0, 0
-	for _, l := range lines[1:] {
+	for more {
+		var l []byte
+		l, rest, more = bytes.Cut(rest, []byte("\r\n"))
 		if bytes.IndexByte(l, '\n') >= 0 || bytes.IndexByte(l, '\r') >= 0 {
 			return reasonBareLF
 		}
@@ -249,7 +254,7 @@ func checkHeader(block []byte) string {
 		}
 	}
 	switch {
-	case bytes.IndexByte(lines[0], '\n') >= 0:
+	case bytes.IndexByte(first, '\n') >= 0:
 		return reasonBareLF
 	case cl > 0 && te > 0:
 		return reasonCLTE
@@ -269,11 +274,18 @@ func canonicalPath(u *url.URL) bool {
 	if !strings.HasPrefix(p, "/") || strings.Contains(p, "//") || strings.ContainsAny(p, "\\") {
 		return false
 	}
-	lower := strings.ToLower(p)
-	if strings.Contains(lower, "%2f") || strings.Contains(lower, "%5c") || strings.Contains(lower, "%00") {
-		return false
+	for i := strings.IndexByte(p, '%'); i >= 0; i = strings.IndexByte(p, '%') {
+		p = p[i+1:]
+		if len(p) >= 2 {
+			switch strings.ToLower(p[:2]) {
+			case "2f", "5c", "00":
+				return false
+			}
+		}
 	}
-	for _, seg := range strings.Split(u.Path, "/") {
+	// Segments walked in place: no slice of them per request.
+	for rest := u.Path; ; {
+		seg, after, more := strings.Cut(rest, "/")
 		if seg == "." || seg == ".." {
 			return false
 		}
@@ -282,6 +294,9 @@ func canonicalPath(u *url.URL) bool {
 				return false
 			}
 		}
+		if !more {
+			return true
+		}
+		rest = after
 	}
-	return true
 }

@@ -272,7 +272,7 @@ func (c *CheckedConn) requests() {
 			return
 		}
 		pr := pairedRequest{req: req}
-		if route, params, err := c.p.Spec.router.FindRoute(req); err == nil {
+		if route, params, err := c.p.Spec.findRoute(req); err == nil {
 			pr.route, pr.params, pr.op = route, params, c.p.Spec.byOp[route.Operation]
 		}
 		body := req.Body

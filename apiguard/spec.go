@@ -16,9 +16,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/routers"
@@ -42,6 +45,10 @@ type Operation struct {
 	// BodySchema says the request body has a schema to validate (some
 	// content type of its requestBody has one); other bodies stream.
 	BodySchema bool
+	// params says the operation or its path declares parameters: without
+	// them and without BodySchema, request validation has nothing to check
+	// and the guard skips kin-openapi's validator for the operation.
+	params bool
 
 	op *openapi3.Operation
 }
@@ -59,6 +66,63 @@ type Spec struct {
 	router routers.Router
 	byKey  map[string]*Operation
 	byOp   map[*openapi3.Operation]*Operation
+
+	// static remembers the router's matches of paths without parameters,
+	// by method and path: the router allocates for every match (its
+	// parameter map, its key strings), a lookup here does not. Replaced
+	// whole on each addition (copy on write): only a spec's own static
+	// paths enter, so it stays small (at most maxStatic entries).
+	static   atomic.Pointer[map[string]map[string]*routers.Route]
+	staticMu sync.Mutex // serialises additions to static
+}
+
+// maxStatic bounds the remembered static routes (a spec has far fewer).
+const maxStatic = 1024
+
+// findRoute is the router's FindRoute, through the static-path memo for a
+// path with no escapes (so the key is exactly what the router matched).
+func (s *Spec) findRoute(req *http.Request) (*routers.Route, map[string]string, error) {
+	cacheable := req.URL.RawPath == ""
+	if cacheable {
+		if m := s.static.Load(); m != nil {
+			if r := (*m)[req.Method][req.URL.Path]; r != nil {
+				return r, nil, nil
+			}
+		}
+	}
+	route, params, err := s.router.FindRoute(req)
+	if err == nil && cacheable && len(params) == 0 && !strings.Contains(route.Path, "{") {
+		s.remember(req.Method, req.URL.Path, route)
+	}
+	return route, params, err
+}
+
+func (s *Spec) remember(method, path string, r *routers.Route) {
+	s.staticMu.Lock()
+	defer s.staticMu.Unlock()
+	old := s.static.Load()
+	n := 0
+	if old != nil {
+		for _, byPath := range *old {
+			n += len(byPath)
+		}
+	}
+	if n >= maxStatic {
+		return
+	}
+	m := make(map[string]map[string]*routers.Route, n+1)
+	if old != nil {
+		for k, byPath := range *old {
+			m[k] = byPath
+		}
+	}
+	byPath := make(map[string]*routers.Route, len(m[method])+1)
+	for k, v := range m[method] {
+		byPath[k] = v
+	}
+	byPath[path] = r
+	m[method] = byPath
+	s.static.Store(&m)
 }
 
 // SpecError is a spec that could not be loaded: File names it, Err is the
@@ -134,7 +198,8 @@ func ParseSpec(file string, data []byte) (s *Spec, err error) {
 		item := doc.Paths.Value(path)
 		for method, op := range item.Operations() {
 			o := &Operation{Key: op.OperationID, Method: strings.ToUpper(method), Path: path, Tags: op.Tags,
-				Deprecated: op.Deprecated, BodySchema: hasBodySchema(op), op: op}
+				Deprecated: op.Deprecated, BodySchema: hasBodySchema(op), op: op,
+				params: len(op.Parameters) > 0 || len(item.Parameters) > 0}
 			if o.Key == "" {
 				o.Key = o.Method + " " + path
 			}

@@ -1,0 +1,310 @@
+package apiguard
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// The guard writes the requests it forwards itself, from the parsed
+// request, rather than through net/http's Request.Write: that path sorts
+// the header fields, allocates for each, and flushes after every chunk of
+// a chunked body (three writes to upstream per chunk). What goes upstream
+// is the same canonical form: the request line from the parsed method and
+// URL, Host, the fields net/http's parser accepted (names are tokens,
+// values hold no CR, LF or other control byte: textproto refuses them),
+// and the framing the guard chose, never the client's framing fields.
+
+// bodyChunk is the most body bytes one read moves upstream; a body buffer
+// has room for a chunk's size line before them and its CRLF after. Half a
+// record's payload (codec.MaxPayload): two writes upstream per full
+// record, and B_guard (README, memory formula) grows by 32 KiB, not 64,
+// while a body streams.
+const bodyChunk = 32 << 10
+
+// chunkHead is the room before a chunk's data: its size in hex and CRLF.
+const chunkHead = 16
+
+// bodyBufs holds the buffers bodies stream through, taken per body (an
+// idle stream holds none); pointers, so Put does not allocate.
+var bodyBufs = sync.Pool{New: func() any { return new([chunkHead + bodyChunk + 2]byte) }}
+
+// errHost is a Host field net/http would refuse to write either; errTarget
+// a request target that is not a path.
+var (
+	errHost   = errors.New("invalid Host header")
+	errTarget = errors.New("request target is not a path")
+)
+
+// framingFields are the fields the guard writes itself (Host) or replaces
+// with its own framing (Content-Length, Transfer-Encoding, Trailer).
+func framingField(k string) bool {
+	switch k {
+	case "Host", "Content-Length", "Transfer-Encoding", "Trailer":
+		return true
+	}
+	return false
+}
+
+// writeRequest forwards req to uw and flushes it: the head, then the body
+// streamed through a pooled buffer, one write upstream per read of the
+// client's body (chunked bodies are re-chunked, one chunk per read). The
+// head follows net/http's Request.Write: "Content-Length: 0" for a bodiless
+// POST, PUT or PATCH, declared trailers after a chunked body.
+func writeRequest(uw *bufio.Writer, req *http.Request) error {
+	host := req.Host
+	if host == "" && req.URL != nil {
+		host = req.URL.Host
+	}
+	if !httpguts.ValidHostHeader(host) {
+		return errHost
+	}
+	// Only origin-form targets are forwarded (decide refuses the others
+	// first); a URL that would not write as a path is not sent at all.
+	target := req.URL.RequestURI()
+	if req.URL.IsAbs() || req.URL.Opaque != "" || !strings.HasPrefix(target, "/") {
+		return errTarget
+	}
+	uw.WriteString(req.Method)
+	uw.WriteByte(' ')
+	uw.WriteString(target)
+	uw.WriteString(" HTTP/1.1\r\nHost: ")
+	uw.WriteString(host)
+	uw.WriteString("\r\n")
+	writeFields(uw, req.Header)
+	body := req.Body
+	if body == http.NoBody {
+		body = nil
+	}
+	chunked := len(req.TransferEncoding) == 1 && req.TransferEncoding[0] == "chunked"
+	trailer := req.Trailer // declared keys now, values once the body ended
+	switch {
+	case chunked && body != nil:
+		uw.WriteString("Transfer-Encoding: chunked\r\n")
+		writeTrailerField(uw, trailer)
+	case body != nil && req.ContentLength > 0:
+		var n [20]byte
+		uw.WriteString("Content-Length: ")
+		uw.Write(strconv.AppendInt(n[:0], req.ContentLength, 10))
+		uw.WriteString("\r\n")
+	default:
+		body = nil
+		switch req.Method {
+		case http.MethodPost, http.MethodPut, http.MethodPatch:
+			uw.WriteString("Content-Length: 0\r\n")
+		}
+	}
+	uw.WriteString("\r\n")
+	if body == nil {
+		return uw.Flush()
+	}
+	if chunked {
+		if err := copyChunked(uw, body, true); err != nil {
+			return err
+		}
+		writeTrailers(uw, trailer)
+		return uw.Flush()
+	}
+	buf := bodyBufs.Get().(*[chunkHead + bodyChunk + 2]byte)
+	defer bodyBufs.Put(buf)
+	var sent int64
+	for {
+		n, rerr := body.Read(buf[:bodyChunk])
+		if n > 0 {
+			sent += int64(n)
+			if _, err := uw.Write(buf[:n]); err != nil {
+				return err
+			}
+			if err := uw.Flush(); err != nil {
+				return err
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+	if sent != req.ContentLength {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+
+// copyChunked copies body to w as chunks, one per read of body, the size
+// line in the buffer's headroom and CRLF after the data, so each chunk is
+// one write; flush sends each chunk at once (a request body, streamed).
+// The last chunk ("0") is left to the caller, who writes trailers after it.
+func copyChunked(w *bufio.Writer, body io.Reader, flush bool) error {
+	buf := bodyBufs.Get().(*[chunkHead + bodyChunk + 2]byte)
+	defer bodyBufs.Put(buf)
+	for {
+		n, rerr := body.Read(buf[chunkHead : chunkHead+bodyChunk])
+		if n > 0 {
+			var hex [chunkHead]byte
+			h := strconv.AppendInt(hex[:0], int64(n), 16)
+			h = append(h, '\r', '\n')
+			start := chunkHead - len(h)
+			copy(buf[start:], h)
+			buf[chunkHead+n], buf[chunkHead+n+1] = '\r', '\n'
+			if _, err := w.Write(buf[start : chunkHead+n+2]); err != nil {
+				return err
+			}
+			if flush {
+				if err := w.Flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// writeTrailerField announces trailer's keys (sorted) in a Trailer field.
+func writeTrailerField(w *bufio.Writer, trailer http.Header) {
+	if len(trailer) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(trailer))
+	for k := range trailer {
+		if httpguts.ValidHeaderFieldName(k) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	w.WriteString("Trailer: " + strings.Join(keys, ",") + "\r\n")
+}
+
+// writeTrailers ends a chunked body: the last chunk, the trailer's fields
+// (those declared in the head and received), the empty line.
+func writeTrailers(w *bufio.Writer, trailer http.Header) {
+	w.WriteString("0\r\n")
+	for k, vs := range trailer {
+		for _, v := range vs {
+			writeField(w, k, v)
+		}
+	}
+	w.WriteString("\r\n")
+}
+
+// writeFields writes h's fields but the framing ones, in map order (the
+// order of one field's values is kept, which is the order that matters).
+func writeFields(w *bufio.Writer, h http.Header) {
+	for k, vs := range h {
+		if framingField(k) {
+			continue
+		}
+		for _, v := range vs {
+			writeField(w, k, v)
+		}
+	}
+}
+
+// writeField writes one field. net/http's parser refused names that are
+// not tokens and values with control bytes; a value set by the guard's
+// own code never has one either, but a CR or LF is blanked as net/http's
+// Header.Write does, so no field can ever end early.
+func writeField(w *bufio.Writer, k, v string) {
+	if !httpguts.ValidHeaderFieldName(k) {
+		return
+	}
+	w.WriteString(k)
+	w.WriteString(": ")
+	if strings.ContainsAny(v, "\r\n") {
+		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+	}
+	w.WriteString(strings.TrimSpace(v))
+	w.WriteString("\r\n")
+}
+
+// writeResponse passes upstream's answer to req on to the client through
+// bw and flushes it. An HTTP/1.1 answer with a body of known length or a
+// chunked one (the common shapes) is written by the guard: status line,
+// the parser-checked fields, its own framing, the body copied into bw (one
+// flush per response, or per bw's size for a longer body); any other
+// shape (HTTP/1.0, a HEAD answer, a status without a body, a body up to
+// the connection's close) goes through net/http's Response.Write, whose
+// rules for them the guard keeps.
+func writeResponse(bw *bufio.Writer, resp *http.Response) error {
+	chunked := len(resp.TransferEncoding) == 1 && resp.TransferEncoding[0] == "chunked"
+	fast := resp.ProtoMajor == 1 && resp.ProtoMinor == 1 && resp.StatusCode >= 200 &&
+		resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified &&
+		(resp.Request == nil || resp.Request.Method != http.MethodHead) &&
+		(chunked && resp.ContentLength < 0 || len(resp.TransferEncoding) == 0 && resp.ContentLength >= 0)
+	if !fast {
+		if err := resp.Write(bw); err != nil {
+			return err
+		}
+		return bw.Flush()
+	}
+	code := strconv.Itoa(resp.StatusCode)
+	// The reason phrase is upstream's, unless it is empty or holds a
+	// control byte (a bare CR would end the line for some clients).
+	text, _ := strings.CutPrefix(resp.Status, code+" ")
+	if text == resp.Status || strings.ContainsFunc(text, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }) {
+		text = ""
+	}
+	if text == "" {
+		text = http.StatusText(resp.StatusCode)
+	}
+	if text == "" {
+		text = "status code " + code
+	}
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(code)
+	bw.WriteByte(' ')
+	bw.WriteString(text)
+	bw.WriteString("\r\n")
+	writeFields(bw, resp.Header)
+	if resp.Close && !httpguts.HeaderValuesContainsToken(resp.Header["Connection"], "close") {
+		bw.WriteString("Connection: close\r\n")
+	}
+	trailer := resp.Trailer
+	body := resp.Body
+	if chunked {
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+		writeTrailerField(bw, trailer)
+	} else {
+		var n [20]byte
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(n[:0], resp.ContentLength, 10))
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("\r\n")
+	if !chunked {
+		if body != nil && body != http.NoBody {
+			n, err := io.Copy(bw, body) // into bw's buffer: no buffer of its own
+			if err != nil {
+				return err
+			}
+			if n != resp.ContentLength {
+				return io.ErrUnexpectedEOF
+			}
+		}
+		return bw.Flush()
+	}
+	if err := copyChunked(bw, body, false); err != nil {
+		return err
+	}
+	writeTrailers(bw, trailer)
+	return bw.Flush()
+}
+
+// WriteRequest writes req to w as the guard forwards it upstream (the
+// head from the parsed request, the guard's framing, the body streamed)
+// and flushes w. It is the round trip FuzzRequestStream checks: what it
+// writes parses again to the same method, path, query and body.
+func WriteRequest(w *bufio.Writer, req *http.Request) error { return writeRequest(w, req) }
