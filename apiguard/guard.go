@@ -291,7 +291,7 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 		return false
 	}
 	err = writeResponse(bw, resp)
-	c.g.inv.record(c.peer, d.op, resp.StatusCode)
+	c.g.inv.record(c.peer, d.op, resp.StatusCode, OutcomeForwarded, "")
 	return err == nil && !resp.Close && !req.Close
 }
 
@@ -526,11 +526,11 @@ func (c *conn) deny(bw *bufio.Writer, p *Policy, method string, d decision) {
 	switch {
 	case d.op != nil:
 		opName = d.op.Key
-		c.g.inv.record(c.peer, d.op, d.status)
+		c.g.inv.record(c.peer, d.op, d.status, OutcomeDenied, d.reason)
 	case d.reason == "no_route" || d.reason == "method_not_allowed":
-		c.g.inv.shadow(c.peer, method, d.shape)
+		c.g.inv.shadow(c.peer, method, d.shape, d.status, d.reason)
 	default:
-		c.g.inv.refused(c.peer, d.reason)
+		c.g.inv.refused(c.peer, d.status, d.reason)
 	}
 	if c.g.audit != nil {
 		attrs := []attribute.KeyValue{attribute.String(audit.KeyPeer, c.peer), attribute.String(audit.KeyService, c.g.service),
@@ -550,7 +550,7 @@ func (c *conn) deny(bw *bufio.Writer, p *Policy, method string, d decision) {
 // answer is the guard's own answer when upstream failed (no audit: not a
 // policy decision; counted in the inventory).
 func (c *conn) answer(bw *bufio.Writer, op *Operation, status int, reason string, close bool) {
-	c.g.inv.record(c.peer, op, status)
+	c.g.inv.record(c.peer, op, status, OutcomeFailed, reason)
 	writeProblem(bw, status, reason, "", 0, close)
 	bw.Flush()
 }
@@ -559,7 +559,7 @@ func (c *conn) answer(bw *bufio.Writer, op *Operation, status int, reason string
 // prior knowledge gets an HTTP/2 refusal it understands: an empty SETTINGS
 // frame and GOAWAY with HTTP_1_1_REQUIRED.
 func (c *conn) refuseStream(bw *bufio.Writer, reason string) {
-	c.g.inv.refused(c.peer, reason)
+	c.g.inv.refused(c.peer, 0, reason)
 	if c.g.audit != nil {
 		c.g.audit.Emit(audit.APIStreamRefused, attribute.String(audit.KeyPeer, c.peer),
 			attribute.String(audit.KeyService, c.g.service), attribute.String(audit.KeyReason, reason))

@@ -432,7 +432,7 @@ func TestShape(t *testing.T) {
 func TestShadowBounded(t *testing.T) {
 	inv := newInventory()
 	for i := range maxShadowShapes + 50 {
-		inv.shadow("bank-a", "GET", Shape(fmt.Sprintf("/probe/x%c%c", 'a'+i%26, 'a'+i/26)))
+		inv.shadow("bank-a", "GET", Shape(fmt.Sprintf("/probe/x%c%c", 'a'+i%26, 'a'+i/26)), 404, "no_route")
 	}
 	snap := inv.Snapshot()
 	var total uint64

@@ -2,6 +2,7 @@ package apiguard
 
 import (
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,9 +23,50 @@ type Inventory struct {
 }
 
 type peerInventory struct {
-	ops     map[*Operation]*OperationCount
-	shadow  map[string]*ShadowCount
-	refused map[string]uint64
+	ops       map[*Operation]*OperationCount
+	shadow    map[string]*ShadowCount
+	refused   map[string]uint64
+	decisions map[decisionKey]uint64
+}
+
+// Outcomes of the guard's decisions (Decision.Outcome).
+const (
+	OutcomeForwarded     = "forwarded"      // passed on; the status is upstream's answer's class
+	OutcomeDenied        = "denied"         // answered by the guard (dyad.api.denied)
+	OutcomeFailed        = "failed"         // allowed, but upstream could not be written or read: 502
+	OutcomeStreamRefused = "stream_refused" // not HTTP/1.1 (dyad.api.stream_refused)
+)
+
+// decisionKey is a Decision as counted: status is upstream's status class
+// (1-5) when forwarded, the guard's own status otherwise, so the keys stay
+// few (bounded by fixed reasons and the guard's statuses) whatever peers
+// or upstreams send.
+type decisionKey struct {
+	outcome string
+	status  int
+	reason  string
+}
+
+// Decision is one class of the guard's decisions on a peer's requests.
+type Decision struct {
+	Outcome string // Outcome*
+	Status  string // forwarded: upstream's status class ("2xx"); denied, failed: the guard's status ("403"); stream_refused: ""
+	Reason  string // the denial's reason; empty when forwarded
+}
+
+// DecisionCount is how many of one peer's requests got one Decision.
+type DecisionCount struct {
+	Peer string
+	Decision
+	Count uint64
+}
+
+// Size is how much of the inventory one peer fills.
+type Size struct {
+	Peer       string
+	Operations int // operations called
+	Deprecated int // deprecated operations among them
+	Shadow     int // shadow shapes kept (at most maxShadowShapes+1)
 }
 
 // OperationCount is one peer's calls of one operation.
@@ -69,21 +111,28 @@ func newInventory() *Inventory { return &Inventory{peers: map[string]*peerInvent
 func (inv *Inventory) peer(name string) *peerInventory {
 	p := inv.peers[name]
 	if p == nil {
-		p = &peerInventory{ops: map[*Operation]*OperationCount{}, shadow: map[string]*ShadowCount{}, refused: map[string]uint64{}}
+		p = &peerInventory{ops: map[*Operation]*OperationCount{}, shadow: map[string]*ShadowCount{}, refused: map[string]uint64{},
+			decisions: map[decisionKey]uint64{}}
 		inv.peers[name] = p
 	}
 	return p
 }
 
-// record counts an answer with status to peer's call of op.
-func (inv *Inventory) record(peer string, op *Operation, status int) {
-	if op == nil {
-		return
-	}
+// record counts an answer with status to peer's call of op (nil: the
+// request matched none), and the decision that gave it.
+func (inv *Inventory) record(peer string, op *Operation, status int, outcome, reason string) {
 	now := time.Now()
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	p := inv.peer(peer)
+	k := decisionKey{outcome, status, reason}
+	if outcome == OutcomeForwarded {
+		k.status = status / 100
+	}
+	p.decisions[k]++
+	if op == nil {
+		return
+	}
 	c := p.ops[op]
 	if c == nil {
 		c = &OperationCount{Operation: op.Key, Method: op.Method, Path: op.Path, Deprecated: op.Deprecated, First: now}
@@ -95,12 +144,14 @@ func (inv *Inventory) record(peer string, op *Operation, status int) {
 	c.Last = now
 }
 
-// shadow counts a request that matched no operation.
-func (inv *Inventory) shadow(peer, method, shape string) {
+// shadow counts a request that matched no operation, denied with status
+// for reason.
+func (inv *Inventory) shadow(peer, method, shape string, status int, reason string) {
 	now := time.Now()
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	p := inv.peer(peer)
+	p.decisions[decisionKey{OutcomeDenied, status, reason}]++
 	k := method + " " + shape
 	c := p.shadow[k]
 	if c == nil {
@@ -117,11 +168,70 @@ func (inv *Inventory) shadow(peer, method, shape string) {
 	c.Last = now
 }
 
-// refused counts a request or stream refused before routing.
-func (inv *Inventory) refused(peer, reason string) {
+// refused counts a request (status: the guard's answer) or a stream
+// (status 0) refused before routing.
+func (inv *Inventory) refused(peer string, status int, reason string) {
+	outcome := OutcomeDenied
+	if status == 0 {
+		outcome = OutcomeStreamRefused
+	}
 	inv.mu.Lock()
-	inv.peer(peer).refused[reason]++
+	p := inv.peer(peer)
+	p.refused[reason]++
+	p.decisions[decisionKey{outcome, status, reason}]++
 	inv.mu.Unlock()
+}
+
+// Decisions returns every peer's counts by decision, sorted. Counts are
+// exact: each request the guard answered or forwarded is in one of them.
+func (inv *Inventory) Decisions() []DecisionCount {
+	inv.mu.Lock()
+	var out []DecisionCount
+	for name, p := range inv.peers {
+		for k, n := range p.decisions {
+			d := Decision{Outcome: k.outcome, Reason: k.reason}
+			switch {
+			case k.outcome == OutcomeForwarded:
+				d.Status = strconv.Itoa(k.status) + "xx"
+			case k.status != 0:
+				d.Status = strconv.Itoa(k.status)
+			}
+			out = append(out, DecisionCount{Peer: name, Decision: d, Count: n})
+		}
+	}
+	inv.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Peer != b.Peer {
+			return a.Peer < b.Peer
+		}
+		if a.Outcome != b.Outcome {
+			return a.Outcome < b.Outcome
+		}
+		if a.Status != b.Status {
+			return a.Status < b.Status
+		}
+		return a.Reason < b.Reason
+	})
+	return out
+}
+
+// Sizes returns how much of the inventory each peer fills, sorted by peer.
+func (inv *Inventory) Sizes() []Size {
+	inv.mu.Lock()
+	out := make([]Size, 0, len(inv.peers))
+	for name, p := range inv.peers {
+		s := Size{Peer: name, Operations: len(p.ops), Shadow: len(p.shadow)}
+		for _, c := range p.ops {
+			if c.Deprecated {
+				s.Deprecated++
+			}
+		}
+		out = append(out, s)
+	}
+	inv.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Peer < out[j].Peer })
+	return out
 }
 
 // Snapshot returns a copy of the inventory, peers and entries sorted.

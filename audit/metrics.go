@@ -40,6 +40,8 @@ type Metrics struct {
 	events          metric.Int64Counter
 	suppressed      metric.Int64Counter
 	journalErrors   metric.Int64Counter
+	apiInvalid      metric.Int64Counter
+	meter           metric.Meter
 }
 
 // MetricsOptions configure NewMetrics.
@@ -101,6 +103,10 @@ func NewMetrics(o MetricsOptions) (*Metrics, error) {
 	must(e)
 	m.journalErrors, e = meter.Int64Counter("dyad.audit.journal.errors", metric.WithDescription("events the journal could not take"))
 	must(e)
+	m.apiInvalid, e = meter.Int64Counter("dyad.api.responses.invalid",
+		metric.WithDescription("partner responses that broke the partner's contract (dyad.api.response_invalid), by peer, service, reason and action (reported, blocked)"))
+	must(e)
+	m.meter = meter
 	if j := o.Journal; j != nil {
 		pending, err := meter.Int64ObservableGauge("dyad.audit.journal.pending", metric.WithUnit("By"), metric.WithDescription("encoded journal entries waiting for the disk"))
 		must(err)
@@ -251,4 +257,67 @@ func (m *Metrics) countJournalError() {
 	if m != nil {
 		m.journalErrors.Add(bg, 1)
 	}
+}
+
+// APICount is one count of an API guard's decisions, as ObserveAPI's
+// callback reports it. Every label is a configured name or comes from a
+// fixed set (never a path or a value a peer chose).
+type APICount struct {
+	Peer, Service string
+	Outcome       string // forwarded, denied, failed, stream_refused
+	Status        string // forwarded: upstream's status class ("2xx"); otherwise the guard's own status, "" for a refused stream
+	Reason        string // empty when forwarded
+	N             int64
+}
+
+// APISize is how much of one guarded service's inventory one peer fills.
+type APISize struct {
+	Peer, Service                  string
+	Operations, Deprecated, Shadow int64
+}
+
+// ObserveAPI registers f, called once per collection (a /metrics scrape or
+// an OTLP push), for the API guards' decisions (dyad.api.requests) and
+// inventory sizes (dyad.api.inventory.*). Reading the guards' own exact
+// counts at collection time keeps the request path free of metric calls.
+func (m *Metrics) ObserveAPI(f func() ([]APICount, []APISize)) error {
+	if m == nil {
+		return nil
+	}
+	requests, err1 := m.meter.Int64ObservableCounter("dyad.api.requests",
+		metric.WithDescription("requests and streams of guarded services, by peer, service, outcome (forwarded, denied, failed, stream_refused), status and reason"))
+	ops, err2 := m.meter.Int64ObservableGauge("dyad.api.inventory.operations", metric.WithDescription("operations a peer called on a guarded service"))
+	dep, err3 := m.meter.Int64ObservableGauge("dyad.api.inventory.deprecated", metric.WithDescription("deprecated operations a peer still calls on a guarded service"))
+	shadow, err4 := m.meter.Int64ObservableGauge("dyad.api.inventory.shadow", metric.WithDescription("shadow path shapes (matching no operation) kept for a peer on a guarded service"))
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		return fmt.Errorf("audit: metrics: %w", err)
+	}
+	_, err := m.meter.RegisterCallback(func(_ context.Context, obs metric.Observer) error {
+		counts, sizes := f()
+		for _, c := range counts {
+			obs.ObserveInt64(requests, c.N, opt(attribute.String("peer", c.Peer), attribute.String("service", c.Service),
+				attribute.String("outcome", c.Outcome), attribute.String("status", c.Status), attribute.String("reason", c.Reason)))
+		}
+		for _, s := range sizes {
+			o := opt(attribute.String("peer", s.Peer), attribute.String("service", s.Service))
+			obs.ObserveInt64(ops, s.Operations, o)
+			obs.ObserveInt64(dep, s.Deprecated, o)
+			obs.ObserveInt64(shadow, s.Shadow, o)
+		}
+		return nil
+	}, requests, ops, dep, shadow)
+	if err != nil {
+		return fmt.Errorf("audit: metrics: %w", err)
+	}
+	return nil
+}
+
+// APIResponseInvalid counts a partner response that broke its contract;
+// action is reported or blocked.
+func (m *Metrics) APIResponseInvalid(peer, service, reason, action string) {
+	if m == nil {
+		return
+	}
+	m.apiInvalid.Add(bg, 1, opt(attribute.String("peer", peer), attribute.String("service", service),
+		attribute.String("reason", reason), attribute.String("action", action)))
 }

@@ -254,3 +254,92 @@ func TestAPIGuardEndToEnd(t *testing.T) {
 		t.Error("dyad.config.loaded lacks the spec's SHA-256")
 	}
 }
+
+// TestAPIGuardMetrics: after real guarded traffic, B's /metrics has the
+// guard's decisions by peer, service, outcome, status and reason (each
+// count exact) and its inventory sizes; no path or value a peer sent is
+// in any label. Main had no dyad_api_* metrics.
+func TestAPIGuardMetrics(t *testing.T) {
+	upstream, _ := paymentsUpstream(t)
+	_, b, local := guardedSites(t, upstream)
+	c, err := net.Dial("tcp", local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	get := func(path string) string { return "GET " + path + " HTTP/1.1\r\nHost: payments\r\n\r\n" }
+	refund := postJSON("/v1/payments/7/refunds", `{"amount":5}`, "")
+	exchange(t, c, br, false,
+		call{get("/v1/payments/42"), 200, ""},
+		call{get("/v1/payments/43"), 200, ""},
+		call{get("/v1/payments/42/status"), 200, ""}, // deprecated
+		call{"POST /v1/admin/settlements HTTP/1.1\r\nHost: payments\r\nContent-Length: 0\r\n\r\n", 403, "not_allowed"},
+		call{get("/v1/debug/9913/vars"), 404, "no_route"},
+		call{get("/v1/secret-probe-x9/a"), 404, "no_route"},
+		call{get("/v1/payments/forty-two"), 400, "invalid_parameter"},
+		call{refund, 201, ""},
+		call{refund, 429, "rate_limited"},
+	)
+	c.Close()
+	s, err := net.Dial("tcp", local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Write([]byte("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"))
+	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.ReadAll(s)
+	s.Close()
+	if !hasEvent(t, b, audit.APIStreamRefused, func(e journal.Entry) bool { return true }) {
+		t.Fatal("no dyad.api.stream_refused")
+	}
+	want := []string{
+		`dyad_api_requests_total{outcome="forwarded",peer="site-a",reason="",service="payments",status="2xx"} 4`,
+		`dyad_api_requests_total{outcome="denied",peer="site-a",reason="not_allowed",service="payments",status="403"} 1`,
+		`dyad_api_requests_total{outcome="denied",peer="site-a",reason="no_route",service="payments",status="404"} 2`,
+		`dyad_api_requests_total{outcome="denied",peer="site-a",reason="invalid_parameter",service="payments",status="400"} 1`,
+		`dyad_api_requests_total{outcome="denied",peer="site-a",reason="rate_limited",service="payments",status="429"} 1`,
+		`dyad_api_requests_total{outcome="stream_refused",peer="site-a",reason="not_http",service="payments",status=""} 1`,
+		`dyad_api_inventory_operations{peer="site-a",service="payments"} 4`,
+		`dyad_api_inventory_deprecated{peer="site-a",service="payments"} 1`,
+		`dyad_api_inventory_shadow{peer="site-a",service="payments"} 2`,
+	}
+	var metrics string
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		resp, err := http.Get("http://" + b.Config.Admin + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		metrics = string(body)
+		missing := 0
+		for _, w := range want {
+			if !strings.Contains(metrics, w+"\n") {
+				missing++
+			}
+		}
+		if missing == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var api []string
+	for _, l := range strings.Split(metrics, "\n") {
+		if strings.HasPrefix(l, "dyad_api_") {
+			api = append(api, l)
+			// THREATS P6 and bounded cardinality: identifiers and
+			// probed paths are in no label.
+			for _, leak := range []string{"9913", "secret-probe", "forty-two", "/v1/"} {
+				if strings.Contains(l, leak) {
+					t.Errorf("label carries %q: %s", leak, l)
+				}
+			}
+		}
+	}
+	for _, w := range want {
+		if !strings.Contains(metrics, w+"\n") {
+			t.Errorf("/metrics lacks %s; it has:\n%s", w, strings.Join(api, "\n"))
+		}
+	}
+}

@@ -56,6 +56,24 @@ func (d *Daemon) apiGuards() map[string]*apiguard.Guard {
 	return d.guards
 }
 
+// apiMetrics reads the guards in force for /metrics: their decisions and
+// inventory sizes, by peer and service. A guard a reload removed takes its
+// counts with it (a counter reset, as after a restart).
+func (d *Daemon) apiMetrics() ([]audit.APICount, []audit.APISize) {
+	var counts []audit.APICount
+	var sizes []audit.APISize
+	for name, g := range d.apiGuards() {
+		inv := g.Inventory()
+		for _, c := range inv.Decisions() {
+			counts = append(counts, audit.APICount{Peer: c.Peer, Service: name, Outcome: c.Outcome, Status: c.Status, Reason: c.Reason, N: int64(c.Count)})
+		}
+		for _, s := range inv.Sizes() {
+			sizes = append(sizes, audit.APISize{Peer: s.Peer, Service: name, Operations: int64(s.Operations), Deprecated: int64(s.Deprecated), Shadow: int64(s.Shadow)})
+		}
+	}
+	return counts, sizes
+}
+
 // APIStatus is a guarded service in /statusz.
 type APIStatus struct {
 	Spec       string                   `json:"spec"`

@@ -101,6 +101,10 @@ func RunWith(ctx context.Context, path string, logOut io.Writer, o RunOptions) e
 	}
 	d := &Daemon{log: log, au: au, id: id, keys: keys, forwards: map[string]*forwardListener{}}
 	d.cfg.Store(cfg)
+	if err := au.metrics.ObserveAPI(d.apiMetrics); err != nil {
+		au.close(10 * time.Second)
+		return err
+	}
 	au.auditor.Emit(audit.ConfigLoaded, configAttrs(cfg)...)
 	for _, n := range cfg.Notes {
 		log.Warn().Str("state_dir", cfg.StateDir).Msg(n)

@@ -71,6 +71,7 @@ func (d *Daemon) auditResponseInvalid(p *apiguard.ResponsePolicy, f apiguard.Res
 		action = "blocked"
 	}
 	d.au.auditor.Emit(audit.APIResponseInvalid, append(attrs, attribute.String(audit.KeyAPIAction, action))...)
+	d.au.metrics.APIResponseInvalid(p.Peer, p.Service, f.Reason, action)
 }
 
 // forwardAPIStatus is a checked forward in /statusz: its spec and counts.

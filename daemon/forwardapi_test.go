@@ -178,6 +178,22 @@ func TestForwardResponseValidation(t *testing.T) {
 			t.Errorf("%s: /statusz api_forwards %+v", local, f)
 		}
 	}
+	// The same findings in /metrics, by peer, service, reason and action
+	// (main had no dyad_api_responses_invalid_total).
+	resp, err = http.Get("http://" + a.Config.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, reason := range broken {
+		for _, action := range []string{"blocked", "reported"} {
+			want := fmt.Sprintf(`dyad_api_responses_invalid_total{action=%q,peer="site-b",reason=%q,service="partner"} 1`, action, reason)
+			if !strings.Contains(string(metrics), want+"\n") {
+				t.Errorf("/metrics lacks %s", want)
+			}
+		}
+	}
 }
 
 // TestForwardResponseReload: a SIGHUP with a broken partner spec is
