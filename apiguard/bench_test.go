@@ -296,3 +296,21 @@ func BenchmarkUploadGuarded(b *testing.B) {
 	defer gc.Close()
 	upload(b, gc, 64)
 }
+
+// BenchmarkEchoGuardedNoValidate is BenchmarkEchoGuarded without
+// validate: [request]: the body streams. The difference to
+// BenchmarkEchoGuarded is the body's validation; the difference to
+// BenchmarkEchoDirect is the guard's frame (the stream's two pipes and its
+// goroutine, parsing, matching, writing the request and the answer anew).
+func BenchmarkEchoGuardedNoValidate(b *testing.B) {
+	c, err := net.Dial("tcp", rawUpstream(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := benchPolicy(b)
+	p.ValidateRequest = false
+	g := NewGuard(p, nil)
+	gc := g.Wrap("bench", c.(*net.TCPConn))
+	defer gc.Close()
+	echoRequests(b, gc)
+}

@@ -152,10 +152,16 @@ type conn struct {
 	// Used by the request loop only:
 	budget *atomic.Int64 // the peer's budget (Guard.budget), looked up once
 	held   int64         // bytes of it the request in hand holds
-	inR    *io.PipeReader
-	inW    *io.PipeWriter
-	outR   *io.PipeReader
-	outW   *io.PipeWriter
+	// The request in hand's buffered body and its validation input, kept
+	// here so that validating allocates none of them per request.
+	body     heldBody
+	bodyData []byte
+	getBody  func() (io.ReadCloser, error)
+	in       openapi3filter.RequestValidationInput
+	inR      *io.PipeReader
+	inW      *io.PipeWriter
+	outR     *io.PipeReader
+	outW     *io.PipeWriter
 }
 
 func (c *conn) Read(p []byte) (int, error)  { return c.outR.Read(p) }
@@ -389,7 +395,7 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	if !p.ValidateRequest || !op.params && !op.BodySchema {
 		return d
 	}
-	opts := &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc, ExcludeRequestBody: true}
+	opts := validateParams
 	if op.BodySchema && req.Body != nil && req.Body != http.NoBody {
 		if req.ContentLength > p.maxBody() {
 			d.status, d.reason, d.close = http.StatusRequestEntityTooLarge, "body_too_large", true
@@ -398,10 +404,12 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		if d2, ok := c.buffer(p, req, d, bw); !ok {
 			return d2
 		}
-		opts.ExcludeRequestBody = false
+		opts = validateAll
 	}
-	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route, Options: opts}
-	if err := openapi3filter.ValidateRequest(validateDoc, in); err != nil {
+	// The input is the conn's: kin-openapi keeps no reference to it after
+	// returning, and its error is read here.
+	c.in = openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route, Options: opts}
+	if err := openapi3filter.ValidateRequest(validateDoc, &c.in); err != nil {
 		d.status, d.reason, d.detail = http.StatusBadRequest, validationReason(err), truncate(err.Error(), 400)
 		c.release() // a buffered body's budget goes back now
 	}
@@ -453,20 +461,51 @@ func (c *conn) buffer(p *Policy, req *http.Request, d decision, bw *bufio.Writer
 	// body (it writes a schema's defaults in). THREATS P5, tested by
 	// TestGuardBudgetDefaults.
 	c.held = int64(len(data))
-	req.Body = io.NopCloser(bytes.NewReader(data))
-	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
+	c.bodyData = data
+	c.body.Reset(data)
+	if c.getBody == nil {
+		c.getBody = c.rereadBody
+	}
+	// kin-openapi reads the body whole, then takes it again from GetBody
+	// for the forwarding.
+	req.Body = &c.body
+	req.GetBody = c.getBody
 	req.ContentLength = int64(len(data))
 	req.TransferEncoding = nil
 	return d, true
 }
 
-// release gives the buffered body's bytes back to the peer's budget.
+// release gives the buffered body's bytes back to the peer's budget and
+// lets go of them.
 func (c *conn) release() {
 	if c.held != 0 {
 		c.budget.Add(-c.held)
 		c.held = 0
 	}
+	if c.bodyData != nil {
+		c.bodyData = nil
+		c.body.Reset(nil)
+	}
 }
+
+// rereadBody is a buffered request's GetBody: its body from the start.
+func (c *conn) rereadBody() (io.ReadCloser, error) {
+	c.body.Reset(c.bodyData)
+	return &c.body, nil
+}
+
+// heldBody is a buffered body as a request's Body.
+type heldBody struct{ bytes.Reader }
+
+// Close does nothing: the bytes are the conn's until release.
+func (*heldBody) Close() error { return nil }
+
+// kin-openapi's validation options (it only reads them): parameters and
+// headers, or those and the body. Authentication is not the guard's job.
+var (
+	validateParams = &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc, ExcludeRequestBody: true}
+	validateAll    = &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}
+)
 
 // otherMethod says whether req's path is an operation's under another
 // method (the router tells that only for paths without parameters). Only
