@@ -3,17 +3,14 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/dyad-tunnel/dyad/daemon"
@@ -146,61 +143,40 @@ func (p *apiPair) stop() {
 // latency percentiles, like requestResponse.
 func httpRR(entry string, conc int, dur time.Duration) (metrics, error) {
 	req := fmt.Appendf(nil, "POST /v1/echo HTTP/1.1\r\nHost: target\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(apiRequestBody), apiRequestBody)
-	lat := make([][]time.Duration, conc)
-	errs := make(chan error, conc)
-	conns := make([]net.Conn, conc)
-	for i := range conns {
+	conns := make([]net.Conn, 0, conc)
+	for range conc {
 		c, err := net.Dial("tcp", entry)
 		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
 			return nil, err
 		}
-		conns[i] = c
+		conns = append(conns, c)
 	}
-	var wg sync.WaitGroup
-	start := time.Now()
-	deadline := start.Add(dur)
-	for i, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.Close()
-			c.SetDeadline(deadline.Add(10 * time.Second))
-			br := bufio.NewReaderSize(c, 4<<10)
-			get := &http.Request{Method: http.MethodPost}
-			samples := make([]time.Duration, 0, 1<<14)
-			for time.Now().Before(deadline) {
-				t := time.Now()
-				if _, err := c.Write(req); err != nil {
-					errs <- err
-					return
-				}
-				resp, err := http.ReadResponse(br, get)
-				if err == nil {
-					_, err = io.Copy(io.Discard, resp.Body)
-					if err == nil && resp.StatusCode != http.StatusOK {
-						err = fmt.Errorf("status %d", resp.StatusCode)
-					}
-				}
-				if err != nil {
-					errs <- err
-					return
-				}
-				samples = append(samples, time.Since(t))
+	all, elapsed, err := rrLoop(conns, dur, func(c net.Conn) func() error {
+		br := bufio.NewReaderSize(c, 4<<10)
+		post := &http.Request{Method: http.MethodPost}
+		return func() error {
+			if _, err := c.Write(req); err != nil {
+				return err
 			}
-			lat[i] = samples
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	close(errs)
-	if err := <-errs; err != nil {
+			resp, err := http.ReadResponse(br, post)
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+				return err
+			}
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("status %d", resp.StatusCode)
+			}
+			return nil
+		}
+	})
+	if err != nil {
 		return nil, fmt.Errorf("HTTP request/response: %w", err)
 	}
-	all := slices.Concat(lat...)
-	if len(all) == 0 {
-		return nil, errors.New("no request completed")
-	}
-	slices.Sort(all)
 	pct := func(p float64) float64 {
 		return float64(all[min(len(all)-1, int(p*float64(len(all))))].Nanoseconds()) / 1000
 	}

@@ -88,17 +88,40 @@ func bulk(entry string, upload bool, conns int, dur time.Duration, pids []int) (
 // reading 1 KiB responses back to back for dur, and reports requests per
 // second and latency percentiles in microseconds.
 func requestResponse(entry string, conc int, dur time.Duration) (metrics, error) {
-	lat := make([][]time.Duration, conc)
-	var wg sync.WaitGroup
-	errs := make(chan error, conc)
-	conns := make([]net.Conn, conc)
-	for i := range conns {
+	conns := make([]net.Conn, 0, conc)
+	for range conc {
 		c, err := dialMode(entry, modeRR)
 		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
 			return nil, err
 		}
-		conns[i] = c
+		conns = append(conns, c)
 	}
+	all, elapsed, err := rrLoop(conns, dur, func(c net.Conn) func() error {
+		buf := make([]byte, msgSize)
+		return func() error { return rrOnce(c, buf) }
+	})
+	if err != nil {
+		return nil, fmt.Errorf("request/response: %w", err)
+	}
+	pct := func(p float64) float64 {
+		return float64(all[min(len(all)-1, int(p*float64(len(all))))].Microseconds())
+	}
+	return metrics{"rps": float64(len(all)) / elapsed.Seconds(), "p50_us": pct(0.50), "p90_us": pct(0.90),
+		"p99_us": pct(0.99), "p999_us": pct(0.999)}, nil
+}
+
+// rrLoop runs exchanges on each of conns, one outstanding per connection,
+// until dur has passed (each connection's deadline 10 s after that); each
+// connection's exchange comes from newExchange, with its own buffers. It
+// closes conns and returns every exchange's latency, sorted (never empty
+// without an error), and the time the loop took.
+func rrLoop(conns []net.Conn, dur time.Duration, newExchange func(c net.Conn) func() error) ([]time.Duration, time.Duration, error) {
+	lat := make([][]time.Duration, len(conns))
+	var wg sync.WaitGroup
+	errs := make(chan error, len(conns))
 	start := time.Now()
 	deadline := start.Add(dur)
 	for i, c := range conns {
@@ -106,11 +129,12 @@ func requestResponse(entry string, conc int, dur time.Duration) (metrics, error)
 		go func() {
 			defer wg.Done()
 			defer c.Close()
-			buf := make([]byte, msgSize)
+			c.SetDeadline(deadline.Add(10 * time.Second))
+			exchange := newExchange(c)
 			samples := make([]time.Duration, 0, 1<<14)
 			for time.Now().Before(deadline) {
 				t := time.Now()
-				if err := rrOnce(c, buf); err != nil {
+				if err := exchange(); err != nil {
 					errs <- err
 					return
 				}
@@ -123,18 +147,14 @@ func requestResponse(entry string, conc int, dur time.Duration) (metrics, error)
 	elapsed := time.Since(start)
 	close(errs)
 	if err := <-errs; err != nil {
-		return nil, fmt.Errorf("request/response: %w", err)
+		return nil, 0, err
 	}
 	all := slices.Concat(lat...)
 	if len(all) == 0 {
-		return nil, fmt.Errorf("no request completed")
+		return nil, 0, errors.New("no request completed")
 	}
 	slices.Sort(all)
-	pct := func(p float64) float64 {
-		return float64(all[min(len(all)-1, int(p*float64(len(all))))].Microseconds())
-	}
-	return metrics{"rps": float64(len(all)) / elapsed.Seconds(), "p50_us": pct(0.50), "p90_us": pct(0.90),
-		"p99_us": pct(0.99), "p999_us": pct(0.999)}, nil
+	return all, elapsed, nil
 }
 
 // churn opens new connections as fast as workers can, each carrying one
