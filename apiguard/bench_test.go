@@ -314,3 +314,45 @@ func BenchmarkEchoGuardedNoValidate(b *testing.B) {
 	defer gc.Close()
 	echoRequests(b, gc)
 }
+
+// echoParallel is rr-api-64's shape in one process: 64 connections (32
+// per core), each one request at a time, direct or each through its own
+// guarded stream. The machine's CPU is the limit, so the ratio of the two
+// is what the guard's work per request costs in throughput.
+func echoParallel(b *testing.B, guard bool) {
+	addr := rawUpstream(b)
+	g := NewGuard(benchPolicy(b), nil)
+	b.SetParallelism(32)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		var rw io.ReadWriteCloser = c
+		if guard {
+			rw = g.Wrap("bench", c.(*net.TCPConn))
+		}
+		defer rw.Close()
+		br := bufio.NewReader(rw)
+		for pb.Next() {
+			if _, err := rw.Write(echoRequest); err != nil {
+				b.Error(err)
+				return
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+		}
+	})
+}
+
+// BenchmarkEchoParallelDirect is echoParallel without the guard.
+func BenchmarkEchoParallelDirect(b *testing.B) { echoParallel(b, false) }
+
+// BenchmarkEchoParallelGuarded is echoParallel through the guard.
+func BenchmarkEchoParallelGuarded(b *testing.B) { echoParallel(b, true) }
