@@ -443,3 +443,36 @@ func TestShadowBounded(t *testing.T) {
 		t.Errorf("%d shapes, %d requests", len(snap[0].Shadow), total)
 	}
 }
+
+// TestGuardJSONOneValue: a JSON body is one JSON value. kin-openapi's
+// decoder reads the first value and ignores what follows, so on main
+// `{"data":"x"}{"data":5}` passed echo's schema and was forwarded whole:
+// an upstream that reads the body another way (the last value, a stream
+// of values) got what the contract forbids. Trailing white space is fine.
+func TestGuardJSONOneValue(t *testing.T) {
+	s, err := LoadSpec("testdata/bench.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Policy{Service: "bench", Spec: s, ValidateRequest: true}
+	c := &conn{g: NewGuard(p, nil), peer: "bench"}
+	for body, want := range map[string]int{
+		`{"data":"x"}{"data":5}`:   400,
+		`{"data":"x"} trailing`:    400,
+		`{"data":"x"}]`:            400,
+		`{"data":"x"} {}`:          400,
+		"{\"data\":\"x\"} \r\n\t ": 0,
+		`{"data":"x"}`:             0,
+	} {
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(post("/v1/echo", body))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var bw bufio.Writer
+		d := c.decide(p, req, &bw)
+		c.release()
+		if d.status != want || want != 0 && d.reason != "invalid_body" {
+			t.Errorf("%q: status %d %s, want %d", body, d.status, d.reason, want)
+		}
+	}
+}
