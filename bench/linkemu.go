@@ -18,6 +18,7 @@ import (
 
 	"github.com/dyad-tunnel/dyad/bench/linkemu"
 	"github.com/dyad-tunnel/dyad/daemon/daemontest"
+	"github.com/dyad-tunnel/dyad/tunnel"
 )
 
 // The emulated WAN link (bench/linkemu): the importing side and the load
@@ -488,7 +489,11 @@ func runLink(res *results, p plan, newSystems func() []system, dir, prefix strin
 					// CUBIC regains about a packet per RTT), where a TCP
 					// system's fresh connection starts anew: a discarded
 					// transfer first lets each system grow its window again.
-					if _, err := bulk(s.entry(), false, sc.conns, p.impairWarm, nil); err != nil && !errors.Is(err, errNoBytes) {
+					// At least one stream per dyad connection, since a new
+					// stream goes to the least-loaded one: a one-stream
+					// warm-up grew one connection's window and the measured
+					// stream then took another (seen in a run).
+					if _, err := bulk(s.entry(), false, max(sc.conns, tunnel.DefaultConnections), p.impairWarm, nil); err != nil && !errors.Is(err, errNoBytes) {
 						return fmt.Errorf("%s on %s (repetition %d), warm-up: %w", sc.name+ls.Name, s.name(), rep+1, err)
 					}
 				}
