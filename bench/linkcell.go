@@ -123,32 +123,48 @@ func (c linkCell) addTo(m metrics) {
 // from before they were added).
 var errNoWindows = errors.New("no congestion windows in /statusz")
 
-// windows reads the exporting daemon's connections to its peer from its
-// /statusz, inside its namespace: in a download the exporting side sends,
-// so its windows set the pace.
-func (d *dyadSystem) windows() ([]connWindow, error) {
-	ns := d.pl.ns(true)
+// statusz is the part of a daemon's /statusz the bench reads.
+type statusz struct {
+	Peers []struct {
+		Conns []struct {
+			Index         int     `json:"index"`
+			ActiveStreams int64   `json:"active_streams"`
+			Cwnd          *uint64 `json:"cwnd_bytes"`
+			PacketsSent   uint64  `json:"packets_sent"`
+			PacketsLost   uint64  `json:"packets_lost"`
+		} `json:"conns"`
+	} `json:"peers"`
+}
+
+// statusz reads one daemon's /statusz inside its side's namespace (the
+// exporting one's when export).
+func (d *dyadSystem) statusz(export bool) (statusz, error) {
+	var r statusz
+	site, ns := d.a, d.pl.ns(false)
+	if export {
+		site, ns = d.b, d.pl.ns(true)
+	}
 	client := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
 		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) {
 			return linkemu.DialTimeout(ns, network, addr, 2*time.Second)
 		}}}
-	resp, err := client.Get("http://" + d.b.Config.Admin + "/statusz")
+	resp, err := client.Get("http://" + site.Config.Admin + "/statusz")
 	if err != nil {
-		return nil, fmt.Errorf("%s's /statusz: %w", d.b.Name, err)
+		return r, fmt.Errorf("%s's /statusz: %w", site.Name, err)
 	}
 	defer resp.Body.Close()
-	var r struct {
-		Peers []struct {
-			Conns []struct {
-				Index       int     `json:"index"`
-				Cwnd        *uint64 `json:"cwnd_bytes"`
-				PacketsSent uint64  `json:"packets_sent"`
-				PacketsLost uint64  `json:"packets_lost"`
-			} `json:"conns"`
-		} `json:"peers"`
-	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&r); err != nil {
-		return nil, fmt.Errorf("%s's /statusz: %w", d.b.Name, err)
+		return r, fmt.Errorf("%s's /statusz: %w", site.Name, err)
+	}
+	return r, nil
+}
+
+// windows reads the exporting daemon's connections to its peer: in a
+// download the exporting side sends, so its windows set the pace.
+func (d *dyadSystem) windows() ([]connWindow, error) {
+	r, err := d.statusz(true)
+	if err != nil {
+		return nil, err
 	}
 	out := []connWindow{}
 	for _, p := range r.Peers {
@@ -160,6 +176,36 @@ func (d *dyadSystem) windows() ([]connWindow, error) {
 		}
 	}
 	return out, nil
+}
+
+// waitIdle waits (at most timeout) until the importing daemon carries no
+// stream: the warm-up's streams have ended, so the measured transfer's
+// streams go to the connections the warm-up's took (a new stream goes to
+// the least-loaded connection, ties to the oldest).
+func (d *dyadSystem) waitIdle(timeout time.Duration) error {
+	for deadline := time.Now().Add(timeout); ; time.Sleep(10 * time.Millisecond) {
+		r, err := d.statusz(false)
+		if err != nil {
+			return err
+		}
+		var active int64
+		for _, p := range r.Peers {
+			for _, c := range p.Conns {
+				active += c.ActiveStreams
+			}
+		}
+		if active == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s still carries %d streams %v after the warm-up", d.a.Name, active, timeout)
+		}
+	}
+}
+
+// idler is a system that can tell when its tunnel carries no stream.
+type idler interface {
+	waitIdle(timeout time.Duration) error
 }
 
 // linkTable writes, per emulated-link cell, what was lost outside the

@@ -18,7 +18,6 @@ import (
 
 	"github.com/dyad-tunnel/dyad/bench/linkemu"
 	"github.com/dyad-tunnel/dyad/daemon/daemontest"
-	"github.com/dyad-tunnel/dyad/tunnel"
 )
 
 // The emulated WAN link (bench/linkemu): the importing side and the load
@@ -488,13 +487,19 @@ func runLink(res *results, p plan, newSystems func() []system, dir, prefix strin
 					// window earlier cells left it (after a loss quic-go's
 					// CUBIC regains about a packet per RTT), where a TCP
 					// system's fresh connection starts anew: a discarded
-					// transfer first lets each system grow its window again.
-					// At least one stream per dyad connection, since a new
-					// stream goes to the least-loaded one: a one-stream
-					// warm-up grew one connection's window and the measured
-					// stream then took another (seen in a run).
-					if _, err := bulk(s.entry(), false, max(sc.conns, tunnel.DefaultConnections), p.impairWarm, nil); err != nil && !errors.Is(err, errNoBytes) {
+					// transfer of the same shape first lets each system grow
+					// its window again.
+					if _, err := bulk(s.entry(), false, sc.conns, p.impairWarm, nil); err != nil && !errors.Is(err, errNoBytes) {
 						return fmt.Errorf("%s on %s (repetition %d), warm-up: %w", sc.name+ls.Name, s.name(), rep+1, err)
+					}
+					// Until the warm-up's streams have ended, a new stream
+					// goes to another, colder connection (seen in a run: a
+					// one-stream warm-up grew connection 0 to 1.9 MB and
+					// the measured stream took connection 1, at 48 KiB).
+					if i, ok := s.(idler); ok {
+						if err := i.waitIdle(2 * time.Second); err != nil {
+							return fmt.Errorf("%s on %s (repetition %d), warm-up: %w", sc.name+ls.Name, s.name(), rep+1, err)
+						}
 					}
 				}
 				before, err := readLinkState(emu, pl.topo, s, sc.conns > 0)
