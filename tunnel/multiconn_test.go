@@ -175,7 +175,8 @@ func TestConnectionFailoverUnderTraffic(t *testing.T) {
 	}
 	if got := a.Stats.TunnelsEstablished.Load(); got != 4 {
 		t.Fatalf("%d tunnels established, want 4 (three, and the dead slot's redial)", got)
-	} // The redial takes the dead connection's index: the per-connection
+	}
+	// The redial takes the dead connection's index: the per-connection
 	// metrics' conn label stays within the peer's connections.
 	seen := map[int]bool{}
 	for _, tc := range now {
