@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"sync"
 	"time"
@@ -26,6 +27,7 @@ import (
 type Metrics struct {
 	provider *sdkmetric.MeterProvider
 	handler  http.Handler
+	meter    metric.Meter
 
 	tunnelsActive   metric.Int64UpDownCounter
 	handshake       metric.Float64Histogram
@@ -41,7 +43,6 @@ type Metrics struct {
 	suppressed      metric.Int64Counter
 	journalErrors   metric.Int64Counter
 	apiInvalid      metric.Int64Counter
-	meter           metric.Meter
 }
 
 // MetricsOptions configure NewMetrics.
@@ -73,6 +74,7 @@ func NewMetrics(o MetricsOptions) (*Metrics, error) {
 	}
 	m := &Metrics{provider: sdkmetric.NewMeterProvider(opts...), handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}
 	meter := m.provider.Meter("github.com/dyad-tunnel/dyad")
+	m.meter = meter
 	var errs []error
 	must := func(err error) { errs = append(errs, err) }
 	var e error
@@ -106,7 +108,6 @@ func NewMetrics(o MetricsOptions) (*Metrics, error) {
 	m.apiInvalid, e = meter.Int64Counter("dyad.api.responses.invalid",
 		metric.WithDescription("partner responses that broke the partner's contract (dyad.api.response_invalid), by peer, service, reason and action (reported, blocked)"))
 	must(e)
-	m.meter = meter
 	if j := o.Journal; j != nil {
 		pending, err := meter.Int64ObservableGauge("dyad.audit.journal.pending", metric.WithUnit("By"), metric.WithDescription("encoded journal entries waiting for the disk"))
 		must(err)
@@ -142,6 +143,76 @@ func NewMetrics(o MetricsOptions) (*Metrics, error) {
 	}
 	return m, nil
 }
+
+// ConnSample is one QUIC connection's congestion state, as quic-go reports
+// it, for the dyad.quic.connection.* instruments.
+type ConnSample struct {
+	Peer string // the configured peer name
+	// Index is the connection's number within its peer, reused once its
+	// holder ended (tunnel.ConnStatus.Index): with Peer the only labels,
+	// so the series are as few as the peers' connections at once, and no
+	// address is ever a label.
+	Index            int
+	CongestionWindow uint64 // bytes, QUIC packet overhead included
+	SmoothedRTT      time.Duration
+	MinRTT           time.Duration
+	PacketsSent      uint64 // since the connection began
+	PacketsLost      uint64 // declared lost; falls when a late packet is taken back
+	BytesLost        uint64 // the same, in bytes
+}
+
+// ObserveConnections reports, at each collection (a /metrics scrape or an
+// OTLP push), the connections conns returns: congestion window, smoothed
+// and minimum RTT, packets sent and lost, bytes lost, by peer and
+// connection index. A connection that ended is no longer reported; its
+// index's next holder starts its packets-sent counter from zero again (a
+// counter reset, as Prometheus's rate() expects). Call it once.
+func (m *Metrics) ObserveConnections(conns func() []ConnSample) error {
+	if m == nil {
+		return nil
+	}
+	var errs []error
+	must := func(err error) { errs = append(errs, err) }
+	cwnd, err := m.meter.Int64ObservableGauge("dyad.quic.connection.cwnd", metric.WithUnit("By"),
+		metric.WithDescription("congestion window of each QUIC connection, by peer and connection index"))
+	must(err)
+	srtt, err := m.meter.Float64ObservableGauge("dyad.quic.connection.rtt", metric.WithUnit("s"),
+		metric.WithDescription("smoothed round-trip time of each QUIC connection, by peer and connection index"))
+	must(err)
+	mrtt, err := m.meter.Float64ObservableGauge("dyad.quic.connection.min_rtt", metric.WithUnit("s"),
+		metric.WithDescription("minimum round-trip time seen on each QUIC connection, by peer and connection index"))
+	must(err)
+	sent, err := m.meter.Int64ObservableCounter("dyad.quic.connection.packets.sent",
+		metric.WithDescription("QUIC packets sent on each connection since it began, retransmissions included, by peer and connection index"))
+	must(err)
+	lost, err := m.meter.Int64ObservableGauge("dyad.quic.connection.packets.lost",
+		metric.WithDescription("QUIC packets of each connection declared lost since it began (falls when one arrives after all), by peer and connection index"))
+	must(err)
+	lostBytes, err := m.meter.Int64ObservableGauge("dyad.quic.connection.lost", metric.WithUnit("By"),
+		metric.WithDescription("bytes of each QUIC connection's packets declared lost since it began, by peer and connection index"))
+	must(err)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("audit: connection metrics: %w", err)
+	}
+	_, err = m.meter.RegisterCallback(func(_ context.Context, obs metric.Observer) error {
+		for _, c := range conns() {
+			o := metric.WithAttributeSet(attribute.NewSet(attribute.String("peer", c.Peer), attribute.Int("conn", c.Index)))
+			obs.ObserveInt64(cwnd, clampInt64(c.CongestionWindow), o)
+			obs.ObserveFloat64(srtt, c.SmoothedRTT.Seconds(), o)
+			obs.ObserveFloat64(mrtt, c.MinRTT.Seconds(), o)
+			obs.ObserveInt64(sent, clampInt64(c.PacketsSent), o)
+			obs.ObserveInt64(lost, clampInt64(c.PacketsLost), o)
+			obs.ObserveInt64(lostBytes, clampInt64(c.BytesLost), o)
+		}
+		return nil
+	}, cwnd, srtt, mrtt, sent, lost, lostBytes)
+	if err != nil {
+		return fmt.Errorf("audit: connection metrics: %w", err)
+	}
+	return nil
+}
+
+func clampInt64(v uint64) int64 { return int64(min(v, math.MaxInt64)) }
 
 // Handler serves the Prometheus text exposition of every instrument.
 func (m *Metrics) Handler() http.Handler { return m.handler }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -67,8 +68,10 @@ type linkRecord struct {
 	// sender's decides): "bbr", or "bbr / cubic" when they differ.
 	TCPCongestionControl string `json:"tcp_congestion_control,omitempty"`
 	// QUICCongestionControl is quic-go's (it has one).
-	QUICCongestionControl string    `json:"quic_congestion_control"`
-	Runs                  []linkRun `json:"runs,omitempty"`
+	QUICCongestionControl string `json:"quic_congestion_control"`
+	// WarmupSeconds is the discarded download before each bulk cell.
+	WarmupSeconds float64   `json:"warmup_s"`
+	Runs          []linkRun `json:"runs,omitempty"`
 }
 
 // linkRun is one emulator process: its model and counts.
@@ -92,6 +95,7 @@ const quicCC = "CUBIC/Reno (quic-go)"
 type placement struct {
 	importNS, exportNS     string
 	importHost, exportHost string // each side's end of the emulated link
+	topo                   linkemu.Topology
 }
 
 // ns is the namespace of one side.
@@ -198,6 +202,7 @@ func waitSiteReady(s *daemontest.Site, ns string, timeout time.Duration) error {
 // emulator is the running "linkemu" child process.
 type emulator struct {
 	cmd   *exec.Cmd
+	stdin io.WriteCloser // "counters" asks for the counts so far
 	lines chan string
 	start time.Time
 }
@@ -217,10 +222,14 @@ func startEmulator(prefix string, m linkemu.Model, seed uint64) (*emulator, erro
 	if err != nil {
 		return nil, err
 	}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	e := &emulator{cmd: cmd, lines: make(chan string, 4), start: time.Now()}
+	e := &emulator{cmd: cmd, stdin: in, lines: make(chan string, 4), start: time.Now()}
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
@@ -240,6 +249,30 @@ func startEmulator(prefix string, m linkemu.Model, seed uint64) (*emulator, erro
 }
 
 func (e *emulator) pid() int { return e.cmd.Process.Pid }
+
+// counters asks the running emulator for its counts so far (importing →
+// exporting, and back): the bench reads them before and after each cell.
+func (e *emulator) counters() (up, down linkemu.Counters, err error) {
+	if _, err := io.WriteString(e.stdin, "counters\n"); err != nil {
+		return up, down, fmt.Errorf("link emulator: %w", err)
+	}
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case l, ok := <-e.lines:
+			if !ok {
+				return up, down, errors.New("link emulator exited")
+			}
+			if v, found := strings.CutPrefix(l, "counters "); found {
+				var c [2]linkemu.Counters
+				err := json.Unmarshal([]byte(v), &c)
+				return c[0], c[1], err
+			}
+		case <-timeout:
+			return up, down, errors.New("link emulator did not answer with its counters")
+		}
+	}
+}
 
 // stop ends the emulator and returns its counters (importing → exporting,
 // and back) and its CPU seconds.
@@ -275,7 +308,8 @@ func (e *emulator) stop() (up, down linkemu.Counters, cpu float64, err error) {
 
 // runEmulator is the "linkemu" subcommand: it joins the bench's two
 // namespaces through two TUN devices, prints "ready", carries packets
-// until SIGTERM, and prints "counters" with both directions' counts.
+// until SIGTERM, and prints "counters" with both directions' counts; also
+// whenever a "counters" line arrives on its stdin.
 func runEmulator(args []string) error {
 	fs := flag.NewFlagSet("linkemu", flag.ContinueOnError)
 	prefix := fs.String("prefix", "", "namespace and device prefix (the bench's)")
@@ -301,6 +335,21 @@ func runEmulator(args []string) error {
 	ctx := signalContext()
 	ran := make(chan error, 1)
 	go func() { ran <- e.Run(imp, exp) }()
+	var outMu sync.Mutex // one line at a time on stdout
+	report := func() {
+		c, _ := json.Marshal([2]linkemu.Counters{e.AB.Counters(), e.BA.Counters()})
+		outMu.Lock()
+		fmt.Printf("counters %s\n", c)
+		outMu.Unlock()
+	}
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			if sc.Text() == "counters" {
+				report()
+			}
+		}
+	}()
 	fmt.Println("ready")
 	select {
 	case <-ctx.Done():
@@ -310,8 +359,7 @@ func runEmulator(args []string) error {
 	imp.Close()
 	exp.Close()
 	err = <-ran
-	c, _ := json.Marshal([2]linkemu.Counters{e.AB.Counters(), e.BA.Counters()})
-	fmt.Printf("counters %s\n", c)
+	report()
 	return err
 }
 
@@ -344,7 +392,7 @@ func runLinkScenarios(res *results, p plan, newSystems func() []system, work str
 	if len(links) == 0 {
 		return nil
 	}
-	res.Link = &linkRecord{QUICCongestionControl: quicCC}
+	res.Link = &linkRecord{QUICCongestionControl: quicCC, WarmupSeconds: p.impairWarm.Seconds()}
 	if err := linkemu.Check(); err != nil {
 		return skipLink(res, err)
 	}
@@ -358,7 +406,7 @@ func runLinkScenarios(res *results, p plan, newSystems func() []system, work str
 	}
 	defer topo.Teardown()
 	res.Link.TCPCongestionControl = congestionControl(topo)
-	pl := &placement{importNS: topo.ImportNS, exportNS: topo.ExportNS, importHost: topo.ImportAddr.String(), exportHost: topo.ExportAddr.String()}
+	pl := &placement{importNS: topo.ImportNS, exportNS: topo.ExportNS, importHost: topo.ImportAddr.String(), exportHost: topo.ExportAddr.String(), topo: topo}
 	for li, ls := range links {
 		if err := runLink(res, p, newSystems, fmt.Sprintf("%s/link-%d", work, li), prefix, pl, ls, uint64(li+1)); err != nil {
 			return fmt.Errorf("emulated link %s: %w", ls.Model, err)
@@ -423,23 +471,51 @@ func runLink(res *results, p plan, newSystems func() []system, dir, prefix strin
 	clientDial = func(addr string) (net.Conn, error) { return pl.dial(false, addr) }
 	defer func() { clientDial = dialLoopback }()
 	type scenario struct {
-		name string
-		run  func(system) (metrics, error)
+		name  string
+		conns int // a bulk download's connections; 0 for rr-64
 	}
-	scenarios := []scenario{
-		{"impaired-rr-64-", func(s system) (metrics, error) { return requestResponse(s.entry(), 64, p.impairDur) }},
-		{"impaired-bulk-down-1-", func(s system) (metrics, error) { return bulk(s.entry(), false, 1, p.impairDur, s.pids()) }},
-	}
+	scenarios := []scenario{{"impaired-rr-64-", 0}, {"impaired-bulk-down-1-", 1}}
 	if ls.bulk8 {
-		scenarios = append(scenarios, scenario{"impaired-bulk-down-8-", func(s system) (metrics, error) { return bulk(s.entry(), false, 8, p.impairDur, s.pids()) }})
+		scenarios = append(scenarios, scenario{"impaired-bulk-down-8-", 8})
 	}
 	for rep := range p.reps {
 		for _, sc := range scenarios {
 			for _, s := range systems {
 				time.Sleep(linkSettle)
+				if sc.conns > 0 {
+					// A long-lived QUIC connection carries the congestion
+					// window earlier cells left it (after a loss quic-go's
+					// CUBIC regains about a packet per RTT), where a TCP
+					// system's fresh connection starts anew: a discarded
+					// transfer of the same shape first lets each system grow
+					// its window again.
+					if _, err := bulk(s.entry(), false, sc.conns, p.impairWarm, nil); err != nil && !errors.Is(err, errNoBytes) {
+						return fmt.Errorf("%s on %s (repetition %d), warm-up: %w", sc.name+ls.Name, s.name(), rep+1, err)
+					}
+					// Until the warm-up's streams have ended, a new stream
+					// goes to another, colder connection (seen in a run: a
+					// one-stream warm-up grew connection 0 to 1.9 MB and
+					// the measured stream took connection 1, at 48 KiB).
+					if i, ok := s.(idler); ok {
+						if err := i.waitIdle(2 * time.Second); err != nil {
+							// Measured anyway; the windows table shows
+							// which connections it started on.
+							res.Notes = append(res.Notes, fmt.Sprintf("%s on %s (repetition %d): %v.", sc.name+ls.Name, s.name(), rep+1, err))
+						}
+					}
+				}
+				before, err := readLinkState(emu, pl.topo, s, sc.conns > 0)
+				if err != nil {
+					return fmt.Errorf("%s on %s (repetition %d): %w", sc.name+ls.Name, s.name(), rep+1, err)
+				}
 				cpu0, _ := cpuSeconds(emu.pid())
 				t0 := time.Now()
-				m, err := sc.run(s)
+				var m metrics
+				if sc.conns > 0 {
+					m, err = bulk(s.entry(), false, sc.conns, p.impairDur, s.pids())
+				} else {
+					m, err = requestResponse(s.entry(), 64, p.impairDur)
+				}
 				if errors.Is(err, errNoBytes) {
 					// A lost SYN or first flight waits out a retransmission
 					// timeout (1 s for TCP): on a lossy link, a measurement.
@@ -456,7 +532,15 @@ func runLink(res *results, p plan, newSystems func() []system, dir, prefix strin
 					res.Notes = append(res.Notes, fmt.Sprintf("The link emulator used %.0f%% of a core during %s on %s: it may have limited that system.",
 						m["emu_cpu_pct"], sc.name+ls.Name, s.name()))
 				}
+				after, err := readLinkState(emu, pl.topo, s, sc.conns > 0)
+				if err != nil {
+					return fmt.Errorf("%s on %s (repetition %d): %w", sc.name+ls.Name, s.name(), rep+1, err)
+				}
+				lc := after.since(before)
+				lc.addTo(m)
 				res.add(sc.name+ls.Name, s.name(), m)
+				c := res.cell(sc.name+ls.Name, s.name())
+				c.Link = append(c.Link, lc)
 			}
 		}
 	}

@@ -56,6 +56,7 @@ type plan struct {
 	churnMin   int // churn runs until churnDur has passed and churnMin connections are done
 	idleConns  int
 	impairDur  time.Duration // each emulated-link cell
+	impairWarm time.Duration // the discarded transfer before each emulated-link bulk cell
 	setupReps  int
 	impairment []linkScenario
 }
@@ -76,10 +77,10 @@ func makePlan(quick bool, reps int) plan {
 		// idle as many as dyad holds in full mode: beyond the default
 		// max_streams and max_connections (1024), as the full run.
 		return plan{reps: 1, bulkDur: 300 * time.Millisecond, rrDur: 300 * time.Millisecond, churnDur: 300 * time.Millisecond,
-			churnMin: churnMin, idleConns: tunnel.MaxStreamsCap, impairDur: 300 * time.Millisecond, setupReps: 1, impairment: impaired}
+			churnMin: churnMin, idleConns: tunnel.MaxStreamsCap, impairDur: 300 * time.Millisecond, impairWarm: 300 * time.Millisecond, setupReps: 1, impairment: impaired}
 	}
 	return plan{reps: max(reps, 3), bulkDur: 2 * time.Second, rrDur: 2 * time.Second, churnDur: time.Second,
-		churnMin: churnMin, idleConns: idleConnsFull, impairDur: 2 * time.Second, setupReps: 3, impairment: impaired}
+		churnMin: churnMin, idleConns: idleConnsFull, impairDur: 2 * time.Second, impairWarm: time.Second, setupReps: 3, impairment: impaired}
 }
 
 // idleTarget is how many connections idle holds on s: dyad carries a

@@ -52,6 +52,9 @@ type cell struct {
 	VsConn1 metrics `json:"dyad_vs_dyad_conn1,omitempty"`
 	// VsBase compares dyad with the -dyad-base build, when one ran.
 	VsBase metrics `json:"dyad_vs_dyad_base,omitempty"`
+	// Link is, for an emulated-link cell, each repetition's drops outside
+	// the model and the sender's congestion windows (linkcell.go).
+	Link []linkCell `json:"link,omitempty"`
 }
 
 func (r *results) add(scenario, system string, m metrics) {
@@ -135,8 +138,8 @@ func headline(scenario string) (key, unit string) {
 
 // extra lists the secondary figures shown in the table.
 var extra = map[string][]string{
-	"bulk":  {"cpu_s_per_gb", "peak_rss_mib", "emu_cpu_pct"},
-	"rr":    {"rps", "p50_us", "p90_us", "p999_us", "emu_cpu_pct"},
+	"bulk":  {"cpu_s_per_gb", "peak_rss_mib", "emu_cpu_pct", "drops_outside_model"},
+	"rr":    {"rps", "p50_us", "p90_us", "p999_us", "emu_cpu_pct", "drops_outside_model"},
 	"idle":  {"conns", "rss_kib_per_conn_exporter"},
 	"churn": {"conns"},
 }
@@ -228,6 +231,7 @@ func (r *results) write(dir string, stdout io.Writer) error {
 		r.Machine.Cores, r.Machine.Kernel, r.Machine.Go, r.Machine.QuicGo, r.Seconds)
 	r.table(stdout, false)
 	r.targetTable(stdout, false)
+	r.linkTable(stdout)
 	for _, n := range r.Notes {
 		fmt.Fprintln(stdout, "\nnote:", n)
 	}
@@ -243,6 +247,7 @@ func (r *results) write(dir string, stdout io.Writer) error {
 	}
 	r.table(&md, true)
 	r.targetTable(&md, true)
+	r.linkTable(&md)
 	for _, n := range r.Notes {
 		fmt.Fprintf(&md, "\n> %s\n", n)
 	}

@@ -108,6 +108,7 @@ type dyadSystem struct {
 	base  bool // another build (-dyad-base), same configuration as dyad
 	a, b  *daemontest.Site
 	local string
+	pl    *placement // where the sides run (nil: loopback)
 }
 
 // The dyad systems' names; ratios (results.finish) and targets compare
@@ -174,6 +175,7 @@ func (d *dyadSystem) start(dir, target string, pl *placement) error {
 	d.a.Config.Forwards = []daemon.ForwardConfig{{Listen: d.local, Peer: "site-b", Service: "target", MaxConnections: benchMaxConnections}}
 	d.a.Config.Tunnel.ShutdownTimeout = daemon.Duration(time.Second)
 	d.b.Config.Tunnel.ShutdownTimeout = daemon.Duration(time.Second)
+	d.pl = pl
 	if pl != nil {
 		return d.startIn(dir, pl)
 	}

@@ -187,6 +187,10 @@ func (d *Daemon) start(cfg *Config, id *identity.Identity) (*http.Server, error)
 	}
 	commit()
 	d.node = node
+	if err := d.au.metrics.ObserveConnections(d.connSamples); err != nil {
+		node.Close()
+		return nil, err
+	}
 	d.scheduleRetire()
 	d.setPending(cfg.State, time.Now())
 	node.SetEnroller(d)

@@ -242,3 +242,123 @@ func TestStatusCommand(t *testing.T) {
 		t.Errorf("dyad status with the partner down:\n%s", out)
 	}
 }
+
+// connCongestion is one connection of /statusz as TestConnCongestionStatus
+// reads it: by JSON key, so that a missing field reads as zero.
+type connCongestion struct {
+	ID          uint64  `json:"id"`
+	Index       *int    `json:"index"`
+	RTTMillis   float64 `json:"rtt_ms"`
+	MinRTT      float64 `json:"min_rtt_ms"`
+	Cwnd        uint64  `json:"cwnd_bytes"`
+	PacketsSent uint64  `json:"packets_sent"`
+	PacketsRecv uint64  `json:"packets_received"`
+	PacketsLost *uint64 `json:"packets_lost"`
+	BytesLost   *uint64 `json:"quic_bytes_lost"`
+}
+
+// congestion reads s's connections to peer from /statusz.
+func congestion(t *testing.T, s *daemontest.Site, peer string) []connCongestion {
+	t.Helper()
+	_, body := httpGet(t, "http://"+s.Config.Admin+"/statusz")
+	var r struct {
+		Peers []struct {
+			Name  string           `json:"name"`
+			Conns []connCongestion `json:"conns"`
+		} `json:"peers"`
+	}
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		t.Fatalf("%s /statusz: %v", s.Name, err)
+	}
+	for _, p := range r.Peers {
+		if p.Name == peer {
+			return p.Conns
+		}
+	}
+	t.Fatalf("%s /statusz has no peer %s", s.Name, peer)
+	return nil
+}
+
+// TestConnCongestionStatus: /statusz, `dyad status` and /metrics show each
+// QUIC connection's congestion window, smoothed and minimum RTT, packets
+// sent and lost, and the packets sent grow with the traffic; the metrics'
+// labels are the peer and a connection index bounded by the peer's
+// connections, never an address.
+func TestConnCongestionStatus(t *testing.T) {
+	echo, _ := tunneltest.EchoServer(t)
+	a, b, local := twoSites(t, echo)
+	for deadline := time.Now().Add(10 * time.Second); len(congestion(t, a, "site-b")) < 3; {
+		if time.Now().After(deadline) {
+			t.Fatal("A's three connections did not come up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// One round trip first: every connection then has an RTT sample.
+	if err := echoRoundTrip(local, 64<<10, 1); err != nil {
+		t.Fatal(err)
+	}
+	sum := func(cs []connCongestion) (sent uint64) {
+		for _, c := range cs {
+			sent += c.PacketsSent
+		}
+		return sent
+	}
+	before := congestion(t, a, "site-b")
+	const moved = 2 << 20
+	if err := echoRoundTrip(local, moved, 2); err != nil {
+		t.Fatal(err)
+	}
+	after := congestion(t, a, "site-b")
+	// 2 MiB up in QUIC packets of at most 1,452 bytes: at least 1,444 more
+	// packets sent, whatever the connection it took.
+	if grew := sum(after) - sum(before); sum(after) < sum(before) || grew < moved/1452 {
+		t.Errorf("A's connections sent %d packets while 2 MiB went up through them (before %+v, after %+v)", grew, before, after)
+	}
+	for side, cs := range map[string][]connCongestion{"A": after, "B": congestion(t, b, "site-a")} {
+		seen := map[int]bool{}
+		for _, c := range cs {
+			if c.Index == nil || *c.Index < 0 || *c.Index >= len(cs) || seen[*c.Index] {
+				t.Errorf("%s connection %d: index %v, want a distinct one below %d", side, c.ID, c.Index, len(cs))
+			} else {
+				seen[*c.Index] = true
+			}
+			if c.Cwnd == 0 || c.MinRTT <= 0 || c.MinRTT > c.RTTMillis || c.PacketsSent == 0 || c.PacketsRecv == 0 ||
+				c.PacketsLost == nil || c.BytesLost == nil || *c.PacketsLost > c.PacketsSent {
+				t.Errorf("%s connection %d: implausible congestion state %+v", side, c.ID, c)
+			}
+		}
+	}
+
+	out, code := runDyad(t, "status", "--config", a.ConfigPath())
+	if code != 0 {
+		t.Fatalf("dyad status: exit %d\n%s", code, out)
+	}
+	for _, want := range []string{"MIN RTT", "CWND", "PACKETS", "LOST"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dyad status lacks %q:\n%s", want, out)
+		}
+	}
+
+	_, metrics := httpGet(t, "http://"+a.Config.Admin+"/metrics")
+	series := map[string]int{}
+	for _, line := range strings.Split(metrics, "\n") {
+		name, rest, ok := strings.Cut(line, "{")
+		if !ok || !strings.HasPrefix(name, "dyad_quic_connection_") {
+			continue
+		}
+		series[name]++
+		labels, value, _ := strings.Cut(rest, "} ")
+		if strings.Contains(labels, "127.0.0.1") || !strings.Contains(labels, `peer="site-b"`) || !strings.Contains(labels, `conn="`) {
+			t.Errorf("/metrics: %s: want the labels peer and conn only", line)
+		}
+		if name == "dyad_quic_connection_cwnd_bytes" && (value == "0" || value == "") {
+			t.Errorf("/metrics: %s", line)
+		}
+	}
+	for _, name := range []string{"dyad_quic_connection_cwnd_bytes", "dyad_quic_connection_rtt_seconds", "dyad_quic_connection_min_rtt_seconds",
+		"dyad_quic_connection_packets_sent_total", "dyad_quic_connection_packets_lost", "dyad_quic_connection_lost_bytes"} {
+		if series[name] != len(after) {
+			t.Errorf("/metrics has %d series of %s, want one per connection (%d)", series[name], name, len(after))
+		}
+	}
+}

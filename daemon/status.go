@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dyad-tunnel/dyad/audit"
 	"github.com/dyad-tunnel/dyad/control"
 	"github.com/dyad-tunnel/dyad/tunnel"
 )
@@ -52,6 +53,22 @@ func (d *Daemon) statusReport() StatusReport {
 		API:         d.apiStatus(),
 		APIForwards: d.forwardAPIStatus(),
 	}
+}
+
+// connSamples is every peer connection's congestion state for the
+// dyad.quic.connection.* metrics: labelled by peer name and connection
+// index only, so the series are bounded by the peers' connections
+// (TestConnCongestionStatus).
+func (d *Daemon) connSamples() []audit.ConnSample {
+	var out []audit.ConnSample
+	for _, p := range d.node.Status() {
+		for _, c := range p.Conns {
+			out = append(out, audit.ConnSample{Peer: p.Name, Index: c.Index, CongestionWindow: c.CongestionWindow,
+				SmoothedRTT: time.Duration(c.RTTMillis * float64(time.Millisecond)), MinRTT: time.Duration(c.MinRTTMillis * float64(time.Millisecond)),
+				PacketsSent: c.PacketsSent, PacketsLost: c.PacketsLost, BytesLost: c.WireBytesLost})
+		}
+	}
+	return out
 }
 
 // handlePeerHealth serves the tunnel health endpoints (README, "Tunnel
@@ -202,7 +219,7 @@ func PrintStatus(out io.Writer, r StatusReport, now time.Time) {
 			continue
 		}
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "  CONN\tROLE\tREMOTE\tSINCE\tRTT\tSENT\tRECEIVED\tSTREAMS\tACTIVE\tPROTOCOL")
+		fmt.Fprintln(tw, "  CONN\tROLE\tREMOTE\tSINCE\tRTT\tMIN RTT\tCWND\tSENT\tRECEIVED\tPACKETS\tLOST\tSTREAMS\tACTIVE\tPROTOCOL")
 		for _, c := range p.Conns {
 			role := c.Role
 			if c.Role == "dialer" && c.Slot >= 0 {
@@ -211,8 +228,9 @@ func PrintStatus(out io.Writer, r StatusReport, now time.Time) {
 			if c.Retired {
 				role += " (retired)"
 			}
-			fmt.Fprintf(tw, "  #%d\t%s\t%s\t%s\t%.1f ms\t%s\t%s\t%d\t%d\t%s\n", c.ID, role, c.Remote, ago(c.Since, now),
-				c.RTTMillis, byteCount(c.WireBytesSent), byteCount(c.WireBytesReceived), c.Streams, c.ActiveStreams, c.Protocol)
+			fmt.Fprintf(tw, "  #%d\t%s\t%s\t%s\t%.1f ms\t%.1f ms\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%s\n", c.ID, role, c.Remote, ago(c.Since, now),
+				c.RTTMillis, c.MinRTTMillis, byteCount(c.CongestionWindow), byteCount(c.WireBytesSent), byteCount(c.WireBytesReceived),
+				c.PacketsSent, lossShare(c.PacketsLost, c.PacketsSent), c.Streams, c.ActiveStreams, c.Protocol)
 		}
 		tw.Flush()
 	}
@@ -228,6 +246,14 @@ func ago(ts string, now time.Time) string {
 		return "unknown"
 	}
 	return fmt.Sprintf("%s (%s ago)", t.Local().Format(time.DateTime), now.Sub(t).Round(time.Second))
+}
+
+// lossShare renders the packets declared lost and their share of those sent.
+func lossShare(lost, sent uint64) string {
+	if sent == 0 {
+		return fmt.Sprint(lost)
+	}
+	return fmt.Sprintf("%d (%.2f%%)", lost, 100*float64(lost)/float64(sent))
 }
 
 // byteCount renders n in binary units.

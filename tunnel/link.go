@@ -106,6 +106,12 @@ type tconn struct {
 	streams       atomic.Int64 // streams carried, both directions
 	bytesSent     atomic.Int64 // plaintext bytes of ended streams, local → tunnel
 	bytesReceived atomic.Int64 // and tunnel → local
+
+	// index is the lowest number no other connection of the link held when
+	// this one attached: the conn label of the per-connection metrics,
+	// bounded by the peer's connections at once (THREATS P5), never an
+	// address (TestConnCongestionStatus).
+	index int
 }
 
 func (t *tconn) alive() bool { return t.qc.Context().Err() == nil }
@@ -240,6 +246,19 @@ func (l *link) acceptedLocked() int {
 	return c
 }
 
+// freeIndexLocked returns the lowest index no connection of the link holds.
+func (l *link) freeIndexLocked() int {
+	used := make(map[int]bool, len(l.conns))
+	for tc := range l.conns {
+		used[tc.index] = true
+	}
+	i := 0
+	for used[i] {
+		i++
+	}
+	return i
+}
+
 // status lists the link's connections, oldest first.
 func (l *link) status() []ConnStatus {
 	l.mu.Lock()
@@ -252,14 +271,17 @@ func (l *link) status() []ConnStatus {
 	out := make([]ConnStatus, 0, len(conns))
 	for _, tc := range conns {
 		st := tc.qc.ConnectionStats()
-		out = append(out, ConnStatus{ID: tc.id, Remote: tc.qc.RemoteAddr().String(), Since: tc.since.UTC().Format(time.RFC3339),
+		out = append(out, ConnStatus{ID: tc.id, Index: tc.index, Remote: tc.qc.RemoteAddr().String(), Since: tc.since.UTC().Format(time.RFC3339),
 			Role: tc.role(), Slot: tc.slot, Protocol: tc.qc.ConnectionState().TLS.NegotiatedProtocol, Retired: tc.retired.Load(),
 			ActiveStreams: tc.active.Load(), Streams: tc.streams.Load(), BytesSent: tc.bytesSent.Load(),
-			BytesReceived: tc.bytesReceived.Load(), RTTMillis: float64(st.SmoothedRTT.Microseconds()) / 1000,
-			WireBytesSent: st.BytesSent, WireBytesReceived: st.BytesReceived})
+			BytesReceived: tc.bytesReceived.Load(), RTTMillis: millis(st.SmoothedRTT), MinRTTMillis: millis(st.MinRTT),
+			WireBytesSent: st.BytesSent, WireBytesReceived: st.BytesReceived, CongestionWindow: st.CongestionWindow,
+			PacketsSent: st.PacketsSent, PacketsReceived: st.PacketsReceived, PacketsLost: st.PacketsLost, WireBytesLost: st.BytesLost})
 	}
 	return out
 }
+
+func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func (t *tconn) role() string {
 	if t.dialed {
@@ -377,6 +399,7 @@ func (l *link) attach(qc *quic.Conn, local *identity.Identity, dialed bool, slot
 	if !l.liveLocked() {
 		l.upSince = tc.since
 	}
+	tc.index = l.freeIndexLocked()
 	l.conns[tc] = struct{}{}
 	l.lastUp = tc.since
 	if dialed && slot >= 0 {

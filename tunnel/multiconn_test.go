@@ -176,6 +176,15 @@ func TestConnectionFailoverUnderTraffic(t *testing.T) {
 	if got := a.Stats.TunnelsEstablished.Load(); got != 4 {
 		t.Fatalf("%d tunnels established, want 4 (three, and the dead slot's redial)", got)
 	}
+	// The redial takes the dead connection's index: the per-connection
+	// metrics' conn label stays within the peer's connections.
+	seen := map[int]bool{}
+	for _, tc := range now {
+		if tc.index < 0 || tc.index > 2 || seen[tc.index] {
+			t.Fatalf("connection indices after the redial: %d among %d connections", tc.index, len(now))
+		}
+		seen[tc.index] = true
+	}
 }
 
 // TestSharedIdentityNoReplaceLoop: two daemons sharing one identity (the

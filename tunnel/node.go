@@ -441,7 +441,13 @@ type PeerStatus struct {
 type ConnStatus struct {
 	// ID numbers the connection within this daemon's run, as the
 	// tunnel.established and tunnel.closed events do (dyad.tunnel.connection).
-	ID     uint64 `json:"id"`
+	ID uint64 `json:"id"`
+	// Index is the lowest number no other connection of the peer held
+	// when this one came up (0, 1, …): the conn label of the
+	// dyad.quic.connection.* metrics, so their series stay as few as the
+	// peer's connections. A replacement takes over the index of the
+	// connection it replaced once that one ended.
+	Index  int    `json:"index"`
 	Remote string `json:"remote"`
 	Since  string `json:"since"` // its handshake
 	// Role is "dialer" (we dialed it, in dial slot Slot) or "listener".
@@ -456,10 +462,24 @@ type ConnStatus struct {
 	BytesSent     int64   `json:"bytes_sent"`     // plaintext, streams ended so far
 	BytesReceived int64   `json:"bytes_received"` // plaintext, streams ended so far
 	RTTMillis     float64 `json:"rtt_ms"`         // QUIC's smoothed RTT
+	MinRTTMillis  float64 `json:"min_rtt_ms"`     // QUIC's minimum RTT seen
 	// WireBytesSent and WireBytesReceived are QUIC's own counts, live:
 	// every packet's payload, retransmissions and overhead included.
 	WireBytesSent     uint64 `json:"quic_bytes_sent"`
 	WireBytesReceived uint64 `json:"quic_bytes_received"`
+	// CongestionWindow is quic-go's sending congestion window in bytes
+	// (QUIC packet overhead included): with the RTT it bounds what this
+	// connection can send, window / RTT.
+	CongestionWindow uint64 `json:"cwnd_bytes"`
+	// PacketsSent and PacketsReceived count QUIC packets, live; sent
+	// includes those later declared lost.
+	PacketsSent     uint64 `json:"packets_sent"`
+	PacketsReceived uint64 `json:"packets_received"`
+	// PacketsLost and WireBytesLost count what quic-go declared lost. Not
+	// monotonic: a packet declared lost that arrives after all is taken
+	// back.
+	PacketsLost   uint64 `json:"packets_lost"`
+	WireBytesLost uint64 `json:"quic_bytes_lost"`
 }
 
 // Status reports each peer's tunnels, by peer name.

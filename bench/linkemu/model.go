@@ -108,6 +108,12 @@ type Counters struct {
 	Reordered   uint64 `json:"reordered"`    // passed packets scheduled before an earlier one
 }
 
+// Sub returns c - o, counter by counter: the counts between two snapshots.
+func (c Counters) Sub(o Counters) Counters {
+	return Counters{In: c.In - o.In, Lost: c.Lost - o.Lost, QueueDrops: c.QueueDrops - o.QueueDrops, Overflow: c.Overflow - o.Overflow,
+		Out: c.Out - o.Out, OutBytes: c.OutBytes - o.OutBytes, WriteErrors: c.WriteErrors - o.WriteErrors, Reordered: c.Reordered - o.Reordered}
+}
+
 // counters are Counters as atomics: the reader and the writer of a
 // direction both count, and Snapshot reads while they run.
 type counters struct {

@@ -31,3 +31,19 @@ func Command(ns string, argv ...string) []string {
 	}
 	return append([]string{"ip", "netns", "exec", ns}, argv...)
 }
+
+// DeviceDrops are one TUN device's drop counters (the kernel's
+// tx_dropped and rx_dropped): packets lost at the device, outside the
+// emulator and its model.
+type DeviceDrops struct {
+	TX uint64 `json:"tx_dropped"`
+	RX uint64 `json:"rx_dropped"`
+}
+
+// Sub returns d - o, counter by counter: the drops between two reads.
+func (d DeviceDrops) Sub(o DeviceDrops) DeviceDrops {
+	return DeviceDrops{TX: d.TX - o.TX, RX: d.RX - o.RX}
+}
+
+// Total is TX + RX.
+func (d DeviceDrops) Total() uint64 { return d.TX + d.RX }

@@ -235,3 +235,41 @@ func ReadFile(ns, path string) ([]byte, error) {
 	})
 	return b, err
 }
+
+// Drops returns the packets each TUN device dropped so far (its
+// /sys/class/net/DEV/statistics tx_dropped and rx_dropped, read inside its
+// namespace): packets lost at the devices, outside the model. tx is what
+// the namespace's stack sent that the device could not queue for the
+// emulator (its reader fell behind); rx what the emulator wrote that the
+// namespace's stack did not take.
+func (t Topology) Drops() (imp, exp DeviceDrops, err error) {
+	if imp, err = deviceDrops(t.ImportNS, t.ImportDev); err != nil {
+		return
+	}
+	exp, err = deviceDrops(t.ExportNS, t.ExportDev)
+	return
+}
+
+// deviceDrops reads dev's drop counters in namespace ns. sysfs shows the
+// devices of the namespace it was mounted in, so the read runs under `ip
+// netns exec`, which mounts a sysfs of ns.
+func deviceDrops(ns, dev string) (DeviceDrops, error) {
+	var d DeviceDrops
+	dir := "/sys/class/net/" + dev + "/statistics/"
+	argv := Command(ns, "cat", dir+"tx_dropped", dir+"rx_dropped")
+	out, err := exec.Command(argv[0], argv[1:]...).Output()
+	if err != nil {
+		return d, fmt.Errorf("drop counters of %s in %s: %w", dev, ns, err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) != 2 {
+		return d, fmt.Errorf("drop counters of %s in %s: %q", dev, ns, out)
+	}
+	if d.TX, err = strconv.ParseUint(f[0], 10, 64); err == nil {
+		d.RX, err = strconv.ParseUint(f[1], 10, 64)
+	}
+	if err != nil {
+		return d, fmt.Errorf("drop counters of %s in %s: %w", dev, ns, err)
+	}
+	return d, nil
+}

@@ -162,3 +162,46 @@ func TestLinkBetweenNamespaces(t *testing.T) {
 		t.Errorf("a→b counters %+v", ab)
 	}
 }
+
+// TestDeviceDrops: packets a TUN device cannot queue for its reader (here
+// no emulator reads it at all) are counted by Drops, on that device only.
+// Root only; bounded: 3,000 datagrams.
+func TestDeviceDrops(t *testing.T) {
+	if err := Check(); err != nil {
+		t.Skip("emulated link:", err)
+	}
+	topo := NewTopology(fmt.Sprintf("dyd%d", os.Getpid()))
+	if err := topo.Setup(); err != nil {
+		t.Skip("emulated link: namespaces:", err)
+	}
+	defer topo.Teardown()
+	imp, exp, err := topo.Attach()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer imp.Close()
+	defer exp.Close()
+	i0, e0, err := topo.Drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := DialTimeout(topo.ImportNS, "udp4", netip.AddrPortFrom(topo.ExportAddr, 9).String(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 3000
+	for range n {
+		c.Write(make([]byte, 100)) // a full device queue is not the sender's error
+	}
+	i1, e1, err := topo.Drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	di, de := i1.Sub(i0), e1.Sub(e0)
+	t.Logf("importing device dropped %+v, exporting %+v of %d sent", di, de, n)
+	// The device queues at most its txqueuelen (1,000) for a reader.
+	if di.TX < n-1100 || di.TX > n || di.RX != 0 || de.Total() != 0 {
+		t.Errorf("drops: importing device %+v, exporting %+v; want about %d tx drops on the importing one only", di, de, n-1000)
+	}
+}

@@ -25,6 +25,9 @@ func (t Topology) Teardown() error { return nil }
 // RemoveStale has nothing to delete.
 func RemoveStale(base string) error { return nil }
 
+// Drops fails: see Check.
+func (t Topology) Drops() (imp, exp DeviceDrops, err error) { return imp, exp, errNotLinux }
+
 // Attach fails: see Check.
 func (t Topology) Attach() (imp, exp *os.File, err error) { return nil, nil, errNotLinux }
 
