@@ -16,6 +16,8 @@ type localSource struct {
 	rc        syscall.RawConn
 	peek      func(fd uintptr) bool // built once, so that WaitRead allocates nothing
 	err       error                 // the error the last peek took from the socket
+	peeks     int                   // peek system calls made, for tests
+	parked    bool                  // this wait's peek found the socket empty
 }
 
 // waitingSource returns src (which reads from c) as a localSource, or src
@@ -33,10 +35,21 @@ func waitingSource(src io.Reader, local Conn) io.Reader {
 	}
 	s := &localSource{Reader: src, rc: rc}
 	s.peek = func(fd uintptr) bool {
+		if s.parked {
+			// The poller woke us after the peek found nothing: data, the
+			// end or an error arrived since, and the Read that follows
+			// makes the one system call that takes it (a reset included,
+			// which a second peek would take from the socket). One peek
+			// per wait, as many calls as a plain blocking Read makes
+			// (TestLocalSourceWaitReadSyscalls).
+			return true
+		}
 		var b [1]byte
+		s.peeks++
 		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch err {
 		case syscall.EAGAIN:
+			s.parked = true
 			return false
 		case nil, syscall.EINTR:
 		default:
@@ -53,11 +66,14 @@ func waitingSource(src io.Reader, local Conn) io.Reader {
 }
 
 // WaitRead returns once a Read of the connection would not block: data or
-// its end is there (nil), or an error (returned). It peeks (MSG_PEEK, one
-// byte, not consumed) rather than trusting the poller's readiness alone,
-// which a Read that left data in the socket does not re-arm.
+// its end is there (nil), or an error (returned). It peeks first (MSG_PEEK,
+// one byte, not consumed) rather than trusting the poller's readiness alone,
+// which a Read that left data in the socket does not re-arm; when the peek
+// finds nothing it parks in the poller and returns on its wake-up without
+// a second peek, so a wait costs the one system call a plain blocking Read
+// would spend finding the socket empty.
 func (s *localSource) WaitRead() error {
-	s.err = nil
+	s.err, s.parked = nil, false
 	if err := s.rc.Read(s.peek); err != nil {
 		return err
 	}

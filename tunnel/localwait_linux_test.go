@@ -135,3 +135,74 @@ func BenchmarkLocalSourceWaitRead(b *testing.B) {
 		}
 	}
 }
+
+// TestLocalSourceWaitReadSyscalls: a wait costs the system calls a plain
+// blocking Read would make, no more: one peek that finds the socket empty
+// before it parks, none after the poller wakes it (the Read that follows
+// makes the call that takes the data, or its error). A peek after the
+// wake-up added a system call per message in each sending direction
+// (rr-1's p50, issue 18).
+func TestLocalSourceWaitReadSyscalls(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tc := c.(*net.TCPConn)
+	src := waitingSource(tc, tc).(*localSource)
+	var b [64]byte
+	for i := range 3 {
+		go func() {
+			time.Sleep(20 * time.Millisecond)
+			client.Write([]byte("ping"))
+		}()
+		src.peeks = 0
+		if err := src.WaitRead(); err != nil {
+			t.Fatal(err)
+		}
+		if src.peeks != 1 {
+			t.Fatalf("round %d: WaitRead on a quiet socket made %d peeks, want 1 (the one before it parked)", i, src.peeks)
+		}
+		if n, err := tc.Read(b[:]); n != 4 || err != nil {
+			t.Fatalf("round %d: read %d, %v after the wait", i, n, err)
+		}
+	}
+	// Data already there: one peek, and the data is still there.
+	client.Write([]byte("pong"))
+	time.Sleep(20 * time.Millisecond)
+	src.peeks = 0
+	if err := src.WaitRead(); err != nil || src.peeks != 1 {
+		t.Fatalf("WaitRead with data there: %v, %d peeks, want nil, 1", err, src.peeks)
+	}
+	if n, err := tc.Read(b[:]); n != 4 || err != nil {
+		t.Fatalf("read %d, %v after the wait", n, err)
+	}
+	// A reset that arrives during the wait is passed on as a reset
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		client.(*net.TCPConn).SetLinger(0)
+		client.Close()
+	}()
+	// (from WaitRead or from the Read after it), never as a clean end.
+	err = src.WaitRead()
+	if err == nil {
+		var n int
+		n, err = tc.Read(b[:])
+		if n != 0 {
+			t.Fatalf("read %d bytes after a reset", n)
+		}
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a reset during the wait: %v, want ECONNRESET", err)
+	}
+}
