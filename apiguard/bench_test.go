@@ -178,7 +178,7 @@ func BenchmarkRequestGuarded(b *testing.B) {
 		b.Fatal(err)
 	}
 	g := NewGuard(testPolicy(b, 1<<20), nil)
-	gc := g.Wrap("bank-a", c.(*net.TCPConn))
+	gc := wrap(g, "bank-a", c.(*net.TCPConn))
 	defer gc.Close()
 	benchRequests(b, gc)
 }
@@ -241,7 +241,7 @@ func BenchmarkEchoGuarded(b *testing.B) {
 		b.Fatal(err)
 	}
 	g := NewGuard(benchPolicy(b), nil)
-	gc := g.Wrap("bench", c.(*net.TCPConn))
+	gc := wrap(g, "bench", c.(*net.TCPConn))
 	defer gc.Close()
 	echoRequests(b, gc)
 }
@@ -292,7 +292,7 @@ func BenchmarkUploadGuarded(b *testing.B) {
 		b.Fatal(err)
 	}
 	g := NewGuard(benchPolicy(b), nil)
-	gc := g.Wrap("bench", c.(*net.TCPConn))
+	gc := wrap(g, "bench", c.(*net.TCPConn))
 	defer gc.Close()
 	upload(b, gc, 64)
 }
@@ -310,7 +310,7 @@ func BenchmarkEchoGuardedNoValidate(b *testing.B) {
 	p := benchPolicy(b)
 	p.ValidateRequest = false
 	g := NewGuard(p, nil)
-	gc := g.Wrap("bench", c.(*net.TCPConn))
+	gc := wrap(g, "bench", c.(*net.TCPConn))
 	defer gc.Close()
 	echoRequests(b, gc)
 }
@@ -332,7 +332,7 @@ func echoParallel(b *testing.B, guard bool) {
 		}
 		var rw io.ReadWriteCloser = c
 		if guard {
-			rw = g.Wrap("bench", c.(*net.TCPConn))
+			rw = wrap(g, "bench", c.(*net.TCPConn))
 		}
 		defer rw.Close()
 		br := bufio.NewReader(rw)

@@ -64,7 +64,7 @@ func TestGuardForwardedForm(t *testing.T) {
 	p := testPolicy(t, 1<<10)
 	p.ValidateRequest = false
 	g := NewGuard(p, &events{})
-	s := &stream{c: g.Wrap("bank-a", c.(*net.TCPConn))}
+	s := &stream{c: wrap(g, "bank-a", c.(*net.TCPConn))}
 	s.br = bufio.NewReader(s.c)
 	defer s.c.Close()
 	s.send("GET /v1/payments/42?x=1 HTTP/1.1\r\nHost: p\r\nAccept: a/b\r\n\r\n" +
@@ -166,14 +166,14 @@ func TestGuardResponseForm(t *testing.T) {
 	p := testPolicy(t, 1<<10)
 	p.ValidateRequest = false
 	g := NewGuard(p, &events{})
-	gc := g.Wrap("bank-a", c.(*net.TCPConn))
+	gc := wrap(g, "bank-a", c.(*net.TCPConn))
 	defer gc.Close()
 	go gc.Write([]byte("GET /v1/health HTTP/1.1\r\nHost: p\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: p\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: p\r\n\r\n"))
 	want := "HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 5\r\n\r\nhello" +
 		"HTTP/1.1 299 status code 299\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 3\r\n\r\n" +
 		"HTTP/1.1 204 No Content\r\nX-B: 2\r\n\r\n"
 	got := make([]byte, len(want))
-	gc.(interface{ SetLinger(int) error }).SetLinger(0)
+	gc.SetLinger(0)
 	done := make(chan error, 1)
 	go func() { _, err := io.ReadFull(gc, got); done <- err }()
 	select {

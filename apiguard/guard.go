@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -132,53 +131,31 @@ func reserve(b *atomic.Int64, n, limit int64) bool {
 	}
 }
 
-// Wrap implements tunnel.StreamGuard: the stream's bytes go through the
-// guard's request loop, which alone writes to upstream.
-func (g *Guard) Wrap(peer string, upstream tunnel.Conn) tunnel.Conn {
+// Serve implements tunnel.StreamGuard: the request loop, on the caller's
+// goroutine, reading the client's bytes from in and writing the answers
+// (upstream's responses and the guard's own, in request order) to out.
+func (g *Guard) Serve(peer string, upstream tunnel.Conn, in io.Reader, out io.Writer) {
 	c := &conn{g: g, peer: peer, up: upstream}
-	c.inR, c.inW = io.Pipe()
-	c.outR, c.outW = io.Pipe()
-	go c.serve()
-	return c
+	c.loop(in, out)
+	upstream.CloseWrite()
 }
 
-// conn is a guarded stream as the pump sees it: Write takes the client's
-// bytes, Read gives what the client gets back (upstream's responses and
-// the guard's own, in request order).
+// conn is the state of one guarded stream's request loop.
 type conn struct {
 	g    *Guard
 	peer string
 	up   tunnel.Conn
-	// Used by the request loop only:
-	budget *atomic.Int64 // the peer's budget (Guard.budget), looked up once
-	held   int64         // bytes of it the request in hand holds
+	out  io.Writer // where the client's answers go
+	// budget is the peer's budget (Guard.budget), looked up once; held
+	// the bytes of it the request in hand holds.
+	budget *atomic.Int64
+	held   int64
 	// The request in hand's buffered body and its validation input, kept
 	// here so that validating allocates none of them per request.
 	body     heldBody
 	bodyData []byte
 	getBody  func() (io.ReadCloser, error)
 	in       openapi3filter.RequestValidationInput
-	inR      *io.PipeReader
-	inW      *io.PipeWriter
-	outR     *io.PipeReader
-	outW     *io.PipeWriter
-}
-
-func (c *conn) Read(p []byte) (int, error)  { return c.outR.Read(p) }
-func (c *conn) Write(p []byte) (int, error) { return c.inW.Write(p) }
-
-// CloseWrite passes the client's FIN: the loop ends after the last whole
-// request.
-func (c *conn) CloseWrite() error { return c.inW.Close() }
-
-// SetLinger sets upstream's linger (0: the close resets it).
-func (c *conn) SetLinger(sec int) error { return c.up.SetLinger(sec) }
-
-// Close ends both pipes and closes upstream.
-func (c *conn) Close() error {
-	c.inW.CloseWithError(net.ErrClosed)
-	c.outR.CloseWithError(net.ErrClosed)
-	return c.up.Close()
 }
 
 var (
@@ -191,35 +168,19 @@ var (
 	upWriters     = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
 )
 
-// drainLimit is what the guard reads and discards of the client's bytes
-// after it ended a stream, so its last answer is not lost to a reset.
-const drainLimit = 64 << 10
-
-// drainTime bounds the wait for the client's end after the guard ended a
-// stream.
-const drainTime = 2 * time.Second
-
-// serve is the request loop: parse, decide, forward or answer, in order,
+// loop is the request loop: parse, decide, forward or answer, in order,
 // one request at a time (pipelined requests wait in the client reader).
-func (c *conn) serve() {
+func (c *conn) loop(in io.Reader, out io.Writer) {
 	br := clientReaders.Get().(*bufio.Reader)
-	br.Reset(c.inR)
+	br.Reset(in)
 	ubr := upReaders.Get().(*bufio.Reader)
 	ubr.Reset(c.up)
+	c.out = out
 	defer func() {
 		br.Reset(nil)
 		clientReaders.Put(br)
 		ubr.Reset(nil)
 		upReaders.Put(ubr)
-		c.outW.Close()
-		c.up.CloseWrite()
-		// The client may still be sending (a body the guard refused to
-		// read): discard a bounded amount for a bounded time, so the last
-		// answer reaches it before the stream's reset does.
-		stop := time.AfterFunc(drainTime, func() { c.inR.CloseWithError(net.ErrClosed) })
-		io.CopyN(io.Discard, c.inR, drainLimit)
-		stop.Stop()
-		c.inR.CloseWithError(net.ErrClosed)
 	}()
 	for first := true; ; first = false {
 		if !c.one(br, ubr, first) {
@@ -244,7 +205,7 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	req, err := readRequest(br, first)
 	p := c.g.policy.Load() // the policy in force when the request arrived
 	bw := clientWriters.Get().(*bufio.Writer)
-	bw.Reset(c.outW)
+	bw.Reset(c.out)
 	defer func() {
 		c.release() // on every path out, not only the forwarding one
 		bw.Reset(nil)

@@ -132,7 +132,7 @@ func testPolicy(t testing.TB, maxBody int64) *Policy {
 	return p
 }
 
-// stream is one guarded stream driven as the tunnel's pump drives it.
+// stream is one guarded stream, driven through pipeConn.
 type stream struct {
 	c  tunnel.Conn
 	br *bufio.Reader
@@ -144,7 +144,7 @@ func openStream(t *testing.T, g *Guard, up *payments, peer string) *stream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &stream{c: g.Wrap(peer, c.(*net.TCPConn))}
+	s := &stream{c: wrap(g, peer, c.(*net.TCPConn))}
 	s.br = bufio.NewReader(s.c)
 	t.Cleanup(func() { s.c.Close() })
 	return s

@@ -190,19 +190,21 @@ type Service struct {
 	Guard StreamGuard
 }
 
-// StreamGuard intercepts the traffic of a service's accepted streams.
-// Wrap is called once per stream, after the upstream was dialed and the
-// stream accepted; the returned Conn replaces upstream in the pump (the
-// pump reads the client's answer bytes from it and writes the client's
-// bytes to it) and owns upstream from then on: its Close closes upstream.
-// peer is the name the stream's connection authenticated as.
+// StreamGuard serves a service's accepted streams itself (the API guard,
+// package apiguard). Serve runs one stream, on the pump's goroutine: it
+// reads the client's bytes from in, writes what the client gets back to
+// out, and talks to upstream, until the client's end (in gave io.EOF), a
+// failure of in or out, or until it ends the stream early; it half-closes
+// upstream before it returns, and the pump closes it. peer is the name the
+// stream's connection authenticated as. No pipe and no goroutine stand
+// between the stream and the guard (README, "API guard").
 type StreamGuard interface {
-	Wrap(peer string, upstream Conn) Conn
+	Serve(peer string, upstream Conn, in io.Reader, out io.Writer)
 }
 
 // Conn is the local end of a pumped stream: the client's or upstream's TCP
 // connection (a *net.TCPConn), a TLS connection to an upstream over one
-// (upstream_tls), or a StreamGuard's wrapper of either.
+// (upstream_tls).
 // CloseWrite passes the other side's FIN; SetLinger(0) before Close turns
 // the close into a reset.
 type Conn interface {

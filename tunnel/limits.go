@@ -347,21 +347,22 @@ type LimitError struct{ Limit string }
 
 func (e *LimitError) Error() string { return "limit reached: " + e.Limit }
 
-// wrap returns the reader and writer the pump uses in place of local, and a
-// stop function. abort ends the stream with a LimitError; ctx ends the
-// meters' waits.
-func (g guard) wrap(ctx context.Context, local io.ReadWriter, abort func(error)) (io.Reader, io.Writer, func()) {
+// wrap returns the reader and writer the pump uses in place of src (read
+// local → tunnel, paced by the send buckets) and dst (written tunnel →
+// local, paced by the received ones), and a stop function. abort ends the
+// stream with a LimitError; ctx ends the meters' waits.
+func (g guard) wrap(ctx context.Context, src io.Reader, dst io.Writer, abort func(error)) (io.Reader, io.Writer, func()) {
 	if len(g.send) == 0 && len(g.received) == 0 && g.idle <= 0 && g.lifetime <= 0 {
-		return local, local, func() {}
+		return src, dst, func() {}
 	}
 	last := new(atomic.Int64)
 	start := time.Now()
 	last.Store(start.UnixNano())
 	once := new(sync.Once)
-	src := &meteredReader{local, meter{ctx, g.send, last, g.limited, once}}
-	dst := &meteredWriter{local, meter{ctx, g.received, last, g.limited, once}}
+	msrc := &meteredReader{src, meter{ctx, g.send, last, g.limited, once}}
+	mdst := &meteredWriter{dst, meter{ctx, g.received, last, g.limited, once}}
 	if g.idle <= 0 && g.lifetime <= 0 {
-		return src, dst, func() {}
+		return msrc, mdst, func() {}
 	}
 	// One timer per stream, re-armed for whichever deadline comes first.
 	var timer atomic.Pointer[time.Timer]
@@ -399,7 +400,7 @@ func (g guard) wrap(ctx context.Context, local io.ReadWriter, abort func(error))
 	}
 	first, _ := next(start)
 	timer.Store(time.AfterFunc(first, check))
-	return src, dst, func() { timer.Load().Stop() }
+	return msrc, mdst, func() { timer.Load().Stop() }
 }
 
 // guard builds the guard of one stream with peer and, when it serves one

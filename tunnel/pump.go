@@ -53,7 +53,7 @@ func (n *Node) pump(local Conn, s *quic.Stream, r *codec.Reader, w *codec.Writer
 			local.Close()
 		})
 	}
-	src, dst, stop := g.wrap(ctx, local, func(err error) { abort(err, codeLimit) })
+	src, dst, stop := g.wrap(ctx, local, local, func(err error) { abort(err, codeLimit) })
 	defer stop()
 	src = waitingSource(src, local)
 	// local → tunnel on its own goroutine, tunnel → local on the caller's:

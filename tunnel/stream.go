@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -140,11 +141,13 @@ func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
 	n.Stats.StreamsAccepted.Add(1)
 	start := time.Now()
 	n.auditStreamOpened(peer, service, inbound, id, up.RemoteAddr())
-	var local Conn = up
+	var res pumpResult
 	if upstream.Guard != nil {
-		local = upstream.Guard.Wrap(peer, up)
+		serve := func(in io.Reader, out io.Writer) { upstream.Guard.Serve(peer, up, in, out) }
+		res = n.pumpServer(serve, up, s, r, w, n.guard(peer, service, pg, sg))
+	} else {
+		res = n.pump(up, s, r, w, nil, n.guard(peer, service, pg, sg))
 	}
-	res := n.pump(local, s, r, w, nil, n.guard(peer, service, pg, sg))
 	if reason := codec.Reason(res.err); reason != "" {
 		n.auditRecordRejected(peer, service, id, reason)
 	}
