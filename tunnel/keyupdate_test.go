@@ -21,7 +21,7 @@ import (
 // rawStream opens a stream on a's tunnel to its peer b and returns it with a
 // Forger for its initiator direction: the test plays a paired peer that
 // seals whatever records it likes with the tunnel's real keys.
-func rawStream(t *testing.T, a *Node) (*quic.Stream, *codectest.Forger) {
+func rawStream(t *testing.T, a *Node) (muxStream, *codectest.Forger) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -30,7 +30,7 @@ func rawStream(t *testing.T, a *Node) (*quic.Stream, *codectest.Forger) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	state := tc.qc.ConnectionState().TLS
+	state := tc.qc.TLSState()
 	secret, err := state.ExportKeyingMaterial(exporterLabel, nil, codec.SecretSize)
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +49,7 @@ func rawStream(t *testing.T, a *Node) (*quic.Stream, *codectest.Forger) {
 
 // awaitReset reads s until the peer resets it (at most 5 s) and returns the
 // reset's code.
-func awaitReset(t *testing.T, s *quic.Stream) quic.StreamErrorCode {
+func awaitReset(t *testing.T, s muxStream) quic.StreamErrorCode {
 	t.Helper()
 	s.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, err := io.Copy(io.Discard, s)

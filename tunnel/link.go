@@ -68,6 +68,7 @@ type link struct {
 	ctx     context.Context // ends when the link is closed
 
 	want atomic.Int32 // connections to dial (Peer.Connections with the default applied)
+	fb   fallback     // transport: auto's state (fallback.go)
 
 	mu      sync.Mutex          // guards the following fields
 	conns   map[*tconn]struct{} // every connection of the peer not yet ended
@@ -81,7 +82,7 @@ type link struct {
 
 // tconn is one established QUIC connection to a peer with its codec keys.
 type tconn struct {
-	qc      *quic.Conn
+	qc      muxConn
 	sess    *codec.Session
 	key     [32]byte // the Ed25519 key the peer authenticated with
 	since   time.Time
@@ -226,9 +227,9 @@ func (l *link) status() []ConnStatus {
 	out := make([]ConnStatus, 0, len(conns))
 	for _, tc := range conns {
 		out = append(out, ConnStatus{ID: tc.id, Remote: tc.qc.RemoteAddr().String(), Since: tc.since.UTC().Format(time.RFC3339),
-			Role: tc.role(), Slot: tc.slot, Protocol: tc.qc.ConnectionState().TLS.NegotiatedProtocol, Retired: tc.retired.Load(),
+			Role: tc.role(), Slot: tc.slot, Transport: tc.qc.Transport(), Protocol: tc.qc.TLSState().NegotiatedProtocol, Retired: tc.retired.Load(),
 			ActiveStreams: tc.active.Load(), Streams: tc.streams.Load(), BytesSent: tc.bytesSent.Load(),
-			BytesReceived: tc.bytesReceived.Load(), RTTMillis: float64(tc.qc.ConnectionStats().SmoothedRTT.Microseconds()) / 1000})
+			BytesReceived: tc.bytesReceived.Load(), RTTMillis: float64(tc.qc.RTT().Microseconds()) / 1000})
 	}
 	return out
 }
@@ -248,8 +249,8 @@ var errRefused = errors.New("connection refused")
 // peer's set, where it takes new streams at once. An accepted connection
 // beyond the peer's cap is refused (THREATS P5, TestConnectionsPerPeerCapped).
 // slot is the dial slot of a connection we dialed (-1 otherwise).
-func (l *link) attach(qc *quic.Conn, dialed bool, slot int, handshake time.Duration) error {
-	state := qc.ConnectionState().TLS
+func (l *link) attach(qc muxConn, dialed bool, slot int, handshake time.Duration) error {
+	state := qc.TLSState()
 	var key [32]byte
 	if len(state.PeerCertificates) > 0 {
 		if k, err := identity.CertificateKey(state.PeerCertificates[0].Raw); err == nil && len(k) == len(key) {
@@ -315,11 +316,16 @@ func (l *link) attach(qc *quic.Conn, dialed bool, slot int, handshake time.Durat
 		time.AfterFunc(3*l.n.cfg.Load().cfg.KeepAlive, func() { l.reportSeveral(tc, other) })
 	}
 	l.n.Stats.TunnelsEstablished.Add(1)
-	l.n.dark.tunnelAt(qc, 1)
+	if q, ok := qc.(quicConn); ok {
+		l.n.dark.tunnelAt(q, 1)
+	}
 	l.n.auditEstablished(l, tc, state, handshake)
-	l.n.loops.Add(2)
+	l.n.loops.Add(1)
 	go l.serve(tc)
-	go l.heartbeat(tc)
+	if q, ok := qc.(quicConn); ok { // TCP keeps alive with yamux pings (tcp.go)
+		l.n.loops.Add(1)
+		go l.heartbeat(tc, q)
+	}
 	return nil
 }
 
@@ -422,13 +428,13 @@ const heartbeatSize = 32
 // packet a stale tunnel, and every stream cut on it, lasted until the idle
 // timeout (30 s) or until a new local connection's first bytes drew the
 // reset, that connection being reset with it (TestFaultStaleTunnelEnds).
-func (l *link) heartbeat(tc *tconn) {
+func (l *link) heartbeat(tc *tconn, qc quicConn) {
 	defer l.n.loops.Done()
 	var beat [heartbeatSize]byte
 	for {
 		ctx, cancel := context.WithTimeout(tc.qc.Context(), l.n.cfg.Load().cfg.KeepAlive)
 		for {
-			if _, err := tc.qc.ReceiveDatagram(ctx); err != nil {
+			if _, err := qc.ReceiveDatagram(ctx); err != nil {
 				break // the period is over, or the connection
 			}
 		}
@@ -438,7 +444,7 @@ func (l *link) heartbeat(tc *tconn) {
 		}
 		// An error means the connection is closing (or the peer takes no
 		// datagrams); either way there is nothing left to probe.
-		if err := tc.qc.SendDatagram(beat[:]); err != nil {
+		if err := qc.SendDatagram(beat[:]); err != nil {
 			return
 		}
 	}
@@ -483,7 +489,9 @@ func (l *link) serve(tc *tconn) {
 			l.n.serveStream(l, tc, s)
 		}()
 	}
-	l.n.dark.tunnelAt(tc.qc, -1)
+	if q, ok := tc.qc.(quicConn); ok {
+		l.n.dark.tunnelAt(q, -1)
+	}
 	l.mu.Lock()
 	delete(l.conns, tc)
 	if tc.dialed && l.slots[tc.slot] == tc {
@@ -591,11 +599,15 @@ func (l *link) dialLoop(slot int) {
 			if tc != nil {
 				done = tc.qc.Context().Done()
 			}
+			probe, stop := l.probe(slot, tc)
 			select {
 			case <-done:
 			case <-changed:
 			case <-l.ctx.Done():
+			case <-probe:
+				l.upgrade(slot, tc)
 			}
+			stop()
 			continue
 		}
 		err := l.dial(slot)
@@ -631,22 +643,17 @@ func jitter(d time.Duration) time.Duration {
 	return d*3/4 + rand.N(d/2+1)
 }
 
-// dial dials the peer once for slot (-1: outside the slots, as tests do).
+// dial dials the peer once for slot (-1: outside the slots, as tests do),
+// over the transport the link uses now (dialTransport).
 func (l *link) dial(slot int) error {
-	addr, err := net.ResolveUDPAddr("udp", l.peer.Endpoint)
-	if err != nil {
-		return fmt.Errorf("resolve %s: %w", l.peer.Endpoint, err)
-	}
-	l.n.dark.expect(addr, l.peer.Key) // our first flight carries its MAC
-	snap := l.n.cfg.Load()
 	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
 	defer cancel()
 	start := time.Now()
-	qc, err := l.n.tr.Dial(ctx, addr, l.n.clientTLS(l.n.cert, l.peer, addr), l.n.quicConfig(snap.cfg))
+	qc, err := l.dialTransport(ctx)
 	if err != nil {
 		return err
 	}
-	if err := awaitReady(ctx, qc); err != nil {
+	if err := qc.AwaitReady(ctx); err != nil {
 		qc.CloseWithError(codeSetupFailed, "no ready signal")
 		return fmt.Errorf("peer did not accept us: %w", err)
 	}
@@ -655,6 +662,21 @@ func (l *link) dial(slot int) error {
 		return err
 	}
 	return nil
+}
+
+// dialQUIC completes a QUIC handshake with the peer, waiting at most
+// until ctx ends.
+func (l *link) dialQUIC(ctx context.Context) (muxConn, error) {
+	addr, err := net.ResolveUDPAddr("udp", l.peer.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", l.peer.Endpoint, err)
+	}
+	l.n.dark.expect(addr, l.peer.Key) // our first flight carries its MAC
+	qc, err := l.n.tr.Dial(ctx, addr, l.n.clientTLS(l.n.cert, l.peer, addr), l.n.quicConfig(l.n.cfg.Load().cfg))
+	if err != nil {
+		return nil, err
+	}
+	return quicConn{qc}, nil
 }
 
 // In TLS 1.3 a client finishes its handshake before the server has checked

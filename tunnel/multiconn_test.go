@@ -48,8 +48,8 @@ func TestStreamPlacementLeastLoaded(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	a, _ := pairConns(t, echo, 3)
 	conns := liveConns(t, a, "b", 3)
-	if conns[0].qc.ConnectionState().TLS.NegotiatedProtocol != ALPN {
-		t.Fatalf("ALPN %q, want %q", conns[0].qc.ConnectionState().TLS.NegotiatedProtocol, ALPN)
+	if conns[0].qc.TLSState().NegotiatedProtocol != ALPN {
+		t.Fatalf("ALPN %q, want %q", conns[0].qc.TLSState().NegotiatedProtocol, ALPN)
 	}
 	for range 6 {
 		c := heldStream(t, a)

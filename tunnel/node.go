@@ -62,9 +62,10 @@ type Node struct {
 	ctx    context.Context // ends when the node closes
 	cancel context.CancelFunc
 
-	mu    sync.Mutex // guards links
-	links map[string]*link
-	gates gates
+	mu     sync.Mutex // guards links and tcpLns
+	links  map[string]*link
+	tcpLns []net.Listener // ServeTCP's listeners
+	gates  gates
 
 	draining atomic.Bool
 	streams  sync.WaitGroup // active streams, both roles
@@ -128,7 +129,7 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 		ConnectionIDGenerator: cidGenerator{n.dark.own}, DisableVersionNegotiationPackets: true,
 		VerifySourceAddress: n.admission.retry, ConnContext: n.admission.admit}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.ln, err = n.tr.Listen(n.serverTLS(cert), n.quicConfig(snap.cfg))
+	n.ln, err = n.tr.Listen(n.serverTLS(cert, n.alpn()), n.quicConfig(snap.cfg))
 	if err != nil {
 		n.cancel()
 		return nil, fmt.Errorf("quic listen on %v: %w", pc.LocalAddr(), err)
@@ -215,7 +216,7 @@ func (n *Node) reconcile(old, cur *snapshot) {
 			code = codePeerRemoved
 		case !p.Key.Equal(l.peer.Key):
 			code = codeKeyChanged
-		case p.Endpoint != l.peer.Endpoint:
+		case p.Endpoint != l.peer.Endpoint, !p.sameTransport(l.peer):
 			code = codeEndpointChanged
 		default:
 			// Same name, key and endpoint: limits apply from the new
@@ -254,16 +255,16 @@ func (n *Node) acceptLoop() {
 		if err != nil {
 			return
 		}
-		n.adopt(qc)
+		n.adopt(quicConn{qc})
 	}
 }
 
 // adopt binds an established QUIC connection to its peer's link.
-func (n *Node) adopt(qc *quic.Conn) {
+func (n *Node) adopt(qc muxConn) {
 	if t, ok := qc.Context().Value(admissionTicket{}).(*admissionTicket); ok {
 		t.handshakeDone()
 	}
-	state := qc.ConnectionState().TLS
+	state := qc.TLSState()
 	var p Peer
 	ok, fp := false, ""
 	if len(state.PeerCertificates) > 0 {
@@ -291,7 +292,7 @@ func (n *Node) adopt(qc *quic.Conn) {
 		qc.CloseWithError(codeSetupFailed, "setup failed")
 		return
 	}
-	if err := signalReady(qc); err != nil {
+	if err := qc.SignalReady(); err != nil {
 		qc.CloseWithError(codeSetupFailed, "setup failed")
 	}
 }
@@ -323,8 +324,13 @@ func (n *Node) Close() {
 		l.close(codeShutdown)
 		delete(n.links, name)
 	}
+	lns := n.tcpLns
+	n.tcpLns = nil
 	n.mu.Unlock()
 	n.cancel()
+	for _, ln := range lns {
+		ln.Close()
+	}
 	n.ln.Close()
 	n.tr.Close()
 	n.loops.Wait()
@@ -356,6 +362,8 @@ type ConnStatus struct {
 	// Role is "dialer" (we dialed it, in dial slot Slot) or "listener".
 	Role string `json:"role"`
 	Slot int    `json:"slot"`
+	// Transport is "quic", or "tcp" where the TCP fallback carries it.
+	Transport string `json:"transport"`
 	// Protocol is the negotiated ALPN: dyad/1 is a previous-release peer.
 	Protocol string `json:"protocol"`
 	// Retired: replaced, takes no new stream, ends with its last one.
@@ -364,7 +372,7 @@ type ConnStatus struct {
 	Streams       int64   `json:"streams"`
 	BytesSent     int64   `json:"bytes_sent"`     // plaintext, streams ended so far
 	BytesReceived int64   `json:"bytes_received"` // plaintext, streams ended so far
-	RTTMillis     float64 `json:"rtt_ms"`         // QUIC's smoothed RTT
+	RTTMillis     float64 `json:"rtt_ms"`         // the transport's smoothed RTT (0 if unknown)
 }
 
 // Status reports each peer's tunnels.

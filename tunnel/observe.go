@@ -36,10 +36,16 @@ func addrPort(a net.Addr) (string, int64) {
 	return host, 0
 }
 
+// peerAddr names a peer's address and the transport it came over: a TCP
+// address is the TCP fallback, anything else QUIC.
 func peerAddr(a net.Addr) []attribute.KeyValue {
 	ip, port := addrPort(a)
+	transport := TransportQUIC
+	if _, ok := a.(*net.TCPAddr); ok {
+		transport = TransportTCP
+	}
 	return []attribute.KeyValue{attribute.String(audit.KeyPeerAddress, ip), attribute.Int64(audit.KeyPeerPort, port),
-		attribute.String(audit.KeyTransport, "quic")}
+		attribute.String(audit.KeyTransport, transport)}
 }
 
 func (n *Node) auditRefused(remote net.Addr, fingerprint, reason, direction string) {
@@ -92,8 +98,9 @@ func (n *Node) auditTunnelClosed(l *link, tc *tconn) {
 	n.audit.Emit(audit.TunnelClosed, attrs...)
 }
 
-// connCloseReason classifies why a QUIC connection ended.
-func connCloseReason(qc *quic.Conn) (reason, errType string) {
+// connCloseReason classifies why a connection ended (muxConn's contract
+// says what its context's cause is).
+func connCloseReason(qc muxConn) (reason, errType string) {
 	err := context.Cause(qc.Context())
 	var app *quic.ApplicationError
 	var idle *quic.IdleTimeoutError

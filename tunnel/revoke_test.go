@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/dyad-tunnel/dyad/audit"
@@ -320,7 +319,7 @@ func TestRequestlessStreamsBounded(t *testing.T) {
 		return m.HeapAlloc
 	}
 	before := heap()
-	var streams []*quic.Stream
+	var streams []muxStream
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for i := range MaxStreamsCap {

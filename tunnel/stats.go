@@ -10,14 +10,16 @@ import (
 // Stats counts what a Node did. Counters only grow; every refusal and every
 // rejected record is counted here even when its log line is rate-limited.
 type Stats struct {
-	TunnelsEstablished atomic.Uint64
-	HandshakesRefused  atomic.Uint64 // unpaired keys, both directions
-	StreamsAccepted    atomic.Uint64 // streams served for a peer
-	StreamsForwarded   atomic.Uint64 // local connections carried to a peer
-	ForwardsFailed     atomic.Uint64 // local connections refused: no tunnel, or refused by the peer
-	BytesSent          atomic.Uint64 // plaintext bytes from local sockets into tunnels
-	BytesReceived      atomic.Uint64 // plaintext bytes from tunnels to local sockets
-	PacketsDropped     atomic.Uint64 // UDP datagrams quic-go dropped below the tunnels
+	TunnelsEstablished  atomic.Uint64
+	HandshakesRefused   atomic.Uint64 // unpaired keys, both directions
+	StreamsAccepted     atomic.Uint64 // streams served for a peer
+	StreamsForwarded    atomic.Uint64 // local connections carried to a peer
+	ForwardsFailed      atomic.Uint64 // local connections refused: no tunnel, or refused by the peer
+	BytesSent           atomic.Uint64 // plaintext bytes from local sockets into tunnels
+	BytesReceived       atomic.Uint64 // plaintext bytes from tunnels to local sockets
+	PacketsDropped      atomic.Uint64 // UDP datagrams quic-go dropped below the tunnels
+	TCPHandshakesFailed atomic.Uint64 // TCP connections whose TLS handshake failed or timed out (refused keys are in HandshakesRefused too)
+	TransportChanges    atomic.Uint64 // transport: auto switches, QUIC to TCP and back
 
 	udp atomic.Pointer[udpbatch.Reader] // the node's socket reader (udp_* counters); nil until New
 
@@ -44,14 +46,16 @@ func (s *Stats) add(m *map[string]uint64, key string) {
 // Snapshot returns every counter by name.
 func (s *Stats) Snapshot() map[string]uint64 {
 	out := map[string]uint64{
-		"tunnels_established": s.TunnelsEstablished.Load(),
-		"handshakes_refused":  s.HandshakesRefused.Load(),
-		"streams_accepted":    s.StreamsAccepted.Load(),
-		"streams_forwarded":   s.StreamsForwarded.Load(),
-		"forwards_failed":     s.ForwardsFailed.Load(),
-		"bytes_sent":          s.BytesSent.Load(),
-		"bytes_received":      s.BytesReceived.Load(),
-		"packets_dropped":     s.PacketsDropped.Load(),
+		"tunnels_established":   s.TunnelsEstablished.Load(),
+		"handshakes_refused":    s.HandshakesRefused.Load(),
+		"streams_accepted":      s.StreamsAccepted.Load(),
+		"streams_forwarded":     s.StreamsForwarded.Load(),
+		"forwards_failed":       s.ForwardsFailed.Load(),
+		"bytes_sent":            s.BytesSent.Load(),
+		"bytes_received":        s.BytesReceived.Load(),
+		"packets_dropped":       s.PacketsDropped.Load(),
+		"tcp_handshakes_failed": s.TCPHandshakesFailed.Load(),
+		"transport_changes":     s.TransportChanges.Load(),
 	}
 	if rd := s.udp.Load(); rd != nil {
 		// Receive batching (udpbatch): datagrams per read is

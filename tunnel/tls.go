@@ -39,19 +39,22 @@ var errUnpaired = errors.New("peer key is not paired with this daemon")
 // resumed ones included (VerifyPeerCertificate is skipped on resumption);
 // session tickets are off besides, so no handshake can skip the
 // certificate at all (THREATS P1, tested by TestResumedSessionRefused).
-func (n *Node) serverTLS(cert tls.Certificate) *tls.Config {
+// protos are the ALPNs accepted: n.alpn() on QUIC, ALPN alone on TCP; both
+// transports share this function, so the pin check is one code path
+// (TestTransports/UnpairedClientRefused).
+func (n *Node) serverTLS(cert tls.Certificate, protos []string) *tls.Config {
 	base := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
 		// Request rather than require, so that a client without a
 		// certificate reaches our check and is counted like the rest.
 		ClientAuth:             tls.RequestClientCert,
-		NextProtos:             n.alpn(),
+		NextProtos:             protos,
 		SessionTicketsDisabled: true,
 	}
 	return &tls.Config{
 		MinVersion:             tls.VersionTLS13,
-		NextProtos:             n.alpn(),
+		NextProtos:             protos,
 		SessionTicketsDisabled: true,
 		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 			remote := chi.Conn.RemoteAddr()
