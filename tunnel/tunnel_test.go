@@ -242,7 +242,9 @@ func testServiceNotAllowed(t *testing.T) {
 
 func TestUnknownService(t *testing.T) { TestServiceNotAllowed(t) }
 
-func TestUpstreamDownRefusedPromptly(t *testing.T) { bothTransports(t, testUpstreamDownRefusedPromptly) }
+func TestUpstreamDownRefusedPromptly(t *testing.T) {
+	bothTransports(t, testUpstreamDownRefusedPromptly)
+}
 
 func testUpstreamDownRefusedPromptly(t *testing.T) {
 	a, b := pair(t, tunneltest.FreeAddr(t))
@@ -315,7 +317,9 @@ func testUnpairedServerRefused(t *testing.T) {
 // key but not the pinned X25519 key completes TLS, yet its first record
 // fails authentication: the stream is reset, counted, and the upstream is
 // never dialed. THREATS P3, P4.
-func TestWrongPairingKeyRejectedByCodec(t *testing.T) { bothTransports(t, testWrongPairingKeyRejectedByCodec) }
+func TestWrongPairingKeyRejectedByCodec(t *testing.T) {
+	bothTransports(t, testWrongPairingKeyRejectedByCodec)
+}
 
 func testWrongPairingKeyRejectedByCodec(t *testing.T) {
 	echo, accepted := tunneltest.EchoServer(t)
@@ -362,7 +366,9 @@ func TestValidate(t *testing.T) {
 
 // TestReverseStreamsOnDialedConnection: B cannot dial A (no endpoint, as
 // behind NAT) yet imports A's service over the connection A dialed.
-func TestReverseStreamsOnDialedConnection(t *testing.T) { bothTransports(t, testReverseStreamsOnDialedConnection) }
+func TestReverseStreamsOnDialedConnection(t *testing.T) {
+	bothTransports(t, testReverseStreamsOnDialedConnection)
+}
 
 func testReverseStreamsOnDialedConnection(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
