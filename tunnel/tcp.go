@@ -26,23 +26,47 @@ import (
 // multiplexed by yamux inside TLS. Everything after the handshake is the
 // link and stream code QUIC uses (muxConn).
 //
-// Connection close codes: the listener opens the first yamux stream, the
-// control stream, as soon as the session exists. It carries the ready
-// byte (SignalReady) and, when either side closes the connection with a
-// code, that code (8 bytes, big-endian), so the peer's tunnel.closed event
-// names the same reason a QUIC peer's does.
+// The control stream: the listener opens the first yamux stream as soon as
+// the session exists. It carries the ready byte (SignalReady), then
+// control messages of ctlSize bytes both ways, since yamux has neither
+// connection close codes nor stream resets (codec/FORMAT.md, "TCP
+// transport"):
+//
+//	type (1) | yamux stream id (4, big-endian) | code (8, big-endian)
+//	type 1 close:         the sender closes the connection with code (id 0)
+//	type 2 reset_stream:  the sender stops sending on stream id (then sends its FIN)
+//	type 3 stop_sending:  the sender reads no more of stream id; the receiver
+//	                      stops sending and sends its FIN, as quic-go answers
+//	                      STOP_SENDING with RESET_STREAM
+//
+// So a peer's stream errors carry the same codes as over QUIC, as
+// *quic.StreamError values (refusedByPeer, the audit's close reasons).
 
-// codeLingering closes a TCP connection whose peer keeps more streams
-// half-reset than maxLingering (tcpStream.CancelRead).
+// Control message types and size.
+const (
+	ctlClose       = 1
+	ctlResetStream = 2
+	ctlStopSending = 3
+	ctlSize        = 13
+)
+
+// codeLingering closes a TCP connection whose peer keeps streams open
+// that we stopped reading (stop_sending) past lingerTimeout, or more of
+// them at once than its max_streams: a dyad peer ends each within a round
+// trip, and each may hold a full window here (THREATS P5, tested by
+// TestTCPStopSendingHonoured).
 const codeLingering quic.ApplicationErrorCode = 0x17
 
-// maxLingering bounds the streams of one TCP connection that we reset but
-// whose peer has not ended them yet (THREATS P5).
-const maxLingering = 1024
+// codeControl closes a TCP connection whose peer sent a malformed control
+// message.
+const codeControl quic.ApplicationErrorCode = 0x18
 
-// lingerTimeout bounds how long a reset stream is drained: a dyad peer
-// ends its side as soon as it reads our FIN without a close record.
-const lingerTimeout = 30 * time.Second
+// lingerCheck is how often a stream we stopped reading is checked for the
+// peer's FIN; lingerTimeout is how long the peer has.
+const (
+	lingerCheck   = time.Second
+	lingerTimeout = 10 * time.Second
+)
 
 // minTCPWindow is yamux's fixed initial stream window, the least it takes.
 const minTCPWindow = 256 << 10
@@ -104,7 +128,11 @@ type tcpConn struct {
 
 	watched   chan struct{} // closed when watch has ended
 	closeOnce sync.Once
-	lingering atomic.Int64 // reset streams still draining
+	maxLinger int64 // the peer's max_streams: streams it may leave lingering
+
+	mu        sync.Mutex              // guards streams and lingering
+	streams   map[uint32]*tcpStream   // open streams, for control messages
+	lingering map[*tcpStream]struct{} // streams we stopped reading, not yet ended by the peer
 }
 
 var _ muxConn = (*tcpConn)(nil)
@@ -120,12 +148,18 @@ func (n *Node) newTCPConn(ctx context.Context, tc *tls.Conn, server bool) (*tcpC
 	snap := n.cfg.Load()
 	state := tc.ConnectionState()
 	var window uint32 = minTCPWindow
+	limits := snap.cfg.Limits
 	if len(state.PeerCertificates) > 0 {
 		if key, err := identity.CertificateKey(state.PeerCertificates[0].Raw); err == nil {
 			if p, ok := n.peerByKey(key); ok {
-				window = tcpWindow(snap.cfg, p.Limits.inherit(snap.cfg.Limits))
+				limits = p.Limits.inherit(snap.cfg.Limits)
 			}
 		}
+	}
+	window = tcpWindow(snap.cfg, limits)
+	maxLinger := int64(limits.MaxStreams)
+	if maxLinger <= 0 {
+		maxLinger = MaxStreamsCap
 	}
 	yc := n.yamuxConfig(snap.cfg, window)
 	var (
@@ -140,7 +174,8 @@ func (n *Node) newTCPConn(ctx context.Context, tc *tls.Conn, server bool) (*tcpC
 	if err != nil {
 		return nil, fmt.Errorf("yamux session with %v: %w", tc.RemoteAddr(), err)
 	}
-	c := &tcpConn{tls: tc, sess: sess, state: state, watched: make(chan struct{})}
+	c := &tcpConn{tls: tc, sess: sess, state: state, watched: make(chan struct{}), maxLinger: maxLinger,
+		streams: map[uint32]*tcpStream{}, lingering: map[*tcpStream]struct{}{}}
 	c.ctx, c.cancel = context.WithCancelCause(ctx)
 	if server {
 		ctl, err := sess.OpenStream()
@@ -166,19 +201,70 @@ func (n *Node) newTCPConn(ctx context.Context, tc *tls.Conn, server bool) (*tcpC
 	return c, nil
 }
 
-// watch reads the peer's close code from the control stream and ends the
-// connection with it.
+// watch reads the peer's control messages until the connection ends.
 func (c *tcpConn) watch(ctl *yamux.Stream) {
 	defer close(c.watched)
-	var b [8]byte
-	if _, err := io.ReadFull(ctl, b[:]); err != nil {
-		c.cancel(errTCPClosed)
-		c.sess.Close()
+	var b [ctlSize]byte
+	for {
+		if _, err := io.ReadFull(ctl, b[:]); err != nil {
+			c.cancel(errTCPClosed)
+			c.sess.Close()
+			return
+		}
+		id := binary.BigEndian.Uint32(b[1:5])
+		code := binary.BigEndian.Uint64(b[5:])
+		switch b[0] {
+		case ctlClose:
+			c.cancel(&quic.ApplicationError{Remote: true, ErrorCode: quic.ApplicationErrorCode(code)})
+			c.sess.Close()
+			return
+		case ctlResetStream, ctlStopSending:
+			c.mu.Lock()
+			s := c.streams[id]
+			c.mu.Unlock()
+			if s == nil {
+				continue // ended already, or not accepted yet: its FIN follows
+			}
+			if b[0] == ctlResetStream {
+				s.remoteReset(quic.StreamErrorCode(code))
+			} else {
+				s.remoteStop(quic.StreamErrorCode(code))
+			}
+		default:
+			c.CloseWithError(codeControl, "bad control message")
+			return
+		}
+	}
+}
+
+// sendCtl sends a control message (best effort: a connection without a
+// control stream yet has no stream to talk about, and a dead one no peer).
+func (c *tcpConn) sendCtl(typ byte, id uint32, code uint64) {
+	c.ctlMu.Lock()
+	ctl := c.ctl
+	c.ctlMu.Unlock()
+	if ctl == nil {
 		return
 	}
-	code := quic.ApplicationErrorCode(binary.BigEndian.Uint64(b[:]))
-	c.cancel(&quic.ApplicationError{Remote: true, ErrorCode: code})
-	c.sess.Close()
+	var b [ctlSize]byte
+	b[0] = typ
+	binary.BigEndian.PutUint32(b[1:5], id)
+	binary.BigEndian.PutUint64(b[5:], code)
+	ctl.Write(b[:])
+}
+
+func (c *tcpConn) track(s *yamux.Stream) *tcpStream {
+	ts := &tcpStream{Stream: s, c: c}
+	c.mu.Lock()
+	c.streams[s.StreamID()] = ts
+	c.mu.Unlock()
+	return ts
+}
+
+func (c *tcpConn) forget(s *tcpStream) {
+	c.mu.Lock()
+	delete(c.streams, s.Stream.StreamID())
+	c.mu.Unlock()
 }
 
 func (c *tcpConn) Context() context.Context      { return c.ctx }
@@ -197,8 +283,9 @@ func (c *tcpConn) CloseWithError(code quic.ApplicationErrorCode, msg string) err
 		ctl := c.ctl
 		c.ctlMu.Unlock()
 		if ctl != nil {
-			var b [8]byte
-			binary.BigEndian.PutUint64(b[:], uint64(code))
+			var b [ctlSize]byte
+			b[0] = ctlClose
+			binary.BigEndian.PutUint64(b[5:], uint64(code))
 			ctl.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 			ctl.Write(b[:])
 		}
@@ -220,7 +307,7 @@ func (c *tcpConn) OpenStreamSync(ctx context.Context) (muxStream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open stream: %w", err)
 	}
-	return &tcpStream{Stream: s, c: c}, nil
+	return c.track(s), nil
 }
 
 // AcceptStream waits for the peer's next stream until ctx or the
@@ -230,7 +317,7 @@ func (c *tcpConn) AcceptStream(ctx context.Context) (muxStream, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tcpStream{Stream: s, c: c}, nil
+	return c.track(s), nil
 }
 
 // AwaitReady takes the listener's control stream (the session's first
@@ -270,64 +357,179 @@ func (c *tcpConn) SignalReady() error {
 	return err
 }
 
-// tcpStream is a yamux stream as a muxStream. yamux has no stream reset
-// and no error codes, so the cancels are built from what it has:
-//
-//   - CancelWrite sends our FIN. A stream's last record is the codec's
-//     close record; a FIN without it is a truncated stream, which the
-//     peer's codec reader reports as an error (codec/FORMAT.md), so the
-//     peer aborts as it would on RESET_STREAM.
-//   - CancelRead makes our reads fail at once and drains what the peer
-//     still sends (discarding it) until its FIN, so its writer never
-//     blocks on a window we stopped opening. A peer that keeps the stream
-//     open past lingerTimeout is left blocked (its window stays full, our
-//     memory bounded by it), and one with more than maxLingering such
-//     streams loses the connection (THREATS P5).
-//
-// The code is not carried: the peer's events say "reset" where QUIC's
-// would name the code.
+// tcpStream is a yamux stream as a muxStream, with QUIC's stream errors
+// built on the control stream: CancelWrite sends reset_stream and our FIN,
+// CancelRead sends stop_sending; the peer's reset_stream fails our reads
+// and its stop_sending our writes, with *quic.StreamError{Remote: true}
+// and its code, as over QUIC.
 type tcpStream struct {
 	*yamux.Stream
-	c         *tcpConn
-	cancelled atomic.Bool // CancelRead was called
-	drain     sync.Once
+	c *tcpConn
+
+	readErr  atomic.Pointer[quic.StreamError] // set: reads fail with it
+	writeErr atomic.Pointer[quic.StreamError] // set: writes fail with it
+	ended    atomic.Uint32                    // endLocal | endRemote: both, and the stream is forgotten
+	cancelR  sync.Once
+	cancelW  sync.Once
+	since    time.Time // when we stopped reading (lingerCheck)
 }
+
+const (
+	endLocal  = 1 // our FIN (or reset) is sent
+	endRemote = 2 // the peer's FIN (or reset) is seen
+)
 
 var _ muxStream = (*tcpStream)(nil)
 
-// errReadCancelled is what reads return after CancelRead.
-var errReadCancelled = errors.New("stream read cancelled")
-
 func (s *tcpStream) StreamID() uint64 { return uint64(s.Stream.StreamID()) }
 
+func (s *tcpStream) streamErr(code quic.StreamErrorCode, remote bool) *quic.StreamError {
+	return &quic.StreamError{StreamID: quic.StreamID(s.Stream.StreamID()), ErrorCode: code, Remote: remote}
+}
+
+// end marks a direction ended; once both are, the connection forgets s,
+// a moment later: a reset_stream the peer sent just before its FIN may
+// still be on its way through the control stream.
+func (s *tcpStream) end(bit uint32) {
+	if old := s.ended.Or(bit); old != endLocal|endRemote && old|bit == endLocal|endRemote {
+		time.AfterFunc(lingerCheck, func() { s.c.forget(s) })
+	}
+}
+
 func (s *tcpStream) Read(b []byte) (int, error) {
-	if s.cancelled.Load() {
-		return 0, errReadCancelled
+	if e := s.readErr.Load(); e != nil {
+		return 0, e
 	}
 	n, err := s.Stream.Read(b)
-	if s.cancelled.Load() {
-		return 0, errReadCancelled
+	if e := s.readErr.Load(); e != nil {
+		return 0, e
 	}
-	if errors.Is(err, yamux.ErrConnectionReset) || errors.Is(err, yamux.ErrSessionShutdown) {
-		err = fmt.Errorf("tcp stream %d: %w", s.Stream.StreamID(), err)
+	if err == io.EOF {
+		s.end(endRemote)
 	}
 	return n, err
 }
 
-func (s *tcpStream) CancelWrite(quic.StreamErrorCode) { s.Stream.Close() }
+func (s *tcpStream) Write(b []byte) (int, error) {
+	if e := s.writeErr.Load(); e != nil {
+		return 0, e
+	}
+	n, err := s.Stream.Write(b)
+	if e := s.writeErr.Load(); e != nil {
+		return n, e
+	}
+	return n, err
+}
 
-func (s *tcpStream) CancelRead(quic.StreamErrorCode) {
-	s.cancelled.Store(true)
-	s.drain.Do(func() {
+// Close sends our FIN.
+func (s *tcpStream) Close() error {
+	err := s.Stream.Close()
+	s.end(endLocal)
+	return err
+}
+
+// CancelWrite stops our direction: reset_stream, then our FIN.
+func (s *tcpStream) CancelWrite(code quic.StreamErrorCode) {
+	s.cancelW.Do(func() {
+		s.writeErr.CompareAndSwap(nil, s.streamErr(code, false))
+		s.c.sendCtl(ctlResetStream, s.Stream.StreamID(), uint64(code))
+		s.Stream.SetWriteDeadline(time.Now()) // wakes a write in progress
+		s.Close()
+	})
+}
+
+// CancelRead stops reading: stop_sending, and a check that the peer ends
+// its direction within lingerTimeout (THREATS P5, TestTCPStopSendingHonoured).
+func (s *tcpStream) CancelRead(code quic.StreamErrorCode) {
+	s.cancelR.Do(func() {
+		s.readErr.CompareAndSwap(nil, s.streamErr(code, false))
 		s.Stream.SetReadDeadline(time.Now()) // wakes a read in progress
-		if s.c.lingering.Add(1) > maxLingering {
-			s.c.CloseWithError(codeLingering, "too many reset streams held open")
+		if s.ended.Load()&endRemote != 0 {
+			return
 		}
-		go func() {
-			defer s.c.lingering.Add(-1)
-			s.Stream.SetReadDeadline(time.Now().Add(lingerTimeout))
-			io.Copy(io.Discard, s.Stream)
-		}()
+		s.c.sendCtl(ctlStopSending, s.Stream.StreamID(), uint64(code))
+		s.since = time.Now()
+		if !s.c.linger(s) {
+			s.c.CloseWithError(codeLingering, "too many streams held open after stop_sending")
+			return
+		}
+		time.AfterFunc(lingerCheck, s.checkLinger)
+	})
+}
+
+// linger adds s to the streams we stopped reading; over the peer's
+// max_streams it first drops those the peer has ended meanwhile, and
+// reports false if they are still too many.
+func (c *tcpConn) linger(s *tcpStream) bool {
+	c.mu.Lock()
+	c.lingering[s] = struct{}{}
+	over := int64(len(c.lingering)) > c.maxLinger
+	var all []*tcpStream
+	if over {
+		for o := range c.lingering {
+			all = append(all, o)
+		}
+	}
+	c.mu.Unlock()
+	if !over {
+		return true
+	}
+	for _, o := range all {
+		o.peerEnded()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int64(len(c.lingering)) <= c.maxLinger
+}
+
+// peerEnded discards what the peer sent since CancelRead, without
+// waiting, and reports whether its FIN came (then s stops lingering).
+func (s *tcpStream) peerEnded() bool {
+	var buf [4096]byte
+	s.Stream.SetReadDeadline(time.Now().Add(-time.Second))
+	for {
+		_, err := s.Stream.Read(buf[:])
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, yamux.ErrTimeout) && s.c.ctx.Err() == nil {
+			return false
+		}
+		s.c.mu.Lock()
+		delete(s.c.lingering, s)
+		s.c.mu.Unlock()
+		s.end(endRemote)
+		return true
+	}
+}
+
+// checkLinger runs every lingerCheck after CancelRead until the peer's
+// FIN; a peer still holding the stream after lingerTimeout loses the
+// connection.
+func (s *tcpStream) checkLinger() {
+	if s.peerEnded() {
+		return
+	}
+	if time.Since(s.since) > lingerTimeout {
+		s.c.CloseWithError(codeLingering, "stream held open after stop_sending")
+		return
+	}
+	time.AfterFunc(lingerCheck, s.checkLinger)
+}
+
+// remoteReset is the peer's reset_stream: our reads fail with its code.
+func (s *tcpStream) remoteReset(code quic.StreamErrorCode) {
+	s.readErr.CompareAndSwap(nil, s.streamErr(code, true))
+	s.Stream.SetReadDeadline(time.Now())
+}
+
+// remoteStop is the peer's stop_sending: our writes fail with its code
+// and our FIN goes out.
+func (s *tcpStream) remoteStop(code quic.StreamErrorCode) {
+	s.cancelW.Do(func() {
+		s.writeErr.CompareAndSwap(nil, s.streamErr(code, true))
+		s.Stream.SetWriteDeadline(time.Now())
+		s.Close()
 	})
 }
 

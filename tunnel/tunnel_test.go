@@ -411,8 +411,8 @@ func dialingPair(t *testing.T, keepalive time.Duration, connections int) (a, b *
 	echo, _ := tunneltest.EchoServer(t)
 	ida := newIdentity(t)
 	idb = newIdentity(t)
-	pa, _ := net.ListenPacket("udp", "127.0.0.1:0")
-	pb, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	pa, la := testSockets(t)
+	pb, lb := testSockets(t)
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	cfg := func(peer *identity.Identity, addr net.Addr) Config {
 		return Config{KeepAlive: keepalive, Connections: connections,
@@ -428,6 +428,10 @@ func dialingPair(t *testing.T, keepalive time.Duration, connections int) (a, b *
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
+	if la != nil {
+		a.ServeTCP(la)
+		b.ServeTCP(lb)
+	}
 	return a, b, idb
 }
 
