@@ -25,6 +25,7 @@ import (
 //
 //	quic --(a QUIC dial got no answer within FallbackAfter)--> tcp
 //	tcp  --(a background QUIC probe of slot 0 completed)-----> quic
+//	tcp  --(a TCP dial failed, the QUIC dial after it did not)--> quic
 //
 // On tcp, new dials use TCP at once, and slot 0 probes QUIC every
 // probeEvery (doubling up to maxProbeEvery). A probe that completes is a
@@ -38,8 +39,9 @@ import (
 // DefaultFallbackAfter is Peer.FallbackAfter's default.
 const DefaultFallbackAfter = 2 * time.Second
 
-// Background QUIC probes while a peer is on TCP.
-const (
+// Background QUIC probes while a peer is on TCP: the first after
+// probeEvery, doubling up to maxProbeEvery (variables for the tests).
+var (
 	probeEvery    = 5 * time.Second
 	maxProbeEvery = 60 * time.Second
 )
@@ -113,7 +115,21 @@ func (l *link) dialTransport(ctx context.Context) (muxConn, error) {
 		return l.dialTCP(ctx)
 	}
 	if l.fb.tcp() {
-		return l.dialTCP(ctx)
+		c, err := l.dialTCP(ctx)
+		if err == nil || ctx.Err() != nil {
+			return c, err
+		}
+		// TCP failed too (the partner may not listen on it): QUIC gets
+		// this attempt's second chance, so a path that unblocked UDP
+		// is found without a TCP connection to probe from.
+		qctx, cancel := context.WithTimeout(ctx, l.peer.fallbackAfter())
+		qc, qerr := l.dialQUIC(qctx)
+		cancel()
+		if qerr != nil {
+			return nil, err
+		}
+		l.switchTransport(false, "quic_answered")
+		return qc, nil
 	}
 	qctx, cancel := context.WithTimeout(ctx, l.peer.fallbackAfter())
 	c, err := l.dialQUIC(qctx)

@@ -128,6 +128,7 @@ type tcpConn struct {
 
 	watched   chan struct{} // closed when watch has ended
 	closeOnce sync.Once
+	deaf      atomic.Bool // tests play a peer that ignores stop_sending
 	maxLinger int64 // the peer's max_streams: streams it may leave lingering
 
 	mu        sync.Mutex              // guards streams and lingering
@@ -227,7 +228,7 @@ func (c *tcpConn) watch(ctl *yamux.Stream) {
 			}
 			if b[0] == ctlResetStream {
 				s.remoteReset(quic.StreamErrorCode(code))
-			} else {
+			} else if !c.deaf.Load() {
 				s.remoteStop(quic.StreamErrorCode(code))
 			}
 		default:
