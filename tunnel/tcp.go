@@ -129,7 +129,7 @@ type tcpConn struct {
 	watched   chan struct{} // closed when watch has ended
 	closeOnce sync.Once
 	deaf      atomic.Bool // tests play a peer that ignores stop_sending
-	maxLinger int64 // the peer's max_streams: streams it may leave lingering
+	maxLinger int64       // the peer's max_streams: streams it may leave lingering
 
 	mu        sync.Mutex              // guards streams and lingering
 	streams   map[uint32]*tcpStream   // open streams, for control messages
