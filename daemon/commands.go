@@ -76,6 +76,9 @@ func Check(path string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "%s: ok: site %s, identity %s, %d peers, %d services, %d forwards\n", path, cfg.Site,
 		id.Public().Fingerprint(), len(cfg.Tunnel.Peers), len(cfg.Tunnel.Services), len(cfg.File.Forwards))
+	if addr := cfg.File.Tunnel.TCPListen.address(cfg.File.Listen); addr != "" {
+		fmt.Fprintf(out, "%s: tcp fallback listener on %s (TCP is not dark: the kernel answers every SYN)\n", path, addr)
+	}
 	return nil
 }
 

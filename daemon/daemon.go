@@ -135,10 +135,23 @@ func (d *Daemon) start(cfg *Config, id *identity.Identity) (*http.Server, error)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.File.Listen, err)
 	}
+	var tcpLn net.Listener
+	if addr := cfg.File.Tunnel.TCPListen.address(cfg.File.Listen); addr != "" {
+		if tcpLn, err = net.Listen("tcp", addr); err != nil {
+			pc.Close()
+			return nil, fmt.Errorf("tunnel.tcp_listen %s: %w", addr, err)
+		}
+	}
 	node, err := tunnel.New(pc, id, cfg.Tunnel, d.log, d.au.auditor)
 	if err != nil {
 		pc.Close()
+		if tcpLn != nil {
+			tcpLn.Close()
+		}
 		return nil, err
+	}
+	if tcpLn != nil {
+		node.ServeTCP(tcpLn) // the node closes it
 	}
 	d.node = node
 	if err := d.applyForwards(cfg, func() error { return nil }); err != nil {
@@ -226,6 +239,8 @@ func restartOnly(old, cur *Config) error {
 		return fmt.Errorf("identity changed: %w to use another key", errRestartRequired)
 	case old.File.Listen != cur.File.Listen:
 		return fmt.Errorf("listen changed: %w to move the QUIC port", errRestartRequired)
+	case old.File.Tunnel.TCPListen != cur.File.Tunnel.TCPListen:
+		return fmt.Errorf("tunnel.tcp_listen changed: %w to open or move the TCP port", errRestartRequired)
 	case old.File.Admin != cur.File.Admin:
 		return fmt.Errorf("admin changed: %w to move the admin endpoint", errRestartRequired)
 	case old.Site != cur.Site:

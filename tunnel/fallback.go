@@ -95,13 +95,23 @@ func (p Peer) validateTransport() error {
 		return fmt.Errorf("fallback_after: %v is negative", p.FallbackAfter)
 	}
 	if p.Proxy != "" {
-		u, err := url.Parse(p.Proxy)
-		if err != nil || u.Scheme != "http" || u.Host == "" || u.User != nil {
-			return errors.New("proxy: want http://host:port (credentials come from DYAD_PROXY_USER and DYAD_PROXY_PASSWORD, never from the file)")
+		if err := p.ValidateProxy(); err != nil {
+			return fmt.Errorf("proxy: %w", err)
 		}
-		if p.transport() == TransportQUIC {
-			return errors.New("proxy: needs transport tcp or auto (a proxy carries TCP only)")
-		}
+	}
+	return nil
+}
+
+// ValidateProxy checks Proxy: an http://host:port URL without
+// credentials, on a peer whose transport can use it.
+func (p Peer) ValidateProxy() error {
+	u, err := url.Parse(p.Proxy)
+	if err != nil || u.Scheme != "http" || u.Host == "" || u.User != nil || u.Path != "" && u.Path != "/" {
+		// The URL is not repeated: it might carry credentials.
+		return errors.New("want http://host:port, without credentials (they come from DYAD_PROXY_USER and DYAD_PROXY_PASSWORD)")
+	}
+	if p.Transport == TransportQUIC {
+		return errors.New("needs transport tcp or auto: a proxy carries TCP only")
 	}
 	return nil
 }
