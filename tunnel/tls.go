@@ -41,7 +41,7 @@ var errUnpaired = errors.New("peer key is not paired with this daemon")
 // certificate at all (THREATS P1, tested by TestResumedSessionRefused).
 // protos are the ALPNs accepted: n.alpn() on QUIC, ALPN alone on TCP; both
 // transports share this function, so the pin check is one code path
-// (TestTransports/UnpairedClientRefused).
+// (TestUnpairedClientRefused/tcp, TestTCPForeignClientRefused).
 func (n *Node) serverTLS(cert tls.Certificate, protos []string) *tls.Config {
 	base := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
