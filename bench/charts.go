@@ -73,7 +73,7 @@ func groupedBars(title, unit string, groups, series []string, value func(g, s st
 
 func (r *results) systems() []string {
 	var out []string
-	for _, name := range []string{"direct", "quic-relay", "dyad", "dyad-nogro", "stunnel"} {
+	for _, name := range []string{"direct", "quic-relay", "dyad", "dyad-nogro", "dyad-tcp", "stunnel"} {
 		for _, c := range r.Cells {
 			if c.System == name {
 				out = append(out, name)

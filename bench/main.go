@@ -87,7 +87,7 @@ func makePlan(quick bool, reps int) plan {
 // needs two descriptors per connection.
 func idleTarget(s system, want int) int {
 	switch s.name() {
-	case "dyad", "dyad-nogro":
+	case "dyad", "dyad-nogro", "dyad-tcp":
 		return min(want, dyadStreamCeiling)
 	case "stunnel":
 		return min(want, stunnelIdleMax)
@@ -124,7 +124,8 @@ func run(quick bool, dyadBin, outDir string, reps int, only string) error {
 		res.Notes = append(res.Notes, "stunnel was not measured: stunnel4 is not installed (`make bench-deps` installs it as root).")
 	}
 	newSystems := func() []system {
-		s := []system{&direct{}, &quicRelay{}, &dyadSystem{bin: dyadBin}, &dyadSystem{bin: dyadBin, noGRO: true}}
+		s := []system{&direct{}, &quicRelay{}, &dyadSystem{bin: dyadBin}, &dyadSystem{bin: dyadBin, noGRO: true},
+			&dyadSystem{bin: dyadBin, tcp: true}}
 		if stunnelBin != "" {
 			s = append(s, &stunnelSystem{bin: stunnelBin})
 		}

@@ -95,17 +95,23 @@ func (d *direct) stop()         {}
 
 // dyadSystem runs two real dyad daemons; with noGRO ("dyad-nogro") the
 // same binary with receive offload off (DYAD_DISABLE_GRO=1), the baseline
-// of what GRO changes.
+// of what GRO changes; with tcp ("dyad-tcp") the TCP fallback transport
+// (TLS 1.3 over TCP, yamux): site-b listens on TCP too, site-a dials it
+// with transport: tcp.
 type dyadSystem struct {
 	bin   string
 	noGRO bool
+	tcp   bool
 	a, b  *daemontest.Site
 	local string
 }
 
 func (d *dyadSystem) name() string {
-	if d.noGRO {
+	switch {
+	case d.noGRO:
 		return "dyad-nogro"
+	case d.tcp:
+		return "dyad-tcp"
 	}
 	return "dyad"
 }
@@ -145,6 +151,10 @@ func (d *dyadSystem) start(dir, target string, pl *placement) error {
 	d.b.Config.Peers = []daemon.PeerFile{d.a.Peer(false)}
 	d.b.Config.Services = []daemon.ServiceFile{{Name: "target", Upstream: target, Allow: []string{"site-a"}}}
 	d.a.Config.Peers = []daemon.PeerFile{d.b.Peer(true)}
+	if d.tcp {
+		d.b.Config.Tunnel.TCPListen = daemon.TCPListen{Same: true}
+		d.a.Config.Peers[0].Transport = tunnel.TransportTCP
+	}
 	d.a.Config.Forwards = []daemon.ForwardConfig{{Listen: d.local, Peer: "site-b", Service: "target", MaxConnections: benchMaxConnections}}
 	d.a.Config.Tunnel.ShutdownTimeout = daemon.Duration(time.Second)
 	d.b.Config.Tunnel.ShutdownTimeout = daemon.Duration(time.Second)

@@ -117,7 +117,7 @@ func (y yamuxLogger) Println(v ...any)               { y.log.Debug().Msg(fmt.Spr
 
 // tcpConn is a TLS connection carrying a yamux session (muxConn).
 type tcpConn struct {
-	tls    *tls.Conn
+	conn   net.Conn // the TLS connection
 	sess   *yamux.Session
 	state  tls.ConnectionState
 	ctx    context.Context
@@ -146,8 +146,13 @@ var errTCPClosed = errors.New("tcp transport ended")
 // listener (server) opens the control stream at once. ctx carries the
 // admission ticket and handshake start, as QUIC's connection context does.
 func (n *Node) newTCPConn(ctx context.Context, tc *tls.Conn, server bool) (*tcpConn, error) {
+	return n.newMuxConn(ctx, tc, tc.ConnectionState(), server)
+}
+
+// newMuxConn is newTCPConn on any connection with its TLS state (the fuzz
+// target runs it on a pipe).
+func (n *Node) newMuxConn(ctx context.Context, tc net.Conn, state tls.ConnectionState, server bool) (*tcpConn, error) {
 	snap := n.cfg.Load()
-	state := tc.ConnectionState()
 	var window uint32 = minTCPWindow
 	limits := snap.cfg.Limits
 	if len(state.PeerCertificates) > 0 {
@@ -175,7 +180,7 @@ func (n *Node) newTCPConn(ctx context.Context, tc *tls.Conn, server bool) (*tcpC
 	if err != nil {
 		return nil, fmt.Errorf("yamux session with %v: %w", tc.RemoteAddr(), err)
 	}
-	c := &tcpConn{tls: tc, sess: sess, state: state, watched: make(chan struct{}), maxLinger: maxLinger,
+	c := &tcpConn{conn: tc, sess: sess, state: state, watched: make(chan struct{}), maxLinger: maxLinger,
 		streams: map[uint32]*tcpStream{}, lingering: map[*tcpStream]struct{}{}}
 	c.ctx, c.cancel = context.WithCancelCause(ctx)
 	if server {
@@ -269,7 +274,7 @@ func (c *tcpConn) forget(s *tcpStream) {
 }
 
 func (c *tcpConn) Context() context.Context      { return c.ctx }
-func (c *tcpConn) RemoteAddr() net.Addr          { return c.tls.RemoteAddr() }
+func (c *tcpConn) RemoteAddr() net.Addr          { return c.conn.RemoteAddr() }
 func (c *tcpConn) TLSState() tls.ConnectionState { return c.state }
 func (c *tcpConn) Transport() string             { return TransportTCP }
 func (c *tcpConn) RTT() time.Duration            { return 0 }
