@@ -255,7 +255,7 @@ var Catalog = []Spec{
 		ECS:  ECS{"event", []string{"configuration"}, []string{"change"}, "failure"},
 	},
 	{
-		Name: TunnelEstablished, Severity: Info, When: "a QUIC connection to a paired peer completed mutual authentication",
+		Name: TunnelEstablished, Severity: Info, When: "a QUIC connection (or TLS-over-TCP connection of the TCP fallback) to a paired peer completed mutual authentication",
 		Attrs: []AttrSpec{
 			aPeer, {KeyPeerFingerprint, String, false, "peer's identity fingerprint"}, aPeerAddr, aPeerPort, aTransport,
 			{KeyRole, String, false, `"dialer" or "listener"`},
@@ -298,7 +298,7 @@ var Catalog = []Spec{
 	},
 	{
 		Name: PeerAuthRefused, Severity: Warn, RateLimit: true, Source: []string{KeyPeerAddress},
-		When: "a QUIC handshake presented a key that is not a configured peer (or no key); refused before any stream",
+		When: "a QUIC or TLS-over-TCP handshake presented a key that is not a configured peer (or no key); refused before any stream",
 		Attrs: []AttrSpec{
 			{KeyPeerFingerprint, String, false, `presented fingerprint, or "none"`},
 			aPeerAddr, aPeerPort, aTransport,

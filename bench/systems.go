@@ -134,6 +134,11 @@ func (d *dyadSystem) start(dir, target string, pl *placement) error {
 			return err
 		}
 	}
+	if d.tcp { // site-b takes its port on TCP too
+		if d.b.Config.Listen, err = daemontest.FreeUDPTCP(); err != nil {
+			return err
+		}
+	}
 	if d.a.Config.Listen, err = pl.rehost(false, d.a.Config.Listen); err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/rs/zerolog"
 
+	"github.com/dyad-tunnel/dyad/codec"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
 
@@ -108,6 +109,48 @@ func (n *Node) yamuxConfig(c Config, window uint32) *yamux.Config {
 	return yc
 }
 
+// frameWriter joins each yamux data frame's header to its body in one
+// write: yamux writes the 12-byte header and the body separately, which
+// over TLS made two records and two syscalls per frame. Only yamux's send
+// loop writes, one frame at a time.
+type frameWriter struct {
+	net.Conn
+	hdr  [yamuxHeader]byte
+	held bool // hdr waits for its body
+}
+
+// yamuxHeader is the size of a yamux frame header (version, type, flags,
+// stream id, length).
+const yamuxHeader = 12
+
+// frameBufs are the joined frames: header and a body up to a codec record
+// and its overhead (yamux cuts writes at the window, the codec writes a
+// record at a time); a longer body goes in two writes.
+var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, yamuxHeader+codec.MaxPayload+1024); return &b }}
+
+func (w *frameWriter) Write(p []byte) (int, error) {
+	if !w.held && len(p) == yamuxHeader && p[1] == 0 && binary.BigEndian.Uint32(p[8:]) > 0 {
+		copy(w.hdr[:], p) // a data frame's header: its body comes next
+		w.held = true
+		return len(p), nil
+	}
+	if !w.held {
+		return w.Conn.Write(p)
+	}
+	w.held = false
+	bp := frameBufs.Get().(*[]byte)
+	defer frameBufs.Put(bp)
+	if cap(*bp) < yamuxHeader+len(p) {
+		if _, err := w.Conn.Write(w.hdr[:]); err != nil {
+			return 0, err
+		}
+		return w.Conn.Write(p)
+	}
+	b := append(append((*bp)[:0], w.hdr[:]...), p...)
+	n, err := w.Conn.Write(b)
+	return max(n-yamuxHeader, 0), err
+}
+
 // yamuxLogger sends yamux's own messages to the debug log.
 type yamuxLogger struct{ log zerolog.Logger }
 
@@ -172,10 +215,11 @@ func (n *Node) newMuxConn(ctx context.Context, tc net.Conn, state tls.Connection
 		sess *yamux.Session
 		err  error
 	)
+	fw := &frameWriter{Conn: tc}
 	if server {
-		sess, err = yamux.Server(tc, yc)
+		sess, err = yamux.Server(fw, yc)
 	} else {
-		sess, err = yamux.Client(tc, yc)
+		sess, err = yamux.Client(fw, yc)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("yamux session with %v: %w", tc.RemoteAddr(), err)
