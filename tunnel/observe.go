@@ -63,7 +63,7 @@ func (n *Node) auditEstablished(l *link, tc *tconn, state tls.ConnectionState, h
 	if tc.dialed {
 		role = "dialer"
 	}
-	n.metrics.TunnelUp(l.peer.Name, role, handshake)
+	n.metrics.TunnelUp(l.peer.Name, role, tc.qc.Transport(), handshake)
 	attrs := []attribute.KeyValue{attribute.String(audit.KeyPeer, l.peer.Name), attribute.String(audit.KeyPeerFingerprint, l.peer.Key.Fingerprint())}
 	attrs = append(attrs, peerAddr(tc.qc.RemoteAddr())...)
 	n.audit.Emit(audit.TunnelEstablished, append(attrs,
@@ -78,7 +78,7 @@ func (n *Node) auditEstablished(l *link, tc *tconn, state tls.ConnectionState, h
 }
 
 func (n *Node) auditTunnelClosed(l *link, tc *tconn) {
-	n.metrics.TunnelDown(l.peer.Name)
+	n.metrics.TunnelDown(l.peer.Name, tc.qc.Transport())
 	reason, errType := connCloseReason(tc.qc)
 	if reason == "open" && n.ctx.Err() != nil {
 		reason, errType = "shutdown", "" // the node is closing it now
