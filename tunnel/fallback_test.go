@@ -1,13 +1,18 @@
 package tunnel
 
 import (
+	"bufio"
+	"encoding/base64"
 	"io"
 	"net"
+	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/dyad-tunnel/dyad/audit"
@@ -219,4 +224,77 @@ func TestAutoNoTCPListener(t *testing.T) {
 		t.Fatalf("after UDP came back: %v", err)
 	}
 	c.Close()
+}
+
+// TestTCPThroughHTTPProxy: with peers[].proxy the TCP transport goes
+// through HTTP CONNECT, with Basic credentials from DYAD_PROXY_USER and
+// DYAD_PROXY_PASSWORD, which no log line carries.
+func TestTCPThroughHTTPProxy(t *testing.T) {
+	useTransport(t, TransportTCP)
+	t.Setenv("DYAD_PROXY_USER", "bank-a")
+	t.Setenv("DYAD_PROXY_PASSWORD", "s3cret-proxy-pw")
+	echo, _ := tunneltest.EchoServer(t)
+	ida, idb := newIdentity(t), newIdentity(t)
+	b := startNode(t, idb, Config{
+		Peers:    []Peer{{Name: "a", Key: ida.Public()}},
+		Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"a"}}},
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var connects atomic.Int64
+	var badAuth atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				req, err := http.ReadRequest(br)
+				if err != nil || req.Method != http.MethodConnect {
+					return
+				}
+				if req.Header.Get("Proxy-Authorization") != "Basic "+base64.StdEncoding.EncodeToString([]byte("bank-a:s3cret-proxy-pw")) {
+					badAuth.Add(1)
+					io.WriteString(c, "HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+					return
+				}
+				up, err := net.Dial("tcp", req.Host)
+				if err != nil {
+					io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
+					return
+				}
+				defer up.Close()
+				connects.Add(1)
+				io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
+				go io.Copy(up, br)
+				io.Copy(c, up)
+			}()
+		}
+	}()
+	var logs tunneltest.SyncBuffer
+	pc, tl := testSockets(t)
+	a, err := New(pc, ida, Config{Connections: 1, Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: tcpAddr(t, b),
+		Transport: TransportTCP, Proxy: "http://" + ln.Addr().String()}}}, zerolog.New(&logs), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Close)
+	a.ServeTCP(tl)
+	c, err := echoOnce(t, a)
+	if err != nil {
+		t.Fatalf("through the proxy: %v", err)
+	}
+	c.Close()
+	if connects.Load() == 0 || badAuth.Load() != 0 {
+		t.Fatalf("%d CONNECTs, %d with wrong credentials", connects.Load(), badAuth.Load())
+	}
+	if strings.Contains(logs.String(), "s3cret") || strings.Contains(logs.String(), base64.StdEncoding.EncodeToString([]byte("bank-a:s3cret-proxy-pw"))) {
+		t.Fatal("a log line carries the proxy credentials")
+	}
 }
