@@ -86,7 +86,7 @@ func TestRequirePostQuantumAccepts(t *testing.T) {
 		t.Fatalf("echo: %v", err)
 	}
 	tc, _ := a.link("b").get()
-	if got := tc.qc.ConnectionState().TLS.CurveID; !PostQuantum(got) {
+	if got := tc.qc.TLSState().CurveID; !PostQuantum(got) {
 		t.Fatalf("key exchange %v", got)
 	}
 	if n := a.Stats.HandshakesRefused.Load() + b.Stats.HandshakesRefused.Load(); n != 0 {

@@ -239,6 +239,22 @@ func FreeUDP() (string, error) {
 	return pc.LocalAddr().String(), nil
 }
 
+// FreeUDPTCP returns a loopback port that was free a moment ago for both
+// UDP and TCP: a daemon with tunnel.tcp_listen: true takes both.
+func FreeUDPTCP() (string, error) {
+	for range 50 {
+		addr, err := FreeUDP()
+		if err != nil {
+			return "", err
+		}
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			ln.Close()
+			return addr, nil
+		}
+	}
+	return "", fmt.Errorf("no loopback port free for both UDP and TCP")
+}
+
 // FreeTCP returns a loopback TCP address that was free a moment ago.
 func FreeTCP() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
