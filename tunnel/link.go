@@ -545,6 +545,9 @@ func (l *link) heartbeat(tc *tconn) {
 	periods := func(k time.Duration, f float64) time.Duration { return time.Duration(float64(k) * f) }
 	received, heard := tc.qc.Received(), time.Now()
 	sent, sending := time.Now(), true
+	if tc.qc.RTT() == 0 {
+		sent = time.Time{} // a transport without an RTT yet (TCP): beat at once, so status has one
+	}
 	for {
 		k := l.n.cfg.Load().cfg.KeepAlive
 		ctx, cancel := context.WithTimeout(tc.qc.Context(), periods(k, checkEvery))
