@@ -101,7 +101,7 @@ $(OTELCOL): deploy/otel-collector/builder.yaml
 
 test-transports: ## the whole tunnel suite over QUIC and over the TCP fallback (make test runs a representative subset over both)
 	DYAD_TEST_TRANSPORTS=all $(GO) test -race -count 1 ./tunnel
-	$(GO) test -race -count 1 -run 'TestTCPFallbackProcesses|TestTransportConfig' ./daemon
+	$(GO) test -race -count 1 -run 'TestTCPFallbackProcesses|TestTransportConfig|TestDeadPeerNoticed|TestStatusCommandTCP|TestPingOutcomes' ./daemon
 
 test-exhaustive: ## every record size 0..max without -race (it strides under -race)
 	$(GO) test -count 1 -run 'TestRoundTripEverySize|TestSteadyStateAllocatesNothing' ./codec
