@@ -88,7 +88,7 @@ func makePlan(quick bool, reps int) plan {
 // from 3 on); stunnel needs two descriptors per connection.
 func idleTarget(s system, want int) int {
 	switch s.name() {
-	case sysDyad, sysNoGRO, sysBase:
+	case sysDyad, sysNoGRO, sysTCP, sysBase:
 		return min(want, dyadStreamCeiling)
 	case sysConn1:
 		return min(want, tunnel.MaxStreamsCap)
@@ -127,7 +127,8 @@ func run(quick bool, dyadBin, baseBin, outDir string, reps int, only string) err
 		res.Notes = append(res.Notes, "stunnel was not measured: stunnel4 is not installed (`make bench-deps` installs it as root).")
 	}
 	newSystems := func() []system {
-		s := []system{&direct{}, &quicRelay{}, &dyadSystem{bin: dyadBin}, &dyadSystem{bin: dyadBin, noGRO: true}, &dyadSystem{bin: dyadBin, conn1: true}}
+		s := []system{&direct{}, &quicRelay{}, &dyadSystem{bin: dyadBin}, &dyadSystem{bin: dyadBin, noGRO: true},
+			&dyadSystem{bin: dyadBin, conn1: true}, &dyadSystem{bin: dyadBin, tcp: true}}
 		if baseBin != "" {
 			s = append(s, &dyadSystem{bin: baseBin, base: true})
 		}

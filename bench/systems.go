@@ -100,11 +100,14 @@ func (d *direct) stop()         {}
 // same binary with receive offload off (DYAD_DISABLE_GRO=1), the baseline
 // of what GRO changes; with conn1 ("dyad-conn1") the same binary with
 // tunnel.connections 1, the baseline of what several connections per peer
-// change.
+// change; with tcp ("dyad-tcp") the TCP fallback transport (TLS 1.3 over
+// TCP, yamux): site-b listens on TCP too, site-a dials it with
+// transport: tcp.
 type dyadSystem struct {
 	bin   string
 	noGRO bool
 	conn1 bool
+	tcp   bool
 	base  bool // another build (-dyad-base), same configuration as dyad
 	a, b  *daemontest.Site
 	local string
@@ -117,6 +120,7 @@ const (
 	sysNoGRO  = "dyad-nogro"
 	sysConn1  = "dyad-conn1"
 	sysBase   = "dyad-base"
+	sysTCP    = "dyad-tcp"
 	sysRelay  = "quic-relay"
 	sysDirect = "direct"
 )
@@ -127,6 +131,8 @@ func (d *dyadSystem) name() string {
 		return sysNoGRO
 	case d.conn1:
 		return sysConn1
+	case d.tcp:
+		return sysTCP
 	case d.base:
 		return sysBase
 	}
@@ -151,6 +157,11 @@ func (d *dyadSystem) start(dir, target string, pl *placement) error {
 			return err
 		}
 	}
+	if d.tcp { // site-b takes its port on TCP too
+		if d.b.Config.Listen, err = daemontest.FreeUDPTCP(); err != nil {
+			return err
+		}
+	}
 	if d.a.Config.Listen, err = pl.rehost(false, d.a.Config.Listen); err != nil {
 		return err
 	}
@@ -171,6 +182,10 @@ func (d *dyadSystem) start(dir, target string, pl *placement) error {
 	d.b.Config.Peers = []daemon.PeerFile{d.a.Peer(false)}
 	d.b.Config.Services = []daemon.ServiceFile{{Name: "target", Upstream: target, Allow: []string{"site-a"}}}
 	d.a.Config.Peers = []daemon.PeerFile{d.b.Peer(true)}
+	if d.tcp {
+		d.b.Config.Tunnel.TCPListen = daemon.TCPListen{Same: true}
+		d.a.Config.Peers[0].Transport = tunnel.TransportTCP
+	}
 	d.a.Config.Forwards = []daemon.ForwardConfig{{Listen: d.local, Peer: "site-b", Service: "target", MaxConnections: benchMaxConnections}}
 	d.a.Config.Tunnel.ShutdownTimeout = daemon.Duration(time.Second)
 	d.b.Config.Tunnel.ShutdownTimeout = daemon.Duration(time.Second)

@@ -202,7 +202,7 @@ func PrintStatus(out io.Writer, r StatusReport, now time.Time) {
 			continue
 		}
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "  CONN\tROLE\tREMOTE\tSINCE\tRTT\tSENT\tRECEIVED\tSTREAMS\tACTIVE\tPROTOCOL")
+		fmt.Fprintln(tw, "  CONN\tROLE\tTRANSPORT\tREMOTE\tSINCE\tRTT\tSENT\tRECEIVED\tSTREAMS\tACTIVE\tPROTOCOL")
 		for _, c := range p.Conns {
 			role := c.Role
 			if c.Role == "dialer" && c.Slot >= 0 {
@@ -211,7 +211,7 @@ func PrintStatus(out io.Writer, r StatusReport, now time.Time) {
 			if c.Retired {
 				role += " (retired)"
 			}
-			fmt.Fprintf(tw, "  #%d\t%s\t%s\t%s\t%.1f ms\t%s\t%s\t%d\t%d\t%s\n", c.ID, role, c.Remote, ago(c.Since, now),
+			fmt.Fprintf(tw, "  #%d\t%s\t%s\t%s\t%s\t%.1f ms\t%s\t%s\t%d\t%d\t%s\n", c.ID, role, c.Transport, c.Remote, ago(c.Since, now),
 				c.RTTMillis, byteCount(c.WireBytesSent), byteCount(c.WireBytesReceived), c.Streams, c.ActiveStreams, c.Protocol)
 		}
 		tw.Flush()
