@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -40,12 +41,18 @@ func main() {
 	out := flag.String("out", "bench/out", "folder for results.json, report.md and the charts")
 	reps := flag.Int("reps", 3, "repetitions per cell in full mode (systems interleaved)")
 	only := flag.String("only", "", "run only the scenario groups whose name contains this (bulk, rr, churn, idle, setup, fallback, impaired, api; loss0.1%, reorder... for one emulated link)")
+	systems := flag.String("systems", "", "run only these systems, comma-separated (e.g. dyad-tcp,stunnel); all when empty")
 	flag.Parse()
+	onlySystems = *systems
 	if err := run(*quick, *dyadBin, *baseBin, *out, *reps, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
+
+// onlySystems is -systems: the systems to run, comma-separated; empty runs
+// all.
+var onlySystems string
 
 // plan sets the size of each scenario.
 type plan struct {
@@ -135,7 +142,9 @@ func run(quick bool, dyadBin, baseBin, outDir string, reps int, only string) err
 		if stunnelBin != "" {
 			s = append(s, &stunnelSystem{bin: stunnelBin})
 		}
-		return s
+		return slices.DeleteFunc(s, func(s system) bool {
+			return onlySystems != "" && !slices.Contains(strings.Split(onlySystems, ","), s.name())
+		})
 	}
 
 	start := time.Now()
@@ -229,7 +238,7 @@ func run(quick bool, dyadBin, baseBin, outDir string, reps int, only string) err
 		}
 	}
 	fmt.Fprintf(os.Stderr, "bench: %-12s done (%v)\n", "setup", time.Since(start).Round(time.Second))
-	if want(scenarioFallback) {
+	if want(scenarioFallback) && (onlySystems == "" || slices.Contains(strings.Split(onlySystems, ","), sysAutoNoUDP)) {
 		if err := runFallbackSetup(res, p, dyadBin, work, srv.addr()); err != nil {
 			return err
 		}

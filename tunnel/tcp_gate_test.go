@@ -1,0 +1,160 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// muxPair is a listener's and a dialer's yamux session over a pipe, as
+// newTCPConn makes them after TLS, with cfg.
+func muxPair(t *testing.T, cfg Config) (listener, dialer *tcpConn) {
+	t.Helper()
+	n := &Node{log: zerolog.Nop()}
+	n.cfg.Store(newSnapshot(cfg))
+	a, b := net.Pipe()
+	var l *tcpConn
+	lerr := make(chan error, 1)
+	go func() { // net.Pipe is synchronous: the listener's control stream needs the dialer
+		var err error
+		l, err = n.newMuxConn(context.Background(), a, tls.ConnectionState{}, nil, true)
+		lerr <- err
+	}()
+	d, err := n.newMuxConn(context.Background(), b, tls.ConnectionState{}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-lerr; err != nil {
+		t.Fatal(err)
+	}
+	go l.SignalReady()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := d.AwaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		l.CloseWithError(codeShutdown, "")
+		d.CloseWithError(codeShutdown, "")
+	})
+	return l, d
+}
+
+// TestTCPWindowForLink: one stream over TCP may have QUIC's stream window
+// in flight (16 MiB: 1 Gbit/s at 100 ms needs 12.5 MB), not 256 KiB, so
+// that one connection keeps a long lossy link busy (the bench's 1% loss
+// row): the dialer writes 12.5 MB that nobody reads yet without waiting.
+func TestTCPWindowForLink(t *testing.T) {
+	l, d := muxPair(t, Config{KeepAlive: time.Second, IdleTimeout: 10 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := d.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const inFlight = 1e9 / 8 / 10 // 1 Gbit/s at 100 ms
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Write(make([]byte, inFlight))
+		done <- err
+	}()
+	r, err := l.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		held, _ := l.rx.stats()
+		t.Fatalf("a write of %d bytes did not fit the stream's window (the listener holds %d bytes)", int(inFlight), held)
+	}
+	s.Close()
+	if n, err := io.Copy(io.Discard, r); err != nil || n != inFlight {
+		t.Fatalf("read %d bytes, %v", n, err)
+	}
+}
+
+// TestTCPReceiveGate: yamux's windows are per stream; the connection's
+// streams together hold at most the peer's budget (C * W_conn, here 1 *
+// 32 MiB) plus one frame, however many streams the peer fills while we do
+// not read; every byte still arrives once we read, and the count returns
+// to zero when the streams end (THREATS P5).
+func TestTCPReceiveGate(t *testing.T) {
+	cfg := Config{KeepAlive: time.Second, IdleTimeout: 30 * time.Second, MaxConnectionsPerPeer: 1}
+	l, d := muxPair(t, cfg)
+	budget, window := tcpBudget(cfg), int64(tcpWindow(cfg))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	const streams = 4
+	payload := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i)}, int(window)) }
+	var writers sync.WaitGroup
+	for i := range streams {
+		s, err := d.OpenStreamSync(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			s.Write(payload(i))
+			s.Close()
+		}()
+	}
+	var got []muxStream
+	for range streams {
+		r, err := l.AcceptStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, r)
+	}
+	// Nobody reads: wait for the held bytes to stop growing.
+	var held int64
+	for last, still := int64(-1), 0; still < 5; time.Sleep(100 * time.Millisecond) {
+		held, _ = l.rx.stats()
+		if held == last {
+			still++
+		} else {
+			last, still = held, 0
+		}
+	}
+	if bound := budget + window + 64<<10; held > bound || held < budget {
+		t.Fatalf("the listener holds %d bytes of %d sent, want between the budget %d and %d", held, streams*window, budget, bound)
+	}
+	var readers sync.WaitGroup
+	for _, r := range got {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			b, err := io.ReadAll(r)
+			i := int(b[0] - 'a')
+			if err != nil || !bytes.Equal(b, payload(i)) {
+				t.Errorf("stream %d: read %d bytes, %v", r.StreamID(), len(b), err)
+			}
+			r.Close()
+		}()
+	}
+	readers.Wait()
+	writers.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		held, n := l.rx.stats()
+		if held == 0 && n <= 1 { // the control stream stays
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the streams ended the gate still counts %d bytes on %d streams", held, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
