@@ -83,14 +83,22 @@ func tcpBudget(c Config) int64 {
 	return int64(conns) * maxConnWindow
 }
 
-// tcpWindow is the yamux receive window of one stream: QUIC's stream
-// window (16 MiB, 1.3 Gbit/s at 100 ms), so that one stream keeps a long
-// fat link busy as over QUIC, within the connection's budget. The budget,
-// not windows times streams, bounds the memory (rxGate); before the gate
-// a window had to be C * W_conn / max_streams, 256 KiB with the defaults,
-// and one stream moved 12 Mbit/s on a 40 ms link with 1% loss.
-func tcpWindow(c Config) uint32 {
-	return uint32(max(min(maxStreamWindow, tcpBudget(c)), minTCPWindow))
+// tcpLinkRate is the rate one stream's window is sized for: 1 Gbit/s.
+const tcpLinkRate = 1e9 / 8 // bytes per second
+
+// tcpWindow is the yamux receive window of one stream, sized for the link:
+// tcpLinkRate at the handshake's round trip rtt (5 MB at 40 ms), between
+// yamux's 256 KiB and QUIC's stream window (16 MiB, enough for 100 ms),
+// within the connection's budget. yamux's windows do not grow with use as
+// quic-go's do, so a window sized for a long link on a short one only
+// holds memory: 16 MiB windows on loopback took the bench's eight bulk
+// streams to 640 MiB of RSS. The budget, not windows times streams, bounds
+// the memory (rxGate); before the gate a window had to be
+// C * W_conn / max_streams, 256 KiB with the defaults, and one stream
+// moved 16 Mbit/s on a 40 ms link with 1% loss.
+func tcpWindow(c Config, rtt time.Duration) uint32 {
+	w := int64(tcpLinkRate * rtt.Seconds())
+	return uint32(max(min(w, maxStreamWindow, tcpBudget(c)), minTCPWindow))
 }
 
 // yamuxConfig tunes a yamux session like quicConfig tunes QUIC: keepalives
@@ -210,8 +218,10 @@ var errTCPClosed = errors.New("tcp transport ended")
 // listener (server) opens the control stream at once. ctx carries the
 // admission ticket and handshake start, as QUIC's connection context does.
 // wire counts the bytes of the socket below TLS (countConn).
-func (n *Node) newTCPConn(ctx context.Context, tc *tls.Conn, wire *wireCount, server bool) (*tcpConn, error) {
-	return n.newMuxConn(ctx, tc, tc.ConnectionState(), wire, server)
+// rtt is the TLS handshake's duration, about one round trip (more on the
+// listener, which starts its clock at accept), for the window (tcpWindow).
+func (n *Node) newTCPConn(ctx context.Context, tc *tls.Conn, wire *wireCount, server bool, rtt time.Duration) (*tcpConn, error) {
+	return n.newMuxConn(ctx, tc, tc.ConnectionState(), wire, server, rtt)
 }
 
 // wireCount counts a socket's bytes both ways.
@@ -239,7 +249,7 @@ func (c countConn) Write(b []byte) (int, error) {
 
 // newMuxConn is newTCPConn on any connection with its TLS state (the fuzz
 // target runs it on a pipe); a nil wire counts the bytes of tc itself.
-func (n *Node) newMuxConn(ctx context.Context, tc net.Conn, state tls.ConnectionState, wire *wireCount, server bool) (*tcpConn, error) {
+func (n *Node) newMuxConn(ctx context.Context, tc net.Conn, state tls.ConnectionState, wire *wireCount, server bool, rtt time.Duration) (*tcpConn, error) {
 	if wire == nil {
 		wire = &wireCount{}
 		tc = countConn{tc, wire}
@@ -254,7 +264,7 @@ func (n *Node) newMuxConn(ctx context.Context, tc net.Conn, state tls.Connection
 			}
 		}
 	}
-	window = tcpWindow(snap.cfg)
+	window = tcpWindow(snap.cfg, rtt)
 	maxLinger := int64(limits.MaxStreams)
 	if maxLinger <= 0 {
 		maxLinger = MaxStreamsCap
@@ -689,13 +699,15 @@ func (l *link) dialTCP(ctx context.Context, p Peer, cert tls.Certificate) (muxCo
 	cfg.NextProtos = []string{ALPN}
 	wire := &wireCount{}
 	tc := tls.Client(countConn{raw, wire}, cfg)
+	start := time.Now()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("tls over tcp to %s: %w", p.Endpoint, err)
 	}
+	rtt := time.Since(start)
 	// The connection outlives the dial: it ends by CloseWithError (the
 	// link's close sends its code), not with a context.
-	c, err := l.n.newTCPConn(context.Background(), tc, wire, false)
+	c, err := l.n.newTCPConn(context.Background(), tc, wire, false, rtt)
 	if err != nil {
 		tc.Close()
 		return nil, err
@@ -790,7 +802,7 @@ func (n *Node) handshakeTCP(raw net.Conn, t *admissionTicket) {
 		return
 	}
 	cctx := context.WithValue(context.WithValue(context.Background(), admissionTicket{}, t), handshakeStart{}, start)
-	c, err := n.newTCPConn(cctx, tc, wire, true)
+	c, err := n.newTCPConn(cctx, tc, wire, true, time.Since(start))
 	if err != nil {
 		t.release()
 		tc.Close()

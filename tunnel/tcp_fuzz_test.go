@@ -69,7 +69,7 @@ func FuzzTCPFrames(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		ours, theirs := net.Pipe()
 		go io.Copy(io.Discard, theirs) // whatever we answer
-		c, err := n.newMuxConn(context.Background(), ours, tls.ConnectionState{}, nil, true)
+		c, err := n.newMuxConn(context.Background(), ours, tls.ConnectionState{}, nil, true, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,8 +14,8 @@ import (
 )
 
 // muxPair is a listener's and a dialer's yamux session over a pipe, as
-// newTCPConn makes them after TLS, with cfg.
-func muxPair(t *testing.T, cfg Config) (listener, dialer *tcpConn) {
+// newTCPConn makes them after a TLS handshake that took rtt, with cfg.
+func muxPair(t *testing.T, cfg Config, rtt time.Duration) (listener, dialer *tcpConn) {
 	t.Helper()
 	n := &Node{log: zerolog.Nop()}
 	n.cfg.Store(newSnapshot(cfg))
@@ -24,10 +24,10 @@ func muxPair(t *testing.T, cfg Config) (listener, dialer *tcpConn) {
 	lerr := make(chan error, 1)
 	go func() { // net.Pipe is synchronous: the listener's control stream needs the dialer
 		var err error
-		l, err = n.newMuxConn(context.Background(), a, tls.ConnectionState{}, nil, true)
+		l, err = n.newMuxConn(context.Background(), a, tls.ConnectionState{}, nil, true, rtt)
 		lerr <- err
 	}()
-	d, err := n.newMuxConn(context.Background(), b, tls.ConnectionState{}, nil, false)
+	d, err := n.newMuxConn(context.Background(), b, tls.ConnectionState{}, nil, false, rtt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,12 +47,20 @@ func muxPair(t *testing.T, cfg Config) (listener, dialer *tcpConn) {
 	return l, d
 }
 
-// TestTCPWindowForLink: one stream over TCP may have QUIC's stream window
-// in flight (16 MiB: 1 Gbit/s at 100 ms needs 12.5 MB), not 256 KiB, so
-// that one connection keeps a long lossy link busy (the bench's 1% loss
-// row): the dialer writes 12.5 MB that nobody reads yet without waiting.
+// TestTCPWindowForLink: one stream over TCP may have 1 Gbit/s times the
+// round trip in flight (12.5 MB at 100 ms), not 256 KiB, so that one
+// connection keeps a long lossy link busy (the bench's 1% loss row): the
+// dialer writes 12.5 MB that nobody reads yet without waiting. On a short
+// link the window stays small (yamux's windows do not grow with use).
 func TestTCPWindowForLink(t *testing.T) {
-	l, d := muxPair(t, Config{KeepAlive: time.Second, IdleTimeout: 10 * time.Second})
+	cfg := Config{KeepAlive: time.Second, IdleTimeout: 10 * time.Second}
+	for rtt, want := range map[time.Duration]uint32{0: minTCPWindow, time.Millisecond: minTCPWindow,
+		40 * time.Millisecond: 5_000_000, time.Second: maxStreamWindow} {
+		if w := tcpWindow(cfg, rtt); w != want {
+			t.Errorf("window at %v: %d, want %d", rtt, w, want)
+		}
+	}
+	l, d := muxPair(t, cfg, 100*time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := d.OpenStreamSync(ctx)
@@ -91,8 +99,8 @@ func TestTCPWindowForLink(t *testing.T) {
 // to zero when the streams end (THREATS P5).
 func TestTCPReceiveGate(t *testing.T) {
 	cfg := Config{KeepAlive: time.Second, IdleTimeout: 30 * time.Second, MaxConnectionsPerPeer: 1}
-	l, d := muxPair(t, cfg)
-	budget, window := tcpBudget(cfg), int64(tcpWindow(cfg))
+	l, d := muxPair(t, cfg, time.Second)
+	budget, window := tcpBudget(cfg), int64(tcpWindow(cfg, time.Second))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	const streams = 4

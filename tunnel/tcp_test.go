@@ -209,3 +209,14 @@ func TestTCPStopSendingHonoured(t *testing.T) {
 	}
 	c.Close()
 }
+
+// BenchmarkForwardBulkTCP is BenchmarkForwardBulk over the TCP fallback
+// (TLS 1.3, yamux): the profile of the TCP data path
+// (`go test -bench ForwardBulkTCP -cpuprofile`); compare with the QUIC
+// rows of BenchmarkForwardBulk in one run.
+func BenchmarkForwardBulkTCP(b *testing.B) {
+	old := defaultTransport
+	defaultTransport = TransportTCP
+	b.Cleanup(func() { defaultTransport = old })
+	forwardBulk(b, false)
+}
