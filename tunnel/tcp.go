@@ -152,13 +152,15 @@ const yamuxHeader = 12
 var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, yamuxHeader+codec.MaxPayload+1024); return &b }}
 
 func (w *frameWriter) Write(p []byte) (int, error) {
+	if !w.held {
+		w.rx.sent(p) // a header: bodies come with held set
+	}
 	if !w.held && len(p) == yamuxHeader && p[1] == 0 && binary.BigEndian.Uint32(p[8:]) > 0 {
 		copy(w.hdr[:], p) // a data frame's header: its body comes next
 		w.held = true
 		return len(p), nil
 	}
 	if !w.held {
-		w.rx.sent(p)
 		return w.Conn.Write(p)
 	}
 	w.held = false

@@ -29,10 +29,12 @@ const (
 // yamux's read-ahead buffer (THREATS P5, tested by TestTCPReceiveGate).
 //
 // A stream is counted from the frame that opens it (the peer's SYN, or
-// its ACK of ours) until both ends are done: our side forgets it
-// (tcpConn.forget), or either side resets it (yamux then drops its
-// buffer); frames for any other stream id are discarded by yamux and not
-// counted.
+// our own, seen as yamux writes it) until both ends are done: our side
+// forgets it (tcpConn.forget), or either side resets it (yamux then drops
+// its buffer); frames for any other stream id are discarded by yamux and
+// not counted (an ACK for a stream we never opened once counted its
+// frame's length while yamux drained it, and the gate stopped the drain:
+// FuzzTCPFrames, seed 48df37c522672b43).
 type rxGate struct {
 	budget int64
 
@@ -102,7 +104,7 @@ func (g *rxGate) frame(typ byte, flags uint16, id, length uint32) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	s := g.streams[id]
-	if s == nil && flags&(yamuxSYN|yamuxACK) != 0 && flags&yamuxRST == 0 {
+	if s == nil && flags&yamuxSYN != 0 && flags&yamuxRST == 0 {
 		s = &rxStream{}
 		g.streams[id] = s
 	}
@@ -148,12 +150,23 @@ func (g *rxGate) dropLocked(id uint32) {
 	}
 }
 
-// sent watches our own frame headers: our RST (yamux refuses a stream
-// over its accept backlog so) drops the stream's buffer.
+// sent watches our own frame headers, before they reach the peer: our
+// SYN opens a stream the peer's frames are counted on, our RST (yamux
+// refuses a stream over its accept backlog so) drops its buffer.
 func (g *rxGate) sent(hdr []byte) {
-	if len(hdr) == yamuxHeader && (hdr[1] == yamuxData || hdr[1] == yamuxUpdate) &&
-		binary.BigEndian.Uint16(hdr[2:])&yamuxRST != 0 {
-		g.drop(binary.BigEndian.Uint32(hdr[4:]))
+	if len(hdr) != yamuxHeader || hdr[1] != yamuxData && hdr[1] != yamuxUpdate {
+		return
+	}
+	flags, id := binary.BigEndian.Uint16(hdr[2:]), binary.BigEndian.Uint32(hdr[4:])
+	switch {
+	case flags&yamuxRST != 0:
+		g.drop(id)
+	case flags&yamuxSYN != 0:
+		g.mu.Lock()
+		if g.streams[id] == nil {
+			g.streams[id] = &rxStream{}
+		}
+		g.mu.Unlock()
 	}
 }
 

@@ -166,3 +166,24 @@ func TestTCPReceiveGate(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestTCPGateCountsOnlyOpenStreams: the gate counts a data frame only on a
+// stream yamux keeps a buffer for, one the peer opened (SYN) or we did
+// (our SYN, seen as it is written); an ACK for a stream we never opened
+// is drained by yamux, and counting it stopped the drain at the budget.
+func TestTCPGateCountsOnlyOpenStreams(t *testing.T) {
+	g := newRxGate(1 << 20)
+	g.parse(yamuxFrame(yamuxData, yamuxACK, 7, 2<<20, nil)) // never opened: yamux drains it
+	g.parse(make([]byte, 2<<20))
+	g.sent(yamuxFrame(yamuxUpdate, yamuxSYN, 9, 0, nil)) // ours
+	g.parse(yamuxFrame(yamuxData, yamuxACK, 9, 100, make([]byte, 100)))
+	g.parse(yamuxFrame(yamuxData, yamuxSYN, 4, 50, make([]byte, 50))) // the peer's
+	if held, streams := g.stats(); held != 150 || streams != 2 {
+		t.Fatalf("held %d on %d streams, want 150 on 2", held, streams)
+	}
+	g.took(9, 100)
+	g.sent(yamuxFrame(yamuxUpdate, yamuxRST, 4, 0, nil))
+	if held, streams := g.stats(); held != 0 || streams != 1 {
+		t.Fatalf("held %d on %d streams, want 0 on 1", held, streams)
+	}
+}
