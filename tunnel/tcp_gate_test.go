@@ -187,3 +187,34 @@ func TestTCPGateCountsOnlyOpenStreams(t *testing.T) {
 		t.Fatalf("held %d on %d streams, want 0 on 1", held, streams)
 	}
 }
+
+// TestTCPGateCountsOwnStreams: what the peer sends on a stream we opened
+// is counted too (our SYN registers it as yamux writes it).
+func TestTCPGateCountsOwnStreams(t *testing.T) {
+	l, d := muxPair(t, Config{KeepAlive: time.Second, IdleTimeout: 10 * time.Second}, 100*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := d.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Write([]byte{1}) // the listener sees the stream with its first byte
+	r, err := l.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 1 << 20
+	go r.Write(make([]byte, size))
+	for held := int64(0); held != size; time.Sleep(10 * time.Millisecond) {
+		if ctx.Err() != nil {
+			t.Fatalf("the dialer counts %d bytes on its own stream, want %d", held, size)
+		}
+		held, _ = d.rx.stats()
+	}
+	if _, err := io.ReadFull(s, make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	if held, _ := d.rx.stats(); held != 0 {
+		t.Fatalf("after reading, the dialer counts %d bytes", held)
+	}
+}
