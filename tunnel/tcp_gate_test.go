@@ -126,14 +126,18 @@ func TestTCPReceiveGate(t *testing.T) {
 		}
 		got = append(got, r)
 	}
-	// Nobody reads: wait for the held bytes to stop growing.
+	// Nobody reads: wait for the held bytes to reach the budget and stop
+	// growing (slowly under -race).
 	var held int64
-	for last, still := int64(-1), 0; still < 5; time.Sleep(100 * time.Millisecond) {
+	for last, still := int64(-1), 0; still < 5 || held < budget; time.Sleep(100 * time.Millisecond) {
 		held, _ = l.rx.stats()
 		if held == last {
 			still++
 		} else {
 			last, still = held, 0
+		}
+		if ctx.Err() != nil {
+			break
 		}
 	}
 	if bound := budget + window + 64<<10; held > bound || held < budget {
