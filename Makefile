@@ -19,7 +19,7 @@ DESTDIR   ?=
 # deploy/otel-collector/builder.yaml and kept in .cache/ between runs.
 OTELCOL   := .cache/otelcol/build/dyad-otelcol
 
-.PHONY: help install uninstall demo soak collector prev-release test test-race test-exhaustive fuzz-smoke fuzz fuzz-long collector-siem test-siem helm-check image release release-check lint bench bench-quick bench-micro bench-deps build clean
+.PHONY: help install uninstall demo soak collector prev-release test test-race test-transports test-exhaustive fuzz-smoke fuzz fuzz-long collector-siem test-siem helm-check image release release-check lint bench bench-quick bench-micro bench-deps build clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -98,6 +98,10 @@ $(OTELCOL): deploy/otel-collector/builder.yaml
 	@mkdir -p .cache/otelcol
 	GOBIN=$(CURDIR)/.cache/otelcol/bin $(GO) install go.opentelemetry.io/collector/cmd/builder@v0.120.0
 	cd .cache/otelcol && ./bin/builder --config $(CURDIR)/deploy/otel-collector/builder.yaml
+
+test-transports: ## the whole tunnel suite over QUIC and over the TCP fallback (make test runs a representative subset over both)
+	DYAD_TEST_TRANSPORTS=all $(GO) test -race -count 1 ./tunnel
+	$(GO) test -race -count 1 -run 'TestTCPFallbackProcesses|TestTransportConfig|TestDeadPeerNoticed|TestStatusCommandTCP|TestPingOutcomes' ./daemon
 
 test-exhaustive: ## every record size 0..max without -race (it strides under -race)
 	$(GO) test -count 1 -run 'TestRoundTripEverySize|TestSteadyStateAllocatesNothing' ./codec

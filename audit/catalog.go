@@ -50,6 +50,9 @@ const (
 	PeerKeyRotated         = "dyad.peer.key_rotated"
 	PeerKeyRotationRefused = "dyad.peer.key_rotation_refused"
 	PeerKeyRetired         = "dyad.peer.key_retired"
+
+	// Transport selection (README, "TCP fallback").
+	TransportChanged = "dyad.tunnel.transport_changed"
 )
 
 // Attribute keys. OpenTelemetry semantic-convention keys where one exists,
@@ -58,6 +61,7 @@ const (
 	KeyPeerAddress    = "network.peer.address"
 	KeyPeerPort       = "network.peer.port"
 	KeyTransport      = "network.transport"
+	KeyTransportFrom  = "dyad.tunnel.transport_from"
 	KeyServerAddress  = "server.address"
 	KeyServerPort     = "server.port"
 	KeyClientAddress  = "client.address"
@@ -212,7 +216,7 @@ var (
 	aPeer       = AttrSpec{KeyPeer, String, false, "configured name of the peer"}
 	aPeerAddr   = AttrSpec{KeyPeerAddress, String, false, "peer's IP address"}
 	aPeerPort   = AttrSpec{KeyPeerPort, Int, false, "peer's UDP port"}
-	aTransport  = AttrSpec{KeyTransport, String, false, `"quic"`}
+	aTransport  = AttrSpec{KeyTransport, String, false, `"quic", or "tcp" on the TCP fallback (TLS 1.3 over TCP)`}
 	aConnection = AttrSpec{KeyConnection, Int, true, "number of the connection within the daemon's run: /statusz lists it, and one peer holds several (tunnel.connections); absent from events written before this release"}
 	aService    = AttrSpec{KeyService, String, false, "service name"}
 	aDirection  = AttrSpec{KeyDirection, String, false, `"inbound" (this site serves the peer) or "outbound" (this site forwards to the peer)`}
@@ -314,7 +318,7 @@ var Catalog = []Spec{
 		ECS:  ECS{"event", []string{"configuration"}, []string{"change"}, "failure"},
 	},
 	{
-		Name: TunnelEstablished, Severity: Info, When: "a QUIC connection to a paired peer completed mutual authentication",
+		Name: TunnelEstablished, Severity: Info, When: "a QUIC connection (or TLS-over-TCP connection of the TCP fallback) to a paired peer completed mutual authentication",
 		Attrs: []AttrSpec{
 			aPeer, {KeyPeerFingerprint, String, false, "peer's identity fingerprint"}, aPeerAddr, aPeerPort, aTransport,
 			{KeyRole, String, false, `"dialer" or "listener"`},
@@ -344,8 +348,20 @@ var Catalog = []Spec{
 		ECS:  ECS{"event", []string{"network", "session"}, []string{"end", "connection"}, "success"},
 	},
 	{
+		Name: TransportChanged, Severity: Warn,
+		When: "a peer with transport: auto moved from QUIC to the TCP fallback (a QUIC dial got no answer within fallback_after) or back (a background QUIC probe completed); once per switch",
+		Attrs: []AttrSpec{
+			aPeer,
+			{KeyTransport, String, false, `the transport new connections use now: "quic" or "tcp"`},
+			{KeyTransportFrom, String, false, `the transport before the switch`},
+			{KeyReason, String, false, "quic_no_answer (to tcp) or quic_answered (back to quic)"},
+		},
+		OCSF: tunnelActivity(3, "Update", 1),
+		ECS:  ECS{"event", []string{"network"}, []string{"change"}, "success"},
+	},
+	{
 		Name: PeerAuthRefused, Severity: Warn, RateLimit: true, Source: []string{KeyPeerAddress},
-		When: "a QUIC handshake presented a key that is not a configured peer (or no key); refused before any stream",
+		When: "a QUIC or TLS-over-TCP handshake presented a key that is not a configured peer (or no key); refused before any stream",
 		Attrs: []AttrSpec{
 			{KeyPeerFingerprint, String, false, `presented fingerprint, or "none"`},
 			aPeerAddr, aPeerPort, aTransport,

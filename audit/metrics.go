@@ -231,21 +231,23 @@ func opt(kv ...attribute.KeyValue) metric.MeasurementOption {
 	return metric.WithAttributeSet(attribute.NewSet(kv...))
 }
 
-// TunnelUp counts an established tunnel and its handshake time.
-func (m *Metrics) TunnelUp(peer, role string, handshake time.Duration) {
+// TunnelUp counts an established tunnel and its handshake time, by peer
+// and transport ("quic" or "tcp", the network.transport label).
+func (m *Metrics) TunnelUp(peer, role, transport string, handshake time.Duration) {
 	if m == nil {
 		return
 	}
-	m.tunnelsActive.Add(bg, 1, opt(attribute.String("peer", peer)))
-	m.handshake.Record(bg, handshake.Seconds(), opt(attribute.String("peer", peer), attribute.String("role", role)))
+	m.tunnelsActive.Add(bg, 1, opt(attribute.String("peer", peer), attribute.String(KeyTransport, transport)))
+	m.handshake.Record(bg, handshake.Seconds(), opt(attribute.String("peer", peer), attribute.String("role", role),
+		attribute.String(KeyTransport, transport)))
 }
 
-// TunnelDown counts a tunnel that ended.
-func (m *Metrics) TunnelDown(peer string) {
+// TunnelDown counts a tunnel that ended; transport as TunnelUp's.
+func (m *Metrics) TunnelDown(peer, transport string) {
 	if m == nil {
 		return
 	}
-	m.tunnelsActive.Add(bg, -1, opt(attribute.String("peer", peer)))
+	m.tunnelsActive.Add(bg, -1, opt(attribute.String("peer", peer), attribute.String(KeyTransport, transport)))
 }
 
 // StreamOpened counts a stream that opened.

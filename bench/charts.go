@@ -73,7 +73,7 @@ func groupedBars(title, unit string, groups, series []string, value func(g, s st
 
 func (r *results) systems() []string {
 	var out []string
-	for _, name := range []string{sysDirect, sysRelay, sysDyad, sysNoGRO, sysConn1, sysBase, "stunnel"} {
+	for _, name := range []string{sysDirect, sysRelay, sysDyad, sysNoGRO, sysConn1, sysTCP, sysBase, "stunnel"} {
 		for _, c := range r.Cells {
 			if c.System == name {
 				out = append(out, name)

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -39,13 +40,19 @@ func main() {
 	baseBin := flag.String("dyad-base", "", "a second dyad build (e.g. main's) run beside -dyad as the system dyad-base, for A/B in the same run")
 	out := flag.String("out", "bench/out", "folder for results.json, report.md and the charts")
 	reps := flag.Int("reps", 3, "repetitions per cell in full mode (systems interleaved)")
-	only := flag.String("only", "", "run only the scenario groups whose name contains this (bulk, rr, churn, idle, setup, impaired, api; loss0.1%, reorder... for one emulated link)")
+	only := flag.String("only", "", "run only the scenario groups whose name contains this (bulk, rr, churn, idle, setup, fallback, impaired, api; loss0.1%, reorder... for one emulated link)")
+	systems := flag.String("systems", "", "run only these systems, comma-separated (e.g. dyad-tcp,stunnel); all when empty")
 	flag.Parse()
+	onlySystems = *systems
 	if err := run(*quick, *dyadBin, *baseBin, *out, *reps, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
+
+// onlySystems is -systems: the systems to run, comma-separated; empty runs
+// all.
+var onlySystems string
 
 // plan sets the size of each scenario.
 type plan struct {
@@ -89,7 +96,7 @@ func makePlan(quick bool, reps int) plan {
 // from 3 on); stunnel needs two descriptors per connection.
 func idleTarget(s system, want int) int {
 	switch s.name() {
-	case sysDyad, sysNoGRO, sysBase:
+	case sysDyad, sysNoGRO, sysTCP, sysBase:
 		return min(want, dyadStreamCeiling)
 	case sysConn1:
 		return min(want, tunnel.MaxStreamsCap)
@@ -128,14 +135,17 @@ func run(quick bool, dyadBin, baseBin, outDir string, reps int, only string) err
 		res.Notes = append(res.Notes, "stunnel was not measured: stunnel4 is not installed (`make bench-deps` installs it as root).")
 	}
 	newSystems := func() []system {
-		s := []system{&direct{}, &quicRelay{}, &dyadSystem{bin: dyadBin}, &dyadSystem{bin: dyadBin, noGRO: true}, &dyadSystem{bin: dyadBin, conn1: true}}
+		s := []system{&direct{}, &quicRelay{}, &dyadSystem{bin: dyadBin}, &dyadSystem{bin: dyadBin, noGRO: true},
+			&dyadSystem{bin: dyadBin, conn1: true}, &dyadSystem{bin: dyadBin, tcp: true}}
 		if baseBin != "" {
 			s = append(s, &dyadSystem{bin: baseBin, base: true})
 		}
 		if stunnelBin != "" {
 			s = append(s, &stunnelSystem{bin: stunnelBin})
 		}
-		return s
+		return slices.DeleteFunc(s, func(s system) bool {
+			return onlySystems != "" && !slices.Contains(strings.Split(onlySystems, ","), s.name())
+		})
 	}
 
 	start := time.Now()
@@ -229,6 +239,12 @@ func run(quick bool, dyadBin, baseBin, outDir string, reps int, only string) err
 		}
 	}
 	fmt.Fprintf(os.Stderr, "bench: %-12s done (%v)\n", "setup", time.Since(start).Round(time.Second))
+	if want(scenarioFallback) && (onlySystems == "" || slices.Contains(strings.Split(onlySystems, ","), sysAutoNoUDP)) {
+		if err := runFallbackSetup(res, p, dyadBin, work, srv.addr()); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "bench: %-12s done (%v)\n", scenarioFallback, time.Since(start).Round(time.Second))
+	}
 
 	// Emulated link: fresh instances in two namespaces joined by the
 	// link emulator, one emulator per link model.
@@ -307,4 +323,41 @@ func stunnelVersion(out string) string {
 		}
 	}
 	return strings.TrimSpace(out)
+}
+
+// scenarioFallback is setup with transport auto where UDP is dropped: from
+// the start of both daemons to the first byte through the TCP fallback
+// (issue 21's target: 3 s, with fallback_after's default of 2 s).
+const scenarioFallback = "setup-fallback"
+
+// runFallbackSetup measures scenarioFallback on fresh dyad-auto-noudp
+// pairs, p.setupReps times.
+func runFallbackSetup(res *results, p plan, dyadBin, work, target string) error {
+	var dropped int64
+	for rep := range p.setupReps {
+		s := &dyadSystem{bin: dyadBin, noUDP: true}
+		dir := fmt.Sprintf("%s/%s-%d", work, scenarioFallback, rep)
+		if err := s.prepare(dir); err != nil {
+			return err
+		}
+		t0 := time.Now()
+		err := s.start(dir, target, nil)
+		if err == nil {
+			err = firstByte(s.entry(), 10*time.Second)
+		}
+		d := time.Since(t0)
+		s.stop()
+		if err != nil {
+			return fmt.Errorf("%s of %s: %w", scenarioFallback, s.name(), err)
+		}
+		if s.hole.dropped.Load() == 0 {
+			return fmt.Errorf("%s: no UDP datagram reached the blackhole: site-a did not try QUIC first", scenarioFallback)
+		}
+		dropped += s.hole.dropped.Load()
+		res.add(scenarioFallback, s.name(), metrics{"setup_ms": float64(d.Microseconds()) / 1000})
+	}
+	res.Notes = append(res.Notes, fmt.Sprintf("%s: %s is dyad with transport auto (fallback_after 2 s, the default) dialing an endpoint where "+
+		"a socket of the bench drops every UDP datagram without an answer (%d dropped over %d runs) and site-b's tcp_listen answers on TCP; "+
+		"the figure is the time from starting both daemons to the first byte through the TCP fallback.", scenarioFallback, sysAutoNoUDP, dropped, p.setupReps))
+	return nil
 }

@@ -130,7 +130,7 @@ func headline(scenario string) (key, unit string) {
 		return "conns_per_s", "conn/s"
 	case scenario == "idle":
 		return "rss_kib_per_conn_importer", "KiB/conn (importer)"
-	case scenario == "setup":
+	case strings.HasPrefix(scenario, "setup"): // setup, setup-fallback
 		return "setup_ms", "ms"
 	}
 	return "", ""

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -100,26 +101,37 @@ func (d *direct) stop()         {}
 // same binary with receive offload off (DYAD_DISABLE_GRO=1), the baseline
 // of what GRO changes; with conn1 ("dyad-conn1") the same binary with
 // tunnel.connections 1, the baseline of what several connections per peer
-// change.
+// change; with tcp ("dyad-tcp") the TCP fallback transport (TLS 1.3 over
+// TCP, yamux): site-b listens on TCP too, site-a dials it with
+// transport: tcp; with noUDP ("dyad-auto-noudp") site-a dials with
+// transport auto (the default) an endpoint where UDP is dropped and
+// site-b's TCP listener answers (blackhole), the fallback's setup case.
 type dyadSystem struct {
 	bin   string
 	noGRO bool
 	conn1 bool
+	tcp   bool
+	noUDP bool
 	base  bool // another build (-dyad-base), same configuration as dyad
 	a, b  *daemontest.Site
 	local string
 	pl    *placement // where the sides run (nil: loopback)
+	hole  *blackhole // noUDP only
 }
 
 // The dyad systems' names; ratios (results.finish) and targets compare
 // sysDyad with the other two.
 const (
-	sysDyad   = "dyad"
-	sysNoGRO  = "dyad-nogro"
-	sysConn1  = "dyad-conn1"
-	sysBase   = "dyad-base"
-	sysRelay  = "quic-relay"
-	sysDirect = "direct"
+	sysDyad  = "dyad"
+	sysNoGRO = "dyad-nogro"
+	sysConn1 = "dyad-conn1"
+	sysBase  = "dyad-base"
+	sysTCP   = "dyad-tcp"
+	// sysAutoNoUDP runs only in scenarioFallback.
+	sysAutoNoUDP = "dyad-auto-noudp"
+	sysStunnel   = "stunnel"
+	sysRelay     = "quic-relay"
+	sysDirect    = "direct"
 )
 
 func (d *dyadSystem) name() string {
@@ -128,6 +140,10 @@ func (d *dyadSystem) name() string {
 		return sysNoGRO
 	case d.conn1:
 		return sysConn1
+	case d.tcp:
+		return sysTCP
+	case d.noUDP:
+		return sysAutoNoUDP
 	case d.base:
 		return sysBase
 	}
@@ -152,6 +168,26 @@ func (d *dyadSystem) start(dir, target string, pl *placement) error {
 			return err
 		}
 	}
+	if d.tcp { // site-b takes its port on TCP too
+		if d.b.Config.Listen, err = daemontest.FreeUDPTCP(); err != nil {
+			return err
+		}
+	}
+	// noUDP: site-b's QUIC port is not the endpoint site-a dials; there
+	// UDP goes into the blackhole and TCP to site-b's tcp_listen.
+	endpoint := ""
+	if d.noUDP {
+		if pl != nil {
+			return fmt.Errorf("%s runs on loopback only", sysAutoNoUDP)
+		}
+		if endpoint, err = daemontest.FreeUDPTCP(); err != nil {
+			return err
+		}
+		if d.hole, err = listenBlackhole(endpoint); err != nil {
+			return err
+		}
+		d.b.Config.Tunnel.TCPListen = daemon.TCPListen{Addr: endpoint}
+	}
 	if d.a.Config.Listen, err = pl.rehost(false, d.a.Config.Listen); err != nil {
 		return err
 	}
@@ -172,6 +208,13 @@ func (d *dyadSystem) start(dir, target string, pl *placement) error {
 	d.b.Config.Peers = []daemon.PeerFile{d.a.Peer(false)}
 	d.b.Config.Services = []daemon.ServiceFile{{Name: "target", Upstream: target, Allow: []string{"site-a"}}}
 	d.a.Config.Peers = []daemon.PeerFile{d.b.Peer(true)}
+	if d.noUDP {
+		d.a.Config.Peers[0].Endpoint = endpoint // transport auto, the default
+	}
+	if d.tcp {
+		d.b.Config.Tunnel.TCPListen = daemon.TCPListen{Same: true}
+		d.a.Config.Peers[0].Transport = tunnel.TransportTCP
+	}
 	d.a.Config.Forwards = []daemon.ForwardConfig{{Listen: d.local, Peer: "site-b", Service: "target", MaxConnections: benchMaxConnections}}
 	d.a.Config.Tunnel.ShutdownTimeout = daemon.Duration(time.Second)
 	d.b.Config.Tunnel.ShutdownTimeout = daemon.Duration(time.Second)
@@ -193,6 +236,42 @@ func (d *dyadSystem) stop() {
 			s.Stop(5 * time.Second)
 		}
 	}
+	if d.hole != nil {
+		d.hole.close()
+	}
+}
+
+// blackhole reads and drops every UDP datagram sent to its address: a path
+// that blocks UDP without a word (no ICMP either), as a firewall that drops
+// outbound UDP does.
+type blackhole struct {
+	pc      net.PacketConn
+	dropped atomic.Int64
+	done    chan struct{}
+}
+
+func listenBlackhole(addr string) (*blackhole, error) {
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("blackhole on %s: %w", addr, err)
+	}
+	h := &blackhole{pc: pc, done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		buf := make([]byte, 64<<10)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return // closed
+			}
+			h.dropped.Add(1)
+		}
+	}()
+	return h, nil
+}
+
+func (h *blackhole) close() {
+	h.pc.Close()
+	<-h.done
 }
 
 // child is a helper process started from this binary or another.
@@ -292,7 +371,7 @@ type stunnelSystem struct {
 	local    string
 }
 
-func (s *stunnelSystem) name() string { return "stunnel" }
+func (s *stunnelSystem) name() string { return sysStunnel }
 
 func (s *stunnelSystem) start(dir, target string, pl *placement) error {
 	dir = filepath.Join(dir, "stunnel")

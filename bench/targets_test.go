@@ -1,6 +1,9 @@
 package main
 
-import "testing"
+import (
+	"math"
+	"testing"
+)
 
 // TestJudgeTargets: every dyad cell is read against quic-relay, dyad-nogro
 // and dyad-conn1 of the same run, and each target is judged on those
@@ -43,5 +46,42 @@ func TestJudgeTargets(t *testing.T) {
 	}
 	if v := got["0.1% loss, bulk 8 conns ≥ 2× connections: 1"].Value; v != 4 {
 		t.Errorf("loss target value %v, want 4", v)
+	}
+}
+
+// TestJudgeTCPTargets: issue 21's targets read dyad-tcp against stunnel
+// and dyad-auto-noudp (transport auto, every UDP datagram to the partner
+// dropped) on its own: first byte through the TCP fallback within 3 s of
+// start.
+func TestJudgeTCPTargets(t *testing.T) {
+	r := &results{}
+	r.add("bulk-down-1", sysStunnel, metrics{"gbps": 2, "cpu_s_per_gb": 2})
+	r.add("bulk-down-1", sysTCP, metrics{"gbps": 1.8, "cpu_s_per_gb": 3})
+	r.add("rr-1", sysStunnel, metrics{"p50_us": 100})
+	r.add("rr-1", sysTCP, metrics{"p50_us": 110})
+	r.add("impaired-bulk-down-1-loss1%", sysStunnel, metrics{"gbps": 0.1})
+	r.add("impaired-bulk-down-1-loss1%", sysTCP, metrics{"gbps": 0.014})
+	r.add(scenarioFallback, sysAutoNoUDP, metrics{"setup_ms": 2400})
+	r.finish()
+	want := map[string]struct {
+		status string
+		value  float64
+	}{
+		"dyad-tcp bulk 1 conn down ≥ 0.8× stunnel":                 {"met", 0.9},
+		"dyad-tcp CPU-seconds per GB (bulk 1 down) ≤ 1.3× stunnel": {"missed", 1.5},
+		"dyad-tcp rr-1 p50 ≤ 1.2× stunnel":                         {"met", 1.1},
+		"dyad-tcp 1% loss, bulk 1 conn ≥ 0.8× stunnel":             {"missed", 0.14},
+		"auto, UDP blocked: first byte ≤ 3 s after start":          {"met", 2400},
+		"dyad-tcp bulk 1 conn up ≥ 0.8× stunnel":                   {"not measured", 0},
+	}
+	got := map[string]target{}
+	for _, tg := range r.Targets {
+		got[tg.Name] = tg
+	}
+	for name, w := range want {
+		g := got[name]
+		if g.Status != w.status || math.Abs(g.Value-w.value) > 1e-9 {
+			t.Errorf("%s: %q %v, want %q %v", name, g.Status, g.Value, w.status, w.value)
+		}
 	}
 }

@@ -59,6 +59,9 @@ func Check(path string, out io.Writer) error {
 	fmt.Fprintf(out, "%s: ok: site %s, identity %s, %d peers, %d services, %d forwards\n", path, cfg.Site,
 		self.Fingerprint(), len(cfg.Tunnel.Peers), len(cfg.Tunnel.Services), len(cfg.File.Forwards))
 	fmt.Fprintf(out, "%s: state %s, control socket %s\n", path, cfg.StateDir, cfg.ControlSocket)
+	if addr := cfg.File.Tunnel.TCPListen.address(cfg.File.Listen); addr != "" {
+		fmt.Fprintf(out, "%s: tcp fallback listener on %s (TCP is not dark: the kernel answers every SYN)\n", path, addr)
+	}
 	for _, name := range sortedKeys(cfg.APIs) {
 		p := cfg.APIs[name]
 		fmt.Fprintf(out, "%s: service %s: API guard: %s (OpenAPI %s, %d operations, sha256 %s)\n", path, name,

@@ -137,6 +137,54 @@ type TunnelFile struct {
 	Connections Number `yaml:"connections,omitempty"`
 	// Limits are the per-peer defaults (README, "Limits").
 	Limits LimitsFile `yaml:"limits,omitempty"`
+	// TCPListen opens the TCP fallback's listener: true for listen's
+	// address and port on TCP, or a host:port of its own. Off by default:
+	// unlike the dark QUIC port, a TCP port answers every SYN (README,
+	// "TCP fallback"). A change needs a restart.
+	TCPListen TCPListen `yaml:"tcp_listen,omitempty"`
+}
+
+// TCPListen is tunnel.tcp_listen as written: false (the default), true,
+// or a host:port. Same is true for "listen's address, on TCP".
+type TCPListen struct {
+	Same bool
+	Addr string
+}
+
+// UnmarshalYAML reads a boolean or an address.
+func (t *TCPListen) UnmarshalYAML(n *yaml.Node) error {
+	var b bool
+	if n.Tag == "!!bool" && n.Decode(&b) == nil {
+		*t = TCPListen{Same: b}
+		return nil
+	}
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+		return &valueError{n.Line, n.Column, fmt.Sprintf("%q is not true, false or host:port", n.Value)}
+	}
+	*t = TCPListen{Addr: n.Value}
+	return nil
+}
+
+// MarshalYAML writes it back as written.
+func (t TCPListen) MarshalYAML() (any, error) {
+	if t.Addr != "" {
+		return t.Addr, nil
+	}
+	return t.Same, nil
+}
+
+// IsZero reports the default (off), for omitempty.
+func (t TCPListen) IsZero() bool { return !t.Same && t.Addr == "" }
+
+// address is the TCP address to listen on ("" for none).
+func (t TCPListen) address(listen string) string {
+	if t.Addr != "" {
+		return t.Addr
+	}
+	if t.Same {
+		return listen
+	}
+	return ""
 }
 
 // LimitsFile is a set of limits as written; every field may be omitted
@@ -282,6 +330,16 @@ type PeerFile struct {
 	Limits LimitsFile `yaml:"limits,omitempty"`
 	// Connections overrides tunnel.connections for this peer.
 	Connections Number `yaml:"connections,omitempty"`
+	// Transport is quic, tcp or auto (default): auto dials QUIC and falls
+	// back to TLS over TCP (the peer needs tunnel.tcp_listen) when QUIC
+	// gets no answer within FallbackAfter (default 2s), returning to QUIC
+	// once it answers (README, "TCP fallback").
+	Transport     string   `yaml:"transport,omitempty"`
+	FallbackAfter Duration `yaml:"fallback_after,omitempty"`
+	// Proxy is an http:// proxy the TCP transport goes through with
+	// CONNECT; credentials come from DYAD_PROXY_USER and
+	// DYAD_PROXY_PASSWORD, never from this file.
+	Proxy string `yaml:"proxy,omitempty"`
 }
 
 // ServiceFile is an upstream this site exports.
@@ -715,6 +773,11 @@ func (v *validator) check(f File) *Config {
 			v.fail(err, "admin")
 		}
 	}
+	if a := f.Tunnel.TCPListen.Addr; a != "" {
+		if err := hostPort(a); err != nil {
+			v.fail(err, "tunnel", "tcp_listen")
+		}
+	}
 	c.LogLevel = zerolog.InfoLevel
 	if f.Log.Level != "" {
 		lvl, err := zerolog.ParseLevel(f.Log.Level)
@@ -799,8 +862,23 @@ func (v *validator) check(f File) *Config {
 			v.fail(fmt.Errorf("%q is not an ISO 3166-1 alpha-2 code such as DE or FR", p.Country), "peers", i, "country")
 		}
 		v.checkLimits(p.Limits, "peers", i, "limits")
-		t.Peers = append(t.Peers, tunnel.Peer{Name: p.Name, Key: key, Endpoint: p.Endpoint, Limits: p.Limits.tunnel(),
-			Connections: v.connections(p.Connections, "peers", i, "connections")})
+		tp := tunnel.Peer{Name: p.Name, Key: key, Endpoint: p.Endpoint, Limits: p.Limits.tunnel(),
+			Connections: v.connections(p.Connections, "peers", i, "connections"),
+			Transport:   p.Transport, FallbackAfter: time.Duration(p.FallbackAfter), Proxy: p.Proxy}
+		switch p.Transport {
+		case "", tunnel.TransportQUIC, tunnel.TransportTCP, tunnel.TransportAuto:
+		default:
+			v.fail(fmt.Errorf("%q is not quic, tcp or auto", p.Transport), "peers", i, "transport")
+		}
+		if p.FallbackAfter < 0 {
+			v.fail(errors.New("unlimited is not a fallback delay"), "peers", i, "fallback_after")
+		}
+		if p.Proxy != "" {
+			if err := tp.ValidateProxy(); err != nil {
+				v.fail(err, "peers", i, "proxy")
+			}
+		}
+		t.Peers = append(t.Peers, tp)
 	}
 	services := map[string]bool{}
 	for i, s := range f.Services {

@@ -211,3 +211,52 @@ func TestConnectionsConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestTransportConfig: tunnel.tcp_listen takes true or an address;
+// peers[].transport, fallback_after and proxy are checked and named at
+// their line, and a proxy URL (which might carry credentials) is never
+// repeated in an error.
+func TestTransportConfig(t *testing.T) {
+	with := func(tunnel, peer string) string {
+		s := strings.Replace(goodConfig, "KEY", testKey(t), 1)
+		s = strings.Replace(s, "  idle_timeout: 30s\n", "  idle_timeout: 30s\n"+tunnel, 1)
+		return strings.Replace(s, "    endpoint: 127.0.0.1:7100\n", "    endpoint: 127.0.0.1:7100\n"+peer, 1)
+	}
+	c, err := ParseConfig("/etc/dyad/dyad.yaml", []byte(with("  tcp_listen: true\n",
+		"    transport: auto\n    fallback_after: 1s\n    proxy: http://proxy.bank-a.internal:3128\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.File.Tunnel.TCPListen.address(c.File.Listen); got != "127.0.0.1:7000" {
+		t.Fatalf("tcp_listen: true listens on %q", got)
+	}
+	p := c.Tunnel.Peers[0]
+	if p.Transport != "auto" || p.FallbackAfter.String() != "1s" || p.Proxy != "http://proxy.bank-a.internal:3128" {
+		t.Fatalf("peer %+v", p)
+	}
+	c, err = ParseConfig("/etc/dyad/dyad.yaml", []byte(with("  tcp_listen: 0.0.0.0:443\n", "")))
+	if err != nil || c.File.Tunnel.TCPListen.address(c.File.Listen) != "0.0.0.0:443" {
+		t.Fatalf("tcp_listen address: %v", err)
+	}
+	c, err = ParseConfig("/etc/dyad/dyad.yaml", []byte(with("", "")))
+	if err != nil || c.File.Tunnel.TCPListen.address(c.File.Listen) != "" {
+		t.Fatalf("tcp_listen is not off by default: %v", err)
+	}
+	for _, bad := range []struct{ tunnel, peer, want string }{
+		{"  tcp_listen: nowhere\n", "", "tunnel.tcp_listen:"},
+		{"  tcp_listen: [1]\n", "", "not true, false or host:port"},
+		{"", "    transport: udp\n", "peers[0].transport: \"udp\" is not quic, tcp or auto"},
+		{"", "    fallback_after: soon\n", "fallback_after"},
+		{"", "    proxy: http://user:secret@proxy:3128\n", "peers[0].proxy: want http://host:port"},
+		{"", "    proxy: socks5://proxy:1080\n", "peers[0].proxy:"},
+		{"", "    transport: quic\n    proxy: http://proxy:3128\n", "peers[0].proxy: needs transport tcp or auto"},
+	} {
+		_, err := ParseConfig("/etc/dyad/dyad.yaml", []byte(with(bad.tunnel, bad.peer)))
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%q %q: err %v, want %q", bad.tunnel, bad.peer, err, bad.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("error repeats the proxy's credentials: %v", err)
+		}
+	}
+}

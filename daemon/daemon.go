@@ -177,15 +177,28 @@ func (d *Daemon) start(cfg *Config, id *identity.Identity) (*http.Server, error)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.File.Listen, err)
 	}
+	var tcpLn net.Listener
+	if addr := cfg.File.Tunnel.TCPListen.address(cfg.File.Listen); addr != "" {
+		if tcpLn, err = net.Listen("tcp", addr); err != nil {
+			pc.Close()
+			return nil, fmt.Errorf("tunnel.tcp_listen %s: %w", addr, err)
+		}
+	}
 	commit := d.wireGuards(cfg)
 	tcfg := d.tunnelConfig(cfg)
 	tcfg.Handover, tcfg.Learned = d.keys.handover, d.learnedRotations(cfg)
 	node, err := tunnel.New(pc, id, tcfg, d.log, d.au.auditor)
 	if err != nil {
 		pc.Close()
+		if tcpLn != nil {
+			tcpLn.Close()
+		}
 		return nil, err
 	}
 	commit()
+	if tcpLn != nil {
+		node.ServeTCP(tcpLn) // the node closes it
+	}
 	d.node = node
 	if err := d.au.metrics.ObserveConnections(d.connSamples); err != nil {
 		node.Close()
@@ -293,6 +306,8 @@ func restartOnly(old, cur *Config) error {
 		return fmt.Errorf("identity changed: %w to use another key", errRestartRequired)
 	case old.File.Listen != cur.File.Listen:
 		return fmt.Errorf("listen changed: %w to move the QUIC port", errRestartRequired)
+	case old.File.Tunnel.TCPListen != cur.File.Tunnel.TCPListen:
+		return fmt.Errorf("tunnel.tcp_listen changed: %w to open or move the TCP port", errRestartRequired)
 	case old.File.Admin != cur.File.Admin:
 		return fmt.Errorf("admin changed: %w to move the admin endpoint", errRestartRequired)
 	case old.Site != cur.Site:

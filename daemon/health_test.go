@@ -12,6 +12,7 @@ import (
 
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/daemon/daemontest"
+	"github.com/dyad-tunnel/dyad/tunnel"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
 )
@@ -35,8 +36,16 @@ func connected(t *testing.T, s *daemontest.Site, peer string) bool {
 // stays open, nothing answers) is noticed within three keepalives, not
 // the 30 s idle timeout; while it is down a new local connection to its
 // forward is refused after connect_timeout with a log line naming the peer;
-// once it runs again the tunnel comes back.
+// once it runs again the tunnel comes back. The same rule over the TCP
+// fallback (tcp: the stopped kernel still ACKs, only yamux pings go
+// unanswered).
 func TestDeadPeerNoticed(t *testing.T) {
+	for _, transport := range []string{tunnel.TransportQUIC, tunnel.TransportTCP} {
+		t.Run(transport, func(t *testing.T) { testDeadPeerNoticed(t, transport) })
+	}
+}
+
+func testDeadPeerNoticed(t *testing.T, transport string) {
 	// 2 s: the bound (2.5 periods + RTT, under 3) leaves a second for a loaded machine.
 	const keepalive, connectTimeout = 2 * time.Second, time.Second
 	echo, _ := tunneltest.EchoServer(t)
@@ -46,6 +55,16 @@ func TestDeadPeerNoticed(t *testing.T) {
 	b.Config.Peers = []daemon.PeerFile{a.Peer(false)}
 	b.Config.Services = []daemon.ServiceFile{{Name: "echo", Upstream: echo, Allow: []string{"site-a"}}}
 	a.Config.Peers = []daemon.PeerFile{b.Peer(true)}
+	if transport == tunnel.TransportTCP {
+		addr, err := daemontest.FreeUDPTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Config.Listen = addr
+		b.Config.Tunnel.TCPListen = daemon.TCPListen{Same: true}
+		a.Config.Peers = []daemon.PeerFile{b.Peer(true)}
+		a.Config.Peers[0].Transport = tunnel.TransportTCP
+	}
 	a.Config.Forwards = []daemon.ForwardConfig{{Listen: local, Peer: "site-b", Service: "echo"}}
 	for _, s := range []*daemontest.Site{a, b} {
 		s.Config.Log.Level = "info"
@@ -133,6 +152,73 @@ func TestDeadPeerNoticed(t *testing.T) {
 	}
 	if err := echoRoundTrip(local, 1<<20, 2); err != nil {
 		t.Fatalf("after the partner resumed: %v", err)
+	}
+}
+
+// TestStatusCommandTCP: dyad status over the TCP fallback names the
+// transport of each connection, and shows its RTT (yamux pings) and wire
+// bytes (the TLS bytes on the socket), as it does for QUIC.
+func TestStatusCommandTCP(t *testing.T) {
+	echo, _ := tunneltest.EchoServer(t)
+	root := t.TempDir()
+	a, b := newSite(t, root, "site-a"), newSite(t, root, "site-b")
+	addr, err := daemontest.FreeUDPTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := freeTCP(t)
+	b.Config.Listen = addr
+	b.Config.Tunnel.TCPListen = daemon.TCPListen{Same: true}
+	b.Config.Peers = []daemon.PeerFile{a.Peer(false)}
+	b.Config.Services = []daemon.ServiceFile{{Name: "echo", Upstream: echo, Allow: []string{"site-a"}}}
+	a.Config.Peers = []daemon.PeerFile{b.Peer(true)}
+	a.Config.Peers[0].Transport = tunnel.TransportTCP
+	a.Config.Forwards = []daemon.ForwardConfig{{Listen: local, Peer: "site-b", Service: "echo"}}
+	start(t, b)
+	start(t, a)
+	if err := echoRoundTrip(local, 256<<10, 1); err != nil {
+		t.Fatal(err)
+	}
+	var r daemon.StatusReport
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		out, code := runDyad(t, "status", "--config", a.ConfigPath(), "--json")
+		if code != 0 {
+			t.Fatalf("dyad status --json: exit %d\n%s", code, out)
+		}
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("dyad status --json: %v\n%s", err, out)
+		}
+		ready := len(r.Peers) == 1 && len(r.Peers[0].Conns) == 3
+		for _, c := range r.Peers[0].Conns {
+			ready = ready && c.RTTMillis > 0
+		}
+		if ready {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("A's three TCP connections with an RTT did not come up: %+v", r)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var moved uint64
+	for _, c := range r.Peers[0].Conns {
+		moved += c.WireBytesReceived
+		if c.Transport != tunnel.TransportTCP {
+			t.Errorf("connection %d: transport %q, want tcp", c.ID, c.Transport)
+		}
+		if c.CongestionWindow != nil || c.PacketsLost != nil || c.MinRTTMillis != nil {
+			t.Errorf("connection %d over TCP reports a QUIC congestion state: %+v", c.ID, c)
+		}
+	}
+	if moved < 256<<10 {
+		t.Errorf("connections received %d wire bytes, want at least the 256 KiB echoed", moved)
+	}
+	out, code := runDyad(t, "status", "--config", a.ConfigPath())
+	if code != 0 || !strings.Contains(out, "TRANSPORT") || !strings.Contains(out, "dialer/0  tcp") || !strings.Contains(out, "unknown") {
+		t.Errorf("dyad status: exit %d, want a TRANSPORT column saying tcp and the congestion columns unknown\n%s", code, out)
+	}
+	if _, m := httpGet(t, "http://"+a.Config.Admin+"/metrics"); strings.Contains(m, "dyad_quic_connection_cwnd_bytes") {
+		t.Errorf("a TCP connection has a dyad_quic_connection_* series:\n%s", m)
 	}
 }
 

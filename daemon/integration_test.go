@@ -305,7 +305,7 @@ func TestNotAllowedAndUpstreamDown(t *testing.T) {
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{`dyad_refusals_total{reason="not_allowed"} 1`, `dyad_refusals_total{reason="upstream_unreachable"} 1`,
-		`dyad_audit_events_total{event="dyad.policy.denied"} 1`, fmt.Sprintf(`dyad_tunnels_active{peer="site-a"} %d`, tunnel.DefaultConnections), // one per connection
+		`dyad_audit_events_total{event="dyad.policy.denied"} 1`, fmt.Sprintf(`dyad_tunnels_active{network_transport="quic",peer="site-a"} %d`, tunnel.DefaultConnections), // one per connection
 		"dyad_tunnel_handshake_duration_seconds_bucket"} {
 		if !strings.Contains(string(metrics), want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -33,7 +33,8 @@ type PingOptions struct {
 	Timeout  time.Duration // the whole probe; zero means 10 s
 }
 
-// Ping probes a peer with this site's identity from a fresh UDP socket (no
+// Ping probes a peer with this site's identity over the peer's transport
+// (auto: QUIC, then TCP if QUIC gets no answer) from a fresh socket (no
 // running daemon needed; the partner sees one short extra connection from
 // this site), prints what it found, and returns the exit code.
 func Ping(o PingOptions, out io.Writer) int {
@@ -91,8 +92,8 @@ func Ping(o PingOptions, out io.Writer) int {
 	pinned := peer.Key.Fingerprint()
 	switch res.Outcome {
 	case tunnel.ProbeOK:
-		fmt.Fprintf(out, "ok: %s answered and accepted this site: round trip %s (handshake %s), group %s, protocol %s\n",
-			who, ms(res.RTT), ms(res.Handshake), res.Group, res.Protocol)
+		fmt.Fprintf(out, "ok: %s answered and accepted this site: round trip %s (handshake %s), group %s, protocol %s, over %s\n",
+			who, ms(res.RTT), ms(res.Handshake), res.Group, res.Protocol, res.Transport)
 		if o.Service != "" {
 			fmt.Fprintf(out, "ok: service %s accepted in %s (the partner reached its upstream)\n", o.Service, ms(res.StreamRTT))
 		}
@@ -100,7 +101,7 @@ func Ping(o PingOptions, out io.Writer) int {
 	case tunnel.ProbeNoAnswer:
 		fmt.Fprintf(out, "no answer from %s within %v. One of:\n"+
 			"  - the partner's daemon is not running, or not listening there\n"+
-			"  - a firewall drops UDP to %s, or its answers\n"+
+			"  - a firewall drops UDP to %s, or its answers (transport tcp or auto tries TCP as well)\n"+
 			"  - the key pinned for %s is not the partner's: its listener answers only a first flight keyed\n"+
 			"    with its own public key, so a wrong key looks exactly like a dead network.\n"+
 			"    pinned fingerprint: %s (compare it with the partner's `dyad check` by phone)\n",

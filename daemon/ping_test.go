@@ -7,6 +7,7 @@ import (
 
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/daemon/daemontest"
+	"github.com/dyad-tunnel/dyad/tunnel"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
 )
@@ -23,10 +24,17 @@ func TestPingOutcomes(t *testing.T) {
 	root := t.TempDir()
 	a, b := newSite(t, root, "site-a"), newSite(t, root, "site-b")
 	stranger, wrongPin := newSite(t, root, "site-c"), newSite(t, root, "site-d")
+	overTCP, strangerTCP := newSite(t, root, "site-e"), newSite(t, root, "site-f")
 	downUp := freeTCP(t) // nothing listens there
-	b.Config.Peers = []daemon.PeerFile{a.Peer(false), wrongPin.Peer(false)}
+	addr, err := daemontest.FreeUDPTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Config.Listen = addr
+	b.Config.Tunnel.TCPListen = daemon.TCPListen{Same: true}
+	b.Config.Peers = []daemon.PeerFile{a.Peer(false), wrongPin.Peer(false), overTCP.Peer(false)}
 	b.Config.Services = []daemon.ServiceFile{
-		{Name: "echo", Upstream: echo, Allow: []string{"site-a"}},
+		{Name: "echo", Upstream: echo, Allow: []string{"site-a", "site-e"}},
 		{Name: "private", Upstream: echo},
 		{Name: "down", Upstream: downUp, Allow: []string{"site-a"}},
 	}
@@ -40,11 +48,15 @@ func TestPingOutcomes(t *testing.T) {
 	wrong := b.Peer(true)
 	wrong.PublicKey = other.PublicKey // site-d pins another key for site-b
 	wrongPin.Config.Peers = []daemon.PeerFile{wrong}
+	bTCP := b.Peer(true)
+	bTCP.Transport = tunnel.TransportTCP
+	overTCP.Config.Peers = []daemon.PeerFile{bTCP}
+	strangerTCP.Config.Peers = []daemon.PeerFile{bTCP} // B does not pin site-f
 	gone := newSite(t, root, "gone")
 	deadPeer := gone.Peer(false)
 	deadPeer.Endpoint = daemonUDP(t)
 	a.Config.Peers = append(a.Config.Peers, deadPeer)
-	for _, s := range []*daemontest.Site{a, stranger, wrongPin} {
+	for _, s := range []*daemontest.Site{a, stranger, wrongPin, overTCP, strangerTCP} {
 		if err := s.Write(); err != nil {
 			t.Fatal(err)
 		}
@@ -67,6 +79,8 @@ func TestPingOutcomes(t *testing.T) {
 		{"not pinned there", stranger, []string{"site-b"}, daemon.PingRefused, []string{"refused this site's certificate", "public_key: dyad2:"}},
 		{"wrong pinned key", wrongPin, []string{"--timeout", "2s", "site-b"}, daemon.PingNoAnswer,
 			[]string{"no answer from site-b", "not running", "firewall", "pinned fingerprint: " + otherKey.Fingerprint()}},
+		{"tcp ok", overTCP, []string{"site-b", "echo"}, daemon.PingOK, []string{"ok: site-b at " + b.Config.Listen, "protocol dyad/2, over tcp", "ok: service echo accepted in"}},
+		{"tcp not pinned there", strangerTCP, []string{"site-b"}, daemon.PingRefused, []string{"refused this site's certificate"}},
 		{"dead port", a, []string{"--timeout", "2s", "gone"}, daemon.PingNoAnswer, []string{"no answer from gone", "pinned fingerprint: " + goneKey.Fingerprint()}},
 	}
 	for _, c := range cases {

@@ -55,7 +55,7 @@ func (d *Daemon) statusReport() StatusReport {
 	}
 }
 
-// connSamples is every peer connection's congestion state for the
+// connSamples is every peer QUIC connection's congestion state for the
 // dyad.quic.connection.* metrics: labelled by peer name and connection
 // index only, so the series are bounded by the peers' connections
 // (TestConnCongestionStatus).
@@ -63,9 +63,12 @@ func (d *Daemon) connSamples() []audit.ConnSample {
 	var out []audit.ConnSample
 	for _, p := range d.node.Status() {
 		for _, c := range p.Conns {
-			out = append(out, audit.ConnSample{Peer: p.Name, Index: c.Index, CongestionWindow: c.CongestionWindow,
-				SmoothedRTT: time.Duration(c.RTTMillis * float64(time.Millisecond)), MinRTT: time.Duration(c.MinRTTMillis * float64(time.Millisecond)),
-				PacketsSent: c.PacketsSent, PacketsLost: c.PacketsLost, BytesLost: c.WireBytesLost})
+			if c.CongestionWindow == nil {
+				continue // TCP: no congestion state of ours to report
+			}
+			out = append(out, audit.ConnSample{Peer: p.Name, Index: c.Index, CongestionWindow: *c.CongestionWindow,
+				SmoothedRTT: time.Duration(c.RTTMillis * float64(time.Millisecond)), MinRTT: time.Duration(*c.MinRTTMillis * float64(time.Millisecond)),
+				PacketsSent: *c.PacketsSent, PacketsLost: *c.PacketsLost, BytesLost: *c.WireBytesLost})
 		}
 	}
 	return out
@@ -219,7 +222,7 @@ func PrintStatus(out io.Writer, r StatusReport, now time.Time) {
 			continue
 		}
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "  CONN\tROLE\tREMOTE\tSINCE\tRTT\tMIN RTT\tCWND\tSENT\tRECEIVED\tPACKETS\tLOST\tSTREAMS\tACTIVE\tPROTOCOL")
+		fmt.Fprintln(tw, "  CONN\tROLE\tTRANSPORT\tREMOTE\tSINCE\tRTT\tMIN RTT\tCWND\tSENT\tRECEIVED\tPACKETS\tLOST\tSTREAMS\tACTIVE\tPROTOCOL")
 		for _, c := range p.Conns {
 			role := c.Role
 			if c.Role == "dialer" && c.Slot >= 0 {
@@ -228,9 +231,14 @@ func PrintStatus(out io.Writer, r StatusReport, now time.Time) {
 			if c.Retired {
 				role += " (retired)"
 			}
-			fmt.Fprintf(tw, "  #%d\t%s\t%s\t%s\t%.1f ms\t%.1f ms\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%s\n", c.ID, role, c.Remote, ago(c.Since, now),
-				c.RTTMillis, c.MinRTTMillis, byteCount(c.CongestionWindow), byteCount(c.WireBytesSent), byteCount(c.WireBytesReceived),
-				c.PacketsSent, lossShare(c.PacketsLost, c.PacketsSent), c.Streams, c.ActiveStreams, c.Protocol)
+			minRTT, cwnd, packets, lost := "unknown", "unknown", "unknown", "unknown" // TCP: the kernel's, not reported
+			if c.CongestionWindow != nil {
+				minRTT, cwnd = fmt.Sprintf("%.1f ms", *c.MinRTTMillis), byteCount(*c.CongestionWindow)
+				packets, lost = fmt.Sprint(*c.PacketsSent), lossShare(*c.PacketsLost, *c.PacketsSent)
+			}
+			fmt.Fprintf(tw, "  #%d\t%s\t%s\t%s\t%s\t%.1f ms\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", c.ID, role, c.Transport, c.Remote, ago(c.Since, now),
+				c.RTTMillis, minRTT, cwnd, byteCount(c.WireBytesSent), byteCount(c.WireBytesReceived),
+				packets, lost, c.Streams, c.ActiveStreams, c.Protocol)
 		}
 		tw.Flush()
 	}

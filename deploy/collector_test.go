@@ -303,7 +303,7 @@ func (d *siemDyad) emitAll(t *testing.T) []journal.Entry {
 			d.a.Emit(s.Name, siemSample(s)...)
 		}
 	}
-	d.m.TunnelUp("bank-b", "dialer", 20*time.Millisecond)
+	d.m.TunnelUp("bank-b", "dialer", "quic", 20*time.Millisecond)
 	d.m.StreamOpened("bank-b", "payments", "outbound")
 	if err := d.j.Checkpoint(); err != nil {
 		t.Fatal(err)

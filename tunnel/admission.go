@@ -79,6 +79,7 @@ type admissionTicket struct {
 	// presented is the identity our certificate was made from
 	// (serverTLS): during a rotation, the connection's pairing secret.
 	presented atomic.Pointer[identity.Identity]
+	released  sync.Once
 }
 
 func (t *admissionTicket) handshakeDone() {
@@ -235,8 +236,21 @@ func (a *admission) retry(addr net.Addr) bool {
 // admit is quic.Transport.ConnContext: it takes the source's token and the
 // handshake's places, or refuses (quic-go then sends CONNECTION_REFUSED).
 func (a *admission) admit(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+	t, err := a.enter(info.RemoteAddr)
+	if err != nil {
+		return nil, err
+	}
+	context.AfterFunc(ctx, t.release)
+	ctx = context.WithValue(ctx, admissionTicket{}, t)
+	return context.WithValue(ctx, handshakeStart{}, time.Now()), nil
+}
+
+// enter takes a new handshake's places for remote (QUIC or TCP) or
+// refuses it, audited; the caller releases the ticket when the connection
+// ends.
+func (a *admission) enter(remote net.Addr) (*admissionTicket, error) {
 	cfg := a.n.cfg.Load().cfg
-	t := &admissionTicket{a: a, src: source(info.RemoteAddr), pfx: prefix(info.RemoteAddr)}
+	t := &admissionTicket{a: a, src: source(remote), pfx: prefix(remote)}
 	limit := ""
 	if cfg.MaxTunnels > 0 && a.tunnels.Load() >= int64(cfg.MaxTunnels) {
 		limit = "max_tunnels"
@@ -244,16 +258,19 @@ func (a *admission) admit(ctx context.Context, info *quic.ClientInfo) (context.C
 		limit = a.takeHalfOpen(t, cfg)
 	}
 	if limit != "" {
-		a.n.auditListenerLimited(info.RemoteAddr, limit)
+		a.n.auditListenerLimited(remote, limit)
 		return nil, errAdmission
 	}
 	a.tunnels.Add(1)
-	context.AfterFunc(ctx, func() {
+	return t, nil
+}
+
+// release gives back the ticket's places (once; later calls do nothing).
+func (t *admissionTicket) release() {
+	t.released.Do(func() {
 		t.handshakeDone()
-		a.tunnels.Add(-1)
+		t.a.tunnels.Add(-1)
 	})
-	ctx = context.WithValue(ctx, admissionTicket{}, t)
-	return context.WithValue(ctx, handshakeStart{}, time.Now()), nil
 }
 
 // takeHalfOpen checks the half-open cap and shares and the source's

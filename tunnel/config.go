@@ -118,6 +118,19 @@ type Peer struct {
 	// Connections overrides Config.Connections for this peer; zero means
 	// Config.Connections.
 	Connections int
+	// Transport is how we dial the peer: TransportQUIC, TransportTCP
+	// (TLS over TCP to the same host:port; the peer needs
+	// tunnel.tcp_listen), or TransportAuto: QUIC first, TCP when a QUIC
+	// dial gets no answer within FallbackAfter, back to QUIC once it
+	// answers (fallback.go). Empty means TransportAuto.
+	Transport string
+	// FallbackAfter is how long an auto dial waits for QUIC's answer
+	// before it tries TCP. Zero means 2 s.
+	FallbackAfter time.Duration
+	// Proxy, if set, is an http:// proxy the TCP transport goes through
+	// with CONNECT (credentials from DYAD_PROXY_USER and
+	// DYAD_PROXY_PASSWORD, never logged).
+	Proxy string
 	// Previous are keys the peer rotated away from, still accepted until
 	// their deadline (an identity rotation's overlap): connections they
 	// authenticated keep flowing and new ones are admitted; at the
@@ -381,6 +394,9 @@ func (c Config) Validate() error {
 			if _, _, err := net.SplitHostPort(p.Endpoint); err != nil {
 				return fmt.Errorf("peer %q: endpoint: %w", p.Name, err)
 			}
+		}
+		if err := p.validateTransport(); err != nil {
+			return fmt.Errorf("peer %q: %w", p.Name, err)
 		}
 	}
 	for _, p := range c.Peers {

@@ -61,6 +61,10 @@ func within(t *testing.T, done <-chan error) error {
 // journal cannot be written the exporter refuses streams with the typed,
 // counted audit_unavailable, and the importer opens none. THREATS P7.
 func TestJournalFailureRefusesStreams(t *testing.T) {
+	matrixTransports(t, testJournalFailureRefusesStreams)
+}
+
+func testJournalFailureRefusesStreams(t *testing.T) {
 	echo, accepted := tunneltest.EchoServer(t)
 	ida, idb := newIdentity(t), newIdentity(t)
 	var bFailing, aFailing atomic.Bool

@@ -54,7 +54,9 @@ func refusedWith(t *testing.T, err error, want Status) {
 // TestStreamRateLimited: a peer that opens streams faster than its rate
 // gets typed refusals once its burst is spent; each is counted and
 // audited. THREATS P5.
-func TestStreamRateLimited(t *testing.T) {
+func TestStreamRateLimited(t *testing.T) { matrixTransports(t, testStreamRateLimited) }
+
+func testStreamRateLimited(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	a, b := pairLimited(t, echo, Limits{StreamsPerSecond: 0.1, StreamBurst: 3}, Limits{}, nil)
 	for i := range 3 {
@@ -79,7 +81,9 @@ func TestStreamRateLimited(t *testing.T) {
 
 // TestMaxStreams: a service's concurrency cap refuses the stream over it
 // with a typed answer, and frees the slot when a stream ends. THREATS P5.
-func TestMaxStreams(t *testing.T) {
+func TestMaxStreams(t *testing.T) { bothTransports(t, testMaxStreams) }
+
+func testMaxStreams(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	a, b := pairLimited(t, echo, Limits{}, Limits{MaxStreams: 2}, nil)
 	var held []net.Conn
@@ -111,7 +115,9 @@ func TestMaxStreams(t *testing.T) {
 
 // TestBandwidthLimited: a peer's bytes per second paces its streams, and
 // the first delay of a stream is audited. THREATS P5.
-func TestBandwidthLimited(t *testing.T) {
+func TestBandwidthLimited(t *testing.T) { matrixTransports(t, testBandwidthLimited) }
+
+func testBandwidthLimited(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	const perSecond = 1 << 20
 	a, b := pairLimited(t, echo, Limits{BytesPerSecond: perSecond}, Limits{}, nil)
@@ -141,7 +147,9 @@ func TestBandwidthLimited(t *testing.T) {
 // TestStreamIdleTimeout and the lifetime below: a stream that carries
 // nothing for its idle timeout, or lives past its lifetime, is reset on
 // both sides, and its close event says why. THREATS P5 (slowloris).
-func TestStreamIdleTimeout(t *testing.T) {
+func TestStreamIdleTimeout(t *testing.T) { matrixTransports(t, testStreamIdleTimeout) }
+
+func testStreamIdleTimeout(t *testing.T) {
 	for _, tc := range []struct {
 		lim     Limits
 		reason  string

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -73,6 +74,7 @@ type link struct {
 	ctx   context.Context // ends when the link is closed
 
 	want atomic.Int32 // connections to dial (Peer.Connections with the default applied)
+	fb   fallback     // transport: auto's state (fallback.go)
 
 	mu      sync.Mutex          // guards the following fields
 	conns   map[*tconn]struct{} // every connection of the peer not yet ended
@@ -91,7 +93,7 @@ type link struct {
 
 // tconn is one established QUIC connection to a peer with its codec keys.
 type tconn struct {
-	qc      *quic.Conn
+	qc      muxConn
 	sess    *codec.Session
 	key     [32]byte           // the Ed25519 key the peer authenticated with
 	local   *identity.Identity // the identity we authenticated with
@@ -270,13 +272,19 @@ func (l *link) status() []ConnStatus {
 	slices.SortFunc(conns, func(a, b *tconn) int { return cmp.Compare(a.id, b.id) })
 	out := make([]ConnStatus, 0, len(conns))
 	for _, tc := range conns {
-		st := tc.qc.ConnectionStats()
-		out = append(out, ConnStatus{ID: tc.id, Index: tc.index, Remote: tc.qc.RemoteAddr().String(), Since: tc.since.UTC().Format(time.RFC3339),
-			Role: tc.role(), Slot: tc.slot, Protocol: tc.qc.ConnectionState().TLS.NegotiatedProtocol, Retired: tc.retired.Load(),
+		wireSent, wireReceived := tc.qc.WireBytes()
+		cs := ConnStatus{ID: tc.id, Index: tc.index, Remote: tc.qc.RemoteAddr().String(), Since: tc.since.UTC().Format(time.RFC3339),
+			Role: tc.role(), Slot: tc.slot, Transport: tc.qc.Transport(), Protocol: tc.qc.TLSState().NegotiatedProtocol, Retired: tc.retired.Load(),
 			ActiveStreams: tc.active.Load(), Streams: tc.streams.Load(), BytesSent: tc.bytesSent.Load(),
-			BytesReceived: tc.bytesReceived.Load(), RTTMillis: millis(st.SmoothedRTT), MinRTTMillis: millis(st.MinRTT),
-			WireBytesSent: st.BytesSent, WireBytesReceived: st.BytesReceived, CongestionWindow: st.CongestionWindow,
-			PacketsSent: st.PacketsSent, PacketsReceived: st.PacketsReceived, PacketsLost: st.PacketsLost, WireBytesLost: st.BytesLost})
+			BytesReceived: tc.bytesReceived.Load(), RTTMillis: millis(tc.qc.RTT()),
+			WireBytesSent: wireSent, WireBytesReceived: wireReceived}
+		if qc, ok := tc.qc.(quicConn); ok {
+			st := qc.ConnectionStats()
+			minRTT := millis(st.MinRTT)
+			cs.MinRTTMillis, cs.CongestionWindow = &minRTT, &st.CongestionWindow
+			cs.PacketsSent, cs.PacketsReceived, cs.PacketsLost, cs.WireBytesLost = &st.PacketsSent, &st.PacketsReceived, &st.PacketsLost, &st.BytesLost
+		}
+		out = append(out, cs)
 	}
 	return out
 }
@@ -338,8 +346,8 @@ func (l *link) closeLocal(id *identity.Identity) {
 // beyond the peer's cap is refused (THREATS P5, TestConnectionsPerPeerCapped).
 // slot is the dial slot of a connection we dialed (-1 otherwise).
 // local is the identity we authenticated with.
-func (l *link) attach(qc *quic.Conn, local *identity.Identity, dialed bool, slot int, handshake time.Duration) error {
-	state := qc.ConnectionState().TLS
+func (l *link) attach(qc muxConn, local *identity.Identity, dialed bool, slot int, handshake time.Duration) error {
+	state := qc.TLSState()
 	var key [32]byte
 	if len(state.PeerCertificates) > 0 {
 		if k, err := identity.CertificateKey(state.PeerCertificates[0].Raw); err == nil && len(k) == len(key) {
@@ -419,7 +427,9 @@ func (l *link) attach(qc *quic.Conn, local *identity.Identity, dialed bool, slot
 		time.AfterFunc(3*l.n.cfg.Load().cfg.KeepAlive, func() { l.reportSeveral(tc, other) })
 	}
 	l.n.Stats.TunnelsEstablished.Add(1)
-	l.n.dark.tunnelAt(qc, 1)
+	if q, ok := qc.(quicConn); ok {
+		l.n.dark.tunnelAt(q, 1)
+	}
 	l.n.auditEstablished(l, tc, state, handshake)
 	l.n.loops.Add(2)
 	go l.serve(tc)
@@ -544,10 +554,13 @@ const (
 	checkEvery  = 0.0625
 )
 
-// heartbeat sends a QUIC datagram on tc every keepalive period (more often
-// while the peer is silent), discards the peer's, and closes the
-// connection once the peer has been silent for silentAfter periods, until
-// the connection ends.
+// heartbeat asks the peer for an answer on tc every keepalive period (more
+// often while the peer is silent): over QUIC a datagram, whose ACK is the
+// answer; over TCP a yamux ping (muxConn.Beat). It discards the peer's
+// beats, and closes the connection once nothing at all has come from the
+// peer for silentAfter periods, until the connection ends. The rule is the
+// same on both transports: what counts as "heard" is any packet (QUIC) or
+// any byte read from the TCP socket (TestDeadPeerNoticed, both transports).
 //
 // A peer that crashed and restarted answers a packet of a connection it no
 // longer knows with a stateless reset (keyed from its identity), which ends
@@ -558,29 +571,27 @@ const (
 // reset, that connection being reset with it (TestFaultStaleTunnelEnds).
 func (l *link) heartbeat(tc *tconn) {
 	defer l.n.loops.Done()
-	var beat [heartbeatSize]byte
 	periods := func(k time.Duration, f float64) time.Duration { return time.Duration(float64(k) * f) }
-	received, heard := tc.qc.ConnectionStats().PacketsReceived, time.Now()
+	received, heard := tc.qc.Received(), time.Now()
 	sent, sending := time.Now(), true
+	if tc.qc.RTT() == 0 {
+		sent = time.Time{} // a transport without an RTT yet (TCP): beat at once, so status has one
+	}
 	for {
 		k := l.n.cfg.Load().cfg.KeepAlive
 		ctx, cancel := context.WithTimeout(tc.qc.Context(), periods(k, checkEvery))
-		for {
-			if _, err := tc.qc.ReceiveDatagram(ctx); err != nil {
-				break // the check period is over, or the connection
-			}
-		}
+		tc.qc.DrainBeats(ctx) // until the check period is over, or the connection
 		cancel()
 		if tc.qc.Context().Err() != nil {
 			return
 		}
-		now, stats := time.Now(), tc.qc.ConnectionStats()
+		now, got := time.Now(), tc.qc.Received()
 		silent := now.Sub(heard)
-		if stats.PacketsReceived != received {
-			received, heard, silent = stats.PacketsReceived, now, 0
-		} else if silent > periods(k, silentAfter)+stats.SmoothedRTT {
+		if got != received {
+			received, heard, silent = got, now, 0
+		} else if silent > periods(k, silentAfter)+tc.qc.RTT() {
 			l.n.log.Warn().Str("peer", l.peer.Name).Str("remote", tc.qc.RemoteAddr().String()).Uint64("connection", tc.id).
-				Float64("silent_s", silent.Seconds()).Float64("keepalive_s", k.Seconds()).
+				Str("transport", tc.qc.Transport()).Float64("silent_s", silent.Seconds()).Float64("keepalive_s", k.Seconds()).
 				Msg("peer silent: tunnel connection down (the partner's daemon stopped, or the path dropped)")
 			l.n.Stats.TunnelsSilent.Add(1)
 			tc.qc.CloseWithError(codePeerSilent, "peer silent")
@@ -594,7 +605,7 @@ func (l *link) heartbeat(tc *tconn) {
 			// An error means the connection is closing or the peer takes
 			// no datagrams: its ACKs of QUIC's own keep-alives still show
 			// it alive.
-			sent, sending = now, tc.qc.SendDatagram(beat[:]) == nil
+			sent, sending = now, tc.qc.Beat() == nil
 		}
 	}
 }
@@ -638,7 +649,9 @@ func (l *link) serve(tc *tconn) {
 			l.n.serveStream(l, tc, s)
 		}()
 	}
-	l.n.dark.tunnelAt(tc.qc, -1)
+	if q, ok := tc.qc.(quicConn); ok {
+		l.n.dark.tunnelAt(q, -1)
+	}
 	l.mu.Lock()
 	delete(l.conns, tc)
 	if !l.liveLocked() {
@@ -749,11 +762,15 @@ func (l *link) dialLoop(slot int) {
 			if tc != nil {
 				done = tc.qc.Context().Done()
 			}
+			probe, stop := l.upgradeDue(slot, tc)
 			select {
 			case <-done:
 			case <-changed:
 			case <-l.ctx.Done():
+			case <-probe:
+				l.upgrade(slot, tc)
 			}
+			stop()
 			continue
 		}
 		err := l.dial(slot)
@@ -797,24 +814,18 @@ func jitter(d time.Duration) time.Duration {
 	return d*3/4 + rand.N(d/2+1)
 }
 
-// dial dials the peer once for slot (-1: outside the slots, as tests do).
+// dial dials the peer once for slot (-1: outside the slots, as tests do),
+// over the transport the link uses now (dialTransport).
 func (l *link) dial(slot int) error {
-	addr, err := net.ResolveUDPAddr("udp", l.peer.Endpoint)
-	if err != nil {
-		return fmt.Errorf("resolve %s: %w", l.peer.Endpoint, err)
-	}
-	p := l.current()
-	l.n.dark.expect(addr, p.Key) // our first flight carries its MAC
-	snap := l.n.cfg.Load()
 	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
 	defer cancel()
 	start := time.Now()
 	local, cert := l.n.self.Load().forPeer(l.acked.Load())
-	qc, err := l.n.tr.Dial(ctx, addr, l.n.clientTLS(cert, p, addr), l.n.quicConfig(snap.cfg))
+	qc, err := l.dialTransport(ctx, l.current(), cert)
 	if err != nil {
 		return err
 	}
-	if err := awaitReady(ctx, qc); err != nil {
+	if err := qc.AwaitReady(ctx); err != nil {
 		qc.CloseWithError(codeSetupFailed, "no ready signal")
 		return fmt.Errorf("peer did not accept us: %w", err)
 	}
@@ -823,6 +834,21 @@ func (l *link) dial(slot int) error {
 		return err
 	}
 	return nil
+}
+
+// dialQUIC completes a QUIC handshake with p (the link's peer as it is
+// now), presenting cert, waiting at most until ctx ends.
+func (l *link) dialQUIC(ctx context.Context, p Peer, cert tls.Certificate) (muxConn, error) {
+	addr, err := net.ResolveUDPAddr("udp", p.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", p.Endpoint, err)
+	}
+	l.n.dark.expect(addr, p.Key) // our first flight carries its MAC
+	qc, err := l.n.tr.Dial(ctx, addr, l.n.clientTLS(cert, p, addr), l.n.quicConfig(l.n.cfg.Load().cfg))
+	if err != nil {
+		return nil, err
+	}
+	return quicConn{qc}, nil
 }
 
 // In TLS 1.3 a client finishes its handshake before the server has checked

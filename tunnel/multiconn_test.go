@@ -45,11 +45,15 @@ func liveConns(t *testing.T, n *Node, peer string, want int) []*tconn {
 // TestStreamPlacementLeastLoaded: with three connections to a peer, each
 // its own TLS session, new streams spread over them by active streams.
 func TestStreamPlacementLeastLoaded(t *testing.T) {
+	matrixTransports(t, testStreamPlacementLeastLoaded)
+}
+
+func testStreamPlacementLeastLoaded(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	a, _ := pairConns(t, echo, 3)
 	conns := liveConns(t, a, "b", 3)
-	if conns[0].qc.ConnectionState().TLS.NegotiatedProtocol != ALPN {
-		t.Fatalf("ALPN %q, want %q", conns[0].qc.ConnectionState().TLS.NegotiatedProtocol, ALPN)
+	if conns[0].qc.TLSState().NegotiatedProtocol != ALPN {
+		t.Fatalf("ALPN %q, want %q", conns[0].qc.TLSState().NegotiatedProtocol, ALPN)
 	}
 	for range 6 {
 		c := heldStream(t, a)
@@ -99,6 +103,10 @@ func transfer(t *testing.T, a *Node, size int) (ok bool, err error) {
 // with equal SHA-256; new streams go to the survivors at once, and the dead
 // slot is redialed alone.
 func TestConnectionFailoverUnderTraffic(t *testing.T) {
+	matrixTransports(t, testConnectionFailoverUnderTraffic)
+}
+
+func testConnectionFailoverUnderTraffic(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	a, _ := pairConns(t, echo, 3)
 	conns := liveConns(t, a, "b", 3)
@@ -247,7 +255,9 @@ func TestSharedIdentityNoReplaceLoop(t *testing.T) {
 // TestBothEndpointsSettle: both sides dial each other with two connections
 // each; the side whose key is not preferred stands its slots down for the
 // preferred side's connections, and nothing is replaced after that.
-func TestBothEndpointsSettle(t *testing.T) {
+func TestBothEndpointsSettle(t *testing.T) { matrixTransports(t, testBothEndpointsSettle) }
+
+func testBothEndpointsSettle(t *testing.T) {
 	a, b, idb := dialingPair(t, 200*time.Millisecond, 2)
 	pref := a.preferredDialer(Peer{Key: idb.Public()})
 	settled := func() bool {
@@ -283,7 +293,9 @@ func TestBothEndpointsSettle(t *testing.T) {
 // TestConnectionsReload: a reload that changes a peer's connection count
 // applies in place: fewer retires the highest slots, more dials new ones,
 // and the connections that stay are not touched.
-func TestConnectionsReload(t *testing.T) {
+func TestConnectionsReload(t *testing.T) { matrixTransports(t, testConnectionsReload) }
+
+func testConnectionsReload(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	ida, idb := newIdentity(t), newIdentity(t)
 	b := startNode(t, idb, Config{Peers: []Peer{{Name: "a", Key: ida.Public()}},

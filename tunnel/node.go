@@ -73,9 +73,10 @@ type Node struct {
 	ctx     context.Context // ends when the node closes
 	cancel  context.CancelFunc
 
-	mu    sync.Mutex // guards links
-	links map[string]*link
-	gates gates
+	mu     sync.Mutex // guards links and tcpLns
+	links  map[string]*link
+	tcpLns []net.Listener // ServeTCP's listeners
+	gates  gates
 
 	draining atomic.Bool
 	streams  sync.WaitGroup // active streams, both roles
@@ -159,7 +160,7 @@ func New(pc net.PacketConn, id *identity.Identity, cfg Config, log zerolog.Logge
 		ConnectionIDGenerator: rotatingCIDs{n.dark}, DisableVersionNegotiationPackets: true,
 		VerifySourceAddress: n.admission.retry, ConnContext: n.admission.admit}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.ln, err = n.tr.Listen(n.serverTLS(), n.quicConfig(snap.cfg))
+	n.ln, err = n.tr.Listen(n.serverTLS(n.alpn(), true), n.quicConfig(snap.cfg))
 	if err != nil {
 		n.cancel()
 		return nil, fmt.Errorf("quic listen on %v: %w", pc.LocalAddr(), err)
@@ -273,7 +274,7 @@ func (n *Node) reconcile(old, cur *snapshot) {
 			code = codePeerRemoved
 		case !p.accepted(l.current().Key, now):
 			code = codeKeyChanged
-		case p.Endpoint != l.peer.Endpoint:
+		case p.Endpoint != l.peer.Endpoint, !p.sameTransport(l.peer):
 			code = codeEndpointChanged
 		default:
 			// Same name and endpoint, and the key we knew is still
@@ -317,28 +318,31 @@ func (n *Node) acceptLoop() {
 		if err != nil {
 			return
 		}
-		n.adopt(qc)
+		n.adopt(quicConn{qc})
 	}
 }
 
 // adopt binds an established QUIC connection to its peer's link.
-func (n *Node) adopt(qc *quic.Conn) {
+func (n *Node) adopt(qc muxConn) {
 	if t, ok := qc.Context().Value(admissionTicket{}).(*admissionTicket); ok {
 		t.handshakeDone()
 	}
-	if key, err := enrollKey(qc); !errors.Is(err, errNotEnroll) {
-		if err != nil {
-			qc.CloseWithError(codeSetupFailed, "no key")
+	// Enrollment runs over QUIC only (the TCP listener offers dyad/2 alone).
+	if q, ok := qc.(quicConn); ok {
+		if key, err := enrollKey(q.Conn); !errors.Is(err, errNotEnroll) {
+			if err != nil {
+				qc.CloseWithError(codeSetupFailed, "no key")
+				return
+			}
+			n.loops.Add(1) // Close waits for it (its context ends with the node's)
+			go func() {
+				defer n.loops.Done()
+				n.serveEnroll(q.Conn, key)
+			}()
 			return
 		}
-		n.loops.Add(1) // Close waits for it (its context ends with the node's)
-		go func() {
-			defer n.loops.Done()
-			n.serveEnroll(qc, key)
-		}()
-		return
 	}
-	state := qc.ConnectionState().TLS
+	state := qc.TLSState()
 	var p Peer
 	ok, fp := false, ""
 	if len(state.PeerCertificates) > 0 {
@@ -370,7 +374,7 @@ func (n *Node) adopt(qc *quic.Conn) {
 		qc.CloseWithError(codeSetupFailed, "setup failed")
 		return
 	}
-	if err := signalReady(qc); err != nil {
+	if err := qc.SignalReady(); err != nil {
 		qc.CloseWithError(codeSetupFailed, "setup failed")
 	}
 }
@@ -402,8 +406,13 @@ func (n *Node) Close() {
 		l.close(codeShutdown)
 		delete(n.links, name)
 	}
+	lns := n.tcpLns
+	n.tcpLns = nil
 	n.mu.Unlock()
 	n.cancel()
+	for _, ln := range lns {
+		ln.Close()
+	}
 	n.ln.Close()
 	n.tr.Close()
 	n.loops.Wait()
@@ -453,6 +462,8 @@ type ConnStatus struct {
 	// Role is "dialer" (we dialed it, in dial slot Slot) or "listener".
 	Role string `json:"role"`
 	Slot int    `json:"slot"`
+	// Transport is "quic", or "tcp" where the TCP fallback carries it.
+	Transport string `json:"transport"`
 	// Protocol is the negotiated ALPN: dyad/1 is a previous-release peer.
 	Protocol string `json:"protocol"`
 	// Retired: replaced, takes no new stream, ends with its last one.
@@ -461,25 +472,30 @@ type ConnStatus struct {
 	Streams       int64   `json:"streams"`
 	BytesSent     int64   `json:"bytes_sent"`     // plaintext, streams ended so far
 	BytesReceived int64   `json:"bytes_received"` // plaintext, streams ended so far
-	RTTMillis     float64 `json:"rtt_ms"`         // QUIC's smoothed RTT
-	MinRTTMillis  float64 `json:"min_rtt_ms"`     // QUIC's minimum RTT seen
-	// WireBytesSent and WireBytesReceived are QUIC's own counts, live:
-	// every packet's payload, retransmissions and overhead included.
+	RTTMillis     float64 `json:"rtt_ms"`         // the transport's smoothed RTT (0 if unknown)
+	// MinRTTMillis is QUIC's minimum RTT seen; absent over TCP.
+	MinRTTMillis *float64 `json:"min_rtt_ms,omitempty"`
+	// WireBytesSent and WireBytesReceived are the transport's own counts,
+	// live: over QUIC every packet's payload, retransmissions and overhead
+	// included; over TCP the TLS bytes written to and read from the socket.
 	WireBytesSent     uint64 `json:"quic_bytes_sent"`
 	WireBytesReceived uint64 `json:"quic_bytes_received"`
+	// The congestion state below is quic-go's; a connection on the TCP
+	// transport has none of it (the keys are absent: unknown, not 0).
+	//
 	// CongestionWindow is quic-go's sending congestion window in bytes
 	// (QUIC packet overhead included): with the RTT it bounds what this
 	// connection can send, window / RTT.
-	CongestionWindow uint64 `json:"cwnd_bytes"`
+	CongestionWindow *uint64 `json:"cwnd_bytes,omitempty"`
 	// PacketsSent and PacketsReceived count QUIC packets, live; sent
 	// includes those later declared lost.
-	PacketsSent     uint64 `json:"packets_sent"`
-	PacketsReceived uint64 `json:"packets_received"`
+	PacketsSent     *uint64 `json:"packets_sent,omitempty"`
+	PacketsReceived *uint64 `json:"packets_received,omitempty"`
 	// PacketsLost and WireBytesLost count what quic-go declared lost. Not
 	// monotonic: a packet declared lost that arrives after all is taken
 	// back.
-	PacketsLost   uint64 `json:"packets_lost"`
-	WireBytesLost uint64 `json:"quic_bytes_lost"`
+	PacketsLost   *uint64 `json:"packets_lost,omitempty"`
+	WireBytesLost *uint64 `json:"quic_bytes_lost,omitempty"`
 }
 
 // Status reports each peer's tunnels, by peer name.

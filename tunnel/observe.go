@@ -37,10 +37,16 @@ func addrPort(a net.Addr) (string, int64) {
 	return host, 0
 }
 
+// peerAddr names a peer's address and the transport it came over: a TCP
+// address is the TCP fallback, anything else QUIC.
 func peerAddr(a net.Addr) []attribute.KeyValue {
 	ip, port := addrPort(a)
+	transport := TransportQUIC
+	if _, ok := a.(*net.TCPAddr); ok {
+		transport = TransportTCP
+	}
 	return []attribute.KeyValue{attribute.String(audit.KeyPeerAddress, ip), attribute.Int64(audit.KeyPeerPort, port),
-		attribute.String(audit.KeyTransport, "quic")}
+		attribute.String(audit.KeyTransport, transport)}
 }
 
 func (n *Node) auditRefused(remote net.Addr, fingerprint, reason, direction string) {
@@ -58,7 +64,7 @@ func (n *Node) auditEstablished(l *link, tc *tconn, state tls.ConnectionState, h
 	if tc.dialed {
 		role = "dialer"
 	}
-	n.metrics.TunnelUp(l.peer.Name, role, handshake)
+	n.metrics.TunnelUp(l.peer.Name, role, tc.qc.Transport(), handshake)
 	attrs := []attribute.KeyValue{attribute.String(audit.KeyPeer, l.peer.Name), attribute.String(audit.KeyPeerFingerprint, identity.Fingerprint(tc.key[:]))}
 	attrs = append(attrs, peerAddr(tc.qc.RemoteAddr())...)
 	n.audit.Emit(audit.TunnelEstablished, append(attrs,
@@ -73,7 +79,7 @@ func (n *Node) auditEstablished(l *link, tc *tconn, state tls.ConnectionState, h
 }
 
 func (n *Node) auditTunnelClosed(l *link, tc *tconn) {
-	n.metrics.TunnelDown(l.peer.Name)
+	n.metrics.TunnelDown(l.peer.Name, tc.qc.Transport())
 	reason, errType := connCloseReason(tc.qc)
 	if reason == "open" && n.ctx.Err() != nil {
 		reason, errType = "shutdown", "" // the node is closing it now
@@ -93,8 +99,9 @@ func (n *Node) auditTunnelClosed(l *link, tc *tconn) {
 	n.audit.Emit(audit.TunnelClosed, attrs...)
 }
 
-// connCloseReason classifies why a QUIC connection ended.
-func connCloseReason(qc *quic.Conn) (reason, errType string) {
+// connCloseReason classifies why a connection ended (muxConn's contract
+// says what its context's cause is).
+func connCloseReason(qc muxConn) (reason, errType string) {
 	err := context.Cause(qc.Context())
 	var app *quic.ApplicationError
 	var idle *quic.IdleTimeoutError

@@ -19,7 +19,9 @@ import (
 // (handshakes_refused, handshakes_not_post_quantum) and audited with the
 // partner's fingerprint; no stream reaches the upstream. The partner
 // offers X25519 alone, as a build without ML-KEM would.
-func TestRequirePostQuantumRefuses(t *testing.T) {
+func TestRequirePostQuantumRefuses(t *testing.T) { bothTransports(t, testRequirePostQuantumRefuses) }
+
+func testRequirePostQuantumRefuses(t *testing.T) {
 	classical := []tls.CurveID{tls.X25519}
 	for _, c := range []struct {
 		name          string
@@ -74,7 +76,9 @@ func TestRequirePostQuantumRefuses(t *testing.T) {
 
 // TestRequirePostQuantumAccepts: two nodes that both require post-quantum
 // key exchange carry traffic over a hybrid ML-KEM group.
-func TestRequirePostQuantumAccepts(t *testing.T) {
+func TestRequirePostQuantumAccepts(t *testing.T) { bothTransports(t, testRequirePostQuantumAccepts) }
+
+func testRequirePostQuantumAccepts(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	ida, idb := newIdentity(t), newIdentity(t)
 	b := startNode(t, idb, Config{RequirePostQuantum: true, Peers: []Peer{{Name: "a", Key: ida.Public()}},
@@ -86,7 +90,7 @@ func TestRequirePostQuantumAccepts(t *testing.T) {
 		t.Fatalf("echo: %v", err)
 	}
 	tc, _ := a.link("b").get()
-	if got := tc.qc.ConnectionState().TLS.CurveID; !PostQuantum(got) {
+	if got := tc.qc.TLSState().CurveID; !PostQuantum(got) {
 		t.Fatalf("key exchange %v", got)
 	}
 	if n := a.Stats.HandshakesRefused.Load() + b.Stats.HandshakesRefused.Load(); n != 0 {

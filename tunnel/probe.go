@@ -2,9 +2,11 @@ package tunnel
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -53,7 +55,8 @@ type ProbeResult struct {
 	// Handshake is the time to a completed handshake and the partner's
 	// ready signal; StreamRTT from the request to the service's answer.
 	Handshake, StreamRTT time.Duration
-	RTT                  time.Duration // QUIC's smoothed round trip at the end
+	RTT                  time.Duration // the transport's round trip at the end (QUIC's smoothed RTT, a yamux ping's)
+	Transport            string        // the transport that answered: quic or tcp (empty when none did)
 	Group                string        // the TLS key exchange group, e.g. X25519MLKEM768
 	Protocol             string        // the negotiated ALPN
 	Status               Status        // the service's answer, when a service was probed
@@ -78,28 +81,31 @@ func (n *Node) Probe(ctx context.Context, peer, endpoint, service string) ProbeR
 	if endpoint == "" {
 		return ProbeResult{Outcome: ProbeFailed, Err: fmt.Errorf("peer %s: no endpoint to dial (give one)", peer)}
 	}
-	addr, err := net.ResolveUDPAddr("udp", endpoint)
-	if err != nil {
-		return ProbeResult{Outcome: ProbeFailed, Err: fmt.Errorf("peer %s: resolve %s: %w", peer, endpoint, err)}
-	}
-	peerKey := l.current().Key
-	n.dark.expect(addr, peerKey)
+	p := l.current()
+	p.Endpoint = endpoint
+	peerKey := p.Key
 	cfg := n.cfg.Load().cfg
 	local, cert := n.self.Load().forPeer(l.acked.Load())
 	start := time.Now()
-	qc, err := n.tr.Dial(ctx, addr, n.clientTLS(cert, l.current(), addr), n.quicConfig(cfg))
-	if err == nil {
-		if err = awaitReady(ctx, qc); err != nil {
-			defer qc.CloseWithError(codeSetupFailed, "probe: no ready signal")
-		}
-	}
+	qc, err := l.probeDial(ctx, p, cert)
 	if err != nil {
 		return ProbeResult{Outcome: classifyDial(err), Err: err}
 	}
+	if err := qc.AwaitReady(ctx); err != nil {
+		qc.CloseWithError(codeSetupFailed, "probe: no ready signal")
+		out := classifyDial(err)
+		if out == ProbeFailed && qc.Transport() == TransportTCP {
+			// The listener ended the connection after our certificate
+			// (TLS 1.3: the client finishes first): a refusal, as QUIC's
+			// CRYPTO_ERROR from the peer is.
+			out = ProbeRefused
+		}
+		return ProbeResult{Outcome: out, Transport: qc.Transport(), Err: err}
+	}
 	defer qc.CloseWithError(codeShutdown, "probe done")
-	state := qc.ConnectionState().TLS
-	res := ProbeResult{Outcome: ProbeOK, Handshake: time.Since(start), Group: state.CurveID.String(), Protocol: state.NegotiatedProtocol}
-	res.RTT = qc.ConnectionStats().SmoothedRTT
+	state := qc.TLSState()
+	res := ProbeResult{Outcome: ProbeOK, Transport: qc.Transport(), Handshake: time.Since(start), Group: state.CurveID.String(), Protocol: state.NegotiatedProtocol}
+	res.RTT = probeRTT(qc)
 	if service == "" {
 		return res
 	}
@@ -160,8 +166,43 @@ func (n *Node) Probe(ctx context.Context, peer, endpoint, service string) ProbeR
 	if res.Outcome != ProbeOK {
 		res.Err = &RefusedError{Peer: peer, Service: service, Status: res.Status}
 	}
-	res.RTT = qc.ConnectionStats().SmoothedRTT
+	res.RTT = probeRTT(qc)
 	return res
+}
+
+// probeDial dials p once for a probe over p's transport; auto tries QUIC
+// and, when nothing answers within FallbackAfter, TCP, without moving the
+// link's own transport (fallback.go). With both unanswered it reports
+// QUIC's error.
+func (l *link) probeDial(ctx context.Context, p Peer, cert tls.Certificate) (muxConn, error) {
+	switch p.transport() {
+	case TransportQUIC:
+		return l.dialQUIC(ctx, p, cert)
+	case TransportTCP:
+		return l.dialTCP(ctx, p, cert)
+	}
+	qctx, cancel := context.WithTimeout(ctx, p.fallbackAfter())
+	c, err := l.dialQUIC(qctx, p, cert)
+	cancel()
+	if err == nil || ctx.Err() != nil || !noAnswer(err) {
+		return c, err
+	}
+	c, terr := l.dialTCP(ctx, p, cert)
+	if terr != nil && classifyDial(terr) == ProbeNoAnswer {
+		return nil, err
+	}
+	return c, terr
+}
+
+// probeRTT is the connection's round trip: QUIC's smoothed RTT, or over
+// TCP the time of one yamux ping.
+func probeRTT(qc muxConn) time.Duration {
+	if t, ok := qc.(*tcpConn); ok {
+		if rtt, err := t.sess.Ping(); err == nil {
+			return rtt
+		}
+	}
+	return qc.RTT()
 }
 
 // classifyDial names what a failed dial (or a missing ready signal) means.
@@ -173,9 +214,16 @@ func classifyDial(err error) ProbeOutcome {
 	var hs *quic.HandshakeTimeoutError
 	var te *quic.TransportError
 	var ae *quic.ApplicationError
+	var op *net.OpError
 	switch {
 	case errors.As(err, &idle), errors.As(err, &hs), errors.Is(err, context.DeadlineExceeded):
 		return ProbeNoAnswer
+	case errors.Is(err, errUnpaired):
+		return ProbeKeyMismatch // our check of its certificate failed (TCP)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return ProbeNoAnswer // nothing listens on the TCP port
+	case errors.As(err, &op) && op.Op == "remote error":
+		return ProbeRefused // a TLS alert from the TCP listener
 	case errors.As(err, &te) && !te.Remote && te.ErrorCode.IsCryptoError():
 		return ProbeKeyMismatch // our check of its certificate failed
 	case errors.As(err, &te) && te.Remote && te.ErrorCode.IsCryptoError():

@@ -34,7 +34,7 @@ type pumpResult struct {
 // answer, on the importing side, reads the exporter's answer before any
 // byte goes to the local client; the local → tunnel direction does not
 // wait for it (pipelined open, see Forward).
-func (n *Node) pump(local Conn, s *quic.Stream, r *codec.Reader, w *codec.Writer, answer func() error, g guard) pumpResult {
+func (n *Node) pump(local Conn, s muxStream, r *codec.Reader, w *codec.Writer, answer func() error, g guard) pumpResult {
 	var (
 		res      pumpResult
 		once     sync.Once
@@ -122,7 +122,7 @@ func refusedByPeer(err error) bool {
 
 // expectFIN reads the stream's end after the close record: anything but
 // the FIN is a protocol error.
-func expectFIN(s *quic.Stream) error {
+func expectFIN(s muxStream) error {
 	s.SetReadDeadline(time.Now().Add(finTimeout))
 	defer s.SetReadDeadline(time.Time{})
 	var b [1]byte

@@ -29,7 +29,7 @@ var errGuardEnded = errors.New("the API guard ended the stream; the client kept 
 // directions. Failures end it as
 // the pump's do: a rejected record resets both sides (THREATS P3), a limit
 // or a reset local end resets them too.
-func (n *Node) pumpServer(serve func(in io.Reader, out io.Writer), local Conn, s *quic.Stream, r *codec.Reader, w *codec.Writer, g guard) pumpResult {
+func (n *Node) pumpServer(serve func(in io.Reader, out io.Writer), local Conn, s muxStream, r *codec.Reader, w *codec.Writer, g guard) pumpResult {
 	var (
 		res      pumpResult
 		once     sync.Once

@@ -141,7 +141,7 @@ func TestNotPairedAtAdoptRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.adopt(qc)
+	b.adopt(quicConn{qc})
 	if err := awaitReady(ctx, cc); err == nil {
 		t.Fatal("an unpaired connection got the ready signal")
 	}

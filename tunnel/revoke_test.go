@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/dyad-tunnel/dyad/audit"
@@ -150,6 +149,10 @@ func closedWithin(t *testing.T, tc *tconn, d time.Duration, what string) {
 // no stream on any of them, and audits each close once with the reason.
 // THREATS P1.
 func TestRevocationClosesEveryConnection(t *testing.T) {
+	bothTransports(t, testRevocationClosesEveryConnection)
+}
+
+func testRevocationClosesEveryConnection(t *testing.T) {
 	for _, tc := range []struct {
 		name, reason string
 		revoke       func(b *Node, cfg Config) Config
@@ -218,6 +221,8 @@ func countClosed(tj *audittest.Journal, reason string) int {
 // TestRetiredConnectionRefusesStreams: a connection replaced by a newer
 // one of the same peer takes no new stream; the refusal is counted. THREATS
 // P1 and P5 (a replaced connection must not be a second door).
+// QUIC only: it plays a previous-release (dyad/1) peer, which has no TCP
+// transport.
 func TestRetiredConnectionRefusesStreams(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	ida, idb := newIdentity(t), newIdentity(t)
@@ -251,7 +256,9 @@ func TestRetiredConnectionRefusesStreams(t *testing.T) {
 // holding a stream on each connection stops at its own cap; the extra
 // connections are refused, counted and audited, and another partner still
 // gets a tunnel slot. THREATS P5.
-func TestConnectionsPerPeerCapped(t *testing.T) {
+func TestConnectionsPerPeerCapped(t *testing.T) { matrixTransports(t, testConnectionsPerPeerCapped) }
+
+func testConnectionsPerPeerCapped(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	idc := newIdentity(t)
 	a, b := pairLimited(t, echo, Limits{}, Limits{}, func(c *Config) {
@@ -300,7 +307,9 @@ const (
 // most a small buffer, and is refused after the request deadline: the
 // heap grows by no more than the README's formula for pending streams.
 // THREATS P5.
-func TestRequestlessStreamsBounded(t *testing.T) {
+func TestRequestlessStreamsBounded(t *testing.T) { matrixTransports(t, testRequestlessStreamsBounded) }
+
+func testRequestlessStreamsBounded(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	a, b := pair(t, echo)
 	tc := current(t, a, "b")
@@ -320,7 +329,7 @@ func TestRequestlessStreamsBounded(t *testing.T) {
 		return m.HeapAlloc
 	}
 	before := heap()
-	var streams []*quic.Stream
+	var streams []muxStream
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for i := range MaxStreamsCap {

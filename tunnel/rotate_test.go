@@ -35,7 +35,9 @@ func peerConnWithKey(t *testing.T, n *Node, peer string, key identity.PublicKey)
 // authenticated; B learns the new key over the tunnel, signed by the old
 // one, and both sides audit both fingerprints; a new connection
 // authenticates A with the new key and carries traffic.
-func TestRotationUnderTraffic(t *testing.T) {
+func TestRotationUnderTraffic(t *testing.T) { bothTransports(t, testRotationUnderTraffic) }
+
+func testRotationUnderTraffic(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	a, b := pairConns(t, echo, 1)
 	oldA := a.Identity()
@@ -102,6 +104,10 @@ func TestRotationUnderTraffic(t *testing.T) {
 // close the connections the old key authenticated and audit it, the old
 // key is refused from then on, and traffic flows on the new key.
 func TestRotationOldKeyRefusedAfterOverlap(t *testing.T) {
+	bothTransports(t, testRotationOldKeyRefusedAfterOverlap)
+}
+
+func testRotationOldKeyRefusedAfterOverlap(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	a, b := pairConns(t, echo, 1)
 	oldID := a.self.Load().cur
@@ -139,6 +145,10 @@ func TestRotationOldKeyRefusedAfterOverlap(t *testing.T) {
 // whole overlap no longer reaches A with the key it pinned, until the new
 // key is pinned by hand.
 func TestRotationPeerOfflineAtAnnouncement(t *testing.T) {
+	bothTransports(t, testRotationPeerOfflineAtAnnouncement)
+}
+
+func testRotationPeerOfflineAtAnnouncement(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	ida, idb, idc := newIdentity(t), newIdentity(t), newIdentity(t)
 	// b's port, free until b starts.
@@ -176,6 +186,13 @@ func TestRotationPeerOfflineAtAnnouncement(t *testing.T) {
 	}
 	journals.Store(b, aud)
 	t.Cleanup(b.Close)
+	if defaultTransport == TransportTCP { // a dials b's TCP port of the same number
+		ln, err := net.Listen("tcp", bAddr)
+		if err != nil {
+			t.Skipf("b's TCP port was taken meanwhile: %v", err)
+		}
+		b.ServeTCP(ln)
+	}
 	event(t, b, audit.PeerKeyRotated, attribute.String(audit.KeyPeerFingerprint, next.Public().Fingerprint()),
 		attribute.String(audit.KeyPeerPreviousFingerprint, ida.Public().Fingerprint()))
 	event(t, a, audit.IdentityAnnounced, attribute.String(audit.KeyPeer, "b"), attribute.String(audit.KeyReason, "accepted"))
@@ -204,6 +221,10 @@ func TestRotationPeerOfflineAtAnnouncement(t *testing.T) {
 // connection's, and one with a deadline beyond MaxOverlap are refused,
 // counted by reason and audited; nothing is pinned.
 func TestRotationTamperedAnnouncementRefused(t *testing.T) {
+	bothTransports(t, testRotationTamperedAnnouncementRefused)
+}
+
+func testRotationTamperedAnnouncementRefused(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	a, b := pairConns(t, echo, 1)
 	tc := liveConns(t, a, "b", 1)[0]

@@ -23,10 +23,12 @@ type Stats struct {
 	BytesReceived            atomic.Uint64 // plaintext bytes from tunnels to local sockets
 	PacketsDropped           atomic.Uint64 // UDP datagrams quic-go dropped below the tunnels
 	PeerKeysRotated          atomic.Uint64 // peers' identity announcements taken (new key pinned)
-	TunnelsSilent            atomic.Uint64 // connections closed because the peer went silent (peer_silent)
+	TunnelsSilent            atomic.Uint64 // connections closed because the peer went silent (peer_silent), both transports
 	// UpstreamTLSFailed counts upstream TLS handshakes that failed (each
 	// also a streams_refused.upstream_unreachable).
-	UpstreamTLSFailed atomic.Uint64
+	UpstreamTLSFailed   atomic.Uint64
+	TCPHandshakesFailed atomic.Uint64 // TCP connections whose TLS handshake failed or timed out (refused keys are in HandshakesRefused too)
+	TransportChanges    atomic.Uint64 // transport: auto switches, QUIC to TCP and back
 
 	udp atomic.Pointer[udpbatch.Reader] // the node's socket reader (udp_* counters); nil until New
 
@@ -67,6 +69,8 @@ func (s *Stats) Snapshot() map[string]uint64 {
 		"peer_keys_rotated":           s.PeerKeysRotated.Load(),
 		"tunnels_silent":              s.TunnelsSilent.Load(),
 		"upstream_tls_failed":         s.UpstreamTLSFailed.Load(),
+		"tcp_handshakes_failed":       s.TCPHandshakesFailed.Load(),
+		"transport_changes":           s.TransportChanges.Load(),
 	}
 	if rd := s.udp.Load(); rd != nil {
 		// Receive batching (udpbatch): datagrams per read is

@@ -8,7 +8,6 @@ import (
 	"net"
 	"time"
 
-	"github.com/quic-go/quic-go"
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/dyad-tunnel/dyad/audit"
@@ -32,8 +31,8 @@ const maxRequestPayload = 512
 // the moment it exists, read the sealed request, admit it against the allow
 // list and the service's limits, dial only the configured upstream, answer,
 // pump.
-func (n *Node) serveStream(l *link, tc *tconn, s *quic.Stream) {
-	id := uint64(s.StreamID())
+func (n *Node) serveStream(l *link, tc *tconn, s muxStream) {
+	id := s.StreamID()
 	peer := l.peer.Name
 	// A stream is admitted by the key its connection authenticated with,
 	// under the configuration in force (THREATS P1,
@@ -180,11 +179,11 @@ func limitStatus(limit string) Status {
 // The refusal is counted and audited before the answer goes out, so a peer
 // that has read it can rely on the count (TestServiceNotAllowed). r is nil
 // when the request was not read (refused by the peer's limits on arrival).
-func (n *Node) refuseStream(s *quic.Stream, w *codec.Writer, r *codec.Reader, peer, service string, status Status, limit, scope string, dialErr error) {
+func (n *Node) refuseStream(s muxStream, w *codec.Writer, r *codec.Reader, peer, service string, status Status, limit, scope string, dialErr error) {
 	n.Stats.countRefusedStream(status)
 	switch status {
 	case StatusNotAllowed, StatusUnknownService:
-		n.auditPolicyDenied(peer, service, uint64(s.StreamID()), status.String())
+		n.auditPolicyDenied(peer, service, s.StreamID(), status.String())
 	case StatusRateLimited, StatusTooManyStreams:
 		n.auditLimited(peer, service, scope, limit)
 	default:
@@ -202,7 +201,7 @@ func (n *Node) refuseStream(s *quic.Stream, w *codec.Writer, r *codec.Reader, pe
 }
 
 // rejectStream resets a stream whose first record failed, counting why.
-func (n *Node) rejectStream(s *quic.Stream, r *codec.Reader, err error, peer string, id uint64) {
+func (n *Node) rejectStream(s muxStream, r *codec.Reader, err error, peer string, id uint64) {
 	r.Release()
 	s.CancelRead(codeRecord)
 	s.CancelWrite(codeRecord)
@@ -261,7 +260,7 @@ func (n *Node) Forward(ctx context.Context, client LocalConn, peer, service stri
 		resetTCP(client)
 		return err
 	}
-	id := uint64(os.stream.StreamID())
+	id := os.stream.StreamID()
 	start := time.Now()
 	tc.streamStarted()
 	defer tc.streamDone()
@@ -318,7 +317,7 @@ func (e *RefusedError) Error() string {
 }
 
 type openStream struct {
-	stream *quic.Stream
+	stream muxStream
 	r      *codec.Reader
 	w      *codec.Writer
 }
@@ -333,7 +332,7 @@ func (n *Node) open(ctx context.Context, l *link, service string) (openStream, *
 	if err != nil {
 		return openStream{}, tc, fmt.Errorf("peer %s: open stream: %w", l.peer.Name, err)
 	}
-	id := uint64(s.StreamID())
+	id := s.StreamID()
 	os := openStream{stream: s, w: tc.sess.NewWriter(s, id, codec.FromInitiator), r: tc.sess.NewReader(s, id, codec.FromResponder)}
 	if _, err := os.w.Write(AppendRequest(nil, service)); err != nil {
 		os.r.Release()

@@ -98,19 +98,24 @@ func (n *Node) checkGroup(cs tls.ConnectionState, remote net.Addr, key []byte, d
 //
 // The certificate is the current identity's, chosen per handshake: after a
 // rotation new connections present the new key (TestRotationUnderTraffic).
-func (n *Node) serverTLS() *tls.Config {
+//
+// protos are the ALPNs accepted: n.alpn() on QUIC, ALPN alone on TCP; both
+// transports share this function, so the pin check is one code path
+// (TestUnpairedClientRefused/tcp, TestTCPForeignClientRefused). enroll
+// offers enrollment's ALPN while an invitation is pending (QUIC only).
+func (n *Node) serverTLS(protos []string, enroll bool) *tls.Config {
 	base := &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		// Request rather than require, so that a client without a
 		// certificate reaches our check and is counted like the rest.
 		ClientAuth:             tls.RequestClientCert,
-		NextProtos:             n.alpn(),
+		NextProtos:             protos,
 		SessionTicketsDisabled: true,
 		CurvePreferences:       n.cfg.Load().cfg.curvePreferences(),
 	}
 	return &tls.Config{
 		MinVersion:             tls.VersionTLS13,
-		NextProtos:             n.alpn(),
+		NextProtos:             protos,
 		SessionTicketsDisabled: true,
 		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
 			remote := chi.Conn.RemoteAddr()
@@ -123,11 +128,11 @@ func (n *Node) serverTLS() *tls.Config {
 			// Enrollment is offered only while an invitation is pending;
 			// its connections serve no stream (tunnel/enroll.go; THREATS
 			// P1, tested by TestEnrollOfferedOnlyWithInvitation).
-			if n.offerEnroll() {
+			if enroll && n.offerEnroll() {
 				c.NextProtos = append(c.NextProtos[:len(c.NextProtos):len(c.NextProtos)], EnrollALPN)
 			}
 			c.VerifyConnection = func(cs tls.ConnectionState) error {
-				if cs.NegotiatedProtocol == EnrollALPN {
+				if enroll && cs.NegotiatedProtocol == EnrollALPN {
 					return n.enrollCert(cs, remote)
 				}
 				p, err := n.verifyPeer(rawCerts(cs), remote, nil)

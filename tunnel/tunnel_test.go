@@ -49,10 +49,7 @@ func startNode(t testing.TB, id *identity.Identity, cfg Config) *Node {
 // startNodeWith starts a node auditing to aud (nil for none).
 func startNodeWith(t testing.TB, id *identity.Identity, cfg Config, aud *audit.Auditor) *Node {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, ln := testSockets(t)
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
 	if testing.Verbose() {
 		log = zerolog.New(os.Stderr)
@@ -62,6 +59,9 @@ func startNodeWith(t testing.TB, id *identity.Identity, cfg Config, aud *audit.A
 		t.Fatal(err)
 	}
 	t.Cleanup(n.Close)
+	if ln != nil {
+		n.ServeTCP(ln)
+	}
 	return n
 }
 
@@ -139,7 +139,9 @@ func forward(t *testing.T, a *Node, service string) (client net.Conn, done <-cha
 	return client, errc
 }
 
-func TestForwardEchoAndHalfClose(t *testing.T) {
+func TestForwardEchoAndHalfClose(t *testing.T) { bothTransports(t, testForwardEchoAndHalfClose) }
+
+func testForwardEchoAndHalfClose(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	a, b := pair(t, echo)
 	client, done := forward(t, a, "echo")
@@ -190,24 +192,28 @@ func TestForwardEchoAndHalfClose(t *testing.T) {
 
 // TestPostQuantumKeyExchange: quic-go's default hybrid X25519MLKEM768 is what
 // the tunnel negotiates.
-func TestPostQuantumKeyExchange(t *testing.T) {
+func TestPostQuantumKeyExchange(t *testing.T) { bothTransports(t, testPostQuantumKeyExchange) }
+
+func testPostQuantumKeyExchange(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	a, _ := pair(t, echo)
 	client, _ := forward(t, a, "echo")
 	client.Write([]byte("x"))
 	io.ReadFull(client, make([]byte, 1))
 	tc, _ := a.link("b").get()
-	if got := tc.qc.ConnectionState().TLS.CurveID; got != tls.X25519MLKEM768 {
+	if got := tc.qc.TLSState().CurveID; got != tls.X25519MLKEM768 {
 		t.Fatalf("key exchange %v, want X25519MLKEM768", got)
 	}
-	if got := tc.qc.ConnectionState().TLS.NegotiatedProtocol; got != ALPN {
+	if got := tc.qc.TLSState().NegotiatedProtocol; got != ALPN {
 		t.Fatalf("ALPN %q", got)
 	}
 }
 
 // TestServiceNotAllowed and TestUnknownService: THREATS P2. The exporter
 // refuses with a typed status and never dials the upstream.
-func TestServiceNotAllowed(t *testing.T) {
+func TestServiceNotAllowed(t *testing.T) { bothTransports(t, testServiceNotAllowed) }
+
+func testServiceNotAllowed(t *testing.T) {
 	echo, accepted := tunneltest.EchoServer(t)
 	a, b := pair(t, echo)
 	for service, want := range map[string]Status{"private": StatusNotAllowed, "nosuch": StatusUnknownService} {
@@ -237,6 +243,10 @@ func TestServiceNotAllowed(t *testing.T) {
 func TestUnknownService(t *testing.T) { TestServiceNotAllowed(t) }
 
 func TestUpstreamDownRefusedPromptly(t *testing.T) {
+	bothTransports(t, testUpstreamDownRefusedPromptly)
+}
+
+func testUpstreamDownRefusedPromptly(t *testing.T) {
 	a, b := pair(t, tunneltest.FreeAddr(t))
 	start := time.Now()
 	_, done := forward(t, a, "echo")
@@ -255,7 +265,9 @@ func TestUpstreamDownRefusedPromptly(t *testing.T) {
 
 // TestUnpairedClientRefused: a daemon whose key B does not know completes
 // no handshake, and B counts it. THREATS P1.
-func TestUnpairedClientRefused(t *testing.T) {
+func TestUnpairedClientRefused(t *testing.T) { bothTransports(t, testUnpairedClientRefused) }
+
+func testUnpairedClientRefused(t *testing.T) {
 	echo, accepted := tunneltest.EchoServer(t)
 	_, b := pair(t, echo)
 	idb := b.Identity()
@@ -267,16 +279,22 @@ func TestUnpairedClientRefused(t *testing.T) {
 	if b.Stats.HandshakesRefused.Load() == 0 || accepted() != 0 {
 		t.Fatalf("refusal not counted (%d) or upstream reached (%d)", b.Stats.HandshakesRefused.Load(), accepted())
 	}
-	_, port := addrPort(stranger.Addr())
-	event(t, b, audit.PeerAuthRefused, attribute.String(audit.KeyPeerFingerprint, stranger.Identity().Fingerprint()),
-		attribute.String(audit.KeyPeerAddress, "127.0.0.1"), attribute.Int64(audit.KeyPeerPort, port),
-		attribute.String(audit.KeyDirection, "inbound"), attribute.String(audit.KeyReason, "unknown_key"))
+	want := []attribute.KeyValue{attribute.String(audit.KeyPeerFingerprint, stranger.Identity().Fingerprint()),
+		attribute.String(audit.KeyPeerAddress, "127.0.0.1"), attribute.String(audit.KeyTransport, defaultTransport),
+		attribute.String(audit.KeyDirection, "inbound"), attribute.String(audit.KeyReason, "unknown_key")}
+	if defaultTransport == TransportQUIC { // over TCP the source port is an ephemeral one
+		_, port := addrPort(stranger.Addr())
+		want = append(want, attribute.Int64(audit.KeyPeerPort, port))
+	}
+	event(t, b, audit.PeerAuthRefused, want...)
 	event(t, stranger, audit.StreamFailed, attribute.String(audit.KeyReason, "no_tunnel"))
 }
 
 // TestUnpairedServerRefused: A dials an endpoint that answers with another
 // key than the pinned one and refuses it. THREATS P1.
-func TestUnpairedServerRefused(t *testing.T) {
+func TestUnpairedServerRefused(t *testing.T) { bothTransports(t, testUnpairedServerRefused) }
+
+func testUnpairedServerRefused(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	_, b := pair(t, echo)
 	ida := newIdentity(t)
@@ -300,6 +318,10 @@ func TestUnpairedServerRefused(t *testing.T) {
 // fails authentication: the stream is reset, counted, and the upstream is
 // never dialed. THREATS P3, P4.
 func TestWrongPairingKeyRejectedByCodec(t *testing.T) {
+	bothTransports(t, testWrongPairingKeyRejectedByCodec)
+}
+
+func testWrongPairingKeyRejectedByCodec(t *testing.T) {
 	echo, accepted := tunneltest.EchoServer(t)
 	ida, idb := newIdentity(t), newIdentity(t)
 	pinned := ida.Public()
@@ -345,14 +367,17 @@ func TestValidate(t *testing.T) {
 // TestReverseStreamsOnDialedConnection: B cannot dial A (no endpoint, as
 // behind NAT) yet imports A's service over the connection A dialed.
 func TestReverseStreamsOnDialedConnection(t *testing.T) {
+	bothTransports(t, testReverseStreamsOnDialedConnection)
+}
+
+func testReverseStreamsOnDialedConnection(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	ida, idb := newIdentity(t), newIdentity(t)
 	b := startNode(t, idb, Config{Peers: []Peer{{Name: "a", Key: ida.Public()}}})
-	// One connection, so that "B has one tunnel" means B dialed none
-	// (with the default three, A's other slots may be up by the check).
-	startNode(t, ida, Config{Connections: 1,
-		Peers:    []Peer{{Name: "b", Key: idb.Public(), Endpoint: b.Addr().String()}},
-		Services: []Service{{Name: "from-a", Upstream: echo, Allow: []string{"b"}}},
+	startNode(t, ida, Config{
+		Connections: 1, // the count below: with more, B may hold several by the time the echo is back
+		Peers:       []Peer{{Name: "b", Key: idb.Public(), Endpoint: b.Addr().String()}},
+		Services:    []Service{{Name: "from-a", Upstream: echo, Allow: []string{"b"}}},
 	})
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	defer ln.Close()
@@ -386,8 +411,8 @@ func dialingPair(t *testing.T, keepalive time.Duration, connections int) (a, b *
 	echo, _ := tunneltest.EchoServer(t)
 	ida := newIdentity(t)
 	idb = newIdentity(t)
-	pa, _ := net.ListenPacket("udp", "127.0.0.1:0")
-	pb, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	pa, la := testSockets(t)
+	pb, lb := testSockets(t)
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	cfg := func(peer *identity.Identity, addr net.Addr) Config {
 		return Config{KeepAlive: keepalive, Connections: connections,
@@ -403,6 +428,10 @@ func dialingPair(t *testing.T, keepalive time.Duration, connections int) (a, b *
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
+	if la != nil {
+		a.ServeTCP(la)
+		b.ServeTCP(lb)
+	}
 	return a, b, idb
 }
 

@@ -41,6 +41,25 @@ func FreeTCP() (string, error) {
 	})
 }
 
+// FreeUDPTCP returns a loopback port that was free a moment ago for both
+// UDP and TCP (a daemon with tunnel.tcp_listen: true takes both) and that no
+// earlier FreeUDP, FreeTCP or FreeUDPTCP call of this process returned.
+func FreeUDPTCP() (string, error) {
+	return freePort(func() (net.Addr, func() error, error) {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return nil, nil, err
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err != nil {
+			// Taken on TCP: keep the UDP socket until freePort returns so
+			// the kernel offers another port next.
+			return &net.UDPAddr{}, pc.Close, nil
+		}
+		return pc.LocalAddr(), func() error { ln.Close(); return pc.Close() }, nil
+	})
+}
+
 // freePort binds with listen until the kernel picks a port not handed out
 // before. The sockets of refused picks stay open until the end, so the
 // kernel cannot offer the same port twice in one call.
@@ -60,7 +79,7 @@ func freePort(listen func() (net.Addr, func() error, error)) (string, error) {
 		}
 		closers = append(closers, closeFn)
 		port := portOf(addr)
-		if !handedOut.ports[port] {
+		if port != 0 && !handedOut.ports[port] {
 			handedOut.ports[port] = true
 			return addr.String(), nil
 		}

@@ -95,6 +95,12 @@ func checkNetworkPolicy(t *testing.T, v *chartValues, m *manifests) {
 	if got := ipBlocks(from); !slices.Equal(got, wantFrom) || len(got) != len(from) {
 		t.Errorf("tunnel port admitted from %v, want ipBlocks %v", from, wantFrom)
 	}
+	tcpTunnel := fmt.Sprintf("TCP/%d", v.Ports.Tunnel)
+	if from, ok := ingress[tcpTunnel]; ok != v.Tunnel.TCPListen {
+		t.Errorf("ingress rule for the TCP tunnel port %s: %v, want %v (tunnel.tcp_listen)", tcpTunnel, ok, v.Tunnel.TCPListen)
+	} else if got := ipBlocks(from); ok && (!slices.Equal(got, wantFrom) || len(got) != len(from)) {
+		t.Errorf("TCP tunnel port admitted from %v, want ipBlocks %v", from, wantFrom)
+	}
 	admin := fmt.Sprintf("TCP/%d", v.Ports.Admin)
 	if from, ok := ingress[admin]; ok != (len(v.NetworkPolicy.AdminNamespaces) > 0) {
 		t.Errorf("admin port rule present %v with adminNamespaces %v", ok, v.NetworkPolicy.AdminNamespaces)
@@ -110,7 +116,7 @@ func checkNetworkPolicy(t *testing.T, v *chartValues, m *manifests) {
 			t.Errorf("forward port %d: no ingress rule limited to in-cluster clients", f.Port)
 		}
 	}
-	if want := 1 + min(1, len(v.NetworkPolicy.AdminNamespaces)) + len(v.Forwards); len(ingress) != want {
+	if want := 1 + count(v.Tunnel.TCPListen) + min(1, len(v.NetworkPolicy.AdminNamespaces)) + len(v.Forwards); len(ingress) != want {
 		t.Errorf("ingress opens %d ports, want %d: %v", len(ingress), want, slices.Collect(func(yield func(string) bool) {
 			for k := range ingress {
 				yield(k)
@@ -131,12 +137,29 @@ func checkNetworkPolicy(t *testing.T, v *chartValues, m *manifests) {
 		t.Errorf("DNS egress %v, want %v", ok, v.NetworkPolicy.DNS.Enabled)
 	}
 	for _, p := range v.Peers {
-		if p.Endpoint == "" {
+		if p.Endpoint == "" || p.Transport == "tcp" {
 			continue
 		}
 		rules := egress["UDP/"+hostPortPort(p.Endpoint)]
 		if !slices.ContainsFunc(rules, func(to []networkingv1.NetworkPolicyPeer) bool { return slices.Equal(ipBlocks(to), p.CIDRs) }) {
 			t.Errorf("peer %s: no UDP egress to %v on its endpoint's port", p.Name, p.CIDRs)
+		}
+	}
+	for i, p := range v.Peers {
+		if !v.dialsTCP(i) {
+			continue
+		}
+		// transport tcp or auto dials the endpoint over TCP, or the proxy
+		// (anywhere: the chart knows no CIDR of it).
+		if p.Proxy != "" {
+			if len(egress["TCP/"+hostPortPort(p.Proxy)]) == 0 {
+				t.Errorf("peer %s: no TCP egress to its proxy %s", p.Name, p.Proxy)
+			}
+			continue
+		}
+		rules := egress["TCP/"+hostPortPort(p.Endpoint)]
+		if !slices.ContainsFunc(rules, func(to []networkingv1.NetworkPolicyPeer) bool { return slices.Equal(ipBlocks(to), p.CIDRs) }) {
+			t.Errorf("peer %s (transport %q): no TCP egress to %v on its endpoint's port", p.Name, p.Transport, p.CIDRs)
 		}
 	}
 	for _, s := range v.Services {

@@ -22,8 +22,11 @@ type chartValues struct {
 	Ports        struct{ Tunnel, Admin int32 }
 	FIPS         bool `json:"fips"`
 	Peers        []struct {
-		Name, Endpoint string
-		CIDRs          []string `json:"cidrs"`
+		Name, Endpoint, Transport, Proxy string
+		CIDRs                            []string `json:"cidrs"`
+	}
+	Tunnel struct {
+		TCPListen bool `json:"tcp_listen"`
 	}
 	Services []struct {
 		Name, Upstream string
@@ -93,6 +96,13 @@ func (v *chartValues) exposed() []int32 {
 	return ports
 }
 
+// dialsTCP reports whether dyad may dial peer i over TCP: its transport is
+// tcp or auto (the default), and it has an endpoint.
+func (v *chartValues) dialsTCP(i int) bool {
+	p := v.Peers[i]
+	return p.Endpoint != "" && p.Transport != "quic"
+}
+
 func (v *chartValues) peerCIDRs() []string {
 	var out []string
 	for _, p := range v.Peers {
@@ -112,6 +122,9 @@ type dyadFile struct {
 	StateDir string `json:"state_dir"`
 	Listen   string
 	Admin    string
+	Tunnel   struct {
+		TCPListen bool `json:"tcp_listen"`
+	}
 	FIPS     bool `json:"fips"`
 	Forwards []struct{ Listen string }
 	Audit    struct {

@@ -122,14 +122,23 @@ func checkDeployment(t *testing.T, v *chartValues, m *manifests, cfg *dyadFile) 
 	}
 	wantPort("tunnel", corev1.ProtocolUDP, v.Ports.Tunnel, cfg.Listen)
 	wantPort("admin", corev1.ProtocolTCP, v.Ports.Admin, cfg.Admin)
+	// tunnel.tcp_listen: true listens on listen's port over TCP as well.
+	if cfg.Tunnel.TCPListen != v.Tunnel.TCPListen {
+		t.Errorf("dyad.yaml tunnel.tcp_listen %v, want %v", cfg.Tunnel.TCPListen, v.Tunnel.TCPListen)
+	}
+	if v.Tunnel.TCPListen {
+		wantPort("tunnel-tcp", corev1.ProtocolTCP, v.Ports.Tunnel, cfg.Listen)
+	} else if p := containerPort(c, "tunnel-tcp"); p != nil {
+		t.Errorf("container port tunnel-tcp %+v without tunnel.tcp_listen", p)
+	}
 	if len(cfg.Forwards) != len(v.Forwards) {
 		t.Fatalf("dyad.yaml has %d forwards, want %d", len(cfg.Forwards), len(v.Forwards))
 	}
 	for i, f := range v.Forwards {
 		wantPort(fmt.Sprintf("fwd-%d", f.Port), corev1.ProtocolTCP, f.Port, cfg.Forwards[i].Listen)
 	}
-	if len(c.Ports) != 2+len(v.Forwards) {
-		t.Errorf("%d container ports, want %d", len(c.Ports), 2+len(v.Forwards))
+	if len(c.Ports) != 2+count(v.Tunnel.TCPListen)+len(v.Forwards) {
+		t.Errorf("%d container ports, want %d", len(c.Ports), 2+count(v.Tunnel.TCPListen)+len(v.Forwards))
 	}
 
 	for probe, want := range map[*corev1.Probe]string{c.LivenessProbe: "/healthz", c.ReadinessProbe: "/readyz"} {
@@ -198,11 +207,18 @@ func checkServices(t *testing.T, v *chartValues, m *manifests) {
 	}
 
 	tunnel := m.services[releaseName+"-dyad"]
-	if tunnel == nil || len(tunnel.Spec.Ports) != 1 {
-		t.Fatalf("tunnel Service missing or not one port: %+v", tunnel)
+	wantPorts := 1 + count(v.Tunnel.TCPListen)
+	if tunnel == nil || len(tunnel.Spec.Ports) != wantPorts {
+		t.Fatalf("tunnel Service missing or not %d port(s): %+v", wantPorts, tunnel)
 	}
 	if p := tunnel.Spec.Ports[0]; p.Protocol != corev1.ProtocolUDP || p.Port != v.Service.Port || p.TargetPort.StrVal != "tunnel" {
 		t.Errorf("tunnel Service port %+v, want UDP %d -> tunnel", p, v.Service.Port)
+	}
+	// The TCP fallback: partners dial the same address and port over TCP.
+	if v.Tunnel.TCPListen {
+		if p := tunnel.Spec.Ports[1]; p.Protocol != corev1.ProtocolTCP || p.Port != v.Service.Port || p.TargetPort.StrVal != "tunnel-tcp" {
+			t.Errorf("tunnel Service port %+v, want TCP %d -> tunnel-tcp", p, v.Service.Port)
+		}
 	}
 	if tunnel.Spec.Type != v.Service.Type {
 		t.Errorf("tunnel Service type %s, want %s", tunnel.Spec.Type, v.Service.Type)

@@ -79,6 +79,13 @@ app.kubernetes.io/part-of: dyad
 {{- define "dyad.stateDir" }}/var/lib/dyad/audit/state{{ end }}
 {{- define "dyad.otlpTLSDir" }}/etc/dyad/otlp-tls{{ end }}
 
+{{/*
+"true" when dyad listens for the TCP fallback (tunnel.tcp_listen: true, on ports.tunnel), else empty.
+*/}}
+{{- define "dyad.tcpListen" -}}
+{{- if and .Values.tunnel (eq (get .Values.tunnel "tcp_listen" | toString) "true") }}true{{ end }}
+{{- end }}
+
 {{/* The port of a host:port string (the last colon's suffix), as an int. */}}
 {{- define "dyad.portOf" -}}
 {{- regexFind "[0-9]+$" . }}
