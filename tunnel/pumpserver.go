@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -37,12 +38,19 @@ func (n *Node) pumpServer(serve func(in io.Reader, out io.Writer), local Conn, s
 	)
 	ctx, cancel := context.WithCancel(n.ctx)
 	defer cancel()
+	// answered: the guard's answers and our FIN are written. A failure
+	// after that stops only the reading side, so no reset overtakes the
+	// last answer (over TCP a yamux reset discards what the peer has not
+	// read yet).
+	var answered atomic.Bool
 	abort := func(err error, code quic.StreamErrorCode) {
 		once.Do(func() {
 			cancel()
 			abortErr = err
 			s.CancelRead(code)
-			s.CancelWrite(code)
+			if !answered.Load() {
+				s.CancelWrite(code)
+			}
 			local.SetLinger(0)
 			local.Close()
 		})
@@ -70,6 +78,8 @@ func (n *Node) pumpServer(serve func(in io.Reader, out io.Writer), local Conn, s
 	if err := w.Close(); err == nil {
 		if err = s.Close(); err != nil {
 			abort(err, codeLocalReset)
+		} else {
+			answered.Store(true)
 		}
 	} else {
 		abort(err, codeLocalReset)
