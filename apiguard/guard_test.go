@@ -3,11 +3,13 @@ package apiguard
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -474,5 +476,57 @@ func TestGuardJSONOneValue(t *testing.T) {
 		if d.status != want || want != 0 && d.reason != "invalid_body" {
 			t.Errorf("%q: status %d %s, want %d", body, d.status, d.reason, want)
 		}
+	}
+}
+
+// TestGuardJSONDuplicateNames: a JSON body with an object holding a name
+// twice is 400 invalid_body (kin-openapi validated the last value, which an
+// upstream that takes the first never sees), at any depth and however the
+// name is escaped; the values the guard validates are the ones
+// encoding/json gives (TestGuardJSONOneValue for the rest).
+func TestGuardJSONDuplicateNames(t *testing.T) {
+	s, err := LoadSpec("testdata/bench.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Policy{Service: "bench", Spec: s, ValidateRequest: true}
+	c := &conn{g: NewGuard(p, nil), peer: "bench"}
+	for body, want := range map[string]int{
+		`{"data":5,"data":"x"}`:        400,
+		`{"data":"x","data":"x"}`:      400,
+		`{"data":"x","\u0064ata":"y"}`: 400,
+		`{"data":"x"}`:                 0,
+	} {
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(post("/v1/echo", body))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var bw bufio.Writer
+		d := c.decide(p, req, &bw)
+		c.release()
+		if d.status != want || want != 0 && d.reason != "invalid_body" {
+			t.Errorf("%s: status %d %s, want %d", body, d.status, d.reason, want)
+		}
+	}
+	v, err := decodeJSONBody(strings.NewReader(`{"n":1.50,"s":"a","b":true,"z":null,"l":[1,{}]}`), nil, nil, nil)
+	var want any
+	dec := json.NewDecoder(strings.NewReader(`{"n":1.50,"s":"a","b":true,"z":null,"l":[1,{}]}`))
+	dec.UseNumber()
+	dec.Decode(&want)
+	if err != nil || !reflect.DeepEqual(v, want) {
+		t.Errorf("decoded %#v, %v; want %#v as encoding/json gives", v, err, want)
+	}
+	for body, ok := range map[string]bool{
+		`{"a":{"b":1,"b":2}}`:                   false,
+		`[{"a":1},{"a":{"c":[{"d":1,"d":1}]}}]`: false,
+		`[{"a":1},{"a":2}]`:                     true,
+		`{"a":{"b":1},"b":{"a":1}}`:             true,
+	} {
+		if _, err := decodeJSONBody(strings.NewReader(body), nil, nil, nil); (err == nil) != ok {
+			t.Errorf("%s: decode error %v, want ok %v", body, err, ok)
+		}
+	}
+	if _, err := decodeJSONBody(strings.NewReader(strings.Repeat("[", maxJSONDepth+1)), nil, nil, nil); err == nil {
+		t.Error("a body nested past the depth bound was decoded")
 	}
 }
