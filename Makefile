@@ -132,7 +132,7 @@ lint: ## gofmt and go vet
 	@out=$$(find . -name '*.go' -not -path './.cache/*' -exec gofmt -l {} +); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-bench: build bench-micro ## full benchmark (about 20 min on 2 cores): dyad vs direct, quic-relay and stunnel; bench/out/
+bench: build bench-micro ## full benchmark (about 25 min on 2 cores): dyad vs direct, quic-relay and stunnel; bench/out/
 	$(GO) run ./bench -dyad bin/dyad -out $(OUT)
 
 bench-quick: build ## every system and scenario briefly, dyad limits as in the full run, 3000 churned and 4096 idle connections, the emulated WAN link as root (about a minute); fails on errors, never on timings
