@@ -452,31 +452,14 @@ func TestShadowBounded(t *testing.T) {
 // an upstream that reads the body another way (the last value, a stream
 // of values) got what the contract forbids. Trailing white space is fine.
 func TestGuardJSONOneValue(t *testing.T) {
-	s, err := LoadSpec("testdata/bench.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &Policy{Service: "bench", Spec: s, ValidateRequest: true}
-	c := &conn{g: NewGuard(p, nil), peer: "bench"}
-	for body, want := range map[string]int{
+	jsonBodyStatuses(t, map[string]int{
 		`{"data":"x"}{"data":5}`:   400,
 		`{"data":"x"} trailing`:    400,
 		`{"data":"x"}]`:            400,
 		`{"data":"x"} {}`:          400,
 		"{\"data\":\"x\"} \r\n\t ": 0,
 		`{"data":"x"}`:             0,
-	} {
-		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(post("/v1/echo", body))))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var bw bufio.Writer
-		d := c.decide(p, req, &bw)
-		c.release()
-		if d.status != want || want != 0 && d.reason != "invalid_body" {
-			t.Errorf("%q: status %d %s, want %d", body, d.status, d.reason, want)
-		}
-	}
+	})
 }
 
 // TestGuardJSONDuplicateNames: a JSON body with an object holding a name
@@ -485,29 +468,12 @@ func TestGuardJSONOneValue(t *testing.T) {
 // name is escaped; the values the guard validates are the ones
 // encoding/json gives (TestGuardJSONOneValue for the rest).
 func TestGuardJSONDuplicateNames(t *testing.T) {
-	s, err := LoadSpec("testdata/bench.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &Policy{Service: "bench", Spec: s, ValidateRequest: true}
-	c := &conn{g: NewGuard(p, nil), peer: "bench"}
-	for body, want := range map[string]int{
+	jsonBodyStatuses(t, map[string]int{
 		`{"data":5,"data":"x"}`:        400,
 		`{"data":"x","data":"x"}`:      400,
 		`{"data":"x","\u0064ata":"y"}`: 400,
 		`{"data":"x"}`:                 0,
-	} {
-		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(post("/v1/echo", body))))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var bw bufio.Writer
-		d := c.decide(p, req, &bw)
-		c.release()
-		if d.status != want || want != 0 && d.reason != "invalid_body" {
-			t.Errorf("%s: status %d %s, want %d", body, d.status, d.reason, want)
-		}
-	}
+	})
 	v, err := decodeJSONBody(strings.NewReader(`{"n":1.50,"s":"a","b":true,"z":null,"l":[1,{}]}`), nil, nil, nil)
 	var want any
 	dec := json.NewDecoder(strings.NewReader(`{"n":1.50,"s":"a","b":true,"z":null,"l":[1,{}]}`))
@@ -528,5 +494,30 @@ func TestGuardJSONDuplicateNames(t *testing.T) {
 	}
 	if _, err := decodeJSONBody(strings.NewReader(strings.Repeat("[", maxJSONDepth+1)), nil, nil, nil); err == nil {
 		t.Error("a body nested past the depth bound was decoded")
+	}
+}
+
+// jsonBodyStatuses posts each body to the bench spec's echo operation,
+// whose schema wants {"data": string}, and checks the guard's decision:
+// want 0 (forward) or 400 invalid_body.
+func jsonBodyStatuses(t *testing.T, cases map[string]int) {
+	t.Helper()
+	s, err := LoadSpec("testdata/bench.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Policy{Service: "bench", Spec: s, ValidateRequest: true}
+	c := &conn{g: NewGuard(p, nil), peer: "bench"}
+	for body, want := range cases {
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(post("/v1/echo", body))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var bw bufio.Writer
+		d := c.decide(p, req, &bw)
+		c.release()
+		if d.status != want || want != 0 && d.reason != "invalid_body" {
+			t.Errorf("%q: status %d %s, want %d", body, d.status, d.reason, want)
+		}
 	}
 }
