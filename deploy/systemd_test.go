@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/dyad-tunnel/dyad/daemon"
+	"github.com/dyad-tunnel/dyad/daemon/daemontest"
 )
 
 // systemdMaxExposure is the highest `systemd-analyze security` score the
@@ -351,23 +352,14 @@ func systemdSyscalls(t *testing.T, analyze, bin string, unit systemdUnit) {
 		t.Fatalf("keygen: %v\n%s", err, out)
 	}
 	pub, _ := os.ReadFile(filepath.Join(partner, "identity.pub"))
-	free := func(network string) string {
-		if network == "udp" {
-			pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer pc.Close()
-			return pc.LocalAddr().String()
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	free := func() string {
+		addr, err := daemontest.FreeTCP()
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer ln.Close()
-		return ln.Addr().String()
+		return addr
 	}
-	admin, forward := free("tcp"), free("tcp")
+	admin, forward := free(), free()
 	// The peer's endpoint is a closed port: dyad dials it (QUIC sends and
 	// ICMP errors) and never connects.
 	cfg := fmt.Sprintf(`site: strace
@@ -381,7 +373,7 @@ services:
   - {name: api, upstream: %s, allow: [partner]}
 forwards:
   - {listen: %s, peer: partner, service: api}
-`, free("udp"), admin, strings.TrimSpace(string(pub)), free("udp"), free("tcp"), forward)
+`, free(), admin, strings.TrimSpace(string(pub)), free(), free(), forward)
 	cfgPath := filepath.Join(dir, "dyad.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

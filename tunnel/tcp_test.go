@@ -11,6 +11,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -115,15 +116,18 @@ func TestTCPHandshakeLimits(t *testing.T) {
 	}
 	defer silent.Close()
 	time.Sleep(100 * time.Millisecond)
+	// The listener closes the second at once, with a reset: on a slow
+	// machine the reset arrives before Dial has read the connect's
+	// result, and Dial fails with it (seen in CI under -race).
 	second, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
+	if err == nil {
+		second.SetReadDeadline(time.Now().Add(3 * time.Second))
+		_, err = second.Read(make([]byte, 1))
+		second.Close()
 	}
-	second.SetReadDeadline(time.Now().Add(3 * time.Second))
-	if _, err := second.Read(make([]byte, 1)); err == nil || errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("second half-open connection from one source not closed: %v", err)
 	}
-	second.Close()
 	if b.Stats.Snapshot()["limited."+limitHalfOpenSource] == 0 {
 		t.Fatalf("half-open share not counted: %v", b.Stats.Snapshot())
 	}

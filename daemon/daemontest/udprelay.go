@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+
+	"github.com/dyad-tunnel/dyad/internal/freeport"
 )
 
 // maxRelayClients bounds the source addresses a UDPRelay serves (one back
@@ -57,7 +59,14 @@ func NewUDPRelay(target string) (*UDPRelay, error) {
 	}
 	ap := ua.AddrPort()
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	front, err := listenLoopbackUDP()
+	// The front's port comes from freeport: a test may bind a TCP
+	// listener on the same number (a daemon's TCP fallback behind a
+	// UDP-blocking relay), so it must not be one the kernel hands out.
+	frontAddr, err := freeport.UDPTCP()
+	if err != nil {
+		return nil, fmt.Errorf("relay front: %w", err)
+	}
+	front, err := listenLoopbackUDP(frontAddr)
 	if err != nil {
 		return nil, fmt.Errorf("relay front: %w", err)
 	}
@@ -68,12 +77,17 @@ func NewUDPRelay(target string) (*UDPRelay, error) {
 	return r, nil
 }
 
-// listenLoopbackUDP opens a UDP socket on a free 127.0.0.1 port with
+// listenLoopbackUDP opens a UDP socket on addr (a free 127.0.0.1 port when
+// addr is "127.0.0.1:0") with
 // buffers deep enough for a QUIC burst (the kernel caps them at rmem_max
 // and wmem_max; a smaller buffer only means more drops under load, which
 // QUIC recovers from).
-func listenLoopbackUDP() (*net.UDPConn, error) {
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+func listenLoopbackUDP(addr string) (*net.UDPConn, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.ListenUDP("udp", ua)
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +138,7 @@ func (r *UDPRelay) Rebind() error {
 		return net.ErrClosed
 	}
 	for _, c := range r.clients {
-		back, err := listenLoopbackUDP()
+		back, err := listenLoopbackUDP("127.0.0.1:0")
 		if err != nil {
 			return fmt.Errorf("relay rebind %v: %w", c.src, err)
 		}
@@ -195,7 +209,7 @@ func (r *UDPRelay) client(src netip.AddrPort) *relayClient {
 	if r.closed || len(r.clients) >= maxRelayClients {
 		return nil
 	}
-	back, err := listenLoopbackUDP()
+	back, err := listenLoopbackUDP("127.0.0.1:0")
 	if err != nil {
 		return nil
 	}

@@ -8,6 +8,8 @@ import (
 	"net"
 	"sync"
 	"testing"
+
+	"github.com/dyad-tunnel/dyad/internal/freeport"
 )
 
 // EchoServer starts a TCP server on 127.0.0.1 that echoes every byte back
@@ -45,16 +47,16 @@ func EchoServer(t testing.TB) (addr string, accepted func() int) {
 	return ln.Addr().String(), func() int { mu.Lock(); defer mu.Unlock(); return n }
 }
 
-// FreeAddr returns a loopback TCP address that was free a moment ago, for
-// a server that must be started later (or never, to be unreachable).
+// FreeAddr returns a loopback TCP address for a server that must be
+// started later (or never, to be unreachable); see internal/freeport for
+// why it is not a kernel-picked port.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.UDPTCP()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // SyncBuffer is a bytes.Buffer safe for concurrent writes (a log sink, a
