@@ -151,19 +151,15 @@ func TestRotationPeerOfflineAtAnnouncement(t *testing.T) {
 func testRotationPeerOfflineAtAnnouncement(t *testing.T) {
 	echo, _ := tunneltest.EchoServer(t)
 	ida, idb, idc := newIdentity(t), newIdentity(t), newIdentity(t)
-	// b's port, free until b starts.
-	probe, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bAddr := probe.LocalAddr().String()
-	probe.Close()
+	bAddr := tunneltest.FreeAddr(t) // b's port (UDP and TCP), free until b starts
 	a := startNode(t, ida, Config{ConnectTimeout: time.Second, Peers: []Peer{
 		{Name: "b", Key: idb.Public(), Endpoint: bAddr},
 		{Name: "c", Key: idc.Public()}, // c dials a
 	}, Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"b", "c"}}}})
 	next := newIdentity(t)
-	res, err := a.Rotate(context.Background(), next, 3*time.Second)
+	// The overlap leaves b time to come back after Rotate has waited out
+	// both peers' connect timeouts (3 s was too short for CI under -race).
+	res, err := a.Rotate(context.Background(), next, 8*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,7 +291,9 @@ func TestRotationTwiceSurvivesReload(t *testing.T) {
 	var last *identity.Identity
 	for i := range 2 {
 		last = newIdentity(t)
-		res, err := a.Rotate(context.Background(), last, time.Second)
+		// An overlap long enough for the announcement's round trip under
+		// -race on a busy machine (1 s retired the key first in CI).
+		res, err := a.Rotate(context.Background(), last, 3*time.Second)
 		if err != nil || res.Peers[0].Outcome != "accepted" {
 			t.Fatalf("rotation %d: %v %+v", i, err, res.Peers)
 		}
