@@ -45,6 +45,23 @@ const (
 	// returns: QUIC's backed-off probe timer may take about the pause's
 	// length to fire again (TestFaultPathPaused).
 	pausedRecoverWithin = pausePath + 3*time.Second
+	// dialAttempt is how long the dialer waits for one tunnel, handshake
+	// and the listener's ready signal, before it gives up and dials again
+	// (tunnel/link.go, dial; a fixed 10 s, whatever connect_timeout is).
+	dialAttempt = 10 * time.Second
+	// setupWithin bounds the wait for the rig's tunnels before any fault:
+	// one dial attempt that runs out, the redial, and slack for a loaded
+	// machine. A dialer that stalls (descheduled for seconds on a busy CI
+	// host) between its handshake and the ready signal loses that attempt:
+	// when it runs again its 10 s timer has fired too, and it dials anew,
+	// at once. Waiting 10 s, as before, left no room for that redial
+	// (TestFaultUpstreamRestart, CI run 1549). Setup is no property under
+	// test: each test asserts its own limits after its fault.
+	setupWithin = 2*dialAttempt + 5*time.Second
+	// setupSlow: a setup slower than this is logged (it passes), so that
+	// a machine stall, or a product that got slow to connect, stays
+	// visible in the output.
+	setupSlow = 5 * time.Second
 )
 
 // The upstream's protocol: a header of an op byte, a size and a seed (both
@@ -110,20 +127,30 @@ func newFaultRig(t *testing.T, tune func(*daemon.TunnelFile)) *faultRig {
 	}
 	start(t, r.b)
 	start(t, r.a)
-	if _, _, err := r.waitWorking(time.Now(), 10*time.Second); err != nil {
-		t.Fatalf("before any fault: %v", err)
+	took, attempts, err := r.waitWorking(time.Now(), setupWithin)
+	if err != nil {
+		t.Fatalf("before any fault: %v (relay: %d datagrams forwarded, %d dropped)", err, r.relay.Forwarded(), r.relay.Dropped())
+	}
+	if took > setupSlow {
+		t.Logf("before any fault: first working connection after %v (%d attempts), over %v: a stalled machine, or a dial attempt that ran out",
+			took.Round(time.Millisecond), attempts, setupSlow)
 	}
 	// Every connection A dials to B is up before a fault strikes: a slot
-	// still dialing when the path pauses would count as a redial.
+	// still dialing when the path pauses would count as a redial. Each
+	// slot dials on its own, so each may lose an attempt as slot 0 may.
 	want := uint64(tunnel.DefaultConnections)
 	if n := r.a.Config.Tunnel.Connections; n > 0 {
 		want = uint64(n)
 	}
-	for deadline := time.Now().Add(10 * time.Second); counter(t, r.a, "tunnels_established") < want; {
+	slots := time.Now()
+	for deadline := slots.Add(setupWithin); counter(t, r.a, "tunnels_established") < want; {
 		if time.Now().After(deadline) {
-			t.Fatalf("A established %d of its %d connections to B in 10 s", counter(t, r.a, "tunnels_established"), want)
+			t.Fatalf("A established %d of its %d connections to B in %v", counter(t, r.a, "tunnels_established"), want, setupWithin)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if took := time.Since(slots); took > setupSlow {
+		t.Logf("before any fault: A's %d connections up %v after the first worked", want, took.Round(time.Millisecond))
 	}
 	return r
 }
