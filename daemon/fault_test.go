@@ -47,7 +47,7 @@ const (
 	pausedRecoverWithin = pausePath + 3*time.Second
 	// dialAttempt is how long the dialer waits for one tunnel, handshake
 	// and the listener's ready signal, before it gives up and dials again
-	// (tunnel/link.go, dial; a fixed 10 s, whatever connect_timeout is).
+	// (tunnel/link.go, dialTimeout: 10 s, whatever connect_timeout is).
 	dialAttempt = 10 * time.Second
 	// setupWithin bounds the wait for the rig's tunnels before any fault:
 	// one dial attempt that runs out, the redial, and slack for a loaded

@@ -784,7 +784,15 @@ func (l *link) dialLoop(slot int) {
 		ev := l.n.log.Warn().Err(err).Str("peer", l.peer.Name).Str("endpoint", l.peer.Endpoint).Int("slot", slot).
 			Float64("retry_in_s", backoff.Seconds())
 		var idle *quic.IdleTimeoutError
-		if errors.As(err, &idle) || errors.Is(err, context.DeadlineExceeded) {
+		timedOut := errors.As(err, &idle) || errors.Is(err, context.DeadlineExceeded)
+		switch {
+		case timedOut && errors.Is(err, errNotReady):
+			// The handshake verified the partner's key against the pin:
+			// only the ready signal is missing, so the "no answer" hint
+			// (a wrong pin among its causes) would mislead (THREATS P10,
+			// tested by TestDialNotReadyHint).
+			ev = ev.Str("hint", "the partner completed the handshake (it holds the pinned key) but did not confirm the tunnel in time: its daemon is overloaded or stalled, or the path lost packets after the handshake; dialing again")
+		case timedOut:
 			// The dark listener answers only a first flight whose MAC is
 			// keyed from its own key: silence is all a wrong pin shows.
 			ev = ev.Str("pinned_fingerprint", l.current().Key.Fingerprint()).
@@ -814,10 +822,19 @@ func jitter(d time.Duration) time.Duration {
 	return d*3/4 + rand.N(d/2+1)
 }
 
+// dialTimeout bounds one dial: the handshake and the listener's ready
+// signal. A variable only so that tests can shorten it.
+var dialTimeout = 10 * time.Second
+
+// errNotReady says a dial completed its handshake, so the peer holds the
+// pinned key, but the listener did not signal that it adopted the
+// connection: it refused us, stalled, or the signal was lost.
+var errNotReady = errors.New("peer did not accept us")
+
 // dial dials the peer once for slot (-1: outside the slots, as tests do),
 // over the transport the link uses now (dialTransport).
 func (l *link) dial(slot int) error {
-	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(l.ctx, dialTimeout)
 	defer cancel()
 	start := time.Now()
 	local, cert := l.n.self.Load().forPeer(l.acked.Load())
@@ -827,7 +844,7 @@ func (l *link) dial(slot int) error {
 	}
 	if err := qc.AwaitReady(ctx); err != nil {
 		qc.CloseWithError(codeSetupFailed, "no ready signal")
-		return fmt.Errorf("peer did not accept us: %w", err)
+		return fmt.Errorf("%w: %w", errNotReady, err)
 	}
 	if err := l.attach(qc, local, true, slot, time.Since(start)); err != nil {
 		qc.CloseWithError(codeSetupFailed, "setup failed")
