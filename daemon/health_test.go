@@ -78,7 +78,7 @@ func testDeadPeerNoticed(t *testing.T, transport string) {
 		t.Fatalf("before the stop: %v", err)
 	}
 	// Every dialed connection is up, so none is still dialing when B stops.
-	for deadline := time.Now().Add(10 * time.Second); counter(t, a, "tunnels_established") < 3; {
+	for deadline := time.Now().Add(setupWithin); counter(t, a, "tunnels_established") < 3; {
 		if time.Now().After(deadline) {
 			t.Fatalf("A established %d of its 3 connections", counter(t, a, "tunnels_established"))
 		}
@@ -245,7 +245,7 @@ func TestStatusCommand(t *testing.T) {
 	if err := echoRoundTrip(local, 256<<10, 1); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); counter(t, a, "tunnels_established") < 3; {
+	for deadline := time.Now().Add(setupWithin); counter(t, a, "tunnels_established") < 3; {
 		if time.Now().After(deadline) {
 			t.Fatal("A's three connections did not come up")
 		}
