@@ -22,6 +22,7 @@ const (
 	PingServiceDenied = 5 // the service is unknown at the partner or not allowed to this site
 	PingUpstreamDown  = 6 // the partner could not reach the service's upstream
 	PingOtherRefusal  = 7 // refused for another reason: limits, too many connections, shutting down
+	PingNotReady      = 8 // the partner holds the pinned key but did not confirm the tunnel in time
 )
 
 // PingOptions say what `dyad ping` probes.
@@ -127,6 +128,11 @@ func Ping(o PingOptions, out io.Writer) int {
 	case tunnel.ProbeOtherRefusal:
 		fmt.Fprintf(out, "%s refused: %v\n", who, res.Err)
 		return PingOtherRefusal
+	case tunnel.ProbeNotReady:
+		fmt.Fprintf(out, "%s completed the handshake (it holds the pinned key) but did not confirm the tunnel within %v:\n"+
+			"  its daemon is stalled or overloaded, or the path lost the packets after the handshake; try again,\n"+
+			"  and if it persists ask the partner for its daemon's log at this time\n", who, o.Timeout)
+		return PingNotReady
 	}
 	return fail(fmt.Errorf("%s: %w", who, res.Err))
 }

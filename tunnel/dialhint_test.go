@@ -12,6 +12,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/rs/zerolog"
+
+	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
 
 // lockedBuffer collects a node's log lines for a test.
@@ -40,27 +42,7 @@ func (l *lockedBuffer) String() string {
 // network wherever the protocol allows it).
 func TestDialNotReadyHint(t *testing.T) {
 	ida, idb := newIdentity(t), newIdentity(t)
-	certB, err := idb.Certificate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// B's key and ALPN, but nothing of dyad behind them: it takes the
-	// handshake and then stays silent.
-	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{certB},
-		ClientAuth: tls.RequireAnyClientCert, NextProtos: []string{ALPN}}, &quic.Config{EnableDatagrams: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			qc, err := ln.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			defer qc.CloseWithError(0, "")
-		}
-	}()
+	ln := silentListener(t, idb)
 	defer func(d time.Duration) { dialTimeout = d }(dialTimeout)
 	dialTimeout = time.Second // each dial gives up on the ready signal after 1 s
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -94,5 +76,55 @@ func TestDialNotReadyHint(t *testing.T) {
 	}
 	if !strings.Contains(line, "completed the handshake") {
 		t.Errorf("the log does not say that the partner completed the handshake: %s", line)
+	}
+}
+
+// silentListener takes QUIC handshakes with id's key and dyad's ALPN, but
+// has nothing of dyad behind them: it never sends the ready signal.
+func silentListener(t *testing.T, id *identity.Identity) *quic.Listener {
+	t.Helper()
+	cert, err := id.Certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
+		ClientAuth: tls.RequireAnyClientCert, NextProtos: []string{ALPN}}, &quic.Config{EnableDatagrams: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			qc, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { qc.CloseWithError(0, "") })
+		}
+	}()
+	return ln
+}
+
+// TestProbeNotReady: `dyad ping` against a partner that completes the
+// handshake but never confirms the tunnel does not report "no answer",
+// whose causes include a wrong pinned key: the handshake proved the key
+// (THREATS P10). On main it did: outcome ProbeNoAnswer.
+func TestProbeNotReady(t *testing.T) {
+	ida, idb := newIdentity(t), newIdentity(t)
+	ln := silentListener(t, idb)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(pc, ida, Config{Peers: []Peer{{Name: "b", Key: idb.Public(), Transport: TransportQUIC}}}, zerolog.Nop(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	res := a.Probe(ctx, "b", ln.Addr().String(), "")
+	if res.Outcome != ProbeNotReady {
+		t.Fatalf("outcome %v (%v), want ProbeNotReady", res.Outcome, res.Err)
 	}
 }

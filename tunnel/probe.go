@@ -47,6 +47,11 @@ const (
 	ProbeOtherRefusal
 	// ProbeFailed: the probe could not run or ended unexpectedly.
 	ProbeFailed
+	// ProbeNotReady: the partner completed the handshake, so it holds the
+	// pinned key, but did not confirm the tunnel (the ready signal) in
+	// time: its daemon is stalled or overloaded, or the path lost what
+	// followed the handshake.
+	ProbeNotReady
 )
 
 // ProbeResult is a probe's finding.
@@ -94,11 +99,17 @@ func (n *Node) Probe(ctx context.Context, peer, endpoint, service string) ProbeR
 	if err := qc.AwaitReady(ctx); err != nil {
 		qc.CloseWithError(codeSetupFailed, "probe: no ready signal")
 		out := classifyDial(err)
-		if out == ProbeFailed && qc.Transport() == TransportTCP {
+		switch {
+		case out == ProbeFailed && qc.Transport() == TransportTCP:
 			// The listener ended the connection after our certificate
 			// (TLS 1.3: the client finishes first): a refusal, as QUIC's
 			// CRYPTO_ERROR from the peer is.
 			out = ProbeRefused
+		case out == ProbeNoAnswer:
+			// The handshake proved the partner's key: "no answer", whose
+			// causes include a wrong pin, would mislead (THREATS P10,
+			// tested by TestProbeNotReady).
+			out = ProbeNotReady
 		}
 		return ProbeResult{Outcome: out, Transport: qc.Transport(), Err: err}
 	}

@@ -25,7 +25,9 @@ Exit codes: 0 ok (round trip and key exchange group printed); 3 no answer (the p
 a firewall drops UDP, or the key pinned for the peer is not the partner's: compare the printed pinned
 fingerprint by phone); 4 the partner refused this site's certificate (it does not pin this site);
 5 the service is unknown there or not allowed to this site; 6 the partner could not reach the
-service's upstream; 7 refused for another reason (limits, shutting down); 1 could not probe; 2 usage.
+service's upstream; 7 refused for another reason (limits, shutting down); 8 the partner completed the
+handshake (it holds the pinned key) but did not confirm the tunnel in time (stalled or overloaded);
+1 could not probe; 2 usage.
 
 Usage: dyad ping --config FILE [flags] PEER [SERVICE]`)
 	var o daemon.PingOptions
