@@ -90,9 +90,10 @@ func writeRequest(uw *bufio.Writer, req *http.Request) error {
 		uw.WriteString("Transfer-Encoding: chunked\r\n")
 		writeTrailerField(uw, trailer)
 	case body != nil && req.ContentLength > 0:
-		var n [20]byte
 		uw.WriteString("Content-Length: ")
-		uw.Write(strconv.AppendInt(n[:0], req.ContentLength, 10))
+		// Appended in the writer's own free space: a local array would
+		// escape through Write (one allocation per request).
+		uw.Write(strconv.AppendInt(uw.AvailableBuffer(), req.ContentLength, 10))
 		uw.WriteString("\r\n")
 	default:
 		body = nil
@@ -278,9 +279,8 @@ func writeResponse(bw *bufio.Writer, resp *http.Response) error {
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 		writeTrailerField(bw, trailer)
 	} else {
-		var n [20]byte
 		bw.WriteString("Content-Length: ")
-		bw.Write(strconv.AppendInt(n[:0], resp.ContentLength, 10))
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), resp.ContentLength, 10))
 		bw.WriteString("\r\n")
 	}
 	bw.WriteString("\r\n")

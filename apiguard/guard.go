@@ -211,17 +211,8 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 		bw.Reset(nil)
 		clientWriters.Put(bw)
 	}()
-	var ref *RequestError
-	switch {
-	case err == io.EOF:
-		return false
-	case errors.As(err, &ref) && ref.Stream():
-		c.refuseStream(bw, ref.Reason)
-		return false
-	case errors.As(err, &ref):
-		c.deny(bw, p, "", decision{status: ref.Status(), reason: ref.Reason, close: true})
-		return false
-	case err != nil:
+	if err != nil {
+		c.readFailed(bw, p, err)
 		return false
 	}
 	d := c.decide(p, req, bw)
@@ -260,6 +251,21 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	err = writeResponse(bw, resp)
 	c.g.inv.record(c.peer, d.op, resp.StatusCode, OutcomeForwarded, "")
 	return err == nil && !resp.Close && !req.Close
+}
+
+// readFailed ends the stream after a request the parser could not give:
+// a refused request is answered, a stream that is not HTTP/1.1 refused, a
+// clean end or a read error ends it as it is. (Apart from one, so the
+// error's target is allocated only when there is an error.)
+func (c *conn) readFailed(bw *bufio.Writer, p *Policy, err error) {
+	var ref *RequestError
+	switch {
+	case err == io.EOF:
+	case errors.As(err, &ref) && ref.Stream():
+		c.refuseStream(bw, ref.Reason)
+	case errors.As(err, &ref):
+		c.deny(bw, p, "", decision{status: ref.Status(), reason: ref.Reason, close: true})
+	}
 }
 
 // readResponse reads upstream's answer to req, passing 1xx answers on.

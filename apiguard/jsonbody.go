@@ -303,10 +303,13 @@ func (d *jsonDecoder) str() (string, error) {
 	start := d.i
 	plain := true
 	for {
-		// The common bytes first, one table look-up each.
-		for d.i < len(d.s) && plainByte[d.s[d.i]] {
-			d.i++
+		// The common bytes first, one table look-up each (in locals:
+		// through d, each step would load d.s and d.i again).
+		s, i := d.s, d.i
+		for i < len(s) && plainByte[s[i]] {
+			i++
 		}
+		d.i = i
 		if d.i >= len(d.s) {
 			return "", errJSONEnd
 		}

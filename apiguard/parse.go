@@ -90,14 +90,8 @@ func (rr *RequestReader) Buffered() int { return rr.br.Buffered() }
 // readRequest is Next on br.
 func readRequest(br *bufio.Reader, first bool) (*http.Request, error) {
 	n, err := headerBlock(br, first)
-	var ref *refusal
-	switch {
-	case errors.Is(err, errStreamEnd):
-		return nil, io.EOF
-	case errors.As(err, &ref):
-		return nil, &RequestError{ref.reason}
-	case err != nil:
-		return nil, err
+	if err != nil {
+		return nil, blockError(err)
 	}
 	block, _ := br.Peek(n)
 	if r := checkHeader(block); r != "" {
@@ -108,6 +102,20 @@ func readRequest(br *bufio.Reader, first bool) (*http.Request, error) {
 		return nil, &RequestError{reasonMalformed}
 	}
 	return req, nil
+}
+
+// blockError is readRequest's error for headerBlock's err: io.EOF at a
+// clean end, a *RequestError for a refusal, else err. (Apart from
+// readRequest, so the refusal's target is allocated only on an error.)
+func blockError(err error) error {
+	var ref *refusal
+	switch {
+	case errors.Is(err, errStreamEnd):
+		return io.EOF
+	case errors.As(err, &ref):
+		return &RequestError{ref.reason}
+	}
+	return err
 }
 
 // h2Preface is the start of HTTP/2's connection preface.
