@@ -52,3 +52,24 @@ func TestGuardRequestAllocs(t *testing.T) {
 		t.Errorf("one rr-api request allocated %v times in the guard, want at most %d", n, bound)
 	}
 }
+
+// BenchmarkGuardRequest is the guard's own CPU for one rr-api request,
+// without sockets, pipes or the tunnel: TestGuardRequestAllocs's loop.
+func BenchmarkGuardRequest(b *testing.B) {
+	g := NewGuard(benchPolicy(b), nil)
+	up := &fixedUpstream{}
+	c := &conn{g: g, peer: "bench", up: up, out: io.Discard}
+	var in bytes.Reader
+	br := bufio.NewReaderSize(&in, MaxHeaderBytes)
+	ubr := bufio.NewReaderSize(up, 4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		in.Reset(echoRequest)
+		br.Reset(&in)
+		up.resp.Reset(echoResponse)
+		ubr.Reset(up)
+		if !c.one(br, ubr, false) {
+			b.Fatal("the request ended the stream")
+		}
+	}
+}
