@@ -27,10 +27,13 @@ var echoResponse = []byte("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n
 // (kin-openapi and the guard's decoder), forwarding it and passing the
 // answer back. On main before this bound: 61 allocations (the JSON
 // decoder's Token walk 15 more, error targets and length buffers that
-// escaped on every request 4); what is left is net/http's and
-// kin-openapi's but for the buffered body and the JSON values (README,
+// escaped on every request 4, the buffered body's own allocation 1); what
+// is left is net/http's and kin-openapi's but for the JSON values (README,
 // "API guard", Cost).
 func TestGuardRequestAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates, and sync.Pool drops at random")
+	}
 	g := NewGuard(benchPolicy(t), nil)
 	up := &fixedUpstream{}
 	c := &conn{g: g, peer: "bench", up: up, out: io.Discard}
@@ -46,7 +49,7 @@ func TestGuardRequestAllocs(t *testing.T) {
 			t.Fatal("the request ended the stream")
 		}
 	})
-	const bound = 42
+	const bound = 41
 	t.Logf("%v allocations per request", n)
 	if n > bound {
 		t.Errorf("one rr-api request allocated %v times in the guard, want at most %d", n, bound)

@@ -113,6 +113,19 @@ func writeRequest(uw *bufio.Writer, req *http.Request) error {
 		writeTrailers(uw, trailer)
 		return uw.Flush()
 	}
+	if wt, ok := body.(io.WriterTo); ok {
+		// A buffered body (the guard's held one, or kin-openapi's with
+		// a schema's defaults written in): in memory already, written
+		// from there in one piece, without a buffer of its own.
+		sent, err := wt.WriteTo(uw)
+		if err != nil {
+			return err
+		}
+		if sent != req.ContentLength {
+			return io.ErrUnexpectedEOF
+		}
+		return uw.Flush()
+	}
 	buf := bodyBufs.Get().(*[chunkHead + bodyChunk + 2]byte)
 	defer bodyBufs.Put(buf)
 	var sent int64

@@ -82,6 +82,9 @@ func TestJSONBodyCorners(t *testing.T) {
 // byte or per token.
 // On the Token-walking decoder it replaced: 42 allocations.
 func TestJSONBodyAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
 	body := []byte(`{"data":"` + strings.Repeat("x", 1024-11) + `"}`)
 	var r bytes.Reader
 	n := testing.AllocsPerRun(100, func() {
