@@ -76,3 +76,13 @@ func BenchmarkGuardRequest(b *testing.B) {
 		}
 	}
 }
+
+// TestTokenChar: the table is RFC 9110's tchar, byte for byte.
+func TestTokenChar(t *testing.T) {
+	const tchar = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	for c := range 256 {
+		if got, want := tokenChar(byte(c)), strings.IndexByte(tchar, byte(c)) >= 0; got != want {
+			t.Errorf("tokenChar(%#x) = %v, want %v", c, got, want)
+		}
+	}
+}

@@ -198,9 +198,18 @@ func lineStart(b []byte) string {
 	return ""
 }
 
-func tokenChar(c byte) bool {
-	return c > ' ' && c < 0x7f && !strings.ContainsRune("\"(),/:;<=>?@[\\]{}", rune(c))
-}
+// tokenChar says whether c may stand in an RFC 9110 token (a method, a
+// field name): visible ASCII but the delimiters.
+func tokenChar(c byte) bool { return tokenChars[c] }
+
+// tokenChars is tokenChar as a table: checkHeader asks it for every byte
+// of every field name of every request.
+var tokenChars = func() (t [256]bool) {
+	for c := '!'; c < 0x7f; c++ {
+		t[c] = !strings.ContainsRune("\"(),/:;<=>?@[\\]{}", c)
+	}
+	return t
+}()
 
 // checkHeader refuses the header block shapes that request smuggling
 // needs, before net/http parses it (net/http would repair some of them):
