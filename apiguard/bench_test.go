@@ -185,7 +185,7 @@ func BenchmarkRequestGuarded(b *testing.B) {
 
 // benchPolicy is bench/apiguard.go's guarded service: testdata/bench.yaml
 // with validate: [request].
-func benchPolicy(b *testing.B) *Policy {
+func benchPolicy(b testing.TB) *Policy {
 	s, err := LoadSpec("testdata/bench.yaml")
 	if err != nil {
 		b.Fatal(err)

@@ -90,9 +90,10 @@ func writeRequest(uw *bufio.Writer, req *http.Request) error {
 		uw.WriteString("Transfer-Encoding: chunked\r\n")
 		writeTrailerField(uw, trailer)
 	case body != nil && req.ContentLength > 0:
-		var n [20]byte
 		uw.WriteString("Content-Length: ")
-		uw.Write(strconv.AppendInt(n[:0], req.ContentLength, 10))
+		// Appended in the writer's own free space: a local array would
+		// escape through Write (one allocation per request).
+		uw.Write(strconv.AppendInt(uw.AvailableBuffer(), req.ContentLength, 10))
 		uw.WriteString("\r\n")
 	default:
 		body = nil
@@ -110,6 +111,19 @@ func writeRequest(uw *bufio.Writer, req *http.Request) error {
 			return err
 		}
 		writeTrailers(uw, trailer)
+		return uw.Flush()
+	}
+	if wt, ok := body.(io.WriterTo); ok {
+		// A buffered body (the guard's held one, or kin-openapi's with
+		// a schema's defaults written in): in memory already, written
+		// from there in one piece, without a buffer of its own.
+		sent, err := wt.WriteTo(uw)
+		if err != nil {
+			return err
+		}
+		if sent != req.ContentLength {
+			return io.ErrUnexpectedEOF
+		}
 		return uw.Flush()
 	}
 	buf := bodyBufs.Get().(*[chunkHead + bodyChunk + 2]byte)
@@ -278,9 +292,8 @@ func writeResponse(bw *bufio.Writer, resp *http.Response) error {
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 		writeTrailerField(bw, trailer)
 	} else {
-		var n [20]byte
 		bw.WriteString("Content-Length: ")
-		bw.Write(strconv.AppendInt(n[:0], resp.ContentLength, 10))
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), resp.ContentLength, 10))
 		bw.WriteString("\r\n")
 	}
 	bw.WriteString("\r\n")

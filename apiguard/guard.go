@@ -154,8 +154,11 @@ type conn struct {
 	// here so that validating allocates none of them per request.
 	body     heldBody
 	bodyData []byte
-	getBody  func() (io.ReadCloser, error)
-	in       openapi3filter.RequestValidationInput
+	// bodyBuf is bodyData's pooled buffer (a body of at most bodyChunk
+	// bytes); nil when bodyData was allocated for a larger one.
+	bodyBuf *[chunkHead + bodyChunk + 2]byte
+	getBody func() (io.ReadCloser, error)
+	in      openapi3filter.RequestValidationInput
 }
 
 var (
@@ -211,17 +214,8 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 		bw.Reset(nil)
 		clientWriters.Put(bw)
 	}()
-	var ref *RequestError
-	switch {
-	case err == io.EOF:
-		return false
-	case errors.As(err, &ref) && ref.Stream():
-		c.refuseStream(bw, ref.Reason)
-		return false
-	case errors.As(err, &ref):
-		c.deny(bw, p, "", decision{status: ref.Status(), reason: ref.Reason, close: true})
-		return false
-	case err != nil:
+	if err != nil {
+		c.readFailed(bw, p, err)
 		return false
 	}
 	d := c.decide(p, req, bw)
@@ -260,6 +254,21 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	err = writeResponse(bw, resp)
 	c.g.inv.record(c.peer, d.op, resp.StatusCode, OutcomeForwarded, "")
 	return err == nil && !resp.Close && !req.Close
+}
+
+// readFailed ends the stream after a request the parser could not give:
+// a refused request is answered, a stream that is not HTTP/1.1 refused, a
+// clean end or a read error ends it as it is. (Apart from one, so the
+// error's target is allocated only when there is an error.)
+func (c *conn) readFailed(bw *bufio.Writer, p *Policy, err error) {
+	var ref *RequestError
+	switch {
+	case err == io.EOF:
+	case errors.As(err, &ref) && ref.Stream():
+		c.refuseStream(bw, ref.Reason)
+	case errors.As(err, &ref):
+		c.deny(bw, p, "", decision{status: ref.Status(), reason: ref.Reason, close: true})
+	}
 }
 
 // readResponse reads upstream's answer to req, passing 1xx answers on.
@@ -401,15 +410,24 @@ func (c *conn) buffer(p *Policy, req *http.Request, d decision, bw *bufio.Writer
 	}
 	var data []byte
 	var err error
-	if req.ContentLength > 0 {
+	switch {
+	case req.ContentLength > 0 && req.ContentLength <= bodyChunk:
+		// The buffer a streamed body would take (B_guard counts it
+		// per request in flight); writeRequest then writes the held
+		// body from here, without one of its own.
+		c.bodyBuf = bodyBufs.Get().(*[chunkHead + bodyChunk + 2]byte)
+		data = c.bodyBuf[:req.ContentLength]
+		_, err = io.ReadFull(req.Body, data)
+	case req.ContentLength > 0:
 		// The length is known (and within limit): one allocation of it.
 		data = make([]byte, req.ContentLength)
 		_, err = io.ReadFull(req.Body, data)
-	} else {
+	default:
 		data, err = io.ReadAll(io.LimitReader(req.Body, limit+1))
 	}
 	if err != nil || int64(len(data)) > limit {
 		b.Add(-want)
+		c.putBodyBuf()
 		if err != nil {
 			d.status, d.reason, d.close = http.StatusBadRequest, reasonTruncated, true
 		} else {
@@ -446,6 +464,17 @@ func (c *conn) release() {
 	if c.bodyData != nil {
 		c.bodyData = nil
 		c.body.Reset(nil)
+	}
+	c.putBodyBuf()
+}
+
+// putBodyBuf gives the held body's pooled buffer back: nothing refers to
+// it any more (kin-openapi decoded a copy; the request's Body is c.body,
+// reset, or kin-openapi's own when it wrote defaults in).
+func (c *conn) putBodyBuf() {
+	if c.bodyBuf != nil {
+		bodyBufs.Put(c.bodyBuf)
+		c.bodyBuf = nil
 	}
 }
 

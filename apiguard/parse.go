@@ -90,14 +90,8 @@ func (rr *RequestReader) Buffered() int { return rr.br.Buffered() }
 // readRequest is Next on br.
 func readRequest(br *bufio.Reader, first bool) (*http.Request, error) {
 	n, err := headerBlock(br, first)
-	var ref *refusal
-	switch {
-	case errors.Is(err, errStreamEnd):
-		return nil, io.EOF
-	case errors.As(err, &ref):
-		return nil, &RequestError{ref.reason}
-	case err != nil:
-		return nil, err
+	if err != nil {
+		return nil, blockError(err)
 	}
 	block, _ := br.Peek(n)
 	if r := checkHeader(block); r != "" {
@@ -108,6 +102,20 @@ func readRequest(br *bufio.Reader, first bool) (*http.Request, error) {
 		return nil, &RequestError{reasonMalformed}
 	}
 	return req, nil
+}
+
+// blockError is readRequest's error for headerBlock's err: io.EOF at a
+// clean end, a *RequestError for a refusal, else err. (Apart from
+// readRequest, so the refusal's target is allocated only on an error.)
+func blockError(err error) error {
+	var ref *refusal
+	switch {
+	case errors.Is(err, errStreamEnd):
+		return io.EOF
+	case errors.As(err, &ref):
+		return &RequestError{ref.reason}
+	}
+	return err
 }
 
 // h2Preface is the start of HTTP/2's connection preface.
@@ -190,9 +198,18 @@ func lineStart(b []byte) string {
 	return ""
 }
 
-func tokenChar(c byte) bool {
-	return c > ' ' && c < 0x7f && !strings.ContainsRune("\"(),/:;<=>?@[\\]{}", rune(c))
-}
+// tokenChar says whether c may stand in an RFC 9110 token (a method, a
+// field name): visible ASCII but the delimiters.
+func tokenChar(c byte) bool { return tokenChars[c] }
+
+// tokenChars is tokenChar as a table: checkHeader asks it for every byte
+// of every field name of every request.
+var tokenChars = func() (t [256]bool) {
+	for c := '!'; c < 0x7f; c++ {
+		t[c] = !strings.ContainsRune("\"(),/:;<=>?@[\\]{}", c)
+	}
+	return t
+}()
 
 // checkHeader refuses the header block shapes that request smuggling
 // needs, before net/http parses it (net/http would repair some of them):

@@ -1,0 +1,5 @@
+//go:build !race
+
+package apiguard
+
+const raceEnabled = false
