@@ -71,6 +71,17 @@ const (
 // minTCPWindow is yamux's fixed initial stream window, the least it takes.
 const minTCPWindow = 256 << 10
 
+// shortLinkWindow is the least window of a stream, for short links
+// (loopback, a LAN) where 1 Gbit/s times the round trip is less. yamux's
+// receiver grants credit per half window read, so at 256 KiB a bulk
+// stream was stop-and-wait every two 64 KiB frames: a window update (a
+// frame, a write(2) and a hand-off on both sides) per 128 KiB, and one
+// frame in five cut at the window's edge (TestTCPShortLinkWindowUpdates).
+// 1 MiB leaves a millisecond of slack at 8 Gbit/s and one update per 512
+// KiB; a busy stream holds at most about twice its window in yamux's
+// buffer, and the receive budget bounds them all (README "Memory").
+const shortLinkWindow = 1 << 20
+
 // tcpBudget is what one TCP connection's streams may hold for us together
 // (rxGate): what the peer's max_connections_per_peer QUIC connections
 // could, C * W_conn (README, "Memory").
@@ -87,7 +98,7 @@ const tcpLinkRate = 1e9 / 8 // bytes per second
 
 // tcpWindow is the yamux receive window of one stream, sized for the link:
 // tcpLinkRate at the handshake's round trip rtt (5 MB at 40 ms), between
-// yamux's 256 KiB and QUIC's stream window (16 MiB, enough for 100 ms),
+// shortLinkWindow and QUIC's stream window (16 MiB, enough for 100 ms),
 // within the connection's budget. yamux's windows do not grow with use as
 // quic-go's do, so a window sized for a long link on a short one only
 // holds memory: 16 MiB windows on loopback took the bench's eight bulk
@@ -97,7 +108,7 @@ const tcpLinkRate = 1e9 / 8 // bytes per second
 // moved 16 Mbit/s on a 40 ms link with 1% loss.
 func tcpWindow(c Config, rtt time.Duration) uint32 {
 	w := int64(tcpLinkRate * rtt.Seconds())
-	return uint32(max(min(w, maxStreamWindow, tcpBudget(c)), minTCPWindow))
+	return uint32(max(min(w, maxStreamWindow, tcpBudget(c)), shortLinkWindow))
 }
 
 // yamuxConfig tunes a yamux session like quicConfig tunes QUIC: keepalives

@@ -208,3 +208,61 @@ func TestTCPCloseCutsStuckFrame(t *testing.T) {
 		t.Error("the stuck frame's write did not end with the close")
 	}
 }
+
+// TestTCPShortLinkWindowUpdates: on a short link (loopback, a LAN) a
+// stream's window is at least shortLinkWindow, so a bulk transfer is not
+// stop-and-wait at a few frames: the receiver sends a window update per
+// half window read (yamux), each a frame, a write(2) and a hand-off on
+// both sides; with 256 KiB windows that was one update per two 64 KiB
+// frames (126 for 256), and the sender cut one frame in five at the
+// window's edge.
+func TestTCPShortLinkWindowUpdates(t *testing.T) {
+	const frames = 256
+	const frame = codec.MaxRecordSize
+	l, d, lsock, dsock := tlsMuxPair(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := d.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := l.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(rs, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	w0, u0 := dsock.writes.Load(), lsock.writes.Load()
+	got := make(chan int64, 1)
+	go func() {
+		n, _ := io.CopyBuffer(io.Discard, io.LimitReader(rs, frames*frame), make([]byte, codec.MaxPayload))
+		got <- n
+	}()
+	rec := bytes.Repeat([]byte{7}, frame)
+	for range frames {
+		if _, err := s.Write(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case n := <-got:
+		if n != frames*frame {
+			t.Fatalf("received %d bytes, want %d", n, frames*frame)
+		}
+	case <-ctx.Done():
+		t.Fatal("frames not received")
+	}
+	writes, updates := dsock.writes.Load()-w0, lsock.writes.Load()-u0
+	t.Logf("window %d: %d frames written in %d write(2)s, %d window updates", tcpWindow(Config{}, 0), frames, writes, updates)
+	// One update per half window (32 here), with slack for timing.
+	if updates > frames/6 {
+		t.Errorf("%d window updates for %d frames of %d bytes, want about one per %d bytes", updates, frames, frame, shortLinkWindow/2)
+	}
+	if writes > frames+frames/4 {
+		t.Errorf("%d frames took %d write(2)s: cut at the window's edge", frames, writes)
+	}
+}
