@@ -133,9 +133,10 @@ func (n *Node) yamuxConfig(c Config, window uint32) *yamux.Config {
 // frameWriter is the connection as yamux sees it. It sends each yamux
 // data frame's header and body in one write(2): yamux writes them
 // separately, and crypto/tls writes each record of at most 16 KiB on its
-// own, so a frame carrying a 64 KiB codec record took six system calls;
-// the socket under TLS (sockConn) collects a frame's records and writes
-// them at once. Only yamux's send loop writes, one frame at a time.
+// own, so a frame carrying a 64 KiB codec record took five system calls
+// even with header and body joined; the socket under TLS (sockConn)
+// collects a frame's records (the header its own small record) and
+// writes them at once. Only yamux's send loop writes, one frame at a time.
 // Reads go through rx, the connection's receive budget.
 type frameWriter struct {
 	net.Conn // the TLS connection
