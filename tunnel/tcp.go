@@ -16,7 +16,6 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/rs/zerolog"
 
-	"github.com/dyad-tunnel/dyad/codec"
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
 )
 
@@ -72,6 +71,17 @@ const (
 // minTCPWindow is yamux's fixed initial stream window, the least it takes.
 const minTCPWindow = 256 << 10
 
+// shortLinkWindow is the least window of a stream, for short links
+// (loopback, a LAN) where 1 Gbit/s times the round trip is less. yamux's
+// receiver grants credit per half window read, so at 256 KiB a bulk
+// stream was stop-and-wait every two 64 KiB frames: a window update (a
+// frame, a write(2) and a hand-off on both sides) per 128 KiB, and one
+// frame in five cut at the window's edge (TestTCPShortLinkWindowUpdates).
+// 1 MiB leaves a millisecond of slack at 8 Gbit/s and one update per 512
+// KiB; a busy stream holds at most about twice its window in yamux's
+// buffer, and the receive budget bounds them all (README "Memory").
+const shortLinkWindow = 1 << 20
+
 // tcpBudget is what one TCP connection's streams may hold for us together
 // (rxGate): what the peer's max_connections_per_peer QUIC connections
 // could, C * W_conn (README, "Memory").
@@ -88,7 +98,7 @@ const tcpLinkRate = 1e9 / 8 // bytes per second
 
 // tcpWindow is the yamux receive window of one stream, sized for the link:
 // tcpLinkRate at the handshake's round trip rtt (5 MB at 40 ms), between
-// yamux's 256 KiB and QUIC's stream window (16 MiB, enough for 100 ms),
+// shortLinkWindow and QUIC's stream window (16 MiB, enough for 100 ms),
 // within the connection's budget. yamux's windows do not grow with use as
 // quic-go's do, so a window sized for a long link on a short one only
 // holds memory: 16 MiB windows on loopback took the bench's eight bulk
@@ -98,7 +108,7 @@ const tcpLinkRate = 1e9 / 8 // bytes per second
 // moved 16 Mbit/s on a 40 ms link with 1% loss.
 func tcpWindow(c Config, rtt time.Duration) uint32 {
 	w := int64(tcpLinkRate * rtt.Seconds())
-	return uint32(max(min(w, maxStreamWindow, tcpBudget(c)), minTCPWindow))
+	return uint32(max(min(w, maxStreamWindow, tcpBudget(c)), shortLinkWindow))
 }
 
 // yamuxConfig tunes a yamux session like quicConfig tunes QUIC: keepalives
@@ -120,36 +130,39 @@ func (n *Node) yamuxConfig(c Config, window uint32) *yamux.Config {
 	return yc
 }
 
-// frameWriter is the connection as yamux sees it. It joins each yamux
-// data frame's header to its body in one write: yamux writes the 12-byte
-// header and the body separately, which over TLS made two records and two
-// syscalls per frame. Only yamux's send loop writes, one frame at a time.
+// frameWriter is the connection as yamux sees it. It sends each yamux
+// data frame's header and body in one write(2): yamux writes them
+// separately, and crypto/tls writes each record of at most 16 KiB on its
+// own, so a frame carrying a 64 KiB codec record took five system calls
+// even with header and body joined; the socket under TLS (sockConn)
+// collects a frame's records (the header its own small record) and
+// writes them at once. Only yamux's send loop writes, one frame at a time.
 // Reads go through rx, the connection's receive budget.
 type frameWriter struct {
-	net.Conn
-	rx   *rxGate
-	hdr  [yamuxHeader]byte
-	held bool // hdr waits for its body
+	net.Conn // the TLS connection
+	sock     *sockConn
+	rx       *rxGate
+	hdr      [yamuxHeader]byte
+	held     bool // hdr waits for its body
 }
 
 // Read hands yamux the peer's bytes, within the receive budget.
 func (w *frameWriter) Read(b []byte) (int, error) { return w.rx.read(w.Conn, b) }
 
 // Close ends the connection and releases a read waiting for budget:
-// yamux waits for its reader when it closes.
+// yamux waits for its reader when it closes. A frame stuck in write(2)
+// (a peer that reads nothing) is cut by closing the socket first, as
+// crypto/tls does for a Write in progress, rather than making the close
+// alert wait for it.
 func (w *frameWriter) Close() error {
 	w.rx.close()
+	w.sock.cut()
 	return w.Conn.Close()
 }
 
 // yamuxHeader is the size of a yamux frame header (version, type, flags,
 // stream id, length).
 const yamuxHeader = 12
-
-// frameBufs are the joined frames: header and a body up to a codec record
-// and its overhead (yamux cuts writes at the window, the codec writes a
-// record at a time); a longer body goes in two writes.
-var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, yamuxHeader+codec.MaxPayload+1024); return &b }}
 
 func (w *frameWriter) Write(p []byte) (int, error) {
 	if !w.held {
@@ -164,17 +177,15 @@ func (w *frameWriter) Write(p []byte) (int, error) {
 		return w.Conn.Write(p)
 	}
 	w.held = false
-	bp := frameBufs.Get().(*[]byte)
-	defer frameBufs.Put(bp)
-	if cap(*bp) < yamuxHeader+len(p) {
-		if _, err := w.Conn.Write(w.hdr[:]); err != nil {
-			return 0, err
-		}
-		return w.Conn.Write(p)
+	w.sock.startBatch()
+	n, err := w.Conn.Write(w.hdr[:])
+	if err == nil {
+		n, err = w.Conn.Write(p)
 	}
-	b := append(append((*bp)[:0], w.hdr[:]...), p...)
-	n, err := w.Conn.Write(b)
-	return max(n-yamuxHeader, 0), err
+	if ferr := w.sock.flush(); err == nil && ferr != nil {
+		return 0, ferr
+	}
+	return n, err
 }
 
 // yamuxLogger sends yamux's own messages to the debug log.
@@ -219,43 +230,25 @@ var errTCPClosed = errors.New("tcp transport ended")
 // newTCPConn wraps a completed TLS handshake in a yamux session; the
 // listener (server) opens the control stream at once. ctx carries the
 // admission ticket and handshake start, as QUIC's connection context does.
-// wire counts the bytes of the socket below TLS (countConn).
+// sock is the socket below TLS (sockConn): it counts the bytes for
+// status and the heartbeat, and batches each frame's records.
 // rtt is the TLS handshake's duration, about one round trip (more on the
 // listener, which starts its clock at accept), for the window (tcpWindow).
-func (n *Node) newTCPConn(ctx context.Context, tc *tls.Conn, wire *wireCount, server bool, rtt time.Duration) (*tcpConn, error) {
-	return n.newMuxConn(ctx, tc, tc.ConnectionState(), wire, server, rtt)
+func (n *Node) newTCPConn(ctx context.Context, tc *tls.Conn, sock *sockConn, server bool, rtt time.Duration) (*tcpConn, error) {
+	return n.newMuxConn(ctx, tc, tc.ConnectionState(), sock, server, rtt)
 }
 
 // wireCount counts a socket's bytes both ways.
 type wireCount struct{ sent, received atomic.Uint64 }
 
-// countConn is a net.Conn that counts its bytes in wire: the TCP socket
-// under TLS, so that status shows wire bytes and the heartbeat hears any
-// byte from the peer.
-type countConn struct {
-	net.Conn
-	wire *wireCount
-}
-
-func (c countConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	c.wire.received.Add(uint64(n))
-	return n, err
-}
-
-func (c countConn) Write(b []byte) (int, error) {
-	n, err := c.Conn.Write(b)
-	c.wire.sent.Add(uint64(n))
-	return n, err
-}
-
 // newMuxConn is newTCPConn on any connection with its TLS state (the fuzz
-// target runs it on a pipe); a nil wire counts the bytes of tc itself.
-func (n *Node) newMuxConn(ctx context.Context, tc net.Conn, state tls.ConnectionState, wire *wireCount, server bool, rtt time.Duration) (*tcpConn, error) {
-	if wire == nil {
-		wire = &wireCount{}
-		tc = countConn{tc, wire}
+// target runs it on a pipe); a nil sock puts one over tc itself.
+func (n *Node) newMuxConn(ctx context.Context, tc net.Conn, state tls.ConnectionState, sock *sockConn, server bool, rtt time.Duration) (*tcpConn, error) {
+	if sock == nil {
+		sock = newSockConn(tc, &wireCount{})
+		tc = sock
 	}
+	wire := sock.wire
 	snap := n.cfg.Load()
 	var window uint32 = minTCPWindow
 	limits := snap.cfg.Limits
@@ -277,7 +270,7 @@ func (n *Node) newMuxConn(ctx context.Context, tc net.Conn, state tls.Connection
 		err  error
 	)
 	rx := newRxGate(tcpBudget(snap.cfg))
-	fw := &frameWriter{Conn: tc, rx: rx}
+	fw := &frameWriter{Conn: tc, sock: sock, rx: rx}
 	if server {
 		sess, err = yamux.Server(fw, yc)
 	} else {
@@ -703,8 +696,8 @@ func (l *link) dialTCP(ctx context.Context, p Peer, cert tls.Certificate) (muxCo
 	}
 	cfg := l.n.clientTLS(cert, p, raw.RemoteAddr())
 	cfg.NextProtos = []string{ALPN}
-	wire := &wireCount{}
-	tc := tls.Client(countConn{raw, wire}, cfg)
+	sock := newSockConn(raw, &wireCount{})
+	tc := tls.Client(sock, cfg)
 	start := time.Now()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
@@ -713,7 +706,7 @@ func (l *link) dialTCP(ctx context.Context, p Peer, cert tls.Certificate) (muxCo
 	rtt := time.Since(start)
 	// The connection outlives the dial: it ends by CloseWithError (the
 	// link's close sends its code), not with a context.
-	c, err := l.n.newTCPConn(context.Background(), tc, wire, false, rtt)
+	c, err := l.n.newTCPConn(context.Background(), tc, sock, false, rtt)
 	if err != nil {
 		tc.Close()
 		return nil, err
@@ -797,8 +790,8 @@ func (n *Node) handshakeTCP(raw net.Conn, t *admissionTicket) {
 	// The ticket in the handshake's context: serverTLS records there
 	// which of our identities the certificate presented (a rotation's
 	// overlap), as on QUIC.
-	wire := &wireCount{}
-	tc := tls.Server(countConn{raw, wire}, n.serverTLS([]string{ALPN}, false))
+	sock := newSockConn(raw, &wireCount{})
+	tc := tls.Server(sock, n.serverTLS([]string{ALPN}, false))
 	if err := tc.HandshakeContext(context.WithValue(ctx, admissionTicket{}, t)); err != nil {
 		// A refused key was counted and audited by verifyPeer; this
 		// counts every failure, scanners' included (exact, no log).
@@ -808,7 +801,7 @@ func (n *Node) handshakeTCP(raw net.Conn, t *admissionTicket) {
 		return
 	}
 	cctx := context.WithValue(context.WithValue(context.Background(), admissionTicket{}, t), handshakeStart{}, start)
-	c, err := n.newTCPConn(cctx, tc, wire, true, time.Since(start))
+	c, err := n.newTCPConn(cctx, tc, sock, true, time.Since(start))
 	if err != nil {
 		t.release()
 		tc.Close()

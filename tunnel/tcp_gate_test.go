@@ -51,10 +51,11 @@ func muxPair(t *testing.T, cfg Config, rtt time.Duration) (listener, dialer *tcp
 // round trip in flight (12.5 MB at 100 ms), not 256 KiB, so that one
 // connection keeps a long lossy link busy (the bench's 1% loss row): the
 // dialer writes 12.5 MB that nobody reads yet without waiting. On a short
-// link the window stays small (yamux's windows do not grow with use).
+// link the window stays at shortLinkWindow (yamux's windows do not grow
+// with use).
 func TestTCPWindowForLink(t *testing.T) {
 	cfg := Config{KeepAlive: time.Second, IdleTimeout: 10 * time.Second}
-	for rtt, want := range map[time.Duration]uint32{0: minTCPWindow, time.Millisecond: minTCPWindow,
+	for rtt, want := range map[time.Duration]uint32{0: shortLinkWindow, time.Millisecond: shortLinkWindow, 10 * time.Millisecond: 1_250_000,
 		40 * time.Millisecond: 5_000_000, time.Second: maxStreamWindow} {
 		if w := tcpWindow(cfg, rtt); w != want {
 			t.Errorf("window at %v: %d, want %d", rtt, w, want)
