@@ -40,6 +40,7 @@ func (n *Node) pump(local Conn, s muxStream, r *codec.Reader, w *codec.Writer, a
 		once     sync.Once
 		wg       sync.WaitGroup
 		abortErr error
+		stopped  error // the exporter's stop of our sending, when the importer's copy ended on it
 	)
 	ctx, cancel := context.WithCancel(n.ctx)
 	defer cancel()
@@ -69,7 +70,16 @@ func (n *Node) pump(local Conn, s muxStream, r *codec.Reader, w *codec.Writer, a
 				err = s.Close()
 			}
 		}
-		if err != nil && !(answer != nil && refusedByPeer(err)) {
+		if err != nil && answer != nil && stoppedByPeer(err) {
+			// The exporter stopped reading (a refusal, or an API guard
+			// that ended the stream early) after writing what it had to
+			// say: the tunnel → local direction delivers that and its
+			// end, or fails on its own. Aborting here would discard
+			// answers not yet read (TestGuardedStream, the flooding client).
+			stopped = err
+			return
+		}
+		if err != nil {
 			abort(err, codeLocalReset)
 		}
 	}()
@@ -109,7 +119,17 @@ func (n *Node) pump(local Conn, s muxStream, r *codec.Reader, w *codec.Writer, a
 	r.Release()
 	local.Close()
 	res.err = abortErr
+	if res.err == nil && stopped != nil && !refusedByPeer(stopped) {
+		res.err = stopped // the client's bytes were cut: not a clean close
+	}
 	return res
+}
+
+// stoppedByPeer reports the peer's stop of our sending (STOP_SENDING, or
+// its TCP transport equivalent).
+func stoppedByPeer(err error) bool {
+	var se *quic.StreamError
+	return errors.As(err, &se) && se.Remote
 }
 
 // refusedByPeer reports the exporter's stop of a refused stream. It sends
