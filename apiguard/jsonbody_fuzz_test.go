@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/getkin/kin-openapi/openapi3filter"
 )
 
 // FuzzJSONBody: the guard's JSON decoder takes exactly what encoding/json
@@ -125,6 +127,31 @@ func TestPlainASCII(t *testing.T) {
 			b[at] = byte(c)
 			if got := plainASCII(string(b)); got != plainByte[c] {
 				t.Fatalf("byte %#x at %d: plainASCII %v, want %v", c, at, got, plainByte[c])
+			}
+		}
+	}
+}
+
+// jsonMediaTypes are the JSON media types the guard's rules must cover:
+// application/json, the +json types kin-openapi registers a decoder of its
+// own for, and one it does not (which falls back to application/json's).
+var jsonMediaTypes = []string{
+	"application/json", "application/merge-patch+json", "application/json-patch+json", "application/ld+json",
+	"application/hal+json", "application/vnd.api+json", "application/problem+json", "application/x-other+json",
+}
+
+// TestJSONBodyDecoderRegistered: whatever kin-openapi picks for a JSON
+// media type (its registry, or the application/json fallback for +json)
+// refuses a duplicate name and a second value.
+func TestJSONBodyDecoderRegistered(t *testing.T) {
+	for _, ct := range jsonMediaTypes {
+		dec := openapi3filter.RegisteredBodyDecoder(ct)
+		if dec == nil {
+			dec = openapi3filter.RegisteredBodyDecoder("application/json")
+		}
+		for _, body := range []string{`{"a":1,"a":2}`, `{"a":1}{"a":2}`} {
+			if _, err := dec(strings.NewReader(body), nil, nil, nil); err == nil {
+				t.Errorf("%s: the decoder kin-openapi uses took %s", ct, body)
 			}
 		}
 	}
