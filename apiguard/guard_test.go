@@ -536,7 +536,7 @@ func TestGuardJSONMediaTypes(t *testing.T) {
 	}
 	p := &Policy{Service: "jsontypes", Spec: s, ValidateRequest: true}
 	c := &conn{g: NewGuard(p, nil), peer: "bench"}
-	for _, ct := range jsonMediaTypes {
+	for _, ct := range testJSONMediaTypes {
 		for body, want := range map[string]int{
 			`{"data":5,"data":"x"}`:        400,
 			`{"data":"x","\u0064ata":"y"}`: 400,

@@ -14,8 +14,10 @@ import (
 	"github.com/getkin/kin-openapi/openapi3filter"
 )
 
-// kin-openapi decodes application/json (and any +json type) bodies with
-// the decoder registered for application/json. Its own reads the first
+// kin-openapi decodes a JSON body with the decoder registered for its
+// media type, and a +json type without one with application/json's. Its
+// own (registered for application/json and, by name, for the +json types
+// in jsonMediaTypes) reads the first
 // JSON value and ignores the rest, so a body such as {"data":"x"}{"data":5}
 // passed a schema that only the first value meets, and was forwarded whole
 // to an upstream that may read it otherwise; and it takes the last of
@@ -27,9 +29,27 @@ import (
 // it to the parser, I-JSON, RFC 7493, forbids it). The registration is
 // process-wide: response checks (CheckedConn) get the same rules. THREATS
 // P2 (only what the contract allows reaches the upstream), tested by
-// TestGuardJSONOneValue and TestGuardJSONDuplicateNames.
+// TestGuardJSONOneValue, TestGuardJSONDuplicateNames and, for every JSON
+// media type, TestGuardJSONMediaTypes.
 func init() {
-	openapi3filter.RegisterBodyDecoder("application/json", decodeJSONBody)
+	for _, mt := range jsonMediaTypes {
+		openapi3filter.RegisterBodyDecoder(mt, decodeJSONBody)
+	}
+}
+
+// jsonMediaTypes are application/json and the +json types kin-openapi
+// (v0.153.0, openapi3filter's init) registers its own JSON decoder for:
+// each one left to it would take a second value and duplicate names
+// (TestJSONBodyDecoderRegistered). Check the list when kin-openapi is
+// upgraded.
+var jsonMediaTypes = []string{
+	"application/json",
+	"application/json-patch+json",
+	"application/merge-patch+json",
+	"application/ld+json",
+	"application/hal+json",
+	"application/vnd.api+json",
+	"application/problem+json",
 }
 
 var (

@@ -132,10 +132,11 @@ func TestPlainASCII(t *testing.T) {
 	}
 }
 
-// jsonMediaTypes are the JSON media types the guard's rules must cover:
-// application/json, the +json types kin-openapi registers a decoder of its
-// own for, and one it does not (which falls back to application/json's).
-var jsonMediaTypes = []string{
+// testJSONMediaTypes are the JSON media types the guard's rules must
+// cover: application/json, the +json types kin-openapi registers a decoder
+// of its own for, and one it does not (which falls back to
+// application/json's).
+var testJSONMediaTypes = []string{
 	"application/json", "application/merge-patch+json", "application/json-patch+json", "application/ld+json",
 	"application/hal+json", "application/vnd.api+json", "application/problem+json", "application/x-other+json",
 }
@@ -144,7 +145,7 @@ var jsonMediaTypes = []string{
 // media type (its registry, or the application/json fallback for +json)
 // refuses a duplicate name and a second value.
 func TestJSONBodyDecoderRegistered(t *testing.T) {
-	for _, ct := range jsonMediaTypes {
+	for _, ct := range testJSONMediaTypes {
 		dec := openapi3filter.RegisteredBodyDecoder(ct)
 		if dec == nil {
 			dec = openapi3filter.RegisteredBodyDecoder("application/json")
