@@ -6,7 +6,10 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"runtime"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -154,6 +157,48 @@ func TestJSONBodyDecoderRegistered(t *testing.T) {
 			if _, err := dec(strings.NewReader(body), nil, nil, nil); err == nil {
 				t.Errorf("%s: the decoder kin-openapi uses took %s", ct, body)
 			}
+		}
+	}
+}
+
+// TestJSONBodyStack: decoding the deepest body the decoder takes leaves the
+// goroutine (a guarded stream's pump, which keeps it until a GC shrinks it)
+// with at most 256 KiB of stack, B_guard's order. The decoder recurses, two
+// frames (about 200 bytes) a level: at encoding/json's bound of 10,000
+// levels a 20 KB body of brackets grew the stack to 2 MiB, and a peer's
+// 1024 streams (max_streams' default) to 2 GiB that no budget counted.
+func TestJSONBodyStack(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // no stack shrinking while measured
+	deepest := map[string]string{
+		"arrays":  strings.Repeat("[", maxJSONDepth) + strings.Repeat("]", maxJSONDepth),
+		"objects": strings.Repeat(`{"":`, maxJSONDepth) + "0" + strings.Repeat("}", maxJSONDepth),
+	}
+	const g = 16
+	for name, body := range deepest {
+		if _, err := decodeJSONBody(strings.NewReader(body), nil, nil, nil); err != nil {
+			t.Fatalf("%s: the deepest body allowed was refused: %v", name, err)
+		}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		before := ms.StackInuse
+		var decoded, done sync.WaitGroup
+		hold := make(chan struct{})
+		for range g {
+			decoded.Add(1)
+			done.Add(1)
+			go func() {
+				defer done.Done()
+				decodeJSONBody(strings.NewReader(body), nil, nil, nil)
+				decoded.Done()
+				<-hold // keep the grown stack
+			}()
+		}
+		decoded.Wait()
+		runtime.ReadMemStats(&ms)
+		close(hold)
+		done.Wait()
+		if per := (int64(ms.StackInuse) - int64(before)) / g; per > 256<<10 {
+			t.Errorf("%s nested %d deep (%d bytes): %d KiB of stack per goroutine, want at most 256", name, maxJSONDepth, len(body), per>>10)
 		}
 	}
 }
