@@ -55,13 +55,18 @@ var jsonMediaTypes = []string{
 var (
 	errJSONTrailing  = errors.New("data after the JSON value")
 	errJSONDuplicate = errors.New("an object holds the same name twice")
-	errJSONDepth     = errors.New("JSON nested deeper than 10000 levels")
+	errJSONDepth     = errors.New("JSON nested deeper than 512 levels")
 	errJSONEnd       = errors.New("unexpected end of JSON input")
 )
 
-// maxJSONDepth bounds the nesting decodeJSONBody follows (encoding/json's
-// own limit), so a body of brackets cannot grow the stack without bound.
-const maxJSONDepth = 10000
+// maxJSONDepth bounds the nesting decodeJSONBody follows. It recurses,
+// about 200 bytes of stack a level, on the guarded stream's own goroutine,
+// which keeps a grown stack until GCs shrink it: at encoding/json's 10,000
+// a 20 KB body of brackets left 2 MiB per stream, 2 GiB over a peer's
+// default 1024 streams, outside every budget. 512 levels is at most 128
+// KiB (TestJSONBodyStack), B_guard's order; deeper bodies are 400
+// invalid_body (Ruby's JSON stops at 100, Jackson at 1000, .NET at 64).
+const maxJSONDepth = 512
 
 // jsonSyntaxError is a byte the grammar does not allow where it stands.
 // It names the offset only, never the body's bytes: it reaches the
@@ -75,8 +80,8 @@ func (e *jsonSyntaxError) Error() string {
 // decodeJSONBody is the body decoder for JSON media types: one JSON value,
 // no duplicate names, nothing after it. It decodes in one pass over the
 // body, and takes exactly what encoding/json's Decoder (UseNumber) takes
-// into an any, giving the same value, except duplicate names
-// (FuzzJSONBody). The body is copied once into a string; names, numbers
+// into an any, giving the same value, except duplicate names and nesting
+// past maxJSONDepth (FuzzJSONBody). The body is copied once into a string; names, numbers
 // and strings without escapes are slices of it, so the only other
 // allocations are the maps, the slices and the values' interface boxes.
 // (It replaced a walk with json.Decoder.Token, which allocated an error
