@@ -521,3 +521,40 @@ func jsonBodyStatuses(t *testing.T, cases map[string]int) {
 		}
 	}
 }
+
+// TestGuardJSONMediaTypes: the one-value and duplicate-name rules hold for
+// every JSON media type, not only application/json. kin-openapi registers
+// its own decoder (first value only, last of duplicate names) for six +json
+// types by name, and only a +json type with no decoder of its own falls
+// back to application/json's: on main, {"data":5,"data":"x"} and
+// {"data":"x"}{"data":5} sent as application/merge-patch+json (ld+json,
+// hal+json, ...) passed a schema for a string and were forwarded.
+func TestGuardJSONMediaTypes(t *testing.T) {
+	s, err := LoadSpec("testdata/jsontypes.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Policy{Service: "jsontypes", Spec: s, ValidateRequest: true}
+	c := &conn{g: NewGuard(p, nil), peer: "bench"}
+	for _, ct := range testJSONMediaTypes {
+		for body, want := range map[string]int{
+			`{"data":5,"data":"x"}`:        400,
+			`{"data":"x","\u0064ata":"y"}`: 400,
+			`{"data":"x"}{"data":5}`:       400,
+			`{"data":"x"} trailing`:        400,
+			`{"data":"x"}`:                 0,
+		} {
+			raw := fmt.Sprintf("POST /v1/doc HTTP/1.1\r\nHost: p\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s", ct, len(body), body)
+			req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var bw bufio.Writer
+			d := c.decide(p, req, &bw)
+			c.release()
+			if d.status != want || want != 0 && d.reason != "invalid_body" {
+				t.Errorf("%s %q: status %d %s, want %d", ct, body, d.status, d.reason, want)
+			}
+		}
+	}
+}

@@ -14,8 +14,10 @@ import (
 	"github.com/getkin/kin-openapi/openapi3filter"
 )
 
-// kin-openapi decodes application/json (and any +json type) bodies with
-// the decoder registered for application/json. Its own reads the first
+// kin-openapi decodes a JSON body with the decoder registered for its
+// media type, and a +json type without one with application/json's. Its
+// own (registered for application/json and, by name, for the +json types
+// in jsonMediaTypes) reads the first
 // JSON value and ignores the rest, so a body such as {"data":"x"}{"data":5}
 // passed a schema that only the first value meets, and was forwarded whole
 // to an upstream that may read it otherwise; and it takes the last of
@@ -27,21 +29,44 @@ import (
 // it to the parser, I-JSON, RFC 7493, forbids it). The registration is
 // process-wide: response checks (CheckedConn) get the same rules. THREATS
 // P2 (only what the contract allows reaches the upstream), tested by
-// TestGuardJSONOneValue and TestGuardJSONDuplicateNames.
+// TestGuardJSONOneValue, TestGuardJSONDuplicateNames and, for every JSON
+// media type, TestGuardJSONMediaTypes.
 func init() {
-	openapi3filter.RegisterBodyDecoder("application/json", decodeJSONBody)
+	for _, mt := range jsonMediaTypes {
+		openapi3filter.RegisterBodyDecoder(mt, decodeJSONBody)
+	}
+}
+
+// jsonMediaTypes are application/json and the +json types kin-openapi
+// (v0.153.0, openapi3filter's init) registers its own JSON decoder for:
+// each one left to it would take a second value and duplicate names
+// (TestJSONBodyDecoderRegistered). Check the list when kin-openapi is
+// upgraded.
+var jsonMediaTypes = []string{
+	"application/json",
+	"application/json-patch+json",
+	"application/merge-patch+json",
+	"application/ld+json",
+	"application/hal+json",
+	"application/vnd.api+json",
+	"application/problem+json",
 }
 
 var (
 	errJSONTrailing  = errors.New("data after the JSON value")
 	errJSONDuplicate = errors.New("an object holds the same name twice")
-	errJSONDepth     = errors.New("JSON nested deeper than 10000 levels")
+	errJSONDepth     = errors.New("JSON nested deeper than 512 levels")
 	errJSONEnd       = errors.New("unexpected end of JSON input")
 )
 
-// maxJSONDepth bounds the nesting decodeJSONBody follows (encoding/json's
-// own limit), so a body of brackets cannot grow the stack without bound.
-const maxJSONDepth = 10000
+// maxJSONDepth bounds the nesting decodeJSONBody follows. It recurses,
+// about 200 bytes of stack a level, on the guarded stream's own goroutine,
+// which keeps a grown stack until GCs shrink it: at encoding/json's 10,000
+// a 20 KB body of brackets left 2 MiB per stream, 2 GiB over a peer's
+// default 1024 streams, outside every budget. 512 levels is at most 128
+// KiB (TestJSONBodyStack), B_guard's order; deeper bodies are 400
+// invalid_body (Ruby's JSON stops at 100, Jackson at 1000, .NET at 64).
+const maxJSONDepth = 512
 
 // jsonSyntaxError is a byte the grammar does not allow where it stands.
 // It names the offset only, never the body's bytes: it reaches the
@@ -55,8 +80,8 @@ func (e *jsonSyntaxError) Error() string {
 // decodeJSONBody is the body decoder for JSON media types: one JSON value,
 // no duplicate names, nothing after it. It decodes in one pass over the
 // body, and takes exactly what encoding/json's Decoder (UseNumber) takes
-// into an any, giving the same value, except duplicate names
-// (FuzzJSONBody). The body is copied once into a string; names, numbers
+// into an any, giving the same value, except duplicate names and nesting
+// past maxJSONDepth (FuzzJSONBody). The body is copied once into a string; names, numbers
 // and strings without escapes are slices of it, so the only other
 // allocations are the maps, the slices and the values' interface boxes.
 // (It replaced a walk with json.Decoder.Token, which allocated an error

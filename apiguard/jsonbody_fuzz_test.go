@@ -6,13 +6,18 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"runtime"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/getkin/kin-openapi/openapi3filter"
 )
 
 // FuzzJSONBody: the guard's JSON decoder takes exactly what encoding/json
-// takes, with the same value, except bodies with a duplicate name (which
-// only it refuses); never a panic.
+// takes, with the same value, except bodies with a duplicate name or
+// nested past maxJSONDepth (which only it refuses); never a panic.
 func FuzzJSONBody(f *testing.F) {
 	for _, s := range []string{`{"data":"x"}`, `{"a":{"b":[1,2.5e3,null,true]}}`, `{"a":1,"a":2}`, `[{"a":1},{"a":1}]`, `"\u0061"`, `{"data":"x"} {}`, `[[[`} {
 		f.Add([]byte(s))
@@ -36,7 +41,7 @@ func FuzzJSONBody(f *testing.F) {
 			t.Fatalf("%q: taken, encoding/json refuses it: %v", body, werr)
 		case err == nil && !reflect.DeepEqual(got, want):
 			t.Fatalf("%q: decoded %#v, encoding/json %#v", body, got, want)
-		case err != nil && werr == nil && !errors.Is(err, errJSONDuplicate) && !errors.Is(errors.Unwrap(err), errJSONDuplicate):
+		case err != nil && werr == nil && !errors.Is(err, errJSONDuplicate) && !errors.Is(err, errJSONDepth):
 			t.Fatalf("%q: refused (%v), encoding/json takes it", body, err)
 		}
 	})
@@ -69,7 +74,7 @@ func TestJSONBodyCorners(t *testing.T) {
 			}
 		}
 		switch {
-		case (err == nil) != (werr == nil) && !errors.Is(err, errJSONDuplicate):
+		case (err == nil) != (werr == nil) && !errors.Is(err, errJSONDuplicate) && !errors.Is(err, errJSONDepth):
 			t.Errorf("%q: error %v, encoding/json %v", s, err, werr)
 		case err == nil && !reflect.DeepEqual(got, want):
 			t.Errorf("%q: decoded %#v, encoding/json %#v", s, got, want)
@@ -126,6 +131,74 @@ func TestPlainASCII(t *testing.T) {
 			if got := plainASCII(string(b)); got != plainByte[c] {
 				t.Fatalf("byte %#x at %d: plainASCII %v, want %v", c, at, got, plainByte[c])
 			}
+		}
+	}
+}
+
+// testJSONMediaTypes are the JSON media types the guard's rules must
+// cover: application/json, the +json types kin-openapi registers a decoder
+// of its own for, and one it does not (which falls back to
+// application/json's).
+var testJSONMediaTypes = []string{
+	"application/json", "application/merge-patch+json", "application/json-patch+json", "application/ld+json",
+	"application/hal+json", "application/vnd.api+json", "application/problem+json", "application/x-other+json",
+}
+
+// TestJSONBodyDecoderRegistered: whatever kin-openapi picks for a JSON
+// media type (its registry, or the application/json fallback for +json)
+// refuses a duplicate name and a second value.
+func TestJSONBodyDecoderRegistered(t *testing.T) {
+	for _, ct := range testJSONMediaTypes {
+		dec := openapi3filter.RegisteredBodyDecoder(ct)
+		if dec == nil {
+			dec = openapi3filter.RegisteredBodyDecoder("application/json")
+		}
+		for _, body := range []string{`{"a":1,"a":2}`, `{"a":1}{"a":2}`} {
+			if _, err := dec(strings.NewReader(body), nil, nil, nil); err == nil {
+				t.Errorf("%s: the decoder kin-openapi uses took %s", ct, body)
+			}
+		}
+	}
+}
+
+// TestJSONBodyStack: decoding the deepest body the decoder takes leaves the
+// goroutine (a guarded stream's pump, which keeps it until a GC shrinks it)
+// with at most 256 KiB of stack, B_guard's order. The decoder recurses, two
+// frames (about 200 bytes) a level: at encoding/json's bound of 10,000
+// levels a 20 KB body of brackets grew the stack to 2 MiB, and a peer's
+// 1024 streams (max_streams' default) to 2 GiB that no budget counted.
+func TestJSONBodyStack(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // no stack shrinking while measured
+	deepest := map[string]string{
+		"arrays":  strings.Repeat("[", maxJSONDepth) + strings.Repeat("]", maxJSONDepth),
+		"objects": strings.Repeat(`{"":`, maxJSONDepth) + "0" + strings.Repeat("}", maxJSONDepth),
+	}
+	const g = 16
+	for name, body := range deepest {
+		if _, err := decodeJSONBody(strings.NewReader(body), nil, nil, nil); err != nil {
+			t.Fatalf("%s: the deepest body allowed was refused: %v", name, err)
+		}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		before := ms.StackInuse
+		var decoded, done sync.WaitGroup
+		hold := make(chan struct{})
+		for range g {
+			decoded.Add(1)
+			done.Add(1)
+			go func() {
+				defer done.Done()
+				decodeJSONBody(strings.NewReader(body), nil, nil, nil)
+				decoded.Done()
+				<-hold // keep the grown stack
+			}()
+		}
+		decoded.Wait()
+		runtime.ReadMemStats(&ms)
+		close(hold)
+		done.Wait()
+		if per := (int64(ms.StackInuse) - int64(before)) / g; per > 256<<10 {
+			t.Errorf("%s nested %d deep (%d bytes): %d KiB of stack per goroutine, want at most 256", name, maxJSONDepth, len(body), per>>10)
 		}
 	}
 }
