@@ -15,6 +15,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode"
 
 	"go.opentelemetry.io/otel/attribute"
 
@@ -487,6 +488,17 @@ func TestGuardJSONDuplicateNames(t *testing.T) {
 		`[{"a":1},{"a":{"c":[{"d":1,"d":1}]}}]`: false,
 		`[{"a":1},{"a":2}]`:                     true,
 		`{"a":{"b":1},"b":{"a":1}}`:             true,
+		// Names equal but for case: Go's encoding/json (and others)
+		// match fields ignoring case, the Kelvin sign included, so an
+		// upstream may take the second where kin-openapi checked the
+		// first (THREATS P2). ß has no simple case fold to "ss".
+		`{"kind":"ok","KIND":"admin"}`:      false,
+		`{"kind":"ok","\u212aind":"admin"}`: false,
+		`{"KIND":"ok","KIND":"admin"}`:      false,
+		`{"Ab":1,"aB":2}`:                   false,
+		`{"é":1,"É":2}`:                     false,
+		`{"ss":1,"ß":2}`:                    true,
+		`{"a":1,"b":2,"A1":3}`:              true,
 	} {
 		if _, err := decodeJSONBody(strings.NewReader(body), nil, nil, nil); (err == nil) != ok {
 			t.Errorf("%s: decode error %v, want ok %v", body, err, ok)
@@ -554,6 +566,23 @@ func TestGuardJSONMediaTypes(t *testing.T) {
 			c.release()
 			if d.status != want || want != 0 && d.reason != "invalid_body" {
 				t.Errorf("%s %q: status %d %s, want %d", ct, body, d.status, d.reason, want)
+			}
+		}
+	}
+}
+
+// TestFoldRuneOrbits: foldRune gives every member of a simple case-folding
+// orbit the same rune, one of that orbit, so folded names are equal exactly
+// when bytes.EqualFold says so (the duplicate-name rule above).
+func TestFoldRuneOrbits(t *testing.T) {
+	for r := rune(0); r <= unicode.MaxRune; r++ {
+		k := foldRune(r)
+		if !strings.EqualFold(string(k), string(r)) {
+			t.Fatalf("foldRune(%U) = %U, outside its orbit", r, k)
+		}
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			if foldRune(f) != k {
+				t.Fatalf("foldRune(%U) = %U but foldRune(%U) = %U", r, k, f, foldRune(f))
 			}
 		}
 	}

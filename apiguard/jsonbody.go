@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
 
@@ -26,7 +27,8 @@ import (
 // builds the same value kin-openapi's does (numbers kept as json.Number)
 // but refuses a body that holds more than one JSON value (trailing white
 // space aside) or an object with a name twice (RFC 8259 section 4 leaves
-// it to the parser, I-JSON, RFC 7493, forbids it). The registration is
+// it to the parser, I-JSON, RFC 7493, forbids it), case aside: decoders
+// that match fields ignoring case (Go's) would take the unchecked one. The registration is
 // process-wide: response checks (CheckedConn) get the same rules. THREATS
 // P2 (only what the contract allows reaches the upstream), tested by
 // TestGuardJSONOneValue, TestGuardJSONDuplicateNames and, for every JSON
@@ -194,6 +196,7 @@ func (d *jsonDecoder) value(depth int) (any, error) {
 func (d *jsonDecoder) object(depth int) (any, error) {
 	d.i++ // '{'
 	obj := map[string]any{}
+	var folds map[string]struct{} // folded forms of names not already folded
 	d.space()
 	if d.i < len(d.s) && d.s[d.i] == '}' {
 		d.i++
@@ -219,6 +222,26 @@ func (d *jsonDecoder) object(depth int) (any, error) {
 		}
 		if _, dup := obj[name]; dup {
 			return nil, errJSONDuplicate
+		}
+		// Names that differ only in case are duplicates too: Go's
+		// encoding/json, among others, matches a field ignoring case
+		// (bytes.EqualFold), so {"kind":"ok","KIND":"admin"} would set
+		// Kind to the value kin-openapi did not check. A name already in
+		// folded form (lower-case ASCII, the usual) costs no allocation:
+		// folds holds only the folded forms of the other names.
+		if key, ok := foldedName(name); !ok {
+			if _, dup := folds[name]; dup {
+				return nil, errJSONDuplicate
+			}
+		} else {
+			_, dup := obj[key]
+			if _, dup2 := folds[key]; dup || dup2 {
+				return nil, errJSONDuplicate
+			}
+			if folds == nil {
+				folds = map[string]struct{}{}
+			}
+			folds[key] = struct{}{}
 		}
 		obj[name] = v
 		d.space()
@@ -498,4 +521,47 @@ func hex4(s string) rune {
 		r = r<<4 | rune(c)
 	}
 	return r
+}
+
+// foldedName returns name folded for a case-insensitive comparison, each
+// rune replaced by foldRune's member of its simple case-folding orbit (so
+// two names fold alike exactly when bytes.EqualFold says they are equal),
+// and whether that differs from name. Lower-case ASCII names, which fold
+// to themselves, return at once.
+func foldedName(name string) (string, bool) {
+	i := 0
+	for i < len(name) && name[i] < utf8.RuneSelf && !('A' <= name[i] && name[i] <= 'Z') {
+		i++
+	}
+	if i == len(name) {
+		return name, false
+	}
+	var b strings.Builder
+	b.Grow(len(name))
+	for _, r := range name {
+		b.WriteRune(foldRune(r))
+	}
+	if f := b.String(); f != name {
+		return f, true
+	}
+	return name, false
+}
+
+// foldRune picks one member of r's simple case-folding orbit: its
+// lower-case ASCII letter when the orbit has one (k for K, k and the
+// Kelvin sign; s for S, s and the long s), else the smallest rune.
+func foldRune(r rune) rune {
+	pick := r
+	for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+		switch {
+		case 'a' <= f && f <= 'z':
+			return f
+		case f < pick:
+			pick = f
+		}
+	}
+	if 'a' <= r && r <= 'z' {
+		return r
+	}
+	return pick
 }
