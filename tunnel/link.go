@@ -466,18 +466,39 @@ func (l *link) replaceLegacyLocked(tc *tconn) []*tconn {
 }
 
 // elsewhereLocked returns another live connection the peer dialed to us
-// from another address than tc (nil if none, or once reported): one daemon
-// dials all its connections from one socket.
+// from another place than tc (nil if none, or once reported): one daemon
+// dials all its QUIC connections from one socket.
 func (l *link) elsewhereLocked(tc *tconn) *tconn {
 	if tc.dialed || l.several {
 		return nil
 	}
 	for o := range l.conns {
-		if !o.dialed && o.alive() && o.qc.RemoteAddr().String() != tc.qc.RemoteAddr().String() {
+		if !o.dialed && o.alive() && !samePlace(o.qc, tc.qc) {
 			return o
 		}
 	}
 	return nil
+}
+
+// samePlace reports whether two connections could come from one daemon:
+// over QUIC, one socket, so one address and port; over TCP each connection
+// has its own source port, and the host is all that tells places apart
+// (instances behind one address cannot be told apart: not reported).
+// TestOneDialerTCPNotSeveralPlaces, TestSharedIdentityNoReplaceLoop.
+func samePlace(a, b muxConn) bool {
+	if a.Transport() == TransportQUIC && b.Transport() == TransportQUIC {
+		return a.RemoteAddr().String() == b.RemoteAddr().String()
+	}
+	return hostOf(a.RemoteAddr()) == hostOf(b.RemoteAddr())
+}
+
+// hostOf is an address without its port.
+func hostOf(a net.Addr) string {
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
 }
 
 // reportSeveral logs, once per link, that the peer's identity holds live

@@ -323,3 +323,33 @@ func testConnectionsReload(t *testing.T) {
 		t.Fatalf("%d tunnels established, want 4 (three, then one more)", got)
 	}
 }
+
+// TestOneDialerTCPNotSeveralPlaces: over the TCP transport each of a
+// dialer's connections has its own source port, so the exporter must not
+// log "one peer identity is connected from several places" for one daemon
+// with three connections (it did: the bench's dyad-tcp logged it for its
+// own two connections).
+func TestOneDialerTCPNotSeveralPlaces(t *testing.T) {
+	useTransport(t, TransportTCP)
+	echo, _ := tunneltest.EchoServer(t)
+	ida, idb := newIdentity(t), newIdentity(t)
+	pc, ln := testSockets(t)
+	var logs tunneltest.SyncBuffer
+	b, err := New(pc, idb, Config{KeepAlive: 200 * time.Millisecond, Peers: []Peer{{Name: "a", Key: ida.Public()}},
+		Services: []Service{{Name: "echo", Upstream: echo, Allow: []string{"a"}}}},
+		zerolog.New(&logs), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	b.ServeTCP(ln)
+	a := startNode(t, ida, Config{Connections: 3, Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: b.Addr().String()}}})
+	liveConns(t, a, "b", 3)
+	if got := len(b.link("a").live()); got != 3 {
+		t.Fatalf("exporter holds %d live connections of a, want 3", got)
+	}
+	time.Sleep(time.Second) // the report waits three keepalives
+	if strings.Contains(logs.String(), "several places") {
+		t.Fatalf("one dialer's TCP connections reported as several places:\n%s", logs.String())
+	}
+}
