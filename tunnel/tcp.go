@@ -66,6 +66,9 @@ const codeControl quic.ApplicationErrorCode = 0x18
 const (
 	lingerCheck   = time.Second
 	lingerTimeout = 10 * time.Second
+	// resetFINDelay separates a reset stream's FIN from its reset
+	// (CancelWrite); well under lingerTimeout, which the peer allows.
+	resetFINDelay = time.Second
 )
 
 // minTCPWindow is yamux's fixed initial stream window, the least it takes.
@@ -582,13 +585,18 @@ func (s *tcpStream) Close() error {
 	return err
 }
 
-// CancelWrite stops our direction: reset_stream, then our FIN.
+// CancelWrite stops our direction: reset_stream, then, resetFINDelay
+// later, our FIN. The reset travels on the control stream, read by the
+// peer's watch goroutine, the FIN on the data stream, read by its pump:
+// sent together, the pump could see the FIN first and take the stream for
+// one cut short between records, counted and audited as an attack
+// (TestClientResetNotTruncation).
 func (s *tcpStream) CancelWrite(code quic.StreamErrorCode) {
 	s.cancelW.Do(func() {
 		s.writeErr.CompareAndSwap(nil, s.streamErr(code, false))
 		s.c.sendCtl(ctlResetStream, s.Stream.StreamID(), uint64(code))
 		s.Stream.SetWriteDeadline(time.Now()) // wakes a write in progress
-		s.Close()
+		time.AfterFunc(resetFINDelay, func() { s.Close() })
 	})
 }
 

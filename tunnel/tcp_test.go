@@ -224,3 +224,27 @@ func BenchmarkForwardBulkTCP(b *testing.B) {
 	b.Cleanup(func() { defaultTransport = old })
 	forwardBulk(b, false)
 }
+
+// TestClientResetNotTruncation: a client that resets its connection
+// mid-transfer makes the importer reset the stream; the exporter sees a
+// reset, never a stream cut short between records, which it would count
+// and audit as an attack (records_rejected.truncation). Over TCP the reset
+// travels on the control stream while the data stream ends with a FIN, and
+// the FIN could be read first (seen in the bench's logs).
+func TestClientResetNotTruncation(t *testing.T) { bothTransports(t, testClientResetNotTruncation) }
+
+func testClientResetNotTruncation(t *testing.T) {
+	sink, _ := tunneltest.EchoServer(t)
+	a, b := pair(t, sink)
+	for range 20 {
+		c, done := forward(t, a, "echo")
+		c.Write(bytes.Repeat([]byte{7}, 256<<10))
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+		<-done
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := b.Stats.Snapshot()["records_rejected.truncation"]; n != 0 {
+		t.Fatalf("the exporter counted %d truncations for client resets: %v", n, b.Stats.Snapshot())
+	}
+}
