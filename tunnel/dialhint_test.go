@@ -1,12 +1,10 @@
 package tunnel
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,25 +12,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/dyad-tunnel/dyad/tunnel/identity"
+	"github.com/dyad-tunnel/dyad/tunnel/tunneltest"
 )
-
-// lockedBuffer collects a node's log lines for a test.
-type lockedBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestDialNotReadyHint: a partner that completes the handshake (so it holds
 // the pinned key) but never sends the ready signal, as when its daemon
@@ -49,7 +30,7 @@ func TestDialNotReadyHint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs lockedBuffer
+	var logs tunneltest.SyncBuffer
 	a, err := New(pc, ida, Config{Peers: []Peer{{Name: "b", Key: idb.Public(), Endpoint: ln.Addr().String(), Transport: TransportQUIC}}},
 		zerolog.New(&logs), nil)
 	if err != nil {
