@@ -121,7 +121,7 @@ func tcpWindow(c Config, rtt time.Duration) uint32 {
 // timeout).
 func (n *Node) yamuxConfig(c Config, window uint32) *yamux.Config {
 	yc := yamux.DefaultConfig()
-	yc.AcceptBacklog = 256
+	yc.AcceptBacklog = acceptBacklog
 	yc.EnableKeepAlive = true
 	yc.KeepAliveInterval = c.KeepAlive
 	yc.ConnectionWriteTimeout = c.IdleTimeout
@@ -132,6 +132,11 @@ func (n *Node) yamuxConfig(c Config, window uint32) *yamux.Config {
 	yc.Logger = yamuxLogger{n.log}
 	return yc
 }
+
+// acceptBacklog is how many of the peer's new streams yamux queues for
+// AcceptStream; it refuses (resets) more. It also bounds the control
+// messages kept for streams not accepted yet (tcpConn.early).
+const acceptBacklog = 256
 
 // frameWriter is the connection as yamux sees it. It sends each yamux
 // data frame's header and body in one write(2): yamux writes them
@@ -219,9 +224,25 @@ type tcpConn struct {
 	deaf      atomic.Bool // tests play a peer that ignores stop_sending
 	maxLinger int64       // the peer's max_streams: streams it may leave lingering
 
-	mu        sync.Mutex              // guards streams and lingering
+	server bool // the listener's side: the peer's streams have odd IDs
+
+	mu        sync.Mutex              // guards streams, lingering, early and accepted
 	streams   map[uint32]*tcpStream   // open streams, for control messages
 	lingering map[*tcpStream]struct{} // streams we stopped reading, not yet ended by the peer
+	early     map[uint32]earlyCtl     // control messages for the peer's streams not accepted yet
+	accepted  uint32                  // the highest stream ID of the peer's we accepted
+}
+
+// earlyCtl is what the peer said of one of its streams before we accepted
+// it: yamux queues a new stream until AcceptStream, and a client that
+// resets its stream at once sends the reset before the stream is ours.
+// Dropped, the reset left the stream to its FIN a second later (mid-record:
+// counted and audited as truncation); kept, it reaches the stream when it
+// is accepted, as quic-go delivers a reset with the stream it ends
+// (TestTCPControlBeforeAccept).
+type earlyCtl struct {
+	reset, stop         bool
+	resetCode, stopCode quic.StreamErrorCode
 }
 
 var _ muxConn = (*tcpConn)(nil)
@@ -283,7 +304,7 @@ func (n *Node) newMuxConn(ctx context.Context, tc net.Conn, state tls.Connection
 		return nil, fmt.Errorf("yamux session with %v: %w", tc.RemoteAddr(), err)
 	}
 	c := &tcpConn{conn: tc, sess: sess, rx: rx, state: state, wire: wire, watched: make(chan struct{}), maxLinger: maxLinger,
-		streams: map[uint32]*tcpStream{}, lingering: map[*tcpStream]struct{}{}}
+		server: server, streams: map[uint32]*tcpStream{}, lingering: map[*tcpStream]struct{}{}, early: map[uint32]earlyCtl{}}
 	c.ctx, c.cancel = context.WithCancelCause(ctx)
 	if server {
 		ctl, err := sess.OpenStream()
@@ -329,9 +350,12 @@ func (c *tcpConn) watch(ctl *yamux.Stream) {
 		case ctlResetStream, ctlStopSending:
 			c.mu.Lock()
 			s := c.streams[id]
+			if s == nil {
+				c.keepEarly(b[0], id, quic.StreamErrorCode(code))
+			}
 			c.mu.Unlock()
 			if s == nil {
-				continue // ended already, or not accepted yet: its FIN follows
+				continue
 			}
 			if b[0] == ctlResetStream {
 				s.remoteReset(quic.StreamErrorCode(code))
@@ -361,11 +385,58 @@ func (c *tcpConn) sendCtl(typ byte, id uint32, code uint64) {
 	ctl.Write(b[:])
 }
 
+// keepEarly keeps a control message for a stream that is not open: if it
+// is the peer's and not accepted yet, until it is (at most acceptBacklog
+// of them, as many as yamux queues); ours, or accepted before, ended
+// already. The caller holds c.mu.
+func (c *tcpConn) keepEarly(typ byte, id uint32, code quic.StreamErrorCode) {
+	ours := id%2 == 0 == c.server // the listener's streams have even IDs
+	if ours || id <= c.accepted {
+		return
+	}
+	e, ok := c.early[id]
+	if !ok && len(c.early) >= acceptBacklog {
+		return
+	}
+	if typ == ctlResetStream {
+		e.reset, e.resetCode = true, code
+	} else {
+		e.stop, e.stopCode = true, code
+	}
+	c.early[id] = e
+}
+
 func (c *tcpConn) track(s *yamux.Stream) *tcpStream {
 	ts := &tcpStream{Stream: s, c: c}
 	c.mu.Lock()
 	c.streams[s.StreamID()] = ts
 	c.mu.Unlock()
+	return ts
+}
+
+// trackAccepted is track for a stream the peer opened, with what the
+// peer said of it before we accepted it. yamux hands streams to
+// AcceptStream in the order they were opened, so earlier IDs still kept
+// belong to streams gone by.
+func (c *tcpConn) trackAccepted(s *yamux.Stream) *tcpStream {
+	ts := &tcpStream{Stream: s, c: c}
+	id := s.StreamID()
+	c.mu.Lock()
+	c.streams[id] = ts
+	c.accepted = max(c.accepted, id)
+	e, ok := c.early[id]
+	for k := range c.early {
+		if k <= id {
+			delete(c.early, k)
+		}
+	}
+	c.mu.Unlock()
+	if ok && e.reset {
+		ts.remoteReset(e.resetCode)
+	}
+	if ok && e.stop && !c.deaf.Load() {
+		ts.remoteStop(e.stopCode)
+	}
 	return ts
 }
 
@@ -470,7 +541,7 @@ func (c *tcpConn) AcceptStream(ctx context.Context) (muxStream, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.track(s), nil
+	return c.trackAccepted(s), nil
 }
 
 // AwaitReady takes the listener's control stream (the session's first
