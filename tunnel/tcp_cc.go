@@ -2,6 +2,8 @@ package tunnel
 
 import (
 	"net"
+	"os"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -12,6 +14,10 @@ import (
 // A second is 25 round trips at 40 ms and above Linux's minimum RTO, its
 // own threshold for restarting a window after idle.
 const ccRestartQuiet = time.Second
+
+// envNoCCRestart turns the restart off when it parses as true ("1",
+// "true"), as DYAD_DISABLE_GRO does for receive offload: the A/B switch.
+const envNoCCRestart = "DYAD_DISABLE_BBR_RESTART"
 
 // ccRestarter restarts the congestion control of a TCP connection's socket
 // when the connection sends stream data again after ccRestartQuiet without:
@@ -47,6 +53,9 @@ type ccRestarter struct {
 // newCCRestarter returns a restarter for the TCP socket c, or nil when c
 // is not a socket this system can restart (another OS, a proxy's wrapper).
 func newCCRestarter(c net.Conn) *ccRestarter {
+	if off, err := strconv.ParseBool(os.Getenv(envNoCCRestart)); err == nil && off {
+		return nil
+	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return nil

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"net"
 	"testing"
 	"time"
 )
@@ -36,4 +37,23 @@ func TestTCPCongestionRestartAfterQuiet(t *testing.T) {
 	}
 	var none *ccRestarter // a socket that cannot be restarted
 	none.dataFrame(now)
+}
+
+// TestTCPCongestionRestartEnvOff: DYAD_DISABLE_BBR_RESTART=1 leaves every
+// socket's congestion control alone.
+func TestTCPCongestionRestartEnvOff(t *testing.T) {
+	t.Setenv(envNoCCRestart, "1")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if r := newCCRestarter(c); r != nil {
+		t.Errorf("%s=1: a restarter for %v", envNoCCRestart, c.LocalAddr())
+	}
 }
