@@ -8,6 +8,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,12 +39,20 @@ type linkCell struct {
 	End   []connWindow `json:"windows_end,omitempty"`
 }
 
-// connWindow is one QUIC connection's congestion state from /statusz.
+// connWindow is one QUIC connection's congestion state from /statusz, or
+// one TCP connection's (dyad-tcp) from the kernel (tcpWindows): there
+// packets are segments and lost ones the segments retransmitted.
 type connWindow struct {
 	Index       int    `json:"index"`
 	CwndBytes   uint64 `json:"cwnd_bytes"`
 	PacketsSent uint64 `json:"packets_sent"`
 	PacketsLost uint64 `json:"packets_lost"`
+	// BBRMbps and BBRPhase are a TCP connection's BBR bandwidth estimate
+	// and phase (startup, drain, probe_bw, probe_rtt), when it runs BBR: a
+	// connection that carried light traffic may start a bulk transfer
+	// past startup at a few Mbit/s (issue 21's 1% loss collapse).
+	BBRMbps  float64 `json:"bbr_bw_mbps,omitempty"`
+	BBRPhase string  `json:"bbr_phase,omitempty"`
 }
 
 // linkState is what readLinkState sees at one moment.
@@ -162,6 +173,9 @@ func (d *dyadSystem) statusz(export bool) (statusz, error) {
 // windows reads the exporting daemon's connections to its peer: in a
 // download the exporting side sends, so its windows set the pace.
 func (d *dyadSystem) windows() ([]connWindow, error) {
+	if d.tcp {
+		return d.tcpWindows()
+	}
 	r, err := d.statusz(true)
 	if err != nil {
 		return nil, err
@@ -176,6 +190,85 @@ func (d *dyadSystem) windows() ([]connWindow, error) {
 		}
 	}
 	return out, nil
+}
+
+// tcpWindows reads the exporting daemon's TCP connections to its peer
+// (dyad-tcp; /statusz has no congestion window for them) from the kernel,
+// with ss in its namespace, ordered by the peer's port.
+func (d *dyadSystem) tcpWindows() ([]connWindow, error) {
+	_, port, err := net.SplitHostPort(d.b.Config.Listen)
+	if err != nil {
+		return nil, err
+	}
+	argv := d.pl.argv(true, "ss", "-tinH", "state", "established", "( sport = :"+port+" )")
+	out, err := exec.Command(argv[0], argv[1:]...).Output()
+	if err != nil {
+		return nil, fmt.Errorf("ss in %s's namespace: %w", d.b.Name, err)
+	}
+	return parseSS(string(out)), nil
+}
+
+// parseSS reads `ss -tinH` output: per connection a line with the
+// addresses and an indented line with its TCP_INFO.
+func parseSS(out string) []connWindow {
+	type conn struct {
+		peer string
+		w    connWindow
+	}
+	var conns []conn
+	field := func(info, key string) string {
+		for _, f := range strings.FieldsFunc(info, func(r rune) bool { return r == ' ' || r == '\t' || r == ',' || r == '(' || r == ')' }) {
+			if v, ok := strings.CutPrefix(f, key+":"); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	num := func(s string) uint64 { n, _ := strconv.ParseUint(s, 10, 64); return n }
+	var peer string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		if line[0] != ' ' && line[0] != '\t' {
+			if f := strings.Fields(line); len(f) >= 4 {
+				peer = f[3]
+			}
+			continue
+		}
+		w := connWindow{CwndBytes: num(field(line, "cwnd")) * num(field(line, "mss")), PacketsSent: num(field(line, "segs_out"))}
+		if _, total, ok := strings.Cut(field(line, "retrans"), "/"); ok {
+			w.PacketsLost = num(total)
+		}
+		if bw := field(line, "bw"); strings.HasSuffix(bw, "bps") && strings.Contains(line, "bbr:(") {
+			w.BBRMbps = float64(num(strings.TrimSuffix(bw, "bps"))) / 1e6
+			w.BBRPhase = bbrPhase(field(line, "pacing_gain"))
+		}
+		conns = append(conns, conn{peer, w})
+	}
+	slices.SortFunc(conns, func(a, b conn) int { return strings.Compare(a.peer, b.peer) })
+	out2 := make([]connWindow, len(conns))
+	for i, c := range conns {
+		c.w.Index = i
+		out2[i] = c.w
+	}
+	return out2
+}
+
+// bbrPhase names BBR's phase from its pacing gain (net/ipv4/tcp_bbr.c):
+// 2.89 startup, 0.35 drain, 1 probe_rtt or probe_bw's cruise (taken for
+// probe_bw), 1.25 and 0.75 probe_bw.
+func bbrPhase(gain string) string {
+	g, err := strconv.ParseFloat(gain, 64)
+	switch {
+	case err != nil:
+		return ""
+	case g > 2:
+		return "startup"
+	case g < 0.5:
+		return "drain"
+	}
+	return "probe_bw"
 }
 
 // waitIdle waits (at most timeout) until the importing daemon carries no
@@ -245,9 +338,10 @@ func (r *results) linkTable(w io.Writer) {
 		"dropped (`tx_dropped` + `rx_dropped` of both, read in their namespaces), the emulator's drop-tail queue dropped (the rate cap's "+
 		"50 ms queue: congestion, not the configured loss) and the emulator itself dropped (overflow, write errors). The configured "+
 		"random loss is its own column. Each bulk cell ran a discarded %v transfer first (warm-up). For dyad systems' bulk cells: the "+
-		"packets the sending (exporting) daemon's QUIC connections declared lost during the cell, and each connection's congestion "+
-		"window (KiB, connection index: start → end; repetitions separated by ·).\n\n", warm)
-	fmt.Fprintln(w, "| scenario | system | drops outside the configured loss | configured random loss | QUIC-declared losses (sender) | sender's congestion windows, KiB |")
+		"packets the sending (exporting) daemon's QUIC connections declared lost during the cell (dyad-tcp: the TCP segments its "+
+		"kernel retransmitted), and each connection's congestion window (KiB, connection index: start → end; repetitions separated by "+
+		"·; dyad-tcp: with BBR's phase and bandwidth estimate at the start).\n\n", warm)
+	fmt.Fprintln(w, "| scenario | system | drops outside the configured loss | configured random loss | losses the sender declared (QUIC; TCP: retransmitted) | sender's congestion windows, KiB |")
 	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- |")
 	for _, row := range rows {
 		fmt.Fprintln(w, row)
@@ -265,7 +359,13 @@ func windowChange(start, end []connWindow) string {
 				from = fmt.Sprint(s.CwndBytes >> 10)
 			}
 		}
-		parts = append(parts, fmt.Sprintf("%d: %s→%d", e.Index, from, e.CwndBytes>>10))
+		bbr := ""
+		for _, s := range start {
+			if s.Index == e.Index && s.BBRPhase != "" {
+				bbr = fmt.Sprintf(" (BBR at start: %s, %.1f Mbit/s)", s.BBRPhase, s.BBRMbps)
+			}
+		}
+		parts = append(parts, fmt.Sprintf("%d: %s→%d%s", e.Index, from, e.CwndBytes>>10, bbr))
 	}
 	return strings.Join(parts, ", ")
 }

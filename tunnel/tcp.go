@@ -150,6 +150,7 @@ type frameWriter struct {
 	net.Conn // the TLS connection
 	sock     *sockConn
 	rx       *rxGate
+	cc       *ccRestarter // nil: the socket's congestion control is left alone
 	hdr      [yamuxHeader]byte
 	held     bool // hdr waits for its body
 }
@@ -179,6 +180,7 @@ func (w *frameWriter) Write(p []byte) (int, error) {
 	if !w.held && len(p) == yamuxHeader && p[1] == 0 && binary.BigEndian.Uint32(p[8:]) > 0 {
 		copy(w.hdr[:], p) // a data frame's header: its body comes next
 		w.held = true
+		w.cc.dataFrame(time.Now())
 		return len(p), nil
 	}
 	if !w.held {
@@ -207,7 +209,8 @@ func (y yamuxLogger) Println(v ...any)               { y.log.Debug().Msg(fmt.Spr
 type tcpConn struct {
 	conn   net.Conn // the TLS connection
 	sess   *yamux.Session
-	rx     *rxGate // bounds what sess holds for our readers
+	rx     *rxGate      // bounds what sess holds for our readers
+	cc     *ccRestarter // the socket's congestion control restart (nil: none), for tests
 	state  tls.ConnectionState
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -294,7 +297,7 @@ func (n *Node) newMuxConn(ctx context.Context, tc net.Conn, state tls.Connection
 		err  error
 	)
 	rx := newRxGate(tcpBudget(snap.cfg))
-	fw := &frameWriter{Conn: tc, sock: sock, rx: rx}
+	fw := &frameWriter{Conn: tc, sock: sock, rx: rx, cc: newCCRestarter(sock.Conn)}
 	if server {
 		sess, err = yamux.Server(fw, yc)
 	} else {
@@ -303,7 +306,7 @@ func (n *Node) newMuxConn(ctx context.Context, tc net.Conn, state tls.Connection
 	if err != nil {
 		return nil, fmt.Errorf("yamux session with %v: %w", tc.RemoteAddr(), err)
 	}
-	c := &tcpConn{conn: tc, sess: sess, rx: rx, state: state, wire: wire, watched: make(chan struct{}), maxLinger: maxLinger,
+	c := &tcpConn{conn: tc, sess: sess, rx: rx, cc: fw.cc, state: state, wire: wire, watched: make(chan struct{}), maxLinger: maxLinger,
 		server: server, streams: map[uint32]*tcpStream{}, lingering: map[*tcpStream]struct{}{}, early: map[uint32]earlyCtl{}}
 	c.ctx, c.cancel = context.WithCancelCause(ctx)
 	if server {

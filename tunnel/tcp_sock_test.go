@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,6 +26,12 @@ type callCounter struct {
 
 func (c *callCounter) Read(b []byte) (int, error)  { c.reads.Add(1); return c.Conn.Read(b) }
 func (c *callCounter) Write(b []byte) (int, error) { c.writes.Add(1); return c.Conn.Write(b) }
+
+// SyscallConn is the socket's, for the congestion control restart
+// (ccRestarter); it makes no read(2) or write(2).
+func (c *callCounter) SyscallConn() (syscall.RawConn, error) {
+	return c.Conn.(syscall.Conn).SyscallConn()
+}
 
 // tlsMuxPair is a listener's and a dialer's TCP transport over loopback
 // TLS, as dialTCP and handshakeTCP make them after a handshake that took
