@@ -71,3 +71,53 @@ func TestReadFromWaitsBeforeTakingBuffer(t *testing.T) {
 		t.Fatalf("read after a failed wait: %v", src.log)
 	}
 }
+
+// sizedWire is a destination that asks for records of at most max bytes
+// of payload (RecordSizer).
+type sizedWire struct {
+	bytes.Buffer
+	max int
+}
+
+func (w *sizedWire) MaxRecordPayload() int { return w.max }
+
+// TestRecordSizer: a destination that is a RecordSizer gets data records
+// of at most its size, from Write and from ReadFrom, and sizes outside 1 to
+// MaxPayload are ignored; the stream opens as before.
+func TestRecordSizer(t *testing.T) {
+	s := newTestSession(t, SuiteAES256GCM, testConn, testPairing)
+	data := make([]byte, 3*MaxPayload+5)
+	for i := range data {
+		data[i] = byte(i)
+	}
+	for _, tc := range []struct{ max, want int }{
+		{63 << 10, 63 << 10}, {100, 100}, {0, MaxPayload}, {MaxPayload + 1, MaxPayload},
+	} {
+		for _, mode := range []string{"Write", "ReadFrom"} {
+			wire := &sizedWire{max: tc.max}
+			w := s.NewWriter(wire, 4, FromInitiator)
+			var err error
+			if mode == "Write" {
+				_, err = w.Write(data)
+			} else {
+				_, err = w.ReadFrom(bytes.NewReader(data))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.Close()
+			_, recs := records(t, wire.Bytes())
+			largest := 0
+			for _, r := range recs {
+				largest = max(largest, len(r)-HeaderSize-TagSize)
+			}
+			if largest != tc.want {
+				t.Errorf("%s with size %d: largest record payload %d, want %d", mode, tc.max, largest, tc.want)
+			}
+			got, err := openAll(s, wire.Bytes())
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("%s with size %d: round trip %d bytes, %v", mode, tc.max, len(got), err)
+			}
+		}
+	}
+}

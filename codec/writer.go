@@ -19,13 +19,30 @@ type Writer struct {
 	sess         *Session
 	streamID     uint64
 	dir          Direction
+	maxPayload   int       // the largest data record's payload: MaxPayload, or less (RecordSizer)
 	_            [0]func() // not comparable
+}
+
+// RecordSizer is a destination that carries records best at most
+// MaxRecordPayload bytes of payload each (between 1 and MaxPayload; other
+// values are ignored). The TCP transport asks for a little less than 64
+// KiB so that a record, in its frame and TLS records, leaves in one 64 KiB
+// TCP segment instead of a full one and a tail of a few hundred bytes.
+// The wire format is unchanged: a record of any size up to MaxPayload is
+// valid.
+type RecordSizer interface {
+	MaxRecordPayload() int
 }
 
 // NewWriter returns a Writer that seals the direction dir of stream streamID
 // onto w with the session's suite. It does not close w.
 func (s *Session) NewWriter(w io.Writer, streamID uint64, dir Direction) *Writer {
-	wr := &Writer{w: w, preamble: preamble(s.suite), sess: s, streamID: streamID, dir: dir}
+	wr := &Writer{w: w, preamble: preamble(s.suite), sess: s, streamID: streamID, dir: dir, maxPayload: MaxPayload}
+	if rs, ok := w.(RecordSizer); ok {
+		if n := rs.MaxRecordPayload(); n > 0 && n < MaxPayload {
+			wr.maxPayload = n
+		}
+	}
 	wr.keys.suite, wr.keys.limits = s.suite, s.limits
 	secret, err := s.trafficSecret(wr.preamble, streamID, dir)
 	if err == nil {
@@ -35,14 +52,15 @@ func (s *Session) NewWriter(w io.Writer, streamID uint64, dir Direction) *Writer
 	return wr
 }
 
-// Write seals p into records of at most MaxPayload bytes and writes them.
+// Write seals p into records of at most MaxPayload bytes (or the
+// destination's RecordSizer size) and writes them.
 func (w *Writer) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		if w.err != nil {
 			return written, w.err
 		}
-		n := min(len(p), MaxPayload)
+		n := min(len(p), w.maxPayload)
 		pool := writePool(n)
 		bp := pool.get()
 		// Seal straight from p into the pooled buffer: the AEAD's one
@@ -76,7 +94,7 @@ type ReadWaiter interface {
 // after a Read that filled the buffer it reads again at once.
 func (w *Writer) ReadFrom(src io.Reader) (int64, error) {
 	var total int64
-	size := smallPayload
+	size := min(smallPayload, w.maxPayload)
 	waiter, _ := src.(ReadWaiter)
 	drained := true
 	for w.err == nil {
@@ -103,9 +121,9 @@ func (w *Writer) ReadFrom(src io.Reader) (int64, error) {
 		// when it goes quiet, so an idle stream holds a small buffer.
 		switch {
 		case n == size:
-			size = MaxPayload
+			size = w.maxPayload
 		case n <= smallPayload:
-			size = smallPayload
+			size = min(smallPayload, w.maxPayload)
 		}
 		if rerr == io.EOF {
 			return total, w.err

@@ -601,6 +601,20 @@ type tcpStream struct {
 	since    time.Time // when we stopped reading (lingerCheck)
 }
 
+// tcpRecordPayload is the payload of a TCP stream's largest codec record,
+// 63 KiB. A 64 KiB record in its yamux frame and TLS records came to
+// 65,700 bytes on the wire, just over what the kernel sends as one TCP
+// segment (64 KiB: loopback's MSS, and the GSO size on a NIC), so every
+// frame left as a full segment and a tail of a few hundred bytes, two
+// passes through both kernels' TCP stacks, and its fifth TLS record
+// carried 20 bytes. A 63 KiB record's frame is 64,654 bytes in four TLS
+// records and one segment (TestTCPFrameOneSegment).
+const tcpRecordPayload = 63 << 10
+
+// MaxRecordPayload sizes the codec's records on this stream
+// (codec.RecordSizer): one TCP segment per yamux frame.
+func (s *tcpStream) MaxRecordPayload() int { return tcpRecordPayload }
+
 const (
 	endLocal  = 1 // our FIN (or reset) is sent
 	endRemote = 2 // the peer's FIN (or reset) is seen

@@ -22,10 +22,21 @@ import (
 type callCounter struct {
 	net.Conn
 	reads, writes atomic.Int64
+	maxWrite      atomic.Int64 // the largest write(2)
 }
 
-func (c *callCounter) Read(b []byte) (int, error)  { c.reads.Add(1); return c.Conn.Read(b) }
-func (c *callCounter) Write(b []byte) (int, error) { c.writes.Add(1); return c.Conn.Write(b) }
+func (c *callCounter) Read(b []byte) (int, error) { c.reads.Add(1); return c.Conn.Read(b) }
+
+func (c *callCounter) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	for n := int64(len(b)); ; {
+		m := c.maxWrite.Load()
+		if n <= m || c.maxWrite.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	return c.Conn.Write(b)
+}
 
 // SyscallConn is the socket's, for the congestion control restart
 // (ccRestarter); it makes no read(2) or write(2).
@@ -155,6 +166,59 @@ func TestTCPFrameSyscalls(t *testing.T) {
 	}
 	if reads > 3*frames {
 		t.Errorf("receiver made %d read(2)s for %d frames, want at most 3 each", reads, frames)
+	}
+}
+
+// TestTCPFrameOneSegment: a bulk stream's codec records, each in its
+// yamux frame and TLS records, leave in write(2)s of at most 65,160 bytes,
+// what the kernel sends as one TCP segment (GSO at an MSS of 1448;
+// loopback's MSS is larger), instead of 64 KiB records' 65,700 bytes: a
+// full segment and a tail of a few hundred bytes. The bytes arrive
+// intact through the codec.
+func TestTCPFrameOneSegment(t *testing.T) {
+	const oneSegment = 45 * 1448
+	l, d, _, dsock := tlsMuxPair(t, 100*time.Millisecond)
+	pairing := make([]byte, 32)
+	pairing[0] = 1
+	sess, err := codec.NewSession(make([]byte, codec.SecretSize), pairing, codec.Config{Suite: codec.SuiteAES256GCM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := d.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := sess.NewWriter(s, s.StreamID(), codec.FromInitiator)
+	data := make([]byte, 4<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	sent := make(chan error, 1)
+	go func() {
+		_, err := w.ReadFrom(bytes.NewReader(data))
+		if err == nil {
+			err = w.Close()
+		}
+		sent <- err
+	}()
+	rs, err := l.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(sess.NewReader(rs, rs.StreamID(), codec.FromInitiator))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("received %d bytes, not the %d sent", len(got), len(data))
+	}
+	if m := dsock.maxWrite.Load(); m > oneSegment {
+		t.Errorf("largest write(2) %d bytes, want at most %d (one TCP segment)", m, oneSegment)
 	}
 }
 
