@@ -375,6 +375,10 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 			return d2
 		}
 		opts = validateAll
+	} else if op.BodySchema {
+		// No body: kin-openapi refuses it where the spec requires one
+		// (TestGuardRequiredBodyMissing).
+		opts = validateAll
 	}
 	// The input is the conn's: kin-openapi keeps no reference to it after
 	// returning, and its error is read here.
