@@ -2,11 +2,14 @@ package apiguard
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/getkin/kin-openapi/openapi3filter"
 )
 
 // bodySpec30 and bodySpec31 are schemas for TestCheckJSONBodyAsKin:
@@ -79,6 +82,117 @@ paths:
       responses:
         "200": {description: ok}
 `
+
+// TestCheckJSONBodyAsKin: checkJSONBody decides every body it takes as
+// kin-openapi's ValidateRequestBody does (the same error text, reason and
+// forwarded body, defaults written in), and the bodies it does not take
+// are left to kin-openapi (fast false).
+func TestCheckJSONBodyAsKin(t *testing.T) {
+	type tc struct {
+		path, ctype, body string
+		fast              bool // checkJSONBody takes it
+	}
+	cases30 := []tc{
+		{"/a", "application/json", `{"data":"x"}`, true},
+		{"/a", "application/json", `{"data":"x","d":"given","n":3,"list":[1,2.5]}`, true},
+		{"/a", "application/json; charset=utf-8", `{"data":"x"}`, true},
+		{"/a", "Application/JSON", `{"data":"x"}`, true},
+		{"/a", " application/json ;charset=utf-8", `{"data":"x"}`, true},
+		{"/a", "application/json", `{"data":"toolongvalue"}`, true},
+		{"/a", "application/json", `{"data":"x","other":1}`, true},
+		{"/a", "application/json", `{"data":5}`, true},
+		{"/a", "application/json", `{"n":0,"data":"x"}`, true},
+		{"/a", "application/json", `{"data":"x","list":[1,2,3,4]}`, true},
+		{"/a", "application/json", `{}`, true},
+		{"/a", "application/json", `[]`, true},
+		{"/a", "application/json", `"str"`, true},
+		{"/a", "application/json", `{"data":"x","data":"y"}`, true},
+		{"/a", "application/json", `{"data":"x"}{"data":"y"}`, true},
+		{"/a", "application/json", `{"data":"x"`, true},
+		{"/a", "application/json", `{"data":"\u00e9\ud83d\ude00"}`, true},
+		{"/a", "application/json", `{"data":"x"}  ` + "\n", true},
+		{"/a", "application/vnd.api+json", `{"data":"x"}`, true},
+		{"/a", "application/vnd.api+json", `{"nodata":1}`, true},
+		{"/a", "text/plain", `hello`, false},
+		{"/a", "application/xml", `<a/>`, false},
+		{"/a", "", `{"data":"x"}`, false},
+		{"/a", "application/merge-patch+json", `{"data":"x"}`, false},
+		{"/t", "application/json", `{"x":true}`, true},
+		{"/t", "application/json", `{"x":"no"}`, true},
+		{"/r", "application/json", `{"id":1}`, true},
+		{"/r", "application/json", `{"id":"one"}`, true},
+		{"/r", "application/problem+json", `{"id":2,"tag":"given"}`, true},
+		{"/r", "application/ld+json", `{"tag":"x"}`, true},
+		{"/r", "application/x-custom+json", `{"id":1}`, false},
+	}
+	cases31 := []tc{
+		{"/a", "application/json", `{"name":null}`, true},
+		{"/a", "application/json", `{"name":"n","kind":"l","n":1}`, true},
+		{"/a", "application/json", `{"name":"n","kind":"z"}`, true},
+		{"/a", "application/json", `{"name":"n","n":0}`, true},
+		{"/a", "application/json", `{"name":5}`, true},
+	}
+	for _, sc := range []struct {
+		spec  string
+		cases []tc
+	}{{bodySpec30, cases30}, {bodySpec31, cases31}} {
+		s, err := ParseSpec("bodies.yaml", []byte(sc.spec))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &Policy{Service: "bodies", Spec: s, ValidateRequest: true, Limits: map[*Operation]Rate{}}
+		g := NewGuard(p, nil)
+		for _, k := range sc.cases {
+			name := s.doc.OpenAPI + " " + k.path + " " + k.ctype + " " + k.body
+			raw := "POST " + k.path + " HTTP/1.1\r\nHost: h\r\n"
+			if k.ctype != "" {
+				raw += "Content-Type: " + k.ctype + "\r\n"
+			}
+			raw += "Content-Length: " + strconv.Itoa(len(k.body)) + "\r\n\r\n" + k.body
+
+			// The guard's path.
+			req := parseRaw(t, raw)
+			c := &conn{g: g, peer: "p"}
+			route, _, err := s.findRoute(req)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if got := jsonBodyCase(route, req, []byte(k.body)).mt != nil; got != k.fast {
+				t.Errorf("%s: checkJSONBody takes it: %v, want %v", name, got, k.fast)
+			}
+			d := c.decide(p, req, bufio.NewWriter(io.Discard))
+			var fwd []byte
+			if d.status == 0 {
+				fwd, _ = io.ReadAll(req.Body)
+				if int64(len(fwd)) != req.ContentLength {
+					t.Errorf("%s: forwarded %d bytes, Content-Length %d", name, len(fwd), req.ContentLength)
+				}
+			}
+			c.release()
+
+			// kin-openapi's whole path, as the guard took it before.
+			kreq := parseRaw(t, raw)
+			data, _ := io.ReadAll(kreq.Body)
+			kreq.Body = io.NopCloser(bytes.NewReader(data))
+			kreq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
+			kroute, kparams, _ := s.findRoute(kreq)
+			in := &openapi3filter.RequestValidationInput{Request: kreq, PathParams: kparams, Route: kroute, Options: validateAll}
+			var kreason, kdetail string
+			var kfwd []byte
+			if err := openapi3filter.ValidateRequest(validateDoc, in); err != nil {
+				kreason, kdetail = validationReason(err), truncate(err.Error(), 400)
+			} else {
+				kfwd, _ = io.ReadAll(kreq.Body)
+			}
+			if d.reason != kreason || d.detail != kdetail {
+				t.Errorf("%s:\nguard      %q %q\nkin-openapi %q %q", name, d.reason, d.detail, kreason, kdetail)
+			}
+			if !bytes.Equal(fwd, kfwd) {
+				t.Errorf("%s: forwarded body %q, kin-openapi's %q", name, fwd, kfwd)
+			}
+		}
+	}
+}
 
 func parseRaw(t *testing.T, raw string) *http.Request {
 	t.Helper()

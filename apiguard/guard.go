@@ -159,6 +159,10 @@ type conn struct {
 	bodyBuf *[chunkHead + bodyChunk + 2]byte
 	getBody func() (io.ReadCloser, error)
 	in      openapi3filter.RequestValidationInput
+	// checkJSONBody's schema options, built once per stream, and
+	// whether the last check wrote a schema's defaults in.
+	opts30, opts31 []openapi3.SchemaValidationOption
+	defaulted      bool
 }
 
 var (
@@ -366,7 +370,9 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		return d
 	}
 	opts := validateParams
-	if op.BodySchema && req.Body != nil && req.Body != http.NoBody {
+	body := false // the body is held, for checkJSONBody
+	switch {
+	case op.BodySchema && req.Body != nil && req.Body != http.NoBody:
 		if req.ContentLength > p.maxBody() {
 			d.status, d.reason, d.close = http.StatusRequestEntityTooLarge, "body_too_large", true
 			return d
@@ -374,8 +380,8 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		if d2, ok := c.buffer(p, req, d, bw); !ok {
 			return d2
 		}
-		opts = validateAll
-	} else if op.BodySchema {
+		body = true
+	case op.BodySchema:
 		// No body: kin-openapi refuses it where the spec requires one
 		// (TestGuardRequiredBodyMissing).
 		opts = validateAll
@@ -383,7 +389,22 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	// The input is the conn's: kin-openapi keeps no reference to it after
 	// returning, and its error is read here.
 	c.in = openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route, Options: opts}
-	if err := openapi3filter.ValidateRequest(validateDoc, &c.in); err != nil {
+	// kin-openapi checks security and parameters first, then the body;
+	// a JSON body that checkJSONBody does not take is left to it.
+	var jc jsonCase
+	if body {
+		if jc = jsonBodyCase(route, req, c.bodyData); jc.mt == nil {
+			c.in.Options = validateAll
+		}
+	}
+	if op.params || c.in.Options == validateAll { // err is findRoute's nil
+
+		err = openapi3filter.ValidateRequest(validateDoc, &c.in)
+	}
+	if err == nil && jc.mt != nil {
+		err = c.checkJSONBody(route, req, jc)
+	}
+	if err != nil {
 		d.status, d.reason, d.detail = http.StatusBadRequest, validationReason(err), truncate(err.Error(), 400)
 		c.release() // a buffered body's budget goes back now
 	}
