@@ -116,7 +116,7 @@ func (g *Guard) budget(peer string) *atomic.Int64 {
 // reserve takes n bytes of peer's budget (limit bytes in all), waiting up
 // to budgetWait; false when it could not.
 func reserve(b *atomic.Int64, n, limit int64) bool {
-	deadline := time.Now().Add(budgetWait)
+	var deadline time.Time // read the clock only when the budget is full
 	for {
 		if cur := b.Load(); cur+n <= limit {
 			if b.CompareAndSwap(cur, cur+n) {
@@ -124,7 +124,10 @@ func reserve(b *atomic.Int64, n, limit int64) bool {
 			}
 			continue
 		}
-		if time.Now().After(deadline) {
+		now := time.Now()
+		if deadline.IsZero() {
+			deadline = now.Add(budgetWait)
+		} else if now.After(deadline) {
 			return false
 		}
 		time.Sleep(10 * time.Millisecond)
