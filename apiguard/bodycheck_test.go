@@ -143,55 +143,107 @@ func TestCheckJSONBodyAsKin(t *testing.T) {
 		p := &Policy{Service: "bodies", Spec: s, ValidateRequest: true, Limits: map[*Operation]Rate{}}
 		g := NewGuard(p, nil)
 		for _, k := range sc.cases {
-			name := s.doc.OpenAPI + " " + k.path + " " + k.ctype + " " + k.body
-			raw := "POST " + k.path + " HTTP/1.1\r\nHost: h\r\n"
-			if k.ctype != "" {
-				raw += "Content-Type: " + k.ctype + "\r\n"
-			}
-			raw += "Content-Length: " + strconv.Itoa(len(k.body)) + "\r\n\r\n" + k.body
-
-			// The guard's path.
-			req := parseRaw(t, raw)
-			c := &conn{g: g, peer: "p"}
-			route, _, err := s.findRoute(req)
-			if err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
-			if got := jsonBodyCase(route, req, []byte(k.body)).mt != nil; got != k.fast {
-				t.Errorf("%s: checkJSONBody takes it: %v, want %v", name, got, k.fast)
-			}
-			d := c.decide(p, req, bufio.NewWriter(io.Discard))
-			var fwd []byte
-			if d.status == 0 {
-				fwd, _ = io.ReadAll(req.Body)
-				if int64(len(fwd)) != req.ContentLength {
-					t.Errorf("%s: forwarded %d bytes, Content-Length %d", name, len(fwd), req.ContentLength)
-				}
-			}
-			c.release()
-
-			// kin-openapi's whole path, as the guard took it before.
-			kreq := parseRaw(t, raw)
-			data, _ := io.ReadAll(kreq.Body)
-			kreq.Body = io.NopCloser(bytes.NewReader(data))
-			kreq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
-			kroute, kparams, _ := s.findRoute(kreq)
-			in := &openapi3filter.RequestValidationInput{Request: kreq, PathParams: kparams, Route: kroute, Options: validateAll}
-			var kreason, kdetail string
-			var kfwd []byte
-			if err := openapi3filter.ValidateRequest(validateDoc, in); err != nil {
-				kreason, kdetail = validationReason(err), truncate(err.Error(), 400)
-			} else {
-				kfwd, _ = io.ReadAll(kreq.Body)
-			}
-			if d.reason != kreason || d.detail != kdetail {
-				t.Errorf("%s:\nguard      %q %q\nkin-openapi %q %q", name, d.reason, d.detail, kreason, kdetail)
-			}
-			if !bytes.Equal(fwd, kfwd) {
-				t.Errorf("%s: forwarded body %q, kin-openapi's %q", name, fwd, kfwd)
+			fast := compareWithKin(t, s, p, g, k.path, k.ctype, k.body)
+			if fast != k.fast {
+				t.Errorf("%s %s %s %s: checkJSONBody takes it: %v, want %v", s.doc.OpenAPI, k.path, k.ctype, k.body, fast, k.fast)
 			}
 		}
 	}
+}
+
+// compareWithKin runs one request through the guard's decide and through
+// kin-openapi's whole ValidateRequest (as the guard took it before
+// checkJSONBody) and reports any difference in reason, problem text or
+// forwarded body; fast says whether checkJSONBody took the body.
+func compareWithKin(t *testing.T, s *Spec, p *Policy, g *Guard, path, ctype, body string) (fast bool) {
+	t.Helper()
+	name := s.doc.OpenAPI + " " + path + " " + ctype + " " + body
+	raw := "POST " + path + " HTTP/1.1\r\nHost: h\r\n"
+	if ctype != "" {
+		raw += "Content-Type: " + ctype + "\r\n"
+	}
+	raw += "Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+
+	// The guard's path.
+	req := parseRaw(t, raw)
+	c := &conn{g: g, peer: "p"}
+	route, _, err := s.findRoute(req)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	fast = jsonBodyCase(route, req, []byte(body)).mt != nil
+	d := c.decide(p, req, bufio.NewWriter(io.Discard))
+	var fwd []byte
+	if d.status == 0 {
+		fwd, _ = io.ReadAll(req.Body)
+		if int64(len(fwd)) != req.ContentLength {
+			t.Errorf("%s: forwarded %d bytes, Content-Length %d", name, len(fwd), req.ContentLength)
+		}
+	}
+	c.release()
+
+	// kin-openapi's whole path.
+	kreq := parseRaw(t, raw)
+	data, _ := io.ReadAll(kreq.Body)
+	kreq.Body = io.NopCloser(bytes.NewReader(data))
+	kreq.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
+	kroute, kparams, _ := s.findRoute(kreq)
+	in := &openapi3filter.RequestValidationInput{Request: kreq, PathParams: kparams, Route: kroute, Options: validateAll}
+	var kreason, kdetail string
+	var kfwd []byte
+	if err := openapi3filter.ValidateRequest(validateDoc, in); err != nil {
+		kreason, kdetail = validationReason(err), truncate(err.Error(), 400)
+	} else {
+		kfwd, _ = io.ReadAll(kreq.Body)
+	}
+	if d.reason != kreason || d.detail != kdetail {
+		t.Errorf("%s:\nguard       %q %q\nkin-openapi %q %q", name, d.reason, d.detail, kreason, kdetail)
+	}
+	if !bytes.Equal(fwd, kfwd) {
+		t.Errorf("%s: forwarded body %q, kin-openapi's %q", name, fwd, kfwd)
+	}
+	return fast
+}
+
+// FuzzCheckJSONBodyAsKin is TestCheckJSONBodyAsKin on any body and media
+// type: checkJSONBody and kin-openapi's ValidateRequestBody decide alike.
+func FuzzCheckJSONBodyAsKin(f *testing.F) {
+	f.Add(false, "/a", "application/json", `{"data":"x"}`)
+	f.Add(false, "/a", "application/json; charset=utf-8", `{"data":"x","d":"y","n":2,"list":[1]}`)
+	f.Add(false, "/r", "application/problem+json", `{"id":1}`)
+	f.Add(false, "/t", "Application/JSON", `{"x":true}`)
+	f.Add(true, "/a", "application/json", `{"name":null,"kind":"l"}`)
+	specs := map[bool]*Spec{}
+	for v31, text := range map[bool]string{false: bodySpec30, true: bodySpec31} {
+		s, err := ParseSpec("bodies.yaml", []byte(text))
+		if err != nil {
+			f.Fatal(err)
+		}
+		specs[v31] = s
+	}
+	f.Fuzz(func(t *testing.T, v31 bool, path, ctype, body string) {
+		switch path {
+		case "/a", "/t", "/r":
+		default:
+			return
+		}
+		if v31 && path != "/a" || strings.ContainsAny(ctype, "\r\n") || !validFieldValue(ctype) {
+			return
+		}
+		s := specs[v31]
+		p := &Policy{Service: "bodies", Spec: s, ValidateRequest: true, Limits: map[*Operation]Rate{}}
+		compareWithKin(t, s, p, NewGuard(p, nil), path, ctype, body)
+	})
+}
+
+// validFieldValue says whether net/http's parser takes v as a field value.
+func validFieldValue(v string) bool {
+	for _, c := range []byte(v) {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 func parseRaw(t *testing.T, raw string) *http.Request {
