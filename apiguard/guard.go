@@ -393,7 +393,11 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	// returning, and its error is read here.
 	c.in = openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route, Options: opts}
 	// kin-openapi checks security and parameters first, then the body;
-	// a JSON body that checkJSONBody does not take is left to it.
+	// a JSON body that checkJSONBody does not take is left to it. Without
+	// parameters ValidateRequest would only run the security check, which
+	// passes here (NoopAuthenticationFunc; the router's doc.Validate
+	// refused undeclared schemes at load), as for an operation with nothing
+	// to validate above.
 	var jc jsonCase
 	if body {
 		if jc = jsonBodyCase(route, req, c.bodyData); jc.mt == nil {
