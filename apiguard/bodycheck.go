@@ -59,8 +59,9 @@ func jsonBodyCase(route *routers.Route, req *http.Request, data []byte) jsonCase
 // GetBody to yet another reader (README, "API guard", Cost). Its errors
 // are kin-openapi's, built as it builds them (the same Reason and Err),
 // so the client's problem body and the event's reason are the same.
-// TestCheckJSONBodyAsKin compares the two on valid, invalid, defaulted and
-// odd bodies.
+// THREATS P2 (the upstream sees only what the contract allows), tested by
+// TestCheckJSONBodyAsKin and FuzzCheckJSONBodyAsKin, which compare the two
+// on valid, invalid, defaulted and odd bodies.
 func (c *conn) checkJSONBody(route *routers.Route, req *http.Request, jc jsonCase) error {
 	value, err := decodeJSON(string(c.bodyData))
 	if err != nil {

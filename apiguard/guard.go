@@ -386,7 +386,7 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		body = true
 	case op.BodySchema:
 		// No body: kin-openapi refuses it where the spec requires one
-		// (TestGuardRequiredBodyMissing).
+		// (THREATS P2, tested by TestGuardRequiredBodyMissing).
 		opts = validateAll
 	}
 	// The input is the conn's: kin-openapi keeps no reference to it after
