@@ -264,21 +264,22 @@ func writeResponse(bw *bufio.Writer, resp *http.Response) error {
 		}
 		return bw.Flush()
 	}
-	code := strconv.Itoa(resp.StatusCode)
 	// The reason phrase is upstream's, unless it is empty or holds a
 	// control byte (a bare CR would end the line for some clients).
-	text, _ := strings.CutPrefix(resp.Status, code+" ")
-	if text == resp.Status || strings.ContainsFunc(text, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }) {
+	text, ok := reasonPhrase(resp.Status, resp.StatusCode)
+	if !ok || strings.ContainsFunc(text, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }) {
 		text = ""
 	}
 	if text == "" {
 		text = http.StatusText(resp.StatusCode)
 	}
 	if text == "" {
-		text = "status code " + code
+		text = "status code " + strconv.Itoa(resp.StatusCode)
 	}
 	bw.WriteString("HTTP/1.1 ")
-	bw.WriteString(code)
+	// Appended in the writer's own space: strconv.Itoa allocates for
+	// every code from 100 up.
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(resp.StatusCode), 10))
 	bw.WriteByte(' ')
 	bw.WriteString(text)
 	bw.WriteString("\r\n")
@@ -314,6 +315,37 @@ func writeResponse(bw *bufio.Writer, resp *http.Response) error {
 	}
 	writeTrailers(bw, trailer)
 	return bw.Flush()
+}
+
+// reasonPhrase is what follows status's code and space, when status (a
+// Response's Status) starts with code in decimal and a space: what
+// strings.CutPrefix(status, strconv.Itoa(code)+" ") gives, without the
+// string it builds.
+func reasonPhrase(status string, code int) (string, bool) {
+	if code < 0 {
+		return strings.CutPrefix(status, strconv.Itoa(code)+" ") // not from ReadResponse
+	}
+	n := 0
+	for c := code; ; c /= 10 {
+		n++
+		if c < 10 {
+			break
+		}
+	}
+	if len(status) <= n || status[n] != ' ' {
+		return "", false
+	}
+	v := 0
+	for _, c := range []byte(status[:n]) {
+		if c < '0' || c > '9' {
+			return "", false
+		}
+		v = v*10 + int(c-'0')
+	}
+	if v != code {
+		return "", false
+	}
+	return status[n+1:], true
 }
 
 // WriteRequest writes req to w as the guard forwards it upstream (the

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -248,5 +249,20 @@ paths:
 	}
 	if n := g.budget("bank-a").Load(); n != 0 {
 		t.Errorf("peer's budget holds %d bytes after its requests ended, want 0", n)
+	}
+}
+
+// TestReasonPhrase: reasonPhrase is strings.CutPrefix(status,
+// strconv.Itoa(code)+" ") where that finds the prefix.
+func TestReasonPhrase(t *testing.T) {
+	for _, status := range []string{"200 OK", "200 ", "200", "201 Created here", "099 x", "99 x", "0 x", "2000 x",
+		"20 x", "200OK", "-1 x", "999 x", "404 Not Found", " 200 OK", "200  two", "x200 OK", ""} {
+		for _, code := range []int{0, 20, 99, 200, 201, 404, 999, 2000, -1} {
+			want, wok := strings.CutPrefix(status, strconv.Itoa(code)+" ")
+			got, ok := reasonPhrase(status, code)
+			if ok != wok || ok && got != want {
+				t.Errorf("reasonPhrase(%q, %d) = %q, %v; want %q, %v", status, code, got, ok, want, wok)
+			}
+		}
 	}
 }

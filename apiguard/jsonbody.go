@@ -99,7 +99,13 @@ func decodeJSONBody(body io.Reader, _ http.Header, _ *openapi3.SchemaRef, _ open
 	if _, err := io.Copy(&sb, body); err != nil {
 		return nil, &openapi3filter.ParseError{Kind: openapi3filter.KindInvalidFormat, Cause: err}
 	}
-	d := jsonDecoder{s: sb.String()}
+	return decodeJSON(sb.String())
+}
+
+// decodeJSON is decodeJSONBody on the body's bytes as a string (which the
+// value's names and strings may share).
+func decodeJSON(s string) (any, error) {
+	d := jsonDecoder{s: s}
 	v, err := d.value(0)
 	if err == nil {
 		d.space()
