@@ -296,15 +296,13 @@ func (c *conn) writer() *bufio.Writer {
 	return c.bw
 }
 
-// putWriter gives the client's writer back to the pool, flushing what it
-// still holds first (nothing, where one calls it: every answer is
-// flushed), so that no byte is lost and none reaches another stream.
+// putWriter gives the client's writer back to the pool. What it still
+// holds is dropped, as before this writer was given back mid-request: an
+// answer cut short by a failure (every complete one is flushed), never
+// passed to another stream.
 func (c *conn) putWriter() {
 	if c.bw == nil {
 		return
-	}
-	if c.bw.Buffered() > 0 {
-		c.bw.Flush()
 	}
 	c.bw.Reset(nil)
 	clientWriters.Put(c.bw)
