@@ -88,3 +88,53 @@ func TestTokenChar(t *testing.T) {
 		}
 	}
 }
+
+// probeUpstream is fixedUpstream calling onRead before each read, on the
+// guard's goroutine: what the guard holds while it waits for upstream.
+type probeUpstream struct {
+	fixedUpstream
+	onRead func()
+}
+
+func (u *probeUpstream) Read(b []byte) (int, error) {
+	u.onRead()
+	return u.fixedUpstream.Read(b)
+}
+
+// TestGuardNoWriterWhileUpstreamAnswers: while upstream answers, which
+// may take long, the stream holds no client writer (32 KiB); it takes one
+// for the answer and gives it back after, and the answer is whole.
+func TestGuardNoWriterWhileUpstreamAnswers(t *testing.T) {
+	g := NewGuard(benchPolicy(t), nil)
+	up := &probeUpstream{}
+	var out bytes.Buffer
+	c := &conn{g: g, peer: "bench", up: up, out: &out}
+	reads, held := 0, 0
+	up.onRead = func() {
+		reads++
+		if c.bw != nil {
+			held++
+		}
+	}
+	var in bytes.Reader
+	br := bufio.NewReaderSize(&in, MaxHeaderBytes)
+	ubr := bufio.NewReaderSize(up, 4096)
+	for range 3 {
+		in.Reset(echoRequest)
+		br.Reset(&in)
+		up.resp.Reset(echoResponse)
+		ubr.Reset(up)
+		if !c.one(br, ubr, false) {
+			t.Fatal("the request ended the stream")
+		}
+		if c.bw != nil {
+			t.Fatal("the client writer is held after the answer")
+		}
+	}
+	if reads == 0 || held != 0 {
+		t.Errorf("the client writer was held during %d of %d reads from upstream, want none", held, reads)
+	}
+	if n := strings.Count(out.String(), "HTTP/1.1 200 OK\r\n"); n != 3 || !strings.HasSuffix(out.String(), `"}`) {
+		t.Errorf("the client got %d answers, want 3 whole ones: %q", n, out.String()[max(0, out.Len()-40):])
+	}
+}

@@ -166,6 +166,9 @@ type conn struct {
 	// whether the last check wrote a schema's defaults in.
 	opts30, opts31 []openapi3.SchemaValidationOption
 	defaulted      bool
+	// bw is the client's writer while the request in hand has one
+	// (writer, putWriter): not while upstream is answering.
+	bw *bufio.Writer
 }
 
 var (
@@ -214,12 +217,10 @@ type decision struct {
 func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	req, err := readRequest(br, first)
 	p := c.g.policy.Load() // the policy in force when the request arrived
-	bw := clientWriters.Get().(*bufio.Writer)
-	bw.Reset(c.out)
+	bw := c.writer()
 	defer func() {
 		c.release() // on every path out, not only the forwarding one
-		bw.Reset(nil)
-		clientWriters.Put(bw)
+		c.putWriter()
 	}()
 	if err != nil {
 		c.readFailed(bw, p, err)
@@ -243,6 +244,13 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 			return false
 		}
 	}
+	// Everything for the client so far is flushed (a denial returned
+	// above, 100 Continue flushes): its 32 KiB writer goes back to the
+	// pool while upstream answers, which may take long, and is taken again
+	// for the answer. A stream waiting on upstream then holds none, and
+	// under many streams the few writers in use stay in the cache
+	// (TestGuardNoWriterWhileUpstreamAnswers).
+	c.putWriter()
 	uw := upWriters.Get().(*bufio.Writer)
 	uw.Reset(c.up)
 	err = writeRequest(uw, req)
@@ -250,15 +258,15 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	upWriters.Put(uw)
 	c.release()
 	if err != nil {
-		c.answer(bw, d.op, http.StatusBadGateway, "upstream_write", true)
+		c.answer(c.writer(), d.op, http.StatusBadGateway, "upstream_write", true)
 		return false
 	}
-	resp, err := readResponse(ubr, req, bw)
+	resp, err := readResponse(ubr, req, c)
 	if err != nil {
-		c.answer(bw, d.op, http.StatusBadGateway, "upstream_read", true)
+		c.answer(c.writer(), d.op, http.StatusBadGateway, "upstream_read", true)
 		return false
 	}
-	err = writeResponse(bw, resp)
+	err = writeResponse(c.writer(), resp)
 	c.g.inv.record(c.peer, d.op, resp.StatusCode, OutcomeForwarded, "")
 	return err == nil && !resp.Close && !req.Close
 }
@@ -278,8 +286,32 @@ func (c *conn) readFailed(bw *bufio.Writer, p *Policy, err error) {
 	}
 }
 
-// readResponse reads upstream's answer to req, passing 1xx answers on.
-func readResponse(ubr *bufio.Reader, req *http.Request, bw *bufio.Writer) (*http.Response, error) {
+// writer returns the client's writer for the request in hand, taking one
+// from the pool if it has none.
+func (c *conn) writer() *bufio.Writer {
+	if c.bw == nil {
+		c.bw = clientWriters.Get().(*bufio.Writer)
+		c.bw.Reset(c.out)
+	}
+	return c.bw
+}
+
+// putWriter gives the client's writer back to the pool. What it still
+// holds is dropped, as before this writer was given back mid-request: an
+// answer cut short by a failure (every complete one is flushed), never
+// passed to another stream.
+func (c *conn) putWriter() {
+	if c.bw == nil {
+		return
+	}
+	c.bw.Reset(nil)
+	clientWriters.Put(c.bw)
+	c.bw = nil
+}
+
+// readResponse reads upstream's answer to req, passing 1xx answers on
+// through c's writer (taken only for one).
+func readResponse(ubr *bufio.Reader, req *http.Request, c *conn) (*http.Response, error) {
 	for {
 		resp, err := http.ReadResponse(ubr, req)
 		if err != nil {
@@ -291,6 +323,7 @@ func readResponse(ubr *bufio.Reader, req *http.Request, bw *bufio.Writer) (*http
 		if resp.StatusCode >= 200 {
 			return resp, nil
 		}
+		bw := c.writer()
 		fmt.Fprintf(bw, "HTTP/1.1 %s\r\n", resp.Status)
 		resp.Header.Write(bw)
 		bw.WriteString("\r\n")

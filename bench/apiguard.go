@@ -140,8 +140,12 @@ func (p *apiPair) stop() {
 
 // httpRR sends 1 KiB JSON POSTs on conc keep-alive connections to entry
 // for dur, one outstanding per connection, and reports the rate and the
-// latency percentiles, like requestResponse.
-func httpRR(entry string, conc int, dur time.Duration) (metrics, error) {
+// latency percentiles, like requestResponse, and the CPU time each dyad
+// daemon spent per request (user + system, over the whole cell: the two
+// services are measured one after the other, so a cell's CPU is its own).
+// The package benchmarks miss what a request costs in a loaded daemon
+// (colder caches, the collector's share); this is that figure.
+func httpRR(entry string, conc int, dur time.Duration, exporter, importer int) (metrics, error) {
 	req := fmt.Appendf(nil, "POST /v1/echo HTTP/1.1\r\nHost: target\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(apiRequestBody), apiRequestBody)
 	conns := make([]net.Conn, 0, conc)
 	for range conc {
@@ -154,6 +158,8 @@ func httpRR(entry string, conc int, dur time.Duration) (metrics, error) {
 		}
 		conns = append(conns, c)
 	}
+	exp0, _ := cpuSeconds(exporter)
+	imp0, _ := cpuSeconds(importer)
 	all, elapsed, err := rrLoop(conns, dur, func(c net.Conn) func() error {
 		br := bufio.NewReaderSize(c, 4<<10)
 		post := &http.Request{Method: http.MethodPost}
@@ -180,7 +186,15 @@ func httpRR(entry string, conc int, dur time.Duration) (metrics, error) {
 	pct := func(p float64) float64 {
 		return float64(all[min(len(all)-1, int(p*float64(len(all))))].Nanoseconds()) / 1000
 	}
-	return metrics{"rps": float64(len(all)) / elapsed.Seconds(), "p50_us": pct(0.50), "p90_us": pct(0.90), "p99_us": pct(0.99)}, nil
+	m := metrics{"rps": float64(len(all)) / elapsed.Seconds(), "p50_us": pct(0.50), "p90_us": pct(0.90), "p99_us": pct(0.99)}
+	exp1, err1 := cpuSeconds(exporter)
+	imp1, err2 := cpuSeconds(importer)
+	if err1 == nil && err2 == nil {
+		n := float64(len(all))
+		m["cpu_us_per_req_exporter"] = (exp1 - exp0) / n * 1e6
+		m["cpu_us_per_req_importer"] = (imp1 - imp0) / n * 1e6
+	}
+	return m, nil
 }
 
 // httpUpload POSTs one chunked application/octet-stream body to
@@ -236,8 +250,8 @@ func runAPIScenarios(res *results, p plan, dyadBin, work string, want func(strin
 	}
 	var pair *apiPair
 	scs := []sc{
-		{"rr-api-1", func(e string) (metrics, error) { return httpRR(e, 1, p.rrDur) }},
-		{"rr-api-64", func(e string) (metrics, error) { return httpRR(e, 64, p.rrDur) }},
+		{"rr-api-1", func(e string) (metrics, error) { return httpRR(e, 1, p.rrDur, pair.b.Pid(), pair.a.Pid()) }},
+		{"rr-api-64", func(e string) (metrics, error) { return httpRR(e, 64, p.rrDur, pair.b.Pid(), pair.a.Pid()) }},
 		{"bulk-api-up-1", func(e string) (metrics, error) { return httpUpload(e, p.bulkDur, pair.pids()) }},
 	}
 	var todo []sc
@@ -288,6 +302,10 @@ func apiNotes(res *results) {
 			parts = append(parts, fmt.Sprintf("added p50 %.1f µs (%.1f vs %.1f)", guarded.Median["p50_us"]-plain.Median["p50_us"], guarded.Median["p50_us"], plain.Median["p50_us"]))
 			if r := plain.Median["rps"]; r > 0 {
 				parts = append(parts, fmt.Sprintf("throughput %.2fx unguarded (%.0f vs %.0f req/s)", guarded.Median["rps"]/r, guarded.Median["rps"], r))
+			}
+			if e, ok := guarded.Median["cpu_us_per_req_exporter"]; ok {
+				parts = append(parts, fmt.Sprintf("exporting daemon's CPU per request %.1f vs %.1f µs (importing %.1f vs %.1f)",
+					e, plain.Median["cpu_us_per_req_exporter"], guarded.Median["cpu_us_per_req_importer"], plain.Median["cpu_us_per_req_importer"]))
 			}
 		} else if g := plain.Median["gbps"]; g > 0 {
 			parts = append(parts, fmt.Sprintf("throughput %.2fx unguarded (%.2f vs %.2f Gbit/s)", guarded.Median["gbps"]/g, guarded.Median["gbps"], g))
