@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/dyad-tunnel/dyad/tunnel"
 )
 
 // fixedUpstream is an upstream that takes whatever is written and answers
@@ -22,6 +24,33 @@ func (u *fixedUpstream) SetLinger(int) error         { return nil }
 var echoResponse = []byte("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1024\r\n\r\n" +
 	`{"data":"` + strings.Repeat("x", 1024-11) + `"}`)
 
+// echoRig runs rr-api requests through one guarded stream's loop
+// (conn.one), without sockets, pipes or the tunnel: up answers each with
+// echoResponse from resp.
+type echoRig struct {
+	c       *conn
+	up      tunnel.Conn
+	resp    *bytes.Reader
+	in      bytes.Reader
+	br, ubr *bufio.Reader
+}
+
+func newEchoRig(tb testing.TB, up tunnel.Conn, resp *bytes.Reader, out io.Writer) *echoRig {
+	r := &echoRig{c: &conn{g: NewGuard(benchPolicy(tb), nil), peer: "bench", up: up, out: out}, up: up, resp: resp}
+	r.br = bufio.NewReaderSize(&r.in, MaxHeaderBytes)
+	r.ubr = bufio.NewReaderSize(up, 4096)
+	return r
+}
+
+// one sends echoRequest through the loop; false if it ended the stream.
+func (r *echoRig) one() bool {
+	r.in.Reset(echoRequest)
+	r.br.Reset(&r.in)
+	r.resp.Reset(echoResponse)
+	r.ubr.Reset(r.up)
+	return r.c.one(r.br, r.ubr, false)
+}
+
 // TestGuardRequestAllocs bounds what one rr-api request costs the guard in
 // allocations: parsing it (net/http), validating its 1 KiB JSON body
 // (kin-openapi's schema check and the guard's decoder), forwarding it and
@@ -36,18 +65,10 @@ func TestGuardRequestAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates, and sync.Pool drops at random")
 	}
-	g := NewGuard(benchPolicy(t), nil)
 	up := &fixedUpstream{}
-	c := &conn{g: g, peer: "bench", up: up, out: io.Discard}
-	var in bytes.Reader
-	br := bufio.NewReaderSize(&in, MaxHeaderBytes)
-	ubr := bufio.NewReaderSize(up, 4096)
+	r := newEchoRig(t, up, &up.resp, io.Discard)
 	n := testing.AllocsPerRun(200, func() {
-		in.Reset(echoRequest)
-		br.Reset(&in)
-		up.resp.Reset(echoResponse)
-		ubr.Reset(up)
-		if !c.one(br, ubr, false) {
+		if !r.one() {
 			t.Fatal("the request ended the stream")
 		}
 	})
@@ -61,19 +82,11 @@ func TestGuardRequestAllocs(t *testing.T) {
 // BenchmarkGuardRequest is the guard's own CPU for one rr-api request,
 // without sockets, pipes or the tunnel: TestGuardRequestAllocs's loop.
 func BenchmarkGuardRequest(b *testing.B) {
-	g := NewGuard(benchPolicy(b), nil)
 	up := &fixedUpstream{}
-	c := &conn{g: g, peer: "bench", up: up, out: io.Discard}
-	var in bytes.Reader
-	br := bufio.NewReaderSize(&in, MaxHeaderBytes)
-	ubr := bufio.NewReaderSize(up, 4096)
+	r := newEchoRig(b, up, &up.resp, io.Discard)
 	b.ReportAllocs()
 	for b.Loop() {
-		in.Reset(echoRequest)
-		br.Reset(&in)
-		up.resp.Reset(echoResponse)
-		ubr.Reset(up)
-		if !c.one(br, ubr, false) {
+		if !r.one() {
 			b.Fatal("the request ended the stream")
 		}
 	}
@@ -105,10 +118,10 @@ func (u *probeUpstream) Read(b []byte) (int, error) {
 // may take long, the stream holds no client writer (32 KiB); it takes one
 // for the answer and gives it back after, and the answer is whole.
 func TestGuardNoWriterWhileUpstreamAnswers(t *testing.T) {
-	g := NewGuard(benchPolicy(t), nil)
 	up := &probeUpstream{}
 	var out bytes.Buffer
-	c := &conn{g: g, peer: "bench", up: up, out: &out}
+	r := newEchoRig(t, up, &up.resp, &out)
+	c := r.c
 	reads, held := 0, 0
 	up.onRead = func() {
 		reads++
@@ -116,15 +129,8 @@ func TestGuardNoWriterWhileUpstreamAnswers(t *testing.T) {
 			held++
 		}
 	}
-	var in bytes.Reader
-	br := bufio.NewReaderSize(&in, MaxHeaderBytes)
-	ubr := bufio.NewReaderSize(up, 4096)
 	for range 3 {
-		in.Reset(echoRequest)
-		br.Reset(&in)
-		up.resp.Reset(echoResponse)
-		ubr.Reset(up)
-		if !c.one(br, ubr, false) {
+		if !r.one() {
 			t.Fatal("the request ended the stream")
 		}
 		if c.bw != nil {
