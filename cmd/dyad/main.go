@@ -22,6 +22,7 @@ import (
 	"github.com/dyad-tunnel/dyad/audit/report"
 	"github.com/dyad-tunnel/dyad/daemon"
 	"github.com/dyad-tunnel/dyad/daemon/state"
+	"github.com/dyad-tunnel/dyad/internal/gcfloor"
 )
 
 const usage = `dyad links a local port at one site to an API at a partner site through a
@@ -103,6 +104,8 @@ func main() {
 		fs.BoolVar(&o.AcceptBrokenJournal, "accept-broken-journal", false,
 			"start even if the audit journal does not verify, recording a signed dyad.journal.break entry that dyad audit verify reports for ever")
 		fs.Parse(args)
+		// Fewer collections while the live heap is small (README, Performance).
+		defer gcfloor.Start(gcfloor.DefaultFloor).Stop()
 		err = daemon.RunWith(context.Background(), cfg, os.Stderr, o)
 	case "invite":
 		fs := newFlags("invite", "ask the running daemon for a one-time invitation token for a new peer")
