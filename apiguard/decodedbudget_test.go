@@ -192,3 +192,57 @@ func TestGuardBudgetMixedReturnsToZero(t *testing.T) {
 		t.Errorf("peer's budget holds %d bytes after its requests ended, want 0", n)
 	}
 }
+
+// TestGuardBudgetRewrittenBody: a body validation rewrote (a schema's
+// defaults written in) is held until it is forwarded and counts in the
+// peer's budget as the buffered body does. On main it was not charged: a
+// 12-byte body whose rewritten form takes 2 KB passed with 1,000 bytes
+// of the budget free. Given back after, as the rest.
+func TestGuardBudgetRewrittenBody(t *testing.T) {
+	spec, err := ParseSpec("defaults.yaml", []byte(`openapi: 3.0.3
+info: {title: defaults, version: "1"}
+paths:
+  /items:
+    post:
+      operationId: createItem
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {type: object, properties: {name: {type: string}, kind: {type: string, default: "`+strings.Repeat("k", 2000)+`"}}}
+      responses:
+        "201": {description: created}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const maxBody = 64
+	up := newPayments(t)
+	ev := &events{}
+	g := NewGuard(&Policy{Service: "items", Spec: spec, ValidateRequest: true, MaxBody: maxBody}, ev)
+	b := g.budget("bank-a")
+	taken := int64(BudgetFactor*maxBody) - 1000
+	b.Add(taken)
+	s := openStream(t, g, up, "bank-a")
+	s.send(post("/items", `{"name":"x"}`))
+	if r := s.read(t); r.StatusCode != 503 {
+		t.Errorf("rewritten body over the budget: status %d, want 503 memory_budget", r.StatusCode)
+	}
+	if cur := b.Add(-taken); cur != 0 {
+		t.Errorf("budget holds %d bytes after the refusal, want 0", cur)
+	}
+	s = openStream(t, g, up, "bank-a")
+	s.send(post("/items", `{"name":"x"}`))
+	if r := s.read(t); r.StatusCode != 201 {
+		t.Errorf("with the budget free: status %d, want 201", r.StatusCode)
+	}
+	if got := up.seen(); len(got) != 1 || got[0].n < 2000 {
+		t.Errorf("upstream saw %+v, want one body with the default written in", got)
+	}
+	if d := ev.all("dyad.api.denied"); len(d) != 1 || d[0]["dyad.reason"] != "memory_budget" {
+		t.Errorf("denials %v, want one memory_budget", d)
+	}
+	if cur := b.Load(); cur != 0 {
+		t.Errorf("budget holds %d bytes after the requests ended, want 0", cur)
+	}
+}
