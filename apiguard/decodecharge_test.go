@@ -1,6 +1,7 @@
 package apiguard
 
 import (
+	"bytes"
 	"fmt"
 	"runtime"
 	"strings"
@@ -98,4 +99,70 @@ func TestJSONDecodeCharge(t *testing.T) {
 		}
 	}
 	decodedSink = nil
+}
+
+// TestJSONFoldedNamesMany: the duplicate check by case, whose folded names
+// sit on the decoder's stack up to foldScan an object and in a map past
+// it, refuses exactly the objects bytes.EqualFold finds two equal names
+// in, with up to 20 names, nested objects between them, at every
+// position.
+func TestJSONFoldedNamesMany(t *testing.T) {
+	words := []string{"a", "A", "b", "B", "k", "K", "\u212a", "s", "S", "\u017f", "ab", "Ab", "aB", "x1", "X1", "é", "É", "q", "Q", "zz"}
+	// Past foldScan: a name's duplicate early, late, in both forms.
+	var many []string
+	for i := range 12 {
+		many = append(many, fmt.Sprintf(`"N%d":0`, i))
+	}
+	all := strings.Join(many, ",")
+	for body, ok := range map[string]bool{
+		"{" + all + "}":                   true,
+		"{" + all + `,"n0":1}`:            false,
+		"{" + all + `,"n11":1}`:           false,
+		"{" + all + `,"N5":1}`:            false,
+		`{"n3":1,` + all + "}":            false,
+		"{" + all + `,"n12":1}`:           true,
+		"{" + all + `,"x":{` + all + `}}`: true,
+	} {
+		if _, err := decodeJSON(body); (err == nil) != ok {
+			t.Errorf("%s: err %v, want ok %v", body, err, ok)
+		}
+	}
+	rnd := uint64(1)
+	next := func(n int) int {
+		rnd = rnd*6364136223846793005 + 1442695040888963407
+		return int(rnd>>33) % n
+	}
+	for range 5000 {
+		n := 1 + next(20)
+		names := make([]string, n)
+		var b strings.Builder
+		b.WriteString("{")
+		for i := range names {
+			names[i] = words[next(len(words))] + strings.Repeat("z", next(2))
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, "%q:", names[i])
+			if next(3) == 0 {
+				// A nested object's folded names sit above this
+				// one's on the stack, and go when it ends.
+				b.WriteString(`{"A":1,"B":{"C":0,"c2":1}}`)
+				continue
+			}
+			b.WriteString("0")
+		}
+		b.WriteString("}")
+		want := true
+		for i := range names {
+			for j := range i {
+				if bytes.EqualFold([]byte(names[i]), []byte(names[j])) {
+					want = false
+				}
+			}
+		}
+		_, err := decodeJSON(b.String())
+		if (err == nil) != want {
+			t.Fatalf("%s: err %v, want ok %v", b.String(), err, want)
+		}
+	}
 }
