@@ -8,9 +8,9 @@ import (
 	"time"
 )
 
-// numbersSpec is one operation whose body is an array of integers: the
-// densest JSON a schema accepts whole (about 52 bytes decoded per body
-// byte, TestJSONBodyDecodedSize).
+// numbersSpec is one operation whose body is an array of integers, among
+// the densest JSON (about 52 bytes decoded per body byte,
+// TestJSONDecodeCharge).
 const numbersSpec = `openapi: 3.0.3
 info: {title: numbers, version: "1"}
 paths:

@@ -446,13 +446,14 @@ func (d *jsonDecoder) folded(base int, big map[string]struct{}, key string) bool
 }
 
 // growGuess is at least what append allocates when a slice of 16-byte
-// elements (any, string) grows from capacity c: Go doubles it below 256,
-// then adds a quarter and 192, rounding up to a size class.
+// elements (any, string) grows from capacity c (Go doubles it below 256,
+// then adds a quarter and 192, rounding up to a size class), and at least
+// the 16*cap+24 the caller counts once append has picked cap.
 func growGuess(c int) int64 {
 	if c < 256 {
-		return allocBound(16 * (2*c + 1))
+		return allocBound(16*(2*c+1)) + 24
 	}
-	return allocBound(16 * (c + c/4 + 192 + 1))
+	return allocBound(16*(c+c/4+192+1)) + 24
 }
 
 // array reads an array from its '['.
