@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -62,8 +63,20 @@ func jsonBodyCase(route *routers.Route, req *http.Request, data []byte) jsonCase
 // THREATS P2 (the upstream sees only what the contract allows), tested by
 // TestCheckJSONBodyAsKin and FuzzCheckJSONBodyAsKin, which compare the two
 // on valid, invalid, defaulted and odd bodies.
-func (c *conn) checkJSONBody(route *routers.Route, req *http.Request, jc jsonCase) error {
-	value, err := decodeJSON(string(c.bodyData))
+//
+// The decoded form counts in the peer's budget (limit bytes in all) while
+// the body is validated: charged as the decoder builds it (the body's
+// copy first), all of it given back when checkJSONBody returns, on every
+// path. When the budget cannot take it within budgetWait the error is
+// errJSONBudget (503 memory_budget). THREATS P5, tested by
+// TestGuardDecodedFormCharged, TestJSONDecodeCharge and
+// TestGuardBudgetMixedReturnsToZero.
+func (c *conn) checkJSONBody(route *routers.Route, req *http.Request, jc jsonCase, limit int64) error {
+	value, held, err := c.decodeHeld(limit)
+	defer func() { c.budget.Add(-held) }()
+	if err == errJSONBudget {
+		return err
+	}
 	if err != nil {
 		return &openapi3filter.RequestError{Input: &c.in, RequestBody: jc.rb, Reason: "failed to decode request body", Err: err}
 	}
@@ -88,10 +101,54 @@ func (c *conn) checkJSONBody(route *routers.Route, req *http.Request, jc jsonCas
 	if err != nil {
 		return &openapi3filter.RequestError{Input: &c.in, RequestBody: jc.rb, Reason: "rewriting failed", Err: err}
 	}
+	// The rewritten body is held until it is forwarded, as the buffered
+	// one: it counts in the budget until release, the decoded form given
+	// back first (waiting for it while holding that could deadlock).
+	// THREATS P5, tested by TestGuardBudgetRewrittenBody.
+	c.budget.Add(-held)
+	held = 0
+	n := allocBound(len(out))
+	if !reserve(&c.budget.Int64, n, limit) {
+		return errJSONBudget
+	}
+	c.held += n
 	req.ContentLength = int64(len(out))
 	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(out)), nil }
 	req.Body, _ = req.GetBody()
 	return nil
+}
+
+// decodeHeld decodes c.bodyData (its copy first) charged to the peer's
+// budget, limit bytes in all; held is what it holds of the budget for the
+// value, which the caller gives back when it is done with it (also on an
+// error). A decode that gave up for another one waiting (jsonDecoder.grow)
+// gives back what it took, waits for that much, holding nothing of it,
+// and decodes again, within budgetWait.
+func (c *conn) decodeHeld(limit int64) (value any, held int64, err error) {
+	var pre int64 // what the last try took, taken again before the next
+	var deadline time.Time
+	for {
+		d := jsonDecoder{budget: c.budget, limit: limit}
+		if pre > 0 {
+			wait := time.Until(deadline)
+			if d.room = reserveUpTo(&c.budget.Int64, pre, pre+decodeChunk, limit, wait); d.room == 0 {
+				return nil, 0, errJSONBudget
+			}
+		}
+		err = errJSONBudget
+		if d.charge(allocBound(len(c.bodyData))) {
+			d.s = string(c.bodyData)
+			value, err = d.decode()
+		}
+		if err != errJSONBudget || !d.yielded {
+			return value, d.room, err
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(budgetWait)
+		}
+		c.budget.Add(-d.room)
+		pre = d.used
+	}
 }
 
 // guardDecodes says whether mediaType is one of jsonMediaTypes (the

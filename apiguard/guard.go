@@ -29,11 +29,14 @@ type Emitter interface {
 	Emit(name string, attrs ...attribute.KeyValue)
 }
 
-// BudgetFactor sets a peer's memory budget for buffered bodies on one
-// guarded service: BudgetFactor × max_body. A request that would exceed
-// it waits up to budgetWait for other bodies to be released, then is
-// answered 503 with Retry-After (README, memory formula).
-const BudgetFactor = 8
+// BudgetFactor sets a peer's memory budget on one guarded service:
+// BudgetFactor × max_body for the bodies buffered for validation and,
+// while a JSON body is validated, its decoded form (up to 58 bytes per
+// body byte for the densest, TestJSONDecodeCharge). 72 holds 8 bodies of
+// max_body, or one with its decoded form at the densest. A request that would exceed it
+// waits up to budgetWait for others to give theirs back, then is answered
+// 503 with Retry-After (README, memory formula).
+const BudgetFactor = 72
 
 const budgetWait = time.Second
 
@@ -48,7 +51,16 @@ type Guard struct {
 
 	mu      sync.Mutex // guards the following fields
 	buckets map[bucketKey]*bucket
-	budgets map[string]*atomic.Int64 // bytes of bodies buffered, per peer
+	budgets map[string]*peerBudget
+}
+
+// peerBudget is a peer's count of the bytes its bodies and their decoded
+// forms hold, and whether one of its decodes waits for more of it.
+type peerBudget struct {
+	atomic.Int64
+	// decodeWaits is set while a decode waits for more budget holding
+	// part of it: the only one that may (jsonDecoder.grow).
+	decodeWaits atomic.Bool
 }
 
 type bucketKey struct{ peer, op string }
@@ -63,7 +75,7 @@ var _ tunnel.StreamGuard = (*Guard)(nil)
 // NewGuard returns the guard of service under p; events go to a (nil:
 // none).
 func NewGuard(p *Policy, a Emitter) *Guard {
-	g := &Guard{service: p.Service, audit: a, inv: newInventory(), buckets: map[bucketKey]*bucket{}, budgets: map[string]*atomic.Int64{}}
+	g := &Guard{service: p.Service, audit: a, inv: newInventory(), buckets: map[bucketKey]*bucket{}, budgets: map[string]*peerBudget{}}
 	g.policy.Store(p)
 	return g
 }
@@ -101,13 +113,13 @@ func (g *Guard) allow(peer string, op *Operation, r Rate) (bool, int) {
 	return false, max(1, int(math.Ceil(wait)))
 }
 
-// budget returns peer's count of buffered body bytes.
-func (g *Guard) budget(peer string) *atomic.Int64 {
+// budget returns peer's budget.
+func (g *Guard) budget(peer string) *peerBudget {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	b := g.budgets[peer]
 	if b == nil {
-		b = new(atomic.Int64)
+		b = new(peerBudget)
 		g.budgets[peer] = b
 	}
 	return b
@@ -116,19 +128,30 @@ func (g *Guard) budget(peer string) *atomic.Int64 {
 // reserve takes n bytes of peer's budget (limit bytes in all), waiting up
 // to budgetWait; false when it could not.
 func reserve(b *atomic.Int64, n, limit int64) bool {
+	return reserveUpTo(b, n, n, limit, budgetWait) == n
+}
+
+// reserveUpTo takes at least n and at most up bytes of peer's budget
+// (limit bytes in all), as many as are free, waiting up to wait for n;
+// it returns what it took, 0 when it could not (n > 0).
+func reserveUpTo(b *atomic.Int64, n, up, limit int64, wait time.Duration) int64 {
 	var deadline time.Time // read the clock only when the budget is full
 	for {
 		if cur := b.Load(); cur+n <= limit {
-			if b.CompareAndSwap(cur, cur+n) {
-				return true
+			take := min(up, limit-cur)
+			if b.CompareAndSwap(cur, cur+take) {
+				return take
 			}
 			continue
 		}
+		if wait <= 0 {
+			return 0
+		}
 		now := time.Now()
 		if deadline.IsZero() {
-			deadline = now.Add(budgetWait)
+			deadline = now.Add(wait)
 		} else if now.After(deadline) {
-			return false
+			return 0
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -151,7 +174,7 @@ type conn struct {
 	out  io.Writer // where the client's answers go
 	// budget is the peer's budget (Guard.budget), looked up once; held
 	// the bytes of it the request in hand holds.
-	budget *atomic.Int64
+	budget *peerBudget
 	held   int64
 	// The request in hand's buffered body and its validation input, kept
 	// here so that validating allocates none of them per request.
@@ -442,7 +465,12 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		err = openapi3filter.ValidateRequest(validateDoc, &c.in)
 	}
 	if err == nil && jc.mt != nil {
-		err = c.checkJSONBody(route, req, jc)
+		err = c.checkJSONBody(route, req, jc, BudgetFactor*p.maxBody())
+	}
+	if err == errJSONBudget { // its decoded form did not fit: as a body
+		d.status, d.reason, d.retryAfter, d.close = http.StatusServiceUnavailable, "memory_budget", 1, true
+		c.release()
+		return d
 	}
 	if err != nil {
 		d.status, d.reason, d.detail = http.StatusBadRequest, validationReason(err), truncate(err.Error(), 400)
@@ -464,8 +492,9 @@ func (c *conn) buffer(p *Policy, req *http.Request, d decision, bw *bufio.Writer
 	}
 	b := c.budget
 	// THREATS P5: buffered bodies count in the peer's budget
-	// (BudgetFactor × max_body), tested by TestGuardMemoryBudget.
-	if !reserve(b, want, BudgetFactor*limit) {
+	// (BudgetFactor × max_body; their decoded forms too, checkJSONBody),
+	// tested by TestGuardMemoryBudget.
+	if !reserve(&b.Int64, want, BudgetFactor*limit) {
 		d.status, d.reason, d.retryAfter, d.close = http.StatusServiceUnavailable, "memory_budget", 1, true
 		return d, false
 	}

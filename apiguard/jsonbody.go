@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -59,7 +60,59 @@ var (
 	errJSONDuplicate = errors.New("an object holds the same name twice")
 	errJSONDepth     = errors.New("JSON nested deeper than 512 levels")
 	errJSONEnd       = errors.New("unexpected end of JSON input")
+	// errJSONBudget: the peer's memory budget could not take the
+	// decoded form within budgetWait. Returned bare (no ParseError):
+	// the request is refused 503 memory_budget, not 400.
+	errJSONBudget = errors.New("the peer's memory budget cannot take the decoded body")
 )
+
+// What the decoded form takes, as jsonDecoder.charge counts it: at least
+// what Go's runtime allocates for it (Go 1.26; TestJSONDecodeCharge holds
+// the sum to the runtime's own count, growth of slices and maps included,
+// and a Go upgrade that changes the maps fails it).
+const (
+	boxBytes   = 16 // a string or json.Number boxed in an any
+	sliceBox   = 24 // an array's []any boxed in an any
+	mapHeader  = 48 // an empty map
+	mapGroup   = 288
+	mapTable16 = 640
+	// mapEntry is an entry past the 9th, with the tables' growth spread
+	// over the entries (at most ~180 bytes an entry at any size).
+	mapEntry = 200
+	// decodeChunk is how much more of the budget the decoder takes at a
+	// time (as much as is free, at least what it needs): the shared
+	// counter is touched once for a small body, not once a value.
+	decodeChunk = 16 << 10
+	// foldScan is how many folded names of one object are compared one
+	// by one before they go into a map.
+	foldScan = 8
+)
+
+// allocBound is at least what the runtime allocates for an object of n
+// bytes: small ones are rounded up to a size class (at most ~16% more, a
+// header of 8 bytes for larger pointerful ones), large ones to 8 KiB pages.
+func allocBound(n int) int64 {
+	if n > 32<<10 {
+		return int64(n+8<<10-1) &^ (8<<10 - 1)
+	}
+	return int64(n + n/4 + 16)
+}
+
+// mapCost is what the n-th entry of a map[string]any costs (its Go 1.26
+// swiss table): the first group at the first entry, the first table at the
+// ninth, mapEntry for each after (also an upper bound for the smaller
+// map[string]struct{} of an object's folded names past foldScan).
+func mapCost(n int) int64 {
+	switch {
+	case n > 9:
+		return mapEntry
+	case n == 9:
+		return mapTable16
+	case n == 1:
+		return mapGroup
+	}
+	return 0
+}
 
 // maxJSONDepth bounds the nesting decodeJSONBody follows. It recurses,
 // about 200 bytes of stack a level, on the guarded stream's own goroutine,
@@ -105,7 +158,13 @@ func decodeJSONBody(body io.Reader, _ http.Header, _ *openapi3.SchemaRef, _ open
 // decodeJSON is decodeJSONBody on the body's bytes as a string (which the
 // value's names and strings may share).
 func decodeJSON(s string) (any, error) {
-	d := jsonDecoder{s: s}
+	d := jsonDecoder{s: s, room: math.MaxInt64}
+	return d.decode()
+}
+
+// decode reads d.s as one JSON value; errors but errJSONBudget are
+// ParseErrors.
+func (d *jsonDecoder) decode() (any, error) {
 	v, err := d.value(0)
 	if err == nil {
 		d.space()
@@ -117,6 +176,9 @@ func decodeJSON(s string) (any, error) {
 				err = &jsonSyntaxError{d.i}
 			}
 		}
+	}
+	if err == errJSONBudget {
+		return nil, err
 	}
 	if err != nil {
 		return nil, &openapi3filter.ParseError{Kind: openapi3filter.KindInvalidFormat, Cause: err}
@@ -135,10 +197,60 @@ func jsonValueStart(c byte) bool {
 
 // jsonDecoder reads JSON values from s, at byte i, into the form
 // json.Decoder.Decode gives an any with UseNumber: map[string]any, []any,
-// string, json.Number, bool, nil.
+// string, json.Number, bool, nil. With a budget, it charges what it
+// builds to it as it goes, and stops with errJSONBudget when the budget
+// cannot take more within budgetWait.
 type jsonDecoder struct {
 	s string
 	i int
+	// used is what the decoded form has taken so far (charge); room is
+	// what the decoder holds of budget (limit bytes in all) for it, taken
+	// in chunks. Without a budget room is unbounded.
+	used, room int64
+	budget     *peerBudget
+	limit      int64
+	yielded    bool // gave up for another decode waiting (grow)
+	// folds is the stack of folded names of the objects being read
+	// (object), innermost last; reused from object to object.
+	folds []string
+}
+
+// charge counts n more bytes of the decoded form, before they are
+// allocated; false when the budget cannot take them. Not inlined: in
+// value and object, which recurse, it made each level's frames larger
+// (TestJSONBodyStack).
+//
+//go:noinline
+func (d *jsonDecoder) charge(n int64) bool {
+	d.used += n
+	return d.used <= d.room || d.grow()
+}
+
+// grow takes more of the budget: what used needs, and up to decodeChunk
+// more where it is free. When none is free, a decode that holds none of
+// it yet waits up to budgetWait, and of those that hold some, one of the
+// peer's at a time; any other gives up at once (yielded: its caller gives
+// back what it holds and decodes again, conn.decodeHeld). Decodes that
+// each held part of the budget and waited for more would wait for each
+// other until all failed (TestGuardDecodedFormCharged).
+func (d *jsonDecoder) grow() bool {
+	if d.budget == nil {
+		return false
+	}
+	need := d.used - d.room
+	got := reserveUpTo(&d.budget.Int64, need, need+decodeChunk, d.limit, 0)
+	switch {
+	case got > 0:
+	case d.room == 0:
+		got = reserveUpTo(&d.budget.Int64, need, need+decodeChunk, d.limit, budgetWait)
+	case d.budget.decodeWaits.CompareAndSwap(false, true):
+		got = reserveUpTo(&d.budget.Int64, need, need+decodeChunk, d.limit, budgetWait)
+		d.budget.decodeWaits.Store(false)
+	default:
+		d.yielded = true
+	}
+	d.room += got
+	return got > 0
 }
 
 // space skips JSON white space.
@@ -183,6 +295,9 @@ func (d *jsonDecoder) value(depth int) (any, error) {
 		if err != nil {
 			return nil, err
 		}
+		if s != "" && !d.charge(boxBytes) {
+			return nil, errJSONBudget
+		}
 		return s, nil
 	case 't':
 		return true, d.literal("true")
@@ -201,8 +316,14 @@ func (d *jsonDecoder) value(depth int) (any, error) {
 // object reads an object from its '{': no name twice.
 func (d *jsonDecoder) object(depth int) (any, error) {
 	d.i++ // '{'
+	if !d.charge(mapHeader) {
+		return nil, errJSONBudget
+	}
 	obj := map[string]any{}
-	var folds map[string]struct{} // folded forms of names not already folded
+	// The folded forms of this object's names that are not already
+	// folded: d.folds[base:], or big once there are more than foldScan.
+	base := len(d.folds)
+	var big map[string]struct{}
 	d.space()
 	if d.i < len(d.s) && d.s[d.i] == '}' {
 		d.i++
@@ -229,25 +350,11 @@ func (d *jsonDecoder) object(depth int) (any, error) {
 		if _, dup := obj[name]; dup {
 			return nil, errJSONDuplicate
 		}
-		// Names that differ only in case are duplicates too: Go's
-		// encoding/json, among others, matches a field ignoring case
-		// (bytes.EqualFold), so {"kind":"ok","KIND":"admin"} would set
-		// Kind to the value kin-openapi did not check. A name already in
-		// folded form (lower-case ASCII, the usual) costs no allocation:
-		// folds holds only the folded forms of the other names.
-		if key, ok := foldedName(name); !ok {
-			if _, dup := folds[name]; dup {
-				return nil, errJSONDuplicate
-			}
-		} else {
-			_, dup := obj[key]
-			if _, dup2 := folds[key]; dup || dup2 {
-				return nil, errJSONDuplicate
-			}
-			if folds == nil {
-				folds = map[string]struct{}{}
-			}
-			folds[key] = struct{}{}
+		if err := d.foldCheck(obj, base, &big, name); err != nil {
+			return nil, err
+		}
+		if !d.charge(mapCost(len(obj) + 1)) {
+			return nil, errJSONBudget
 		}
 		obj[name] = v
 		d.space()
@@ -259,6 +366,7 @@ func (d *jsonDecoder) object(depth int) (any, error) {
 			d.i++
 		case '}':
 			d.i++
+			d.folds = d.folds[:base]
 			return obj, nil
 		default:
 			return nil, d.fail()
@@ -266,9 +374,94 @@ func (d *jsonDecoder) object(depth int) (any, error) {
 	}
 }
 
+// foldCheck refuses name when obj (whose folded names start at
+// d.folds[base], or are in *big) holds one that differs from it only in
+// case, and keeps name's folded form. (Apart from object, so that its
+// frame, one per level of nesting, stays small: TestJSONBodyStack.)
+func (d *jsonDecoder) foldCheck(obj map[string]any, base int, big *map[string]struct{}, name string) error {
+	if !lowerASCII(name) && !d.charge(allocBound(len(name))) {
+		return errJSONBudget // foldedName's copy
+	}
+	// Names that differ only in case are duplicates too: Go's
+	// encoding/json, among others, matches a field ignoring case
+	// (bytes.EqualFold), so {"kind":"ok","KIND":"admin"} would set
+	// Kind to the value kin-openapi did not check. A name already in
+	// folded form (lower-case ASCII, the usual) costs no allocation:
+	// only the folded forms of the other names are kept, the first
+	// foldScan of an object on the decoder's stack (no map per
+	// object: {"A":{"B":…}} took 300 bytes more a level with one).
+	if key, ok := foldedName(name); !ok {
+		if d.folded(base, *big, name) {
+			return errJSONDuplicate
+		}
+	} else {
+		if _, dup := obj[key]; dup || d.folded(base, *big, key) {
+			return errJSONDuplicate
+		}
+		switch {
+		case *big != nil:
+			if !d.charge(mapCost(len(*big) + 1)) {
+				return errJSONBudget
+			}
+			(*big)[key] = struct{}{}
+		case len(d.folds)-base < foldScan:
+			if len(d.folds) == cap(d.folds) {
+				guess := growGuess(cap(d.folds))
+				if !d.charge(guess) {
+					return errJSONBudget
+				}
+				d.folds = append(d.folds, key)
+				d.used += int64(16*cap(d.folds)+24) - guess
+			} else {
+				d.folds = append(d.folds, key)
+			}
+		default:
+			if !d.charge(mapHeader + mapGroup + mapTable16) { // sized for foldScan+1
+				return errJSONBudget
+			}
+			*big = make(map[string]struct{}, foldScan+1)
+			for _, k := range d.folds[base:] {
+				(*big)[k] = struct{}{}
+			}
+			(*big)[key] = struct{}{}
+			d.folds = d.folds[:base]
+		}
+	}
+	return nil
+}
+
+// folded says whether key is one of the folded names of the object
+// whose names start at d.folds[base] (or are in big).
+func (d *jsonDecoder) folded(base int, big map[string]struct{}, key string) bool {
+	if big != nil {
+		_, ok := big[key]
+		return ok
+	}
+	for _, k := range d.folds[base:] {
+		if k == key {
+			return true
+		}
+	}
+	return false
+}
+
+// growGuess is at least what append allocates when a slice of 16-byte
+// elements (any, string) grows from capacity c (Go doubles it below 256,
+// then adds a quarter and 192, rounding up to a size class), and at least
+// the 16*cap+24 the caller counts once append has picked cap.
+func growGuess(c int) int64 {
+	if c < 256 {
+		return allocBound(16*(2*c+1)) + 24
+	}
+	return allocBound(16*(c+c/4+192+1)) + 24
+}
+
 // array reads an array from its '['.
 func (d *jsonDecoder) array(depth int) (any, error) {
 	d.i++ // '['
+	if !d.charge(sliceBox) {
+		return nil, errJSONBudget
+	}
 	arr := []any{}
 	d.space()
 	if d.i < len(d.s) && d.s[d.i] == ']' {
@@ -280,7 +473,19 @@ func (d *jsonDecoder) array(depth int) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		arr = append(arr, v)
+		if len(arr) == cap(arr) {
+			// Charged before the append for the capacity append may
+			// pick, then corrected to the one it picked (with a heap
+			// object's header and rounding): exact, and never late.
+			guess := growGuess(cap(arr))
+			if !d.charge(guess) {
+				return nil, errJSONBudget
+			}
+			arr = append(arr, v)
+			d.used += int64(16*cap(arr)+24) - guess
+		} else {
+			arr = append(arr, v)
+		}
 		d.space()
 		if d.i >= len(d.s) {
 			return nil, errJSONEnd
@@ -337,6 +542,9 @@ func (d *jsonDecoder) number() (any, error) {
 			return nil, d.fail()
 		}
 	}
+	if !d.charge(boxBytes) {
+		return nil, errJSONBudget
+	}
 	return json.Number(d.s[start:d.i]), nil
 }
 
@@ -363,6 +571,7 @@ func (d *jsonDecoder) str() (string, error) {
 		return d.s[start : start+j], nil
 	}
 	plain := true
+	bad := 0 // invalid UTF-8 bytes: each becomes U+FFFD, 3 bytes
 	for {
 		// The common bytes first, one table look-up each (in locals:
 		// through d, each step would load d.s and d.i again).
@@ -382,7 +591,11 @@ func (d *jsonDecoder) str() (string, error) {
 			if plain {
 				return s, nil
 			}
-			return unquote(s), nil
+			// unquote's buffer and its string, at most len(s)+2*bad each.
+			if !d.charge(2 * allocBound(len(s)+2*bad)) {
+				return "", errJSONBudget
+			}
+			return unquote(s, bad), nil
 		case c == '\\':
 			plain = false
 			d.i++
@@ -414,6 +627,7 @@ func (d *jsonDecoder) str() (string, error) {
 			r, n := utf8.DecodeRuneInString(d.s[d.i:])
 			if r == utf8.RuneError && n == 1 {
 				plain = false
+				bad++
 			}
 			d.i += n
 		}
@@ -459,9 +673,11 @@ func isHex(c byte) bool {
 }
 
 // unquote decodes a string's body whose escapes str checked, as
-// encoding/json's unquote does.
-func unquote(s string) string {
-	b := make([]byte, 0, len(s)+2*utf8.UTFMax)
+// encoding/json's unquote does; bad is its count of invalid UTF-8 bytes.
+// The result is at most len(s)+2*bad bytes (an escape is never longer
+// than its text, an invalid byte becomes 3), so the buffer never grows.
+func unquote(s string, bad int) string {
+	b := make([]byte, 0, len(s)+2*bad)
 	for i := 0; i < len(s); {
 		c := s[i]
 		switch {
@@ -527,6 +743,17 @@ func hex4(s string) rune {
 		r = r<<4 | rune(c)
 	}
 	return r
+}
+
+// lowerASCII says whether name is lower-case ASCII (foldedName returns
+// it as it is, without allocating).
+func lowerASCII(name string) bool {
+	for i := 0; i < len(name); i++ {
+		if name[i] >= utf8.RuneSelf || 'A' <= name[i] && name[i] <= 'Z' {
+			return false
+		}
+	}
+	return true
 }
 
 // foldedName returns name folded for a case-insensitive comparison, each
