@@ -154,7 +154,7 @@ func TestRecordBatcher(t *testing.T) {
 		recordsPerKey uint64
 		maxWrites     int
 	}{
-		{"batches of 4", 4, 1 << 40, 2 + 20/4 + 2},
+		{"batches of 2", 2, 1 << 40, 2 + 20/2 + 2},
 		{"clamped to MaxBatchRecords", 100, 1 << 40, 2 + 20/MaxBatchRecords + 2},
 		{"1: no batches", 1, 1 << 40, 22},
 		{"key updates inside batches", 4, 3, 60},
@@ -189,7 +189,7 @@ func TestRecordBatcher(t *testing.T) {
 	}
 	// A source that hands out a little at a time: one record per Read.
 	s := newTestSession(t, SuiteAES256GCM, testConn, testPairing)
-	wire := &batchWire{sizedWire: sizedWire{max: mp}, batch: 4}
+	wire := &batchWire{sizedWire: sizedWire{max: mp}, batch: 2}
 	w := s.NewWriter(wire, 4, FromInitiator)
 	src := &waitingSource{chunks: [][]byte{make([]byte, 10), make([]byte, 70000), make([]byte, 3)}}
 	if _, err := w.ReadFrom(src); err != nil {

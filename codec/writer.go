@@ -47,7 +47,7 @@ type RecordBatcher interface {
 }
 
 // MaxBatchRecords is the most records one batch carries (RecordBatcher).
-const MaxBatchRecords = 4
+const MaxBatchRecords = 2
 
 // NewWriter returns a Writer that seals the direction dir of stream streamID
 // onto w with the session's suite. It does not close w.
@@ -198,9 +198,9 @@ func (w *Writer) writeRecord(b []byte, typ recordType, payload []byte) error {
 // record's) as consecutive records in b and writes them in one Write, or in
 // two around a key update that falls inside the batch. Each record's
 // payload is first moved to its place after the previous record's tag (a
-// shift of HeaderSize+TagSize bytes per record, last first): a copy of up
-// to three quarters of the batch, cheaper than the Write per record it
-// saves (README, TCP fallback).
+// shift of HeaderSize+TagSize bytes per record, last first): a copy of
+// half the batch, cheaper than the Write per record it saves (README, TCP
+// fallback).
 func (w *Writer) writeBatch(b []byte, n int) error {
 	mp := w.maxPayload
 	k := (n + mp - 1) / mp

@@ -618,14 +618,15 @@ func (s *tcpStream) MaxRecordPayload() int { return tcpRecordPayload }
 // tcpBatchRecords is how many full records a bulk stream sends in one yamux
 // frame (codec.RecordBatcher). Each Write of a yamux stream is a hand-off to
 // the session's send loop and back, and each frame a wake-up of the peer's
-// reader: with one record per frame, the daemons' threads woke each other
-// about 1.6 times per record (futex, nanosleep), and GOMAXPROCS=1 moved a
-// GB with 13% less CPU. Four records per frame cut those hand-offs and the
-// local read(2)s by four (TestTCPBulkBatchesRecords); a frame is then four
-// TCP segments, still one per record (TestTCPFrameOneSegment). The price
-// is the sealing buffer of a busy stream: 256 KiB instead of 64 (README,
-// "Memory").
-const tcpBatchRecords = 4
+// stream reader: with one record per frame the daemons' threads woke each
+// other about 1.6 times per record (futex, nanosleep), and GOMAXPROCS=1
+// moved a GB with 13% less CPU. Two records per frame halve those hand-offs
+// and the local read(2)s (TestTCPBulkBatchesRecords); a frame is then two
+// TCP segments, still one per record (TestTCPFrameOneSegment). Four saved
+// less CPU than two in the bench (bigger buffers, more cache misses in the
+// copies) and held 256 KiB per busy stream; two hold 128 KiB, 64 KiB more
+// than one record (README, "Memory").
+const tcpBatchRecords = 2
 
 // MaxBatchRecords lets the codec send up to tcpBatchRecords records in one
 // Write (codec.RecordBatcher).

@@ -43,7 +43,7 @@ type sockConn struct {
 // sockBatchSize is a batch's buffer: a yamux frame carrying
 // tcpBatchRecords whole codec records, in TLS records (at most 256 bytes
 // of overhead each), fits.
-const sockBatchSize = 272 << 10
+const sockBatchSize = 144 << 10
 
 var sockBatches = sync.Pool{New: func() any { b := make([]byte, 0, sockBatchSize); return &b }}
 

@@ -189,7 +189,7 @@ func TestTCPFrameOneSegment(t *testing.T) {
 
 // TestTCPBulkBatchesRecords: a bulk stream sends tcpBatchRecords records
 // per yamux frame, so one frame, one hand-off to yamux's send loop and
-// one write(2) carry four records, not one (tcpBatchRecords). The bytes
+// one write(2) carry two records, not one (tcpBatchRecords). The bytes
 // arrive intact through the codec.
 func TestTCPBulkBatchesRecords(t *testing.T) {
 	_, dsock, records := tcpBulkThroughCodec(t, 4<<20)
