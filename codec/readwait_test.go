@@ -2,6 +2,7 @@ package codec
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -153,18 +154,20 @@ func TestRecordBatcher(t *testing.T) {
 		batch         int
 		recordsPerKey uint64
 		maxWrites     int
+		size          int // the RecordSizer's size; 0: MaxPayload
 	}{
-		{"batches of 2", 2, 1 << 40, 2 + 20/2 + 2},
-		{"clamped to MaxBatchRecords", 100, 1 << 40, 2 + 20/MaxBatchRecords + 2},
-		{"1: no batches", 1, 1 << 40, 22},
-		{"key updates inside batches", 4, 3, 60},
+		{"batches of 2", 2, 1 << 40, 2 + 20/2 + 2, mp},
+		{"clamped to MaxBatchRecords", 100, 1 << 40, 2 + 20/MaxBatchRecords + 2, mp},
+		{"1: no batches", 1, 1 << 40, 22, mp},
+		{"key updates inside batches", 4, 3, 60, mp},
+		{"full-size records fill the batch buffer", 2, 1 << 40, 2 + 20/2 + 2, 0},
 	} {
 		s := newTestSession(t, SuiteAES256GCM, testConn, testPairing)
 		s.limits.recordsPerKey = tc.recordsPerKey
 		s.limits.keyUpdates = 1000
 		updates := 0
 		s.onKey = func(KeyUpdate) { updates++ }
-		wire := &batchWire{sizedWire: sizedWire{max: mp}, batch: tc.batch}
+		wire := &batchWire{sizedWire: sizedWire{max: tc.size}, batch: tc.batch}
 		w := s.NewWriter(wire, 4, FromInitiator)
 		if n, err := w.ReadFrom(bytes.NewReader(data)); err != nil || n != int64(len(data)) {
 			t.Fatalf("%s: ReadFrom %d, %v", tc.name, n, err)
@@ -174,9 +177,10 @@ func TestRecordBatcher(t *testing.T) {
 			t.Errorf("%s: %d writes %v, want at most %d", tc.name, len(wire.writes), wire.writes, tc.maxWrites)
 		}
 		_, recs := records(t, wire.Bytes())
+		limit := cmp.Or(tc.size, MaxPayload)
 		for _, r := range recs {
-			if len(r)-HeaderSize-TagSize > mp {
-				t.Fatalf("%s: a record of %d bytes of payload, want at most %d", tc.name, len(r)-HeaderSize-TagSize, mp)
+			if len(r)-HeaderSize-TagSize > limit {
+				t.Fatalf("%s: a record of %d bytes of payload, want at most %d", tc.name, len(r)-HeaderSize-TagSize, limit)
 			}
 		}
 		if tc.recordsPerKey == 3 && updates < 10 {
