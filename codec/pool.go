@@ -42,6 +42,8 @@ const (
 var (
 	writeSmall = newBufPool(dataOffset + smallPayload + TagSize)
 	writeLarge = newBufPool(dataOffset + MaxPayload + TagSize)
+	// A batch of records (RecordBatcher): each with its header and tag.
+	writeMulti = newBufPool(PreambleSize + MaxBatchRecords*MaxRecordSize)
 	readSmall  = newBufPool(2 * (HeaderSize + smallPayload + TagSize))
 	// Two full records, so a greedy read rarely has to move a partial
 	// record to the front.
@@ -50,8 +52,11 @@ var (
 
 // writePool returns the tier that fits a payload of n bytes.
 func writePool(n int) *bufPool {
-	if n <= smallPayload {
+	switch {
+	case n <= smallPayload:
 		return writeSmall
+	case n <= MaxPayload:
+		return writeLarge
 	}
-	return writeLarge
+	return writeMulti
 }

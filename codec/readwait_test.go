@@ -2,6 +2,7 @@ package codec
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -119,5 +120,86 @@ func TestRecordSizer(t *testing.T) {
 				t.Fatalf("%s with size %d: round trip %d bytes, %v", mode, tc.max, len(got), err)
 			}
 		}
+	}
+}
+
+// batchWire is a RecordSizer and RecordBatcher destination that logs the
+// size of every Write.
+type batchWire struct {
+	sizedWire
+	batch  int
+	writes []int
+}
+
+func (w *batchWire) MaxBatchRecords() int { return w.batch }
+
+func (w *batchWire) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, len(p))
+	return w.Buffer.Write(p)
+}
+
+// TestRecordBatcher: to a RecordBatcher, ReadFrom seals what one Read
+// returns as up to MaxBatchRecords records written at once, each of at most
+// the RecordSizer size, and the stream opens as before, also when key
+// updates fall inside a batch (they go out between its records, in order).
+// A source that returns little at a time gets a record per Read, as before.
+func TestRecordBatcher(t *testing.T) {
+	const mp = 63 << 10
+	data := make([]byte, 20*mp+5)
+	for i := range data {
+		data[i] = byte(i * 3)
+	}
+	for _, tc := range []struct {
+		name          string
+		batch         int
+		recordsPerKey uint64
+		maxWrites     int
+		size          int // the RecordSizer's size; 0: MaxPayload
+	}{
+		{"batches of 2", 2, 1 << 40, 2 + 20/2 + 2, mp},
+		{"clamped to MaxBatchRecords", 100, 1 << 40, 2 + 20/MaxBatchRecords + 2, mp},
+		{"1: no batches", 1, 1 << 40, 22, mp},
+		{"key updates inside batches", 4, 3, 60, mp},
+		{"full-size records fill the batch buffer", 2, 1 << 40, 2 + 20/2 + 2, 0},
+	} {
+		s := newTestSession(t, SuiteAES256GCM, testConn, testPairing)
+		s.limits.recordsPerKey = tc.recordsPerKey
+		s.limits.keyUpdates = 1000
+		updates := 0
+		s.onKey = func(KeyUpdate) { updates++ }
+		wire := &batchWire{sizedWire: sizedWire{max: tc.size}, batch: tc.batch}
+		w := s.NewWriter(wire, 4, FromInitiator)
+		if n, err := w.ReadFrom(bytes.NewReader(data)); err != nil || n != int64(len(data)) {
+			t.Fatalf("%s: ReadFrom %d, %v", tc.name, n, err)
+		}
+		w.Close()
+		if len(wire.writes) > tc.maxWrites {
+			t.Errorf("%s: %d writes %v, want at most %d", tc.name, len(wire.writes), wire.writes, tc.maxWrites)
+		}
+		_, recs := records(t, wire.Bytes())
+		limit := cmp.Or(tc.size, MaxPayload)
+		for _, r := range recs {
+			if len(r)-HeaderSize-TagSize > limit {
+				t.Fatalf("%s: a record of %d bytes of payload, want at most %d", tc.name, len(r)-HeaderSize-TagSize, limit)
+			}
+		}
+		if tc.recordsPerKey == 3 && updates < 10 {
+			t.Errorf("%s: %d key updates, want one every two records", tc.name, updates)
+		}
+		got, err := openAll(s, wire.Bytes())
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%s: round trip %d bytes, %v", tc.name, len(got), err)
+		}
+	}
+	// A source that hands out a little at a time: one record per Read.
+	s := newTestSession(t, SuiteAES256GCM, testConn, testPairing)
+	wire := &batchWire{sizedWire: sizedWire{max: mp}, batch: 2}
+	w := s.NewWriter(wire, 4, FromInitiator)
+	src := &waitingSource{chunks: [][]byte{make([]byte, 10), make([]byte, 70000), make([]byte, 3)}}
+	if _, err := w.ReadFrom(src); err != nil {
+		t.Fatal(err)
+	}
+	if len(wire.writes) != 5 { // 10 bytes; 4 KiB (the small buffer), 63 KiB and the rest of the 70000; 3
+		t.Errorf("writes %v, want one per Read", wire.writes)
 	}
 }

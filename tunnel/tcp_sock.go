@@ -40,9 +40,10 @@ type sockConn struct {
 	cutting  atomic.Bool // the connection is closing
 }
 
-// sockBatchSize is a batch's buffer: a yamux frame carrying a whole codec
-// record, in TLS records (at most 256 bytes of overhead each), fits.
-const sockBatchSize = 80 << 10
+// sockBatchSize is a batch's buffer: a yamux frame carrying
+// tcpBatchRecords whole codec records, in TLS records (at most 256 bytes
+// of overhead each), fits.
+const sockBatchSize = 144 << 10
 
 var sockBatches = sync.Pool{New: func() any { b := make([]byte, 0, sockBatchSize); return &b }}
 

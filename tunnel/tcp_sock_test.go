@@ -23,12 +23,18 @@ type callCounter struct {
 	net.Conn
 	reads, writes atomic.Int64
 	maxWrite      atomic.Int64 // the largest write(2)
+	segments      atomic.Int64 // TCP segments of oneSegment bytes the writes fill, at least
 }
+
+// oneSegment is what the kernel sends as one TCP segment at the least
+// (GSO at an MSS of 1448; loopback's MSS is larger).
+const oneSegment = 45 * 1448
 
 func (c *callCounter) Read(b []byte) (int, error) { c.reads.Add(1); return c.Conn.Read(b) }
 
 func (c *callCounter) Write(b []byte) (int, error) {
 	c.writes.Add(1)
+	c.segments.Add(int64((len(b) + oneSegment - 1) / oneSegment))
 	for n := int64(len(b)); ; {
 		m := c.maxWrite.Load()
 		if n <= m || c.maxWrite.CompareAndSwap(m, n) {
@@ -169,15 +175,38 @@ func TestTCPFrameSyscalls(t *testing.T) {
 	}
 }
 
-// TestTCPFrameOneSegment: a bulk stream's codec records, each in its
-// yamux frame and TLS records, leave in write(2)s of at most 65,160 bytes,
-// what the kernel sends as one TCP segment (GSO at an MSS of 1448;
-// loopback's MSS is larger), instead of 64 KiB records' 65,700 bytes: a
-// full segment and a tail of a few hundred bytes. The bytes arrive
-// intact through the codec.
+// TestTCPFrameOneSegment: a bulk stream's codec records, in their yamux
+// frames and TLS records, fill whole TCP segments: the sender's write(2)s
+// come to at most one segment of 65,160 bytes per record (with 64 KiB
+// records a frame was 65,700 bytes, a full segment and a tail of a few
+// hundred bytes). The bytes arrive intact through the codec.
 func TestTCPFrameOneSegment(t *testing.T) {
-	const oneSegment = 45 * 1448
-	l, d, _, dsock := tlsMuxPair(t, 100*time.Millisecond)
+	_, dsock, records := tcpBulkThroughCodec(t, 4<<20)
+	if n := dsock.segments.Load(); n > int64(records)+1 { // and the close record
+		t.Errorf("the write(2)s of %d records and the close record fill %d segments of %d bytes, want one per record at most", records, n, oneSegment)
+	}
+}
+
+// TestTCPBulkBatchesRecords: a bulk stream sends tcpBatchRecords records
+// per yamux frame, so one frame, one hand-off to yamux's send loop and
+// one write(2) carry two records, not one (tcpBatchRecords). The bytes
+// arrive intact through the codec.
+func TestTCPBulkBatchesRecords(t *testing.T) {
+	_, dsock, records := tcpBulkThroughCodec(t, 4<<20)
+	writes := dsock.writes.Load()
+	t.Logf("%d records in %d write(2)s", records, writes)
+	if want := int64(records/tcpBatchRecords + 5); writes > want {
+		t.Errorf("the sender made %d write(2)s for %d records, want at most %d (%d records a frame)", writes, records, want, tcpBatchRecords)
+	}
+}
+
+// tcpBulkThroughCodec sends size bytes of payload from a codec Writer's
+// ReadFrom through the TCP transport to a codec Reader, checks they arrive
+// intact, and returns the sockets' counts from the stream's first byte on
+// and the number of data records that size makes.
+func tcpBulkThroughCodec(t *testing.T, size int) (lsock, dsock *callCounter, records int) {
+	t.Helper()
+	l, d, lsock, dsock := tlsMuxPair(t, 100*time.Millisecond)
 	pairing := make([]byte, 32)
 	pairing[0] = 1
 	sess, err := codec.NewSession(make([]byte, codec.SecretSize), pairing, codec.Config{Suite: codec.SuiteAES256GCM})
@@ -191,10 +220,13 @@ func TestTCPFrameOneSegment(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := sess.NewWriter(s, s.StreamID(), codec.FromInitiator)
-	data := make([]byte, 4<<20)
+	data := make([]byte, size)
 	for i := range data {
 		data[i] = byte(i * 7)
 	}
+	dsock.writes.Store(0)
+	dsock.segments.Store(0)
+	dsock.maxWrite.Store(0)
 	sent := make(chan error, 1)
 	go func() {
 		_, err := w.ReadFrom(bytes.NewReader(data))
@@ -217,9 +249,7 @@ func TestTCPFrameOneSegment(t *testing.T) {
 	if !bytes.Equal(got, data) {
 		t.Fatalf("received %d bytes, not the %d sent", len(got), len(data))
 	}
-	if m := dsock.maxWrite.Load(); m > oneSegment {
-		t.Errorf("largest write(2) %d bytes, want at most %d (one TCP segment)", m, oneSegment)
-	}
+	return lsock, dsock, (size + tcpRecordPayload - 1) / tcpRecordPayload
 }
 
 // TestTCPCloseCutsStuckFrame: a frame batched under TLS is written after
