@@ -10,6 +10,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -445,7 +446,9 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		err = c.checkJSONBody(route, req, jc)
 	}
 	if err != nil {
-		d.status, d.reason, d.detail = http.StatusBadRequest, validationReason(err), truncate(err.Error(), 400)
+		// A copy: the error may quote the held body, whose buffer
+		// release gives back (checkJSONBody).
+		d.status, d.reason, d.detail = http.StatusBadRequest, validationReason(err), strings.Clone(truncate(err.Error(), 400))
 		c.release() // a buffered body's budget goes back now
 	}
 	return d
