@@ -3,6 +3,7 @@ package apiguard
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -181,5 +182,34 @@ func TestGuardUpstreamReaderPerAnswer(t *testing.T) {
 	}
 	if n := strings.Count(out.String(), "HTTP/1.1 200 OK\r\n"); n != 3 {
 		t.Errorf("the client got %d answers, want 3", n)
+	}
+}
+
+// TestInventoryDecisions: the decisions are counted exactly, the
+// forwarded ones (by upstream's status class, counted apart from the
+// others' keys) with the rest, and the stream's cached peer entry is the
+// inventory's own.
+func TestInventoryDecisions(t *testing.T) {
+	up := &fixedUpstream{}
+	r := newEchoRig(t, up, &up.resp, io.Discard)
+	for range 5 {
+		if !r.one() {
+			t.Fatal("the request ended the stream")
+		}
+	}
+	inv := r.c.g.inv
+	op := r.c.g.Policy().Spec.Operation("echo")
+	inv.record("bench", op, 503, OutcomeForwarded, "")
+	inv.record("bench", op, 403, OutcomeDenied, "not_allowed")
+	inv.record("other", op, 502, OutcomeFailed, "upstream_read")
+	got := fmt.Sprint(inv.Decisions())
+	want := "[{bench {denied 403 not_allowed} 1} {bench {forwarded 2xx } 5} {bench {forwarded 5xx } 1} {other {failed 502 upstream_read} 1}]"
+	if got != want {
+		t.Errorf("decisions %s, want %s", got, want)
+	}
+	s := inv.Snapshot()
+	if len(s) != 2 || len(s[0].Operations) != 1 || s[0].Operations[0].Statuses["2xx"] != 5 || s[0].Operations[0].Statuses["5xx"] != 1 ||
+		s[0].Operations[0].Statuses["4xx"] != 1 {
+		t.Errorf("inventory %+v", s)
 	}
 }

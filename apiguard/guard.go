@@ -173,6 +173,7 @@ type conn struct {
 	// ubr is upstream's reader while an answer is read (upReader,
 	// putUpReader), or while it holds bytes upstream sent past one.
 	ubr *bufio.Reader
+	inv *peerInventory // the peer's inventory, looked up once
 }
 
 var (
@@ -295,7 +296,10 @@ func (c *conn) one(br *bufio.Reader, first bool) bool {
 	if err == nil {
 		c.putUpReader() // the answer was read to its end
 	}
-	c.g.inv.record(c.peer, d.op, resp.StatusCode, OutcomeForwarded, "")
+	if c.inv == nil {
+		c.inv = c.g.inv.peerFor(c.peer)
+	}
+	c.g.inv.recordFor(c.inv, d.op, resp.StatusCode, OutcomeForwarded, "")
 	return err == nil && !resp.Close && !req.Close
 }
 
