@@ -404,7 +404,10 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	if !canonicalPath(req.URL) {
 		return decision{status: http.StatusBadRequest, reason: reasonPath, shape: Shape(req.URL.Path), close: true}
 	}
-	if req.Header.Get("Upgrade") != "" {
+	// Any Upgrade field, not only a first one with a value (Header.Get
+	// read only the first: an empty one hid "Upgrade: websocket" after
+	// it). THREATS P2, tested by TestGuardSmuggling ("upgrade 2nd").
+	if len(req.Header["Upgrade"]) > 0 {
 		return decision{status: http.StatusBadRequest, reason: reasonUpgrade, close: true}
 	}
 	route, params, err := p.Spec.findRoute(req)
