@@ -169,10 +169,7 @@ type conn struct {
 	defaulted      bool
 	// bw is the client's writer while the request in hand has one
 	// (writer, putWriter): not while upstream is answering.
-	bw *bufio.Writer
-	// ubr is upstream's reader while an answer is read (upReader,
-	// putUpReader), or while it holds bytes upstream sent past one.
-	ubr *bufio.Reader
+	bw  *bufio.Writer
 	inv *peerInventory // the peer's inventory, looked up once
 }
 
@@ -191,41 +188,20 @@ var (
 func (c *conn) loop(in io.Reader, out io.Writer) {
 	br := clientReaders.Get().(*bufio.Reader)
 	br.Reset(in)
+	ubr := upReaders.Get().(*bufio.Reader)
+	ubr.Reset(c.up)
 	c.out = out
 	defer func() {
 		br.Reset(nil)
 		clientReaders.Put(br)
-		c.putUpReader()
+		ubr.Reset(nil)
+		upReaders.Put(ubr)
 	}()
 	for first := true; ; first = false {
-		if !c.one(br, first) {
+		if !c.one(br, ubr, first) {
 			return
 		}
 	}
-}
-
-// upReader returns upstream's reader for the answer in hand, taking one
-// from the pool if the stream holds none. Taken per answer, the few
-// readers in use stay in the cache however many streams wait between
-// requests (rr-api-64: 64 streams, two requests at work at a time).
-func (c *conn) upReader() *bufio.Reader {
-	if c.ubr == nil {
-		c.ubr = upReaders.Get().(*bufio.Reader)
-		c.ubr.Reset(c.up)
-	}
-	return c.ubr
-}
-
-// putUpReader gives upstream's reader back when it holds nothing: bytes
-// upstream sent past its answer stay with this stream, for its next
-// answer (or its end), never another's (TestGuardUpstreamReaderPerAnswer).
-func (c *conn) putUpReader() {
-	if c.ubr == nil || c.ubr.Buffered() > 0 {
-		return
-	}
-	c.ubr.Reset(nil)
-	upReaders.Put(c.ubr)
-	c.ubr = nil
 }
 
 // decision is what the guard does with one request.
@@ -240,7 +216,7 @@ type decision struct {
 }
 
 // one serves one request; false ends the stream.
-func (c *conn) one(br *bufio.Reader, first bool) bool {
+func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	req, err := readRequest(br, first)
 	p := c.g.policy.Load() // the policy in force when the request arrived
 	bw := c.writer()
@@ -287,15 +263,12 @@ func (c *conn) one(br *bufio.Reader, first bool) bool {
 		c.answer(c.writer(), d.op, http.StatusBadGateway, "upstream_write", true)
 		return false
 	}
-	resp, err := readResponse(c.upReader(), req, c)
+	resp, err := readResponse(ubr, req, c)
 	if err != nil {
 		c.answer(c.writer(), d.op, http.StatusBadGateway, "upstream_read", true)
 		return false
 	}
 	err = writeResponse(c.writer(), resp)
-	if err == nil {
-		c.putUpReader() // the answer was read to its end
-	}
 	if c.inv == nil {
 		c.inv = c.g.inv.peerFor(c.peer)
 	}
