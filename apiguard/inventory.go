@@ -143,7 +143,13 @@ func (inv *Inventory) peerFor(peer string) *peerInventory {
 func (inv *Inventory) recordFor(p *peerInventory, op *Operation, status int, outcome, reason string) {
 	now := time.Now()
 	inv.mu.Lock()
-	defer inv.mu.Unlock()
+	inv.countFor(p, op, status, outcome, reason, now)
+	inv.mu.Unlock()
+}
+
+// countFor is recordFor's counting, with inv.mu held (no defer: it runs
+// for every request).
+func (inv *Inventory) countFor(p *peerInventory, op *Operation, status int, outcome, reason string, now time.Time) {
 	if class := status / 100; outcome == OutcomeForwarded && reason == "" && class >= 0 && class < len(p.forwarded) {
 		p.forwarded[class]++
 	} else {
