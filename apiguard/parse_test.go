@@ -88,3 +88,19 @@ func BenchmarkCheckHeader(b *testing.B) {
 		}
 	}
 }
+
+// FuzzCheckHeader: for any header block (what headerBlock hands over ends
+// in CRLF CRLF), checkHeader gives checkHeaderStrict's answer.
+func FuzzCheckHeader(f *testing.F) {
+	for _, s := range headerBlocks {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !bytes.HasSuffix(b, []byte("\r\n\r\n")) {
+			b = append(b, "\r\n\r\n"...)
+		}
+		if got, want := checkHeader(b), checkHeaderStrict(b); got != want {
+			t.Fatalf("checkHeader(%q) = %q, checkHeaderStrict %q", b, got, want)
+		}
+	})
+}
