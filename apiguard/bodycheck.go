@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -65,9 +66,9 @@ func jsonBodyCase(route *routers.Route, req *http.Request, data []byte) jsonCase
 // on valid, invalid, defaulted and odd bodies.
 //
 // The decoded form counts in the peer's budget (limit bytes in all) while
-// the body is validated: charged as the decoder builds it (the body's
-// copy first), all of it given back when checkJSONBody returns, on every
-// path. When the budget cannot take it within budgetWait the error is
+// the body is validated: charged as the decoder builds it (the body
+// itself is decoded where it is held, counted as a buffered body), all of
+// it given back when checkJSONBody returns, on every path. When the budget cannot take it within budgetWait the error is
 // errJSONBudget (503 memory_budget). THREATS P5, tested by
 // TestGuardDecodedFormCharged, TestJSONDecodeCharge and
 // TestGuardBudgetMixedReturnsToZero.
@@ -135,11 +136,16 @@ func (c *conn) decodeHeld(limit int64) (value any, held int64, err error) {
 				return nil, 0, errJSONBudget
 			}
 		}
-		err = errJSONBudget
-		if d.charge(allocBound(len(c.bodyData))) {
-			d.s = string(c.bodyData)
-			value, err = d.decode()
-		}
+		// The held bytes are decoded where they are, not copied into a
+		// string first (1 KiB and an allocation per rr-api request): the
+		// value's names and strings share c.bodyData, which nothing writes
+		// and release does not give back before the request is forwarded,
+		// and nothing keeps the value once checkJSONBody returns (defaults
+		// are encoded into a new body; decide copies the error's text
+		// before release). THREATS P6 (no byte of one request in
+		// another's), tested by TestCheckJSONBodyNoAlias.
+		d.s = unsafe.String(unsafe.SliceData(c.bodyData), len(c.bodyData))
+		value, err = d.decode()
 		if err != errJSONBudget || !d.yielded {
 			return value, d.room, err
 		}

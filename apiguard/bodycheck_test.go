@@ -285,3 +285,51 @@ func TestGuardRequiredBodyMissing(t *testing.T) {
 		t.Errorf("an optional body left out: status %d reason %q, want forwarded", d.status, d.reason)
 	}
 }
+
+// TestCheckJSONBodyNoAlias: a validated body is decoded where it is held
+// (checkJSONBody shares the pooled buffer's bytes), so what outlives the
+// request must be copies: the problem detail, which quotes the body's
+// names, stays as it was when the buffer is given back and written over
+// by another request, and the next request's decision does not see the
+// first one's bytes.
+func TestCheckJSONBodyNoAlias(t *testing.T) {
+	p := benchPolicy(t)
+	c := &conn{g: NewGuard(p, nil), peer: "bench"}
+	decide := func(body string) decision {
+		raw := "POST /v1/echo HTTP/1.1\r\nHost: target\r\nContent-Type: application/json\r\nContent-Length: " +
+			strconv.Itoa(len(body)) + "\r\n\r\n" + body
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var bw bufio.Writer
+		d := c.decide(p, req, &bw)
+		c.release()
+		return d
+	}
+	first := decide(`{"data":"x","q7q7q7":1}`)
+	if first.status != http.StatusBadRequest || !strings.Contains(first.detail, "q7q7q7") {
+		t.Fatalf("first request: status %d, detail %q; want 400 naming q7q7q7", first.status, first.detail)
+	}
+	detail := strings.Clone(first.detail)
+	// Write over the buffers the pool holds now (the first one's among
+	// them), through another request and by hand.
+	if d := decide(`{"data":"x","r8r8r8":2}`); d.status != http.StatusBadRequest || strings.Contains(d.detail, "q7q7q7") ||
+		!strings.Contains(d.detail, "r8r8r8") {
+		t.Errorf("second request: status %d, detail %q; want 400 naming r8r8r8 only", d.status, d.detail)
+	}
+	var held []*[chunkHead + bodyChunk + 2]byte
+	for range 4 {
+		b := bodyBufs.Get().(*[chunkHead + bodyChunk + 2]byte)
+		for i := range b {
+			b[i] = '#'
+		}
+		held = append(held, b)
+	}
+	for _, b := range held {
+		bodyBufs.Put(b)
+	}
+	if first.detail != detail {
+		t.Errorf("the first request's detail changed after its buffer was reused: %q, was %q", first.detail, detail)
+	}
+}

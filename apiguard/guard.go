@@ -10,6 +10,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -191,7 +192,8 @@ type conn struct {
 	defaulted      bool
 	// bw is the client's writer while the request in hand has one
 	// (writer, putWriter): not while upstream is answering.
-	bw *bufio.Writer
+	bw  *bufio.Writer
+	inv *peerInventory // the peer's inventory, looked up once
 }
 
 var (
@@ -290,7 +292,10 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 		return false
 	}
 	err = writeResponse(c.writer(), resp)
-	c.g.inv.record(c.peer, d.op, resp.StatusCode, OutcomeForwarded, "")
+	if c.inv == nil {
+		c.inv = c.g.inv.peerFor(c.peer)
+	}
+	c.g.inv.recordFor(c.inv, d.op, resp.StatusCode, OutcomeForwarded, "")
 	return err == nil && !resp.Close && !req.Close
 }
 
@@ -395,7 +400,10 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	if !canonicalPath(req.URL) {
 		return decision{status: http.StatusBadRequest, reason: reasonPath, shape: Shape(req.URL.Path), close: true}
 	}
-	if req.Header.Get("Upgrade") != "" {
+	// Any Upgrade field, not only a first one with a value (Header.Get
+	// read only the first: an empty one hid "Upgrade: websocket" after
+	// it). THREATS P2, tested by TestGuardSmuggling ("upgrade 2nd").
+	if len(req.Header["Upgrade"]) > 0 {
 		return decision{status: http.StatusBadRequest, reason: reasonUpgrade, close: true}
 	}
 	route, params, err := p.Spec.findRoute(req)
@@ -473,7 +481,9 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		return d
 	}
 	if err != nil {
-		d.status, d.reason, d.detail = http.StatusBadRequest, validationReason(err), truncate(err.Error(), 400)
+		// A copy: the error may quote the held body, whose buffer
+		// release gives back (checkJSONBody).
+		d.status, d.reason, d.detail = http.StatusBadRequest, validationReason(err), strings.Clone(truncate(err.Error(), 400))
 		c.release() // a buffered body's budget goes back now
 	}
 	return d

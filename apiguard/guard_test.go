@@ -294,19 +294,21 @@ func TestGuardSmuggling(t *testing.T) {
 		status int
 		reason string
 	}{
-		"CL+TE":     {"POST /v1/payments HTTP/1.1\r\nHost: p\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, reasonCLTE},
-		"TE+CL":     {"POST /v1/payments HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\nContent-length: 4\r\n\r\n0\r\n\r\n", 400, reasonCLTE},
-		"dup CL":    {"POST /v1/payments HTTP/1.1\r\nHost: p\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd", 400, reasonDupCL},
-		"bad CL":    {"POST /v1/payments HTTP/1.1\r\nHost: p\r\nContent-Length: +4\r\n\r\nabcd", 400, reasonBadCL},
-		"TE gzip":   {"POST /v1/payments HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400, reasonBadTE},
-		"TE space":  {"POST /v1/payments HTTP/1.1\r\nHost: p\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400, reasonMalformed},
-		"obs-fold":  {get + "X-A: 1\r\n  Transfer-Encoding: chunked\r\n\r\n", 400, reasonObsFold},
-		"bare LF":   {"GET /v1/health HTTP/1.1\nHost: p\n\n", 400, reasonBareLF},
-		"huge":      {get + "X-Big: " + strings.Repeat("a", MaxHeaderBytes) + "\r\n\r\n", 431, reasonHeaderTooLarge},
-		"HTTP/1.0":  {"GET /v1/health HTTP/1.0\r\n\r\n", 505, reasonVersion},
-		"absolute":  {"GET http://evil/v1/health HTTP/1.1\r\nHost: p\r\n\r\n", 400, reasonTarget},
-		"upgrade":   {get + "Connection: Upgrade\r\nUpgrade: h2c\r\n\r\n", 400, reasonUpgrade},
-		"encoded /": {"GET /v1/payments%2F..%2Fadmin HTTP/1.1\r\nHost: p\r\n\r\n", 400, reasonPath},
+		"CL+TE":    {"POST /v1/payments HTTP/1.1\r\nHost: p\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, reasonCLTE},
+		"TE+CL":    {"POST /v1/payments HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\nContent-length: 4\r\n\r\n0\r\n\r\n", 400, reasonCLTE},
+		"dup CL":   {"POST /v1/payments HTTP/1.1\r\nHost: p\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd", 400, reasonDupCL},
+		"bad CL":   {"POST /v1/payments HTTP/1.1\r\nHost: p\r\nContent-Length: +4\r\n\r\nabcd", 400, reasonBadCL},
+		"TE gzip":  {"POST /v1/payments HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400, reasonBadTE},
+		"TE space": {"POST /v1/payments HTTP/1.1\r\nHost: p\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400, reasonMalformed},
+		"obs-fold": {get + "X-A: 1\r\n  Transfer-Encoding: chunked\r\n\r\n", 400, reasonObsFold},
+		"bare LF":  {"GET /v1/health HTTP/1.1\nHost: p\n\n", 400, reasonBareLF},
+		"huge":     {get + "X-Big: " + strings.Repeat("a", MaxHeaderBytes) + "\r\n\r\n", 431, reasonHeaderTooLarge},
+		"HTTP/1.0": {"GET /v1/health HTTP/1.0\r\n\r\n", 505, reasonVersion},
+		"absolute": {"GET http://evil/v1/health HTTP/1.1\r\nHost: p\r\n\r\n", 400, reasonTarget},
+		"upgrade":  {get + "Connection: Upgrade\r\nUpgrade: h2c\r\n\r\n", 400, reasonUpgrade},
+		// An empty first Upgrade field hid the second from Header.Get.
+		"upgrade 2nd": {get + "Upgrade: \r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400, reasonUpgrade},
+		"encoded /":   {"GET /v1/payments%2F..%2Fadmin HTTP/1.1\r\nHost: p\r\n\r\n", 400, reasonPath},
 	} {
 		s := openStream(t, g, up, "bank-a")
 		s.send(c.raw + get + "\r\n")

@@ -26,7 +26,11 @@ type peerInventory struct {
 	ops       map[*Operation]*OperationCount
 	shadow    map[string]*ShadowCount
 	refused   map[string]uint64
-	decisions map[decisionKey]uint64
+	decisions map[decisionKey]uint64 // but forwarded ones
+	// forwarded counts the forwarded requests by upstream's status class
+	// (status/100, 0-9): the decision of nearly every request, counted
+	// without hashing its key.
+	forwarded [10]uint64
 }
 
 // Outcomes of the guard's decisions (Decision.Outcome).
@@ -121,15 +125,40 @@ func (inv *Inventory) peer(name string) *peerInventory {
 // record counts an answer with status to peer's call of op (nil: the
 // request matched none), and the decision that gave it.
 func (inv *Inventory) record(peer string, op *Operation, status int, outcome, reason string) {
-	now := time.Now()
+	inv.mu.Lock()
+	p := inv.peer(peer)
+	inv.mu.Unlock()
+	inv.recordFor(p, op, status, outcome, reason)
+}
+
+// peerFor returns peer's part of the inventory, for recordFor: a stream
+// looks it up once (peers stay for the inventory's life).
+func (inv *Inventory) peerFor(peer string) *peerInventory {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
-	p := inv.peer(peer)
-	k := decisionKey{outcome, status, reason}
-	if outcome == OutcomeForwarded {
-		k.status = status / 100
+	return inv.peer(peer)
+}
+
+// recordFor is record on peer's part p (peerFor).
+func (inv *Inventory) recordFor(p *peerInventory, op *Operation, status int, outcome, reason string) {
+	now := time.Now()
+	inv.mu.Lock()
+	inv.countFor(p, op, status, outcome, reason, now)
+	inv.mu.Unlock()
+}
+
+// countFor is recordFor's counting, with inv.mu held (no defer: it runs
+// for every request).
+func (inv *Inventory) countFor(p *peerInventory, op *Operation, status int, outcome, reason string, now time.Time) {
+	if class := status / 100; outcome == OutcomeForwarded && reason == "" && class >= 0 && class < len(p.forwarded) {
+		p.forwarded[class]++
+	} else {
+		k := decisionKey{outcome, status, reason}
+		if outcome == OutcomeForwarded {
+			k.status = class
+		}
+		p.decisions[k]++
 	}
-	p.decisions[k]++
 	if op == nil {
 		return
 	}
@@ -188,6 +217,11 @@ func (inv *Inventory) Decisions() []DecisionCount {
 	inv.mu.Lock()
 	var out []DecisionCount
 	for name, p := range inv.peers {
+		for class, n := range p.forwarded {
+			if n > 0 {
+				out = append(out, DecisionCount{Peer: name, Decision: Decision{Outcome: OutcomeForwarded, Status: strconv.Itoa(class) + "xx"}, Count: n})
+			}
+		}
 		for k, n := range p.decisions {
 			d := Decision{Outcome: k.outcome, Reason: k.reason}
 			switch {

@@ -146,7 +146,11 @@ func headerBlock(br *bufio.Reader, first bool) (int, error) {
 		// A line ending without CR: a parser that accepts bare LF would
 		// see another request than one that does not.
 		for i := max(0, searched-1); i < len(region); i++ {
-			if region[i] == '\n' && (i == 0 || region[i-1] != '\r') {
+			j := bytes.IndexByte(region[i:], '\n') // jumps from LF to LF
+			if j < 0 {
+				break
+			}
+			if i += j; i == 0 || region[i-1] != '\r' {
 				return 0, &refusal{reasonBareLF}
 			}
 		}
@@ -218,7 +222,70 @@ var tokenChars = func() (t [256]bool) {
 // is not digits, Transfer-Encoding other than one "chunked", and
 // Content-Length with Transfer-Encoding. THREATS P2 (the upstream sees
 // only what the guard checked), tested by TestGuardSmuggling.
+//
+// It is checkHeaderStrict's answer, found faster for a block it accepts
+// (every request the guard forwards): one pass over the field names, the
+// CR and LF counts instead of a search of each line for them, the framing
+// fields found by their length first. Whatever looks wrong on that pass
+// is decided by checkHeaderStrict, so a refused block gets the same
+// reason as before (TestCheckHeaderFast compares the two).
 func checkHeader(block []byte) string {
+	rest := block[:len(block)-4]
+	first, rest, more := bytes.Cut(rest, []byte("\r\n"))
+	if !bytes.HasSuffix(first, []byte(" HTTP/1.1")) {
+		return checkHeaderStrict(block)
+	}
+	lines, cl, te := 1, 0, 0
+	for more {
+		var l []byte
+		l, rest, more = bytes.Cut(rest, []byte("\r\n"))
+		lines++
+		i := 0
+		for i < len(l) && tokenChars[l[i]] {
+			i++
+		}
+		// A field starting with space or tab, or without a name, stops
+		// at i == 0; a name with another byte than a token's before its
+		// colon stops at that byte.
+		if i == 0 || i == len(l) || l[i] != ':' {
+			return checkHeaderStrict(block)
+		}
+		switch i {
+		case len("Content-Length"):
+			if bytes.EqualFold(l[:i], []byte("Content-Length")) {
+				cl++
+				value := bytes.Trim(l[i+1:], " \t")
+				if len(value) == 0 || len(value) > 18 {
+					return checkHeaderStrict(block)
+				}
+				for _, c := range value {
+					if c < '0' || c > '9' {
+						return checkHeaderStrict(block)
+					}
+				}
+			}
+		case len("Transfer-Encoding"):
+			if bytes.EqualFold(l[:i], []byte("Transfer-Encoding")) {
+				te++
+				if !bytes.EqualFold(bytes.Trim(l[i+1:], " \t"), []byte("chunked")) {
+					return checkHeaderStrict(block)
+				}
+			}
+		}
+	}
+	// Each line (and the block's end) ends in CRLF: as many CRs and LFs
+	// as CRLFs means none stands alone anywhere (bare LF, bare CR).
+	if pairs := lines + 1; bytes.Count(block, []byte("\r")) != pairs || bytes.Count(block, []byte("\n")) != pairs ||
+		cl+te > 1 {
+		return checkHeaderStrict(block)
+	}
+	return ""
+}
+
+// checkHeaderStrict is checkHeader line by line, each line checked in
+// full before the next: the reason it gives a refused block is the first
+// wrong line's.
+func checkHeaderStrict(block []byte) string {
 	// The lines are walked in place (no slice of them: this runs for
 	// every request).
 	rest := block[:len(block)-4]
