@@ -406,6 +406,13 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	if len(req.Header["Upgrade"]) > 0 {
 		return decision{status: http.StatusBadRequest, reason: reasonUpgrade, close: true}
 	}
+	// The body is checked as the first Content-Type, and forwarded with
+	// every field: an upstream that reads the last would take it as
+	// another type than the one checked. THREATS P2, tested by
+	// TestGuardSmuggling ("dup CT").
+	if len(req.Header["Content-Type"]) > 1 {
+		return decision{status: http.StatusBadRequest, reason: reasonDupCT, close: true}
+	}
 	route, params, err := p.Spec.findRoute(req)
 	if err != nil {
 		reason := "no_route"

@@ -29,6 +29,7 @@ const (
 	reasonTarget         = "request_target"
 	reasonPath           = "path_not_canonical"
 	reasonUpgrade        = "upgrade"
+	reasonDupCT          = "duplicate_content_type"
 )
 
 // errStreamEnd is the clean end of a request stream: EOF between requests.
