@@ -160,6 +160,7 @@ func httpRR(entry string, conc int, dur time.Duration, exporter, importer int) (
 	}
 	exp0, _ := cpuSeconds(exporter)
 	imp0, _ := cpuSeconds(importer)
+	own0, _ := cpuSeconds(os.Getpid()) // the load generator and the upstream
 	all, elapsed, err := rrLoop(conns, dur, func(c net.Conn) func() error {
 		br := bufio.NewReaderSize(c, 4<<10)
 		post := &http.Request{Method: http.MethodPost}
@@ -189,10 +190,12 @@ func httpRR(entry string, conc int, dur time.Duration, exporter, importer int) (
 	m := metrics{"rps": float64(len(all)) / elapsed.Seconds(), "p50_us": pct(0.50), "p90_us": pct(0.90), "p99_us": pct(0.99)}
 	exp1, err1 := cpuSeconds(exporter)
 	imp1, err2 := cpuSeconds(importer)
-	if err1 == nil && err2 == nil {
+	own1, err3 := cpuSeconds(os.Getpid())
+	if err1 == nil && err2 == nil && err3 == nil {
 		n := float64(len(all))
 		m["cpu_us_per_req_exporter"] = (exp1 - exp0) / n * 1e6
 		m["cpu_us_per_req_importer"] = (imp1 - imp0) / n * 1e6
+		m["cpu_us_per_req_bench"] = (own1 - own0) / n * 1e6
 	}
 	return m, nil
 }
@@ -306,6 +309,9 @@ func apiNotes(res *results) {
 			if e, ok := guarded.Median["cpu_us_per_req_exporter"]; ok {
 				parts = append(parts, fmt.Sprintf("exporting daemon's CPU per request %.1f vs %.1f µs (importing %.1f vs %.1f)",
 					e, plain.Median["cpu_us_per_req_exporter"], guarded.Median["cpu_us_per_req_importer"], plain.Median["cpu_us_per_req_importer"]))
+			}
+			if b, ok := guarded.Median["cpu_us_per_req_bench"]; ok {
+				parts = append(parts, fmt.Sprintf("load generator and upstream (the bench process) %.1f vs %.1f µs", b, plain.Median["cpu_us_per_req_bench"]))
 			}
 		} else if g := plain.Median["gbps"]; g > 0 {
 			parts = append(parts, fmt.Sprintf("throughput %.2fx unguarded (%.2f vs %.2f Gbit/s)", guarded.Median["gbps"]/g, guarded.Median["gbps"], g))
