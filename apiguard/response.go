@@ -54,6 +54,10 @@ const (
 	ReasonHeader             = "invalid_header"     // a declared response header is missing or malformed
 	ReasonUndecodableBody    = "undecodable_body"   // the body is not what its content type says (e.g. not JSON)
 	ReasonMalformedResponse  = "malformed_response" // not an HTTP/1.1 response at all
+	// ReasonDuplicateContentType: more than one Content-Type field; the
+	// body is checked as the first, a client reading the last would take
+	// it as another type.
+	ReasonDuplicateContentType = "duplicate_content_type"
 	// ReasonBusy is in a 502 only, never an event: with block, a body the
 	// forward had no budget to check within 1 s.
 	ReasonBusy = "response_check_busy"
@@ -418,23 +422,30 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 		}
 		body = buf
 	}
-	in := &openapi3filter.ResponseValidationInput{
-		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: pr.req, PathParams: pr.params, Route: pr.route},
-		Status:                 resp.StatusCode,
-		Header:                 resp.Header,
-		Body:                   io.NopCloser(bytes.NewReader(body)),
-		Options:                &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true},
-	}
-	err := openapi3filter.ValidateResponse(context.Background(), in)
-	if err == nil {
-		c.stats.Valid.Add(1)
-		if body != nil {
-			resp.Body = io.NopCloser(bytes.NewReader(body))
-		}
-		return more, resp.Write(c.TCPConn)
-	}
 	f := ResponseFinding{Operation: pr.op.Key, Method: pr.op.Method, Route: pr.op.Path, Status: resp.StatusCode, Blocked: c.p.Block}
-	f.Reason, f.Keyword = responseReason(err)
+	if len(resp.Header["Content-Type"]) > 1 {
+		// kin-openapi checks the body as the first type; an application
+		// reading the last would consume it as another. THREATS P2,
+		// tested by TestResponseCheck (/v1/payments/6).
+		f.Reason = ReasonDuplicateContentType
+	} else {
+		in := &openapi3filter.ResponseValidationInput{
+			RequestValidationInput: &openapi3filter.RequestValidationInput{Request: pr.req, PathParams: pr.params, Route: pr.route},
+			Status:                 resp.StatusCode,
+			Header:                 resp.Header,
+			Body:                   io.NopCloser(bytes.NewReader(body)),
+			Options:                &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true},
+		}
+		err := openapi3filter.ValidateResponse(context.Background(), in)
+		if err == nil {
+			c.stats.Valid.Add(1)
+			if body != nil {
+				resp.Body = io.NopCloser(bytes.NewReader(body))
+			}
+			return more, resp.Write(c.TCPConn)
+		}
+		f.Reason, f.Keyword = responseReason(err)
+	}
 	if f.Reason == ReasonUndeclaredStatus && problemRefusal(resp) {
 		// The partner's side refused the call (its dyad's API guard
 		// answers 403, 404, 429 … this way): not data to consume.

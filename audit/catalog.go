@@ -573,7 +573,7 @@ var Catalog = []Spec{
 			{KeyAPIOperation, String, true, "operationId (or METHOD /template) of the request's operation; absent when the response was not HTTP/1.1 and its request matched none"},
 			{KeyHTTPMethod, String, true, "the request's method, as the spec writes it; absent with dyad.api.operation"},
 			{KeyHTTPStatus, Int, true, "the partner's status; absent when the response was not HTTP/1.1"},
-			{KeyReason, String, false, "undeclared_status, undeclared_property (a property the schema forbids: OWASP API3), schema_violation, undeclared_content_type, invalid_header, undecodable_body, malformed_response"},
+			{KeyReason, String, false, "undeclared_status, undeclared_property (a property the schema forbids: OWASP API3), schema_violation, undeclared_content_type, duplicate_content_type, invalid_header, undecodable_body, malformed_response"},
 			{KeyAPIKeyword, String, true, "the JSON Schema keyword that failed (type, required, enum, additionalProperties, …), never a value"},
 			{KeyAPIAction, String, false, "blocked (replaced by a 502) or reported (passed on)"},
 		},
