@@ -30,6 +30,7 @@ func rawStream(t *testing.T, a *Node) (muxStream, *codectest.Forger) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(tc.streamDone) // conn placed the stream on tc
 	state := tc.qc.TLSState()
 	secret, err := state.ExportKeyingMaterial(exporterLabel, nil, codec.SecretSize)
 	if err != nil {

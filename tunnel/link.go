@@ -185,6 +185,26 @@ func (l *link) resize(want int) {
 func (l *link) pick() (*tconn, <-chan struct{}) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.pickLocked(), l.changed
+}
+
+// place is pick for a new stream: the stream counts among the connection's
+// active ones from now on, under the lock that chose it, so streams placed
+// at once spread over the set rather than all going where the first open
+// has not yet completed (TestStreamPlacementConcurrent). The caller ends
+// the count with tc.streamDone, whether or not the stream opens.
+func (l *link) place() (*tconn, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	tc := l.pickLocked()
+	if tc != nil {
+		tc.active.Add(1)
+	}
+	return tc, l.changed
+}
+
+// pickLocked is pick's choice, with l.mu held.
+func (l *link) pickLocked() *tconn {
 	var best *tconn
 	for tc := range l.conns {
 		if !tc.usable() {
@@ -195,7 +215,7 @@ func (l *link) pick() (*tconn, <-chan struct{}) {
 			best = tc
 		}
 	}
-	return best, l.changed
+	return best
 }
 
 // get is pick, kept for the tests' reading.
@@ -718,10 +738,11 @@ func (l *link) wake() {
 }
 
 // conn waits for a live tunnel until ctx ends, waking the dial loop once,
-// and returns the least loaded one.
+// and returns the least loaded one with a stream placed on it (place): the
+// caller ends it with tc.streamDone.
 func (l *link) conn(ctx context.Context) (*tconn, error) {
 	for woke := false; ; woke = true {
-		tc, changed := l.pick()
+		tc, changed := l.place()
 		if tc != nil {
 			return tc, nil
 		}

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"io"
@@ -74,24 +75,85 @@ func testStreamPlacementLeastLoaded(t *testing.T) {
 	}
 }
 
+// TestStreamPlacementConcurrent: streams placed at once spread over the
+// connections too. A stream counts on its connection from the moment
+// link.place chose it, not from when its open completed: over TCP an open
+// waits for its SYN to be written, and every stream placed meanwhile went to
+// the same connection (the flake of TestConnectionFailoverUnderTraffic/tcp).
+func TestStreamPlacementConcurrent(t *testing.T) {
+	matrixTransports(t, testStreamPlacementConcurrent)
+}
+
+func testStreamPlacementConcurrent(t *testing.T) {
+	echo, _ := tunneltest.EchoServer(t)
+	a, _ := pairConns(t, echo, 3)
+	conns := liveConns(t, a, "b", 3)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	placed := map[*tconn]int{}
+	for range 6 { // six streams placed, none of them open yet
+		tc, err := a.link("b").conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tc.streamDone()
+		placed[tc]++
+	}
+	for _, tc := range conns {
+		if placed[tc] != 2 || tc.active.Load() != 2 {
+			var all []int
+			for _, o := range conns {
+				all = append(all, placed[o])
+			}
+			t.Fatalf("streams placed per connection %v, want 2 on each", all)
+		}
+	}
+}
+
 // transfer sends size random bytes through a forward to the echo service
 // and reports whether the echo's SHA-256 equals the data's.
 func transfer(t *testing.T, a *Node, size int) (ok bool, err error) {
+	return heldTransfer(t, a, size, nil, nil)
+}
+
+// heldTransfer is transfer in two steps when hold is not nil: it sends the
+// first 32 KiB, signals echoed once their echo is back (the stream is open
+// end to end), and sends the rest only once hold is closed; so its stream
+// stays in flight until then however slow the machine.
+func heldTransfer(t *testing.T, a *Node, size int, echoed chan<- struct{}, hold <-chan struct{}) (ok bool, err error) {
+	const chunk = 32 << 10
 	c, _ := forward(t, a, "echo")
 	defer c.Close()
 	data := make([]byte, size)
 	rand.Read(data)
+	done := make(chan struct{})
+	defer close(done)
 	go func() {
-		for off := 0; off < len(data); off += 32 << 10 {
-			if _, err := c.Write(data[off:min(off+32<<10, len(data))]); err != nil {
+		for off := 0; off < len(data); off += chunk {
+			if _, err := c.Write(data[off:min(off+chunk, len(data))]); err != nil {
 				return
+			}
+			if off == 0 && hold != nil {
+				select {
+				case <-hold:
+				case <-done:
+					return
+				}
 			}
 			time.Sleep(2 * time.Millisecond) // keep the transfer running across the kill
 		}
 	}()
 	h := sha256.New()
 	c.SetReadDeadline(time.Now().Add(20 * time.Second))
-	if _, err := io.CopyN(h, c, int64(size)); err != nil {
+	first := int64(0)
+	if hold != nil {
+		first = min(chunk, int64(size))
+		if _, err := io.CopyN(h, c, first); err != nil {
+			return false, err
+		}
+		echoed <- struct{}{}
+	}
+	if _, err := io.CopyN(h, c, int64(size)-first); err != nil {
 		return false, err
 	}
 	want := sha256.Sum256(data)
@@ -116,33 +178,44 @@ func testConnectionFailoverUnderTraffic(t *testing.T) {
 	}
 	const transfers = 6
 	results := make(chan result, transfers)
+	// The transfers' streams are all open end to end and stay so until the
+	// kill, whatever the machine's speed.
+	echoed, hold := make(chan struct{}, transfers), make(chan struct{})
+	release := sync.OnceFunc(func() { close(hold) })
+	defer release()
 	var wg sync.WaitGroup
 	for range transfers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ok, err := transfer(t, a, 4<<20)
+			ok, err := heldTransfer(t, a, 4<<20, echoed, hold)
 			results <- result{ok, err}
 		}()
 	}
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		busy, placed := 0, int64(0)
-		for _, tc := range conns {
-			if tc.active.Load() > 0 {
-				busy++
+	timeout := time.After(10 * time.Second)
+	for i := range transfers {
+		select {
+		case <-echoed:
+		case r := <-results:
+			t.Fatalf("transfer ended before the kill: %v", r.err)
+		case <-timeout:
+			t.Fatalf("%d of %d transfers under way after 10 s", i, transfers)
+		}
+	}
+	// Least loaded placement, streams placed at once included: two on each.
+	for _, tc := range conns {
+		if tc.active.Load() != 2 {
+			var active []int64
+			for _, o := range conns {
+				active = append(active, o.active.Load())
 			}
-			placed += tc.active.Load()
-		}
-		if busy == 3 && placed == transfers {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("transfers did not spread over the three connections")
+			t.Fatalf("transfers did not spread over the three connections: active streams %v, want 2 on each", active)
 		}
 	}
 	victim := conns[1]
 	cut := victim.active.Load()
 	victim.qc.CloseWithError(quic.ApplicationErrorCode(0x99), "test: connection lost")
+	release()
 
 	// New streams flow at once on the survivors, while the slot redials.
 	start := time.Now()

@@ -262,7 +262,7 @@ func (n *Node) Forward(ctx context.Context, client LocalConn, peer, service stri
 	}
 	id := os.stream.StreamID()
 	start := time.Now()
-	tc.streamStarted()
+	tc.streams.Add(1) // active since open placed it (link.place)
 	defer tc.streamDone()
 	// The peer answers after dialing its upstream: allow for its dial
 	// beyond our own connect timeout.
@@ -322,7 +322,9 @@ type openStream struct {
 	w      *codec.Writer
 }
 
-// open opens a stream on the peer's tunnel and sends the request.
+// open opens a stream on the peer's tunnel and sends the request. On
+// success the stream counts among tc's active ones (link.place): the caller
+// ends it with tc.streamDone; on failure open has ended it.
 func (n *Node) open(ctx context.Context, l *link, service string) (openStream, *tconn, error) {
 	tc, err := l.conn(ctx)
 	if err != nil {
@@ -330,6 +332,7 @@ func (n *Node) open(ctx context.Context, l *link, service string) (openStream, *
 	}
 	s, err := tc.qc.OpenStreamSync(ctx)
 	if err != nil {
+		tc.streamDone()
 		return openStream{}, tc, fmt.Errorf("peer %s: open stream: %w", l.peer.Name, err)
 	}
 	id := s.StreamID()
@@ -338,6 +341,7 @@ func (n *Node) open(ctx context.Context, l *link, service string) (openStream, *
 		os.r.Release()
 		s.CancelRead(codeProtocol)
 		s.CancelWrite(codeProtocol)
+		tc.streamDone()
 		return openStream{}, tc, fmt.Errorf("peer %s service %s: %w", l.peer.Name, service, err)
 	}
 	return os, tc, nil
