@@ -119,7 +119,7 @@ func (c *conn) checkJSONBody(route *routers.Route, req *http.Request, jc jsonCas
 	return nil
 }
 
-// decodeHeld decodes c.bodyData (its copy first) charged to the peer's
+// decodeHeld decodes c.bodyData, where it is held, charged to the peer's
 // budget, limit bytes in all; held is what it holds of the budget for the
 // value, which the caller gives back when it is done with it (also on an
 // error). A decode that gave up for another one waiting (jsonDecoder.grow)

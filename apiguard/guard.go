@@ -33,8 +33,8 @@ type Emitter interface {
 // BudgetFactor sets a peer's memory budget on one guarded service:
 // BudgetFactor × max_body for the bodies buffered for validation and,
 // while a JSON body is validated, its decoded form (up to 58 bytes per
-// body byte for the densest, TestJSONDecodeCharge). 72 holds 8 bodies of
-// max_body, or one with its decoded form at the densest. A request that would exceed it
+// body byte for the densest, at most 64 by TestJSONDecodeCharge). 72 holds
+// 72 bodies of max_body, or one with its decoded form at the densest. A request that would exceed it
 // waits up to budgetWait for others to give theirs back, then is answered
 // 503 with Retry-After (README, memory formula).
 const BudgetFactor = 72
