@@ -473,6 +473,18 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	if body {
 		if jc = jsonBodyCase(route, req, c.bodyData); jc.mt == nil {
 			c.in.Options = validateAll
+			// kin-openapi decodes this body itself (a form, YAML …),
+			// its decoded form uncharged: the body holds BudgetFactor/8
+			// times its size until release, so at most 8 of max_body
+			// are decoded at once, as when the budget was 8 x max_body.
+			// THREATS P5, tested by TestGuardKinDecodedBodiesBounded.
+			extra := int64(len(c.bodyData)) * (BudgetFactor/8 - 1)
+			if !reserve(&c.budget.Int64, extra, BudgetFactor*p.maxBody()) {
+				d.status, d.reason, d.retryAfter, d.close = http.StatusServiceUnavailable, "memory_budget", 1, true
+				c.release()
+				return d
+			}
+			c.held += extra
 		}
 	}
 	if op.params || c.in.Options == validateAll { // err is findRoute's nil
