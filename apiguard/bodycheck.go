@@ -25,7 +25,7 @@ type jsonCase struct {
 // jsonBodyCase says whether checkJSONBody takes req's held body data:
 // kin-openapi's openapi3filter.ValidateRequestBody (v0.153.0) would reach
 // the guard's own JSON decoder for it (a non-empty body whose media type
-// is one of jsonMediaTypes, a schema, no Encoding entry, not binary).
+// guardDecodes, a schema, no Encoding entry, not binary).
 // Otherwise mt is nil and kin-openapi checks the body whole.
 func jsonBodyCase(route *routers.Route, req *http.Request, data []byte) jsonCase {
 	if route.Operation == nil || route.Operation.RequestBody == nil {
@@ -119,7 +119,7 @@ func (c *conn) checkJSONBody(route *routers.Route, req *http.Request, jc jsonCas
 	return nil
 }
 
-// decodeHeld decodes c.bodyData (its copy first) charged to the peer's
+// decodeHeld decodes c.bodyData, where it is held, charged to the peer's
 // budget, limit bytes in all; held is what it holds of the budget for the
 // value, which the caller gives back when it is done with it (also on an
 // error). A decode that gave up for another one waiting (jsonDecoder.grow)
@@ -157,9 +157,16 @@ func (c *conn) decodeHeld(limit int64) (value any, held int64, err error) {
 	}
 }
 
-// guardDecodes says whether mediaType is one of jsonMediaTypes (the
-// guard's decoder is registered for it).
+// guardDecodes says whether kin-openapi would decode mediaType with the
+// guard's decoder: one of jsonMediaTypes (registered for it) or another
+// +json type (kin-openapi's decodeBody falls back to application/json's
+// decoder). Every one is checked here, its decoded form charged: one left
+// to kin-openapi would be decoded uncharged (THREATS P5, tested by
+// TestGuardDecodedFormChargedAnyJSON).
 func guardDecodes(mediaType string) bool {
+	if strings.HasSuffix(mediaType, "+json") {
+		return true
+	}
 	for _, m := range jsonMediaTypes {
 		if m == mediaType {
 			return true

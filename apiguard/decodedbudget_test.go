@@ -246,3 +246,81 @@ paths:
 		t.Errorf("budget holds %d bytes after the requests ended, want 0", cur)
 	}
 }
+
+// TestGuardDecodedFormChargedAnyJSON: a body of a +json type that is not
+// among jsonMediaTypes, which kin-openapi hands to the guard's decoder on
+// its own, is charged as well (THREATS P5): with room in the budget for a
+// few raw bodies only, its decoded form (over 50 times the body) does not
+// fit, and it is refused 503 memory_budget. On main it was decoded
+// uncharged and forwarded, and a peer could have BudgetFactor of them
+// decoded at once, 72 x max_body x 64 beyond the README's formula.
+func TestGuardDecodedFormChargedAnyJSON(t *testing.T) {
+	spec, err := ParseSpec("numbers.yaml", []byte(strings.ReplaceAll(numbersSpec, "application/json:", "application/vnd.acme+json:")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const maxBody = 16 << 10
+	up := newPayments(t)
+	ev := &events{}
+	g := NewGuard(&Policy{Service: "numbers", Spec: spec, ValidateRequest: true, MaxBody: maxBody}, ev)
+	body := denseBody(maxBody)
+	b := g.budget("bank-a")
+	taken := int64(BudgetFactor*maxBody) - 4*int64(len(body))
+	b.Add(taken)
+	s := openStream(t, g, up, "bank-a")
+	s.send(strings.Replace(post("/numbers", body), "application/json", "application/vnd.acme+json; charset=utf-8", 1))
+	if st := s.read(t).StatusCode; st != 503 {
+		t.Errorf("a dense application/vnd.acme+json body with room for raw bodies only: status %d, want 503 memory_budget", st)
+	}
+	if d := ev.all("dyad.api.denied"); len(d) != 1 || d[0]["dyad.reason"] != "memory_budget" {
+		t.Errorf("denials %v, want one memory_budget", d)
+	}
+	if cur := b.Add(-taken); cur != 0 {
+		t.Fatalf("the request left %d bytes charged, want 0", cur)
+	}
+	// With the budget free, it is checked and forwarded.
+	s = openStream(t, g, up, "bank-a")
+	s.send(strings.Replace(post("/numbers", body), "application/json", "application/vnd.acme+json", 1))
+	if st := s.read(t).StatusCode; st != 201 {
+		t.Errorf("with the budget free: status %d, want 201", st)
+	}
+}
+
+// TestGuardKinDecodedBodiesBounded: a body that kin-openapi decodes itself
+// (here YAML), whose decoded form is not charged, holds BudgetFactor/8
+// times its size of the budget while it is checked, so that at most 8
+// bodies of max_body are decoded uncharged at once, as before BudgetFactor
+// rose from 8 to 72 to charge decoded JSON (THREATS P5). On main it held
+// its size only: 72 of them could be decoded at once. With room for 8
+// times the body it is refused 503 memory_budget; with room for 9 times
+// it is forwarded, and gives all of it back.
+func TestGuardKinDecodedBodiesBounded(t *testing.T) {
+	spec, err := ParseSpec("numbers.yaml", []byte(strings.ReplaceAll(numbersSpec, "application/json:", "application/yaml:")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const maxBody = 16 << 10
+	up := newPayments(t)
+	ev := &events{}
+	g := NewGuard(&Policy{Service: "numbers", Spec: spec, ValidateRequest: true, MaxBody: maxBody}, ev)
+	body := denseBody(maxBody)
+	b := g.budget("bank-a")
+	for _, tc := range []struct {
+		room   int64 // times the body
+		status int
+	}{{BudgetFactor / 8, 201}, {BudgetFactor/8 - 1, 503}} {
+		taken := int64(BudgetFactor*maxBody) - tc.room*int64(len(body))
+		b.Add(taken)
+		s := openStream(t, g, up, "bank-a")
+		s.send(strings.Replace(post("/numbers", body), "application/json", "application/yaml", 1))
+		if st := s.read(t).StatusCode; st != tc.status {
+			t.Errorf("a YAML body with room for %d times it: status %d, want %d", tc.room, st, tc.status)
+		}
+		if cur := b.Add(-taken); cur != 0 {
+			t.Fatalf("the request left %d bytes charged, want 0", cur)
+		}
+	}
+	if d := ev.all("dyad.api.denied"); len(d) != 1 || d[0]["dyad.reason"] != "memory_budget" {
+		t.Errorf("denials %v, want one memory_budget", d)
+	}
+}

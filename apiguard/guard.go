@@ -33,8 +33,8 @@ type Emitter interface {
 // BudgetFactor sets a peer's memory budget on one guarded service:
 // BudgetFactor × max_body for the bodies buffered for validation and,
 // while a JSON body is validated, its decoded form (up to 58 bytes per
-// body byte for the densest, TestJSONDecodeCharge). 72 holds 8 bodies of
-// max_body, or one with its decoded form at the densest. A request that would exceed it
+// body byte for the densest, at most 64 by TestJSONDecodeCharge). 72 holds
+// 72 bodies of max_body, or one with its decoded form at the densest. A request that would exceed it
 // waits up to budgetWait for others to give theirs back, then is answered
 // 503 with Retry-After (README, memory formula).
 const BudgetFactor = 72
@@ -473,6 +473,18 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	if body {
 		if jc = jsonBodyCase(route, req, c.bodyData); jc.mt == nil {
 			c.in.Options = validateAll
+			// kin-openapi decodes this body itself (a form, YAML …),
+			// its decoded form uncharged: the body holds BudgetFactor/8
+			// times its size until release, so at most 8 of max_body
+			// are decoded at once, as when the budget was 8 x max_body.
+			// THREATS P5, tested by TestGuardKinDecodedBodiesBounded.
+			extra := int64(len(c.bodyData)) * (BudgetFactor/8 - 1)
+			if !reserve(&c.budget.Int64, extra, BudgetFactor*p.maxBody()) {
+				d.status, d.reason, d.retryAfter, d.close = http.StatusServiceUnavailable, "memory_budget", 1, true
+				c.release()
+				return d
+			}
+			c.held += extra
 		}
 	}
 	if op.params || c.in.Options == validateAll { // err is findRoute's nil

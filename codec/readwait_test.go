@@ -203,3 +203,28 @@ func TestRecordBatcher(t *testing.T) {
 		t.Errorf("writes %v, want one per Read", wire.writes)
 	}
 }
+
+// TestRecordBatcherSmallRecords: a batch of records smaller than
+// MaxPayload (a RecordSizer's size) is sealed in a buffer that holds each
+// record's header and tag, whatever the size: a batch of two 2 KiB records
+// is 4 KiB of payload, which fits the small tier, but not with its second
+// header and tag.
+func TestRecordBatcherSmallRecords(t *testing.T) {
+	for _, size := range []int{2 << 10, 32760, 1000} {
+		data := make([]byte, 8*size+7)
+		for i := range data {
+			data[i] = byte(i * 5)
+		}
+		s := newTestSession(t, SuiteAES256GCM, testConn, testPairing)
+		wire := &batchWire{sizedWire: sizedWire{max: size}, batch: 2}
+		w := s.NewWriter(wire, 4, FromInitiator)
+		if n, err := w.ReadFrom(bytes.NewReader(data)); err != nil || n != int64(len(data)) {
+			t.Fatalf("records of %d: ReadFrom %d, %v", size, n, err)
+		}
+		w.Close()
+		got, err := openAll(s, wire.Bytes())
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("records of %d: round trip %d bytes, %v", size, len(got), err)
+		}
+	}
+}

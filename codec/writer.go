@@ -126,6 +126,12 @@ func (w *Writer) ReadFrom(src io.Reader) (int64, error) {
 			}
 		}
 		pool := writePool(size)
+		if size > w.maxPayload {
+			// A batch needs a header and tag per record, which the
+			// tier sized for its payload alone may not hold
+			// (TestRecordBatcherSmallRecords).
+			pool = writeMulti
+		}
 		bp := pool.get()
 		b := *bp
 		n, rerr := src.Read(b[dataOffset : dataOffset+size])
