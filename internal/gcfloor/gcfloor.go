@@ -9,7 +9,9 @@
 // goal is at least a floor; once GOGC=100's goal (about twice the live heap)
 // reaches the floor, GOGC is back at 100 and the collector behaves exactly as
 // Go's default does. The heap so holds at most about max(floor, 2 x live)
-// bytes, as against 2 x live.
+// bytes, as against 2 x live; for one cycle after the live heap grows fast,
+// the runtime sets the goal with the GOGC chosen for the smaller heap
+// before adjust lowers it.
 package gcfloor
 
 import (
@@ -17,7 +19,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
-	"sync/atomic"
+	"sync"
 )
 
 // DefaultFloor is the heap goal dyad keeps at least: 64 MiB.
@@ -29,9 +31,12 @@ const heapMinimum = 4 << 20
 
 // Floor adjusts GOGC after every collection; Stop ends that.
 type Floor struct {
-	floor   uint64
-	stopped atomic.Bool
-	sample  []metrics.Sample
+	floor  uint64
+	sample []metrics.Sample
+	// mu orders adjust and Stop: an adjust that saw the floor running
+	// sets GOGC before Stop sets it back to 100, never after.
+	mu      sync.Mutex
+	stopped bool
 	percent int // the GOGC last set
 }
 
@@ -57,28 +62,36 @@ func Start(floor uint64) *Floor {
 
 // Stop sets GOGC back to 100 and adjusts it no more. Stop on nil is a no-op.
 func (f *Floor) Stop() {
-	if f == nil || f.stopped.Swap(true) {
+	if f == nil {
 		return
 	}
-	debug.SetGCPercent(100)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.stopped {
+		f.stopped = true
+		debug.SetGCPercent(100)
+	}
 }
 
 // arm schedules adjust after the next collection: the finalizer of an object
 // nothing refers to runs once the collection that found it has ended.
 func (f *Floor) arm() {
 	runtime.SetFinalizer(new(tick), func(*tick) {
-		if f.stopped.Load() {
-			return
+		if f.adjust() {
+			f.arm()
 		}
-		f.adjust()
-		f.arm()
 	})
 }
 
-// adjust sets GOGC so that the next heap goal is at least the floor, and 100
-// once GOGC=100's goal reaches it. It runs on the finalizer goroutine only
-// (and once in Start, before arm).
-func (f *Floor) adjust() {
+// adjust sets GOGC so that the next heap goal is the floor, and 100 once
+// GOGC=100's goal reaches it; false once Stop has run. It runs on the
+// finalizer goroutine (and once in Start, before arm).
+func (f *Floor) adjust() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopped {
+		return false
+	}
 	metrics.Read(f.sample)
 	var v [3]uint64
 	for i, s := range f.sample {
@@ -86,13 +99,11 @@ func (f *Floor) adjust() {
 			v[i] = s.Value.Uint64()
 		}
 	}
-	p := Percent(v[0], v[1]+v[2], f.floor)
-	// Small changes are not worth a call: within 1/8 of the last one.
-	if d := p - f.percent; d == 0 || (p != 100 && d < f.percent/8 && -d < f.percent/8) {
-		return
+	if p := Percent(v[0], v[1]+v[2], f.floor); p != f.percent {
+		f.percent = p
+		debug.SetGCPercent(p) // no stop of the world; once per collection at most
 	}
-	f.percent = p
-	debug.SetGCPercent(p)
+	return true
 }
 
 // Percent is the GOGC that makes the heap goal the floor for a live heap of
