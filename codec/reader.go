@@ -31,6 +31,7 @@ type Reader struct {
 	err        error  // first permanent error, or io.EOF after close
 	maxBody    int    // SetMaxRecord's bound on a record body; 0: none beyond the format's
 	small      [PreambleSize]byte
+	batch      bool        // the source is a RecordBatcher: WriteTo writes two records at once
 	vecs       [2][]byte   // WriteTo's two records at once
 	vec        net.Buffers // over vecs, consumed by its WriteTo
 }
@@ -46,7 +47,11 @@ func (r *Reader) SetMaxRecord(n int) { r.maxBody = n }
 // from r. The suite comes from the peer's preamble and must be one the
 // session accepts.
 func (s *Session) NewReader(r io.Reader, streamID uint64, dir Direction) *Reader {
-	return &Reader{r: r, sess: s, streamID: streamID, dir: dir}
+	rd := &Reader{r: r, sess: s, streamID: streamID, dir: dir}
+	if rb, ok := r.(RecordBatcher); ok && rb.MaxBatchRecords() > 1 {
+		rd.batch = true
+	}
+	return rd
 }
 
 // Read copies plaintext into p.
@@ -67,12 +72,13 @@ func (r *Reader) Read(p []byte) (int, error) {
 }
 
 // WriteTo writes the plaintext to w, straight from the pooled buffer, until
-// the close record. A clean end returns a nil error. When the next data
-// record is already buffered whole (the TCP transport carries two in a
-// frame), it opens that one too and writes both in one call: one writev(2)
-// to a socket (net.Buffers), no copy, and no wait for bytes not yet read
-// (TestWriteToBatchesBufferedRecords). A record that fails to open after
-// one that opened is reported after that one is written, as one at a time.
+// the close record. A clean end returns a nil error. When the source is a
+// RecordBatcher (the TCP transport, whose frames carry two records) and the
+// next data record is already buffered whole, it opens that one too and
+// writes both in one call: one writev(2) to a socket (net.Buffers), no copy,
+// and no wait for bytes not yet read (TestWriteToBatchesBufferedRecords).
+// A record that fails to open after one that opened is reported after that
+// one is written, as one at a time.
 func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	for {
@@ -119,7 +125,7 @@ func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 // valid. It returns nothing when there is no such record; an error is the
 // record's, permanent once the caller has written what came before it.
 func (r *Reader) nextBuffered() ([]byte, error) {
-	if r.bp == nil || r.end-r.start < HeaderSize {
+	if !r.batch || r.bp == nil || r.end-r.start < HeaderSize {
 		return nil, nil
 	}
 	hdr := (*r.bp)[r.start : r.start+HeaderSize]
