@@ -42,6 +42,8 @@ type RecordSizer interface {
 // the records sealed from it in one Write (values below 2 are ignored, above
 // MaxBatchRecords clamped). What one Read returns is sent at once, as
 // without it: only the number of Writes changes, not when bytes leave.
+// A Reader whose source is a RecordBatcher writes two records it already
+// holds in one call (Reader.WriteTo).
 type RecordBatcher interface {
 	MaxBatchRecords() int
 }

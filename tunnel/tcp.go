@@ -80,10 +80,12 @@ const minTCPWindow = 256 << 10
 // stream was stop-and-wait every two 64 KiB frames: a window update (a
 // frame, a write(2) and a hand-off on both sides) per 128 KiB, and one
 // frame in five cut at the window's edge (TestTCPShortLinkWindowUpdates).
-// 1 MiB leaves a millisecond of slack at 8 Gbit/s and one update per 512
-// KiB; a busy stream holds at most about twice its window in yamux's
-// buffer, and the receive budget bounds them all (README "Memory").
-const shortLinkWindow = 1 << 20
+// 2 MiB leaves two milliseconds of slack at 8 Gbit/s and one update per
+// MiB: each update waits for the session's send loop on the reader's
+// path, and at 1 MiB they were ~2,000 hand-offs per GB. A busy stream holds
+// at most about twice its window in yamux's buffer, and the receive budget
+// bounds them all (README "Memory").
+const shortLinkWindow = 2 << 20
 
 // tcpBudget is what one TCP connection's streams may hold for us together
 // (rxGate): what the peer's max_connections_per_peer QUIC connections

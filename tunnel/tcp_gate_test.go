@@ -55,7 +55,7 @@ func muxPair(t *testing.T, cfg Config, rtt time.Duration) (listener, dialer *tcp
 // with use).
 func TestTCPWindowForLink(t *testing.T) {
 	cfg := Config{KeepAlive: time.Second, IdleTimeout: 10 * time.Second}
-	for rtt, want := range map[time.Duration]uint32{0: shortLinkWindow, time.Millisecond: shortLinkWindow, 10 * time.Millisecond: 1_250_000,
+	for rtt, want := range map[time.Duration]uint32{0: shortLinkWindow, time.Millisecond: shortLinkWindow, 10 * time.Millisecond: shortLinkWindow, 20 * time.Millisecond: 2_500_000,
 		40 * time.Millisecond: 5_000_000, time.Second: maxStreamWindow} {
 		if w := tcpWindow(cfg, rtt); w != want {
 			t.Errorf("window at %v: %d, want %d", rtt, w, want)
