@@ -26,6 +26,19 @@ paths:
         "201": {description: created}
 `
 
+// numbersGuard is a guard validating requests on numbersSpec, its body's
+// media type replaced by mediaType, with max_body maxBody: the guard, its
+// upstream and its events.
+func numbersGuard(t *testing.T, mediaType string, maxBody int64) (*Guard, *payments, *events) {
+	t.Helper()
+	spec, err := ParseSpec("numbers.yaml", []byte(strings.ReplaceAll(numbersSpec, "application/json:", mediaType+":")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := &events{}
+	return NewGuard(&Policy{Service: "numbers", Spec: spec, ValidateRequest: true, MaxBody: maxBody}, ev), newPayments(t), ev
+}
+
 // denseBody is a JSON array of one-digit numbers of at most n bytes.
 func denseBody(n int) string {
 	return "[" + strings.Repeat("0,", (n-3)/2) + "0]"
@@ -42,15 +55,9 @@ func denseBody(n int) string {
 // charged bytes go above what the raw bodies take (the decoded forms are
 // charged: on main they never did) and never above the budget.
 func TestGuardDecodedFormCharged(t *testing.T) {
-	spec, err := ParseSpec("numbers.yaml", []byte(numbersSpec))
-	if err != nil {
-		t.Fatal(err)
-	}
 	const maxBody = 16 << 10
 	const n = 4
-	up := newPayments(t)
-	ev := &events{}
-	g := NewGuard(&Policy{Service: "numbers", Spec: spec, ValidateRequest: true, MaxBody: maxBody}, ev)
+	g, up, ev := numbersGuard(t, "application/json", maxBody)
 	body := denseBody(maxBody)
 	limit := int64(BudgetFactor * maxBody)
 	b := g.budget("bank-a")
@@ -255,14 +262,8 @@ paths:
 // uncharged and forwarded, and a peer could have BudgetFactor of them
 // decoded at once, 72 x max_body x 64 beyond the README's formula.
 func TestGuardDecodedFormChargedAnyJSON(t *testing.T) {
-	spec, err := ParseSpec("numbers.yaml", []byte(strings.ReplaceAll(numbersSpec, "application/json:", "application/vnd.acme+json:")))
-	if err != nil {
-		t.Fatal(err)
-	}
 	const maxBody = 16 << 10
-	up := newPayments(t)
-	ev := &events{}
-	g := NewGuard(&Policy{Service: "numbers", Spec: spec, ValidateRequest: true, MaxBody: maxBody}, ev)
+	g, up, ev := numbersGuard(t, "application/vnd.acme+json", maxBody)
 	body := denseBody(maxBody)
 	b := g.budget("bank-a")
 	taken := int64(BudgetFactor*maxBody) - 4*int64(len(body))
@@ -295,14 +296,8 @@ func TestGuardDecodedFormChargedAnyJSON(t *testing.T) {
 // times the body it is refused 503 memory_budget; with room for 9 times
 // it is forwarded, and gives all of it back.
 func TestGuardKinDecodedBodiesBounded(t *testing.T) {
-	spec, err := ParseSpec("numbers.yaml", []byte(strings.ReplaceAll(numbersSpec, "application/json:", "application/yaml:")))
-	if err != nil {
-		t.Fatal(err)
-	}
 	const maxBody = 16 << 10
-	up := newPayments(t)
-	ev := &events{}
-	g := NewGuard(&Policy{Service: "numbers", Spec: spec, ValidateRequest: true, MaxBody: maxBody}, ev)
+	g, up, ev := numbersGuard(t, "application/yaml", maxBody)
 	body := denseBody(maxBody)
 	b := g.budget("bank-a")
 	for _, tc := range []struct {
