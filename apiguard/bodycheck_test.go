@@ -295,18 +295,7 @@ func TestGuardRequiredBodyMissing(t *testing.T) {
 func TestCheckJSONBodyNoAlias(t *testing.T) {
 	p := benchPolicy(t)
 	c := &conn{g: NewGuard(p, nil), peer: "bench"}
-	decide := func(body string) decision {
-		raw := "POST /v1/echo HTTP/1.1\r\nHost: target\r\nContent-Type: application/json\r\nContent-Length: " +
-			strconv.Itoa(len(body)) + "\r\n\r\n" + body
-		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var bw bufio.Writer
-		d := c.decide(p, req, &bw)
-		c.release()
-		return d
-	}
+	decide := func(body string) decision { return decidePost(t, c, p, "/v1/echo", "application/json", body) }
 	first := decide(`{"data":"x","q7q7q7":1}`)
 	if first.status != http.StatusBadRequest || !strings.Contains(first.detail, "q7q7q7") {
 		t.Fatalf("first request: status %d, detail %q; want 400 naming q7q7q7", first.status, first.detail)

@@ -539,6 +539,21 @@ func jsonBodyStatuses(t *testing.T, cases map[string]int) {
 	}
 }
 
+// decidePost is c's decision on a POST of body as ct to path, parsed as
+// the guard parses it; the body's buffer goes back at once.
+func decidePost(t *testing.T, c *conn, p *Policy, path, ct, body string) decision {
+	t.Helper()
+	raw := fmt.Sprintf("POST %s HTTP/1.1\r\nHost: p\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s", path, ct, len(body), body)
+	req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bw bufio.Writer
+	d := c.decide(p, req, &bw)
+	c.release()
+	return d
+}
+
 // TestGuardJSONMediaTypes: the one-value and duplicate-name rules hold for
 // every JSON media type, not only application/json. kin-openapi registers
 // its own decoder (first value only, last of duplicate names) for six +json
@@ -561,14 +576,7 @@ func TestGuardJSONMediaTypes(t *testing.T) {
 			`{"data":"x"} trailing`:        400,
 			`{"data":"x"}`:                 0,
 		} {
-			raw := fmt.Sprintf("POST /v1/doc HTTP/1.1\r\nHost: p\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s", ct, len(body), body)
-			req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			var bw bufio.Writer
-			d := c.decide(p, req, &bw)
-			c.release()
+			d := decidePost(t, c, p, "/v1/doc", ct, body)
 			if d.status != want || want != 0 && d.reason != "invalid_body" {
 				t.Errorf("%s %q: status %d %s, want %d", ct, body, d.status, d.reason, want)
 			}
