@@ -432,6 +432,14 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		d.status, d.reason = http.StatusForbidden, "not_allowed"
 		return d
 	}
+	// The operation allowed is the one of the method the guard saw; an
+	// upstream that honours an override would run another (OWASP API5).
+	// THREATS P2, tested by TestGuardMethodOverride.
+	if !op.overrideOK && methodOverride(req) {
+		d.status, d.reason = http.StatusBadRequest, reasonMethodOverride
+		d.detail = "a method override (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override or _method) is not part of the contract"
+		return d
+	}
 	if r, ok := p.Limits[op]; ok {
 		if ok, retry := c.g.allow(c.peer, op, r); !ok {
 			d.status, d.reason, d.retryAfter = http.StatusTooManyRequests, "rate_limited", retry
@@ -441,6 +449,12 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	// Nothing to validate (no parameters, no body schema): kin-openapi's
 	// validator would only run the no-op authentication check.
 	if !p.ValidateRequest || !op.params && !op.BodySchema {
+		return d
+	}
+	// What kin-openapi validates of the query must be what upstream reads
+	// (THREATS P2, tested by TestGuardParameterPollution).
+	if reason, detail := checkQuery(op, req.URL.RawQuery); reason != "" {
+		d.status, d.reason, d.detail = http.StatusBadRequest, reason, detail
 		return d
 	}
 	opts := validateParams

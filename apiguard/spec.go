@@ -49,6 +49,12 @@ type Operation struct {
 	// them and without BodySchema, request validation has nothing to check
 	// and the guard skips kin-openapi's validator for the operation.
 	params bool
+	// query says it declares query parameters, singleQuery those that
+	// take one value, overrideOK a method override field or _method
+	// (query.go).
+	query       bool
+	singleQuery []string
+	overrideOK  bool
 
 	op *openapi3.Operation
 }
@@ -200,6 +206,7 @@ func ParseSpec(file string, data []byte) (s *Spec, err error) {
 			o := &Operation{Key: op.OperationID, Method: strings.ToUpper(method), Path: path, Tags: op.Tags,
 				Deprecated: op.Deprecated, BodySchema: hasBodySchema(op), op: op,
 				params: len(op.Parameters) > 0 || len(item.Parameters) > 0}
+			o.singleQuery, o.query, o.overrideOK = queryRules(item, op)
 			if o.Key == "" {
 				o.Key = o.Method + " " + path
 			}

@@ -1,0 +1,135 @@
+package apiguard
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// TestGuardParameterPollution: a query parameter declared with one value
+// (not an array) given twice is refused. kin-openapi validates one of the
+// values (the first non-empty one) while an upstream may take another (PHP
+// and Rails take the last): "?limit=5&limit=100000" would pass limit's
+// maximum of 100 and reach upstream as 100000. Repeats of an array
+// parameter, and of a key the operation does not declare, are the
+// contract's business and pass.
+func TestGuardParameterPollution(t *testing.T) {
+	up := newPayments(t)
+	ev := &events{}
+	g := NewGuard(testPolicy(t, 1<<10), ev)
+	for _, c := range []struct {
+		target string
+		status int
+	}{
+		{"/v1/payments?limit=5&limit=100000", 400},
+		{"/v1/payments?limit=5&limit=6", 400},
+		{"/v1/payments?cursor=a&limit=5&cursor=b", 400},
+		{"/v1/payments?limit=&limit=5", 400},
+		// Go's parser drops a pair with a ';' or a bad escape, so
+		// kin-openapi would not see limit; another parser would.
+		{"/v1/payments?limit=100000;", 400},
+		{"/v1/payments?cursor=a;limit=100000", 400},
+		{"/v1/payments?limit=%zz", 400},
+		{"/v1/payments?limit=5&cursor=a", 200},
+		{"/v1/payments?limit=5&other=1&other=2", 200},
+	} {
+		s := openStream(t, g, up, "bank-a")
+		s.send("GET " + c.target + " HTTP/1.1\r\nHost: p\r\n\r\n")
+		r := s.read(t)
+		body := bodyOf(r)
+		if r.StatusCode != c.status {
+			t.Errorf("%s: %d %s, want %d", c.target, r.StatusCode, body, c.status)
+			continue
+		}
+		if c.status == 400 && !strings.Contains(body, reasonDupParam) && !strings.Contains(body, reasonBadQuery) {
+			t.Errorf("%s: %s, want reason %s or %s", c.target, body, reasonDupParam, reasonBadQuery)
+		}
+	}
+	if got := up.seen(); len(got) != 2 {
+		t.Errorf("upstream saw %d requests %+v, want the 2 allowed", len(got), got)
+	}
+	denied := ev.all("dyad.api.denied")
+	if len(denied) != 7 || denied[0]["dyad.reason"] != reasonDupParam || denied[4]["dyad.reason"] != reasonBadQuery || denied[0]["dyad.api.operation"] != "listPayments" {
+		t.Errorf("denied events %v", denied)
+	}
+	for _, e := range denied {
+		if s := fmt.Sprint(e); strings.Contains(s, "100000") || strings.Contains(s, "cursor=") {
+			t.Errorf("event quotes the query: %v", e)
+		}
+	}
+}
+
+// TestGuardMethodOverride: a field or query parameter that asks upstream
+// to run another method than the request's (X-HTTP-Method-Override and its
+// kin, _method) is refused, unless the operation declares it: the guard
+// allowed the operation of the method it saw, and frameworks that honour
+// the override (Rails, Laravel, Symfony, ASP.NET, Google's APIs) would run
+// the other one, which this peer may not be allowed (OWASP API5).
+func TestGuardMethodOverride(t *testing.T) {
+	up := newPayments(t)
+	ev := &events{}
+	g := NewGuard(testPolicy(t, 1<<10), ev)
+	post := func(extra, query string) string {
+		return fmt.Sprintf("POST /v1/payments%s HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nIdempotency-Key: k-12345678\r\n%sContent-Length: %d\r\n\r\n%s",
+			query, extra, len(newPayment), newPayment)
+	}
+	for name, raw := range map[string]string{
+		"X-HTTP-Method-Override": post("X-HTTP-Method-Override: DELETE\r\n", ""),
+		"X-HTTP-Method":          post("X-Http-Method: DELETE\r\n", ""),
+		"X-Method-Override":      post("x-method-override: DELETE\r\n", ""),
+		"_method query":          post("", "?_method=DELETE"),
+		"_method escaped":        post("", "?%5Fmethod=DELETE"),
+	} {
+		s := openStream(t, g, up, "bank-a")
+		s.send(raw)
+		r := s.read(t)
+		if body := bodyOf(r); r.StatusCode != 400 || !strings.Contains(body, reasonMethodOverride) {
+			t.Errorf("%s: %d %s, want 400 %s", name, r.StatusCode, body, reasonMethodOverride)
+		}
+	}
+	s := openStream(t, g, up, "bank-a")
+	s.send(post("", ""))
+	if r := s.read(t); r.StatusCode != 201 {
+		t.Errorf("plain POST: %d, want 201", r.StatusCode)
+	}
+	if got := up.seen(); len(got) != 1 {
+		t.Errorf("upstream saw %+v, want the plain POST only", got)
+	}
+	if n := len(ev.all("dyad.api.denied")); n != 5 {
+		t.Errorf("%d denied events, want 5", n)
+	}
+}
+
+// TestQueryRules: which query parameters take one value, and a contract
+// that declares a method override allows it.
+func TestQueryRules(t *testing.T) {
+	s, err := ParseSpec("rules.yaml", []byte(`openapi: 3.0.3
+info: {title: t, version: "1"}
+paths:
+  /v1/items:
+    parameters:
+      - {name: page, in: query, schema: {type: integer}}
+      - {name: tag, in: query, schema: {type: integer}}
+    get:
+      operationId: list
+      parameters:
+        - {name: tag, in: query, schema: {type: array, items: {type: string}}}
+        - {name: filter, in: query, style: form, explode: true, schema: {type: object, properties: {a: {type: string}}}}
+        - {name: q, in: query, content: {application/json: {schema: {type: object}}}}
+        - {name: X-HTTP-Method-Override, in: header, schema: {type: string}}
+      responses: {"200": {description: ok}}
+    post:
+      operationId: add
+      responses: {"200": {description: ok}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, add := s.Operation("list"), s.Operation("add")
+	if got := strings.Join(list.singleQuery, ","); got != "q,page" || !list.query || !list.overrideOK {
+		t.Errorf("list: single %q query %v override %v, want q,page (tag is the operation's array) true true", got, list.query, list.overrideOK)
+	}
+	if got := strings.Join(add.singleQuery, ","); got != "page,tag" || add.overrideOK {
+		t.Errorf("add: single %q override %v, want page,tag (the path's parameters) false", got, add.overrideOK)
+	}
+}

@@ -1,0 +1,121 @@
+package apiguard
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/getkin/kin-openapi/openapi3"
+)
+
+// This file holds the request checks kin-openapi's validator does not
+// make but a contract firewall needs, because an upstream may read a
+// request otherwise than the validator did: repeated single-value query
+// parameters, queries Go's parser reads only in part, and method
+// overrides.
+
+// Refusal reasons of these checks (400, the connection stays usable).
+const (
+	// reasonDupParam: a query parameter that takes one value was given
+	// several. kin-openapi validates one (the first non-empty); PHP and
+	// Rails hand the last to the application.
+	reasonDupParam = "duplicate_parameter"
+	// reasonBadQuery: a query string Go's parser reads only in part (a
+	// ';' separator, a bad %-escape): kin-openapi never sees the pairs it
+	// drops, an upstream with another parser may.
+	reasonBadQuery = "malformed_query"
+	// reasonMethodOverride: a field or query key that asks upstream to
+	// run another method than the one the guard matched and allowed.
+	reasonMethodOverride = "method_override"
+)
+
+// overrideFields are the request fields frameworks read a method override
+// from (canonical form): Rails, Symfony, Laravel and Google's APIs use the
+// first; OData and ASP.NET the others.
+var overrideFields = [...]string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
+
+// overrideKey is the query (and form) key Rails, Laravel and Symfony read
+// a method override from.
+const overrideKey = "_method"
+
+// queryRules returns what op (under item) declares that these checks
+// need: its query parameters that take one value, whether it has query
+// parameters at all, and whether it declares a method override itself (a
+// contract that allows one).
+func queryRules(item *openapi3.PathItem, op *openapi3.Operation) (single []string, query, override bool) {
+	seen := map[string]bool{}
+	// The operation's own first: they replace the path's of the same name.
+	for _, list := range []openapi3.Parameters{op.Parameters, item.Parameters} {
+		for _, ref := range list {
+			p := ref.Value
+			if p == nil || seen[p.In+"\x00"+p.Name] {
+				continue
+			}
+			seen[p.In+"\x00"+p.Name] = true
+			switch p.In {
+			case openapi3.ParameterInQuery:
+				query = true
+				override = override || p.Name == overrideKey
+				if singleValued(p) {
+					single = append(single, p.Name)
+				}
+			case openapi3.ParameterInHeader:
+				for _, f := range overrideFields {
+					override = override || strings.EqualFold(p.Name, f)
+				}
+			}
+		}
+	}
+	return single, query, override
+}
+
+// singleValued says whether p takes one value: not an array (nor an
+// object, whose form style spreads it over several keys).
+func singleValued(p *openapi3.Parameter) bool {
+	if p.Schema == nil || p.Schema.Value == nil {
+		return true // content-encoded: one value, its serialisation
+	}
+	s := p.Schema.Value
+	if s.Type == nil {
+		return s.Items == nil && len(s.Properties) == 0
+	}
+	return !s.Type.Includes(openapi3.TypeArray) && !s.Type.Includes(openapi3.TypeObject)
+}
+
+// methodOverride says whether req asks for another method through a field
+// or the query key frameworks honour. A query is parsed only when it may
+// hold the key (written plain or %-escaped): most requests pay two
+// searches.
+func methodOverride(req *http.Request) bool {
+	for _, f := range overrideFields {
+		if len(req.Header[f]) > 0 {
+			return true
+		}
+	}
+	raw := req.URL.RawQuery
+	if raw == "" || !strings.Contains(raw, overrideKey) && strings.IndexByte(raw, '%') < 0 {
+		return false
+	}
+	q, _ := url.ParseQuery(raw) // the pairs it keeps; an upstream decodes those alike
+	_, ok := q[overrideKey]
+	return ok
+}
+
+// checkQuery refuses a query that kin-openapi would validate otherwise
+// than an upstream may read it: "" when it passes, else the reason and
+// the client's detail (parameter names from the spec, never a value).
+func checkQuery(op *Operation, raw string) (reason, detail string) {
+	if !op.query || raw == "" {
+		return "", ""
+	}
+	q, err := url.ParseQuery(raw)
+	if err != nil {
+		return reasonBadQuery, "the query string is not &-separated, %-escaped pairs"
+	}
+	for _, name := range op.singleQuery {
+		if len(q[name]) > 1 {
+			return reasonDupParam, "query parameter " + name + " takes one value"
+		}
+	}
+	return "", ""
+}
