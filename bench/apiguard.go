@@ -266,6 +266,17 @@ func runAPIScenarios(res *results, p plan, dyadBin, work string, want func(strin
 	if len(todo) == 0 {
 		return nil
 	}
+	if p.settle {
+		waited, busy := settle()
+		state := fmt.Sprintf("the machine was %.0f%% busy", 100*busy)
+		if busy < 0 {
+			state = "the machine's load is unknown (/proc/stat unreadable)"
+		} else if busy >= settleQuiet {
+			state = fmt.Sprintf("the machine was still %.0f%% busy (not quiet: these figures may be disturbed)", 100*busy)
+		}
+		res.Notes = append(res.Notes, fmt.Sprintf("API guard group: %d repetitions, plain and guarded alternating A B, B A; before it the bench waited %.1f s for a quiet machine: %s.",
+			p.apiReps, waited.Seconds(), state))
+	}
 	target, stopTarget, err := apiTarget()
 	if err != nil {
 		return err
@@ -277,8 +288,15 @@ func runAPIScenarios(res *results, p plan, dyadBin, work string, want func(strin
 	defer pair.stop()
 	systems := []struct{ name, entry string }{{"dyad-api-plain", pair.plain}, {"dyad-api-guarded", pair.guarded}}
 	for _, s := range todo {
-		for rep := range p.reps {
-			for _, sys := range systems { // interleaved, as the other scenarios
+		for rep := range p.apiReps {
+			order := systems
+			if rep%2 == 1 {
+				// Interleaved as A B, then B A: a machine that slows
+				// or speeds up during the group weighs on both services
+				// alike, not on the one measured second.
+				order = []struct{ name, entry string }{systems[1], systems[0]}
+			}
+			for _, sys := range order {
 				m, err := s.run(sys.entry)
 				if err != nil {
 					return fmt.Errorf("%s on %s (repetition %d): %w", s.name, sys.name, rep+1, err)

@@ -66,6 +66,11 @@ type plan struct {
 	impairWarm time.Duration // the discarded transfer before each emulated-link bulk cell
 	setupReps  int
 	impairment []linkScenario
+	// apiReps is the API guard group's repetitions: its ratios compare
+	// close numbers, so the full run takes more of them than the rest.
+	apiReps int
+	// settle waits for a quiet machine before the API guard group.
+	settle bool
 }
 
 // idleConnsFull is the full run's idle target; dyad holds at most
@@ -84,10 +89,12 @@ func makePlan(quick bool, reps int) plan {
 		// idle as many as dyad holds in full mode: beyond the default
 		// max_streams and max_connections (1024), as the full run.
 		return plan{reps: 1, bulkDur: 300 * time.Millisecond, rrDur: 300 * time.Millisecond, churnDur: 300 * time.Millisecond,
-			churnMin: churnMin, idleConns: tunnel.MaxStreamsCap, impairDur: 300 * time.Millisecond, impairWarm: 300 * time.Millisecond, setupReps: 1, impairment: impaired}
+			churnMin: churnMin, idleConns: tunnel.MaxStreamsCap, impairDur: 300 * time.Millisecond, impairWarm: 300 * time.Millisecond, setupReps: 1, impairment: impaired,
+			apiReps: 1}
 	}
 	return plan{reps: max(reps, 3), bulkDur: 2 * time.Second, rrDur: 2 * time.Second, churnDur: time.Second,
-		churnMin: churnMin, idleConns: idleConnsFull, impairDur: 2 * time.Second, impairWarm: time.Second, setupReps: 3, impairment: impaired}
+		churnMin: churnMin, idleConns: idleConnsFull, impairDur: 2 * time.Second, impairWarm: time.Second, setupReps: 3, impairment: impaired,
+		apiReps: max(reps, 5), settle: true}
 }
 
 // idleTarget is how many connections idle holds on s: dyad carries a
