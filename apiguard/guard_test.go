@@ -309,6 +309,11 @@ func TestGuardSmuggling(t *testing.T) {
 		// An empty first Upgrade field hid the second from Header.Get.
 		"upgrade 2nd": {get + "Upgrade: \r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400, reasonUpgrade},
 		"encoded /":   {"GET /v1/payments%2F..%2Fadmin HTTP/1.1\r\nHost: p\r\n\r\n", 400, reasonPath},
+		// Tomcat, Jetty and Spring drop a segment's ";..." before
+		// resolving dot segments: "..;" is "..", "%2e%2e%3b" too.
+		"dot-dot;":  {"GET /v1/payments/..;/status HTTP/1.1\r\nHost: p\r\n\r\n", 400, reasonPath},
+		"dot;":      {"GET /v1/payments/.;x=1/status HTTP/1.1\r\nHost: p\r\n\r\n", 400, reasonPath},
+		"%2e%2e%3b": {"GET /v1/payments/%2e%2e%3b/status HTTP/1.1\r\nHost: p\r\n\r\n", 400, reasonPath},
 		// The body is checked as the first type; an upstream that reads
 		// the last would take it as the other.
 		"dup CT": {fmt.Sprintf("POST /v1/payments HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Type: text/plain\r\nIdempotency-Key: k-12345678\r\nContent-Length: %d\r\n\r\n%s", len(newPayment), newPayment), 400, reasonDupCT},

@@ -352,8 +352,11 @@ func checkHeaderStrict(block []byte) string {
 }
 
 // canonicalPath refuses a path that an upstream could read as another
-// one than the router matched: dot segments, empty segments, encoded
-// slashes or backslashes, backslashes, control bytes.
+// one than the router matched: dot segments (also before a ';', which
+// Tomcat, Jetty and Spring drop with what follows before resolving them:
+// "..;" is ".."), empty segments, encoded slashes or backslashes,
+// backslashes, control bytes. THREATS P2, tested by TestGuardSmuggling
+// and TestGuardDotSemicolon.
 func canonicalPath(u *url.URL) bool {
 	p := u.EscapedPath()
 	if !strings.HasPrefix(p, "/") || strings.Contains(p, "//") || strings.ContainsAny(p, "\\") {
@@ -371,7 +374,7 @@ func canonicalPath(u *url.URL) bool {
 	// Segments walked in place: no slice of them per request.
 	for rest := u.Path; ; {
 		seg, after, more := strings.Cut(rest, "/")
-		if seg == "." || seg == ".." {
+		if name, _, _ := strings.Cut(seg, ";"); name == "." || name == ".." {
 			return false
 		}
 		for _, c := range []byte(seg) {

@@ -133,3 +133,25 @@ paths:
 		t.Errorf("add: single %q override %v, want page,tag (the path's parameters) false", got, add.overrideOK)
 	}
 }
+
+// TestGuardDotSemicolon: a segment that is "." or ".." before a ';' is
+// refused, with or without validation: Tomcat, Jetty and Spring drop
+// the ";..." part before resolving dot segments, so upstream would run
+// another path than the operation the guard matched and allowed. Without
+// validation, nothing else stopped it.
+func TestGuardDotSemicolon(t *testing.T) {
+	up := newPayments(t)
+	p := testPolicy(t, 1<<10)
+	p.ValidateRequest = false
+	g := NewGuard(p, &events{})
+	for _, target := range []string{"/v1/payments/..;/status", "/v1/payments/..;jsessionid=1/status", "/v1/payments/%2E%2E%3B/status"} {
+		s := openStream(t, g, up, "bank-a")
+		s.send("GET " + target + " HTTP/1.1\r\nHost: p\r\n\r\n")
+		if r := s.read(t); r.StatusCode != 400 || !strings.Contains(bodyOf(r), reasonPath) {
+			t.Errorf("%s: %d, want 400 %s", target, r.StatusCode, reasonPath)
+		}
+	}
+	if got := up.seen(); len(got) != 0 {
+		t.Errorf("upstream saw %+v", got)
+	}
+}
