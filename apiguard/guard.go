@@ -446,6 +446,13 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 			return d
 		}
 	}
+	// A body the contract does not declare is not checked by anyone; an
+	// upstream may act on it (THREATS P2, tested by TestGuardUndeclaredBody).
+	if p.ValidateRequest && op.noBody && hasBody(req) {
+		d.status, d.reason = http.StatusBadRequest, reasonUndeclaredBody
+		d.detail = "this operation takes no request body"
+		return d
+	}
 	// Nothing to validate (no parameters, no body schema): kin-openapi's
 	// validator would only run the no-op authentication check.
 	if !p.ValidateRequest || !op.params && !op.BodySchema {

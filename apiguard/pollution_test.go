@@ -155,3 +155,31 @@ func TestGuardDotSemicolon(t *testing.T) {
 		t.Errorf("upstream saw %+v", got)
 	}
 }
+
+// TestGuardUndeclaredBody: with validate: [request], a body sent to an
+// operation whose contract has no requestBody is refused: kin-openapi
+// checks no body there, and an upstream may act on one (a DELETE or GET
+// with a JSON body of ids, an upload to a path that takes none). Without
+// a body, or with an empty one, the request passes.
+func TestGuardUndeclaredBody(t *testing.T) {
+	up := newPayments(t)
+	ev := &events{}
+	g := NewGuard(testPolicy(t, 1<<10), ev)
+	s := openStream(t, g, up, "bank-a")
+	s.send("GET /v1/payments/7 HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"ids\":[1,2,3]}" +
+		"GET /v1/payments/7 HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" +
+		"GET /v1/payments/7 HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\n\r\n" +
+		"GET /v1/payments/7 HTTP/1.1\r\nHost: p\r\n\r\n")
+	for i, want := range []int{400, 400, 200, 200} {
+		r := s.read(t)
+		if body := bodyOf(r); r.StatusCode != want || want == 400 && !strings.Contains(body, reasonUndeclaredBody) {
+			t.Errorf("request %d: %d %s, want %d", i+1, r.StatusCode, body, want)
+		}
+	}
+	if got := up.seen(); len(got) != 2 || got[0].n != 0 || got[1].n != 0 {
+		t.Errorf("upstream saw %+v, want the two bodiless requests", got)
+	}
+	if e := ev.all("dyad.api.denied"); len(e) != 2 || e[0]["dyad.reason"] != reasonUndeclaredBody || e[0]["dyad.api.operation"] != "getPayment" {
+		t.Errorf("denied events %v", e)
+	}
+}

@@ -11,8 +11,8 @@ import (
 // This file holds the request checks kin-openapi's validator does not
 // make but a contract firewall needs, because an upstream may read a
 // request otherwise than the validator did: repeated single-value query
-// parameters, queries Go's parser reads only in part, and method
-// overrides.
+// parameters, queries Go's parser reads only in part, method overrides,
+// and bodies the contract does not declare.
 
 // Refusal reasons of these checks (400, the connection stays usable).
 const (
@@ -27,6 +27,9 @@ const (
 	// reasonMethodOverride: a field or query key that asks upstream to
 	// run another method than the one the guard matched and allowed.
 	reasonMethodOverride = "method_override"
+	// reasonUndeclaredBody: a body for an operation whose contract has
+	// no requestBody; kin-openapi checks none there.
+	reasonUndeclaredBody = "undeclared_body"
 )
 
 // overrideFields are the request fields frameworks read a method override
@@ -118,4 +121,11 @@ func checkQuery(op *Operation, raw string) (reason, detail string) {
 		}
 	}
 	return "", ""
+}
+
+// hasBody says whether req carries a body: a length above zero or a
+// chunked one (even if its chunks turn out empty: the guard decides before
+// reading it).
+func hasBody(req *http.Request) bool {
+	return req.ContentLength > 0 || len(req.TransferEncoding) > 0
 }

@@ -55,6 +55,8 @@ type Operation struct {
 	query       bool
 	singleQuery []string
 	overrideOK  bool
+	// noBody says the operation declares no requestBody.
+	noBody bool
 
 	op *openapi3.Operation
 }
@@ -207,6 +209,7 @@ func ParseSpec(file string, data []byte) (s *Spec, err error) {
 				Deprecated: op.Deprecated, BodySchema: hasBodySchema(op), op: op,
 				params: len(op.Parameters) > 0 || len(item.Parameters) > 0}
 			o.singleQuery, o.query, o.overrideOK = queryRules(item, op)
+			o.noBody = op.RequestBody == nil
 			if o.Key == "" {
 				o.Key = o.Method + " " + path
 			}
