@@ -468,6 +468,15 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	body := false // the body is held, for checkJSONBody
 	switch {
 	case op.BodySchema && req.Body != nil && req.Body != http.NoBody:
+		// THREATS P2, tested by TestGuardBodyCharset.
+		switch reason := bodyCharset(req.Header["Content-Type"]); reason {
+		case reasonCharset:
+			d.status, d.reason, d.detail = http.StatusUnsupportedMediaType, reason, "a body is read as UTF-8"
+			return d
+		case reasonHeaderParams:
+			d.status, d.reason, d.detail = http.StatusBadRequest, reason, "the Content-Type's parameters cannot be read"
+			return d
+		}
 		if req.ContentLength > p.maxBody() {
 			d.status, d.reason, d.close = http.StatusRequestEntityTooLarge, "body_too_large", true
 			return d

@@ -183,3 +183,39 @@ func TestGuardUndeclaredBody(t *testing.T) {
 		t.Errorf("denied events %v", e)
 	}
 }
+
+// TestGuardBodyCharset: a body the guard validates is read as UTF-8 (as
+// kin-openapi does, whatever the charset parameter says); an upstream
+// that honours another charset (IIS and ASP.NET read ibm037, Python has
+// utf-7) would read other fields than the ones checked, so a charset other
+// than UTF-8 (or its subset US-ASCII) is refused with 415.
+func TestGuardBodyCharset(t *testing.T) {
+	up := newPayments(t)
+	ev := &events{}
+	g := NewGuard(testPolicy(t, 1<<10), ev)
+	for _, c := range []struct {
+		ct     string
+		status int
+	}{
+		{"application/json; charset=utf-7", 415},
+		{"application/json;charset=ibm037", 415},
+		{`application/json; charset="UTF-16"`, 415},
+		{"application/json; charset=utf-8", 201},
+		{`application/json; charset="US-ASCII"`, 201},
+		{"application/json", 201},
+		{`application/json; charset="utf-8`, 400}, // unreadable parameters
+	} {
+		s := openStream(t, g, up, "bank-a")
+		s.send(fmt.Sprintf("POST /v1/payments HTTP/1.1\r\nHost: p\r\nContent-Type: %s\r\nIdempotency-Key: k-12345678\r\nContent-Length: %d\r\n\r\n%s", c.ct, len(newPayment), newPayment))
+		r := s.read(t)
+		if body := bodyOf(r); r.StatusCode != c.status || c.status == 415 && !strings.Contains(body, reasonCharset) {
+			t.Errorf("%s: %d %s, want %d", c.ct, r.StatusCode, body, c.status)
+		}
+	}
+	if got := up.seen(); len(got) != 3 {
+		t.Errorf("upstream saw %d requests, want the 3 in UTF-8", len(got))
+	}
+	if e := ev.all("dyad.api.denied"); len(e) != 4 || e[0]["dyad.reason"] != reasonCharset || e[3]["dyad.reason"] != reasonHeaderParams {
+		t.Errorf("denied events %v", e)
+	}
+}

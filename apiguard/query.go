@@ -1,6 +1,7 @@
 package apiguard
 
 import (
+	"mime"
 	"net/http"
 	"net/url"
 	"strings"
@@ -12,7 +13,7 @@ import (
 // make but a contract firewall needs, because an upstream may read a
 // request otherwise than the validator did: repeated single-value query
 // parameters, queries Go's parser reads only in part, method overrides,
-// and bodies the contract does not declare.
+// bodies the contract does not declare, and bodies in another charset.
 
 // Refusal reasons of these checks (400, the connection stays usable).
 const (
@@ -30,6 +31,9 @@ const (
 	// reasonUndeclaredBody: a body for an operation whose contract has
 	// no requestBody; kin-openapi checks none there.
 	reasonUndeclaredBody = "undeclared_body"
+	// reasonCharset (415): a body to validate in another charset than
+	// UTF-8; kin-openapi reads it as UTF-8 whatever the parameter says.
+	reasonCharset = "unsupported_charset"
 )
 
 // overrideFields are the request fields frameworks read a method override
@@ -129,3 +133,27 @@ func checkQuery(op *Operation, raw string) (reason, detail string) {
 func hasBody(req *http.Request) bool {
 	return req.ContentLength > 0 || len(req.TransferEncoding) > 0
 }
+
+// bodyCharset checks the charset of a body the guard validates (the first
+// Content-Type; decide refused several): "" when it is UTF-8 or absent,
+// else the refusal's reason. An upstream that honours another charset
+// (ibm037 on IIS, utf-7 in Python) would read other fields than the ones
+// kin-openapi checked as UTF-8. Parameters are parsed only when there are
+// some: the common "application/json" costs one byte search.
+func bodyCharset(ct []string) string {
+	if len(ct) == 0 || strings.IndexByte(ct[0], ';') < 0 {
+		return ""
+	}
+	_, params, err := mime.ParseMediaType(ct[0])
+	if err != nil {
+		return reasonHeaderParams
+	}
+	switch cs := params["charset"]; {
+	case cs == "", strings.EqualFold(cs, "utf-8"), strings.EqualFold(cs, "utf8"), strings.EqualFold(cs, "us-ascii"):
+		return ""
+	}
+	return reasonCharset
+}
+
+// reasonHeaderParams is kin-openapi's reason for a header it cannot read.
+const reasonHeaderParams = "invalid_header"

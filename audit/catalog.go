@@ -526,7 +526,7 @@ var Catalog = []Spec{
 			{KeyAPIOperation, String, true, "operationId (or METHOD /template) of the matched operation, or the path shape of a request that matched none (/v1/payments/{num}); absent when the request could not be parsed"},
 			{KeyHTTPMethod, String, true, `request method (non-standard methods as "_OTHER"); absent when the request could not be parsed`},
 			{KeyHTTPStatus, Int, false, "status the guard answered: 400, 403, 404, 413, 429, 431, 503 or 505"},
-			{KeyReason, String, false, "not_allowed, no_route, method_not_allowed, invalid_parameter, invalid_header, invalid_body, invalid_request, body_too_large, rate_limited, memory_budget, header_too_large, truncated, bare_lf, obs_fold, malformed_header, content_length_and_transfer_encoding, duplicate_content_length, malformed_content_length, unsupported_transfer_encoding, http_version, request_target, path_not_canonical, upgrade, duplicate_content_type, duplicate_parameter, malformed_query, method_override, undeclared_body"},
+			{KeyReason, String, false, "not_allowed, no_route, method_not_allowed, invalid_parameter, invalid_header, invalid_body, invalid_request, body_too_large, rate_limited, memory_budget, header_too_large, truncated, bare_lf, obs_fold, malformed_header, content_length_and_transfer_encoding, duplicate_content_length, malformed_content_length, unsupported_transfer_encoding, http_version, request_target, path_not_canonical, upgrade, duplicate_content_type, duplicate_parameter, malformed_query, method_override, undeclared_body, unsupported_charset"},
 		},
 		OCSF: OCSF{4002, "HTTP Activity", 99, "Other", 2, 4},
 		ECS:  ECS{"event", []string{"web", "network"}, []string{"denied", "access"}, "failure"},
