@@ -228,3 +228,50 @@ func TestRecordBatcherSmallRecords(t *testing.T) {
 		}
 	}
 }
+
+// failingBatchWire is a batchWire whose write number failAt (from 1) fails
+// without taking any byte.
+type failingBatchWire struct {
+	batchWire
+	failAt int
+}
+
+var errWireFailed = errors.New("wire failed")
+
+func (w *failingBatchWire) Write(p []byte) (int, error) {
+	if len(w.writes)+1 == w.failAt {
+		w.writes = append(w.writes, -len(p))
+		return 0, errWireFailed
+	}
+	return w.batchWire.Write(p)
+}
+
+// TestReadFromCountSentBatch: when a write fails inside a batch (after a
+// key update sent the batch's first records), ReadFrom's count is the
+// payload bytes of every data record that went out whole, as io.ReaderFrom
+// promises: what the reader opens from the wire.
+func TestReadFromCountSentBatch(t *testing.T) {
+	const mp = 63 << 10
+	data := make([]byte, 12*mp)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	for try := range 60 {
+		// A key update after every data record or every second one:
+		// inside a batch (MaxBatchRecords, 2) or between batches.
+		failAt, recordsPerKey := try/2+1, uint64(2+try%2)
+		s := newTestSession(t, SuiteAES256GCM, testConn, testPairing)
+		s.limits.recordsPerKey = recordsPerKey
+		s.limits.keyUpdates = 1000
+		wire := &failingBatchWire{batchWire: batchWire{sizedWire: sizedWire{max: mp}, batch: 4}, failAt: failAt}
+		w := s.NewWriter(wire, 4, FromInitiator)
+		n, err := w.ReadFrom(bytes.NewReader(data))
+		if err == nil {
+			continue // fewer writes than failAt
+		}
+		got, _ := openAll(s, wire.Bytes()) // ends without a close record: truncated
+		if n != int64(len(got)) {
+			t.Errorf("write %d failed (writes %v): ReadFrom counted %d bytes, %d went out in whole records", failAt, wire.writes, n, len(got))
+		}
+	}
+}

@@ -139,11 +139,10 @@ func (w *Writer) ReadFrom(src io.Reader) (int64, error) {
 		n, rerr := src.Read(b[dataOffset : dataOffset+size])
 		if n > 0 {
 			if n > w.maxPayload {
-				w.err = w.writeBatch(b, n)
-			} else {
-				w.err = w.writeRecord(b, typeData, b[dataOffset:dataOffset+n])
-			}
-			if w.err == nil {
+				var sent int
+				sent, w.err = w.writeBatch(b, n)
+				total += int64(sent)
+			} else if w.err = w.writeRecord(b, typeData, b[dataOffset:dataOffset+n]); w.err == nil {
 				total += int64(n)
 			}
 		}
@@ -208,8 +207,9 @@ func (w *Writer) writeRecord(b []byte, typ recordType, payload []byte) error {
 // payload is first moved to its place after the previous record's tag (a
 // shift of HeaderSize+TagSize bytes per record, last first): a copy of
 // half the batch, cheaper than the Write per record it saves (README, TCP
-// fallback).
-func (w *Writer) writeBatch(b []byte, n int) error {
+// fallback). It returns the payload bytes of the records written whole,
+// also on an error after a key update sent the first ones.
+func (w *Writer) writeBatch(b []byte, n int) (int, error) {
 	mp := w.maxPayload
 	k := (n + mp - 1) / mp
 	for i := k - 1; i > 0; i-- {
@@ -224,25 +224,30 @@ func (w *Writer) writeBatch(b []byte, n int) error {
 		w.sentPreamble = true
 	}
 	at := PreambleSize
+	sent, sealed := 0, 0 // payload bytes written, and sealed since
 	for i := range k {
 		m := min(mp, n-i*mp)
 		if w.keys.updateDue(m) {
 			if at > start {
 				if _, err := w.w.Write(b[start:at]); err != nil {
-					return err
+					return sent, err
 				}
+				sent, sealed = sent+sealed, 0
 			}
 			start = at
 			if err := w.updateKeyIfDue(m); err != nil {
-				return err
+				return sent, err
 			}
 		}
 		rec := b[at : at+HeaderSize+m+TagSize]
 		w.keys.seal(rec, typeData, rec[HeaderSize:HeaderSize+m])
 		at += len(rec)
+		sealed += m
 	}
-	_, err := w.w.Write(b[start:at])
-	return err
+	if _, err := w.w.Write(b[start:at]); err != nil {
+		return sent, err
+	}
+	return sent + sealed, nil
 }
 
 // updateKeyIfDue sends a key update record and moves to the next key when
