@@ -1,0 +1,190 @@
+package apiguard
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// numbersResponseSpec is one operation whose response body is an array of
+// integers (JSON, among the densest: about 52 bytes decoded per body byte,
+// TestJSONDecodeCharge), and one whose response is the same as YAML, which
+// kin-openapi decodes itself.
+const numbersResponseSpec = `openapi: 3.0.3
+info: {title: numbers, version: "1"}
+paths:
+  /numbers:
+    get:
+      operationId: getNumbers
+      responses:
+        "200":
+          description: numbers
+          content:
+            application/json:
+              schema: {type: array, items: {type: integer}}
+  /yaml:
+    get:
+      operationId: getYAML
+      responses:
+        "200":
+          description: numbers
+          content:
+            application/yaml:
+              schema: {type: array, items: {type: integer}}
+`
+
+// numbersPartner serves body on every path, with its Content-Length, as
+// application/yaml on /yaml and application/json elsewhere.
+func numbersPartner(t *testing.T, body string) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ct := "application/json"
+		if r.URL.Path == "/yaml" {
+			ct = "application/yaml"
+		}
+		w.Header().Set("Content-Type", ct)
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		io.WriteString(w, body)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// getOnce sends one GET for path on c and reads its response: status,
+// body and the error, if any.
+func getOnce(c io.ReadWriter, path string) (int, string, error) {
+	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: partner\r\n\r\n", path); err != nil {
+		return 0, "", err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: "GET"})
+	if err != nil {
+		return 0, "", err
+	}
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// TestResponseDecodedFormCharged: a JSON response body's decoded form
+// counts in the forward's budget (BudgetFactor x (max_body+1)) while it
+// is checked, as a request body's does at the exporting side (THREATS
+// P5). Four connections of one forward get, at once, dense bodies within
+// max_body whose decoded forms (over 50 times the body) together are
+// almost three times the budget. With the budget taken but for room for
+// the raw bodies, each is unchecked_busy: passed on unchecked when
+// report-only, 502 response_check_busy when blocking. With the budget
+// free, the forward's charged bytes go above what the raw bodies take (the
+// decoded forms are charged: on main they never were, and the four were
+// decoded at once, uncharged) and never above the budget; those that did
+// not fit are unchecked_busy; every byte is given back after.
+func TestResponseDecodedFormCharged(t *testing.T) {
+	const maxBody = 64 << 10
+	const n = 4
+	body := denseBody(maxBody)
+	srv := numbersPartner(t, body)
+	spec, err := ParseSpec("numbers.yaml", []byte(numbersResponseSpec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := int64(BudgetFactor * (maxBody + 1))
+	for _, block := range []bool{false, true} {
+		t.Run(fmt.Sprintf("block=%v", block), func(t *testing.T) {
+			noCheckerLeak(t)
+			stats := &ResponseStats{}
+			p := &ResponsePolicy{Peer: "bank-b", Service: "numbers", Spec: spec, Block: block, MaxBody: maxBody}
+			run := func() (statuses []int) {
+				conns := make([]io.ReadWriter, n)
+				for i := range conns {
+					c := checkedPairOnly(t, srv.Listener.Addr().String(), p, stats, nil)
+					c.SetDeadline(time.Now().Add(20 * time.Second))
+					conns[i] = c
+				}
+				statuses = make([]int, n)
+				var wg sync.WaitGroup
+				for i, c := range conns {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						st, got, err := getOnce(c, "/numbers")
+						switch {
+						case err != nil:
+							t.Errorf("connection %d: %v", i, err)
+						case st == http.StatusOK && got != body:
+							t.Errorf("connection %d: 200 with %d bytes, want the partner's %d", i, len(got), len(body))
+						case st == http.StatusBadGateway && !strings.Contains(got, ReasonBusy):
+							t.Errorf("connection %d: 502 %q, want %s", i, got, ReasonBusy)
+						}
+						statuses[i] = st
+					}()
+				}
+				wg.Wait()
+				return statuses
+			}
+			busyStatus := http.StatusOK
+			if block {
+				busyStatus = http.StatusBadGateway
+			}
+
+			// Room for the raw bodies (twice over), not their decoded forms.
+			taken := limit - 2*n*int64(len(body))
+			stats.buffered.Store(taken)
+			for i, st := range run() {
+				if st != busyStatus {
+					t.Errorf("connection %d with room for raw bodies only: status %d, want %d", i, st, busyStatus)
+				}
+			}
+			if s := stats.Snapshot(); s["unchecked_busy"] != n || s["valid"] != 0 || s["invalid"] != 0 {
+				t.Errorf("with room for raw bodies only: counters %v, want %d unchecked_busy", s, n)
+			}
+			if cur := stats.buffered.Load(); cur != taken {
+				t.Fatalf("the busy responses left %d bytes charged, want 0", cur-taken)
+			}
+
+			// The whole budget free: n at once, sampled.
+			stats = &ResponseStats{}
+			var peak atomic.Int64
+			stop, sampled := make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(sampled)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if cur := stats.buffered.Load(); cur > peak.Load() {
+						peak.Store(cur)
+					}
+					time.Sleep(20 * time.Microsecond)
+				}
+			}()
+			statuses := run()
+			close(stop)
+			<-sampled
+			s := stats.Snapshot()
+			t.Logf("%d of %d checked at once (%v), peak charged %d bytes", s["valid"], n, statuses, peak.Load())
+			if s["valid"] == 0 || s["valid"]+s["unchecked_busy"] != n || s["invalid"] != 0 {
+				t.Errorf("with the budget free: counters %v, want %d valid or unchecked_busy, at least one valid", s, n)
+			}
+			for i, st := range statuses {
+				if st != http.StatusOK && st != busyStatus {
+					t.Errorf("connection %d with the budget free: status %d", i, st)
+				}
+			}
+			if pk := peak.Load(); pk > limit || pk <= n*int64(len(body)) {
+				t.Errorf("peak charged %d bytes: want above the raw bodies' %d (decoded forms charged) and at most the budget %d",
+					pk, n*len(body), limit)
+			}
+			if cur := stats.buffered.Load(); cur != 0 {
+				t.Errorf("the forward's budget holds %d bytes after the responses, want 0", cur)
+			}
+		})
+	}
+}
