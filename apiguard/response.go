@@ -430,19 +430,7 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 		// tested by TestResponseCheck (/v1/payments/6).
 		f.Reason = ReasonDuplicateContentType
 	} else {
-		in := &openapi3filter.ResponseValidationInput{
-			RequestValidationInput: &openapi3filter.RequestValidationInput{Request: pr.req, PathParams: pr.params, Route: pr.route},
-			Status:                 resp.StatusCode,
-			Header:                 resp.Header,
-			Options:                &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true},
-		}
-		var err error
-		if jmt != nil {
-			err = c.checkJSONResponse(in, jmt, body)
-		} else {
-			in.Body = io.NopCloser(bytes.NewReader(body))
-			err = openapi3filter.ValidateResponse(context.Background(), in)
-		}
+		err := c.check(resp, pr, jmt, body)
 		if err == errJSONBudget {
 			return c.busy(resp, pr, body, more)
 		}
@@ -480,6 +468,24 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 		return false, err
 	}
 	return more, nil
+}
+
+// check validates a final response to pr, its body held in body (nil
+// when needsBody said it has none to check), jmt its jsonResponseCase: nil
+// when it keeps its contract, errJSONBudget when the forward's budget
+// could not take its decoded form, kin-openapi's error otherwise.
+func (c *CheckedConn) check(resp *http.Response, pr pairedRequest, jmt *openapi3.MediaType, body []byte) error {
+	in := &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: pr.req, PathParams: pr.params, Route: pr.route},
+		Status:                 resp.StatusCode,
+		Header:                 resp.Header,
+		Options:                &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true},
+	}
+	if jmt != nil {
+		return c.checkJSONResponse(in, jmt, body)
+	}
+	in.Body = io.NopCloser(bytes.NewReader(body))
+	return openapi3filter.ValidateResponse(context.Background(), in)
 }
 
 // busy handles a response whose check the forward's budget could not

@@ -188,3 +188,45 @@ func TestResponseDecodedFormCharged(t *testing.T) {
 		})
 	}
 }
+
+// TestResponseKinDecodedBodiesBounded: a response body that kin-openapi
+// decodes itself (here YAML), whose decoded form is not charged, holds
+// BudgetFactor/8 times its size of the forward's budget while it is
+// checked, so that at most 8 bodies of max_body are decoded uncharged at
+// once, as when the budget was 8 x max_body of bodies (THREATS P5). With
+// room for 8 times the body it is unchecked_busy; with room for 9 times it
+// is checked, and gives all of it back. (On main the budget was 8 x
+// (max_body+1): with the rest taken, neither fitted.)
+func TestResponseKinDecodedBodiesBounded(t *testing.T) {
+	const maxBody = 16 << 10
+	body := denseBody(maxBody)
+	srv := numbersPartner(t, body)
+	spec, err := ParseSpec("numbers.yaml", []byte(numbersResponseSpec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &ResponsePolicy{Peer: "bank-b", Service: "numbers", Spec: spec, MaxBody: maxBody}
+	limit := int64(BudgetFactor * (maxBody + 1))
+	for _, tc := range []struct {
+		room int64  // times the body
+		want string // the counter it lands in
+	}{{BudgetFactor / 8, "valid"}, {BudgetFactor/8 - 1, "unchecked_busy"}} {
+		t.Run(fmt.Sprintf("room=%d", tc.room), func(t *testing.T) {
+			stats := &ResponseStats{}
+			taken := limit - tc.room*int64(len(body))
+			stats.buffered.Store(taken)
+			c := checkedPair(t, srv.Listener.Addr().String(), p, stats, nil)
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			st, got, err := getOnce(c, "/yaml")
+			if err != nil || st != http.StatusOK || got != body {
+				t.Errorf("%d, %d bytes, %v; want 200 with the partner's %d", st, len(got), err, len(body))
+			}
+			if s := stats.Snapshot(); s[tc.want] != 1 || s["valid"]+s["unchecked_busy"] != 1 {
+				t.Errorf("counters %v, want 1 %s", s, tc.want)
+			}
+			if cur := stats.buffered.Load(); cur != taken {
+				t.Errorf("%d bytes left charged, want 0", cur-taken)
+			}
+		})
+	}
+}
