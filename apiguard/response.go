@@ -106,6 +106,25 @@ type ResponseStats struct {
 	// buffered is what the forward's checks hold now, over its
 	// connections: body bytes and decoded forms.
 	buffered peerBudget
+	// collecting is set while one of the forward's checks collects the
+	// errors of a body that broke its schema (checkJSONResponse).
+	collecting atomic.Bool
+}
+
+// collect takes the forward's one turn to collect a broken body's errors,
+// waiting up to budgetWait for it; false when it could not.
+func (s *ResponseStats) collect() bool {
+	var deadline time.Time // the clock read only when the turn is taken
+	for !s.collecting.CompareAndSwap(false, true) {
+		now := time.Now()
+		if deadline.IsZero() {
+			deadline = now.Add(budgetWait)
+		} else if now.After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
 }
 
 // budgetWait is how long a check waits for the forward's budget: a
@@ -155,7 +174,11 @@ type CheckedConn struct {
 	pending  chan pairedRequest
 	respDone chan struct{}
 	respErr  error // set before respDone closes
-	close    sync.Once
+	// collecting: the response loop holds the forward's turn to collect
+	// a broken body's errors (checkJSONResponse) until it has read them
+	// into the finding (release).
+	collecting bool
+	close      sync.Once
 }
 
 // pairedRequest is what the response loop needs of a request.
@@ -431,6 +454,10 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 		f.Reason = ReasonDuplicateContentType
 	} else {
 		err := c.check(resp, pr, jmt, body)
+		if err != nil && err != errJSONBudget {
+			f.Reason, f.Keyword = responseReason(err)
+		}
+		c.release() // the errors are read: before any write to the client
 		if err == errJSONBudget {
 			return c.busy(resp, pr, body, more)
 		}
@@ -441,7 +468,6 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 			}
 			return more, resp.Write(c.TCPConn)
 		}
-		f.Reason, f.Keyword = responseReason(err)
 	}
 	if f.Reason == ReasonUndeclaredStatus && problemRefusal(resp) {
 		// The partner's side refused the call (its dyad's API guard
@@ -511,9 +537,12 @@ func (c *CheckedConn) busy(resp *http.Response, pr pairedRequest, body []byte, m
 // respOpts30 and respOpts31 are the options openapi3filter's
 // ValidateResponse (v0.153.0) gives a body's Schema.VisitJSON for the
 // checker's Options (MultiError), the second for a 3.1 document.
+// respFailFast30 only says whether a body keeps a 3.0 schema: it stops at
+// the first error, building none.
 var (
-	respOpts30 = []openapi3.SchemaValidationOption{openapi3.MultiErrors(), openapi3.VisitAsResponse()}
-	respOpts31 = []openapi3.SchemaValidationOption{openapi3.MultiErrors(), openapi3.EnableJSONSchema2020(), openapi3.VisitAsResponse()}
+	respOpts30     = []openapi3.SchemaValidationOption{openapi3.MultiErrors(), openapi3.VisitAsResponse()}
+	respOpts31     = []openapi3.SchemaValidationOption{openapi3.MultiErrors(), openapi3.EnableJSONSchema2020(), openapi3.VisitAsResponse()}
+	respFailFast30 = []openapi3.SchemaValidationOption{openapi3.FailFast(), openapi3.VisitAsResponse()}
 )
 
 // checkJSONResponse checks a response of jsonResponseCase (its media
@@ -530,6 +559,17 @@ var (
 // (unchecked_busy). THREATS P5, tested by TestResponseDecodedFormCharged.
 // The value shares body's bytes, which nothing writes; nothing keeps the
 // value, or the error that may point into it, past the caller's finding.
+//
+// The errors kin-openapi builds for a body that breaks its schema are not
+// charged: all of them are collected (MultiError), one or more per
+// failing value, which for a body of wrong-typed values takes more than
+// its decoded form. For a 3.0 document the body is first checked failing
+// fast (no error built: a body that keeps its schema is done), and a
+// broken one's errors are collected by one check of the forward at a time,
+// which waits up to 1 s for its turn, then is unchecked_busy, and holds it
+// until the caller has read the errors into its finding (release). THREATS P5,
+// tested by TestResponseErrorsCollectedOneAtATime. (A 3.1 document's
+// validator builds its errors whatever the options: not bounded yet.)
 func (c *CheckedConn) checkJSONResponse(in *openapi3filter.ResponseValidationInput, mt *openapi3.MediaType, body []byte) error {
 	in.Options.ExcludeResponseBody = true
 	if err := openapi3filter.ValidateResponse(context.Background(), in); err != nil {
@@ -546,11 +586,26 @@ func (c *CheckedConn) checkJSONResponse(in *openapi3filter.ResponseValidationInp
 	opts := respOpts30
 	if route := in.RequestValidationInput.Route; route.Spec != nil && route.Spec.IsOpenAPI31OrLater() {
 		opts = respOpts31
+	} else if mt.Schema.Value.VisitJSON(value, respFailFast30...) == nil {
+		return nil
+	} else if !c.stats.collect() {
+		return errJSONBudget
+	} else {
+		c.collecting = true
 	}
 	if err := mt.Schema.Value.VisitJSON(value, opts...); err != nil {
 		return &openapi3filter.ResponseError{Input: in, Reason: "response body doesn't match schema" + schemaID(mt.Schema), Err: err}
 	}
 	return nil
+}
+
+// release gives back the forward's turn to collect errors, if this
+// connection holds it.
+func (c *CheckedConn) release() {
+	if c.collecting {
+		c.collecting = false
+		c.stats.collecting.Store(false)
+	}
 }
 
 func (c *CheckedConn) finding(f ResponseFinding) {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -228,5 +229,117 @@ func TestResponseKinDecodedBodiesBounded(t *testing.T) {
 				t.Errorf("%d bytes left charged, want 0", cur-taken)
 			}
 		})
+	}
+}
+
+// TestResponseErrorsCollectedOneAtATime: the errors kin-openapi builds
+// for a body that breaks its schema (all of them: one per wrong-typed
+// value here, more bytes than the decoded form) are not charged, so one
+// check of a forward at a time collects them (THREATS P5). With that turn
+// held elsewhere, a broken body waits up to 1 s, then is unchecked_busy
+// (passed on unchecked when report-only, 502 response_check_busy when
+// blocking; on main it was collected at once, and as many at a time as
+// the partner sent), while a body that keeps its schema, checked failing
+// fast without building an error, passes as ever. With the turn free,
+// concurrent broken bodies take it in turn: each is found invalid, with
+// kin-openapi's reason and keyword, and the turn is free after.
+func TestResponseErrorsCollectedOneAtATime(t *testing.T) {
+	const maxBody = 16 << 10
+	broken := "[" + strings.Repeat(`"",`, (maxBody-3)/3) + `""]`
+	bad, good := numbersPartner(t, broken), numbersPartner(t, denseBody(maxBody))
+	spec, err := ParseSpec("numbers.yaml", []byte(numbersResponseSpec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, block := range []bool{false, true} {
+		t.Run(fmt.Sprintf("block=%v", block), func(t *testing.T) {
+			noCheckerLeak(t)
+			var mu sync.Mutex
+			var found []ResponseFinding
+			report := func(f ResponseFinding) { mu.Lock(); found = append(found, f); mu.Unlock() }
+			stats := &ResponseStats{}
+			p := &ResponsePolicy{Peer: "bank-b", Service: "numbers", Spec: spec, Block: block, MaxBody: maxBody}
+			get := func(srv *httptest.Server) (int, string) {
+				c := checkedPairOnly(t, srv.Listener.Addr().String(), p, stats, report)
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				st, got, err := getOnce(c, "/numbers")
+				if err != nil {
+					t.Fatal(err)
+				}
+				return st, got
+			}
+
+			stats.collecting.Store(true) // another check collects its errors
+			st, got := get(bad)
+			switch {
+			case !block && (st != http.StatusOK || got != broken):
+				t.Errorf("report-only, the turn held: %d, %d bytes; want the broken body passed on unchecked", st, len(got))
+			case block && (st != http.StatusBadGateway || !strings.Contains(got, ReasonBusy)):
+				t.Errorf("blocking, the turn held: %d %.80q; want 502 %s", st, got, ReasonBusy)
+			}
+			if st, _ := get(good); st != http.StatusOK {
+				t.Errorf("a valid body with the turn held: status %d, want 200", st)
+			}
+			if s := stats.Snapshot(); s["unchecked_busy"] != 1 || s["valid"] != 1 || s["invalid"] != 0 {
+				t.Errorf("with the turn held: counters %v, want 1 unchecked_busy, 1 valid", s)
+			}
+			stats.collecting.Store(false)
+
+			const n = 3
+			var wg sync.WaitGroup
+			for range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					st, _ := get(bad)
+					if want := map[bool]int{false: http.StatusOK, true: http.StatusBadGateway}[block]; st != want {
+						t.Errorf("a broken body with the turn free: status %d, want %d", st, want)
+					}
+				}()
+			}
+			wg.Wait()
+			mu.Lock()
+			defer mu.Unlock()
+			if s := stats.Snapshot(); s["invalid"] != n || s["unchecked_busy"] != 1 {
+				t.Errorf("with the turn free: counters %v, want %d invalid", s, n)
+			}
+			for _, f := range found {
+				if f.Reason != ReasonSchemaViolation || f.Keyword != "type" {
+					t.Errorf("finding %+v, want %s/type", f, ReasonSchemaViolation)
+				}
+			}
+			if stats.collecting.Load() || stats.buffered.Load() != 0 {
+				t.Errorf("after the responses: turn held %v, %d bytes charged; want free, 0", stats.collecting.Load(), stats.buffered.Load())
+			}
+		})
+	}
+}
+
+// TestResponseErrorListSize: what TestResponseErrorsCollectedOneAtATime
+// bounds is worth bounding: kin-openapi's errors for a body of
+// wrong-typed values (all of them collected, MultiError) take more than
+// the body's decoded form, which the decoder charges.
+func TestResponseErrorListSize(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	spec, err := ParseSpec("numbers.yaml", []byte(numbersResponseSpec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := spec.doc.Paths.Value("/numbers").Get.Responses.Status(200).Value.Content.Get("application/json").Schema.Value
+	body := "[" + strings.Repeat(`"",`, 1<<14) + `""]`
+	v, charged, err := decodeCharged([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	verr := schema.VisitJSON(v, respOpts30...)
+	runtime.ReadMemStats(&m1)
+	built := int64(m1.TotalAlloc - m0.TotalAlloc)
+	t.Logf("%d-byte body: decoded form charged %d bytes, its errors %d", len(body), charged, built)
+	if verr == nil || built <= charged {
+		t.Errorf("errors %d bytes (err %v), want more than the decoded form's %d", built, verr != nil, charged)
 	}
 }
