@@ -99,8 +99,10 @@ type ResponseStats struct {
 	Refusals atomic.Uint64
 	// UncheckedBusy are bodies that needed validation while the forward's
 	// budget (ResponsePolicy.budget) could not take them or their decoded
-	// form: passed on unchecked at once (report-only) or, after waiting up
-	// to 1 s, answered 502 (block).
+	// form (report-only: at once; block: within 1 s), or whose errors
+	// could not have the forward's turn to be collected within 1 s
+	// (checkJSONResponse): passed on unchecked (report-only) or answered
+	// 502 (block).
 	UncheckedBusy atomic.Uint64
 
 	// buffered is what the forward's checks hold now, over its
