@@ -171,8 +171,12 @@ func TestResponseDecodedFormCharged(t *testing.T) {
 			<-sampled
 			s := stats.Snapshot()
 			t.Logf("%d of %d checked at once (%v), peak charged %d bytes", s["valid"], n, statuses, peak.Load())
-			if s["valid"] == 0 || s["valid"]+s["unchecked_busy"] != n || s["invalid"] != 0 {
-				t.Errorf("with the budget free: counters %v, want %d valid or unchecked_busy, at least one valid", s, n)
+			// Blocking, decodes wait for each other: at least one is
+			// checked. Report-only ones do not wait, and may in a rare
+			// race all find the budget held by the others' partial
+			// decodes (each then gives back what it took).
+			if block && s["valid"] == 0 || s["valid"]+s["unchecked_busy"] != n || s["invalid"] != 0 {
+				t.Errorf("with the budget free: counters %v, want %d valid or unchecked_busy (blocking: at least one valid)", s, n)
 			}
 			for i, st := range statuses {
 				if st != http.StatusOK && st != busyStatus {
