@@ -37,18 +37,27 @@ func jsonBodyCase(route *routers.Route, req *http.Request, data []byte) jsonCase
 	}
 	inputMIME := req.Header.Get("Content-Type")
 	mt := rb.Content.Get(inputMIME)
-	if mt == nil || mt.Schema == nil || mt.Schema.Value == nil || mt.Encoding[""] != nil ||
-		mt.Schema.Value.Type.Is("string") && mt.Schema.Value.Format == "binary" {
-		return jsonCase{}
-	}
-	// The media type as decodeBody derives it from the field, to pick
-	// the decoder.
-	mediaType, _, _ := strings.Cut(inputMIME, ";")
-	mediaType = strings.ToLower(strings.TrimSpace(mediaType))
-	if !guardDecodes(mediaType) {
+	mediaType, ok := jsonMedia(mt, inputMIME)
+	if !ok {
 		return jsonCase{}
 	}
 	return jsonCase{rb: rb, mt: mt, mediaType: mediaType}
+}
+
+// jsonMedia says whether openapi3filter's decodeBody (v0.153.0) decodes a
+// body that mt describes, sent with Content-Type inputMIME, with the
+// guard's JSON decoder: mt has a schema, no Encoding entry and is not
+// binary, and the media type, as decodeBody derives it from the field to
+// pick the decoder (returned), is one guardDecodes. Shared by requests
+// (jsonBodyCase) and responses (jsonResponseCase).
+func jsonMedia(mt *openapi3.MediaType, inputMIME string) (string, bool) {
+	if mt == nil || mt.Schema == nil || mt.Schema.Value == nil || mt.Encoding[""] != nil ||
+		mt.Schema.Value.Type.Is("string") && mt.Schema.Value.Format == "binary" {
+		return "", false
+	}
+	mediaType, _, _ := strings.Cut(inputMIME, ";")
+	mediaType = strings.ToLower(strings.TrimSpace(mediaType))
+	return mediaType, guardDecodes(mediaType)
 }
 
 // checkJSONBody checks a held JSON body (c.bodyData) of jsonBodyCase
@@ -73,7 +82,15 @@ func jsonBodyCase(route *routers.Route, req *http.Request, data []byte) jsonCase
 // TestGuardDecodedFormCharged, TestJSONDecodeCharge and
 // TestGuardBudgetMixedReturnsToZero.
 func (c *conn) checkJSONBody(route *routers.Route, req *http.Request, jc jsonCase, limit int64) error {
-	value, held, err := c.decodeHeld(limit)
+	// The held bytes are decoded where they are, not copied into a
+	// string first (1 KiB and an allocation per rr-api request): the
+	// value's names and strings share c.bodyData, which nothing writes
+	// and release does not give back before the request is forwarded,
+	// and nothing keeps the value once checkJSONBody returns (defaults
+	// are encoded into a new body; decide copies the error's text
+	// before release). THREATS P6 (no byte of one request in
+	// another's), tested by TestCheckJSONBodyNoAlias.
+	value, held, err := decodeInBudget(c.budget, c.bodyData, limit, budgetWait)
 	defer func() { c.budget.Add(-held) }()
 	if err == errJSONBudget {
 		return err
@@ -119,40 +136,34 @@ func (c *conn) checkJSONBody(route *routers.Route, req *http.Request, jc jsonCas
 	return nil
 }
 
-// decodeHeld decodes c.bodyData, where it is held, charged to the peer's
-// budget, limit bytes in all; held is what it holds of the budget for the
-// value, which the caller gives back when it is done with it (also on an
-// error). A decode that gave up for another one waiting (jsonDecoder.grow)
-// gives back what it took, waits for that much, holding nothing of it,
-// and decodes again, within budgetWait.
-func (c *conn) decodeHeld(limit int64) (value any, held int64, err error) {
+// decodeInBudget decodes data where it is held (the value's names and
+// strings share its bytes: the caller must not write them while it keeps
+// the value), charged to b, limit bytes in all; held is what it holds of
+// b for the value, which the caller gives back when it is done with it
+// (also on an error). It waits for the budget up to wait (for the first
+// try, and again in all for the next): a decode that gave up for another
+// one waiting (jsonDecoder.grow) gives back what it took, waits for that
+// much, holding nothing of it, and decodes again.
+// Shared by requests (checkJSONBody) and responses (checkJSONResponse).
+func decodeInBudget(b *peerBudget, data []byte, limit int64, wait time.Duration) (value any, held int64, err error) {
 	var pre int64 // what the last try took, taken again before the next
 	var deadline time.Time
 	for {
-		d := jsonDecoder{budget: c.budget, limit: limit}
+		d := jsonDecoder{budget: b, limit: limit, wait: wait}
 		if pre > 0 {
-			wait := time.Until(deadline)
-			if d.room = reserveUpTo(&c.budget.Int64, pre, pre+decodeChunk, limit, wait); d.room == 0 {
+			if d.room = reserveUpTo(&b.Int64, pre, pre+decodeChunk, limit, time.Until(deadline)); d.room == 0 {
 				return nil, 0, errJSONBudget
 			}
 		}
-		// The held bytes are decoded where they are, not copied into a
-		// string first (1 KiB and an allocation per rr-api request): the
-		// value's names and strings share c.bodyData, which nothing writes
-		// and release does not give back before the request is forwarded,
-		// and nothing keeps the value once checkJSONBody returns (defaults
-		// are encoded into a new body; decide copies the error's text
-		// before release). THREATS P6 (no byte of one request in
-		// another's), tested by TestCheckJSONBodyNoAlias.
-		d.s = unsafe.String(unsafe.SliceData(c.bodyData), len(c.bodyData))
+		d.s = unsafe.String(unsafe.SliceData(data), len(data))
 		value, err = d.decode()
 		if err != errJSONBudget || !d.yielded {
 			return value, d.room, err
 		}
-		if deadline.IsZero() {
-			deadline = time.Now().Add(budgetWait)
+		if deadline.IsZero() { // the clock read only when a decode yields
+			deadline = time.Now().Add(wait)
 		}
-		c.budget.Add(-d.room)
+		b.Add(-d.room)
 		pre = d.used
 	}
 }

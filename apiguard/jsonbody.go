@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -62,7 +63,8 @@ var (
 	errJSONEnd       = errors.New("unexpected end of JSON input")
 	// errJSONBudget: the peer's memory budget could not take the
 	// decoded form within budgetWait. Returned bare (no ParseError):
-	// the request is refused 503 memory_budget, not 400.
+	// the request is refused 503 memory_budget, not 400 (a response
+	// checked at the importing side is unchecked_busy, not invalid).
 	errJSONBudget = errors.New("the peer's memory budget cannot take the decoded body")
 )
 
@@ -199,7 +201,7 @@ func jsonValueStart(c byte) bool {
 // json.Decoder.Decode gives an any with UseNumber: map[string]any, []any,
 // string, json.Number, bool, nil. With a budget, it charges what it
 // builds to it as it goes, and stops with errJSONBudget when the budget
-// cannot take more within budgetWait.
+// cannot take more within wait.
 type jsonDecoder struct {
 	s string
 	i int
@@ -209,7 +211,8 @@ type jsonDecoder struct {
 	used, room int64
 	budget     *peerBudget
 	limit      int64
-	yielded    bool // gave up for another decode waiting (grow)
+	wait       time.Duration // how long grow may wait for the budget
+	yielded    bool          // gave up for another decode waiting (grow)
 	// folds is the stack of folded names of the objects being read
 	// (object), innermost last; reused from object to object.
 	folds []string
@@ -228,9 +231,9 @@ func (d *jsonDecoder) charge(n int64) bool {
 
 // grow takes more of the budget: what used needs, and up to decodeChunk
 // more where it is free. When none is free, a decode that holds none of
-// it yet waits up to budgetWait, and of those that hold some, one of the
+// it yet waits up to d.wait, and of those that hold some, one of the
 // peer's at a time; any other gives up at once (yielded: its caller gives
-// back what it holds and decodes again, conn.decodeHeld). Decodes that
+// back what it holds and decodes again, decodeInBudget). Decodes that
 // each held part of the budget and waited for more would wait for each
 // other until all failed (TestGuardDecodedFormCharged).
 func (d *jsonDecoder) grow() bool {
@@ -242,9 +245,9 @@ func (d *jsonDecoder) grow() bool {
 	switch {
 	case got > 0:
 	case d.room == 0:
-		got = reserveUpTo(&d.budget.Int64, need, need+decodeChunk, d.limit, budgetWait)
+		got = reserveUpTo(&d.budget.Int64, need, need+decodeChunk, d.limit, d.wait)
 	case d.budget.decodeWaits.CompareAndSwap(false, true):
-		got = reserveUpTo(&d.budget.Int64, need, need+decodeChunk, d.limit, budgetWait)
+		got = reserveUpTo(&d.budget.Int64, need, need+decodeChunk, d.limit, d.wait)
 		d.budget.decodeWaits.Store(false)
 	default:
 		d.yielded = true

@@ -45,6 +45,13 @@ func (p *ResponsePolicy) maxBody() int64 {
 	return p.MaxBody
 }
 
+// budget is the forward's memory budget for its checks, over all its
+// connections: BudgetFactor x (max_body+1) of response bodies and, while
+// a JSON body is checked, its decoded form (as a peer's on a guarded
+// service: it holds BudgetFactor bodies of max_body, or one with its
+// decoded form at the densest).
+func (p *ResponsePolicy) budget() int64 { return BudgetFactor * (p.maxBody() + 1) }
+
 // Response finding reasons (dyad.api.response_invalid's dyad.reason).
 const (
 	ReasonUndeclaredStatus   = "undeclared_status"   // the operation declares neither this status nor a default
@@ -59,7 +66,7 @@ const (
 	// it as another type.
 	ReasonDuplicateContentType = "duplicate_content_type"
 	// ReasonBusy is in a 502 only, never an event: with block, a body the
-	// forward had no budget to check within 1 s.
+	// forward had no budget to check (to hold, or to decode) within 1 s.
 	ReasonBusy = "response_check_busy"
 )
 
@@ -91,31 +98,44 @@ type ResponseStats struct {
 	// operation does not declare: the partner's side refused the call.
 	Refusals atomic.Uint64
 	// UncheckedBusy are bodies that needed validation while the forward's
-	// body budget (BodyBudget x max_body) was in use for 1 s: passed on
-	// unchecked (report-only) or answered 502 (block).
+	// budget (ResponsePolicy.budget) could not take them or their decoded
+	// form (report-only: at once; block: within 1 s), or whose errors
+	// could not have the forward's turn to be collected within 1 s
+	// (checkJSONResponse): passed on unchecked (report-only) or answered
+	// 502 (block).
 	UncheckedBusy atomic.Uint64
 
-	buffered atomic.Int64 // body bytes reserved now, over the forward's connections
+	// buffered is what the forward's checks hold now, over its
+	// connections: body bytes and decoded forms.
+	buffered peerBudget
+	// collecting is set while one of the forward's checks collects the
+	// errors of a body that broke its schema (checkJSONResponse).
+	collecting atomic.Bool
 }
 
-// BodyBudget is how many max_body-sized response bodies one forward holds
-// for validation at once, over all its connections.
-const BodyBudget = 8
-
-// reserve takes n bytes of the forward's body budget, waiting up to 1 s
-// for it when wait is set.
-func (s *ResponseStats) reserve(n, maxBody int64, wait bool) bool {
-	deadline := time.Now().Add(time.Second)
-	for {
-		if s.buffered.Add(n) <= BodyBudget*(maxBody+1) {
-			return true
-		}
-		s.buffered.Add(-n)
-		if !wait || time.Now().After(deadline) {
+// collect takes the forward's one turn to collect a broken body's errors,
+// waiting up to budgetWait for it; false when it could not.
+func (s *ResponseStats) collect() bool {
+	var deadline time.Time // the clock read only when the turn is taken
+	for !s.collecting.CompareAndSwap(false, true) {
+		now := time.Now()
+		if deadline.IsZero() {
+			deadline = now.Add(budgetWait)
+		} else if now.After(deadline) {
 			return false
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return true
+}
+
+// budgetWait is how long a check waits for the forward's budget: a
+// report-only forward passes the response on unchecked at once instead.
+func (p *ResponsePolicy) budgetWait() time.Duration {
+	if p.Block {
+		return budgetWait
+	}
+	return 0
 }
 
 // Snapshot returns the counters by name, for /statusz.
@@ -156,7 +176,11 @@ type CheckedConn struct {
 	pending  chan pairedRequest
 	respDone chan struct{}
 	respErr  error // set before respDone closes
-	close    sync.Once
+	// collecting: the response loop holds the forward's turn to collect
+	// a broken body's errors (checkJSONResponse) until it has read them
+	// into the finding (release).
+	collecting bool
+	close      sync.Once
 }
 
 // pairedRequest is what the response loop needs of a request.
@@ -390,6 +414,8 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 		c.stats.UncheckedNoOp.Add(1)
 		return more, resp.Write(c.TCPConn)
 	}
+	// nil: kin-openapi decodes the body itself (or does not read it).
+	jmt := jsonResponseCase(pr.route, pr.req, resp)
 	var body []byte
 	if needsBody(pr.route, resp) {
 		// THREATS P5, tested by TestResponseCheckBudget: the bodies a
@@ -398,16 +424,16 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 		if resp.ContentLength >= 0 && resp.ContentLength < reserve {
 			reserve = resp.ContentLength
 		}
-		if !c.stats.reserve(reserve, c.p.maxBody(), c.p.Block) {
-			c.stats.UncheckedBusy.Add(1)
-			if !c.p.Block {
-				return more, resp.Write(c.TCPConn) // report-only: passed on unchecked, counted
-			}
-			// Blocking fails closed: what could not be checked is not passed.
-			if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-				return false, err
-			}
-			return more, c.writeProblem(ResponseFinding{Operation: pr.op.Key, Reason: ReasonBusy}, !more)
+		if jmt == nil {
+			// kin-openapi decodes this body itself (YAML, a form …), its
+			// decoded form uncharged: the body holds BudgetFactor/8 times
+			// its size while it is checked, so that at most 8 of max_body
+			// are decoded at once, as when the budget was 8 x max_body of
+			// bodies. THREATS P5, tested by TestResponseKinDecodedBodiesBounded.
+			reserve *= BudgetFactor / 8
+		}
+		if reserveUpTo(&c.stats.buffered.Int64, reserve, reserve, c.p.budget(), c.p.budgetWait()) != reserve {
+			return c.busy(resp, pr, nil, more)
 		}
 		defer c.stats.buffered.Add(-reserve)
 		buf, err := io.ReadAll(io.LimitReader(resp.Body, c.p.maxBody()+1))
@@ -429,14 +455,14 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 		// tested by TestResponseCheck (/v1/payments/6).
 		f.Reason = ReasonDuplicateContentType
 	} else {
-		in := &openapi3filter.ResponseValidationInput{
-			RequestValidationInput: &openapi3filter.RequestValidationInput{Request: pr.req, PathParams: pr.params, Route: pr.route},
-			Status:                 resp.StatusCode,
-			Header:                 resp.Header,
-			Body:                   io.NopCloser(bytes.NewReader(body)),
-			Options:                &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true},
+		err := c.check(resp, pr, jmt, body)
+		if err != nil && err != errJSONBudget {
+			f.Reason, f.Keyword = responseReason(err)
 		}
-		err := openapi3filter.ValidateResponse(context.Background(), in)
+		c.release() // the errors are read: before any write to the client
+		if err == errJSONBudget {
+			return c.busy(resp, pr, body, more)
+		}
 		if err == nil {
 			c.stats.Valid.Add(1)
 			if body != nil {
@@ -444,7 +470,6 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 			}
 			return more, resp.Write(c.TCPConn)
 		}
-		f.Reason, f.Keyword = responseReason(err)
 	}
 	if f.Reason == ReasonUndeclaredStatus && problemRefusal(resp) {
 		// The partner's side refused the call (its dyad's API guard
@@ -471,6 +496,118 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 		return false, err
 	}
 	return more, nil
+}
+
+// check validates a final response to pr, its body held in body (nil
+// when needsBody said it has none to check), jmt its jsonResponseCase: nil
+// when it keeps its contract, errJSONBudget when the forward's budget
+// could not take its decoded form, kin-openapi's error otherwise.
+func (c *CheckedConn) check(resp *http.Response, pr pairedRequest, jmt *openapi3.MediaType, body []byte) error {
+	in := &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: pr.req, PathParams: pr.params, Route: pr.route},
+		Status:                 resp.StatusCode,
+		Header:                 resp.Header,
+		Options:                &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true},
+	}
+	if jmt != nil {
+		return c.checkJSONResponse(in, jmt, body)
+	}
+	in.Body = io.NopCloser(bytes.NewReader(body))
+	return openapi3filter.ValidateResponse(context.Background(), in)
+}
+
+// busy handles a response whose check the forward's budget could not
+// take, its body (what was read of it: nil for none) or its decoded form:
+// report-only passes it on unchecked, blocking fails closed (what could
+// not be checked is not passed) with a 502 response_check_busy; both
+// count unchecked_busy.
+func (c *CheckedConn) busy(resp *http.Response, pr pairedRequest, body []byte, more bool) (bool, error) {
+	c.stats.UncheckedBusy.Add(1)
+	if !c.p.Block {
+		if body != nil {
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		return more, resp.Write(c.TCPConn)
+	}
+	// The rest is read, so the connection stays in step.
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return false, err
+	}
+	return more, c.writeProblem(ResponseFinding{Operation: pr.op.Key, Reason: ReasonBusy}, !more)
+}
+
+// respOpts30 and respOpts31 are the options openapi3filter's
+// ValidateResponse (v0.153.0) gives a body's Schema.VisitJSON for the
+// checker's Options (MultiError), the second for a 3.1 document.
+// respFailFast30 only says whether a body keeps a 3.0 schema: it stops at
+// the first error, building none.
+var (
+	respOpts30     = []openapi3.SchemaValidationOption{openapi3.MultiErrors(), openapi3.VisitAsResponse()}
+	respOpts31     = []openapi3.SchemaValidationOption{openapi3.MultiErrors(), openapi3.EnableJSONSchema2020(), openapi3.VisitAsResponse()}
+	respFailFast30 = []openapi3.SchemaValidationOption{openapi3.FailFast(), openapi3.VisitAsResponse()}
+)
+
+// checkJSONResponse checks a response of jsonResponseCase (its media
+// type entry mt, its body held in body) as openapi3filter's
+// ValidateResponse does, with the same errors, so the finding's reason and
+// keyword are the same (THREATS P2, tested by TestCheckJSONResponseAsKin):
+// the status and the declared headers by ValidateResponse itself, without
+// the body (ExcludeResponseBody); the body decoded by the guard's decoder
+// (the one kin-openapi would call) and checked by kin-openapi's
+// Schema.VisitJSON with ValidateResponse's options. The decoded form is
+// charged to the forward's budget as the decoder builds it, and all of it
+// given back when the check returns, whatever its outcome; when the budget
+// cannot take it (within 1 s when blocking) the error is errJSONBudget
+// (unchecked_busy). THREATS P5, tested by TestResponseDecodedFormCharged.
+// The value shares body's bytes, which nothing writes; nothing keeps the
+// value, or the error that may point into it, past the caller's finding.
+//
+// The errors kin-openapi builds for a body that breaks its schema are not
+// charged: all of them are collected (MultiError), one or more per
+// failing value, which for a body of wrong-typed values takes more than
+// its decoded form. For a 3.0 document the body is first checked failing
+// fast (no error built: a body that keeps its schema is done), and a
+// broken one's errors are collected by one check of the forward at a time,
+// which waits up to 1 s for its turn, then is unchecked_busy, and holds it
+// until the caller has read the errors into its finding (release). THREATS P5,
+// tested by TestResponseErrorsCollectedOneAtATime. (A 3.1 document's
+// validator builds its errors whatever the options: not bounded yet.)
+func (c *CheckedConn) checkJSONResponse(in *openapi3filter.ResponseValidationInput, mt *openapi3.MediaType, body []byte) error {
+	in.Options.ExcludeResponseBody = true
+	if err := openapi3filter.ValidateResponse(context.Background(), in); err != nil {
+		return err
+	}
+	value, held, err := decodeInBudget(&c.stats.buffered, body, c.p.budget(), c.p.budgetWait())
+	defer c.stats.buffered.Add(-held)
+	if err == errJSONBudget {
+		return err
+	}
+	if err != nil {
+		return &openapi3filter.ResponseError{Input: in, Reason: "failed to decode response body", Err: err}
+	}
+	opts := respOpts30
+	if route := in.RequestValidationInput.Route; route.Spec != nil && route.Spec.IsOpenAPI31OrLater() {
+		opts = respOpts31
+	} else if mt.Schema.Value.VisitJSON(value, respFailFast30...) == nil {
+		return nil
+	} else if !c.stats.collect() {
+		return errJSONBudget
+	} else {
+		c.collecting = true
+	}
+	if err := mt.Schema.Value.VisitJSON(value, opts...); err != nil {
+		return &openapi3filter.ResponseError{Input: in, Reason: "response body doesn't match schema" + schemaID(mt.Schema), Err: err}
+	}
+	return nil
+}
+
+// release gives back the forward's turn to collect errors, if this
+// connection holds it.
+func (c *CheckedConn) release() {
+	if c.collecting {
+		c.collecting = false
+		c.stats.collecting.Store(false)
+	}
 }
 
 func (c *CheckedConn) finding(f ResponseFinding) {
@@ -531,6 +668,39 @@ func needsBody(route *routers.Route, resp *http.Response) bool {
 	}
 	mt := ref.Value.Content.Get(resp.Header.Get("Content-Type"))
 	return mt != nil && mt.Schema != nil
+}
+
+// jsonResponseCase returns the media type entry that describes resp's
+// body when checkJSONResponse takes it: openapi3filter's ValidateResponse
+// (v0.153.0) would decode the body with the guard's JSON decoder (not a
+// HEAD request nor a status it never checks; the status, or the default,
+// declared with content whose entry for the Content-Type jsonMedia takes).
+// Otherwise nil: kin-openapi checks the response whole.
+func jsonResponseCase(route *routers.Route, req *http.Request, resp *http.Response) *openapi3.MediaType {
+	if req.Method == http.MethodHead || route == nil || route.Operation == nil {
+		return nil
+	}
+	switch resp.StatusCode {
+	case http.StatusNotModified, http.StatusPermanentRedirect, http.StatusTemporaryRedirect, http.StatusMovedPermanently:
+		return nil
+	}
+	responses := route.Operation.Responses
+	if responses.Len() == 0 {
+		return nil
+	}
+	ref := responses.Status(resp.StatusCode)
+	if ref == nil {
+		ref = responses.Default()
+	}
+	if ref == nil || ref.Value == nil {
+		return nil
+	}
+	ct := resp.Header.Get("Content-Type")
+	mt := ref.Value.Content.Get(ct)
+	if _, ok := jsonMedia(mt, ct); !ok {
+		return nil
+	}
+	return mt
 }
 
 // responseReason classes a validation error and names the schema keyword

@@ -51,6 +51,13 @@ func partnerHandler(w http.ResponseWriter, r *http.Request) {
 func checkedPair(t *testing.T, upstream string, p *ResponsePolicy, stats *ResponseStats, report func(ResponseFinding)) net.Conn {
 	t.Helper()
 	noCheckerLeak(t)
+	return checkedPairOnly(t, upstream, p, stats, report)
+}
+
+// checkedPairOnly is checkedPair without its leak check, for a test that
+// opens several (and calls noCheckerLeak once, before the first).
+func checkedPairOnly(t *testing.T, upstream string, p *ResponsePolicy, stats *ResponseStats, report func(ResponseFinding)) net.Conn {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -232,7 +239,7 @@ func noCheckerLeak(t *testing.T) {
 }
 
 // TestResponseCheckBudget: the response bodies a forward holds for
-// validation are bounded (BodyBudget x max_body over its connections):
+// validation are bounded (BudgetFactor x (max_body+1) over its connections):
 // with the budget in use a report-only forward passes the response
 // unchecked, a blocking one answers 502 after waiting 1 s; both count it.
 func TestResponseCheckBudget(t *testing.T) {
@@ -246,7 +253,7 @@ func TestResponseCheckBudget(t *testing.T) {
 
 func checkBudget(t *testing.T, upstream string, spec *Spec, block bool) {
 	stats := &ResponseStats{}
-	stats.buffered.Store(BodyBudget * (1<<10 + 1)) // every byte of the budget taken by other connections
+	stats.buffered.Store(BudgetFactor * (1<<10 + 1)) // every byte of the budget taken by other connections
 	c := checkedPair(t, upstream, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: spec, Block: block, MaxBody: 1 << 10}, stats, nil)
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	io.WriteString(c, "GET /v1/payments/2 HTTP/1.1\r\nHost: partner\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: partner\r\n\r\n")
@@ -268,8 +275,8 @@ func checkBudget(t *testing.T, upstream string, spec *Spec, block bool) {
 	if s := stats.Snapshot(); s["unchecked_busy"] != 1 || s["invalid"] != 0 || s["valid"] != 1 {
 		t.Errorf("block=%v: %v", block, s)
 	}
-	if n := stats.buffered.Load(); n != BodyBudget*(1<<10+1) {
-		t.Errorf("block=%v: %d bytes reserved after the responses, want the %d taken before", block, n, BodyBudget*(1<<10+1))
+	if n := stats.buffered.Load(); n != BudgetFactor*(1<<10+1) {
+		t.Errorf("block=%v: %d bytes reserved after the responses, want the %d taken before", block, n, BudgetFactor*(1<<10+1))
 	}
 }
 
