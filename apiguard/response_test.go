@@ -35,6 +35,9 @@ func partnerHandler(w http.ResponseWriter, r *http.Request) {
 	case "/v1/payments/6": // two types: checked as the first, a client may read the last
 		w.Header()["Content-Type"] = []string{"application/json", "text/html"}
 		io.WriteString(w, `{"id":6,"amount":5,"status":"settled"}`)
+	case "/v1/payments/7": // a type the operation does not declare
+		w.Header().Set("Content-Type", "text/html")
+		io.WriteString(w, `<p>SECRETVALUE</p>`)
 	case "/v1/statements/1": // a long binary body: no schema, streams
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Write(make([]byte, 3<<20))
@@ -115,9 +118,10 @@ func TestResponseCheck(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(partnerHandler))
 	defer srv.Close()
 	spec := loadResponseSpec(t)
-	paths := []string{"/v1/payments/1", "/v1/payments/2", "/v1/payments/3", "/v1/payments/4", "/v1/payments/5", "/v1/payments/6", "/v1/nowhere", "/v1/statements/1", "/v1/health"}
+	paths := []string{"/v1/payments/1", "/v1/payments/2", "/v1/payments/3", "/v1/payments/4", "/v1/payments/5", "/v1/payments/6", "/v1/payments/7", "/v1/nowhere", "/v1/statements/1", "/v1/health"}
 	want := map[string]string{"/v1/payments/2": ReasonUndeclaredProperty, "/v1/payments/3": ReasonSchemaViolation,
-		"/v1/payments/4": ReasonUndeclaredStatus, "/v1/payments/5": ReasonUndecodableBody, "/v1/payments/6": ReasonDuplicateContentType}
+		"/v1/payments/4": ReasonUndeclaredStatus, "/v1/payments/5": ReasonUndecodableBody, "/v1/payments/6": ReasonDuplicateContentType,
+		"/v1/payments/7": ReasonContentType}
 	for _, block := range []bool{false, true} {
 		t.Run(fmt.Sprintf("block=%v", block), func(t *testing.T) {
 			var mu sync.Mutex
@@ -177,9 +181,9 @@ func TestResponseCheck(t *testing.T) {
 			s := stats.Snapshot()
 			wantBlocked := uint64(0)
 			if block {
-				wantBlocked = 5
+				wantBlocked = 6
 			}
-			if s["valid"] != 3 || s["invalid"] != 5 || s["blocked"] != wantBlocked || s["unchecked_no_operation"] != 1 {
+			if s["valid"] != 3 || s["invalid"] != 6 || s["blocked"] != wantBlocked || s["unchecked_no_operation"] != 1 {
 				t.Errorf("counters %v", s)
 			}
 		})
