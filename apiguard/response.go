@@ -18,6 +18,8 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
+	"github.com/santhosh-tekuri/jsonschema/v6"
+	"github.com/santhosh-tekuri/jsonschema/v6/kind"
 )
 
 // This file is the importing side's half of the guard (OWASP API10, unsafe
@@ -729,15 +731,37 @@ func responseReason(err error) (reason, keyword string) {
 		return ReasonSchemaViolation, ""
 	}
 	for _, se := range errs {
-		if undeclaredProperty(se) {
-			return ReasonUndeclaredProperty, "additionalProperties"
+		if keyword := undeclaredProperty(se); keyword != "" {
+			return ReasonUndeclaredProperty, keyword
 		}
 	}
 	return ReasonSchemaViolation, errs[0].SchemaField
 }
 
-func undeclaredProperty(se *openapi3.SchemaError) bool {
-	return se.SchemaField == "additionalProperties" || se.SchemaField == "properties" && strings.HasSuffix(se.Reason, "is unsupported")
+// undeclaredProperty returns the keyword that forbids a property se is
+// about, or "" when se is another failure. Under OpenAPI 3.1 (JSON Schema
+// 2020-12) kin-openapi's error for a property that unevaluatedProperties
+// (or additionalProperties) forbids names no keyword: the property failed
+// that keyword's false schema, which the validator's own error locates.
+// Tested by TestResponseReason31Undeclared.
+func undeclaredProperty(se *openapi3.SchemaError) string {
+	if se.SchemaField == "additionalProperties" || se.SchemaField == "properties" && strings.HasSuffix(se.Reason, "is unsupported") {
+		return "additionalProperties"
+	}
+	var ve *jsonschema.ValidationError
+	if se.Origin != nil || !errors.As(se, &ve) {
+		return ""
+	}
+	if _, ok := ve.ErrorKind.(*kind.FalseSchema); !ok {
+		return ""
+	}
+	_, fragment, _ := strings.Cut(ve.SchemaURL, "#")
+	for _, k := range []string{"unevaluatedProperties", "additionalProperties"} {
+		if strings.HasSuffix(fragment, "/"+k) {
+			return k
+		}
+	}
+	return ""
 }
 
 // collectSchemaErrors flattens kin-openapi's multi-errors.

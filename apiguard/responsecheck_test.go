@@ -314,3 +314,35 @@ func FuzzCheckJSONResponseAsKin(f *testing.F) {
 		compareResponseWithKin(t, specs[v31], "GET", path, status, ctype, "", body)
 	})
 }
+
+// TestResponseReason31Undeclared: under OpenAPI 3.1 (JSON Schema
+// 2020-12), a property that unevaluatedProperties: false forbids is an
+// undeclared property (OWASP API3), as additionalProperties: false is
+// under 3.0: kin-openapi's error for it carries no keyword, only the false
+// schema it failed.
+func TestResponseReason31Undeclared(t *testing.T) {
+	s, err := ParseSpec("r31.yaml", []byte(respSpec31))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", "/a", nil)
+	route, params, err := s.findRoute(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for body, want := range map[string][2]string{
+		`{"name":"x","extra":1}`: {ReasonUndeclaredProperty, "unevaluatedProperties"},
+		`{"name":5}`:             {ReasonSchemaViolation, "type"},
+	} {
+		in := &openapi3filter.ResponseValidationInput{
+			RequestValidationInput: &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route},
+			Status:                 200, Header: http.Header{"Content-Type": {"application/json"}},
+			Body:    io.NopCloser(strings.NewReader(body)),
+			Options: &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true},
+		}
+		err := openapi3filter.ValidateResponse(context.Background(), in)
+		if reason, keyword := responseReason(err); reason != want[0] || keyword != want[1] {
+			t.Errorf("%s: %s %q, want %s %q (%v)", body, reason, keyword, want[0], want[1], err)
+		}
+	}
+}
