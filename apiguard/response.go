@@ -467,30 +467,35 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 		}
 		if err == nil {
 			c.stats.Valid.Add(1)
-			if body != nil {
-				resp.Body = io.NopCloser(bytes.NewReader(body))
-			}
-			return more, resp.Write(c.TCPConn)
+			return more, c.pass(resp, body)
 		}
 	}
 	if f.Reason == ReasonUndeclaredStatus && problemRefusal(resp) {
 		// The partner's side refused the call (its dyad's API guard
 		// answers 403, 404, 429 … this way): not data to consume.
 		c.stats.Refusals.Add(1)
-		if body != nil {
-			resp.Body = io.NopCloser(bytes.NewReader(body))
-		}
-		return more, resp.Write(c.TCPConn)
+		return more, c.pass(resp, body)
 	}
 	c.finding(f)
 	if !c.p.Block {
-		if body != nil {
-			resp.Body = io.NopCloser(bytes.NewReader(body))
-		}
-		return more, resp.Write(c.TCPConn)
+		return more, c.pass(resp, body)
 	}
-	// The partner's response is read to its end, so the connection stays
-	// in step and a keep-alive client can go on.
+	return c.refuse(resp, f, more)
+}
+
+// pass writes resp on to the client, its body from held when the check
+// read it (nil: what is left of resp.Body).
+func (c *CheckedConn) pass(resp *http.Response, held []byte) error {
+	if held != nil {
+		resp.Body = io.NopCloser(bytes.NewReader(held))
+	}
+	return resp.Write(c.TCPConn)
+}
+
+// refuse replaces resp with a 502 problem response for f. The partner's
+// response is read to its end first, so the connection stays in step and
+// a keep-alive client can go on.
+func (c *CheckedConn) refuse(resp *http.Response, f ResponseFinding, more bool) (bool, error) {
 	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
 		return false, err
 	}
@@ -526,16 +531,9 @@ func (c *CheckedConn) check(resp *http.Response, pr pairedRequest, jmt *openapi3
 func (c *CheckedConn) busy(resp *http.Response, pr pairedRequest, body []byte, more bool) (bool, error) {
 	c.stats.UncheckedBusy.Add(1)
 	if !c.p.Block {
-		if body != nil {
-			resp.Body = io.NopCloser(bytes.NewReader(body))
-		}
-		return more, resp.Write(c.TCPConn)
+		return more, c.pass(resp, body)
 	}
-	// The rest is read, so the connection stays in step.
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return false, err
-	}
-	return more, c.writeProblem(ResponseFinding{Operation: pr.op.Key, Reason: ReasonBusy}, !more)
+	return c.refuse(resp, ResponseFinding{Operation: pr.op.Key, Reason: ReasonBusy}, more)
 }
 
 // respOpts30 and respOpts31 are the options openapi3filter's
