@@ -81,7 +81,7 @@ func jsonMedia(mt *openapi3.MediaType, inputMIME string) (string, bool) {
 // errJSONBudget (503 memory_budget). THREATS P5, tested by
 // TestGuardDecodedFormCharged, TestJSONDecodeCharge and
 // TestGuardBudgetMixedReturnsToZero.
-func (c *conn) checkJSONBody(route *routers.Route, req *http.Request, jc jsonCase, limit int64) error {
+func (c *conn) checkJSONBody(spec *Spec, route *routers.Route, req *http.Request, jc jsonCase, limit int64) error {
 	// The held bytes are decoded where they are, not copied into a
 	// string first (1 KiB and an allocation per rr-api request): the
 	// value's names and strings share c.bodyData, which nothing writes
@@ -100,10 +100,16 @@ func (c *conn) checkJSONBody(route *routers.Route, req *http.Request, jc jsonCas
 	}
 	// ValidateRequestBody's options for the guard's Options (validateAll):
 	// as a request, defaults set (every JSON type has an encoder), JSON
-	// Schema 2020-12 for a 3.1 document.
-	opts := c.visitOpts(route.Spec != nil && route.Spec.IsOpenAPI31OrLater())
+	// Schema 2020-12 for a 3.1 document, whose validator the spec keeps
+	// (visitJSON31).
 	c.defaulted = false
-	if err := jc.mt.Schema.Value.VisitJSON(value, opts...); err != nil {
+	schema := jc.mt.Schema.Value
+	if route.Spec != nil && route.Spec.IsOpenAPI31OrLater() {
+		err = spec.visitJSON31(schema, value, c.visitOpts(true), c.visitOpts(false))
+	} else {
+		err = schema.VisitJSON(value, c.visitOpts(false)...)
+	}
+	if err != nil {
 		return &openapi3filter.RequestError{Input: &c.in, RequestBody: jc.rb, Reason: "doesn't match schema" + schemaID(jc.mt.Schema), Err: err}
 	}
 	if !c.defaulted {

@@ -81,6 +81,44 @@ paths:
                 n: {type: integer, exclusiveMinimum: 0}
       responses:
         "200": {description: ok}
+  /t:
+    post:
+      operationId: keywords2020
+      requestBody:
+        content:
+          application/json:
+            schema:
+              type: object
+              properties:
+                at: {type: string, format: date-time}
+                kind: {const: card}
+                tags: {type: array, prefixItems: [{type: string}], items: false}
+              if: {properties: {kind: {const: card}}, required: [kind]}
+              then: {required: [at]}
+              unevaluatedProperties: false
+      responses:
+        "200": {description: ok}
+  /r:
+    post:
+      operationId: referenced
+      requestBody:
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/Ref"}
+      responses:
+        "200": {description: ok}
+  /n:
+    post:
+      operationId: referencedNullable
+      requestBody:
+        content:
+          application/json:
+            schema: {type: object, properties: {ref: {$ref: "#/components/schemas/Ref"}, note: {type: string, nullable: true}}}
+      responses:
+        "200": {description: ok}
+components:
+  schemas:
+    Ref: {type: object, required: [id], properties: {id: {type: integer}, tag: {type: string, default: t}}}
 `
 
 // TestCheckJSONBodyAsKin: checkJSONBody decides every body it takes as
@@ -131,6 +169,16 @@ func TestCheckJSONBodyAsKin(t *testing.T) {
 		{"/a", "application/json", `{"name":"n","kind":"z"}`, true},
 		{"/a", "application/json", `{"name":"n","n":0}`, true},
 		{"/a", "application/json", `{"name":5}`, true},
+		{"/t", "application/json", `{"kind":"card","at":"2026-12-07T02:00:00Z"}`, true},
+		{"/t", "application/json", `{"kind":"card"}`, true},
+		{"/t", "application/json", `{"kind":"card","at":"yesterday"}`, true},
+		{"/t", "application/json", `{"kind":"cash","x":1}`, true},
+		{"/t", "application/json", `{"tags":["a",1]}`, true},
+		{"/r", "application/json", `{"id":1}`, true},
+		{"/r", "application/json", `{"id":1,"tag":"given"}`, true},
+		{"/r", "application/json", `{"id":"one"}`, true},
+		{"/n", "application/json", `{"ref":{"id":2},"note":null}`, true},
+		{"/n", "application/json", `{"ref":{"id":2},"note":"x"}`, true},
 	}
 	for _, sc := range []struct {
 		spec  string
@@ -205,7 +253,7 @@ func compareWithKin(t *testing.T, s *Spec, p *Policy, g *Guard, path, ctype, bod
 	} else {
 		kfwd, _ = io.ReadAll(kreq.Body)
 	}
-	if d.reason != kreason || d.detail != kdetail {
+	if d.reason != kreason || !sameDetail(d.detail, kdetail) {
 		t.Errorf("%s:\nguard       %q %q\nkin-openapi %q %q", name, d.reason, d.detail, kreason, kdetail)
 	}
 	if !bytes.Equal(fwd, kfwd) {
@@ -233,16 +281,33 @@ func FuzzCheckJSONBodyAsKin(f *testing.F) {
 	f.Fuzz(func(t *testing.T, v31 bool, path, ctype, body string) {
 		switch path {
 		case "/a", "/t", "/r":
+		case "/n":
+			if !v31 {
+				return
+			}
 		default:
 			return
 		}
-		if v31 && path != "/a" || strings.ContainsAny(ctype, "\r\n") || !validFieldValue(ctype) {
+		if strings.ContainsAny(ctype, "\r\n") || !validFieldValue(ctype) {
 			return
 		}
 		s := specs[v31]
 		p := &Policy{Service: "bodies", Spec: s, ValidateRequest: true, Limits: map[*Operation]Rate{}}
 		compareWithKin(t, s, p, NewGuard(p, nil), path, ctype, body)
 	})
+}
+
+// sameDetail says whether two problem details (error texts cut at 400
+// bytes) are the same: equal, or the same list of errors in another order
+// (sameErrors), or both a list cut short, whose order kin-openapi's JSON
+// Schema 2020-12 validator takes from Go's map order: which errors are in
+// the first 400 bytes is then chance, for kin-openapi as for the guard.
+func sameDetail(a, b string) bool {
+	if sameErrors(a, b) {
+		return true
+	}
+	cut := func(s string) bool { return strings.HasSuffix(s, "…") && strings.Contains(s, " | ") }
+	return cut(a) && cut(b)
 }
 
 // validFieldValue says whether net/http's parser takes v as a field value.

@@ -522,7 +522,7 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		err = openapi3filter.ValidateRequest(validateDoc, &c.in)
 	}
 	if err == nil && jc.mt != nil {
-		err = c.checkJSONBody(route, req, jc, BudgetFactor*p.maxBody())
+		err = c.checkJSONBody(p.Spec, route, req, jc, BudgetFactor*p.maxBody())
 	}
 	if err == errJSONBudget { // its decoded form did not fit: as a body
 		d.status, d.reason, d.retryAfter, d.close = http.StatusServiceUnavailable, "memory_budget", 1, true

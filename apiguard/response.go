@@ -554,7 +554,8 @@ var (
 // the status and the declared headers by ValidateResponse itself, without
 // the body (ExcludeResponseBody); the body decoded by the guard's decoder
 // (the one kin-openapi would call) and checked by kin-openapi's
-// Schema.VisitJSON with ValidateResponse's options. The decoded form is
+// Schema.VisitJSON with ValidateResponse's options (for a 3.1 document by
+// the validator the spec keeps, as VisitJSON would: visitJSON31). The decoded form is
 // charged to the forward's budget as the decoder builds it, and all of it
 // given back when the check returns, whatever its outcome; when the budget
 // cannot take it (within 1 s when blocking) the error is errJSONBudget
@@ -585,17 +586,18 @@ func (c *CheckedConn) checkJSONResponse(in *openapi3filter.ResponseValidationInp
 	if err != nil {
 		return &openapi3filter.ResponseError{Input: in, Reason: "failed to decode response body", Err: err}
 	}
-	opts := respOpts30
+	schema := mt.Schema.Value
 	if route := in.RequestValidationInput.Route; route.Spec != nil && route.Spec.IsOpenAPI31OrLater() {
-		opts = respOpts31
-	} else if mt.Schema.Value.VisitJSON(value, respFailFast30...) == nil {
+		err = c.p.Spec.visitJSON31(schema, value, respOpts31, respOpts30)
+	} else if schema.VisitJSON(value, respFailFast30...) == nil {
 		return nil
 	} else if !c.stats.collect() {
 		return errJSONBudget
 	} else {
 		c.collecting = true
+		err = schema.VisitJSON(value, respOpts30...)
 	}
-	if err := mt.Schema.Value.VisitJSON(value, opts...); err != nil {
+	if err != nil {
 		return &openapi3filter.ResponseError{Input: in, Reason: "response body doesn't match schema" + schemaID(mt.Schema), Err: err}
 	}
 	return nil
@@ -723,31 +725,37 @@ func responseReason(err error) (reason, keyword string) {
 	case strings.HasPrefix(re.Reason, "failed to decode"):
 		return ReasonUndecodableBody, ""
 	}
-	var errs []*openapi3.SchemaError
+	var errs []error
 	collectSchemaErrors(re.Err, &errs)
 	if len(errs) == 0 {
 		return ReasonSchemaViolation, ""
 	}
-	for _, se := range errs {
-		if keyword := undeclaredProperty(se); keyword != "" {
+	for _, e := range errs {
+		if keyword := undeclaredProperty(e); keyword != "" {
 			return ReasonUndeclaredProperty, keyword
 		}
 	}
-	return ReasonSchemaViolation, errs[0].SchemaField
+	var first *openapi3.SchemaError
+	errors.As(errs[0], &first)
+	return ReasonSchemaViolation, first.SchemaField
 }
 
-// undeclaredProperty returns the keyword that forbids a property se is
-// about, or "" when se is another failure. Under OpenAPI 3.1 (JSON Schema
-// 2020-12) kin-openapi's error for a property that unevaluatedProperties
-// (or additionalProperties) forbids names no keyword: the property failed
-// that keyword's false schema, which the validator's own error locates.
-// Tested by TestResponseReason31Undeclared.
-func undeclaredProperty(se *openapi3.SchemaError) string {
+// undeclaredProperty returns the keyword that forbids a property the
+// schema error e is about, or "" when e is another failure. Under OpenAPI
+// 3.1 (JSON Schema 2020-12) kin-openapi's error for a property that
+// unevaluatedProperties (or additionalProperties) forbids names no keyword:
+// the property failed that keyword's false schema, which the validator's
+// own error, wrapped in e, locates. Tested by TestResponseReason31Undeclared.
+func undeclaredProperty(e error) string {
+	var se *openapi3.SchemaError
+	if !errors.As(e, &se) {
+		return ""
+	}
 	if se.SchemaField == "additionalProperties" || se.SchemaField == "properties" && strings.HasSuffix(se.Reason, "is unsupported") {
 		return "additionalProperties"
 	}
 	var ve *jsonschema.ValidationError
-	if se.Origin != nil || !errors.As(se, &ve) {
+	if se.Origin != nil || !errors.As(e, &ve) {
 		return ""
 	}
 	if _, ok := ve.ErrorKind.(*kind.FalseSchema); !ok {
@@ -762,8 +770,10 @@ func undeclaredProperty(se *openapi3.SchemaError) string {
 	return ""
 }
 
-// collectSchemaErrors flattens kin-openapi's multi-errors.
-func collectSchemaErrors(err error, out *[]*openapi3.SchemaError) {
+// collectSchemaErrors flattens kin-openapi's multi-errors into the schema
+// errors they hold, each as found (errors.As gives its *SchemaError), in
+// order: an error before its Origin's.
+func collectSchemaErrors(err error, out *[]error) {
 	var me openapi3.MultiError
 	if errors.As(err, &me) {
 		for _, e := range me {
@@ -773,7 +783,7 @@ func collectSchemaErrors(err error, out *[]*openapi3.SchemaError) {
 	}
 	var se *openapi3.SchemaError
 	if errors.As(err, &se) {
-		*out = append(*out, se)
+		*out = append(*out, err)
 		if se.Origin != nil {
 			collectSchemaErrors(se.Origin, out)
 		}

@@ -82,6 +82,10 @@ type Spec struct {
 	// paths enter, so it stays small (at most maxStatic entries).
 	static   atomic.Pointer[map[string]map[string]*routers.Route]
 	staticMu sync.Mutex // serialises additions to static
+
+	// checks31 holds a 3.1 document's body schemas' checks (schema31),
+	// by *openapi3.Schema, each built on first use.
+	checks31 sync.Map
 }
 
 // maxStatic bounds the remembered static routes (a spec has far fewer).
