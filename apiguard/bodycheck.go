@@ -2,6 +2,7 @@ package apiguard
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -105,7 +106,7 @@ func (c *conn) checkJSONBody(spec *Spec, route *routers.Route, req *http.Request
 	c.defaulted = false
 	schema := jc.mt.Schema.Value
 	if route.Spec != nil && route.Spec.IsOpenAPI31OrLater() {
-		err = spec.visitJSON31(schema, value, c.visitOpts(true), c.visitOpts(false))
+		err = c.visit31(spec, schema, value)
 	} else {
 		err = schema.VisitJSON(value, c.visitOpts(false)...)
 	}
@@ -140,6 +141,40 @@ func (c *conn) checkJSONBody(spec *Spec, route *routers.Route, req *http.Request
 	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(out)), nil }
 	req.Body, _ = req.GetBody()
 	return nil
+}
+
+// listBody is the largest body whose errors against a 3.1 schema the
+// guard lists in its answer (visit31).
+const listBody = 64 << 10
+
+// errUnlisted stands for a broken body's errors the guard did not build.
+var errUnlisted = errors.New("the body breaks the schema; its errors are not listed (over 64 KiB, or another of the peer's bodies' errors were being listed)")
+
+// visit31 checks value against schema, of spec's 3.1 document, as
+// kin-openapi's VisitJSON with JSON Schema 2020-12 does (schema31), with
+// checkJSONBody's options. For a value that breaks a compiled31 schema the
+// validator builds all its errors whatever it is asked (hundreds of bytes
+// each; a 512 KiB body of wrong-typed values made 104 MB): they are built
+// only for a body of at most listBody bytes, by one request of the peer
+// at a time (the peer's listing turn, given back by release), and
+// otherwise the answer says they are not listed (errUnlisted). THREATS P5,
+// tested by TestCheck31BrokenBodyBounded.
+func (c *conn) visit31(spec *Spec, schema *openapi3.Schema, value any) error {
+	v := spec.check31(schema)
+	switch v.mode {
+	case builtin31:
+		return schema.VisitJSON(value, c.visitOpts(false)...)
+	case perCall31:
+		return schema.VisitJSON(value, c.visitOpts(true)...)
+	}
+	if v.keeps(value) {
+		return nil
+	}
+	if len(c.bodyData) > listBody || !c.budget.listing.CompareAndSwap(false, true) {
+		return errUnlisted
+	}
+	c.listing = true
+	return v.errorsOf(value)
 }
 
 // decodeInBudget decodes data where it is held (the value's names and

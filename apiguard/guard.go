@@ -62,6 +62,9 @@ type peerBudget struct {
 	// decodeWaits is set while a decode waits for more budget holding
 	// part of it: the only one that may (jsonDecoder.grow).
 	decodeWaits atomic.Bool
+	// listing is set while one of the peer's requests holds the turn to
+	// build a broken body's errors (visit31).
+	listing atomic.Bool
 }
 
 type bucketKey struct{ peer, op string }
@@ -190,6 +193,7 @@ type conn struct {
 	// whether the last check wrote a schema's defaults in.
 	opts30, opts31 []openapi3.SchemaValidationOption
 	defaulted      bool
+	listing        bool // holds the peer's listing turn (visit31) until release
 	// bw is the client's writer while the request in hand has one
 	// (writer, putWriter): not while upstream is answering.
 	bw  *bufio.Writer
@@ -610,6 +614,10 @@ func (c *conn) buffer(p *Policy, req *http.Request, d decision, bw *bufio.Writer
 // release gives the buffered body's bytes back to the peer's budget and
 // lets go of them.
 func (c *conn) release() {
+	if c.listing {
+		c.listing = false
+		c.budget.listing.Store(false)
+	}
 	if c.held != 0 {
 		c.budget.Add(-c.held)
 		c.held = 0

@@ -571,8 +571,11 @@ var (
 // broken one's errors are collected by one check of the forward at a time,
 // which waits up to 1 s for its turn, then is unchecked_busy, and holds it
 // until the caller has read the errors into its finding (release). THREATS P5,
-// tested by TestResponseErrorsCollectedOneAtATime. (A 3.1 document's
-// validator builds its errors whatever the options: not bounded yet.)
+// tested by TestResponseErrorsCollectedOneAtATime. A 3.1 document's body
+// is checked for a yes or no first (schema31.keeps) and its errors built
+// under the same turn, at most maxListed of them converted
+// (TestResponse31BrokenBodyBounded); the validator's own tree of them is
+// not charged.
 func (c *CheckedConn) checkJSONResponse(in *openapi3filter.ResponseValidationInput, mt *openapi3.MediaType, body []byte) error {
 	in.Options.ExcludeResponseBody = true
 	if err := openapi3filter.ValidateResponse(context.Background(), in); err != nil {
@@ -587,13 +590,31 @@ func (c *CheckedConn) checkJSONResponse(in *openapi3filter.ResponseValidationInp
 		return &openapi3filter.ResponseError{Input: in, Reason: "failed to decode response body", Err: err}
 	}
 	schema := mt.Schema.Value
+	mode := builtin31 // a 3.0 document's check is kin-openapi's built-in one
+	var v *schema31
 	if route := in.RequestValidationInput.Route; route.Spec != nil && route.Spec.IsOpenAPI31OrLater() {
-		err = c.p.Spec.visitJSON31(schema, value, respOpts31, respOpts30)
-	} else if schema.VisitJSON(value, respFailFast30...) == nil {
-		return nil
-	} else if !c.stats.collect() {
-		return errJSONBudget
-	} else {
+		v = c.p.Spec.check31(schema)
+		mode = v.mode
+	}
+	switch mode {
+	case perCall31:
+		err = schema.VisitJSON(value, respOpts31...)
+	case compiled31:
+		if v.keeps(value) {
+			return nil
+		}
+		if !c.stats.collect() {
+			return errJSONBudget
+		}
+		c.collecting = true
+		err = v.errorsOf(value)
+	default:
+		if schema.VisitJSON(value, respFailFast30...) == nil {
+			return nil
+		}
+		if !c.stats.collect() {
+			return errJSONBudget
+		}
 		c.collecting = true
 		err = schema.VisitJSON(value, respOpts30...)
 	}
@@ -724,6 +745,13 @@ func responseReason(err error) (reason, keyword string) {
 		return ReasonHeader, ""
 	case strings.HasPrefix(re.Reason, "failed to decode"):
 		return ReasonUndecodableBody, ""
+	}
+	var e31 *schemaErrors31
+	if errors.As(re.Err, &e31) {
+		if e31.undeclared != "" {
+			return ReasonUndeclaredProperty, e31.undeclared
+		}
+		return ReasonSchemaViolation, e31.first
 	}
 	var errs []error
 	collectSchemaErrors(re.Err, &errs)

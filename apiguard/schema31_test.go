@@ -1,15 +1,21 @@
 package apiguard
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
+	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
 )
 
 // echoRig31 is newEchoRig on rr-api's spec as an OpenAPI 3.1 document.
@@ -152,7 +158,7 @@ func TestVisit31AsKin(t *testing.T) {
 				kinSet := openapi3.DefaultsSet(func() { kinDefaulted = true })
 				v2020 := openapi3.EnableJSONSchema2020()
 				got, want := decodeValue(t, text), decodeValue(t, text)
-				gotErr := s.visitJSON31(schema, got, slices.Concat(opts, []openapi3.SchemaValidationOption{set, v2020}), slices.Concat(opts, []openapi3.SchemaValidationOption{set}))
+				gotErr := check31AsVisit(s, schema, got, slices.Concat(opts, []openapi3.SchemaValidationOption{set, v2020}), slices.Concat(opts, []openapi3.SchemaValidationOption{set}))
 				wantErr := schema.VisitJSON(want, slices.Concat(opts, []openapi3.SchemaValidationOption{kinSet, v2020})...)
 				label := fmt.Sprintf("%s %s (%d options)", name, text, len(opts))
 				switch {
@@ -165,8 +171,10 @@ func TestVisit31AsKin(t *testing.T) {
 					t.Errorf("%s: value after the check %v (defaults set %v), kin-openapi's %v (%v)", label, got, defaulted, want, kinDefaulted)
 				}
 				if gotErr != nil {
-					if r, k := undeclaredOf(gotErr), undeclaredOf(wantErr); r != k {
-						t.Errorf("%s: undeclared property %q, kin-openapi's error says %q", label, r, k)
+					gr, gk := responseReason(&openapi3filter.ResponseError{Err: gotErr})
+					wr, wk := responseReason(&openapi3filter.ResponseError{Err: wantErr})
+					if gr != wr || gk != wk {
+						t.Errorf("%s: finding %s/%s, from kin-openapi's error %s/%s", label, gr, gk, wr, wk)
 					}
 				}
 			}
@@ -174,17 +182,21 @@ func TestVisit31AsKin(t *testing.T) {
 	}
 }
 
-// undeclaredOf is the keyword that forbids a property an error of err's
-// tree is about, as responseReason finds it ("" if none).
-func undeclaredOf(err error) string {
-	var errs []error
-	collectSchemaErrors(err, &errs)
-	for _, e := range errs {
-		if k := undeclaredProperty(e); k != "" {
-			return k
-		}
+// check31AsVisit is what the body checks do with a schema of a 3.1
+// document, every error listed: by its mode (schema31), with the options
+// of kin-openapi's VisitJSON with JSON Schema 2020-12 (with) or without it.
+func check31AsVisit(s *Spec, schema *openapi3.Schema, value any, with, without []openapi3.SchemaValidationOption) error {
+	v := s.check31(schema)
+	switch v.mode {
+	case builtin31:
+		return schema.VisitJSON(value, without...)
+	case perCall31:
+		return schema.VisitJSON(value, with...)
 	}
-	return ""
+	if v.keeps(value) {
+		return nil
+	}
+	return v.errorsOf(value)
 }
 
 func decodeValue(t *testing.T, text string) any {
@@ -229,4 +241,153 @@ func TestCheck31Bounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	s2.checks31.Range(func(any, any) bool { t.Error("a new spec holds checks"); return false })
+}
+
+// listSpec31 takes a list of strings: a body of numbers breaks it once per
+// item.
+const listSpec31 = `openapi: 3.1.0
+info: {title: lists, version: "1"}
+paths:
+  /l:
+    post:
+      operationId: list
+      requestBody:
+        content:
+          application/json:
+            schema: {type: array, items: {type: string}}
+      responses:
+        "200": {description: ok}
+`
+
+// TestCheck31BrokenBodyBounded: the JSON Schema 2020-12 validator builds
+// every error of a broken body whatever it is asked, and kin-openapi
+// turned each into its own with the subtree's text: a 512 KiB body of
+// numbers to a list of strings took 2.2 GB and 2 s of the exporting
+// daemon (the peer's memory budget is 72 MiB). The guard checks such a
+// body for a yes or no first, lists the errors of a body of at most
+// listBody bytes, one request of the peer at a time, and otherwise says
+// they are not listed: the same 400 invalid_body.
+func TestCheck31BrokenBodyBounded(t *testing.T) {
+	s, err := ParseSpec("lists.yaml", []byte(listSpec31))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Policy{Service: "lists", Spec: s, ValidateRequest: true, MaxBody: 1 << 20, Limits: map[*Operation]Rate{}}
+	g := NewGuard(p, nil)
+	// decide runs one request through c and says what it allocated.
+	decide := func(c *conn, body string) (decision, uint64) {
+		t.Helper()
+		req := parseRaw(t, "POST /l HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: "+
+			strconv.Itoa(len(body))+"\r\n\r\n"+body)
+		var m0, m1 runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m0)
+		d := c.decide(p, req, bufio.NewWriter(io.Discard))
+		runtime.ReadMemStats(&m1)
+		return d, m1.TotalAlloc - m0.TotalAlloc
+	}
+	numbers := func(n int) string { return "[" + strings.Repeat("1,", n-1) + "1]" }
+
+	c := &conn{g: g, peer: "p"}
+	d, alloc := decide(c, numbers(256<<10))
+	c.release()
+	t.Logf("512 KiB broken body: %d %s, %d MB allocated, detail %q", d.status, d.reason, alloc>>20, d.detail)
+	if d.status != http.StatusBadRequest || d.reason != "invalid_body" || !strings.Contains(d.detail, "not listed") {
+		t.Errorf("512 KiB broken body: %d %s %q, want 400 invalid_body, errors not listed", d.status, d.reason, d.detail)
+	}
+	if alloc > 256<<20 {
+		t.Errorf("512 KiB broken body: the check allocated %d MB, want at most 256", alloc>>20)
+	}
+	if d, _ := decide(c, `["a","b"]`); d.status != 0 {
+		t.Errorf("a list of strings: %d %s, want it forwarded", d.status, d.reason)
+	}
+	c.release()
+
+	// A small broken body's errors are listed, by one request of the
+	// peer at a time, which gives the turn back once its answer's text
+	// is taken (release).
+	d, _ = decide(c, numbers(3))
+	if d.status != http.StatusBadRequest || !strings.Contains(d.detail, `error at "/0"`) {
+		t.Errorf("small broken body: %d %q, want 400 with its errors listed", d.status, d.detail)
+	}
+	if c.budget.listing.Load() {
+		t.Error("the peer's listing turn is held after the answer")
+	}
+	c.release()
+	c.budget.listing.Store(true) // another request of the peer lists
+	d, _ = decide(c, numbers(3))
+	c.release()
+	if d.status != http.StatusBadRequest || !strings.Contains(d.detail, "not listed") {
+		t.Errorf("while another request of the peer lists: %d %q, want 400, errors not listed", d.status, d.detail)
+	}
+	if !c.budget.listing.Load() {
+		t.Error("a request that did not take the listing turn gave it back")
+	}
+	c.budget.listing.Store(false)
+}
+
+// TestResponse31BrokenBodyBounded: on the importing side a partner's
+// broken 3.1 response body costs one error tree of the validator's, built
+// under the forward's turn to collect errors, and at most maxListed of
+// kin-openapi's errors (a 512 KiB body of numbers to a list of strings took
+// 2.2 GB and 2 s before), and the finding is the one all the errors give.
+func TestResponse31BrokenBodyBounded(t *testing.T) {
+	s, err := ParseSpec("lists.yaml", []byte(`openapi: 3.1.0
+info: {title: lists, version: "1"}
+paths:
+  /l:
+    get:
+      operationId: list
+      responses:
+        "200":
+          description: ok
+          content:
+            application/json:
+              schema: {type: array, items: {type: object, properties: {n: {type: string}}, unevaluatedProperties: false}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []struct {
+		item, reason, keyword string
+	}{
+		{`{"n":1}`, ReasonSchemaViolation, "type"},
+		{`{"n":"a","x":1}`, ReasonUndeclaredProperty, "unevaluatedProperties"},
+	} {
+		// The undeclared property, if any, comes last: found wherever it is.
+		body := "[" + strings.Repeat(`{"n":1},`, 64<<10) + k.item + "]"
+		req := parseRaw(t, "GET /l HTTP/1.1\r\nHost: h\r\n\r\n")
+		route, params, err := s.findRoute(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "+
+			strconv.Itoa(len(body))+"\r\n\r\n"+body)), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stats := &ResponseStats{}
+		c := &CheckedConn{p: &ResponsePolicy{Peer: "p", Service: "s", Spec: s, Block: true, MaxBody: 1 << 20}, stats: stats}
+		pr := pairedRequest{req: req, route: route, params: params, op: s.byOp[route.Operation]}
+		jmt := jsonResponseCase(route, req, resp)
+		held, _ := io.ReadAll(resp.Body)
+		var m0, m1 runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m0)
+		got := c.check(resp, pr, jmt, held)
+		reason, keyword := responseReason(got)
+		runtime.ReadMemStats(&m1)
+		c.release()
+		alloc := (m1.TotalAlloc - m0.TotalAlloc) >> 20
+		t.Logf("%d KiB body, last item %s: %s/%s, %d MB allocated", len(body)>>10, k.item, reason, keyword, alloc)
+		if reason != k.reason || keyword != k.keyword {
+			t.Errorf("last item %s: finding %s/%s, want %s/%s", k.item, reason, keyword, k.reason, k.keyword)
+		}
+		if alloc > 256 {
+			t.Errorf("last item %s: the check allocated %d MB, want at most 256", k.item, alloc)
+		}
+		if stats.collecting.Load() {
+			t.Error("the forward's turn to collect errors is held after the finding")
+		}
+	}
 }
