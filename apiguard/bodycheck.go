@@ -110,6 +110,9 @@ func (c *conn) checkJSONBody(spec *Spec, route *routers.Route, req *http.Request
 	} else {
 		err = schema.VisitJSON(value, c.visitOpts(false)...)
 	}
+	if err == errJSONBudget { // visit31 could not take the listing turn
+		return err
+	}
 	if err != nil {
 		return &openapi3filter.RequestError{Input: &c.in, RequestBody: jc.rb, Reason: "doesn't match schema" + schemaID(jc.mt.Schema), Err: err}
 	}
@@ -165,6 +168,15 @@ func (c *conn) visit31(spec *Spec, schema *openapi3.Schema, value any) error {
 	case builtin31:
 		return schema.VisitJSON(value, c.visitOpts(false)...)
 	case perCall31:
+		// kin-openapi's own check may build an error for each of the
+		// body's values: a body over listBody is checked only with the
+		// peer's listing turn, waited for up to budgetWait.
+		if len(c.bodyData) > listBody {
+			if !c.budget.takeListing(budgetWait) {
+				return errJSONBudget
+			}
+			c.listing = true
+		}
 		return schema.VisitJSON(value, c.visitOpts(true)...)
 	}
 	if v.keeps(value) {
@@ -175,6 +187,18 @@ func (c *conn) visit31(spec *Spec, schema *openapi3.Schema, value any) error {
 	}
 	c.listing = true
 	return v.errorsOf(value)
+}
+
+// takeListing takes b's listing turn, waiting up to wait for it.
+func (b *peerBudget) takeListing(wait time.Duration) bool {
+	deadline := time.Now().Add(wait)
+	for !b.listing.CompareAndSwap(false, true) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
 }
 
 // decodeInBudget decodes data where it is held (the value's names and

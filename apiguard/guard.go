@@ -539,6 +539,7 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		d.status, d.reason, d.detail = http.StatusBadRequest, validationReason(err), strings.Clone(truncate(err.Error(), 400))
 		c.release() // a buffered body's budget goes back now
 	}
+	c.endListing() // the check is done: not held while upstream takes the request
 	return d
 }
 
@@ -614,10 +615,7 @@ func (c *conn) buffer(p *Policy, req *http.Request, d decision, bw *bufio.Writer
 // release gives the buffered body's bytes back to the peer's budget and
 // lets go of them.
 func (c *conn) release() {
-	if c.listing {
-		c.listing = false
-		c.budget.listing.Store(false)
-	}
+	c.endListing()
 	if c.held != 0 {
 		c.budget.Add(-c.held)
 		c.held = 0
@@ -627,6 +625,14 @@ func (c *conn) release() {
 		c.body.Reset(nil)
 	}
 	c.putBodyBuf()
+}
+
+// endListing gives back the peer's listing turn (visit31), if c holds it.
+func (c *conn) endListing() {
+	if c.listing {
+		c.listing = false
+		c.budget.listing.Store(false)
+	}
 }
 
 // putBodyBuf gives the held body's pooled buffer back: nothing refers to

@@ -598,6 +598,11 @@ func (c *CheckedConn) checkJSONResponse(in *openapi3filter.ResponseValidationInp
 	}
 	switch mode {
 	case perCall31:
+		// kin-openapi's own check builds every error: under the turn.
+		if !c.stats.collect() {
+			return errJSONBudget
+		}
+		c.collecting = true
 		err = schema.VisitJSON(value, respOpts31...)
 	case compiled31:
 		if v.keeps(value) {

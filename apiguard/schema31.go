@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -33,17 +34,20 @@ type mode31 uint8
 
 const (
 	// perCall31: by kin-openapi's VisitJSON as it is (its validator built
-	// per call). For the schemas kin-openapi's own choice between its two
-	// validators cannot be foretold once for: a reference to another
-	// component alongside JSON Schema 2020-12 keywords, or a schema whose
-	// validator does not compile.
+	// per call), where the guard's copy of kin-openapi's choice would
+	// not be the same: a schema whose validator does not compile here
+	// (kin-openapi's does not either, and it falls back to its built-in
+	// validator or returns the error), or one that refers to a component,
+	// uses no 2020-12 keyword and says nullable somewhere (kin-openapi's
+	// built-in validator, as the 3.1 option has it, ignores nullable).
+	// Neither builds errors for each of a body's values.
 	perCall31 mode31 = iota
 	// builtin31: kin-openapi's built-in (3.0) validator. VisitJSON falls
 	// back to it for a schema that refers to a component and uses no
 	// 2020-12 keyword; it is called directly, without the validator
 	// VisitJSON would build first and then not use. The one setting that
 	// reads the 3.1 option (nullable, which 3.1 does not know) is ruled
-	// out: a schema with nullable anywhere is perCall31.
+	// out: such a schema with nullable anywhere is perCall31.
 	builtin31
 	// compiled31: the schema's JSON Schema 2020-12 validator, built once.
 	compiled31
@@ -60,6 +64,9 @@ type schema31 struct {
 	// 104 MB and 0.1 s, and kin-openapi's conversion of them 2.2 GB and
 	// 2 s (TestCheck31BrokenBodyBounded).
 	valid *jsonschema.Schema
+	// defs are the components copied into the compiled schema's $defs,
+	// by name (componentDefs).
+	defs map[string]*openapi3.Schema
 }
 
 // validURL is where the compiler keeps a schema31's valid.
@@ -79,15 +86,16 @@ func (sp *Spec) check31(s *openapi3.Schema) *schema31 {
 	if v, ok := sp.checks31.Load(s); ok {
 		return v.(*schema31)
 	}
-	v, _ := sp.checks31.LoadOrStore(s, newSchema31(s))
+	v, _ := sp.checks31.LoadOrStore(s, newSchema31(s, sp.doc.Components))
 	return v.(*schema31)
 }
 
 // newSchema31 decides s's mode and builds its validator as kin-openapi's
 // newJSONSchemaValidator does (v0.153.0): s encoded as JSON and decoded
-// again, its formats given kin-openapi's validators, compiled as Draft
-// 2020-12 at schemaURL.
-func newSchema31(s *openapi3.Schema) *schema31 {
+// again, the components it refers to copied into its $defs
+// (componentDefs), its formats given kin-openapi's validators, compiled
+// as Draft 2020-12 at schemaURL. components are s's document's.
+func newSchema31(s *openapi3.Schema, components *openapi3.Components) *schema31 {
 	v := &schema31{root: s}
 	raw, err := json.Marshal(s)
 	if err != nil {
@@ -98,15 +106,23 @@ func newSchema31(s *openapi3.Schema) *schema31 {
 		return v
 	}
 	uses2020 := uses2020Keywords(s)
+	m, _ := doc.(map[string]any)
 	if refersToComponent(doc) {
-		if !uses2020 && !anyNullable(s) {
-			v.mode = builtin31
+		// kin-openapi checks such a schema with its built-in validator
+		// unless it uses a 2020-12 keyword.
+		if !uses2020 {
+			if !anyNullable(s) {
+				v.mode = builtin31
+			}
+			return v
 		}
-		return v
+		if v.defs, err = componentDefs(m, components); err != nil {
+			return v
+		}
 	}
 	c := jsonschema.NewCompiler()
 	c.DefaultDraft(jsonschema.Draft2020)
-	if m, ok := doc.(map[string]any); ok {
+	if m != nil {
 		registerFormats(c, m)
 	}
 	if err := c.AddResource(schemaURL, doc); err != nil {
@@ -126,6 +142,148 @@ func newSchema31(s *openapi3.Schema) *schema31 {
 	}
 	v.mode, v.schema, v.valid = compiled31, compiled, valid
 	return v
+}
+
+// componentPrefix starts the references kin-openapi copies into a
+// compiled schema's $defs.
+const componentPrefix = "#/components/schemas/"
+
+// componentDefs is kin-openapi's addInternalSchemaRefs on the encoded
+// schema m: every component it refers to, directly or through another,
+// encoded into m's $defs (replacing any of its own, as kin-openapi does) as
+// ref0, ref1 … (in the references' order; kin-openapi's follows Go's map
+// order, and the names show in no error text), each reference rewritten
+// to its copy. It returns the copies' schemas by name, for schemaAt.
+func componentDefs(m map[string]any, components *openapi3.Components) (map[string]*openapi3.Schema, error) {
+	if m == nil || components == nil {
+		return nil, nil
+	}
+	refs := map[string]any{}
+	values := map[string]*openapi3.Schema{}
+	pending := []any{m}
+	for len(pending) > 0 {
+		node := pending[len(pending)-1]
+		pending = pending[:len(pending)-1]
+		found, plain := componentRefs(node)
+		if !plain {
+			return nil, errors.New("a component reference with keywords beside it")
+		}
+		for _, ref := range found {
+			if _, ok := refs[ref]; ok {
+				continue
+			}
+			target, err := componentAt(components, ref)
+			if err != nil {
+				return nil, err
+			}
+			raw, err := json.Marshal(target)
+			if err != nil {
+				return nil, err
+			}
+			var copied any
+			if err := json.Unmarshal(raw, &copied); err != nil {
+				return nil, err
+			}
+			refs[ref], values[ref] = copied, target
+			pending = append(pending, copied)
+		}
+	}
+	if len(refs) == 0 {
+		return nil, nil
+	}
+	names := slices.Sorted(maps.Keys(refs))
+	ids := make(map[string]string, len(names))
+	byID := make(map[string]*openapi3.Schema, len(names))
+	for i, ref := range names {
+		ids[ref] = "ref" + strconv.Itoa(i)
+		byID[ids[ref]] = values[ref]
+	}
+	defs := make(map[string]any, len(refs))
+	rewriteRefs(m, refs, ids, defs)
+	if len(defs) > 0 {
+		m["$defs"] = defs
+		rewriteRefs(defs, refs, ids, defs)
+	}
+	return byID, nil
+}
+
+// componentRefs lists the component references in node (an encoded
+// schema), in no particular order; plain is false when one has keywords
+// beside it (OpenAPI 3.1 allows them). kin-openapi copies the schema such
+// a reference's loader kept aside (unexported), which the guard cannot
+// name for certain: a schema with one stays perCall31.
+func componentRefs(node any) (out []string, plain bool) {
+	plain = true
+	var walk func(any)
+	walk = func(node any) {
+		switch node := node.(type) {
+		case map[string]any:
+			if ref, ok := node["$ref"].(string); ok && strings.HasPrefix(ref, componentPrefix) {
+				out = append(out, ref)
+				for k := range node {
+					if k != "$ref" && !strings.HasPrefix(k, "x-") {
+						plain = false
+					}
+				}
+			}
+			for _, value := range node {
+				walk(value)
+			}
+		case []any:
+			for _, value := range node {
+				walk(value)
+			}
+		}
+	}
+	walk(node)
+	return out, plain
+}
+
+// componentAt is the schema a reference to #/components/schemas/NAME
+// names: the component's schema, which kin-openapi's loader gave the
+// reference. A reference into a component, or to a component that is
+// itself a reference, is refused (the guard cannot be sure which schema
+// the loader gave it: the schema stays perCall31).
+func componentAt(components *openapi3.Components, ref string) (*openapi3.Schema, error) {
+	name := strings.TrimPrefix(ref, componentPrefix)
+	if strings.Contains(name, "/") {
+		return nil, fmt.Errorf("%s refers into a component", ref)
+	}
+	name = strings.ReplaceAll(strings.ReplaceAll(name, "~1", "/"), "~0", "~")
+	c := components.Schemas[name]
+	if c == nil || c.Value == nil || c.Ref != "" {
+		return nil, fmt.Errorf("%s is not a component schema of its own", ref)
+	}
+	return c.Value, nil
+}
+
+// rewriteRefs is kin-openapi's rewriteInternalSchemaRefs: the references
+// in node to the copies' names, each copy added to defs (and rewritten in
+// its turn) when first referred to. A worklist, not a range over defs,
+// which grows while it is walked.
+func rewriteRefs(node any, refs map[string]any, ids map[string]string, defs map[string]any) {
+	pending := []any{node}
+	for len(pending) > 0 {
+		current := pending[len(pending)-1]
+		pending = pending[:len(pending)-1]
+		switch current := current.(type) {
+		case map[string]any:
+			if ref, ok := current["$ref"].(string); ok {
+				if id, exists := ids[ref]; exists {
+					current["$ref"] = "#/$defs/" + id
+					if _, added := defs[id]; !added {
+						defs[id] = refs[ref]
+						pending = append(pending, refs[ref])
+					}
+				}
+			}
+			for _, value := range current {
+				pending = append(pending, value)
+			}
+		case []any:
+			pending = append(pending, current...)
+		}
+	}
 }
 
 // keeps says whether value keeps v's schema (compiled31), building no
@@ -391,19 +549,23 @@ type convertedError struct {
 
 func (e *convertedError) Unwrap() []error { return []error{e.SchemaError, e.cause} }
 
-// schemaAt is the schema at schemaURL inside v.root, or nil (kin-openapi's
-// schemaAt; a compiled31 schema has no copied components, so a $defs
-// location is none of v's).
+// schemaAt is the schema at schemaURL inside v.root or a component copied
+// into its $defs, or nil (kin-openapi's schemaAt).
 func (v *schema31) schemaAt(url string) *openapi3.Schema {
 	_, fragment, _ := strings.Cut(url, "#")
-	if strings.HasPrefix(fragment, "/$defs/") {
-		return nil
+	root := v.root
+	if rest, ok := strings.CutPrefix(fragment, "/$defs/"); ok {
+		id, rest, _ := strings.Cut(rest, "/")
+		if root = v.defs[id]; root == nil {
+			return nil
+		}
+		fragment = strings.TrimSuffix("/"+rest, "/")
 	}
 	ptr, err := jsonpointer.New(fragment)
 	if err != nil {
 		return nil
 	}
-	found, _, err := ptr.Get(v.root)
+	found, _, err := ptr.Get(root)
 	if err != nil {
 		return nil
 	}

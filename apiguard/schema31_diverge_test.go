@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"regexp"
 	"slices"
 	"testing"
 	"time"
@@ -111,6 +112,13 @@ func TestCheck31DivergeRandom(t *testing.T) {
 	t.Logf("%d specs, %d checks", specs, checks)
 }
 
+// defsNames drops the numbers of the names components are copied under
+// ($defs/ref0 …): kin-openapi numbers them in Go's map order, and they show
+// in the text of an error about a reference cycle.
+func defsNames(text string) string { return defsName.ReplaceAllString(text, "$$defs/ref") }
+
+var defsName = regexp.MustCompile(`\$defs/ref[0-9]+`)
+
 func mustJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
@@ -153,8 +161,10 @@ func compare31(t *testing.T, s *Spec, schema *openapi3.Schema, text string) (msg
 		// text and finding differ from call to call. A difference counts
 		// when no one of 40 calls of kin-openapi's gives the guard's.
 		gr, gk := responseReason(&openapi3filter.ResponseError{Err: gotErr})
-		compiled := s.check31(schema).mode == compiled31
-		textOK, findingOK := !compiled, false
+		// Under perCall31 both are kin-openapi's VisitJSON: any
+		// difference is its own from call to call.
+		mode := s.check31(schema).mode
+		textOK, findingOK := mode != compiled31, mode == perCall31
 		var lastText string
 		var lastR, lastK string
 		for range 40 {
@@ -162,10 +172,14 @@ func compare31(t *testing.T, s *Spec, schema *openapi3.Schema, text string) (msg
 			json.Unmarshal([]byte(text), &again)
 			e := schema.VisitJSON(again, slices.Concat(opts, []openapi3.SchemaValidationOption{v2020})...)
 			if e == nil {
-				return "kin-openapi's verdict changes from call to call"
+				// kin-openapi's own verdict changes from call to call
+				// (seen for a recursive schema with $dynamicAnchor):
+				// the guard's is one of them.
+				t.Logf("kin-openapi's verdict changes from call to call for %s", text)
+				return ""
 			}
 			lastText = e.Error()
-			if !textOK && sameErrors(gotErr.Error(), lastText) {
+			if !textOK && sameErrors(defsNames(gotErr.Error()), defsNames(lastText)) {
 				textOK = true
 			}
 			lastR, lastK = responseReason(&openapi3filter.ResponseError{Err: e})

@@ -130,7 +130,7 @@ func TestVisit31AsKin(t *testing.T) {
 	}
 	modes := map[string]mode31{
 		"plain": compiled31, "keywords": compiled31, "item": compiled31,
-		"referencing": builtin31, "referencingNullable": perCall31, "referencing2020": perCall31,
+		"referencing": builtin31, "referencingNullable": perCall31, "referencing2020": compiled31,
 	}
 	values := map[string][]string{
 		"plain": {`{"id":1}`, `{"id":0}`, `{"id":1,"name":null}`, `{"id":1,"name":"toolong"}`, `{"id":1,"at":"2026-12-07T02:00:00Z"}`,
