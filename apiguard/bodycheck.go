@@ -2,7 +2,7 @@ package apiguard
 
 import (
 	"bytes"
-	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -151,7 +151,7 @@ func (c *conn) checkJSONBody(spec *Spec, route *routers.Route, req *http.Request
 const listBody = 64 << 10
 
 // errUnlisted stands for a broken body's errors the guard did not build.
-var errUnlisted = errors.New("the body breaks the schema; its errors are not listed (over 64 KiB, or another of the peer's bodies' errors were being listed)")
+var errUnlisted = fmt.Errorf("the body breaks the schema; its errors are not listed (over %d KiB, or another of the peer's bodies' errors were being listed)", listBody>>10)
 
 // visit31 checks value against schema, of spec's 3.1 document, as
 // kin-openapi's VisitJSON with JSON Schema 2020-12 does (schema31), with

@@ -308,12 +308,12 @@ func (v *schema31) errorsOf(value any) error {
 	return e
 }
 
-// schemaErrors31 is errorsOf's error: kin-openapi's tree (error), and
-// from all the validator's errors the keyword of the first that kin-openapi's
-// collectSchemaErrors lists (a leaf, a list's first) and the keyword that
-// forbids a property the first leaf that is an undeclared property is
-// about ("" when none is), as undeclaredProperty would find them in
-// kin-openapi's tree.
+// schemaErrors31 is errorsOf's error: kin-openapi's SchemaError tree
+// (error, maybe cut at maxListed) and what responseReason reads from all
+// the validator's errors, cut or not: first, the keyword of the first
+// error that fails by itself (a leaf), and undeclared, the keyword that
+// forbids the property of the first leaf about an undeclared property
+// ("" when there is none).
 type schemaErrors31 struct {
 	error
 	first, undeclared string
@@ -534,6 +534,10 @@ func (v *schema31) schemaError(verr *jsonschema.ValidationError, parentPath stri
 			break
 		}
 		subs = append(subs, v.schemaError(cause, path, root, left))
+	}
+	if len(subs) == 0 { // cut at maxListed before this list
+		se.Reason += "errors not listed"
+		return se
 	}
 	se.Origin = fmt.Errorf("validation failed due to: %w", subs)
 	return se
