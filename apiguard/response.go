@@ -19,7 +19,6 @@ import (
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/santhosh-tekuri/jsonschema/v6"
-	"github.com/santhosh-tekuri/jsonschema/v6/kind"
 )
 
 // This file is the importing side's half of the guard (OWASP API10, unsafe
@@ -791,16 +790,7 @@ func undeclaredProperty(e error) string {
 	if se.Origin != nil || !errors.As(e, &ve) {
 		return ""
 	}
-	if _, ok := ve.ErrorKind.(*kind.FalseSchema); !ok {
-		return ""
-	}
-	_, fragment, _ := strings.Cut(ve.SchemaURL, "#")
-	for _, k := range []string{"unevaluatedProperties", "additionalProperties"} {
-		if strings.HasSuffix(fragment, "/"+k) {
-			return k
-		}
-	}
-	return ""
+	return forbiddingKeyword(ve)
 }
 
 // collectSchemaErrors flattens kin-openapi's multi-errors into the schema

@@ -341,21 +341,30 @@ func leafKeywords(verr *jsonschema.ValidationError) (first, undeclared string) {
 		}
 		if kw == "additionalProperties" {
 			undeclared = kw
-			return true
+		} else {
+			undeclared = forbiddingKeyword(n)
 		}
-		if _, ok := n.ErrorKind.(*kind.FalseSchema); ok {
-			_, fragment, _ := strings.Cut(n.SchemaURL, "#")
-			for _, k := range []string{"unevaluatedProperties", "additionalProperties"} {
-				if strings.HasSuffix(fragment, "/"+k) {
-					undeclared = k
-					return true
-				}
-			}
-		}
-		return false
+		return undeclared != ""
 	}
 	walk(verr)
 	return first, undeclared
+}
+
+// forbiddingKeyword is the keyword whose false schema n (a property that
+// failed it) is about, unevaluatedProperties or additionalProperties, or ""
+// when n is another failure: the validator's error for an undeclared
+// property names no keyword of its own.
+func forbiddingKeyword(n *jsonschema.ValidationError) string {
+	if _, ok := n.ErrorKind.(*kind.FalseSchema); !ok {
+		return ""
+	}
+	_, fragment, _ := strings.Cut(n.SchemaURL, "#")
+	for _, k := range []string{"unevaluatedProperties", "additionalProperties"} {
+		if strings.HasSuffix(fragment, "/"+k) {
+			return k
+		}
+	}
+	return ""
 }
 
 func lastKeyword(n *jsonschema.ValidationError) string {

@@ -103,30 +103,9 @@ components:
 		t.Fatal(err)
 	}
 	body := "[" + strings.Repeat(`{"n":1},`, 64<<10) + `{"n":1}]`
-	req := parseRaw(t, "GET /l HTTP/1.1\r\nHost: h\r\n\r\n")
-	route, params, err := s.findRoute(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "+
-		strconv.Itoa(len(body))+"\r\n\r\n"+body)), req)
-	if err != nil {
-		t.Fatal(err)
-	}
 	stats := &ResponseStats{}
-	c := &CheckedConn{p: &ResponsePolicy{Peer: "p", Service: "s", Spec: s, Block: true, MaxBody: 1 << 20}, stats: stats}
-	pr := pairedRequest{req: req, route: route, params: params, op: s.byOp[route.Operation]}
-	jmt := jsonResponseCase(route, req, resp)
-	held, _ := io.ReadAll(resp.Body)
 	stats.collect() // another check of the forward is collecting errors
-	var m0, m1 runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&m0)
-	got := c.check(resp, pr, jmt, held)
-	reason, keyword := responseReason(got)
-	runtime.ReadMemStats(&m1)
-	c.release()
-	alloc := (m1.TotalAlloc - m0.TotalAlloc) >> 20
+	reason, keyword, alloc, got := checkResponse31(t, s, stats, body)
 	t.Logf("%d KiB body: %s/%s, %d MB allocated, err %.100v", len(body)>>10, reason, keyword, alloc, got)
 	if alloc > 256 {
 		t.Errorf("the check allocated %d MB, want at most 256", alloc)

@@ -4,18 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/getkin/kin-openapi/openapi3"
-	"github.com/getkin/kin-openapi/openapi3filter"
 )
 
 // echoRig31 is newEchoRig on rr-api's spec as an OpenAPI 3.1 document.
@@ -149,34 +146,8 @@ func TestVisit31AsKin(t *testing.T) {
 			t.Errorf("%s: checked in mode %d, want %d", name, got, want)
 		}
 		for _, text := range values[name] {
-			for _, opts := range [][]openapi3.SchemaValidationOption{
-				{openapi3.VisitAsRequest()},
-				{openapi3.MultiErrors(), openapi3.VisitAsResponse()},
-			} {
-				var defaulted, kinDefaulted bool
-				set := openapi3.DefaultsSet(func() { defaulted = true })
-				kinSet := openapi3.DefaultsSet(func() { kinDefaulted = true })
-				v2020 := openapi3.EnableJSONSchema2020()
-				got, want := decodeValue(t, text), decodeValue(t, text)
-				gotErr := check31AsVisit(s, schema, got, slices.Concat(opts, []openapi3.SchemaValidationOption{set, v2020}), slices.Concat(opts, []openapi3.SchemaValidationOption{set}))
-				wantErr := schema.VisitJSON(want, slices.Concat(opts, []openapi3.SchemaValidationOption{kinSet, v2020})...)
-				label := fmt.Sprintf("%s %s (%d options)", name, text, len(opts))
-				switch {
-				case (gotErr == nil) != (wantErr == nil):
-					t.Errorf("%s:\nvisitJSON31 %v\nkin-openapi %v", label, gotErr, wantErr)
-				case gotErr != nil && !sameErrors(gotErr.Error(), wantErr.Error()):
-					t.Errorf("%s:\nvisitJSON31 %q\nkin-openapi %q", label, gotErr, wantErr)
-				}
-				if defaulted != kinDefaulted || !jsonEqual(t, got, want) {
-					t.Errorf("%s: value after the check %v (defaults set %v), kin-openapi's %v (%v)", label, got, defaulted, want, kinDefaulted)
-				}
-				if gotErr != nil {
-					gr, gk := responseReason(&openapi3filter.ResponseError{Err: gotErr})
-					wr, wk := responseReason(&openapi3filter.ResponseError{Err: wantErr})
-					if gr != wr || gk != wk {
-						t.Errorf("%s: finding %s/%s, from kin-openapi's error %s/%s", label, gr, gk, wr, wk)
-					}
-				}
+			if msg := compare31(t, s, schema, text); msg != "" {
+				t.Errorf("%s %s: %s", name, text, msg)
 			}
 		}
 	}
@@ -356,29 +327,8 @@ paths:
 	} {
 		// The undeclared property, if any, comes last: found wherever it is.
 		body := "[" + strings.Repeat(`{"n":1},`, 64<<10) + k.item + "]"
-		req := parseRaw(t, "GET /l HTTP/1.1\r\nHost: h\r\n\r\n")
-		route, params, err := s.findRoute(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "+
-			strconv.Itoa(len(body))+"\r\n\r\n"+body)), req)
-		if err != nil {
-			t.Fatal(err)
-		}
 		stats := &ResponseStats{}
-		c := &CheckedConn{p: &ResponsePolicy{Peer: "p", Service: "s", Spec: s, Block: true, MaxBody: 1 << 20}, stats: stats}
-		pr := pairedRequest{req: req, route: route, params: params, op: s.byOp[route.Operation]}
-		jmt := jsonResponseCase(route, req, resp)
-		held, _ := io.ReadAll(resp.Body)
-		var m0, m1 runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&m0)
-		got := c.check(resp, pr, jmt, held)
-		reason, keyword := responseReason(got)
-		runtime.ReadMemStats(&m1)
-		c.release()
-		alloc := (m1.TotalAlloc - m0.TotalAlloc) >> 20
+		reason, keyword, alloc, _ := checkResponse31(t, s, stats, body)
 		t.Logf("%d KiB body, last item %s: %s/%s, %d MB allocated", len(body)>>10, k.item, reason, keyword, alloc)
 		if reason != k.reason || keyword != k.keyword {
 			t.Errorf("last item %s: finding %s/%s, want %s/%s", k.item, reason, keyword, k.reason, k.keyword)
@@ -390,4 +340,33 @@ paths:
 			t.Error("the forward's turn to collect errors is held after the finding")
 		}
 	}
+}
+
+// checkResponse31 checks a 200 answer with body to GET /l of s as the
+// importing side does (CheckedConn.check, with stats), and says the
+// finding, the MB the check allocated and the error.
+func checkResponse31(t *testing.T, s *Spec, stats *ResponseStats, body string) (reason, keyword string, alloc uint64, err error) {
+	t.Helper()
+	req := parseRaw(t, "GET /l HTTP/1.1\r\nHost: h\r\n\r\n")
+	route, params, err := s.findRoute(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "+
+		strconv.Itoa(len(body))+"\r\n\r\n"+body)), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &CheckedConn{p: &ResponsePolicy{Peer: "p", Service: "s", Spec: s, Block: true, MaxBody: 1 << 20}, stats: stats}
+	pr := pairedRequest{req: req, route: route, params: params, op: s.byOp[route.Operation]}
+	jmt := jsonResponseCase(route, req, resp)
+	held, _ := io.ReadAll(resp.Body)
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	err = c.check(resp, pr, jmt, held)
+	reason, keyword = responseReason(err)
+	runtime.ReadMemStats(&m1)
+	c.release()
+	return reason, keyword, (m1.TotalAlloc - m0.TotalAlloc) >> 20, err
 }
