@@ -221,9 +221,10 @@ func compareWithKin(t *testing.T, s *Spec, p *Policy, g *Guard, path, ctype, bod
 	}
 	fast = jsonBodyCase(route, req, []byte(body)).mt != nil
 	d := c.decide(p, req, bufio.NewWriter(io.Discard))
-	if r := bodyCharset([]string{ctype}); r != "" {
-		// The guard's own check, before kin-openapi's and stricter
-		// (TestGuardBodyCharset): nothing to compare.
+	if r := bodyCharset([]string{ctype}); r != "" && body != "" {
+		// The guard's own check of a body's charset, before
+		// kin-openapi's and stricter (TestGuardBodyCharset): nothing to
+		// compare. An empty body has none to check.
 		if d.reason != r {
 			t.Errorf("%s: guard %q, want its charset check's %q", name, d.reason, r)
 		}
