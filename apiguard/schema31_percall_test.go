@@ -10,27 +10,6 @@ import (
 	"testing"
 )
 
-// listSpec31Ref is listSpec31 with its items a component and a JSON
-// Schema 2020-12 keyword in the schema: the commonest shape of a 3.1
-// document's body schema, compiled31 with the component copied
-// (componentDefs).
-const listSpec31Ref = `openapi: 3.1.0
-info: {title: lists, version: "1"}
-paths:
-  /l:
-    post:
-      operationId: list
-      requestBody:
-        content:
-          application/json:
-            schema: {type: array, items: {$ref: "#/components/schemas/name"}, unevaluatedItems: false}
-      responses:
-        "200": {description: ok}
-components:
-  schemas:
-    name: {type: string}
-`
-
 // TestCheck31PerCallBrokenBodyBounded is TestCheck31BrokenBodyBounded for
 // a schema that refers to a component and uses a 2020-12 keyword, which
 // kin-openapi's VisitJSON was still called for (perCall31) until its
@@ -38,10 +17,10 @@ components:
 // main a 512 KiB body of numbers allocates 3.2 GB and takes 4 s, with no
 // size bound and no listing turn.
 func TestCheck31PerCallBrokenBodyBounded(t *testing.T) {
-	s, err := ParseSpec("lists.yaml", []byte(listSpec31Ref))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Items a component, a 2020-12 keyword in the schema: the
+	// commonest shape of a 3.1 body schema, compiled31 with the component
+	// copied (componentDefs).
+	s := listSpec31(t, `{type: array, items: {$ref: "#/components/schemas/name"}, unevaluatedItems: false}`, "name: {type: string}")
 	p := &Policy{Service: "lists", Spec: s, ValidateRequest: true, MaxBody: 1 << 20, Limits: map[*Operation]Rate{}}
 	g := NewGuard(p, nil)
 	body := "[" + strings.Repeat("1,", 256<<10-1) + "1]"
@@ -83,25 +62,7 @@ func TestResponse31PerCallBrokenBodyBounded(t *testing.T) {
 }
 
 func response31TurnHeld(t *testing.T, items string) {
-	s, err := ParseSpec("lists.yaml", []byte(`openapi: 3.1.0
-info: {title: lists, version: "1"}
-paths:
-  /l:
-    get:
-      operationId: list
-      responses:
-        "200":
-          description: ok
-          content:
-            application/json:
-              schema: {type: array, items: `+items+`, unevaluatedItems: false}
-components:
-  schemas:
-    item: {type: object, properties: {n: {type: string}}}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := listResponseSpec31(t, `{type: array, items: `+items+`, unevaluatedItems: false}`, "item: {type: object, properties: {n: {type: string}}}")
 	body := "[" + strings.Repeat(`{"n":1},`, 64<<10) + `{"n":1}]`
 	stats := &ResponseStats{}
 	stats.collect() // another check of the forward is collecting errors
@@ -115,36 +76,16 @@ components:
 	}
 }
 
-// listSpec31Sibling has a keyword beside its component reference (3.1
-// allows it): the schema kin-openapi's loader gives such a reference is
-// not the guard's to name, so its check stays kin-openapi's (perCall31).
-const listSpec31Sibling = `openapi: 3.1.0
-info: {title: lists, version: "1"}
-paths:
-  /l:
-    post:
-      operationId: list
-      requestBody:
-        content:
-          application/json:
-            schema: {type: array, items: {$ref: "#/components/schemas/name", maxLength: 3}, unevaluatedItems: false}
-      responses:
-        "200": {description: ok}
-components:
-  schemas:
-    name: {type: string}
-`
-
 // TestCheck31PerCallTurn: kin-openapi's own check (perCall31) builds an
 // error for each of a broken body's values, so a body over listBody is
 // checked only with the peer's listing turn: while another request holds
 // it, 503 memory_budget after budgetWait; once free, checked, and the
 // turn given back with the check.
 func TestCheck31PerCallTurn(t *testing.T) {
-	s, err := ParseSpec("lists.yaml", []byte(listSpec31Sibling))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A keyword beside the component reference (3.1 allows it): the
+	// schema kin-openapi's loader gives such a reference is not the
+	// guard's to name, so its check stays kin-openapi's (perCall31).
+	s := listSpec31(t, `{type: array, items: {$ref: "#/components/schemas/name", maxLength: 3}, unevaluatedItems: false}`, "name: {type: string}")
 	if m := s.check31(s.doc.Paths.Find("/l").Post.RequestBody.Value.Content["application/json"].Schema.Value).mode; m != perCall31 {
 		t.Fatalf("the body schema is checked in mode %d, want perCall31", m)
 	}

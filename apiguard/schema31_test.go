@@ -214,21 +214,50 @@ func TestCheck31Bounded(t *testing.T) {
 	s2.checks31.Range(func(any, any) bool { t.Error("a new spec holds checks"); return false })
 }
 
-// listSpec31 takes a list of strings: a body of numbers breaks it once per
-// item.
-const listSpec31 = `openapi: 3.1.0
-info: {title: lists, version: "1"}
-paths:
+// listSpec31 is a 3.1 document whose POST /l takes a JSON body of schema,
+// with components (YAML under components.schemas, or "").
+func listSpec31(t *testing.T, schema, components string) *Spec {
+	t.Helper()
+	return parseListSpec31(t, `
   /l:
     post:
       operationId: list
       requestBody:
         content:
           application/json:
-            schema: {type: array, items: {type: string}}
+            schema: `+schema+`
       responses:
-        "200": {description: ok}
-`
+        "200": {description: ok}`, components)
+}
+
+// listResponseSpec31 is a 3.1 document whose GET /l answers 200 with a
+// JSON body of schema, with components as listSpec31's.
+func listResponseSpec31(t *testing.T, schema, components string) *Spec {
+	t.Helper()
+	return parseListSpec31(t, `
+  /l:
+    get:
+      operationId: list
+      responses:
+        "200":
+          description: ok
+          content:
+            application/json:
+              schema: `+schema, components)
+}
+
+func parseListSpec31(t *testing.T, paths, components string) *Spec {
+	t.Helper()
+	text := "openapi: 3.1.0\ninfo: {title: lists, version: \"1\"}\npaths:" + paths + "\n"
+	if components != "" {
+		text += "components:\n  schemas:\n    " + components + "\n"
+	}
+	s, err := ParseSpec("lists.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
 
 // TestCheck31BrokenBodyBounded: the JSON Schema 2020-12 validator builds
 // every error of a broken body whatever it is asked, and kin-openapi
@@ -239,10 +268,8 @@ paths:
 // listBody bytes, one request of the peer at a time, and otherwise says
 // they are not listed: the same 400 invalid_body.
 func TestCheck31BrokenBodyBounded(t *testing.T) {
-	s, err := ParseSpec("lists.yaml", []byte(listSpec31))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A list of strings: a body of numbers breaks it once per item.
+	s := listSpec31(t, `{type: array, items: {type: string}}`, "")
 	p := &Policy{Service: "lists", Spec: s, ValidateRequest: true, MaxBody: 1 << 20, Limits: map[*Operation]Rate{}}
 	g := NewGuard(p, nil)
 	// decide runs one request through c and says what it allocated.
@@ -303,22 +330,7 @@ func TestCheck31BrokenBodyBounded(t *testing.T) {
 // kin-openapi's errors (a 512 KiB body of numbers to a list of strings took
 // 2.2 GB and 2 s before), and the finding is the one all the errors give.
 func TestResponse31BrokenBodyBounded(t *testing.T) {
-	s, err := ParseSpec("lists.yaml", []byte(`openapi: 3.1.0
-info: {title: lists, version: "1"}
-paths:
-  /l:
-    get:
-      operationId: list
-      responses:
-        "200":
-          description: ok
-          content:
-            application/json:
-              schema: {type: array, items: {type: object, properties: {n: {type: string}}, unevaluatedProperties: false}}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := listResponseSpec31(t, `{type: array, items: {type: object, properties: {n: {type: string}}, unevaluatedProperties: false}}`, "")
 	for _, k := range []struct {
 		item, reason, keyword string
 	}{
