@@ -154,6 +154,12 @@ func (s *ResponseStats) Snapshot() map[string]uint64 {
 // without bound.
 const maxRequestHead = 64 << 10
 
+// maxResponseHead bounds a response's header block (each 1xx one on its
+// own) as the checker parses it: a longer one is malformed_response, so a
+// partner cannot make the checker buffer an endless header line. THREATS
+// P5, tested by TestResponseHeadBounded.
+const maxResponseHead = 64 << 10
+
 // maxPipelined bounds the requests waiting for their responses; a client
 // pipelining more waits (its reads pause) until responses come back.
 const maxPipelined = 64
@@ -263,18 +269,19 @@ func (c *CheckedConn) Close() error {
 	return err
 }
 
-// headLimit counts the bytes of a request's header block.
+// headLimit counts the bytes of a header block, at most max of them.
 type headLimit struct {
 	r       io.Reader
+	max     int
 	n       int
 	inHead  bool
 	tooLong bool
 }
 
-var errHeadTooLong = errors.New("request header block over the checker's bound")
+var errHeadTooLong = errors.New("header block over the checker's bound")
 
 func (h *headLimit) Read(b []byte) (int, error) {
-	if h.inHead && h.n >= maxRequestHead {
+	if h.inHead && h.n >= h.max {
 		h.tooLong = true
 		return 0, errHeadTooLong
 	}
@@ -291,7 +298,7 @@ func (h *headLimit) Read(b []byte) (int, error) {
 func (c *CheckedConn) requests() {
 	defer close(c.pending)
 	defer io.Copy(io.Discard, c.reqR)
-	hl := &headLimit{r: c.reqR}
+	hl := &headLimit{r: c.reqR, max: maxRequestHead}
 	br := bufio.NewReaderSize(hl, 4<<10)
 	for {
 		hl.inHead, hl.n = true, br.Buffered()
@@ -327,7 +334,8 @@ func (c *CheckedConn) responses() {
 			}
 		}()
 	}()
-	br := bufio.NewReaderSize(c.respR, 32<<10)
+	hl := &headLimit{r: c.respR, max: maxResponseHead}
+	br := bufio.NewReaderSize(hl, 32<<10)
 	fail := func(err error) {
 		c.respErr = err
 		c.respR.CloseWithError(err)
@@ -347,7 +355,7 @@ func (c *CheckedConn) responses() {
 			}
 			return
 		}
-		more, err := c.response(br, pr)
+		more, err := c.response(br, hl, pr)
 		if err != nil {
 			fail(err)
 			return
@@ -364,9 +372,12 @@ func (c *CheckedConn) responses() {
 // response handles the response(s) to one request: informational ones are
 // written on, then the final one is checked. It returns false when the
 // connection stops being HTTP (101, CONNECT) or must end.
-func (c *CheckedConn) response(br *bufio.Reader, pr pairedRequest) (bool, error) {
+func (c *CheckedConn) response(br *bufio.Reader, hl *headLimit, pr pairedRequest) (bool, error) {
 	for {
+		// What br holds counts as head: at most its size over the bound.
+		hl.inHead, hl.n = true, br.Buffered()
 		resp, err := http.ReadResponse(br, pr.req)
+		hl.inHead = false
 		if err != nil {
 			f := ResponseFinding{Reason: ReasonMalformedResponse, Blocked: c.p.Block}
 			if pr.op != nil {
