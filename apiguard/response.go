@@ -378,6 +378,12 @@ func (c *CheckedConn) response(br *bufio.Reader, hl *headLimit, pr pairedRequest
 		hl.inHead, hl.n = true, br.Buffered()
 		resp, err := http.ReadResponse(br, pr.req)
 		hl.inHead = false
+		if err == nil && resp.StatusCode == http.StatusSwitchingProtocols && pr.req.Header.Get("Upgrade") == "" {
+			// RFC 9110 7.8: no switch to a protocol the client did not
+			// ask for; passed, it would make the rest of the connection
+			// unchecked bytes. THREATS P2, tested by TestResponseUnaskedSwitch.
+			err = errors.New("101 to a request without Upgrade")
+		}
 		if err != nil {
 			f := ResponseFinding{Reason: ReasonMalformedResponse, Blocked: c.p.Block}
 			if pr.op != nil {
@@ -421,7 +427,10 @@ func writeInterim(w io.Writer, resp *http.Response) error {
 // final checks and writes one final response.
 func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error) {
 	defer resp.Body.Close()
-	more := !resp.Close && resp.StatusCode != http.StatusSwitchingProtocols && pr.req.Method != http.MethodConnect
+	// Pairing goes on after a response with "Connection: close" too: a
+	// partner that writes more responses after it has them checked, not
+	// passed as bytes. THREATS P2, tested by TestResponseAfterClose.
+	more := resp.StatusCode != http.StatusSwitchingProtocols && pr.req.Method != http.MethodConnect
 	if pr.op == nil {
 		c.stats.UncheckedNoOp.Add(1)
 		return more, resp.Write(c.TCPConn)
@@ -504,13 +513,18 @@ func (c *CheckedConn) pass(resp *http.Response, held []byte) error {
 
 // refuse replaces resp with a 502 problem response for f. The partner's
 // response is read to its end first, so the connection stays in step and
-// a keep-alive client can go on.
+// a keep-alive client can go on. A refused switch (!more) ends the
+// connection: what follows is the other protocol's bytes, which the client
+// must not get unchecked.
 func (c *CheckedConn) refuse(resp *http.Response, f ResponseFinding, more bool) (bool, error) {
 	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
 		return false, err
 	}
-	if err := c.writeProblem(f, !more); err != nil {
+	if err := c.writeProblem(f, !more || resp.Close); err != nil {
 		return false, err
+	}
+	if !more {
+		return false, fmt.Errorf("%s/%s: switch of protocols refused", c.p.Peer, c.p.Service)
 	}
 	return more, nil
 }

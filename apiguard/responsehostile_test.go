@@ -111,3 +111,98 @@ func TestResponseHeadBounded(t *testing.T) {
 		t.Errorf("findings %+v", found)
 	}
 }
+
+// TestResponseUnaskedSwitch: a 101 to a request that asked for no
+// upgrade (RFC 9110 7.8: a server must not switch then) is malformed; it
+// does not turn the rest of the connection into unchecked bytes. Before,
+// a 101 that passed its operation's check (a default response) made the
+// checker pass everything after it unchecked, so a client that takes a
+// 101 as a bodiless final response (Python's http.client) read the next,
+// broken response as the answer to its next request, even with block.
+func TestResponseUnaskedSwitch(t *testing.T) {
+	up := rawPartner(t, 2, func(w io.Writer) {
+		io.WriteString(w, "HTTP/1.1 101 Switching Protocols\r\n\r\n"+
+			"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 28\r\n\r\n{\"id\":1,\"iban\":\"SECRETVALU\"}")
+	}, 10*time.Second)
+	var mu sync.Mutex
+	var found []ResponseFinding
+	stats := &ResponseStats{}
+	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats,
+		func(f ResponseFinding) { mu.Lock(); found = append(found, f); mu.Unlock() })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /any HTTP/1.1\r\nHost: partner\r\n\r\nGET /item HTTP/1.1\r\nHost: partner\r\n\r\n")
+	out, _ := io.ReadAll(c)
+	if strings.Contains(string(out), "SECRET") || !strings.HasPrefix(string(out), "HTTP/1.1 502") {
+		t.Fatalf("client got %q: want a 502 and nothing of the partner's bytes after the 101", out)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(found) != 1 || found[0].Reason != ReasonMalformedResponse || found[0].Operation != "getAny" {
+		t.Errorf("findings %+v", found)
+	}
+	if n := stats.UncheckedStream.Load(); n != 0 {
+		t.Errorf("unchecked_not_http %d, want 0", n)
+	}
+}
+
+// TestResponseAfterClose: a partner that answers with "Connection: close"
+// and then goes on writing responses gets none of them to the client
+// unchecked: they are paired and checked as any other (a pipelining
+// client may read them). Before, every byte after a close response passed
+// unchecked.
+func TestResponseAfterClose(t *testing.T) {
+	up := rawPartner(t, 2, func(w io.Writer) {
+		io.WriteString(w, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"id\":1}"+
+			"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 28\r\n\r\n{\"id\":2,\"iban\":\"SECRETVALU\"}")
+	}, 10*time.Second)
+	var mu sync.Mutex
+	var found []ResponseFinding
+	stats := &ResponseStats{}
+	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats,
+		func(f ResponseFinding) { mu.Lock(); found = append(found, f); mu.Unlock() })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /item HTTP/1.1\r\nHost: partner\r\n\r\nGET /item HTTP/1.1\r\nHost: partner\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK || !resp.Close {
+		t.Errorf("first response %d close=%v, want 200 with Connection: close", resp.StatusCode, resp.Close)
+	}
+	resp, err = http.ReadResponse(br, &http.Request{Method: "GET"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadGateway || strings.Contains(string(rest), "SECRET") {
+		t.Fatalf("after the close response the client got %d %q", resp.StatusCode, rest)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(found) != 1 || found[0].Reason != ReasonUndeclaredProperty || !found[0].Blocked {
+		t.Errorf("findings %+v, want the second response's undeclared_property", found)
+	}
+}
+
+// TestResponseAskedSwitch: a 101 to a request that asked for an upgrade
+// still switches: the other protocol's bytes reach the client as they are.
+func TestResponseAskedSwitch(t *testing.T) {
+	up := rawPartner(t, 1, func(w io.Writer) {
+		io.WriteString(w, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi")
+	}, 10*time.Second)
+	stats := &ResponseStats{}
+	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats, nil)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /any HTTP/1.1\r\nHost: partner\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("response %v, %v: want the 101", resp, err)
+	}
+	frame := make([]byte, 4)
+	if _, err := io.ReadFull(br, frame); err != nil || string(frame) != "\x81\x02hi" {
+		t.Errorf("after the 101 the client got %q, %v", frame, err)
+	}
+}
