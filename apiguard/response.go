@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
@@ -188,6 +189,7 @@ type CheckedConn struct {
 	// into the finding (release).
 	collecting bool
 	close      sync.Once
+	closed     atomic.Bool // Close was called: set before it closes the pipes
 }
 
 // pairedRequest is what the response loop needs of a request.
@@ -259,6 +261,7 @@ func (c *CheckedConn) CloseWrite() error {
 
 // Close ends both loops and closes the client's connection.
 func (c *CheckedConn) Close() error {
+	c.closed.Store(true)
 	err := c.TCPConn.Close()
 	c.close.Do(func() {
 		c.respR.CloseWithError(net.ErrClosed)
@@ -337,6 +340,13 @@ func (c *CheckedConn) responses() {
 	hl := &headLimit{r: c.respR, max: maxResponseHead}
 	br := bufio.NewReaderSize(hl, 32<<10)
 	fail := func(err error) {
+		var pe textproto.ProtocolError
+		if errors.As(err, &pe) {
+			// net/http's text of a bad line quotes it (a trailer's):
+			// its class only. THREATS P6, tested by
+			// TestResponseErrorNoPartnerBytes.
+			err = fmt.Errorf("%s/%s: %w", c.p.Peer, c.p.Service, errMalformedResponse)
+		}
 		c.respErr = err
 		c.respR.CloseWithError(err)
 	}
@@ -382,7 +392,15 @@ func (c *CheckedConn) response(br *bufio.Reader, hl *headLimit, pr pairedRequest
 			// RFC 9110 7.8: no switch to a protocol the client did not
 			// ask for; passed, it would make the rest of the connection
 			// unchecked bytes. THREATS P2, tested by TestResponseUnaskedSwitch.
-			err = errors.New("101 to a request without Upgrade")
+			err = errUnaskedSwitch
+		}
+		if err != nil && c.closed.Load() {
+			// Close ended the loop (the client's reset, the stream's, a
+			// shutdown), whatever error net/http made of it (a line cut
+			// short reads as a malformed one): nothing the partner sent
+			// is at fault.
+			// Tested by TestResponseCloseNoFinding.
+			return false, err
 		}
 		if err != nil {
 			f := ResponseFinding{Reason: ReasonMalformedResponse, Blocked: c.p.Block}
@@ -400,7 +418,7 @@ func (c *CheckedConn) response(br *bufio.Reader, hl *headLimit, pr pairedRequest
 				c.TCPConn.SetLinger(0)
 				c.TCPConn.Close()
 			}
-			return false, fmt.Errorf("%s/%s: response not HTTP/1.1: %w", c.p.Peer, c.p.Service, err)
+			return false, fmt.Errorf("%s/%s: %w", c.p.Peer, c.p.Service, malformedCause(err))
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 			// As it came: a status line and its fields (Response.Write
@@ -412,6 +430,24 @@ func (c *CheckedConn) response(br *bufio.Reader, hl *headLimit, pr pairedRequest
 		}
 		return c.final(resp, pr)
 	}
+}
+
+// errUnaskedSwitch is a 101 to a request that asked for no upgrade.
+var errUnaskedSwitch = errors.New("response 101 to a request without Upgrade")
+
+// errMalformedResponse is a response net/http could not parse.
+var errMalformedResponse = errors.New("response not HTTP/1.1")
+
+// malformedCause is the error of a response that could not be followed,
+// for the pump (and the daemon's log): its class, never net/http's text,
+// which quotes the partner's status or header line (THREATS P6, tested by
+// TestResponseErrorNoPartnerBytes).
+func malformedCause(err error) error {
+	switch {
+	case errors.Is(err, errUnaskedSwitch), errors.Is(err, errHeadTooLong), errors.Is(err, io.ErrUnexpectedEOF):
+		return err
+	}
+	return errMalformedResponse
 }
 
 // writeInterim writes a 1xx response.

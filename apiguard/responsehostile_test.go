@@ -206,3 +206,83 @@ func TestResponseAskedSwitch(t *testing.T) {
 		t.Errorf("after the 101 the client got %q, %v", frame, err)
 	}
 }
+
+// checkedLocal is a CheckedConn on a local TCP pair without a partner
+// connection: the test writes the partner's bytes itself, as the pump's
+// tunnel → client side does. It returns the client's end too. The test
+// calls noCheckerLeak first.
+func checkedLocal(t *testing.T, p *ResponsePolicy, stats *ResponseStats, report func(ResponseFinding)) (*CheckedConn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := NewCheckedConn(local.(*net.TCPConn), p, stats, report)
+	go io.Copy(io.Discard, readerOnly{cc}) // the pump's client → tunnel side
+	t.Cleanup(func() {
+		client.Close()
+		cc.Close()
+	})
+	return cc, client
+}
+
+// TestResponseErrorNoPartnerBytes: the error a malformed response gives
+// the pump (which the daemon logs as "forward failed") quotes none of the
+// partner's bytes (THREATS P6). Before, it wrapped net/http's parse error,
+// which quotes the status or header line.
+func TestResponseErrorNoPartnerBytes(t *testing.T) {
+	noCheckerLeak(t)
+	for _, data := range []string{
+		"SSH-2.0-OpenSSH_9.6 SECRETVALUE\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nSECRETVALUE without a colon\r\n\r\n",
+		"HTTP/1.1 2x0 SECRETVALUE\r\n\r\n",
+		// a trailer line net/http refuses, after a body the check reads
+		"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n2\r\n{}\r\n0\r\nSECRETVALUE no colon\r\n\r\n",
+	} {
+		for _, block := range []bool{true, false} {
+			cc, client := checkedLocal(t, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: block}, &ResponseStats{}, nil)
+			client.SetDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(client, "GET /item HTTP/1.1\r\nHost: partner\r\n\r\n")
+			_, werr := cc.Write([]byte(data)) // nil once the loop took the bytes, or the loop's error
+			if werr != nil && strings.Contains(werr.Error(), "SECRET") {
+				t.Errorf("block=%v %q: Write's error %v quotes the partner's bytes", block, data, werr)
+			}
+			if err := cc.CloseWrite(); err == nil || strings.Contains(err.Error(), "SECRET") {
+				t.Errorf("block=%v %q: CloseWrite's error %v, want one without the partner's bytes", block, data, err)
+			}
+		}
+	}
+}
+
+// TestResponseCloseNoFinding: a connection closed on the importing side
+// (the client's reset, the daemon's shutdown) while a response head is on
+// its way is no finding of the partner: no dyad.api.response_invalid.
+// Before, the checker's own close read as a malformed response.
+func TestResponseCloseNoFinding(t *testing.T) {
+	var mu sync.Mutex
+	var found []ResponseFinding
+	stats := &ResponseStats{}
+	noCheckerLeak(t)
+	cc, client := checkedLocal(t, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats,
+		func(f ResponseFinding) { mu.Lock(); found = append(found, f); mu.Unlock() })
+	io.WriteString(client, "GET /item HTTP/1.1\r\nHost: partner\r\n\r\n")
+	if _, err := cc.Write([]byte("HTTP/1.1 200 OK\r\nContent-")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the loop waits in the head
+	cc.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(found) != 0 || stats.Invalid.Load() != 0 {
+		t.Errorf("findings %+v, counters %v: want none for the checker's own close", found, stats.Snapshot())
+	}
+}
