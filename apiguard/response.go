@@ -420,6 +420,14 @@ func (c *CheckedConn) response(br *bufio.Reader, hl *headLimit, pr pairedRequest
 			}
 			return false, fmt.Errorf("%s/%s: %w", c.p.Peer, c.p.Service, malformedCause(err))
 		}
+		if text, ok := reasonPhrase(resp.Status, resp.StatusCode); !ok || strings.ContainsFunc(text, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }) {
+			// net/http keeps a bare CR (any control byte) in the reason
+			// phrase, which a client may take for the line's end and
+			// read a field the check never saw: the standard phrase
+			// instead, as the exporting side writes it (writeResponse).
+			// Tested by TestResponseStatusLineNoBareCR.
+			resp.Status = strconv.Itoa(resp.StatusCode) + " " + http.StatusText(resp.StatusCode)
+		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 			// As it came: a status line and its fields (Response.Write
 			// would add a Content-Length an interim response has not).

@@ -286,3 +286,40 @@ func TestResponseCloseNoFinding(t *testing.T) {
 		t.Errorf("findings %+v, counters %v: want none for the checker's own close", found, stats.Snapshot())
 	}
 }
+
+// TestResponseStatusLineNoBareCR: a partner's reason phrase with a bare
+// CR (which net/http's parser keeps, and a client may take for the end of
+// the line, reading a field the check never saw) reaches the client
+// without it, in an interim response and a final one.
+func TestResponseStatusLineNoBareCR(t *testing.T) {
+	up := rawPartner(t, 1, func(w io.Writer) {
+		io.WriteString(w, "HTTP/1.1 103 Early\rContent-Length: 0\r\n\r\n"+
+			"HTTP/1.1 200 OK\rContent-Length: 0\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"id\":1}")
+	}, 10*time.Second)
+	stats := &ResponseStats{}
+	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats, nil)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /item HTTP/1.1\r\nHost: partner\r\n\r\n")
+	br := bufio.NewReader(c)
+	var got []byte
+	for i := 0; i < 2; i++ { // the two heads, up to their empty lines
+		for {
+			line, err := br.ReadBytes('\n')
+			got = append(got, line...)
+			if err != nil {
+				t.Fatalf("after %q: %v", got, err)
+			}
+			if string(line) == "\r\n" {
+				break
+			}
+		}
+	}
+	for i, b := range got {
+		if b == '\r' && (i+1 == len(got) || got[i+1] != '\n') {
+			t.Fatalf("client got a bare CR at %d of %q", i, got)
+		}
+	}
+	if stats.Valid.Load() != 1 {
+		t.Errorf("counters %v, want the final response valid", stats.Snapshot())
+	}
+}
