@@ -70,6 +70,9 @@ const (
 	// ReasonBusy is in a 502 only, never an event: with block, a body the
 	// forward had no budget to check (to hold, or to decode) within 1 s.
 	ReasonBusy = "response_check_busy"
+	// ReasonTooLong is in a 502 only, never an event: with block, a body
+	// with a schema over max_body, which the check cannot hold.
+	ReasonTooLong = "response_over_max_body"
 )
 
 // ResponseFinding is one response that broke the contract. It names the
@@ -94,7 +97,7 @@ type ResponseStats struct {
 	Invalid          atomic.Uint64 // broke the contract (audited)
 	Blocked          atomic.Uint64 // of Invalid, replaced by a 502
 	UncheckedNoOp    atomic.Uint64 // the request matched no operation of the spec
-	UncheckedTooLong atomic.Uint64 // the body needed validation but was over max_body: streamed unchecked
+	UncheckedTooLong atomic.Uint64 // the body needed validation but was over max_body: streamed unchecked, or 502 with block
 	UncheckedStream  atomic.Uint64 // after the request stream stopped parsing (not HTTP/1.1): passed as bytes
 	// Refusals are problem+json 4xx/503 answers with a status the
 	// operation does not declare: the partner's side refused the call.
@@ -500,14 +503,22 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 		if reserveUpTo(&c.stats.buffered.Int64, reserve, reserve, c.p.budget(), c.p.budgetWait()) != reserve {
 			return c.busy(resp, pr, nil, more)
 		}
-		defer c.stats.buffered.Add(-reserve)
+		defer func() { c.stats.buffered.Add(-reserve) }()
 		buf, err := io.ReadAll(io.LimitReader(resp.Body, c.p.maxBody()+1))
 		if err != nil {
 			return false, err
 		}
 		if int64(len(buf)) > c.p.maxBody() {
-			// Too long to hold: streamed on unchecked, counted.
+			// Too long to hold: counted; blocking fails closed, as for a
+			// body the budget cannot take (busy), or a partner would pad a
+			// broken body past max_body to pass it (THREATS P2, tested by
+			// TestResponseOverMaxBody); report-only streams it on unchecked.
 			c.stats.UncheckedTooLong.Add(1)
+			if c.p.Block {
+				c.stats.buffered.Add(-reserve) // not held while the rest drains
+				reserve = 0
+				return c.refuse(resp, ResponseFinding{Operation: pr.op.Key, Reason: ReasonTooLong}, more)
+			}
 			resp.Body = io.NopCloser(io.MultiReader(bytes.NewReader(buf), resp.Body))
 			return more, resp.Write(c.TCPConn)
 		}

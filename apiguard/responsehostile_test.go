@@ -2,9 +2,11 @@ package apiguard
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -321,5 +323,56 @@ func TestResponseStatusLineNoBareCR(t *testing.T) {
 	}
 	if stats.Valid.Load() != 1 {
 		t.Errorf("counters %v, want the final response valid", stats.Snapshot())
+	}
+}
+
+// TestResponseOverMaxBody: a body with a schema over max_body, which the
+// check cannot hold, does not reach the client of a blocking forward
+// (502, as a body the budget could not take); a report-only forward passes
+// it on. Both count it unchecked_over_max_body. Before, a partner padded a
+// broken body past max_body (white space after the JSON value) and it
+// reached the client of a blocking forward unchecked.
+func TestResponseOverMaxBody(t *testing.T) {
+	body := `{"id":1,"iban":"SECRETVALUE"}` + strings.Repeat(" ", 2<<10)
+	for _, block := range []bool{true, false} {
+		t.Run(fmt.Sprintf("block=%v", block), func(t *testing.T) { overMaxBody(t, body, block) })
+	}
+}
+
+func overMaxBody(t *testing.T, body string, block bool) {
+	{
+		up := rawPartner(t, 2, func(w io.Writer) {
+			for i := 0; i < 2; i++ {
+				io.WriteString(w, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+			}
+		}, 10*time.Second)
+		var mu sync.Mutex
+		var found []ResponseFinding
+		stats := &ResponseStats{}
+		c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: block, MaxBody: 1 << 10}, stats,
+			func(f ResponseFinding) { mu.Lock(); found = append(found, f); mu.Unlock() })
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "GET /item HTTP/1.1\r\nHost: partner\r\n\r\nGET /item HTTP/1.1\r\nHost: partner\r\n\r\n")
+		br := bufio.NewReader(c)
+		for i := 0; i < 2; i++ { // the connection stays in step
+			resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+			if err != nil {
+				t.Fatalf("block=%v response %d: %v", block, i, err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			want := http.StatusOK
+			if block {
+				want = http.StatusBadGateway
+			}
+			if resp.StatusCode != want || block && strings.Contains(string(got), "SECRET") {
+				t.Errorf("block=%v response %d: %d %.80q, want %d", block, i, resp.StatusCode, got, want)
+			}
+		}
+		if s := stats.Snapshot(); s["unchecked_over_max_body"] != 2 || s["invalid"] != 0 || s["valid"] != 0 {
+			t.Errorf("block=%v: %v", block, s)
+		}
+		if n := chargedAfter(stats, 0); n != 0 {
+			t.Errorf("block=%v: %d bytes of the budget still held", block, n)
+		}
 	}
 }
