@@ -20,6 +20,7 @@ import (
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/santhosh-tekuri/jsonschema/v6"
+	"golang.org/x/net/http/httpguts"
 )
 
 // This file is the importing side's half of the guard (OWASP API10, unsafe
@@ -73,6 +74,9 @@ const (
 	// ReasonTooLong is in a 502 only, never an event: with block, a body
 	// with a schema over max_body, which the check cannot hold.
 	ReasonTooLong = "response_over_max_body"
+	// ReasonSwitchH2C is in a 502 only, never an event: with block, a
+	// switch to HTTP/2 (h2c), whose responses the check cannot read.
+	ReasonSwitchH2C = "switch_to_h2c"
 )
 
 // ResponseFinding is one response that broke the contract. It names the
@@ -478,6 +482,20 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 	// partner that writes more responses after it has them checked, not
 	// passed as bytes. THREATS P2, tested by TestResponseAfterClose.
 	more := resp.StatusCode != http.StatusSwitchingProtocols && pr.req.Method != http.MethodConnect
+	if resp.StatusCode == http.StatusSwitchingProtocols && httpguts.HeaderValuesContainsToken(resp.Header["Upgrade"], "h2c") {
+		// The rest would be HTTP/2 (Java's HttpClient offers h2c on every
+		// plain-HTTP request): responses the check cannot read, to any
+		// operation. Blocking fails closed. THREATS P2, tested by
+		// TestResponseSwitchToH2C.
+		c.stats.UncheckedStream.Add(1)
+		if c.p.Block {
+			var op string
+			if pr.op != nil {
+				op = pr.op.Key
+			}
+			return c.refuse(resp, ResponseFinding{Operation: op, Reason: ReasonSwitchH2C}, more)
+		}
+	}
 	if pr.op == nil {
 		c.stats.UncheckedNoOp.Add(1)
 		return more, resp.Write(c.TCPConn)
@@ -579,6 +597,7 @@ func (c *CheckedConn) refuse(resp *http.Response, f ResponseFinding, more bool) 
 		return false, err
 	}
 	if !more {
+		c.TCPConn.CloseWrite() // the client reads the 502 to its end now, as for a malformed response
 		return false, fmt.Errorf("%s/%s: switch of protocols refused", c.p.Peer, c.p.Service)
 	}
 	return more, nil

@@ -376,3 +376,39 @@ func overMaxBody(t *testing.T, body string, block bool) {
 		}
 	}
 }
+
+// TestResponseSwitchToH2C: a partner that takes a client's offer of h2c
+// (Java's HttpClient makes it on every plain-HTTP request by default)
+// would go on in HTTP/2, whose responses the check cannot read: a blocking
+// forward answers 502 instead and ends the connection, a report-only one
+// passes the switch on; both count it unchecked_not_http. Before, every
+// later response reached the client of a blocking forward unchecked.
+func TestResponseSwitchToH2C(t *testing.T) {
+	for _, block := range []bool{true, false} {
+		t.Run(fmt.Sprintf("block=%v", block), func(t *testing.T) {
+			up := rawPartner(t, 1, func(w io.Writer) {
+				io.WriteString(w, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: H2C\r\n\r\n\x00\x00\x0bSECRETVALUE")
+			}, 10*time.Second)
+			stats := &ResponseStats{}
+			c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: block}, stats, nil)
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c, "GET /any HTTP/1.1\r\nHost: partner\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQBAAAAAAIAAAAA\r\nUpgrade: h2c\r\n\r\n")
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if block {
+				rest, _ := io.ReadAll(br)
+				if resp.StatusCode != http.StatusBadGateway || strings.Contains(string(rest), "SECRET") {
+					t.Errorf("got %d then %q: want a 502 and none of the HTTP/2 bytes", resp.StatusCode, rest)
+				}
+			} else if resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Errorf("got %d, want the 101 passed on", resp.StatusCode)
+			}
+			if n := stats.UncheckedStream.Load(); n != 1 {
+				t.Errorf("counters %v, want unchecked_not_http 1", stats.Snapshot())
+			}
+		})
+	}
+}
