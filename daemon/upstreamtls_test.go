@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -298,4 +299,43 @@ func TestUpstreamTLSGuarded(t *testing.T) {
 	if got := getEach(t, local, "/v1/payments/1", "/v1/health", "/v1/payments/1"); got[0] != 200 || got[1] != 403 || got[2] != 200 {
 		t.Errorf("statuses through the guard over TLS: %v", got)
 	}
+}
+
+// TestUpstreamTLSReload: the upstream_tls files are read again on SIGHUP.
+// A CA file that turned to garbage rejects the reload, naming the file, and
+// the running configuration stays (the upstream still verified and
+// reached); a CA file replaced by another CA's is in force after the next
+// reload (the upstream, which that CA did not sign, is refused).
+func TestUpstreamTLSReload(t *testing.T) {
+	ca, otherCA := newTestCA(t, "upstream CA"), newTestCA(t, "another CA")
+	serverCert, _, _ := ca.issue(t, "upstream.test", x509.ExtKeyUsageServerAuth)
+	https, _ := tlsEchoServer(t, serverCert, nil)
+	_, b, local := twoSites(t, https)
+	caPath := writeFile(t, b.Dir, "ca.pem", ca.pem, 0o644)
+	b.Config.Services[0].UpstreamTLS = &daemon.UpstreamTLSFile{ServerName: "upstream.test", CAFile: "ca.pem"}
+	reload(t, b)
+	if err := echoRoundTrip(local, 64<<10, 1); err != nil {
+		t.Fatalf("verified upstream: %v", err)
+	}
+
+	writeFile(t, b.Dir, "ca.pem", []byte("not a certificate\n"), 0o644)
+	before := strings.Count(b.Logs(), `"event":"dyad.config.rejected"`)
+	b.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(5 * time.Second)
+	for strings.Count(b.Logs(), `"event":"dyad.config.rejected"`) == before {
+		if time.Now().After(deadline) {
+			t.Fatalf("the garbage CA file was not rejected:\n%s", b.Logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(b.Logs(), caPath+" holds no PEM certificate") {
+		t.Errorf("the rejection does not name the file:\n%s", b.Logs())
+	}
+	if err := echoRoundTrip(local, 64<<10, 2); err != nil {
+		t.Errorf("after the rejected reload: %v", err)
+	}
+
+	writeFile(t, b.Dir, "ca.pem", otherCA.pem, 0o644)
+	reload(t, b)
+	refusedPromptly(t, local, 2*time.Second)
 }
