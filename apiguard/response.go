@@ -548,6 +548,8 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 		// reading the last would consume it as another. THREATS P2,
 		// tested by TestResponseCheck (/v1/payments/6).
 		f.Reason = ReasonDuplicateContentType
+	} else if undeclaredRedirect(pr.route, resp.StatusCode) {
+		f.Reason = ReasonUndeclaredStatus
 	} else {
 		err := c.check(resp, pr, jmt, body)
 		if err != nil && err != errJSONBudget {
@@ -760,6 +762,28 @@ func (c *CheckedConn) writeProblem(f ResponseFinding, last bool) error {
 	}
 	_, err := fmt.Fprintf(c.TCPConn, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/problem+json\r\nContent-Length: %d\r\n%s\r\n%s", len(body), conn, body)
 	return err
+}
+
+// undeclaredRedirect says whether status is a redirect kin-openapi's
+// ValidateResponse never checks (301, 307, 308) that route's operation
+// declares neither by itself, by its range (3XX) nor by a default: the
+// checker holds it undeclared_status as any other, or a partner could send
+// the app, which may follow it, to an address of its choosing (OWASP API10).
+// THREATS P2, tested by TestResponseUndeclaredRedirect.
+func undeclaredRedirect(route *routers.Route, status int) bool {
+	switch status {
+	case http.StatusMovedPermanently, http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+	default:
+		return false
+	}
+	if route == nil || route.Operation == nil {
+		return false
+	}
+	responses := route.Operation.Responses
+	if responses.Len() == 0 {
+		return false // ValidateResponse takes every status then
+	}
+	return responses.Status(status) == nil && responses.Default() == nil
 }
 
 // problemRefusal says whether resp is a refusal in the RFC 9457 problem format

@@ -412,3 +412,40 @@ func TestResponseSwitchToH2C(t *testing.T) {
 		})
 	}
 }
+
+// TestResponseUndeclaredRedirect: a redirect the operation does not
+// declare (301, 307, 308: statuses kin-openapi's ValidateResponse never
+// checks) is undeclared_status like any other, so a blocking forward's app
+// does not follow the partner to an address of its choosing (OWASP API10:
+// following redirects blindly). Declared by the operation (or its
+// default), it passes as before.
+func TestResponseUndeclaredRedirect(t *testing.T) {
+	const redirect = "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://169.254.169.254/latest/meta-data/\r\nContent-Length: 0\r\n\r\n"
+	up := rawPartner(t, 2, func(w io.Writer) { io.WriteString(w, redirect+redirect) }, 10*time.Second)
+	var mu sync.Mutex
+	var found []ResponseFinding
+	stats := &ResponseStats{}
+	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats,
+		func(f ResponseFinding) { mu.Lock(); found = append(found, f); mu.Unlock() })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /item HTTP/1.1\r\nHost: partner\r\n\r\nGET /any HTTP/1.1\r\nHost: partner\r\n\r\n")
+	br := bufio.NewReader(c)
+	for i, want := range []int{http.StatusBadGateway, http.StatusTemporaryRedirect} {
+		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != want {
+			t.Errorf("response %d: %d (Location %q), want %d", i, resp.StatusCode, resp.Header.Get("Location"), want)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(found) != 1 || found[0].Reason != ReasonUndeclaredStatus || found[0].Status != http.StatusTemporaryRedirect || found[0].Operation != "getItem" {
+		t.Errorf("findings %+v, want getItem's undeclared 307", found)
+	}
+	if s := stats.Snapshot(); s["valid"] != 1 || s["blocked"] != 1 {
+		t.Errorf("counters %v", s)
+	}
+}
