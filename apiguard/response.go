@@ -102,7 +102,7 @@ type ResponseStats struct {
 	Blocked          atomic.Uint64 // of Invalid, replaced by a 502
 	UncheckedNoOp    atomic.Uint64 // the request matched no operation of the spec
 	UncheckedTooLong atomic.Uint64 // the body needed validation but was over max_body: streamed unchecked, or 502 with block
-	UncheckedStream  atomic.Uint64 // after the request stream stopped parsing (not HTTP/1.1): passed as bytes
+	UncheckedStream  atomic.Uint64 // after the request stream stopped parsing (not HTTP/1.1), or a switch to h2c: passed as bytes (h2c with block: 502)
 	// Refusals are problem+json 4xx/503 answers with a status the
 	// operation does not declare: the partner's side refused the call.
 	Refusals atomic.Uint64
@@ -405,8 +405,7 @@ func (c *CheckedConn) response(br *bufio.Reader, hl *headLimit, pr pairedRequest
 			// Close ended the loop (the client's reset, the stream's, a
 			// shutdown), whatever error net/http made of it (a line cut
 			// short reads as a malformed one): nothing the partner sent
-			// is at fault.
-			// Tested by TestResponseCloseNoFinding.
+			// is at fault. Tested by TestResponseCloseNoFinding.
 			return false, err
 		}
 		if err != nil {
