@@ -267,3 +267,33 @@ func TestForwardAPIConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardResponseSpecOnlyReload: a SIGHUP with the configuration file
+// unchanged and only the spec's file changed applies the new spec to new
+// connections (the spec is read again at every reload, not only when the
+// configuration changed).
+func TestForwardResponseSpecOnlyReload(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(brokenPartner))
+	defer srv.Close()
+	a, _, local := twoSites(t, srv.Listener.Addr().String())
+	spec, err := os.ReadFile("../apiguard/testdata/partner-responses.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	specPath := filepath.Join(a.Dir, "partner.yaml")
+	os.WriteFile(specPath, spec, 0o644)
+	a.Config.Forwards[0].API = &daemon.ForwardAPIFile{Spec: "partner.yaml", Validate: []string{"response"}, Block: true}
+	reload(t, a)
+	if got := getEach(t, local, "/v1/payments/2"); got[0] != http.StatusBadGateway {
+		t.Fatalf("blocking check: %v", got)
+	}
+	loose := strings.Replace(string(spec), "additionalProperties: false", "additionalProperties: true", 1)
+	if loose == string(spec) {
+		t.Fatal("the test spec no longer forbids additional properties")
+	}
+	os.WriteFile(specPath, []byte(loose), 0o644)
+	reload(t, a) // the same configuration file, rewritten as it was
+	if got := getEach(t, local, "/v1/payments/2"); got[0] != http.StatusOK {
+		t.Errorf("the changed spec is not in force after the reload: %v", got)
+	}
+}
