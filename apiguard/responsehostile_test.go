@@ -449,3 +449,43 @@ func TestResponseUndeclaredRedirect(t *testing.T) {
 		t.Errorf("counters %v", s)
 	}
 }
+
+// TestResponseInterimBlock: with block, an interim response other than
+// 100 Continue (103 Early Hints, 102, 199) is dropped and counted, not
+// passed on: a client that takes any 1xx but 100 for the final response
+// (Python's http.client does) would read its status and fields, which no
+// check saw, as the answer to its call, and the checked final response as
+// the answer to its next call. Report-only passes them on.
+func TestResponseInterimBlock(t *testing.T) {
+	for _, block := range []bool{true, false} {
+		t.Run(fmt.Sprintf("block=%v", block), func(t *testing.T) {
+			up := rawPartner(t, 1, func(w io.Writer) {
+				io.WriteString(w, "HTTP/1.1 103 Early Hints\r\nX-Smuggled: SECRETVALUE\r\n\r\nHTTP/1.1 199 Odd\r\n\r\n"+
+					"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"id\":1}")
+			}, 10*time.Second)
+			stats := &ResponseStats{}
+			c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: block}, stats, nil)
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c, "GET /item HTTP/1.1\r\nHost: partner\r\n\r\n")
+			var got []byte
+			buf := make([]byte, 4<<10)
+			for !strings.HasSuffix(string(got), `{"id":1}`) { // up to the final response's body
+				n, err := c.Read(buf)
+				got = append(got, buf[:n]...)
+				if err != nil {
+					t.Fatalf("after %q: %v", got, err)
+				}
+			}
+			want, dropped := "HTTP/1.1 103 Early Hints\r\n", uint64(0)
+			if block {
+				want, dropped = "HTTP/1.1 200 OK\r\n", 2
+			}
+			if !strings.HasPrefix(string(got), want) || block && strings.Contains(string(got), "SECRET") {
+				t.Errorf("client got %q, want it to start with %q", got, want)
+			}
+			if s := stats.Snapshot(); s["interim_dropped"] != dropped || s["valid"] != 1 {
+				t.Errorf("counters %v, want interim_dropped %d", s, dropped)
+			}
+		})
+	}
+}
