@@ -297,3 +297,60 @@ func TestForwardResponseSpecOnlyReload(t *testing.T) {
 		t.Errorf("the changed spec is not in force after the reload: %v", got)
 	}
 }
+
+// TestForwardResponseMalformedLogged: a partner answering with a line that
+// is not HTTP/1.1 gets the app a 502 and a dyad.api.response_invalid
+// malformed_response, and the importing daemon's log of the failed forward
+// carries none of its bytes (THREATS P6). Before, the log quoted net/http's
+// error, which quotes the line.
+func TestForwardResponseMalformedLogged(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nSECRETVALUE without a colon\r\n\r\n")
+				time.Sleep(200 * time.Millisecond)
+				io.WriteString(c, "more") // the importer's write of it fails: the forward fails
+				time.Sleep(2 * time.Second)
+			}()
+		}
+	}()
+	a, _, local := twoSites(t, ln.Addr().String())
+	spec, err := os.ReadFile("../apiguard/testdata/partner-responses.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(a.Dir, "partner.yaml"), spec, 0o644)
+	a.Config.Forwards[0].API = &daemon.ForwardAPIFile{Spec: "partner.yaml", Validate: []string{"response"}, Block: true}
+	reload(t, a)
+	if got := getEach(t, local, "/v1/payments/1"); got[0] != http.StatusBadGateway {
+		t.Fatalf("malformed response: %v, want 502", got)
+	}
+	if !hasEvent(t, a, audit.APIResponseInvalid, func(e journal.Entry) bool {
+		return e.Attr(audit.KeyReason).AsString() == "malformed_response"
+	}) {
+		t.Fatalf("no malformed_response event: %v", a.Events())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(a.Logs(), "forward failed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the failed forward was not logged:\n%s", a.Logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if strings.Contains(a.Logs(), "SECRET") {
+		t.Errorf("the log quotes the partner's bytes:\n%s", a.Logs())
+	}
+}
