@@ -489,3 +489,40 @@ func TestResponseInterimBlock(t *testing.T) {
 		})
 	}
 }
+
+// TestResponseNoBodyInStep: what a partner sends as the "body" of a 204,
+// a 304 or a HEAD response (which have none, whatever their
+// Content-Length says) is read as the next response and checked against
+// the next request's operation: a broken response hidden there is
+// blocked; the client gets each bodiless response without the bytes.
+func TestResponseNoBodyInStep(t *testing.T) {
+	const smuggled = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 28\r\n\r\n{\"id\":1,\"iban\":\"SECRETVALU\"}"
+	cl := "Content-Length: " + strconv.Itoa(len(smuggled)) + "\r\n\r\n"
+	up := rawPartner(t, 6, func(w io.Writer) {
+		io.WriteString(w, "HTTP/1.1 204 No Content\r\n"+cl+smuggled+
+			"HTTP/1.1 200 OK\r\n"+cl+smuggled+ // to HEAD
+			"HTTP/1.1 304 Not Modified\r\n"+cl+smuggled)
+	}, 10*time.Second)
+	stats := &ResponseStats{}
+	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats, nil)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	methods := []string{"GET", "GET", "HEAD", "GET", "GET", "GET"}
+	paths := []string{"/any", "/item", "/any", "/item", "/any", "/item"}
+	for i := range methods {
+		fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: partner\r\n\r\n", methods[i], paths[i])
+	}
+	br := bufio.NewReader(c)
+	for i, want := range []int{204, 502, 200, 502, 304, 502} {
+		resp, err := http.ReadResponse(br, &http.Request{Method: methods[i]})
+		if err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != want || strings.Contains(string(body), "SECRET") {
+			t.Errorf("response %d: %d %q, want %d", i, resp.StatusCode, body, want)
+		}
+	}
+	if s := stats.Snapshot(); s["blocked"] != 3 {
+		t.Errorf("counters %v, want the three hidden responses blocked", s)
+	}
+}
