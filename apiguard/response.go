@@ -3,6 +3,7 @@ package apiguard
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -554,6 +555,33 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 		}
 		body = buf
 	}
+	// checked is what the check reads: body, or what its gzip encoding
+	// holds (a client that accepts gzip reads that). THREATS P5: at most
+	// max_body of it, charged; tested by TestResponseGzipChecked.
+	checked, undecodable := body, false
+	if body != nil && gzipEncoded(resp) {
+		plainReserve := c.p.maxBody() + 1
+		if jmt == nil {
+			plainReserve *= BudgetFactor / 8 // as for body above
+		}
+		if reserveUpTo(&c.stats.buffered.Int64, plainReserve, plainReserve, c.p.budget(), c.p.budgetWait()) != plainReserve {
+			return c.busy(resp, pr, body, more)
+		}
+		defer c.stats.buffered.Add(-plainReserve)
+		plain, err := gunzip(body, c.p.maxBody()+1)
+		switch {
+		case err != nil:
+			undecodable = true
+		case int64(len(plain)) > c.p.maxBody():
+			c.stats.UncheckedTooLong.Add(1)
+			if c.p.Block {
+				return c.refuse(resp, ResponseFinding{Operation: pr.op.Key, Reason: ReasonTooLong}, more)
+			}
+			return more, c.pass(resp, body)
+		default:
+			checked = plain
+		}
+	}
 	f := ResponseFinding{Operation: pr.op.Key, Method: pr.op.Method, Route: pr.op.Path, Status: resp.StatusCode, Blocked: c.p.Block}
 	if len(resp.Header["Content-Type"]) > 1 {
 		// kin-openapi checks the body as the first type; an application
@@ -562,8 +590,10 @@ func (c *CheckedConn) final(resp *http.Response, pr pairedRequest) (bool, error)
 		f.Reason = ReasonDuplicateContentType
 	} else if undeclaredRedirect(pr.route, resp.StatusCode) {
 		f.Reason = ReasonUndeclaredStatus
+	} else if undecodable {
+		f.Reason = ReasonUndecodableBody
 	} else {
-		err := c.check(resp, pr, jmt, body)
+		err := c.check(resp, pr, jmt, checked)
 		if err != nil && err != errJSONBudget {
 			f.Reason, f.Keyword = responseReason(err)
 		}
@@ -774,6 +804,27 @@ func (c *CheckedConn) writeProblem(f ResponseFinding, last bool) error {
 	}
 	_, err := fmt.Fprintf(c.TCPConn, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/problem+json\r\nContent-Length: %d\r\n%s\r\n%s", len(body), conn, body)
 	return err
+}
+
+// gzipEncoded says whether resp's body has the one content coding gzip.
+// Any other coding (deflate, br, several) is checked as it is, which a
+// schema'd JSON body fails as undecodable_body.
+func gzipEncoded(resp *http.Response) bool {
+	ce := resp.Header["Content-Encoding"]
+	if len(ce) != 1 {
+		return false
+	}
+	v := strings.TrimSpace(ce[0])
+	return strings.EqualFold(v, "gzip") || strings.EqualFold(v, "x-gzip")
+}
+
+// gunzip decodes a gzip body, at most limit bytes of it.
+func gunzip(b []byte, limit int64) ([]byte, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(io.LimitReader(zr, limit))
 }
 
 // undeclaredRedirect says whether status is a redirect kin-openapi's

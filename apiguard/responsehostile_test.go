@@ -2,6 +2,7 @@ package apiguard
 
 import (
 	"bufio"
+	"compress/gzip"
 	"fmt"
 	"io"
 	"net"
@@ -528,3 +529,59 @@ func TestResponseNoBodyInStep(t *testing.T) {
 	}
 }
 
+// TestResponseGzipChecked: a body with Content-Encoding gzip (what a
+// partner sends a client that accepts it, as Go's http.Client and Python's
+// requests do by default) is checked as what it encodes, at most max_body
+// of it, and passed on as it came: a valid one passes, a broken one is
+// found, a gzip bomb is over max_body (502 with block), bytes that are not
+// gzip are undecodable_body. Before, the check read the compressed bytes
+// as JSON: every gzip response was undecodable_body, 502 with block.
+func TestResponseGzipChecked(t *testing.T) {
+	gz := func(s string) string {
+		var b strings.Builder
+		zw := gzip.NewWriter(&b)
+		io.WriteString(zw, s)
+		zw.Close()
+		return b.String()
+	}
+	bodies := []string{gz(`{"id":1}`), gz(`{"id":2,"iban":"SECRETVALUE"}`), gz(`{"id":3}` + strings.Repeat(" ", 64<<10)), "SECRETVALUE, not gzip"}
+	up := rawPartner(t, len(bodies), func(w io.Writer) {
+		for _, b := range bodies {
+			io.WriteString(w, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: "+strconv.Itoa(len(b))+"\r\n\r\n"+b)
+		}
+	}, 10*time.Second)
+	var mu sync.Mutex
+	var found []ResponseFinding
+	stats := &ResponseStats{}
+	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true, MaxBody: 1 << 10}, stats,
+		func(f ResponseFinding) { mu.Lock(); found = append(found, f); mu.Unlock() })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	for range bodies {
+		io.WriteString(c, "GET /item HTTP/1.1\r\nHost: partner\r\nAccept-Encoding: gzip\r\n\r\n")
+	}
+	br := bufio.NewReader(c)
+	for i, want := range []int{200, 502, 502, 502} {
+		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != want || strings.Contains(string(got), "SECRET") {
+			t.Errorf("response %d: %d %.80q, want %d", i, resp.StatusCode, got, want)
+		}
+		if want == 200 && string(got) != bodies[i] {
+			t.Errorf("response %d: the body is not passed on as it came", i)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(found) != 2 || found[0].Reason != ReasonUndeclaredProperty || found[1].Reason != ReasonUndecodableBody {
+		t.Errorf("findings %+v, want undeclared_property, then undecodable_body", found)
+	}
+	if s := stats.Snapshot(); s["valid"] != 1 || s["unchecked_over_max_body"] != 1 {
+		t.Errorf("counters %v", s)
+	}
+	if n := chargedAfter(stats, 0); n != 0 {
+		t.Errorf("%d bytes of the budget still held", n)
+	}
+}
