@@ -1,0 +1,160 @@
+package apiguard
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// itemsSpec has a templated route (getItem, which the peer may call) next
+// to a static one at the same place (exportItems, which it may not): the
+// shape of most APIs with a collection action (/users/me, /orders/export).
+const itemsSpec = `openapi: 3.0.3
+info: {title: items, version: "1"}
+%s
+paths:
+  /items/{id}:
+    get:
+      operationId: getItem
+      parameters:
+        - {name: id, in: path, required: true, schema: {type: string, minLength: 3, maxLength: 40}}
+      responses: {"200": {description: ok}}
+  /items/export:
+    get:
+      operationId: exportItems
+      responses: {"200": {description: ok}}
+  /items/{id}/notes:
+    post:
+      operationId: addNote
+      parameters:
+        - {name: id, in: path, required: true, schema: {type: string, maxLength: 40}}
+        - {name: X-Request-Id, in: header, required: true, schema: {type: string, pattern: "^[a-z0-9-]{8,36}$"}}
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {type: object, properties: {text: {type: string}}}
+      responses: {"200": {description: ok}}
+`
+
+// itemsUpstream is a real upstream for itemsSpec: a Go 1.22 ServeMux with
+// the spec's routes under prefix, recording which handler ran and the
+// header and trailer fields it got.
+type itemsUpstream struct {
+	mu   sync.Mutex
+	ran  []string
+	reqs []*http.Request
+	srv  *httptest.Server
+}
+
+func newItemsUpstream(t *testing.T, prefix string, h func(http.Handler) http.Handler) *itemsUpstream {
+	noLeak(t)
+	u := &itemsUpstream{}
+	mux := http.NewServeMux()
+	for pattern, name := range map[string]string{
+		"GET " + prefix + "/items/{id}":        "getItem",
+		"GET " + prefix + "/items/export":      "exportItems",
+		"POST " + prefix + "/items/{id}/notes": "addNote",
+	} {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			u.mu.Lock()
+			u.ran = append(u.ran, name)
+			u.reqs = append(u.reqs, r)
+			u.mu.Unlock()
+			fmt.Fprint(w, name)
+		})
+	}
+	var handler http.Handler = mux
+	if h != nil {
+		handler = h(mux)
+	}
+	u.srv = httptest.NewServer(handler)
+	t.Cleanup(u.srv.Close)
+	return u
+}
+
+func (u *itemsUpstream) handlers() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]string(nil), u.ran...)
+}
+
+// itemsGuard guards itemsSpec (servers as given) for peer bank-a, which
+// may call getItem and addNote only.
+func itemsGuard(t *testing.T, servers string, ev *events) *Guard {
+	t.Helper()
+	s, err := ParseSpec("items.yaml", []byte(fmt.Sprintf(itemsSpec, servers)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Policy{Service: "items", Spec: s, ValidateRequest: true,
+		Allowed: map[string]map[*Operation]bool{"bank-a": {s.Operation("getItem"): true, s.Operation("addNote"): true}}}
+	return NewGuard(p, ev)
+}
+
+func openItems(t *testing.T, g *Guard, up *itemsUpstream) *stream {
+	t.Helper()
+	c, err := net.Dial("tcp", up.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &stream{c: wrap(g, "bank-a", c.(*net.TCPConn))}
+	s.br = bufioReader(s.c)
+	t.Cleanup(func() { s.c.Close() })
+	return s
+}
+
+// TestGuardEscapedPathRoutes: a path segment %-escaped where it need not be
+// (/items/%65xport is /items/export to every server that decodes the path
+// before routing, Go's ServeMux among them) is matched by the operation of
+// its decoded path, with or without a server base path. The router matched
+// a spec with servers on the escaped path: the peer reached exportItems,
+// which its list does not name, as getItem (id "%65xport").
+func TestGuardEscapedPathRoutes(t *testing.T) {
+	for _, c := range []struct{ servers, prefix string }{
+		{"servers: [{url: https://items.example/v1}]", "/v1"},
+		{"", ""},
+	} {
+		ev := &events{}
+		g := itemsGuard(t, c.servers, ev)
+		up := newItemsUpstream(t, c.prefix, nil)
+		for _, target := range []string{"/items/%65xport", "/items/%65%78%70%6f%72%74", "/items/%65xport/"} {
+			s := openItems(t, g, up)
+			s.send("GET " + c.prefix + target + " HTTP/1.1\r\nHost: i\r\n\r\n")
+			r := s.read(t)
+			if body := bodyOf(r); r.StatusCode != 403 || !strings.Contains(body, "not_allowed") {
+				t.Errorf("servers %q, %s: %d %s, want 403 not_allowed", c.servers, target, r.StatusCode, body)
+			}
+		}
+		// A value escaped where it must be still reaches getItem, and
+		// is validated as upstream reads it (decoded): " " is shorter
+		// than id's minLength of 3, "%20" is not.
+		s := openItems(t, g, up)
+		s.send("GET " + c.prefix + "/items/%20 HTTP/1.1\r\nHost: i\r\n\r\n")
+		if r := s.read(t); r.StatusCode != 400 {
+			t.Errorf("servers %q, /items/%%20: %d, want 400 (minLength)", c.servers, r.StatusCode)
+		}
+		s = openItems(t, g, up)
+		s.send("GET " + c.prefix + "/items/a%20b HTTP/1.1\r\nHost: i\r\n\r\n")
+		if r := s.read(t); r.StatusCode != 200 || bodyOf(r) != "getItem" {
+			t.Errorf("servers %q, /items/a%%20b: %d, want 200 from getItem", c.servers, r.StatusCode)
+		}
+		if got := up.handlers(); len(got) != 1 || got[0] != "getItem" {
+			t.Errorf("servers %q: upstream ran %v, want getItem once", c.servers, got)
+		}
+		for _, e := range ev.all("dyad.api.denied") {
+			if e["dyad.api.operation"] != "exportItems" && e["dyad.reason"] != "invalid_parameter" {
+				t.Errorf("servers %q: denial %v, want exportItems's", c.servers, e)
+			}
+		}
+	}
+}
+
+func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }
