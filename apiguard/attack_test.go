@@ -158,3 +158,65 @@ func TestGuardEscapedPathRoutes(t *testing.T) {
 }
 
 func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }
+
+// TestGuardUpstreamPathNormalisation: a path parameter's value that an
+// upstream's router would read as the static segment next to it is
+// refused. Express and ASP.NET Core route without case by default
+// (/items/EXPORT is /items/export), Tomcat and Spring drop a segment's
+// ";..." before routing (/items/export;x=1), Rails takes a last segment's
+// ".json" as the format (/items/export.json): the guard matched getItem
+// (id "EXPORT", "export;x=1", "export.json") and the upstream ran
+// exportItems, which the peer may not call.
+func TestGuardUpstreamPathNormalisation(t *testing.T) {
+	for name, c := range map[string]struct {
+		norm    func(string) string
+		targets []string
+	}{
+		"no case": {strings.ToLower, []string{"/v1/items/EXPORT", "/v1/items/Export/", "/v1/items/EXPOR%54"}},
+		"drop ;": {func(p string) string {
+			segs := strings.Split(p, "/")
+			for i, s := range segs {
+				segs[i], _, _ = strings.Cut(s, ";")
+			}
+			return strings.Join(segs, "/")
+		}, []string{"/v1/items/export;x=1", "/v1/items/export;"}},
+		"format": {func(p string) string {
+			i := strings.LastIndexByte(p, '/')
+			if j := strings.IndexByte(p[i:], '.'); j > 0 {
+				return p[:i+j]
+			}
+			return p
+		}, []string{"/v1/items/export.json", "/v1/items/export.csv"}},
+	} {
+		ev := &events{}
+		g := itemsGuard(t, "servers: [{url: /v1}]", ev)
+		up := newItemsUpstream(t, "/v1", func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				r.URL.Path, r.URL.RawPath = c.norm(r.URL.Path), ""
+				h.ServeHTTP(w, r)
+			})
+		})
+		for _, target := range c.targets {
+			s := openItems(t, g, up)
+			s.send("GET " + target + " HTTP/1.1\r\nHost: i\r\n\r\n")
+			r := s.read(t)
+			if body := bodyOf(r); r.StatusCode != 400 || !strings.Contains(body, reasonPath) {
+				t.Errorf("%s, %s: %d %s, want 400 %s", name, target, r.StatusCode, body, reasonPath)
+			}
+		}
+		// Values that no upstream reads as another segment pass.
+		for _, target := range []string{"/v1/items/exports", "/v1/items/item-42", "/v1/items/x.export", "/v1/items/a;export"} {
+			s := openItems(t, g, up)
+			s.send("GET " + target + " HTTP/1.1\r\nHost: i\r\n\r\n")
+			if r := s.read(t); r.StatusCode != 200 || bodyOf(r) != "getItem" {
+				t.Errorf("%s, %s: %d, want 200 from getItem", name, target, r.StatusCode)
+			}
+		}
+		if got := up.handlers(); len(got) != 4 || strings.Contains(strings.Join(got, " "), "exportItems") {
+			t.Errorf("%s: upstream ran %v, want getItem 4 times", name, got)
+		}
+		if n := len(ev.all("dyad.api.denied")); n != len(c.targets) {
+			t.Errorf("%s: %d denials audited, want %d", name, n, len(c.targets))
+		}
+	}
+}

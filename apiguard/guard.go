@@ -428,6 +428,12 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		return decision{status: http.StatusNotFound, reason: reason, shape: shape}
 	}
 	op := p.Spec.byOp[route.Operation]
+	// A parameter's value that a loose upstream router reads as another
+	// operation's static segment (pathfold.go). THREATS P2, tested by
+	// TestGuardUpstreamPathNormalisation.
+	if len(params) > 0 && p.Spec.loose.other(req.Method, req.URL.Path, op, params) {
+		return decision{status: http.StatusBadRequest, reason: reasonPath, shape: Shape(req.URL.Path), close: true}
+	}
 	d := decision{op: op, shape: op.Path}
 	// THREATS P2 (least reach, per operation): a peer reaches only the
 	// operations its list names, tested by TestGuardPipelinedMixed and,

@@ -84,6 +84,9 @@ type Spec struct {
 	static   atomic.Pointer[map[string]map[string]*routers.Route]
 	staticMu sync.Mutex // serialises additions to static
 
+	// loose is the routes as a loose upstream reads them (pathfold.go).
+	loose *loose
+
 	// checks31 holds a 3.1 document's body schemas' checks (schema31),
 	// by *openapi3.Schema, each built on first use.
 	checks31 sync.Map
@@ -267,6 +270,14 @@ func ParseSpec(file string, data []byte) (s *Spec, err error) {
 		return nil, &SpecError{file, errors.New("no operations: a guard with no operation would refuse everything")}
 	}
 	sort.Slice(s.Operations, func(i, j int) bool { return s.Operations[i].Key < s.Operations[j].Key })
+	bases := []string{""}
+	if len(rdoc.Servers) > 0 {
+		bases = bases[:0]
+		for _, sv := range rdoc.Servers {
+			bases = append(bases, sv.URL)
+		}
+	}
+	s.loose = newLoose(s.Operations, bases)
 	return s, nil
 }
 
