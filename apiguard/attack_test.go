@@ -220,3 +220,55 @@ func TestGuardUpstreamPathNormalisation(t *testing.T) {
 		}
 	}
 }
+
+// TestGuardRepeatedHeaderParameter: a declared header parameter given in
+// more than one field, or a declared cookie parameter more than once, is
+// refused (duplicate_parameter). kin-openapi validates the first field and
+// the first cookie; Node and the CGI gateways (PHP, WSGI) join repeated
+// fields into one value ("ok-12345678, <anything>"), Go's Header.Values
+// and some frameworks read the last, Django and Python's http.cookies the
+// last cookie: the value upstream acted on was never validated.
+func TestGuardRepeatedHeaderParameter(t *testing.T) {
+	spec := strings.Replace(fmt.Sprintf(itemsSpec, ""), `        - {name: X-Request-Id`,
+		`        - {name: sid, in: cookie, schema: {type: string, pattern: "^[a-z]{4}$"}}
+        - {name: X-Request-Id`, 1)
+	s, err := ParseSpec("items.yaml", []byte(spec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := &events{}
+	g := NewGuard(&Policy{Service: "items", Spec: s, ValidateRequest: true}, ev)
+	up := newItemsUpstream(t, "", nil)
+	note := func(fields string) string {
+		return "POST /items/7/notes HTTP/1.1\r\nHost: i\r\nContent-Type: application/json\r\nContent-Length: 2\r\n" + fields + "\r\n{}"
+	}
+	for name, c := range map[string]struct {
+		fields string
+		status int
+	}{
+		"one":            {"X-Request-Id: ok-12345678\r\n", 200},
+		"two":            {"X-Request-Id: ok-12345678\r\nX-Request-Id: ' OR 1=1 --\r\n", 400},
+		"two, case":      {"X-Request-Id: ok-12345678\r\nx-request-id: ' OR 1=1 --\r\n", 400},
+		"cookie":         {"X-Request-Id: ok-12345678\r\nCookie: sid=abcd\r\n", 200},
+		"two cookies":    {"X-Request-Id: ok-12345678\r\nCookie: sid=abcd; sid=' OR 1=1 --\r\n", 400},
+		"cookie fields":  {"X-Request-Id: ok-12345678\r\nCookie: sid=abcd\r\nCookie: sid=x%27\r\n", 400},
+		"other cookies":  {"X-Request-Id: ok-12345678\r\nCookie: sid=abcd; a=1; a=2\r\n", 200},
+		"other repeated": {"X-Request-Id: ok-12345678\r\nAccept: a/b\r\nAccept: c/d\r\n", 200},
+	} {
+		st := openItems(t, g, up)
+		st.send(note(c.fields))
+		r := st.read(t)
+		body := bodyOf(r)
+		if r.StatusCode != c.status || c.status == 400 && !strings.Contains(body, reasonDupParam) {
+			t.Errorf("%s: %d %s, want %d", name, r.StatusCode, body, c.status)
+		}
+	}
+	if got := up.handlers(); len(got) != 4 {
+		t.Errorf("upstream ran %v, want the 4 requests with one value each", got)
+	}
+	for _, e := range ev.all("dyad.api.denied") {
+		if s := fmt.Sprint(e); strings.Contains(s, "OR 1=1") || e["dyad.reason"] != reasonDupParam {
+			t.Errorf("event %v", e)
+		}
+	}
+}

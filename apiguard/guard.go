@@ -474,6 +474,10 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		d.status, d.reason, d.detail = http.StatusBadRequest, reason, detail
 		return d
 	}
+	if reason, detail := checkRepeats(op, req); reason != "" {
+		d.status, d.reason, d.detail = http.StatusBadRequest, reason, detail
+		return d
+	}
 	opts := validateParams
 	body := false // the body is held, for checkJSONBody
 	switch {

@@ -4,6 +4,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/getkin/kin-openapi/openapi3"
@@ -122,6 +123,55 @@ func checkQuery(op *Operation, raw string) (reason, detail string) {
 	for _, name := range op.singleQuery {
 		if len(q[name]) > 1 {
 			return reasonDupParam, "query parameter " + name + " takes one value"
+		}
+	}
+	return "", ""
+}
+
+// repeatRules returns op's (under item) header parameters, by canonical
+// field name, and cookie parameters: checkRepeats refuses either given
+// more than once.
+func repeatRules(item *openapi3.PathItem, op *openapi3.Operation) (fields, cookies []string) {
+	for _, list := range []openapi3.Parameters{op.Parameters, item.Parameters} {
+		for _, ref := range list {
+			p := ref.Value
+			switch {
+			case p == nil:
+			case p.In == openapi3.ParameterInHeader && !slices.Contains(fields, http.CanonicalHeaderKey(p.Name)):
+				fields = append(fields, http.CanonicalHeaderKey(p.Name))
+			case p.In == openapi3.ParameterInCookie && !slices.Contains(cookies, p.Name):
+				cookies = append(cookies, p.Name)
+			}
+		}
+	}
+	return fields, cookies
+}
+
+// checkRepeats refuses a header parameter given in more than one field or
+// a cookie parameter given more than once (in one Cookie field or
+// several): kin-openapi validates the first, an upstream may read the
+// last or all of them joined (Node and the CGI gateways join fields,
+// Django takes the last cookie). Cookies are split here, not by net/http,
+// which drops pairs it cannot read that another parser keeps. THREATS P2,
+// tested by TestGuardRepeatedHeaderParameter.
+func checkRepeats(op *Operation, req *http.Request) (reason, detail string) {
+	for _, f := range op.headerParams {
+		if len(req.Header[f]) > 1 {
+			return reasonDupParam, "header parameter " + f + " takes one field"
+		}
+	}
+	for _, name := range op.cookieParams {
+		n := 0
+		for _, line := range req.Header["Cookie"] {
+			for part := range strings.SplitSeq(line, ";") {
+				k, _, _ := strings.Cut(part, "=")
+				if strings.TrimSpace(k) == name {
+					n++
+				}
+			}
+		}
+		if n > 1 {
+			return reasonDupParam, "cookie parameter " + name + " takes one value"
 		}
 	}
 	return "", ""
