@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -270,5 +272,56 @@ func TestGuardRepeatedHeaderParameter(t *testing.T) {
 		if s := fmt.Sprint(e); strings.Contains(s, "OR 1=1") || e["dyad.reason"] != reasonDupParam {
 			t.Errorf("event %v", e)
 		}
+	}
+}
+
+// TestGuardHopByHop: a field the client's Connection field names is
+// hop-by-hop (RFC 9110, 7.6.1): an intermediary upstream of the guard
+// (Go's httputil.ReverseProxy here, nginx, HAProxy, Envoy) drops it before
+// the application sees it. So the guard drops it too before validating:
+// "Connection: X-Request-Id" hid the required, validated X-Request-Id
+// from the application behind such a proxy, which ran addNote without it.
+func TestGuardHopByHop(t *testing.T) {
+	ev := &events{}
+	g := itemsGuard(t, "", ev)
+	var (
+		mu     sync.Mutex
+		fields []string
+	)
+	up := newItemsUpstream(t, "", func(h http.Handler) http.Handler {
+		app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			fields = append(fields, r.Header.Get("X-Request-Id"))
+			mu.Unlock()
+			h.ServeHTTP(w, r)
+		}))
+		t.Cleanup(app.Close)
+		u, _ := url.Parse(app.URL)
+		return httputil.NewSingleHostReverseProxy(u)
+	})
+	note := func(fields string) string {
+		return "POST /items/7/notes HTTP/1.1\r\nHost: i\r\nContent-Type: application/json\r\nContent-Length: 2\r\n" +
+			"X-Request-Id: ok-12345678\r\n" + fields + "\r\n{}"
+	}
+	for name, c := range map[string]struct {
+		fields string
+		status int
+	}{
+		"nominated":            {"Connection: X-Request-Id\r\n", 400},
+		"nominated, 2nd token": {"Connection: keep-alive, x-request-id\r\n", 400},
+		"keep-alive":           {"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n", 200},
+		"close":                {"Connection: close\r\n", 200},
+	} {
+		s := openItems(t, g, up)
+		s.send(note(c.fields))
+		r := s.read(t)
+		if body := bodyOf(r); r.StatusCode != c.status {
+			t.Errorf("%s: %d %s, want %d", name, r.StatusCode, body, c.status)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(fields) != 2 || fields[0] != "ok-12345678" || fields[1] != "ok-12345678" {
+		t.Errorf("the application saw X-Request-Id %q, want the 2 requests that keep it", fields)
 	}
 }

@@ -53,6 +53,39 @@ func framingField(k string) bool {
 	return false
 }
 
+// dropHopByHop removes the fields h's Connection field names, and that
+// field itself ("close" stays, as the request's own end): they are
+// hop-by-hop (RFC 9110, 7.6.1), and a proxy upstream of the guard drops
+// them before the application sees them. The guard drops them before it
+// validates, so what it checks is what the application gets ("Connection:
+// X-Request-Id" hid a required, validated field from it). THREATS P2,
+// tested by TestGuardHopByHop. Requests without Connection pay one map
+// lookup; "keep-alive" and "close", the usual tokens, allocate nothing.
+func dropHopByHop(h http.Header, closing bool) {
+	conn := h["Connection"]
+	if len(conn) == 0 {
+		return
+	}
+	delete(h, "Connection")
+	for _, v := range conn {
+		for v != "" {
+			var tok string
+			tok, v, _ = strings.Cut(v, ",")
+			switch tok = strings.TrimSpace(tok); {
+			case tok == "", strings.EqualFold(tok, "close"), strings.EqualFold(tok, "upgrade"):
+				// Upgrade stays for decide to refuse.
+			case strings.EqualFold(tok, "keep-alive"):
+				delete(h, "Keep-Alive")
+			default:
+				delete(h, http.CanonicalHeaderKey(tok))
+			}
+		}
+	}
+	if closing {
+		h["Connection"] = []string{"close"}
+	}
+}
+
 // writeRequest forwards req to uw and flushes it: the head, then the body
 // streamed through a pooled buffer, one write upstream per read of the
 // client's body (chunked bodies are re-chunked, one chunk per read). The

@@ -255,6 +255,7 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 		c.readFailed(bw, p, err)
 		return false
 	}
+	dropHopByHop(req.Header, req.Close)
 	d := c.decide(p, req, bw)
 	method := methodLabel(req.Method)
 	if d.status != 0 {
