@@ -325,3 +325,36 @@ func TestGuardHopByHop(t *testing.T) {
 		t.Errorf("the application saw X-Request-Id %q, want the 2 requests that keep it", fields)
 	}
 }
+
+// TestGuardUndeclaredTrailer: after a chunked body the guard forwards the
+// trailer fields the head declared (Trailer), as its doc says, not others:
+// net/http's parser puts every field of the trailer section in the
+// declared map, and an undeclared X-HTTP-Method-Override went upstream,
+// where Tomcat (allowedTrailerHeaders) and Apache (MergeTrailers) can be
+// set to merge trailers into the header fields the method-override check
+// looked at before the body came.
+func TestGuardUndeclaredTrailer(t *testing.T) {
+	noLeak(t)
+	got := make(chan http.Header, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		got <- r.Trailer
+	}))
+	defer srv.Close()
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := NewGuard(testPolicy(t, 1<<10), &events{})
+	s := &stream{c: wrap(g, "bank-a", c.(*net.TCPConn))}
+	s.br = bufioReader(s.c)
+	defer s.c.Close()
+	s.send("POST /v1/accounts/DE44500105175407324931/statements HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n" +
+		"3\r\nabc\r\n0\r\nX-Sum: 3\r\nX-Http-Method-Override: DELETE\r\n\r\n")
+	if r := s.read(t); r.StatusCode != 200 {
+		t.Fatalf("status %d: %s", r.StatusCode, bodyOf(r))
+	}
+	if tr := <-got; len(tr) != 1 || tr.Get("X-Sum") != "3" {
+		t.Errorf("upstream got trailer %v, want X-Sum only", tr)
+	}
+}

@@ -118,10 +118,11 @@ func writeRequest(uw *bufio.Writer, req *http.Request) error {
 	}
 	chunked := len(req.TransferEncoding) == 1 && req.TransferEncoding[0] == "chunked"
 	trailer := req.Trailer // declared keys now, values once the body ended
+	var declared []string
 	switch {
 	case chunked && body != nil:
 		uw.WriteString("Transfer-Encoding: chunked\r\n")
-		writeTrailerField(uw, trailer)
+		declared = writeTrailerField(uw, trailer)
 	case body != nil && req.ContentLength > 0:
 		uw.WriteString("Content-Length: ")
 		// Appended in the writer's own free space: a local array would
@@ -143,7 +144,7 @@ func writeRequest(uw *bufio.Writer, req *http.Request) error {
 		if err := copyChunked(uw, body, true); err != nil {
 			return err
 		}
-		writeTrailers(uw, trailer)
+		writeTrailers(uw, trailer, declared)
 		return uw.Flush()
 	}
 	if wt, ok := body.(io.WriterTo); ok {
@@ -220,10 +221,11 @@ func copyChunked(w *bufio.Writer, body io.Reader, flush bool) error {
 	}
 }
 
-// writeTrailerField announces trailer's keys (sorted) in a Trailer field.
-func writeTrailerField(w *bufio.Writer, trailer http.Header) {
+// writeTrailerField announces trailer's keys (sorted) in a Trailer field
+// and returns them: the fields writeTrailers may write.
+func writeTrailerField(w *bufio.Writer, trailer http.Header) []string {
 	if len(trailer) == 0 {
-		return
+		return nil
 	}
 	keys := make([]string, 0, len(trailer))
 	for k := range trailer {
@@ -233,14 +235,20 @@ func writeTrailerField(w *bufio.Writer, trailer http.Header) {
 	}
 	sort.Strings(keys)
 	w.WriteString("Trailer: " + strings.Join(keys, ",") + "\r\n")
+	return keys
 }
 
 // writeTrailers ends a chunked body: the last chunk, the trailer's fields
-// (those declared in the head and received), the empty line.
-func writeTrailers(w *bufio.Writer, trailer http.Header) {
+// that the head declared (writeTrailerField's keys) and that came, the
+// empty line. net/http's parser puts every field of the trailer section in
+// the declared map: an undeclared one (a method override, a header
+// parameter) is not forwarded, since some upstreams can merge trailers into
+// the header fields the guard checked before the body. THREATS P2, tested
+// by TestGuardUndeclaredTrailer.
+func writeTrailers(w *bufio.Writer, trailer http.Header, declared []string) {
 	w.WriteString("0\r\n")
-	for k, vs := range trailer {
-		for _, v := range vs {
+	for _, k := range declared {
+		for _, v := range trailer[k] {
 			writeField(w, k, v)
 		}
 	}
@@ -323,10 +331,11 @@ func writeResponse(bw *bufio.Writer, resp *http.Response) error {
 		bw.WriteString("Connection: close\r\n")
 	}
 	trailer := resp.Trailer
+	var declared []string
 	body := resp.Body
 	if chunked {
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
-		writeTrailerField(bw, trailer)
+		declared = writeTrailerField(bw, trailer)
 	} else {
 		bw.WriteString("Content-Length: ")
 		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), resp.ContentLength, 10))
@@ -348,7 +357,7 @@ func writeResponse(bw *bufio.Writer, resp *http.Response) error {
 	if err := copyChunked(bw, body, false); err != nil {
 		return err
 	}
-	writeTrailers(bw, trailer)
+	writeTrailers(bw, trailer, declared)
 	return bw.Flush()
 }
 
