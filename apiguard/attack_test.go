@@ -358,3 +358,62 @@ func TestGuardUndeclaredTrailer(t *testing.T) {
 		t.Errorf("upstream got trailer %v, want X-Sum only", tr)
 	}
 }
+
+// TestGuardQueryKeyAliases: a query key that is not a declared parameter's
+// name but that upstream frameworks read as that parameter is refused
+// (duplicate_parameter): ASP.NET Core reads keys without case (?LIMIT=),
+// PHP turns '.', ' ' and an unclosed '[' of a key into '_' (?page.size=
+// is $_GET['page_size']), and PHP, Rails and Express's qs read key[] and
+// key[n] as the parameter's array. kin-openapi validated "limit" (or saw
+// no value at all) while upstream took 100000.
+func TestGuardQueryKeyAliases(t *testing.T) {
+	s, err := ParseSpec("q.yaml", []byte(`openapi: 3.0.3
+info: {title: q, version: "1"}
+paths:
+  /list:
+    get:
+      operationId: list
+      parameters:
+        - {name: limit, in: query, schema: {type: integer, maximum: 100}}
+        - {name: page_size, in: query, schema: {type: integer, maximum: 100}}
+        - {name: tag, in: query, schema: {type: array, items: {type: string, maxLength: 3}}}
+        - {name: filter, in: query, style: deepObject, explode: true, schema: {type: object, properties: {kind: {type: string, maxLength: 3}}}}
+      responses: {"200": {description: ok}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := &events{}
+	g := NewGuard(&Policy{Service: "q", Spec: s, ValidateRequest: true}, ev)
+	up := newPayments(t)
+	for _, c := range []struct {
+		query  string
+		status int
+	}{
+		{"limit=5&LIMIT=100000", 400},
+		{"Limit=100000", 400},
+		{"limit=5&limit[]=100000", 400},
+		{"limit[0]=100000", 400},
+		{"page_size=10&page.size=100000", 400},
+		{"page+size=100000", 400},
+		{"page[size=100000", 400},
+		{"PAGE_SIZE=100000", 400},
+		{"tag=a&tag[]=toolong", 400},
+		{"limit=5&page_size=10&tag=a&tag=b", 200},
+		{"filter[kind]=abc&limit=1", 200},
+		{"other[]=1&Other=2&limit.x=3&limits=4", 200},
+	} {
+		st := openStream(t, g, up, "bank-a")
+		st.send("GET /list?" + c.query + " HTTP/1.1\r\nHost: q\r\n\r\n")
+		r := st.read(t)
+		body := bodyOf(r)
+		if r.StatusCode != c.status || c.status == 400 && !strings.Contains(body, reasonDupParam) {
+			t.Errorf("?%s: %d %s, want %d", c.query, r.StatusCode, body, c.status)
+		}
+	}
+	for _, e := range ev.all("dyad.api.denied") {
+		if strings.Contains(fmt.Sprint(e), "100000") {
+			t.Errorf("event quotes the query: %v", e)
+		}
+	}
+}

@@ -125,18 +125,73 @@ func checkQuery(op *Operation, raw string) (reason, detail string) {
 			return reasonDupParam, "query parameter " + name + " takes one value"
 		}
 	}
+	// A key upstream reads as a declared parameter that kin-openapi does
+	// not: THREATS P2, tested by TestGuardQueryKeyAliases.
+	for k := range q {
+		for _, p := range op.queryParams {
+			if k != p.name && queryAlias(k, p) {
+				return reasonDupParam, "a query key is another spelling of parameter " + p.name
+			}
+		}
+	}
 	return "", ""
+}
+
+// queryAlias says whether key, which is not p's name, is read as p by
+// some upstream framework: ASP.NET Core compares keys without case; PHP
+// drops a key's leading spaces and turns '.', ' ' and an unclosed '[' into
+// '_'; PHP, Rails and Express's qs read p[] and p[n] as p (unless p's
+// style is deepObject, whose keys are p[property]).
+func queryAlias(key string, p queryParam) bool {
+	key = strings.TrimLeft(key, " ")
+	if i := strings.IndexByte(key, '['); i >= 0 && strings.IndexByte(key[i:], ']') > 0 {
+		if p.deep {
+			return false
+		}
+		key = key[:i]
+	}
+	if len(key) != len(p.name) {
+		return false
+	}
+	for i := 0; i < len(key); i++ {
+		a, b := key[i], p.name[i]
+		switch a {
+		case '.', ' ', '[':
+			a = '_'
+		}
+		if a != b && lower(a) != lower(b) {
+			return false
+		}
+	}
+	return true
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// queryParam is a declared query parameter as checkQuery's alias rule
+// needs it: its name, and whether its style (deepObject) spreads it over
+// name[...] keys.
+type queryParam struct {
+	name string
+	deep bool
 }
 
 // repeatRules returns op's (under item) header parameters, by canonical
 // field name, and cookie parameters: checkRepeats refuses either given
-// more than once.
-func repeatRules(item *openapi3.PathItem, op *openapi3.Operation) (fields, cookies []string) {
+// more than once; and its query parameters, for checkQuery's aliases.
+func repeatRules(item *openapi3.PathItem, op *openapi3.Operation) (fields, cookies []string, query []queryParam) {
 	for _, list := range []openapi3.Parameters{op.Parameters, item.Parameters} {
 		for _, ref := range list {
 			p := ref.Value
 			switch {
 			case p == nil:
+			case p.In == openapi3.ParameterInQuery:
+				query = append(query, queryParam{p.Name, p.Style == openapi3.SerializationDeepObject})
 			case p.In == openapi3.ParameterInHeader && !slices.Contains(fields, http.CanonicalHeaderKey(p.Name)):
 				fields = append(fields, http.CanonicalHeaderKey(p.Name))
 			case p.In == openapi3.ParameterInCookie && !slices.Contains(cookies, p.Name):
@@ -144,7 +199,7 @@ func repeatRules(item *openapi3.PathItem, op *openapi3.Operation) (fields, cooki
 			}
 		}
 	}
-	return fields, cookies
+	return fields, cookies, query
 }
 
 // checkRepeats refuses a header parameter given in more than one field or

@@ -59,6 +59,7 @@ type Operation struct {
 	// headerParams are its header parameters (canonical field names),
 	// cookieParams its cookie parameters: each may be given once.
 	headerParams, cookieParams []string
+	queryParams                []queryParam
 	// noBody says the operation declares no requestBody.
 	noBody bool
 
@@ -256,7 +257,7 @@ func ParseSpec(file string, data []byte) (s *Spec, err error) {
 				Deprecated: op.Deprecated, BodySchema: hasBodySchema(op), op: op,
 				params: len(op.Parameters) > 0 || len(item.Parameters) > 0}
 			o.singleQuery, o.query, o.overrideOK = queryRules(item, op)
-			o.headerParams, o.cookieParams = repeatRules(item, op)
+			o.headerParams, o.cookieParams, o.queryParams = repeatRules(item, op)
 			o.noBody = op.RequestBody == nil
 			if o.Key == "" {
 				o.Key = o.Method + " " + path
