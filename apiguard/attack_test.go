@@ -423,7 +423,7 @@ paths:
 
 // TestGuardParsedHeadBounded: a header block within MaxHeaderBytes made of
 // many tiny fields ("1:", "2:", ...) is refused (431 header_too_large)
-// past maxHeaderFields: net/http's parsed form of 4,000 of them is ~250
+// past maxHeaderFields: net/http's parsed form of 2,800 of them is ~250
 // KB (a map entry, a key and a slice per field), held while upstream
 // answers and, through the conn's validation input, while the stream then
 // idles: fifteen times B_guard's 16 KiB block per stream, outside the
@@ -431,6 +431,74 @@ paths:
 // with such a block, less one with a small request, both waiting for
 // upstream's answer.
 func TestGuardParsedHeadBounded(t *testing.T) {
+	g := NewGuard(testPolicy(t, 1<<10), &events{})
+	small := "GET /v1/health HTTP/1.1\r\nHost: p\r\n\r\n"
+	var b strings.Builder
+	b.WriteString("GET /v1/health HTTP/1.1\r\nHost: p\r\n")
+	for i := 0; b.Len() < MaxHeaderBytes-16; i++ {
+		fmt.Fprintf(&b, "%x:\r\n", i)
+	}
+	b.WriteString("\r\n")
+	big := b.String()
+	// The most a block the guard forwards holds: maxHeaderFields
+	// fields filling MaxHeaderBytes.
+	b.Reset()
+	b.WriteString("GET /v1/health HTTP/1.1\r\nHost: p\r\n")
+	for i := range maxHeaderFields - 1 {
+		fmt.Fprintf(&b, "X-%03x: %s\r\n", i, strings.Repeat("v", (MaxHeaderBytes-64)/(maxHeaderFields-1)-10))
+	}
+	b.WriteString("\r\n")
+	full := b.String()
+	held := heldPerStream(t, g, "\r\n\r\n", small, big, full)
+	t.Logf("heap per stream: %d bytes with a small request, %d with %d tiny fields, %d with %d fields in %d bytes",
+		held[0], held[1], strings.Count(big, "\r\n")-3, held[2], maxHeaderFields, len(full))
+	if held[1]-held[0] > 32<<10 || held[2]-held[0] > 32<<10 {
+		t.Errorf("a stream with a %d-byte header block of tiny fields holds %d bytes more than one with a small request, one with %d fields %d more; want at most 32 KiB",
+			len(big), held[1]-held[0], maxHeaderFields, held[2]-held[0])
+	}
+}
+
+// TestGuardParsedTrailerDropped: a chunked body's trailer section (up to
+// MaxHeaderBytes, net/http's limit for it is the reader's size) of tiny
+// fields is parsed by net/http into the request's Trailer, ~250 KB; the
+// guard forwards the declared fields and then drops the map, so a stream
+// waiting for upstream's answer does not hold it (THREATS P5).
+func TestGuardParsedTrailerDropped(t *testing.T) {
+	p := testPolicy(t, 1<<10)
+	p.ValidateRequest = false
+	g := NewGuard(p, &events{})
+	head := "POST /v1/accounts/DE44500105175407324931/statements HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+	var b strings.Builder
+	b.WriteString(head)
+	for i := 0; b.Len()-len(head) < MaxHeaderBytes-64; i++ {
+		fmt.Fprintf(&b, "%x:\r\n", i)
+	}
+	b.WriteString("\r\n")
+	trailer := b.String()[len(head):]
+	held := heldPerStream(t, g, "\r\n0\r\n\r\n", head+"\r\n", b.String())
+	t.Logf("heap per stream: %d bytes without a trailer, %d with %d tiny trailer fields", held[0], held[1], strings.Count(trailer, "\r\n")-1)
+	if held[1]-held[0] > 16<<10 {
+		t.Errorf("a stream whose body had a %d-byte trailer section holds %d bytes more than one without, want at most 16 KiB", len(trailer), held[1]-held[0])
+	}
+	// A validated request refused after its body was read: the stream
+	// idles for the next request, holding neither the request nor its
+	// trailer (the conn's validation input kept the request).
+	g = NewGuard(testPolicy(t, 1<<10), &events{})
+	refund := "POST /v1/payments HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nIdempotency-Key: k-12345678\r\nTransfer-Encoding: chunked\r\n\r\n" +
+		"c\r\n{\"amount\":0}\r\n0\r\n"
+	invalid := "POST /v1/accounts/x/statements HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+	held = heldPerStream(t, g, "never", refund+"\r\n", refund+trailer, invalid+"\r\n", invalid+trailer)
+	t.Logf("heap per idle stream after a refused body: %d bytes without a trailer, %d with; after a refused parameter %d, %d", held[0], held[1], held[2], held[3])
+	if held[1]-held[0] > 16<<10 || held[3]-held[2] > 16<<10 {
+		t.Errorf("an idle stream after a refused request with a %d-byte trailer section holds %d (body) and %d (parameter) bytes more than one without, want at most 16 KiB",
+			len(trailer), held[1]-held[0], held[3]-held[2])
+	}
+}
+
+// heldPerStream opens 32 guarded streams for each of raws in turn (to an
+// upstream that reads up to end, then never answers) and returns the heap
+// each stream of each holds, once every stream was forwarded or answered.
+func heldPerStream(t *testing.T, g *Guard, end string, raws ...string) []int64 {
 	noLeak(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -449,7 +517,7 @@ func TestGuardParsedHeadBounded(t *testing.T) {
 			heldMu.Lock()
 			held = append(held, c)
 			heldMu.Unlock()
-			go func() { // reads a head, then holds the connection
+			go func() { // reads up to end, then holds the connection
 				var buf [4096]byte
 				var tail []byte
 				for {
@@ -458,11 +526,11 @@ func TestGuardParsedHeadBounded(t *testing.T) {
 						return
 					}
 					tail = append(tail, buf[:n]...)
-					if bytes.Contains(tail, []byte("\r\n\r\n")) {
+					if bytes.Contains(tail, []byte(end)) {
 						signal <- struct{}{}
 						return
 					}
-					tail = tail[max(0, len(tail)-3):]
+					tail = tail[max(0, len(tail)-len(end)):]
 				}
 			}()
 		}
@@ -474,19 +542,11 @@ func TestGuardParsedHeadBounded(t *testing.T) {
 		}
 		heldMu.Unlock()
 	}()
-	g := NewGuard(testPolicy(t, 1<<10), &events{})
-	small := "GET /v1/health HTTP/1.1\r\nHost: p\r\n\r\n"
-	var b strings.Builder
-	b.WriteString("GET /v1/health HTTP/1.1\r\nHost: p\r\n")
-	for i := 0; b.Len() < MaxHeaderBytes-16; i++ {
-		fmt.Fprintf(&b, "%x:\r\n", i)
-	}
-	b.WriteString("\r\n")
-	big := b.String()
 	const n = 32
 	heap := func() uint64 {
 		var m runtime.MemStats
 		runtime.GC()
+		runtime.GC() // the pools' victim caches too
 		runtime.ReadMemStats(&m)
 		return m.HeapAlloc
 	}
@@ -518,27 +578,13 @@ func TestGuardParsedHeadBounded(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond) // the answered streams' goroutines end
 	}
-	// The most a block the guard forwards holds: maxHeaderFields
-	// fields filling MaxHeaderBytes.
-	b.Reset()
-	b.WriteString("GET /v1/health HTTP/1.1\r\nHost: p\r\n")
-	for i := range maxHeaderFields - 1 {
-		fmt.Fprintf(&b, "X-%03x: %s\r\n", i, strings.Repeat("v", (MaxHeaderBytes-64)/(maxHeaderFields-1)-10))
+	var out []int64
+	before := heap()
+	for _, raw := range raws {
+		open(raw)
+		after := heap()
+		out = append(out, (int64(after)-int64(before))/n)
+		before = after
 	}
-	b.WriteString("\r\n")
-	full := b.String()
-	h0 := heap()
-	open(small)
-	h1 := heap()
-	open(big)
-	h2 := heap()
-	open(full)
-	h3 := heap()
-	perSmall, perBig, perFull := int64(h1-h0)/n, int64(h2-h1)/n, int64(h3-h2)/n
-	t.Logf("heap per stream: %d bytes with a small request, %d with %d tiny fields, %d with %d fields in %d bytes",
-		perSmall, perBig, strings.Count(big, "\r\n")-3, perFull, maxHeaderFields, len(full))
-	if perBig-perSmall > 32<<10 || perFull-perSmall > 32<<10 {
-		t.Errorf("a stream with a %d-byte header block of tiny fields holds %d bytes more than one with a small request, one with %d fields %d more; want at most 32 KiB",
-			len(big), perBig-perSmall, maxHeaderFields, perFull-perSmall)
-	}
+	return out
 }

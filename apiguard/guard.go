@@ -286,6 +286,10 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	err = writeRequest(uw, req)
 	uw.Reset(nil)
 	upWriters.Put(uw)
+	// A chunked body's trailer section, up to MaxHeaderBytes of fields,
+	// is ~250 KB in net/http's form: not held while upstream answers
+	// (THREATS P5, tested by TestGuardParsedTrailerDropped).
+	req.Trailer = nil
 	c.release()
 	if err != nil {
 		c.answer(c.writer(), d.op, http.StatusBadGateway, "upstream_write", true)
@@ -539,6 +543,12 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	if err == nil && jc.mt != nil {
 		err = c.checkJSONBody(p.Spec, route, req, jc, BudgetFactor*p.maxBody())
 	}
+	// The input let go of: it held the request (its fields, and a drained
+	// body's trailer section, ~250 KB at most in net/http's form) while
+	// the stream idled until its next request (THREATS P5, tested by
+	// TestGuardParsedTrailerDropped). An error's Input points here;
+	// nothing reads it.
+	c.in = openapi3filter.RequestValidationInput{}
 	if err == errJSONBudget { // its decoded form did not fit: as a body
 		d.status, d.reason, d.retryAfter, d.close = http.StatusServiceUnavailable, "memory_budget", 1, true
 		c.release()
