@@ -588,3 +588,51 @@ func heldPerStream(t *testing.T, g *Guard, end string, raws ...string) []int64 {
 	}
 	return out
 }
+
+// TestGuardBrokenStreamedBody: a streamed body the client breaks (a chunk
+// size that is not hex, a body shorter than its Content-Length) is the
+// partner's refusal, as it is for a body the guard buffers: 400 truncated,
+// dyad.api.denied, counted as denied. It was counted as the upstream's
+// failure (502 upstream_write, outcome failed), without an event: a
+// partner probing chunked framing was invisible, and could make an
+// operation's upstream look broken in the inventory and the report.
+func TestGuardBrokenStreamedBody(t *testing.T) {
+	up := newPayments(t)
+	ev := &events{}
+	p := testPolicy(t, 1<<10)
+	g := NewGuard(p, ev)
+	const upload = "POST /v1/accounts/DE44500105175407324931/statements HTTP/1.1\r\nHost: p\r\n"
+	for name, raw := range map[string]string{
+		"chunk size": upload + "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nabc\r\n0\r\n\r\n",
+		"chunk end":  upload + "Transfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
+	} {
+		s := openStream(t, g, up, "bank-a")
+		s.send(raw)
+		r := s.read(t)
+		if body := bodyOf(r); r.StatusCode != 400 || !strings.Contains(body, reasonTruncated) || !r.Close {
+			t.Errorf("%s: %d %s, want 400 %s and the stream's end", name, r.StatusCode, body, reasonTruncated)
+		}
+	}
+	// A body shorter than its length, the stream then ended.
+	s := openStream(t, g, up, "bank-a")
+	s.c.Write([]byte(upload + "Content-Length: 10\r\n\r\nabc"))
+	s.c.(*pipeConn).CloseWrite()
+	if r, err := http.ReadResponse(s.br, nil); err == nil && r.StatusCode != 400 {
+		t.Errorf("short body: %d, want 400 (or no answer: the client is gone)", r.StatusCode)
+	}
+	time.Sleep(50 * time.Millisecond)
+	denied := ev.all("dyad.api.denied")
+	if len(denied) != 3 {
+		t.Errorf("%d denials audited, want 3: %v", len(denied), denied)
+	}
+	for _, e := range denied {
+		if e["dyad.reason"] != reasonTruncated || e["dyad.api.operation"] != "uploadStatement" {
+			t.Errorf("event %v", e)
+		}
+	}
+	for _, d := range g.Inventory().Decisions() {
+		if d.Outcome == OutcomeFailed {
+			t.Errorf("decision %+v: the client's broken body counted as upstream's failure", d)
+		}
+	}
+}

@@ -43,6 +43,21 @@ var (
 	errTarget = errors.New("request target is not a path")
 )
 
+// errBody is the client's body breaking while the guard forwards it (a
+// chunk that cannot be read, fewer bytes than its Content-Length): the
+// partner's fault, not upstream's, so the guard refuses it as it refuses a
+// body it buffers (400 truncated, dyad.api.denied), never counts it as
+// upstream's failure (THREATS P10: the inventory and the report must not
+// blame upstream for the partner's bytes), tested by
+// TestGuardBrokenStreamedBody.
+var errBody = errors.New("request body broken")
+
+// bodyError marks err as the body's reader's (copyChunked).
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return "read body: " + e.err.Error() }
+func (e *bodyError) Unwrap() error { return e.err }
+
 // framingFields are the fields the guard writes itself (Host) or replaces
 // with its own framing (Content-Length, Transfer-Encoding, Trailer).
 func framingField(k string) bool {
@@ -142,6 +157,10 @@ func writeRequest(uw *bufio.Writer, req *http.Request) error {
 	}
 	if chunked {
 		if err := copyChunked(uw, body, true); err != nil {
+			var be *bodyError
+			if errors.As(err, &be) {
+				return errBody
+			}
 			return err
 		}
 		writeTrailers(uw, trailer, declared)
@@ -178,11 +197,11 @@ func writeRequest(uw *bufio.Writer, req *http.Request) error {
 			break
 		}
 		if rerr != nil {
-			return rerr
+			return errBody
 		}
 	}
 	if sent != req.ContentLength {
-		return io.ErrUnexpectedEOF
+		return errBody
 	}
 	return nil
 }
@@ -216,7 +235,7 @@ func copyChunked(w *bufio.Writer, body io.Reader, flush bool) error {
 			return nil
 		}
 		if rerr != nil {
-			return rerr
+			return &bodyError{rerr}
 		}
 	}
 }

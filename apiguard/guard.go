@@ -291,6 +291,11 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	// (THREATS P5, tested by TestGuardParsedTrailerDropped).
 	req.Trailer = nil
 	c.release()
+	if err == errBody {
+		d.status, d.reason, d.close = http.StatusBadRequest, reasonTruncated, true
+		c.deny(c.writer(), p, method, d)
+		return false
+	}
 	if err != nil {
 		c.answer(c.writer(), d.op, http.StatusBadGateway, "upstream_write", true)
 		return false
