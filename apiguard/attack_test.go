@@ -636,3 +636,39 @@ func TestGuardBrokenStreamedBody(t *testing.T) {
 		}
 	}
 }
+
+// TestGuardURLOverride: X-Original-URL and X-Rewrite-URL are refused
+// (request_target): Symfony before 2.7.49/3.4.14/4.1.3, Zend Framework and
+// Laminas before their 2018 fixes, and applications behind IIS's URL
+// Rewrite module route on them instead of the request line, so GET
+// /v1/health with X-Original-URL: /v1/admin/settlements ran the admin
+// operation the peer's list does not name (the handler below routes as
+// they did).
+func TestGuardURLOverride(t *testing.T) {
+	ev := &events{}
+	g := itemsGuard(t, "", ev)
+	up := newItemsUpstream(t, "", func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			for _, f := range []string{"X-Original-Url", "X-Rewrite-Url"} {
+				if v := r.Header.Get(f); v != "" {
+					r.URL.Path, r.URL.RawPath = v, ""
+				}
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	for _, f := range []string{"X-Original-URL", "x-rewrite-url"} {
+		s := openItems(t, g, up)
+		s.send("GET /items/item-7 HTTP/1.1\r\nHost: i\r\n" + f + ": /items/export\r\n\r\n")
+		r := s.read(t)
+		if body := bodyOf(r); r.StatusCode != 400 || !strings.Contains(body, reasonTarget) {
+			t.Errorf("%s: %d %s, want 400 %s", f, r.StatusCode, body, reasonTarget)
+		}
+	}
+	if got := up.handlers(); len(got) != 0 {
+		t.Errorf("upstream ran %v", got)
+	}
+	if d := ev.all("dyad.api.denied"); len(d) != 2 || d[0]["dyad.api.operation"] != "getItem" {
+		t.Errorf("denials %v", d)
+	}
+}

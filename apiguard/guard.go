@@ -460,6 +460,15 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		d.detail = "a method override (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override or _method) is not part of the contract"
 		return d
 	}
+	// The same for the path: frameworks that route on X-Original-URL or
+	// X-Rewrite-URL (Symfony and Zend before their 2018 fixes, apps behind
+	// IIS's URL Rewrite) would run another operation. THREATS P2, tested
+	// by TestGuardURLOverride. Two map lookups per request.
+	if len(req.Header["X-Original-Url"]) > 0 || len(req.Header["X-Rewrite-Url"]) > 0 {
+		d.status, d.reason, d.close = http.StatusBadRequest, reasonTarget, true
+		d.detail = "a target override (X-Original-URL, X-Rewrite-URL) is not part of the contract"
+		return d
+	}
 	if r, ok := p.Limits[op]; ok {
 		if ok, retry := c.g.allow(c.peer, op, r); !ok {
 			d.status, d.reason, d.retryAfter = http.StatusTooManyRequests, "rate_limited", retry
