@@ -365,8 +365,8 @@ func checkHeaderStrict(block []byte) string {
 // canonicalPath refuses a path that an upstream could read as another
 // one than the router matched: dot segments (also before a ';', which
 // Tomcat, Jetty and Spring drop with what follows before resolving them:
-// "..;" is ".."), empty segments, encoded slashes or backslashes,
-// backslashes, control bytes. THREATS P2, tested by TestGuardSmuggling
+// "..;" is ".."), empty segments, encoded slashes or backslashes, encoded
+// unreserved characters, backslashes, control bytes. THREATS P2, tested by TestGuardSmuggling
 // and TestGuardDotSemicolon.
 func canonicalPath(u *url.URL) bool {
 	p := u.EscapedPath()
@@ -378,6 +378,14 @@ func canonicalPath(u *url.URL) bool {
 		if len(p) >= 2 {
 			switch strings.ToLower(p[:2]) {
 			case "2f", "5c", "00":
+				return false
+			}
+			// An unreserved byte escaped: Go, Spring and ASP.NET
+			// decode it before routing, Express routes on the raw
+			// path, so /items/%65xport is one operation to some and
+			// another to others. RFC 3986 says never to escape them.
+			// THREATS P2, tested by TestGuardEscapedUnreserved.
+			if c, ok := unhex(p[0], p[1]); ok && unreserved(c) {
 				return false
 			}
 		}
@@ -398,4 +406,28 @@ func canonicalPath(u *url.URL) bool {
 		}
 		rest = after
 	}
+}
+
+// unhex decodes two hex digits.
+func unhex(a, b byte) (byte, bool) {
+	x, ok1 := hexVal(a)
+	y, ok2 := hexVal(b)
+	return x<<4 | y, ok1 && ok2
+}
+
+func hexVal(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+// unreserved says whether c is an RFC 3986 unreserved character.
+func unreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
 }
