@@ -723,3 +723,32 @@ func TestGuardEscapedUnreserved(t *testing.T) {
 		t.Errorf("upstream ran %v, want exportItems once", got)
 	}
 }
+
+// TestGuardBadHost: a Host field the guard cannot forward ("a/b", a
+// quote) is the partner's malformed request: 400 malformed_header,
+// audited, counted as denied. It was answered 502 upstream_write and
+// counted as upstream's failure, without an event.
+func TestGuardBadHost(t *testing.T) {
+	up := newPayments(t)
+	ev := &events{}
+	g := NewGuard(testPolicy(t, 1<<10), ev)
+	for _, host := range []string{"a/b", `a"b`, "a b"} {
+		s := openStream(t, g, up, "bank-a")
+		s.send("GET /v1/health HTTP/1.1\r\nHost: " + host + "\r\n\r\n")
+		r := s.read(t)
+		if body := bodyOf(r); r.StatusCode != 400 || !strings.Contains(body, reasonMalformed) {
+			t.Errorf("Host %q: %d %s, want 400 %s", host, r.StatusCode, body, reasonMalformed)
+		}
+	}
+	if n := len(ev.all("dyad.api.denied")); n != 3 {
+		t.Errorf("%d denials audited, want 3", n)
+	}
+	for _, d := range g.Inventory().Decisions() {
+		if d.Outcome == OutcomeFailed {
+			t.Errorf("decision %+v: the partner's Host counted as upstream's failure", d)
+		}
+	}
+	if got := up.seen(); len(got) != 0 {
+		t.Errorf("upstream saw %+v", got)
+	}
+}

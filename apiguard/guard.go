@@ -291,8 +291,21 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	// (THREATS P5, tested by TestGuardParsedTrailerDropped).
 	req.Trailer = nil
 	c.release()
-	if err == errBody {
-		d.status, d.reason, d.close = http.StatusBadRequest, reasonTruncated, true
+	// What the partner sent and the guard cannot forward (nothing was
+	// written upstream for errHost and errTarget; a broken body ends the
+	// upstream request): the partner's refusal, audited, not upstream's
+	// failure (THREATS P10, tested by TestGuardBrokenStreamedBody and
+	// TestGuardBadHost).
+	if err == errBody || err == errHost || err == errTarget {
+		d.status, d.close = http.StatusBadRequest, true
+		switch err {
+		case errBody:
+			d.reason = reasonTruncated
+		case errHost:
+			d.reason = reasonMalformed
+		default:
+			d.reason = reasonTarget
+		}
 		c.deny(c.writer(), p, method, d)
 		return false
 	}
