@@ -362,7 +362,7 @@ func TestGuardUndeclaredTrailer(t *testing.T) {
 	s := &stream{c: wrap(g, "bank-a", c.(*net.TCPConn))}
 	s.br = bufioReader(s.c)
 	defer s.c.Close()
-	s.send("POST /v1/accounts/DE44500105175407324931/statements HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n" +
+	s.send("POST /v1/accounts/DE44500105175407324931/statements HTTP/1.1\r\nHost: p\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n" +
 		"3\r\nabc\r\n0\r\nX-Sum: 3\r\nX-Http-Method-Override: DELETE\r\n\r\n")
 	if r := s.read(t); r.StatusCode != 200 {
 		t.Fatalf("status %d: %s", r.StatusCode, bodyOf(r))
@@ -496,7 +496,7 @@ func TestGuardParsedTrailerDropped(t *testing.T) {
 	g = NewGuard(testPolicy(t, 1<<10), &events{})
 	refund := "POST /v1/payments HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nIdempotency-Key: k-12345678\r\nTransfer-Encoding: chunked\r\n\r\n" +
 		"c\r\n{\"amount\":0}\r\n0\r\n"
-	invalid := "POST /v1/accounts/x/statements HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+	invalid := "POST /v1/accounts/x/statements HTTP/1.1\r\nHost: p\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
 	held = heldPerStream(t, g, "never", refund+"\r\n", refund+trailer, invalid+"\r\n", invalid+trailer)
 	t.Logf("heap per idle stream after a refused body: %d bytes without a trailer, %d with; after a refused parameter %d, %d", held[0], held[1], held[2], held[3])
 	if held[1]-held[0] > 16<<10 || held[3]-held[2] > 16<<10 {
@@ -611,7 +611,7 @@ func TestGuardBrokenStreamedBody(t *testing.T) {
 	ev := &events{}
 	p := testPolicy(t, 1<<10)
 	g := NewGuard(p, ev)
-	const upload = "POST /v1/accounts/DE44500105175407324931/statements HTTP/1.1\r\nHost: p\r\n"
+	const upload = "POST /v1/accounts/DE44500105175407324931/statements HTTP/1.1\r\nHost: p\r\nContent-Type: application/octet-stream\r\n"
 	for name, raw := range map[string]string{
 		"chunk size": upload + "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nabc\r\n0\r\n\r\n",
 		"chunk end":  upload + "Transfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
@@ -750,5 +750,78 @@ func TestGuardBadHost(t *testing.T) {
 	}
 	if got := up.seen(); len(got) != 0 {
 		t.Errorf("upstream saw %+v", got)
+	}
+}
+
+// TestGuardFormBodyOverride: a form body (urlencoded or multipart) to an
+// operation whose contract declares no form media type is refused
+// (method_override), with or without validation: Rails (Rack's
+// MethodOverride) and Laravel (Symfony's _method) read a POST form body's
+// _method and run that method instead. The upload below (contract:
+// application/octet-stream, no schema, so nothing reads the body) became a
+// DELETE of the statements upstream. With validation, a body of another
+// undeclared media type is refused too (invalid_body), as kin-openapi
+// refuses one for an operation whose body has a schema.
+func TestGuardFormBodyOverride(t *testing.T) {
+	noLeak(t)
+	var mu sync.Mutex
+	var methods []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Rack::MethodOverride: a POST form body's _method wins.
+		if r.Method == "POST" && r.ParseForm() == nil && r.PostForm.Get("_method") != "" {
+			r.Method = strings.ToUpper(r.PostForm.Get("_method"))
+		}
+		io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		methods = append(methods, r.Method)
+		mu.Unlock()
+		w.WriteHeader(202)
+	}))
+	defer srv.Close()
+	const target = "POST /v1/accounts/DE44500105175407324931/statements HTTP/1.1\r\nHost: p\r\n"
+	for _, validate := range []bool{false, true} {
+		p := testPolicy(t, 1<<10)
+		p.ValidateRequest = validate
+		ev := &events{}
+		g := NewGuard(p, ev)
+		for _, c := range []struct {
+			ct, body, reason string
+		}{
+			{"application/x-www-form-urlencoded", "_method=DELETE", reasonMethodOverride},
+			{"Application/X-WWW-Form-Urlencoded; charset=utf-8", "_method=DELETE", reasonMethodOverride},
+			{"multipart/form-data; boundary=b", "--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n", reasonMethodOverride},
+			{"application/json", `{"_method":"DELETE"}`, "invalid_body"},
+			{"application/octet-stream", "%PDF-1.7", ""},
+			{"", "%PDF-1.7", "invalid_body"},
+		} {
+			if c.reason == "invalid_body" && !validate {
+				c.reason = "" // not validated: it streams
+			}
+			conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := &stream{c: wrap(g, "bank-a", conn.(*net.TCPConn))}
+			s.br = bufioReader(s.c)
+			ct := ""
+			if c.ct != "" {
+				ct = "Content-Type: " + c.ct + "\r\n"
+			}
+			s.send(fmt.Sprintf("%s%sContent-Length: %d\r\n\r\n%s", target, ct, len(c.body), c.body))
+			r := s.read(t)
+			body := bodyOf(r)
+			s.c.Close()
+			if c.reason == "" && r.StatusCode != 202 || c.reason != "" && (r.StatusCode != 400 || !strings.Contains(body, c.reason)) {
+				t.Errorf("validate %v, %q: %d %s, want %q", validate, c.ct, r.StatusCode, body, c.reason)
+			}
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, m := range methods {
+		if m != "POST" {
+			t.Errorf("upstream ran %v, want POSTs only", methods)
+			break
+		}
 	}
 }

@@ -473,6 +473,14 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		d.detail = "a method override (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override or _method) is not part of the contract"
 		return d
 	}
+	// A form body the contract does not declare carries the same
+	// override (_method) to Rails and Laravel: THREATS P2, tested by
+	// TestGuardFormBodyOverride.
+	if !op.overrideOK && formOverride(op, req) {
+		d.status, d.reason = http.StatusBadRequest, reasonMethodOverride
+		d.detail = "a form body, which can carry _method, is not part of this operation's contract"
+		return d
+	}
 	// The same for the path: frameworks that route on X-Original-URL or
 	// X-Rewrite-URL (Symfony and Zend before their 2018 fixes, apps behind
 	// IIS's URL Rewrite) would run another operation. THREATS P2, tested
@@ -493,6 +501,11 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	if p.ValidateRequest && op.noBody && hasBody(req) {
 		d.status, d.reason = http.StatusBadRequest, reasonUndeclaredBody
 		d.detail = "this operation takes no request body"
+		return d
+	}
+	if p.ValidateRequest && undeclaredMedia(op, req) {
+		d.status, d.reason = http.StatusBadRequest, "invalid_body"
+		d.detail = "header Content-Type has a value the operation does not declare"
 		return d
 	}
 	// Nothing to validate (no parameters, no body schema): kin-openapi's

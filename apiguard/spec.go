@@ -60,6 +60,10 @@ type Operation struct {
 	// cookieParams its cookie parameters: each may be given once.
 	headerParams, cookieParams []string
 	queryParams                []queryParam
+	// formOK says its requestBody declares a form media type
+	// (urlencoded or multipart/form-data): a form body elsewhere is a
+	// method override's carrier (formOverride).
+	formOK bool
 	// noBody says the operation declares no requestBody.
 	noBody bool
 
@@ -259,6 +263,7 @@ func ParseSpec(file string, data []byte) (s *Spec, err error) {
 			o.singleQuery, o.query, o.overrideOK = queryRules(item, op)
 			o.headerParams, o.cookieParams, o.queryParams = repeatRules(item, op)
 			o.noBody = op.RequestBody == nil
+			o.formOK = declaresForm(op)
 			if o.Key == "" {
 				o.Key = o.Method + " " + path
 			}
@@ -311,6 +316,19 @@ func hasBodySchema(op *openapi3.Operation) bool {
 	}
 	for _, mt := range op.RequestBody.Value.Content {
 		if mt != nil && mt.Schema != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// declaresForm says op's requestBody declares a form media type.
+func declaresForm(op *openapi3.Operation) bool {
+	if op.RequestBody == nil || op.RequestBody.Value == nil {
+		return false
+	}
+	for name := range op.RequestBody.Value.Content {
+		if formType(name) {
 			return true
 		}
 	}
