@@ -847,3 +847,26 @@ func TestGuardFormBodyOverride(t *testing.T) {
 		}
 	}
 }
+
+// TestGuardMethodOverrideSpellings: PHP reads a query key with its leading
+// spaces dropped and '.', ' ' or an unclosed '[' as '_', so ?.method=,
+// ?+_method= and ?[method= are $_GET['_method'], which Symfony (Laravel
+// enables it) takes as a POST's method: they are method_override as
+// ?_method= is.
+func TestGuardMethodOverrideSpellings(t *testing.T) {
+	up := newPayments(t)
+	ev := &events{}
+	g := NewGuard(testPolicy(t, 1<<10), ev)
+	for _, q := range []string{"?.method=DELETE", "?+_method=DELETE", "?%20_method=DELETE", "?[method=DELETE", "?a=1&.method=DELETE"} {
+		s := openStream(t, g, up, "bank-a")
+		s.send(fmt.Sprintf("POST /v1/payments%s HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nIdempotency-Key: k-12345678\r\nContent-Length: %d\r\n\r\n%s",
+			q, len(newPayment), newPayment))
+		r := s.read(t)
+		if body := bodyOf(r); r.StatusCode != 400 || !strings.Contains(body, reasonMethodOverride) {
+			t.Errorf("%s: %d %s, want 400 %s", q, r.StatusCode, body, reasonMethodOverride)
+		}
+	}
+	if got := up.seen(); len(got) != 0 {
+		t.Errorf("upstream saw %+v", got)
+	}
+}

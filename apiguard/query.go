@@ -101,12 +101,21 @@ func methodOverride(req *http.Request) bool {
 		}
 	}
 	raw := req.URL.RawQuery
-	if raw == "" || !strings.Contains(raw, overrideKey) && strings.IndexByte(raw, '%') < 0 {
+	if raw == "" || !strings.Contains(raw, "method") && !strings.Contains(raw, "METHOD") && strings.IndexByte(raw, '%') < 0 {
 		return false
 	}
 	q, _ := url.ParseQuery(raw) // the pairs it keeps; an upstream decodes those alike
-	_, ok := q[overrideKey]
-	return ok
+	if _, ok := q[overrideKey]; ok {
+		return true
+	}
+	// PHP's spellings of _method (.method, " _method", [method): THREATS
+	// P2, tested by TestGuardMethodOverrideSpellings.
+	for k := range q {
+		if queryAlias(k, queryParam{name: overrideKey}) {
+			return true
+		}
+	}
+	return false
 }
 
 // checkQuery refuses a query that kin-openapi would validate otherwise
