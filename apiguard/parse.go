@@ -227,9 +227,10 @@ const maxHeaderFields = 100
 // checkHeader refuses the header block shapes that request smuggling
 // needs, before net/http parses it (net/http would repair some of them):
 // bare LF, obsolete line folding, a field without a name or with space
-// before its colon, more than maxHeaderFields fields, more than one Content-Length, a Content-Length that
+// before its colon, more than one Content-Length, a Content-Length that
 // is not digits, Transfer-Encoding other than one "chunked", and
-// Content-Length with Transfer-Encoding. THREATS P2 (the upstream sees
+// Content-Length with Transfer-Encoding; and more than maxHeaderFields
+// fields. THREATS P2 (the upstream sees
 // only what the guard checked), tested by TestGuardSmuggling.
 //
 // It is checkHeaderStrict's answer, found faster for a block it accepts
@@ -366,8 +367,8 @@ func checkHeaderStrict(block []byte) string {
 // one than the router matched: dot segments (also before a ';', which
 // Tomcat, Jetty and Spring drop with what follows before resolving them:
 // "..;" is ".."), empty segments, encoded slashes or backslashes, encoded
-// unreserved characters, backslashes, control bytes. THREATS P2, tested by TestGuardSmuggling
-// and TestGuardDotSemicolon.
+// unreserved characters, backslashes, control bytes. THREATS P2, tested by
+// TestGuardSmuggling, TestGuardDotSemicolon and TestGuardEscapedUnreserved.
 func canonicalPath(u *url.URL) bool {
 	p := u.EscapedPath()
 	if !strings.HasPrefix(p, "/") || strings.Contains(p, "//") || strings.ContainsAny(p, "\\") {

@@ -59,7 +59,8 @@ type Operation struct {
 	// headerParams are its header parameters (canonical field names),
 	// cookieParams its cookie parameters: each may be given once.
 	headerParams, cookieParams []string
-	queryParams                []queryParam
+	// queryParams are its query parameters, for checkQuery's aliases.
+	queryParams []queryParam
 	// formOK says its requestBody declares a form media type
 	// (urlencoded or multipart/form-data): a form body elsewhere is a
 	// method override's carrier (formOverride).
@@ -126,12 +127,14 @@ func (s *Spec) findRoute(req *http.Request) (*routers.Route, map[string]string, 
 
 // routable is req as the router must see it. With servers, kin-openapi's
 // router matches the escaped path (URL.String), without them the decoded
-// one; an upstream routes on the decoded path. So a path escaped where it
-// need not be (/items/%65xport, RawPath set) is given to the router in its
-// canonical escaping (Path escaped by net/url, where %65 is e), and a
-// server's router matches it as every upstream that decodes the path reads
-// it: /items/export, not /items/{id}. THREATS P2, tested by
-// TestGuardEscapedPathRoutes. Only such requests pay for the copy.
+// one; an upstream that decodes the path routes on the decoded one. So a
+// path escaped where it need not be (/items/export%3Aall, RawPath set) is
+// given to the router in its canonical escaping (Path escaped by net/url,
+// which leaves ':' as it is), and a server's router matches it as such an
+// upstream reads it: /items/export:all, not /items/{id}. (Escaped
+// unreserved characters, %65 for e, canonicalPath refuses.) THREATS P2,
+// tested by TestGuardEscapedPathRoutes. Only such requests pay for the
+// copy.
 func routable(s *Spec, req *http.Request) *http.Request {
 	if req.URL.RawPath == "" || len(s.doc.Servers) == 0 {
 		return req
