@@ -198,6 +198,9 @@ type conn struct {
 	// (writer, putWriter): not while upstream is answering.
 	bw  *bufio.Writer
 	inv *peerInventory // the peer's inventory, looked up once
+	// underscore says a field name of the request in hand has '_'
+	// (readRequest): decide then checks underscoreAlias.
+	underscore bool
 }
 
 var (
@@ -244,7 +247,8 @@ type decision struct {
 
 // one serves one request; false ends the stream.
 func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
-	req, err := readRequest(br, first)
+	req, underscore, err := readRequest(br, first)
+	c.underscore = underscore
 	p := c.g.policy.Load() // the policy in force when the request arrived
 	bw := c.writer()
 	defer func() {
@@ -480,6 +484,17 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		d.status, d.reason = http.StatusBadRequest, reasonMethodOverride
 		d.detail = "a form body, which can carry _method, is not part of this operation's contract"
 		return d
+	}
+	// A field named with '_' for a '-' of a field checked here or below:
+	// CGI, FastCGI and WSGI gateways read both as one (RFC 9110, 17.10).
+	// THREATS P2, tested by TestGuardUnderscoreFields. Only requests
+	// with such a name pay (checkHeader marks them).
+	if c.underscore {
+		if reason := underscoreAlias(op, req.Header, p.ValidateRequest); reason != "" {
+			d.status, d.reason, d.close = http.StatusBadRequest, reason, reason == reasonTarget
+			d.detail = "a field named with '_' that gateways read as a field the guard checks"
+			return d
+		}
 	}
 	// The same for the path: frameworks that route on X-Original-URL or
 	// X-Rewrite-URL (Symfony and Zend before their 2018 fixes, apps behind

@@ -80,7 +80,7 @@ func NewRequestReader(r io.Reader) *RequestReader {
 // a *RequestError for a refused one (the stream cannot go on after it);
 // or the reader's error.
 func (rr *RequestReader) Next() (*http.Request, error) {
-	req, err := readRequest(rr.br, rr.first)
+	req, _, err := readRequest(rr.br, rr.first)
 	rr.first = false
 	return req, err
 }
@@ -88,21 +88,23 @@ func (rr *RequestReader) Next() (*http.Request, error) {
 // Buffered is how many bytes the reader holds (at most MaxHeaderBytes).
 func (rr *RequestReader) Buffered() int { return rr.br.Buffered() }
 
-// readRequest is Next on br.
-func readRequest(br *bufio.Reader, first bool) (*http.Request, error) {
+// readRequest is Next on br; underscore says a field name of the request
+// has '_' (underscoreAlias).
+func readRequest(br *bufio.Reader, first bool) (req *http.Request, underscore bool, err error) {
 	n, err := headerBlock(br, first)
 	if err != nil {
-		return nil, blockError(err)
+		return nil, false, blockError(err)
 	}
 	block, _ := br.Peek(n)
-	if r := checkHeader(block); r != "" {
-		return nil, &RequestError{r}
+	r := checkHeader(block)
+	if r != "" && r != nameUnderscore {
+		return nil, false, &RequestError{r}
 	}
-	req, err := http.ReadRequest(br)
+	req, err = http.ReadRequest(br)
 	if err != nil {
-		return nil, &RequestError{reasonMalformed}
+		return nil, false, &RequestError{reasonMalformed}
 	}
-	return req, nil
+	return req, r == nameUnderscore, nil
 }
 
 // blockError is readRequest's error for headerBlock's err: io.EOF at a
@@ -203,6 +205,11 @@ func lineStart(b []byte) string {
 	return ""
 }
 
+// nameUnderscore is checkHeader's answer for a block it accepts in which
+// a field name has '_': not a refusal, a mark that the request needs
+// underscoreAlias (rare, so only such requests pay for it).
+const nameUnderscore = "_"
+
 // tokenChar says whether c may stand in an RFC 9110 token (a method, a
 // field name): visible ASCII but the delimiters.
 func tokenChar(c byte) bool { return tokenChars[c] }
@@ -213,6 +220,15 @@ var tokenChars = func() (t [256]bool) {
 	for c := '!'; c < 0x7f; c++ {
 		t[c] = !strings.ContainsRune("\"(),/:;<=>?@[\\]{}", c)
 	}
+	return t
+}()
+
+// fastNameChars is tokenChars without '_': checkHeader's fast pass stops
+// at a field name with '_' and leaves the block to checkHeaderStrict, which
+// marks it (nameUnderscore).
+var fastNameChars = func() [256]bool {
+	t := tokenChars
+	t['_'] = false
 	return t
 }()
 
@@ -230,7 +246,8 @@ const maxHeaderFields = 100
 // before its colon, more than one Content-Length, a Content-Length that
 // is not digits, Transfer-Encoding other than one "chunked", and
 // Content-Length with Transfer-Encoding; and more than maxHeaderFields
-// fields. THREATS P2 (the upstream sees
+// fields. A block it accepts in which a field name has '_' gets
+// nameUnderscore rather than "". THREATS P2 (the upstream sees
 // only what the guard checked), tested by TestGuardSmuggling.
 //
 // It is checkHeaderStrict's answer, found faster for a block it accepts
@@ -251,12 +268,12 @@ func checkHeader(block []byte) string {
 		l, rest, more = bytes.Cut(rest, []byte("\r\n"))
 		lines++
 		i := 0
-		for i < len(l) && tokenChars[l[i]] {
+		for i < len(l) && fastNameChars[l[i]] {
 			i++
 		}
 		// A field starting with space or tab, or without a name, stops
 		// at i == 0; a name with another byte than a token's before its
-		// colon stops at that byte.
+		// colon, or with '_', stops at that byte.
 		if i == 0 || i == len(l) || l[i] != ':' {
 			return checkHeaderStrict(block)
 		}
@@ -306,7 +323,7 @@ func checkHeaderStrict(block []byte) string {
 		}
 		return reasonMalformed
 	}
-	cl, te, fields := 0, 0, 0
+	cl, te, fields, underscore := 0, 0, 0, false
 	for more {
 		var l []byte
 		l, rest, more = bytes.Cut(rest, []byte("\r\n"))
@@ -331,6 +348,7 @@ func checkHeaderStrict(block []byte) string {
 				return reasonMalformed
 			}
 		}
+		underscore = underscore || bytes.IndexByte(l[:i], '_') >= 0
 		name, value := l[:i], bytes.Trim(l[i+1:], " \t")
 		switch {
 		case bytes.EqualFold(name, []byte("Content-Length")):
@@ -359,6 +377,8 @@ func checkHeaderStrict(block []byte) string {
 		return reasonDupCL
 	case te > 1:
 		return reasonBadTE
+	case underscore:
+		return nameUnderscore
 	}
 	return ""
 }

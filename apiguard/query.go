@@ -279,6 +279,30 @@ func undeclaredMedia(op *Operation, req *http.Request) bool {
 	return op.op.RequestBody.Value.Content.Get(req.Header.Get("Content-Type")) == nil
 }
 
+// underscoreAlias is the refusal for a field of h whose name has '_' where
+// a field the guard checks has '-' (X_HTTP_Method_Override,
+// X_Original_URL, and with validation op's header parameters): CGI,
+// FastCGI and WSGI gateways map '-' and '_' alike (HTTP_X_..., RFC 9110,
+// 17.10), so the application reads a field the guard never looked at.
+// Other names with '_' (api_key) pass. "" when there is none.
+func underscoreAlias(op *Operation, h http.Header, validate bool) string {
+	for k := range h {
+		if strings.IndexByte(k, '_') < 0 {
+			continue
+		}
+		n := http.CanonicalHeaderKey(strings.ReplaceAll(k, "_", "-"))
+		switch {
+		case !op.overrideOK && slices.Contains(overrideFields[:], n):
+			return reasonMethodOverride
+		case n == "X-Original-Url" || n == "X-Rewrite-Url":
+			return reasonTarget
+		case validate && slices.Contains(op.headerParams, n):
+			return reasonDupParam
+		}
+	}
+	return ""
+}
+
 // hasBody says whether req carries a body: a length above zero or a
 // chunked one (even if its chunks turn out empty: the guard decides before
 // reading it).
