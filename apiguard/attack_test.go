@@ -931,3 +931,23 @@ func TestGuardUnderscoreFields(t *testing.T) {
 		t.Errorf("upstream ran %v, want one POST", ran)
 	}
 }
+
+// TestLooseRisk: only an operation with a parameter where another of its
+// method has a static segment (getItem beside exportItems) pays for the
+// loose check; the payments spec's operations have no such neighbour.
+func TestLooseRisk(t *testing.T) {
+	s, err := ParseSpec("items.yaml", []byte(fmt.Sprintf(itemsSpec, "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]bool{"getItem": true, "exportItems": false, "addNote": false} {
+		if got := s.Operation(key).looseRisk; got != want {
+			t.Errorf("%s: looseRisk %v, want %v", key, got, want)
+		}
+	}
+	for _, o := range testPolicy(t, 1<<10).Spec.Operations {
+		if o.looseRisk {
+			t.Errorf("payments %s: looseRisk, want none", o.Key)
+		}
+	}
+}

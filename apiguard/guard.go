@@ -458,7 +458,7 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	// A parameter's value that a loose upstream router reads as another
 	// operation's static segment (pathfold.go). THREATS P2, tested by
 	// TestGuardUpstreamPathNormalisation.
-	if len(params) > 0 && p.Spec.loose.other(req.Method, req.URL.Path, op, params) {
+	if op.looseRisk && len(params) > 0 && p.Spec.loose.other(req.Method, req.URL.Path, op, params) {
 		return decision{status: http.StatusBadRequest, reason: reasonPath, shape: Shape(req.URL.Path), close: true}
 	}
 	d := decision{op: op, shape: op.Path}

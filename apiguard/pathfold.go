@@ -50,6 +50,51 @@ func newLoose(ops []*Operation, bases []string) *loose {
 	return l
 }
 
+// markLooseRisk sets each operation's looseRisk: whether a loose reading
+// of one of its paths could be another operation's, that is whether some
+// other operation of its method has as many segments, a static segment
+// where it has a parameter, and its static segments equal (folded) where
+// both have one. An operation without such a neighbour (most) pays
+// nothing for the loose check. A wildcard ({x*}) template counts as at
+// risk.
+func markLooseRisk(ops []*Operation) {
+	segs := func(o *Operation) []string { return strings.Split(strings.Trim(o.Path, "/"), "/") }
+	variable := func(seg string) bool { return strings.Contains(seg, "{") }
+	for _, a := range ops {
+		as := segs(a)
+		if strings.Contains(a.Path, "*}") {
+			a.looseRisk = true
+			continue
+		}
+		for _, b := range ops {
+			if b == a || b.Method != a.Method {
+				continue
+			}
+			bs := segs(b)
+			if strings.Contains(b.Path, "*}") {
+				a.looseRisk = true
+				break
+			}
+			if len(bs) != len(as) {
+				continue
+			}
+			fits, shadows := true, false
+			for i := range as {
+				switch av, bv := variable(as[i]), variable(bs[i]); {
+				case av && !bv:
+					shadows = true
+				case !av && !bv && foldPath(as[i]) != foldPath(bs[i]):
+					fits = false
+				}
+			}
+			if fits && shadows {
+				a.looseRisk = true
+				break
+			}
+		}
+	}
+}
+
 // foldPath is s folded for a comparison without case (foldedName).
 func foldPath(s string) string {
 	f, _ := foldedName(s)

@@ -67,6 +67,10 @@ type Operation struct {
 	formOK bool
 	// noBody says the operation declares no requestBody.
 	noBody bool
+	// looseRisk says a loose upstream could read one of its paths as
+	// another operation's (markLooseRisk): only then does decide ask
+	// loose.other.
+	looseRisk bool
 
 	op *openapi3.Operation
 }
@@ -116,7 +120,8 @@ func (s *Spec) findRoute(req *http.Request) (*routers.Route, map[string]string, 
 		}
 	}
 	route, params, err := s.router.FindRoute(routable(s, req))
-	if err == nil && len(s.doc.Servers) > 0 {
+	// A parameter holds a '%' only when the target does.
+	if err == nil && len(s.doc.Servers) > 0 && len(params) > 0 && strings.IndexByte(req.RequestURI, '%') >= 0 {
 		decodeParams(params)
 	}
 	if err == nil && cacheable && len(params) == 0 && !strings.Contains(route.Path, "{") {
@@ -291,6 +296,7 @@ func ParseSpec(file string, data []byte) (s *Spec, err error) {
 		}
 	}
 	s.loose = newLoose(s.Operations, bases)
+	markLooseRisk(s.Operations)
 	return s, nil
 }
 
