@@ -198,6 +198,9 @@ type conn struct {
 	// (writer, putWriter): not while upstream is answering.
 	bw  *bufio.Writer
 	inv *peerInventory // the peer's inventory, looked up once
+	// underscore says a field name of the request in hand has '_'
+	// (readRequest): decide then checks underscoreAlias.
+	underscore bool
 }
 
 var (
@@ -244,7 +247,8 @@ type decision struct {
 
 // one serves one request; false ends the stream.
 func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
-	req, err := readRequest(br, first)
+	req, underscore, err := readRequest(br, first)
+	c.underscore = underscore
 	p := c.g.policy.Load() // the policy in force when the request arrived
 	bw := c.writer()
 	defer func() {
@@ -255,6 +259,7 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 		c.readFailed(bw, p, err)
 		return false
 	}
+	dropHopByHop(req.Header, req.Close)
 	d := c.decide(p, req, bw)
 	method := methodLabel(req.Method)
 	if d.status != 0 {
@@ -285,7 +290,29 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	err = writeRequest(uw, req)
 	uw.Reset(nil)
 	upWriters.Put(uw)
+	// A chunked body's trailer section, up to MaxHeaderBytes of fields,
+	// is ~250 KB in net/http's form: not held while upstream answers
+	// (THREATS P5, tested by TestGuardParsedTrailerDropped).
+	req.Trailer = nil
 	c.release()
+	// What the partner sent and the guard cannot forward (nothing was
+	// written upstream for errHost and errTarget; a broken body ends the
+	// upstream request): the partner's refusal, audited, not upstream's
+	// failure (THREATS P10, tested by TestGuardBrokenStreamedBody and
+	// TestGuardBadHost).
+	if err == errBody || err == errHost || err == errTarget {
+		d.status, d.close = http.StatusBadRequest, true
+		switch err {
+		case errBody:
+			d.reason = reasonTruncated
+		case errHost:
+			d.reason = reasonMalformed
+		default:
+			d.reason = reasonTarget
+		}
+		c.deny(c.writer(), p, method, d)
+		return false
+	}
 	if err != nil {
 		c.answer(c.writer(), d.op, http.StatusBadGateway, "upstream_write", true)
 		return false
@@ -428,6 +455,12 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		return decision{status: http.StatusNotFound, reason: reason, shape: shape}
 	}
 	op := p.Spec.byOp[route.Operation]
+	// A parameter's value that a loose upstream router reads as another
+	// operation's static segment (pathfold.go). THREATS P2, tested by
+	// TestGuardUpstreamPathNormalisation.
+	if op.looseRisk && len(params) > 0 && p.Spec.loose.other(req.Method, req.URL.Path, op, params) {
+		return decision{status: http.StatusBadRequest, reason: reasonPath, shape: Shape(req.URL.Path), close: true}
+	}
 	d := decision{op: op, shape: op.Path}
 	// THREATS P2 (least reach, per operation): a peer reaches only the
 	// operations its list names, tested by TestGuardPipelinedMixed and,
@@ -444,6 +477,34 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		d.detail = "a method override (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override or _method) is not part of the contract"
 		return d
 	}
+	// A form body the contract does not declare carries the same
+	// override (_method) to Rails and Laravel: THREATS P2, tested by
+	// TestGuardFormBodyOverride.
+	if !op.overrideOK && formOverride(op, req) {
+		d.status, d.reason = http.StatusBadRequest, reasonMethodOverride
+		d.detail = "a form body, which can carry _method, is not part of this operation's contract"
+		return d
+	}
+	// A field named with '_' for a '-' of a field checked here or below:
+	// CGI, FastCGI and WSGI gateways read both as one (RFC 9110, 17.10).
+	// THREATS P2, tested by TestGuardUnderscoreFields. Only requests
+	// with such a name pay (checkHeader marks them).
+	if c.underscore {
+		if reason := underscoreAlias(op, req.Header, p.ValidateRequest); reason != "" {
+			d.status, d.reason, d.close = http.StatusBadRequest, reason, reason == reasonTarget
+			d.detail = "a field named with '_' that gateways read as a field the guard checks"
+			return d
+		}
+	}
+	// The same for the path: frameworks that route on X-Original-URL or
+	// X-Rewrite-URL (Symfony and Zend before their 2018 fixes, apps behind
+	// IIS's URL Rewrite) would run another operation. THREATS P2, tested
+	// by TestGuardURLOverride. Two map lookups per request.
+	if len(req.Header["X-Original-Url"]) > 0 || len(req.Header["X-Rewrite-Url"]) > 0 {
+		d.status, d.reason, d.close = http.StatusBadRequest, reasonTarget, true
+		d.detail = "a target override (X-Original-URL, X-Rewrite-URL) is not part of the contract"
+		return d
+	}
 	if r, ok := p.Limits[op]; ok {
 		if ok, retry := c.g.allow(c.peer, op, r); !ok {
 			d.status, d.reason, d.retryAfter = http.StatusTooManyRequests, "rate_limited", retry
@@ -457,6 +518,11 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 		d.detail = "this operation takes no request body"
 		return d
 	}
+	if p.ValidateRequest && undeclaredMedia(op, req) {
+		d.status, d.reason = http.StatusBadRequest, "invalid_body"
+		d.detail = "header Content-Type has a value the operation does not declare"
+		return d
+	}
 	// Nothing to validate (no parameters, no body schema): kin-openapi's
 	// validator would only run the no-op authentication check.
 	if !p.ValidateRequest || !op.params && !op.BodySchema {
@@ -465,6 +531,10 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	// What kin-openapi validates of the query must be what upstream reads
 	// (THREATS P2, tested by TestGuardParameterPollution).
 	if reason, detail := checkQuery(op, req.URL.RawQuery); reason != "" {
+		d.status, d.reason, d.detail = http.StatusBadRequest, reason, detail
+		return d
+	}
+	if reason, detail := checkRepeats(op, req); reason != "" {
 		d.status, d.reason, d.detail = http.StatusBadRequest, reason, detail
 		return d
 	}
@@ -528,6 +598,12 @@ func (c *conn) decide(p *Policy, req *http.Request, bw *bufio.Writer) decision {
 	if err == nil && jc.mt != nil {
 		err = c.checkJSONBody(p.Spec, route, req, jc, BudgetFactor*p.maxBody())
 	}
+	// The input let go of: it held the request (its fields, and a drained
+	// body's trailer section, ~250 KB at most in net/http's form) while
+	// the stream idled until its next request (THREATS P5, tested by
+	// TestGuardParsedTrailerDropped). An error's Input points here;
+	// nothing reads it.
+	c.in = openapi3filter.RequestValidationInput{}
 	if err == errJSONBudget { // its decoded form did not fit: as a body
 		d.status, d.reason, d.retryAfter, d.close = http.StatusServiceUnavailable, "memory_budget", 1, true
 		c.release()

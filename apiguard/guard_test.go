@@ -96,7 +96,7 @@ func noLeak(t *testing.T) {
 		for {
 			buf := make([]byte, 1<<20)
 			stacks := string(buf[:runtime.Stack(buf, true)])
-			if !strings.Contains(stacks, "apiguard.(*conn).serve") {
+			if !strings.Contains(stacks, "apiguard.(*conn).loop") {
 				return
 			}
 			if time.Now().After(deadline) {

@@ -80,7 +80,7 @@ func NewRequestReader(r io.Reader) *RequestReader {
 // a *RequestError for a refused one (the stream cannot go on after it);
 // or the reader's error.
 func (rr *RequestReader) Next() (*http.Request, error) {
-	req, err := readRequest(rr.br, rr.first)
+	req, _, err := readRequest(rr.br, rr.first)
 	rr.first = false
 	return req, err
 }
@@ -88,21 +88,23 @@ func (rr *RequestReader) Next() (*http.Request, error) {
 // Buffered is how many bytes the reader holds (at most MaxHeaderBytes).
 func (rr *RequestReader) Buffered() int { return rr.br.Buffered() }
 
-// readRequest is Next on br.
-func readRequest(br *bufio.Reader, first bool) (*http.Request, error) {
+// readRequest is Next on br; underscore says a field name of the request
+// has '_' (underscoreAlias).
+func readRequest(br *bufio.Reader, first bool) (req *http.Request, underscore bool, err error) {
 	n, err := headerBlock(br, first)
 	if err != nil {
-		return nil, blockError(err)
+		return nil, false, blockError(err)
 	}
 	block, _ := br.Peek(n)
-	if r := checkHeader(block); r != "" {
-		return nil, &RequestError{r}
+	r := checkHeader(block)
+	if r != "" && r != nameUnderscore {
+		return nil, false, &RequestError{r}
 	}
-	req, err := http.ReadRequest(br)
+	req, err = http.ReadRequest(br)
 	if err != nil {
-		return nil, &RequestError{reasonMalformed}
+		return nil, false, &RequestError{reasonMalformed}
 	}
-	return req, nil
+	return req, r == nameUnderscore, nil
 }
 
 // blockError is readRequest's error for headerBlock's err: io.EOF at a
@@ -203,6 +205,11 @@ func lineStart(b []byte) string {
 	return ""
 }
 
+// nameUnderscore is checkHeader's answer for a block it accepts in which
+// a field name has '_': not a refusal, a mark that the request needs
+// underscoreAlias (rare, so only such requests pay for it).
+const nameUnderscore = "_"
+
 // tokenChar says whether c may stand in an RFC 9110 token (a method, a
 // field name): visible ASCII but the delimiters.
 func tokenChar(c byte) bool { return tokenChars[c] }
@@ -216,12 +223,31 @@ var tokenChars = func() (t [256]bool) {
 	return t
 }()
 
+// fastNameChars is tokenChars without '_': checkHeader's fast pass stops
+// at a field name with '_' and leaves the block to checkHeaderStrict, which
+// marks it (nameUnderscore).
+var fastNameChars = func() [256]bool {
+	t := tokenChars
+	t['_'] = false
+	return t
+}()
+
+// maxHeaderFields bounds a header block's fields (Apache's
+// LimitRequestFields): net/http's parsed form of a block is about 15
+// times its size when its fields are tiny ("1:", "2:", ... fill 16 KiB
+// with 2,800), held while the request is in flight; with at most 100 it is
+// at most ~24 KiB (README, B_guard). A block with more is refused as too
+// large (431). THREATS P5, tested by TestGuardParsedHeadBounded.
+const maxHeaderFields = 100
+
 // checkHeader refuses the header block shapes that request smuggling
 // needs, before net/http parses it (net/http would repair some of them):
 // bare LF, obsolete line folding, a field without a name or with space
 // before its colon, more than one Content-Length, a Content-Length that
 // is not digits, Transfer-Encoding other than one "chunked", and
-// Content-Length with Transfer-Encoding. THREATS P2 (the upstream sees
+// Content-Length with Transfer-Encoding; and more than maxHeaderFields
+// fields. A block it accepts in which a field name has '_' gets
+// nameUnderscore rather than "". THREATS P2 (the upstream sees
 // only what the guard checked), tested by TestGuardSmuggling.
 //
 // It is checkHeaderStrict's answer, found faster for a block it accepts
@@ -242,12 +268,12 @@ func checkHeader(block []byte) string {
 		l, rest, more = bytes.Cut(rest, []byte("\r\n"))
 		lines++
 		i := 0
-		for i < len(l) && tokenChars[l[i]] {
+		for i < len(l) && fastNameChars[l[i]] {
 			i++
 		}
 		// A field starting with space or tab, or without a name, stops
 		// at i == 0; a name with another byte than a token's before its
-		// colon stops at that byte.
+		// colon, or with '_', stops at that byte.
 		if i == 0 || i == len(l) || l[i] != ':' {
 			return checkHeaderStrict(block)
 		}
@@ -277,7 +303,7 @@ func checkHeader(block []byte) string {
 	// Each line (and the block's end) ends in CRLF: as many CRs and LFs
 	// as CRLFs means none stands alone anywhere (bare LF, bare CR).
 	if pairs := lines + 1; bytes.Count(block, []byte("\r")) != pairs || bytes.Count(block, []byte("\n")) != pairs ||
-		cl+te > 1 {
+		cl+te > 1 || lines > maxHeaderFields+1 {
 		return checkHeaderStrict(block)
 	}
 	return ""
@@ -297,12 +323,15 @@ func checkHeaderStrict(block []byte) string {
 		}
 		return reasonMalformed
 	}
-	cl, te := 0, 0
+	cl, te, fields, underscore := 0, 0, 0, false
 	for more {
 		var l []byte
 		l, rest, more = bytes.Cut(rest, []byte("\r\n"))
 		if bytes.IndexByte(l, '\n') >= 0 || bytes.IndexByte(l, '\r') >= 0 {
 			return reasonBareLF
+		}
+		if fields++; fields > maxHeaderFields {
+			return reasonHeaderTooLarge
 		}
 		if len(l) == 0 {
 			return reasonMalformed
@@ -319,6 +348,7 @@ func checkHeaderStrict(block []byte) string {
 				return reasonMalformed
 			}
 		}
+		underscore = underscore || bytes.IndexByte(l[:i], '_') >= 0
 		name, value := l[:i], bytes.Trim(l[i+1:], " \t")
 		switch {
 		case bytes.EqualFold(name, []byte("Content-Length")):
@@ -347,6 +377,8 @@ func checkHeaderStrict(block []byte) string {
 		return reasonDupCL
 	case te > 1:
 		return reasonBadTE
+	case underscore:
+		return nameUnderscore
 	}
 	return ""
 }
@@ -354,9 +386,9 @@ func checkHeaderStrict(block []byte) string {
 // canonicalPath refuses a path that an upstream could read as another
 // one than the router matched: dot segments (also before a ';', which
 // Tomcat, Jetty and Spring drop with what follows before resolving them:
-// "..;" is ".."), empty segments, encoded slashes or backslashes,
-// backslashes, control bytes. THREATS P2, tested by TestGuardSmuggling
-// and TestGuardDotSemicolon.
+// "..;" is ".."), empty segments, encoded slashes or backslashes, encoded
+// unreserved characters, backslashes, control bytes. THREATS P2, tested by
+// TestGuardSmuggling, TestGuardDotSemicolon and TestGuardEscapedUnreserved.
 func canonicalPath(u *url.URL) bool {
 	p := u.EscapedPath()
 	if !strings.HasPrefix(p, "/") || strings.Contains(p, "//") || strings.ContainsAny(p, "\\") {
@@ -367,6 +399,14 @@ func canonicalPath(u *url.URL) bool {
 		if len(p) >= 2 {
 			switch strings.ToLower(p[:2]) {
 			case "2f", "5c", "00":
+				return false
+			}
+			// An unreserved byte escaped: Go, Spring and ASP.NET
+			// decode it before routing, Express routes on the raw
+			// path, so /items/%65xport is one operation to some and
+			// another to others. RFC 3986 says never to escape them.
+			// THREATS P2, tested by TestGuardEscapedUnreserved.
+			if c, ok := unhex(p[0], p[1]); ok && unreserved(c) {
 				return false
 			}
 		}
@@ -387,4 +427,28 @@ func canonicalPath(u *url.URL) bool {
 		}
 		rest = after
 	}
+}
+
+// unhex decodes two hex digits.
+func unhex(a, b byte) (byte, bool) {
+	x, ok1 := hexVal(a)
+	y, ok2 := hexVal(b)
+	return x<<4 | y, ok1 && ok2
+}
+
+func hexVal(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+// unreserved says whether c is an RFC 3986 unreserved character.
+func unreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
 }

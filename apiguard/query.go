@@ -4,6 +4,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/getkin/kin-openapi/openapi3"
@@ -100,12 +101,21 @@ func methodOverride(req *http.Request) bool {
 		}
 	}
 	raw := req.URL.RawQuery
-	if raw == "" || !strings.Contains(raw, overrideKey) && strings.IndexByte(raw, '%') < 0 {
+	if raw == "" || !strings.Contains(raw, "method") && !strings.Contains(raw, "METHOD") && strings.IndexByte(raw, '%') < 0 {
 		return false
 	}
 	q, _ := url.ParseQuery(raw) // the pairs it keeps; an upstream decodes those alike
-	_, ok := q[overrideKey]
-	return ok
+	if _, ok := q[overrideKey]; ok {
+		return true
+	}
+	// PHP's spellings of _method (.method, " _method", [method): THREATS
+	// P2, tested by TestGuardMethodOverrideSpellings.
+	for k := range q {
+		if queryAlias(k, queryParam{name: overrideKey}) {
+			return true
+		}
+	}
+	return false
 }
 
 // checkQuery refuses a query that kin-openapi would validate otherwise
@@ -124,7 +134,173 @@ func checkQuery(op *Operation, raw string) (reason, detail string) {
 			return reasonDupParam, "query parameter " + name + " takes one value"
 		}
 	}
+	// A key upstream reads as a declared parameter that kin-openapi does
+	// not: THREATS P2, tested by TestGuardQueryKeyAliases.
+	for k := range q {
+		for _, p := range op.queryParams {
+			if k != p.name && queryAlias(k, p) {
+				return reasonDupParam, "a query key is another spelling of parameter " + p.name
+			}
+		}
+	}
 	return "", ""
+}
+
+// queryAlias says whether key, which is not p's name, is read as p by
+// some upstream framework: ASP.NET Core compares keys without case; PHP
+// drops a key's leading spaces and turns '.', ' ' and an unclosed '[' into
+// '_'; PHP, Rails and Express's qs read p[] and p[n] as p (unless p's
+// style is deepObject, whose keys are p[property]).
+func queryAlias(key string, p queryParam) bool {
+	key = strings.TrimLeft(key, " ")
+	if i := strings.IndexByte(key, '['); i >= 0 && strings.IndexByte(key[i:], ']') > 0 {
+		if p.deep {
+			return false
+		}
+		key = key[:i]
+	}
+	if len(key) != len(p.name) {
+		return false
+	}
+	for i := 0; i < len(key); i++ {
+		a, b := key[i], p.name[i]
+		switch a {
+		case '.', ' ', '[':
+			a = '_'
+		}
+		if a != b && lower(a) != lower(b) {
+			return false
+		}
+	}
+	return true
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// queryParam is a declared query parameter as checkQuery's alias rule
+// needs it: its name, and whether its style (deepObject) spreads it over
+// name[...] keys.
+type queryParam struct {
+	name string
+	deep bool
+}
+
+// repeatRules returns op's (under item) header parameters, by canonical
+// field name, and cookie parameters: checkRepeats refuses either given
+// more than once; and its query parameters, for checkQuery's aliases.
+func repeatRules(item *openapi3.PathItem, op *openapi3.Operation) (fields, cookies []string, query []queryParam) {
+	for _, list := range []openapi3.Parameters{op.Parameters, item.Parameters} {
+		for _, ref := range list {
+			p := ref.Value
+			switch {
+			case p == nil:
+			case p.In == openapi3.ParameterInQuery:
+				query = append(query, queryParam{p.Name, p.Style == openapi3.SerializationDeepObject})
+			case p.In == openapi3.ParameterInHeader && !slices.Contains(fields, http.CanonicalHeaderKey(p.Name)):
+				fields = append(fields, http.CanonicalHeaderKey(p.Name))
+			case p.In == openapi3.ParameterInCookie && !slices.Contains(cookies, p.Name):
+				cookies = append(cookies, p.Name)
+			}
+		}
+	}
+	return fields, cookies, query
+}
+
+// checkRepeats refuses a header parameter given in more than one field or
+// a cookie parameter given more than once (in one Cookie field or
+// several): kin-openapi validates the first, an upstream may read the
+// last or all of them joined (Node and the CGI gateways join fields,
+// Django takes the last cookie). Cookies are split here, not by net/http,
+// which drops pairs it cannot read that another parser keeps. THREATS P2,
+// tested by TestGuardRepeatedHeaderParameter.
+func checkRepeats(op *Operation, req *http.Request) (reason, detail string) {
+	for _, f := range op.headerParams {
+		if len(req.Header[f]) > 1 {
+			return reasonDupParam, "header parameter " + f + " takes one field"
+		}
+	}
+	for _, name := range op.cookieParams {
+		n := 0
+		for _, line := range req.Header["Cookie"] {
+			for part := range strings.SplitSeq(line, ";") {
+				k, _, _ := strings.Cut(part, "=")
+				if strings.TrimSpace(k) == name {
+					n++
+				}
+			}
+		}
+		if n > 1 {
+			return reasonDupParam, "cookie parameter " + name + " takes one value"
+		}
+	}
+	return "", ""
+}
+
+// formType says whether ct (a Content-Type, or a media type range of a
+// spec) is a form: application/x-www-form-urlencoded or
+// multipart/form-data (or a range that covers one, such as */*). Two
+// case-insensitive prefix tests, no allocation.
+func formType(ct string) bool {
+	const urlencoded, multipart = "application/x-www-form-urlencoded", "multipart/form-data"
+	ct = strings.TrimLeft(ct, " \t")
+	return len(ct) >= len(urlencoded) && strings.EqualFold(ct[:len(urlencoded)], urlencoded) ||
+		len(ct) >= len(multipart) && strings.EqualFold(ct[:len(multipart)], multipart) ||
+		strings.HasPrefix(ct, "*/*") || len(ct) >= len("multipart/*") && strings.EqualFold(ct[:len("multipart/*")], "multipart/*") ||
+		len(ct) >= len("application/*") && strings.EqualFold(ct[:len("application/*")], "application/*")
+}
+
+// formOverride says whether req carries a form body that the operation's
+// contract does not declare: Rails (Rack's MethodOverride) and Laravel
+// (Symfony's _method) read a POST form body's _method and run that
+// method instead of the one the guard allowed. THREATS P2, tested by
+// TestGuardFormBodyOverride. Requests with a body pay two prefix tests.
+func formOverride(op *Operation, req *http.Request) bool {
+	if op.formOK || !hasBody(req) {
+		return false
+	}
+	ct := req.Header["Content-Type"]
+	return len(ct) > 0 && formType(ct[0])
+}
+
+// undeclaredMedia says whether req's body has another media type than
+// those its operation's requestBody declares; kin-openapi checks that only
+// for a body it validates against a schema (invalid_body), so this is the
+// same check for the bodies that stream. THREATS P2, tested by
+// TestGuardFormBodyOverride.
+func undeclaredMedia(op *Operation, req *http.Request) bool {
+	if op.noBody || op.BodySchema || !hasBody(req) || op.op.RequestBody.Value == nil {
+		return false
+	}
+	return op.op.RequestBody.Value.Content.Get(req.Header.Get("Content-Type")) == nil
+}
+
+// underscoreAlias is the refusal for a field of h whose name has '_' where
+// a field the guard checks has '-' (X_HTTP_Method_Override,
+// X_Original_URL, and with validation op's header parameters): CGI,
+// FastCGI and WSGI gateways map '-' and '_' alike (HTTP_X_..., RFC 9110,
+// 17.10), so the application reads a field the guard never looked at.
+// Other names with '_' (api_key) pass. "" when there is none.
+func underscoreAlias(op *Operation, h http.Header, validate bool) string {
+	for k := range h {
+		if strings.IndexByte(k, '_') < 0 {
+			continue
+		}
+		n := http.CanonicalHeaderKey(strings.ReplaceAll(k, "_", "-"))
+		switch {
+		case !op.overrideOK && slices.Contains(overrideFields[:], n):
+			return reasonMethodOverride
+		case n == "X-Original-Url" || n == "X-Rewrite-Url":
+			return reasonTarget
+		case validate && slices.Contains(op.headerParams, n):
+			return reasonDupParam
+		}
+	}
+	return ""
 }
 
 // hasBody says whether req carries a body: a length above zero or a

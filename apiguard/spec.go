@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -55,8 +56,21 @@ type Operation struct {
 	query       bool
 	singleQuery []string
 	overrideOK  bool
+	// headerParams are its header parameters (canonical field names),
+	// cookieParams its cookie parameters: each may be given once.
+	headerParams, cookieParams []string
+	// queryParams are its query parameters, for checkQuery's aliases.
+	queryParams []queryParam
+	// formOK says its requestBody declares a form media type
+	// (urlencoded or multipart/form-data): a form body elsewhere is a
+	// method override's carrier (formOverride).
+	formOK bool
 	// noBody says the operation declares no requestBody.
 	noBody bool
+	// looseRisk says a loose upstream could read one of its paths as
+	// another operation's (markLooseRisk): only then does decide ask
+	// loose.other.
+	looseRisk bool
 
 	op *openapi3.Operation
 }
@@ -83,6 +97,9 @@ type Spec struct {
 	static   atomic.Pointer[map[string]map[string]*routers.Route]
 	staticMu sync.Mutex // serialises additions to static
 
+	// loose is the routes as a loose upstream reads them (pathfold.go).
+	loose *loose
+
 	// checks31 holds a 3.1 document's body schemas' checks (schema31),
 	// by *openapi3.Schema, each built on first use.
 	checks31 sync.Map
@@ -102,11 +119,50 @@ func (s *Spec) findRoute(req *http.Request) (*routers.Route, map[string]string, 
 			}
 		}
 	}
-	route, params, err := s.router.FindRoute(req)
+	route, params, err := s.router.FindRoute(routable(s, req))
+	// A parameter holds a '%' only when the target does.
+	if err == nil && len(s.doc.Servers) > 0 && len(params) > 0 && strings.IndexByte(req.RequestURI, '%') >= 0 {
+		decodeParams(params)
+	}
 	if err == nil && cacheable && len(params) == 0 && !strings.Contains(route.Path, "{") {
 		s.remember(req.Method, req.URL.Path, route)
 	}
 	return route, params, err
+}
+
+// routable is req as the router must see it. With servers, kin-openapi's
+// router matches the escaped path (URL.String), without them the decoded
+// one; an upstream that decodes the path routes on the decoded one. So a
+// path escaped where it need not be (/items/export%3Aall, RawPath set) is
+// given to the router in its canonical escaping (Path escaped by net/url,
+// which leaves ':' as it is), and a server's router matches it as such an
+// upstream reads it: /items/export:all, not /items/{id}. (Escaped
+// unreserved characters, %65 for e, canonicalPath refuses.) THREATS P2,
+// tested by TestGuardEscapedPathRoutes. Only such requests pay for the
+// copy.
+func routable(s *Spec, req *http.Request) *http.Request {
+	if req.URL.RawPath == "" || len(s.doc.Servers) == 0 {
+		return req
+	}
+	r := *req
+	u := *req.URL
+	u.RawPath = ""
+	r.URL = &u
+	return &r
+}
+
+// decodeParams decodes a server router's path parameters, which it takes
+// from the escaped path: kin-openapi validates them as they are, and
+// upstream reads them decoded (as the router without servers gives them).
+func decodeParams(params map[string]string) {
+	for k, v := range params {
+		if strings.IndexByte(v, '%') < 0 {
+			continue
+		}
+		if d, err := url.PathUnescape(v); err == nil {
+			params[k] = d
+		}
+	}
 }
 
 func (s *Spec) remember(method, path string, r *routers.Route) {
@@ -213,7 +269,9 @@ func ParseSpec(file string, data []byte) (s *Spec, err error) {
 				Deprecated: op.Deprecated, BodySchema: hasBodySchema(op), op: op,
 				params: len(op.Parameters) > 0 || len(item.Parameters) > 0}
 			o.singleQuery, o.query, o.overrideOK = queryRules(item, op)
+			o.headerParams, o.cookieParams, o.queryParams = repeatRules(item, op)
 			o.noBody = op.RequestBody == nil
+			o.formOK = declaresForm(op)
 			if o.Key == "" {
 				o.Key = o.Method + " " + path
 			}
@@ -230,6 +288,15 @@ func ParseSpec(file string, data []byte) (s *Spec, err error) {
 		return nil, &SpecError{file, errors.New("no operations: a guard with no operation would refuse everything")}
 	}
 	sort.Slice(s.Operations, func(i, j int) bool { return s.Operations[i].Key < s.Operations[j].Key })
+	bases := []string{""}
+	if len(rdoc.Servers) > 0 {
+		bases = bases[:0]
+		for _, sv := range rdoc.Servers {
+			bases = append(bases, sv.URL)
+		}
+	}
+	s.loose = newLoose(s.Operations, bases)
+	markLooseRisk(s.Operations)
 	return s, nil
 }
 
@@ -258,6 +325,19 @@ func hasBodySchema(op *openapi3.Operation) bool {
 	}
 	for _, mt := range op.RequestBody.Value.Content {
 		if mt != nil && mt.Schema != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// declaresForm says op's requestBody declares a form media type.
+func declaresForm(op *openapi3.Operation) bool {
+	if op.RequestBody == nil || op.RequestBody.Value == nil {
+		return false
+	}
+	for name := range op.RequestBody.Value.Content {
+		if formType(name) {
 			return true
 		}
 	}
