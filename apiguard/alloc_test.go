@@ -80,6 +80,19 @@ func TestGuardRequestAllocs(t *testing.T) {
 	if n > bound {
 		t.Errorf("one rr-api request allocated %v times in the guard, want at most %d", n, bound)
 	}
+	// A pinned Host (api.host) is written as configured: no allocation
+	// more than the partner's (TestGuardPinnedHost).
+	p := benchPolicy(t)
+	p.Host = "payments.bank-b.internal:8443"
+	r.c.g.SetPolicy(p)
+	pinned := testing.AllocsPerRun(200, func() {
+		if !r.one() {
+			t.Fatal("the request ended the stream")
+		}
+	})
+	if pinned > n {
+		t.Errorf("with api.host, one rr-api request allocated %v times, without %v", pinned, n)
+	}
 }
 
 // BenchmarkGuardRequest is the guard's own CPU for one rr-api request,

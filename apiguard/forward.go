@@ -105,14 +105,19 @@ func dropHopByHop(h http.Header, closing bool) {
 // streamed through a pooled buffer, one write upstream per read of the
 // client's body (chunked bodies are re-chunked, one chunk per read). The
 // head follows net/http's Request.Write: "Content-Length: 0" for a bodiless
-// POST, PUT or PATCH, declared trailers after a chunked body.
-func writeRequest(uw *bufio.Writer, req *http.Request) error {
-	host := req.Host
-	if host == "" && req.URL != nil {
-		host = req.URL.Host
-	}
-	if !httpguts.ValidHostHeader(host) {
-		return errHost
+// POST, PUT or PATCH, declared trailers after a chunked body. A non-empty
+// pin (Policy.Host) is the Host written, in place of the partner's, which
+// is then not looked at (THREATS P2, tested by TestGuardPinnedHost).
+func writeRequest(uw *bufio.Writer, req *http.Request, pin string) error {
+	host := pin
+	if host == "" {
+		host = req.Host
+		if host == "" && req.URL != nil {
+			host = req.URL.Host
+		}
+		if !httpguts.ValidHostHeader(host) {
+			return errHost
+		}
 	}
 	// Only origin-form targets are forwarded (decide refuses the others
 	// first); a URL that would not write as a path is not sent at all.
@@ -415,4 +420,4 @@ func reasonPhrase(status string, code int) (string, bool) {
 // head from the parsed request, the guard's framing, the body streamed)
 // and flushes w. It is the round trip FuzzRequestStream checks: what it
 // writes parses again to the same method, path, query and body.
-func WriteRequest(w *bufio.Writer, req *http.Request) error { return writeRequest(w, req) }
+func WriteRequest(w *bufio.Writer, req *http.Request) error { return writeRequest(w, req, "") }

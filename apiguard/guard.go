@@ -287,7 +287,7 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	c.putWriter()
 	uw := upWriters.Get().(*bufio.Writer)
 	uw.Reset(c.up)
-	err = writeRequest(uw, req)
+	err = writeRequest(uw, req, p.Host)
 	uw.Reset(nil)
 	upWriters.Put(uw)
 	// A chunked body's trailer section, up to MaxHeaderBytes of fields,

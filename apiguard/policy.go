@@ -27,6 +27,13 @@ type Policy struct {
 	// MaxBody is the largest request body the guard accepts for an
 	// operation whose body it validates; zero means DefaultMaxBody.
 	MaxBody int64
+	// Host is the Host every forwarded request carries (api.host), in
+	// place of the partner's, whatever it sent (none included): behind an
+	// upstream that routes on Host, the partner's "Host: admin.internal"
+	// would reach another application's handlers (THREATS P2, tested by
+	// TestGuardPinnedHost). Empty means the partner's Host is forwarded.
+	// The configuration validated it (a host, optionally ":port").
+	Host string
 }
 
 // Rate is a token bucket: PerSecond refill, Burst size (zero means
