@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -82,6 +83,45 @@ func TestAPIConfig(t *testing.T) {
 
 // TestCheckMalformedSpec: `dyad check` fails on a malformed spec, naming
 // the spec file and kin-openapi's own error.
+// TestAPIHostConfig: api.host is the Host the guard pins on every request
+// it forwards (apiguard.TestGuardPinnedHost): a host, optionally ":port",
+// carried in the policy; anything else (a scheme, a path, userinfo,
+// spaces) is refused at load with the line, api.host and the service;
+// `dyad check` shows it beside the spec.
+func TestAPIHostConfig(t *testing.T) {
+	for _, h := range []string{"payments.bank-b.internal", "payments.bank-b.internal:8443", "10.1.2.3:80", "[fd00::1]:443", "[fd00::1]", "payments_1.local"} {
+		c, err := LoadConfig(apiConfig(t, "    api: {spec: payments-openapi.yaml, host: \""+h+"\"}\n"))
+		if err != nil {
+			t.Errorf("host %q: %v", h, err)
+			continue
+		}
+		if p := c.APIs["ledger"]; p == nil || p.Host != h {
+			t.Errorf("host %q: policy %+v", h, p)
+		}
+	}
+	c, err := LoadConfig(apiConfig(t, "    api: {spec: payments-openapi.yaml}\n"))
+	if err != nil || c.APIs["ledger"].Host != "" {
+		t.Fatalf("without host: %v", err)
+	}
+	for _, h := range []string{"http://x", "x/y", "a b", "u@x", "x:", "x:0", "x:99999", "x:8a", "fd00::1", "x?y", "x#y", ":80", "[x]:80", "a\\tb"} {
+		_, err := LoadConfig(apiConfig(t, "    api: {spec: payments-openapi.yaml, host: \""+h+"\"}\n"))
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Field != "services[0].api.host" || ce.Line == 0 || !strings.Contains(err.Error(), "ledger") || !strings.Contains(err.Error(), "api.host") {
+			t.Errorf("host %q: %v", h, err)
+		}
+	}
+
+	path := apiConfig(t, "    api: {spec: payments-openapi.yaml, host: payments.bank-b.internal:8443}\n")
+	var out strings.Builder
+	if err := Keygen(filepath.Join(filepath.Dir(path), "keys"), &out); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := Check(path, &out); err != nil || !strings.Contains(out.String(), "Host payments.bank-b.internal:8443") {
+		t.Errorf("check: %v\n%s", err, out.String())
+	}
+}
+
 func TestCheckMalformedSpec(t *testing.T) {
 	path := apiConfig(t, "    api: {spec: payments-openapi.yaml}\n")
 	dir := filepath.Dir(path)

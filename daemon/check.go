@@ -64,8 +64,13 @@ func Check(path string, out io.Writer) error {
 	}
 	for _, name := range sortedKeys(cfg.APIs) {
 		p := cfg.APIs[name]
-		fmt.Fprintf(out, "%s: service %s: API guard: %s (OpenAPI %s, %d operations, sha256 %s)\n", path, name,
-			p.Spec.File, p.Spec.Version, len(p.Spec.Operations), p.Spec.SHA256)
+		host := ""
+		if p.Host != "" {
+			// api.host: the Host upstream sees on every request.
+			host = ", Host " + p.Host
+		}
+		fmt.Fprintf(out, "%s: service %s: API guard: %s (OpenAPI %s, %d operations, sha256 %s%s)\n", path, name,
+			p.Spec.File, p.Spec.Version, len(p.Spec.Operations), p.Spec.SHA256, host)
 	}
 	for _, f := range cfg.File.Forwards {
 		if p := cfg.ForwardAPIs[f.key()]; p != nil {

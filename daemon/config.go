@@ -381,6 +381,12 @@ type APIFile struct {
 	// MaxBody bounds a request body the guard buffers to validate against
 	// its schema (default 1MiB; "unlimited" is refused).
 	MaxBody Bytes `yaml:"max_body,omitempty"`
+	// Host is the Host header every request the guard forwards carries, in
+	// place of the partner's (a host, optionally ":port"): for an upstream
+	// that routes on Host (an ingress, nginx server blocks, a shared
+	// gateway), where the partner's Host would choose another
+	// application. Empty means the partner's Host is forwarded as sent.
+	Host string `yaml:"host,omitempty"`
 }
 
 // APILimitsFile is one operation's per-peer rate limit, named like the
@@ -981,7 +987,10 @@ func (v *validator) api(a APIFile, service string, allowed map[string]bool, path
 		v.fail(err, at("spec")...)
 		return nil
 	}
-	p := &apiguard.Policy{Service: service, Spec: spec, MaxBody: int64(a.MaxBody)}
+	p := &apiguard.Policy{Service: service, Spec: spec, MaxBody: int64(a.MaxBody), Host: a.Host}
+	if err := checkHost(a.Host); err != nil {
+		v.fail(fmt.Errorf("service %s: %q: %w", service, a.Host, err), at("host")...)
+	}
 	if a.MaxBody < 0 {
 		v.fail(errors.New("unlimited is not allowed: a validated body is buffered, so it needs a bound"), at("max_body")...)
 	}
@@ -1048,6 +1057,58 @@ func (v *validator) api(a APIFile, service string, allowed map[string]bool, path
 		}
 	}
 	return p
+}
+
+// checkHost says why h is not a Host header value for api.host: a DNS
+// name, an IPv4 address or a bracketed IPv6 address, optionally ":port".
+// A URL's other parts (scheme, userinfo, path, query) are refused, not
+// cut off: the operator meant something else. Empty is fine (unset).
+func checkHost(h string) error {
+	if h == "" {
+		return nil
+	}
+	if strings.Contains(h, "://") {
+		return errors.New("a host, not a URL: leave the scheme out")
+	}
+	if i := strings.IndexAny(h, "/?#@ \t\r\n"); i >= 0 {
+		what := map[byte]string{'/': "a path", '?': "a query", '#': "a fragment", '@': "userinfo"}[h[i]]
+		if what == "" {
+			what = "a space"
+		}
+		return fmt.Errorf("a host, optionally :port, without %s", what)
+	}
+	name, port := h, ""
+	if strings.HasPrefix(h, "[") || strings.Count(h, ":") == 1 {
+		if end := strings.LastIndexByte(h, ']'); strings.LastIndexByte(h, ':') > end {
+			var err error
+			if name, port, err = net.SplitHostPort(h); err != nil {
+				return errors.New("a host, optionally :port")
+			}
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
+				return fmt.Errorf("port %q is not a number from 1 to 65535", port)
+			}
+		} else if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+			name = h[1 : len(h)-1]
+		}
+		if strings.HasPrefix(h, "[") {
+			if ip, err := netip.ParseAddr(name); err != nil || !ip.Is6() {
+				return errors.New("brackets hold an IPv6 address")
+			}
+			return nil
+		}
+	} else if strings.Contains(h, ":") {
+		return errors.New("an IPv6 address goes in brackets: [fd00::1]:443")
+	}
+	if name == "" {
+		return errors.New("a host is required before :port")
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return fmt.Errorf("%q is not a host name's letter, digit, '-', '.' or '_'", c)
+		}
+	}
+	return nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {
