@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -68,6 +69,29 @@ func framingField(k string) bool {
 	return false
 }
 
+// forwardingField says whether k (a canonical field name) is one a proxy
+// writes to name the original client, host or scheme: Forwarded,
+// X-Forwarded-*, X-Real-Ip, True-Client-Ip, X-Client-Ip, X-Cluster-Client-Ip,
+// also spelled with '_', which CGI and WSGI gateways read as '-'. The guard
+// does not forward a partner's: an upstream that trusts its proxy's
+// X-Forwarded-For (an allow list of internal addresses, a limit per
+// client) would take the partner for an internal client. THREATS P2,
+// tested by TestGuardForwardingFields. A name without '_' costs a switch
+// and a prefix test; one with '_' (rare) is canonicalised first.
+func forwardingField(k string) bool {
+	switch k {
+	case "Forwarded", "X-Real-Ip", "True-Client-Ip", "X-Client-Ip", "X-Cluster-Client-Ip":
+		return true
+	}
+	if strings.HasPrefix(k, "X-Forwarded-") {
+		return true
+	}
+	if strings.IndexByte(k, '_') < 0 {
+		return false
+	}
+	return forwardingField(http.CanonicalHeaderKey(strings.ReplaceAll(k, "_", "-")))
+}
+
 // dropHopByHop removes the fields h's Connection field names, and that
 // field itself ("close" stays, as the request's own end): they are
 // hop-by-hop (RFC 9110, 7.6.1), and a proxy upstream of the guard drops
@@ -107,8 +131,10 @@ func dropHopByHop(h http.Header, closing bool) {
 // head follows net/http's Request.Write: "Content-Length: 0" for a bodiless
 // POST, PUT or PATCH, declared trailers after a chunked body. A non-empty
 // pin (Policy.Host) is the Host written, in place of the partner's, which
-// is then not looked at (THREATS P2, tested by TestGuardPinnedHost).
-func writeRequest(uw *bufio.Writer, req *http.Request, pin string) error {
+// is then not looked at (THREATS P2, tested by TestGuardPinnedHost). The
+// partner's forwarding fields are left out but those of keep, the
+// operation's header parameters (forwardingField).
+func writeRequest(uw *bufio.Writer, req *http.Request, pin string, keep []string) error {
 	host := pin
 	if host == "" {
 		host = req.Host
@@ -131,7 +157,14 @@ func writeRequest(uw *bufio.Writer, req *http.Request, pin string) error {
 	uw.WriteString(" HTTP/1.1\r\nHost: ")
 	uw.WriteString(host)
 	uw.WriteString("\r\n")
-	writeFields(uw, req.Header)
+	for k, vs := range req.Header {
+		if framingField(k) || forwardingField(k) && !slices.Contains(keep, k) {
+			continue
+		}
+		for _, v := range vs {
+			writeField(uw, k, v)
+		}
+	}
 	body := req.Body
 	if body == http.NoBody {
 		body = nil
@@ -420,4 +453,4 @@ func reasonPhrase(status string, code int) (string, bool) {
 // head from the parsed request, the guard's framing, the body streamed)
 // and flushes w. It is the round trip FuzzRequestStream checks: what it
 // writes parses again to the same method, path, query and body.
-func WriteRequest(w *bufio.Writer, req *http.Request) error { return writeRequest(w, req, "") }
+func WriteRequest(w *bufio.Writer, req *http.Request) error { return writeRequest(w, req, "", nil) }

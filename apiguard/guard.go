@@ -287,7 +287,11 @@ func (c *conn) one(br, ubr *bufio.Reader, first bool) bool {
 	c.putWriter()
 	uw := upWriters.Get().(*bufio.Writer)
 	uw.Reset(c.up)
-	err = writeRequest(uw, req, p.Host)
+	var keep []string // the operation's header parameters: the contract's, validated
+	if d.op != nil {
+		keep = d.op.headerParams
+	}
+	err = writeRequest(uw, req, p.Host, keep)
 	uw.Reset(nil)
 	upWriters.Put(uw)
 	// A chunked body's trailer section, up to MaxHeaderBytes of fields,
