@@ -82,6 +82,34 @@ paths:
 	return s
 }
 
+// findingLog collects a checker's findings: report is its report func,
+// found returns a copy of what was reported so far (under the lock, as
+// the checker reports from its own goroutine).
+func findingLog() (report func(ResponseFinding), found func() []ResponseFinding) {
+	var mu sync.Mutex // guards log
+	var log []ResponseFinding
+	report = func(f ResponseFinding) { mu.Lock(); log = append(log, f); mu.Unlock() }
+	found = func() []ResponseFinding {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]ResponseFinding(nil), log...)
+	}
+	return report, found
+}
+
+// hostileConn is checkedPair on the partner up with hostileSpec's policy
+// (peer bank-b, service payments, block as given, max_body maxBody: zero
+// is the default) and a 5 s deadline on the client's end. It returns that
+// end, the checker's stats and its findings so far.
+func hostileConn(t *testing.T, up string, block bool, maxBody int64) (net.Conn, *ResponseStats, func() []ResponseFinding) {
+	t.Helper()
+	report, found := findingLog()
+	stats := &ResponseStats{}
+	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: block, MaxBody: maxBody}, stats, report)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	return c, stats, found
+}
+
 // TestResponseHeadBounded: a partner whose response head never ends (one
 // endless header line) makes the checker hold at most its bound of it
 // (THREATS P5; README: a 32 KiB response buffer per connection), then
@@ -97,19 +125,13 @@ func TestResponseHeadBounded(t *testing.T) {
 			}
 		}
 	}, 10*time.Second)
-	var mu sync.Mutex
-	var found []ResponseFinding
-	stats := &ResponseStats{}
-	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats,
-		func(f ResponseFinding) { mu.Lock(); found = append(found, f); mu.Unlock() })
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c, _, findings := hostileConn(t, up, true, 0)
 	io.WriteString(c, "GET /item HTTP/1.1\r\nHost: partner\r\n\r\n")
 	out, err := io.ReadAll(c)
 	if !strings.HasPrefix(string(out), "HTTP/1.1 502") || strings.Contains(string(out), "SECRET") {
 		t.Fatalf("client got %q, %v: want a 502 once the head is over the bound", out, err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	found := findings()
 	if len(found) != 1 || found[0].Reason != ReasonMalformedResponse || found[0].Operation != "getItem" {
 		t.Errorf("findings %+v", found)
 	}
@@ -127,19 +149,13 @@ func TestResponseUnaskedSwitch(t *testing.T) {
 		io.WriteString(w, "HTTP/1.1 101 Switching Protocols\r\n\r\n"+
 			"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 28\r\n\r\n{\"id\":1,\"iban\":\"SECRETVALU\"}")
 	}, 10*time.Second)
-	var mu sync.Mutex
-	var found []ResponseFinding
-	stats := &ResponseStats{}
-	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats,
-		func(f ResponseFinding) { mu.Lock(); found = append(found, f); mu.Unlock() })
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c, stats, findings := hostileConn(t, up, true, 0)
 	io.WriteString(c, "GET /any HTTP/1.1\r\nHost: partner\r\n\r\nGET /item HTTP/1.1\r\nHost: partner\r\n\r\n")
 	out, _ := io.ReadAll(c)
 	if strings.Contains(string(out), "SECRET") || !strings.HasPrefix(string(out), "HTTP/1.1 502") {
 		t.Fatalf("client got %q: want a 502 and nothing of the partner's bytes after the 101", out)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	found := findings()
 	if len(found) != 1 || found[0].Reason != ReasonMalformedResponse || found[0].Operation != "getAny" {
 		t.Errorf("findings %+v", found)
 	}
@@ -158,12 +174,7 @@ func TestResponseAfterClose(t *testing.T) {
 		io.WriteString(w, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"id\":1}"+
 			"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 28\r\n\r\n{\"id\":2,\"iban\":\"SECRETVALU\"}")
 	}, 10*time.Second)
-	var mu sync.Mutex
-	var found []ResponseFinding
-	stats := &ResponseStats{}
-	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats,
-		func(f ResponseFinding) { mu.Lock(); found = append(found, f); mu.Unlock() })
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c, _, findings := hostileConn(t, up, true, 0)
 	io.WriteString(c, "GET /item HTTP/1.1\r\nHost: partner\r\n\r\nGET /item HTTP/1.1\r\nHost: partner\r\n\r\n")
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
@@ -182,8 +193,7 @@ func TestResponseAfterClose(t *testing.T) {
 	if resp.StatusCode != http.StatusBadGateway || strings.Contains(string(rest), "SECRET") {
 		t.Fatalf("after the close response the client got %d %q", resp.StatusCode, rest)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	found := findings()
 	if len(found) != 1 || found[0].Reason != ReasonUndeclaredProperty || !found[0].Blocked {
 		t.Errorf("findings %+v, want the second response's undeclared_property", found)
 	}
@@ -195,9 +205,7 @@ func TestResponseAskedSwitch(t *testing.T) {
 	up := rawPartner(t, 1, func(w io.Writer) {
 		io.WriteString(w, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi")
 	}, 10*time.Second)
-	stats := &ResponseStats{}
-	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats, nil)
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c, _, _ := hostileConn(t, up, true, 0)
 	io.WriteString(c, "GET /any HTTP/1.1\r\nHost: partner\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
@@ -271,20 +279,17 @@ func TestResponseErrorNoPartnerBytes(t *testing.T) {
 // its way is no finding of the partner: no dyad.api.response_invalid.
 // Before, the checker's own close read as a malformed response.
 func TestResponseCloseNoFinding(t *testing.T) {
-	var mu sync.Mutex
-	var found []ResponseFinding
+	report, findings := findingLog()
 	stats := &ResponseStats{}
 	noCheckerLeak(t)
-	cc, client := checkedLocal(t, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats,
-		func(f ResponseFinding) { mu.Lock(); found = append(found, f); mu.Unlock() })
+	cc, client := checkedLocal(t, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats, report)
 	io.WriteString(client, "GET /item HTTP/1.1\r\nHost: partner\r\n\r\n")
 	if _, err := cc.Write([]byte("HTTP/1.1 200 OK\r\nContent-")); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond) // the loop waits in the head
 	cc.Close()
-	mu.Lock()
-	defer mu.Unlock()
+	found := findings()
 	if len(found) != 0 || stats.Invalid.Load() != 0 {
 		t.Errorf("findings %+v, counters %v: want none for the checker's own close", found, stats.Snapshot())
 	}
@@ -300,9 +305,7 @@ func TestResponseStatusLineNoBareCR(t *testing.T) {
 		io.WriteString(w, "HTTP/1.1 103 Early\rContent-Length: 0\r\n\r\n"+
 			"HTTP/1.1 200 OK\rContent-Length: 0\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"id\":1}")
 	}, 10*time.Second)
-	stats := &ResponseStats{}
-	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: false}, stats, nil)
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c, stats, _ := hostileConn(t, up, false, 0)
 	io.WriteString(c, "GET /item HTTP/1.1\r\nHost: partner\r\n\r\n")
 	br := bufio.NewReader(c)
 	var got []byte
@@ -348,12 +351,7 @@ func overMaxBody(t *testing.T, body string, block bool) {
 				io.WriteString(w, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
 			}
 		}, 10*time.Second)
-		var mu sync.Mutex
-		var found []ResponseFinding
-		stats := &ResponseStats{}
-		c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: block, MaxBody: 1 << 10}, stats,
-			func(f ResponseFinding) { mu.Lock(); found = append(found, f); mu.Unlock() })
-		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c, stats, _ := hostileConn(t, up, block, 1<<10)
 		io.WriteString(c, "GET /item HTTP/1.1\r\nHost: partner\r\n\r\nGET /item HTTP/1.1\r\nHost: partner\r\n\r\n")
 		br := bufio.NewReader(c)
 		for i := 0; i < 2; i++ { // the connection stays in step
@@ -391,9 +389,7 @@ func TestResponseSwitchToH2C(t *testing.T) {
 			up := rawPartner(t, 1, func(w io.Writer) {
 				io.WriteString(w, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: H2C\r\n\r\n\x00\x00\x0bSECRETVALUE")
 			}, 10*time.Second)
-			stats := &ResponseStats{}
-			c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: block}, stats, nil)
-			c.SetDeadline(time.Now().Add(5 * time.Second))
+			c, stats, _ := hostileConn(t, up, block, 0)
 			io.WriteString(c, "GET /any HTTP/1.1\r\nHost: partner\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQBAAAAAAIAAAAA\r\nUpgrade: h2c\r\n\r\n")
 			br := bufio.NewReader(c)
 			resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
@@ -424,12 +420,7 @@ func TestResponseSwitchToH2C(t *testing.T) {
 func TestResponseUndeclaredRedirect(t *testing.T) {
 	const redirect = "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://169.254.169.254/latest/meta-data/\r\nContent-Length: 0\r\n\r\n"
 	up := rawPartner(t, 2, func(w io.Writer) { io.WriteString(w, redirect+redirect) }, 10*time.Second)
-	var mu sync.Mutex
-	var found []ResponseFinding
-	stats := &ResponseStats{}
-	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats,
-		func(f ResponseFinding) { mu.Lock(); found = append(found, f); mu.Unlock() })
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c, stats, findings := hostileConn(t, up, true, 0)
 	io.WriteString(c, "GET /item HTTP/1.1\r\nHost: partner\r\n\r\nGET /any HTTP/1.1\r\nHost: partner\r\n\r\n")
 	br := bufio.NewReader(c)
 	for i, want := range []int{http.StatusBadGateway, http.StatusTemporaryRedirect} {
@@ -442,8 +433,7 @@ func TestResponseUndeclaredRedirect(t *testing.T) {
 			t.Errorf("response %d: %d (Location %q), want %d", i, resp.StatusCode, resp.Header.Get("Location"), want)
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	found := findings()
 	if len(found) != 1 || found[0].Reason != ReasonUndeclaredStatus || found[0].Status != http.StatusTemporaryRedirect || found[0].Operation != "getItem" {
 		t.Errorf("findings %+v, want getItem's undeclared 307", found)
 	}
@@ -465,9 +455,7 @@ func TestResponseInterimBlock(t *testing.T) {
 				io.WriteString(w, "HTTP/1.1 103 Early Hints\r\nX-Smuggled: SECRETVALUE\r\n\r\nHTTP/1.1 199 Odd\r\n\r\n"+
 					"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"id\":1}")
 			}, 10*time.Second)
-			stats := &ResponseStats{}
-			c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: block}, stats, nil)
-			c.SetDeadline(time.Now().Add(5 * time.Second))
+			c, stats, _ := hostileConn(t, up, block, 0)
 			io.WriteString(c, "GET /item HTTP/1.1\r\nHost: partner\r\n\r\n")
 			var got []byte
 			buf := make([]byte, 4<<10)
@@ -505,9 +493,7 @@ func TestResponseNoBodyInStep(t *testing.T) {
 			"HTTP/1.1 200 OK\r\n"+cl+smuggled+ // to HEAD
 			"HTTP/1.1 304 Not Modified\r\n"+cl+smuggled)
 	}, 10*time.Second)
-	stats := &ResponseStats{}
-	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true}, stats, nil)
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c, stats, _ := hostileConn(t, up, true, 0)
 	methods := []string{"GET", "GET", "HEAD", "GET", "GET", "GET"}
 	paths := []string{"/any", "/item", "/any", "/item", "/any", "/item"}
 	for i := range methods {
@@ -550,12 +536,7 @@ func TestResponseGzipChecked(t *testing.T) {
 			io.WriteString(w, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: "+strconv.Itoa(len(b))+"\r\n\r\n"+b)
 		}
 	}, 10*time.Second)
-	var mu sync.Mutex
-	var found []ResponseFinding
-	stats := &ResponseStats{}
-	c := checkedPair(t, up, &ResponsePolicy{Peer: "bank-b", Service: "payments", Spec: hostileSpec(t), Block: true, MaxBody: 1 << 10}, stats,
-		func(f ResponseFinding) { mu.Lock(); found = append(found, f); mu.Unlock() })
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c, stats, findings := hostileConn(t, up, true, 1<<10)
 	for range bodies {
 		io.WriteString(c, "GET /item HTTP/1.1\r\nHost: partner\r\nAccept-Encoding: gzip\r\n\r\n")
 	}
@@ -573,8 +554,7 @@ func TestResponseGzipChecked(t *testing.T) {
 			t.Errorf("response %d: the body is not passed on as it came", i)
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	found := findings()
 	if len(found) != 2 || found[0].Reason != ReasonUndeclaredProperty || found[1].Reason != ReasonUndecodableBody {
 		t.Errorf("findings %+v, want undeclared_property, then undecodable_body", found)
 	}

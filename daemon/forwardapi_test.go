@@ -18,6 +18,7 @@ import (
 	"github.com/dyad-tunnel/dyad/audit"
 	"github.com/dyad-tunnel/dyad/audit/journal"
 	"github.com/dyad-tunnel/dyad/daemon"
+	"github.com/dyad-tunnel/dyad/daemon/daemontest"
 )
 
 // brokenPartner is a partner's upstream that breaks its contract
@@ -196,24 +197,36 @@ func TestForwardResponseValidation(t *testing.T) {
 	}
 }
 
-// TestForwardResponseReload: a SIGHUP with a broken partner spec is
-// rejected and the running check stays; a good one that turns block off
-// applies to new connections.
-func TestForwardResponseReload(t *testing.T) {
+// blockingResponseSites is twoSites with brokenPartner behind site b and
+// site a's forward checking responses against partner-responses.yaml,
+// written to partner.yaml in a's directory, with block, in force: the
+// check's 502 for /v1/payments/2 seen. It returns site a, the forward's
+// local address, the spec's bytes and its path, for a test that rewrites
+// it and reloads.
+func blockingResponseSites(t *testing.T) (a *daemontest.Site, local string, spec []byte, specPath string) {
+	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(brokenPartner))
-	defer srv.Close()
-	a, _, local := twoSites(t, srv.Listener.Addr().String())
+	t.Cleanup(srv.Close)
+	a, _, local = twoSites(t, srv.Listener.Addr().String())
 	spec, err := os.ReadFile("../apiguard/testdata/partner-responses.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	specPath := filepath.Join(a.Dir, "partner.yaml")
+	specPath = filepath.Join(a.Dir, "partner.yaml")
 	os.WriteFile(specPath, spec, 0o644)
 	a.Config.Forwards[0].API = &daemon.ForwardAPIFile{Spec: "partner.yaml", Validate: []string{"response"}, Block: true}
 	reload(t, a)
 	if got := getEach(t, local, "/v1/payments/2"); got[0] != http.StatusBadGateway {
 		t.Fatalf("blocking check: %v", got)
 	}
+	return a, local, spec, specPath
+}
+
+// TestForwardResponseReload: a SIGHUP with a broken partner spec is
+// rejected and the running check stays; a good one that turns block off
+// applies to new connections.
+func TestForwardResponseReload(t *testing.T) {
+	a, local, spec, specPath := blockingResponseSites(t)
 	os.WriteFile(specPath, []byte("openapi: 3.0.3\ninfo: [broken\n"), 0o644)
 	a.Signal(syscall.SIGHUP)
 	deadline := time.Now().Add(5 * time.Second)
@@ -273,20 +286,7 @@ func TestForwardAPIConfigErrors(t *testing.T) {
 // connections (the spec is read again at every reload, not only when the
 // configuration changed).
 func TestForwardResponseSpecOnlyReload(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(brokenPartner))
-	defer srv.Close()
-	a, _, local := twoSites(t, srv.Listener.Addr().String())
-	spec, err := os.ReadFile("../apiguard/testdata/partner-responses.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	specPath := filepath.Join(a.Dir, "partner.yaml")
-	os.WriteFile(specPath, spec, 0o644)
-	a.Config.Forwards[0].API = &daemon.ForwardAPIFile{Spec: "partner.yaml", Validate: []string{"response"}, Block: true}
-	reload(t, a)
-	if got := getEach(t, local, "/v1/payments/2"); got[0] != http.StatusBadGateway {
-		t.Fatalf("blocking check: %v", got)
-	}
+	a, local, spec, specPath := blockingResponseSites(t)
 	loose := strings.Replace(string(spec), "additionalProperties: false", "additionalProperties: true", 1)
 	if loose == string(spec) {
 		t.Fatal("the test spec no longer forbids additional properties")
