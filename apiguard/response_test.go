@@ -57,28 +57,36 @@ func checkedPair(t *testing.T, upstream string, p *ResponsePolicy, stats *Respon
 	return checkedPairOnly(t, upstream, p, stats, report)
 }
 
-// checkedPairOnly is checkedPair without its leak check, for a test that
-// opens several (and calls noCheckerLeak once, before the first).
-func checkedPairOnly(t *testing.T, upstream string, p *ResponsePolicy, stats *ResponseStats, report func(ResponseFinding)) net.Conn {
+// localPair is a connected TCP pair on 127.0.0.1: the client's end and
+// the one the checker gets, as the forward's listener accepts it.
+func localPair(t *testing.T) (client net.Conn, local *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
+	client, err = net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	local, err := ln.Accept()
+	c, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return client, c.(*net.TCPConn)
+}
+
+// checkedPairOnly is checkedPair without its leak check, for a test that
+// opens several (and calls noCheckerLeak once, before the first).
+func checkedPairOnly(t *testing.T, upstream string, p *ResponsePolicy, stats *ResponseStats, report func(ResponseFinding)) net.Conn {
+	t.Helper()
+	client, local := localPair(t)
 	up, err := net.Dial("tcp", upstream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc := NewCheckedConn(local.(*net.TCPConn), p, stats, report)
+	cc := NewCheckedConn(local, p, stats, report)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {

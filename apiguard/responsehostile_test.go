@@ -224,20 +224,8 @@ func TestResponseAskedSwitch(t *testing.T) {
 // calls noCheckerLeak first.
 func checkedLocal(t *testing.T, p *ResponsePolicy, stats *ResponseStats, report func(ResponseFinding)) (*CheckedConn, net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	local, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc := NewCheckedConn(local.(*net.TCPConn), p, stats, report)
+	client, local := localPair(t)
+	cc := NewCheckedConn(local, p, stats, report)
 	go io.Copy(io.Discard, readerOnly{cc}) // the pump's client → tunnel side
 	t.Cleanup(func() {
 		client.Close()
